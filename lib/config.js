@@ -1,0 +1,117 @@
+'use strict'
+// Resolves a FlyConfig (plus environment fallbacks) into the settings every
+// method uses.  Type errors are thrown at once; a missing token is reported
+// when a method needs it, as ComputeSDK providers do.
+const native = require('./native')
+const { flyError, invalidArg } = require('./errors')
+
+const DEFAULTS = {
+  apiHostname: 'https://api.machines.dev',
+  appName: 'computesdk',
+  org: 'personal',
+  region: 'iad',
+  image: 'computesdk-fly-sandbox:latest',
+  cpus: 1,
+  memoryMb: 512,
+  cpuKind: 'shared',
+  sshUser: 'sandbox',
+  sshPort: 2222,
+  maxOutputBytes: 64 * 1024 * 1024,
+  connectTimeoutMs: 15000,
+  startTimeoutMs: 120000
+}
+
+const APP_NAME = /^[a-z0-9][a-z0-9-]{0,62}$/
+
+function optString (config, key, envName) {
+  const v = config[key] !== undefined ? config[key] : (envName ? process.env[envName] : undefined)
+  if (v === undefined || v === null || v === '') return undefined
+  if (typeof v !== 'string') throw invalidArg(`fly(): ${key} must be a string`)
+  return v
+}
+
+function optInt (config, key, min, max) {
+  const v = config[key]
+  if (v === undefined || v === null) return undefined
+  if (!Number.isInteger(v) || v < min || v > max) {
+    throw invalidArg(`fly(): ${key} must be an integer from ${min} to ${max}`)
+  }
+  return v
+}
+
+function resolveConfig (config) {
+  if (config === undefined || config === null) config = {}
+  if (typeof config !== 'object') throw invalidArg('fly(): config must be an object')
+
+  const r = {
+    token: optString(config, 'apiToken', 'FLY_API_TOKEN'),
+    appName: optString(config, 'appName', 'FLY_APP_NAME') || DEFAULTS.appName,
+    org: optString(config, 'org', 'FLY_ORG') || DEFAULTS.org,
+    region: optString(config, 'region', 'FLY_REGION') || DEFAULTS.region,
+    image: optString(config, 'image', 'FLY_IMAGE') || DEFAULTS.image,
+    baseUrl: (optString(config, 'apiHostname', 'FLY_API_HOSTNAME') || DEFAULTS.apiHostname).replace(/\/+$/, ''),
+    cpus: optInt(config, 'cpus', 1, 16) || DEFAULTS.cpus,
+    memoryMb: optInt(config, 'memoryMb', 256, 131072) || DEFAULTS.memoryMb,
+    cpuKind: optString(config, 'cpuKind') || DEFAULTS.cpuKind,
+    transport: optString(config, 'transport') || 'ssh',
+    sshUser: optString(config, 'sshUser') || DEFAULTS.sshUser,
+    sshPassword: optString(config, 'sshPassword'),
+    sshPrivateKey: optString(config, 'sshPrivateKey', 'FLY_SSH_PRIVATE_KEY'),
+    sshHost: optString(config, 'sshHost'),
+    sshPort: optInt(config, 'sshPort', 1, 65535) || DEFAULTS.sshPort,
+    insecureSkipHostKeyCheck: config.insecureSkipHostKeyCheck === true,
+    timeout: optInt(config, 'timeout', 0, 7 * 24 * 3600 * 1000),
+    maxOutputBytes: optInt(config, 'maxOutputBytes', 1, 2 ** 31) || DEFAULTS.maxOutputBytes,
+    connectTimeoutMs: optInt(config, 'connectTimeoutMs', 100, 600000) || DEFAULTS.connectTimeoutMs,
+    startTimeoutMs: optInt(config, 'startTimeoutMs', 1000, 3600000) || DEFAULTS.startTimeoutMs,
+    retry: undefined
+  }
+  if (!/^https?:\/\/[^\s/]+/.test(r.baseUrl)) {
+    throw invalidArg('fly(): apiHostname must be an http:// or https:// URL')
+  }
+  if (!APP_NAME.test(r.appName)) {
+    throw invalidArg('fly(): appName must be lowercase letters, digits and dashes (at most 63)')
+  }
+  if (r.transport !== 'ssh' && r.transport !== 'exec') {
+    throw invalidArg("fly(): transport must be 'ssh' or 'exec'")
+  }
+  if (config.retry !== undefined) {
+    const rt = config.retry
+    if (rt === null || typeof rt !== 'object') throw invalidArg('fly(): retry must be an object')
+    for (const k of ['baseMs', 'maxMs', 'totalMs']) {
+      if (rt[k] !== undefined && !(Number.isInteger(rt[k]) && rt[k] >= 0)) {
+        throw invalidArg(`fly(): retry.${k} must be a non-negative integer`)
+      }
+    }
+    r.retry = { baseMs: rt.baseMs, maxMs: rt.maxMs, totalMs: rt.totalMs }
+  }
+
+  // The client key: the configured one, or one generated per provider (on
+  // first use), injected into every sandbox as the sandbox user's key.
+  let key = null
+  r.clientKey = () => {
+    if (key === null) {
+      if (r.sshPrivateKey) {
+        try {
+          const info = native.keyInfo(r.sshPrivateKey)
+          key = { privateKey: r.sshPrivateKey, publicKey: info.publicKey, fingerprint: info.fingerprint }
+        } catch (err) {
+          throw invalidArg('fly(): sshPrivateKey must be an unencrypted OpenSSH ed25519 private key')
+        }
+      } else {
+        key = native.keygen()
+      }
+    }
+    return key
+  }
+  r.requireToken = () => {
+    if (!r.token) {
+      throw flyError('FLY_UNAUTHORIZED', 'Missing Fly.io API token. Provide apiToken in config or set the ' +
+        'FLY_API_TOKEN environment variable (or start fly-local and pass its token).')
+    }
+    return r.token
+  }
+  return r
+}
+
+module.exports = { resolveConfig, DEFAULTS }

@@ -1,0 +1,158 @@
+'use strict'
+// Running commands and code in a sandbox: over SSH (the default) or through
+// the Machines API exec endpoint.  Output stays bytes until here; it is
+// decoded as UTF-8 at this edge, with a StringDecoder per stream so that a
+// character split across chunks is never mangled.
+const { StringDecoder } = require('string_decoder')
+const native = require('./native')
+const api = require('./api')
+const { flyError, invalidArg } = require('./errors')
+
+const PY_HINTS = ['print(', 'import ', 'def ', 'sys.', 'json.', '__', 'f"', "f'", 'raise ', 'elif ', 'lambda ']
+
+// The documented guess when runCode gets no runtime: Python when the code
+// looks like Python, otherwise Node.
+function detectRuntime (code) {
+  if (/^\s*#!.*python/.test(code)) return 'python'
+  if (/^\s*#!.*node/.test(code)) return 'node'
+  if (/\b(console\.|require\(|const |let |=>|function\s*\(|process\.)/.test(code)) return 'node'
+  return PY_HINTS.some((h) => code.includes(h)) ? 'python' : 'node'
+}
+
+const INTERPRETERS = {
+  python: ['python3', '-'],
+  python3: ['python3', '-'],
+  node: ['node', '-'],
+  javascript: ['node', '-'],
+  js: ['node', '-']
+}
+
+function commandSpec (command, options) {
+  if (typeof command !== 'string') throw invalidArg('runCommand: command must be a string')
+  const o = options || {}
+  const spec = {}
+  if (Array.isArray(o.args)) {
+    if (command === '') throw invalidArg('runCommand: command must not be empty')
+    spec.argv = [command, ...o.args.map((a) => {
+      if (typeof a !== 'string') throw invalidArg('runCommand: every argument must be a string')
+      return a
+    })]
+  } else {
+    spec.command = command
+  }
+  if (o.cwd !== undefined) {
+    if (typeof o.cwd !== 'string' || o.cwd === '') throw invalidArg('runCommand: cwd must be a non-empty string')
+    spec.cwd = o.cwd
+  }
+  if (o.env !== undefined) {
+    if (o.env === null || typeof o.env !== 'object') throw invalidArg('runCommand: env must be an object of strings')
+    spec.env = {}
+    for (const [k, v] of Object.entries(o.env)) {
+      if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw invalidArg(`runCommand: invalid environment variable name ${JSON.stringify(k)}`)
+      if (v === undefined || v === null) continue
+      spec.env[k] = String(v)
+    }
+  }
+  if (o.timeout !== undefined && o.timeout !== null && o.timeout !== 0) {
+    if (typeof o.timeout !== 'number' || !(o.timeout > 0) || !Number.isFinite(o.timeout)) {
+      throw invalidArg('runCommand: timeout must be a positive number of milliseconds')
+    }
+    spec.timeoutMs = Math.ceil(o.timeout)
+  }
+  if (o.background !== undefined) spec.background = o.background === true
+  return spec
+}
+
+function decodeAll (buf) {
+  return buf.length === 0 ? '' : new StringDecoder('utf8').end(buf)
+}
+
+async function execSsh (sb, spec, stdin, stream) {
+  const ctx = sb._ctx
+  const req = { ...spec, target: sb._target(), maxOutputBytes: ctx.maxOutputBytes }
+  if (stdin !== undefined) req.stdin = stdin
+  if (!stream) {
+    const r = await sb._ssh(() => native.sshExec(req))
+    return { stdout: decodeAll(r.stdout), stderr: decodeAll(r.stderr), exitCode: r.exitCode }
+  }
+  const dec = [null, new StringDecoder('utf8'), new StringDecoder('utf8')]
+  const parts = [null, [], []]
+  const cbs = [null, stream.onStdout, stream.onStderr]
+  let total = 0
+  const emit = (i, text) => {
+    if (text === '') return
+    parts[i].push(text)
+    if (typeof cbs[i] === 'function') cbs[i](text)
+  }
+  req.onChunk = (i, chunk) => {
+    total += chunk.length
+    if (total <= ctx.maxOutputBytes) emit(i, dec[i].write(chunk))
+  }
+  const r = await sb._ssh(() => native.sshExec(req))
+  emit(1, dec[1].end())
+  emit(2, dec[2].end())
+  if (total > ctx.maxOutputBytes) {
+    throw flyError('ERR_OUTPUT_LIMIT', `command output exceeded maxOutputBytes (${ctx.maxOutputBytes} bytes)`)
+  }
+  return { stdout: parts[1].join(''), stderr: parts[2].join(''), exitCode: r.exitCode }
+}
+
+async function execApi (sb, spec, stdin) {
+  const cmd = native.buildCommand(spec)
+  const secs = spec.timeoutMs ? Math.ceil(spec.timeoutMs / 1000) + 5 : 60
+  const body = { command: ['sh', '-c', cmd], timeout: secs }
+  if (stdin !== undefined) body.stdin = Buffer.isBuffer(stdin) ? stdin.toString('utf8') : stdin
+  const r = await api.call(sb._ctx, 'machine.exec', { app: sb.appName, machine: sb.machineId },
+    { body, timeoutMs: (secs + 15) * 1000 })
+  const b = r.body || {}
+  let exitCode = typeof b.exit_code === 'number' ? b.exit_code : 0
+  if (b.exit_signal) exitCode = 128 + Number(b.exit_signal)
+  return { stdout: b.stdout || '', stderr: b.stderr || '', exitCode }
+}
+
+// runCommand and streamCommand share this; stream carries the callbacks.
+async function run (sb, command, options, stream) {
+  const spec = commandSpec(command, options)
+  if (stream && spec.background) throw invalidArg('runCommand: streaming callbacks cannot be used with background')
+  const started = Date.now()
+  let r
+  if (sb._ctx.transport === 'exec') {
+    r = await execApi(sb, spec)
+    if (stream) {
+      if (r.stdout && typeof stream.onStdout === 'function') stream.onStdout(r.stdout)
+      if (r.stderr && typeof stream.onStderr === 'function') stream.onStderr(r.stderr)
+    }
+  } else {
+    r = await execSsh(sb, spec, undefined, stream)
+  }
+  return { stdout: r.stdout, stderr: r.stderr, exitCode: r.exitCode, durationMs: Date.now() - started }
+}
+
+async function runCode (sb, code, runtime) {
+  if (typeof code !== 'string' && !Buffer.isBuffer(code)) throw invalidArg('runCode: code must be a string')
+  const text = Buffer.isBuffer(code) ? code.toString('utf8') : code
+  const language = runtime === undefined || runtime === null ? detectRuntime(text) : String(runtime).toLowerCase()
+  const argv = INTERPRETERS[language]
+  if (!argv) throw invalidArg(`runCode: unsupported runtime ${JSON.stringify(runtime)} (use 'python' or 'node')`)
+  const spec = { argv }
+  const started = Date.now()
+  // The code is the interpreter's stdin: data, never part of a command line.
+  const r = sb._ctx.transport === 'exec'
+    ? await execApi(sb, spec, code)
+    : await execSsh(sb, spec, code)
+  const durationMs = Date.now() - started
+  const lang = argv[0] === 'node' ? 'node' : 'python'
+  return {
+    stdout: r.stdout,
+    stderr: r.stderr,
+    exitCode: r.exitCode,
+    durationMs,
+    output: r.exitCode === 0 ? r.stdout : r.stdout + r.stderr,
+    language: lang,
+    executionTime: durationMs,
+    sandboxId: sb.sandboxId,
+    provider: 'fly'
+  }
+}
+
+module.exports = { run, runCode, detectRuntime, commandSpec }

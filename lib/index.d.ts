@@ -1,0 +1,152 @@
+// Type definitions for @computesdk/fly (hand-written).
+import type {
+  Provider,
+  ProviderSandbox,
+  CommandResult,
+  RunCommandOptions,
+  SandboxInfo,
+  FileEntry,
+  CreateSandboxOptions
+} from '@computesdk/provider'
+
+export interface FlyConfig {
+  /** Fly API token (`fly tokens create ...`); falls back to FLY_API_TOKEN. Bearer and FlyV1 tokens both work. */
+  apiToken?: string
+  /** The Fly app that holds the sandboxes; falls back to FLY_APP_NAME, then 'computesdk'. Created when missing. */
+  appName?: string
+  /** Organization slug used when the app has to be created; FLY_ORG, then 'personal'. */
+  org?: string
+  /** Region for new machines; FLY_REGION, then 'iad'. */
+  region?: string
+  /** Default sandbox image (build it from docker/); FLY_IMAGE, then 'computesdk-fly-sandbox:latest'. */
+  image?: string
+  /** Machines API base URL; FLY_API_HOSTNAME, then https://api.machines.dev. Use fly-local's `url` here. */
+  apiHostname?: string
+  /** Guest vCPUs (default 1). */
+  cpus?: number
+  /** Guest memory in MB (default 512). */
+  memoryMb?: number
+  /** 'shared' (default) or 'performance'. */
+  cpuKind?: string
+  /** How commands reach the machine: 'ssh' (default; streaming, SFTP) or 'exec' (the Machines API exec endpoint: buffered, slower). */
+  transport?: 'ssh' | 'exec'
+  /** SSH user in the sandbox (default 'sandbox'). */
+  sshUser?: string
+  /** Use password authentication (e.g. the seed image's 'sandbox'); by default a key is used and no password is set. */
+  sshPassword?: string
+  /** Client key (unencrypted OpenSSH ed25519 PEM); FLY_SSH_PRIVATE_KEY; generated per provider when absent. */
+  sshPrivateKey?: string
+  /** Connect to this host instead of the machine's private address. */
+  sshHost?: string
+  /** The sandbox's sshd port (default 2222; Fly's own SSH server owns 22). */
+  sshPort?: number
+  /** Skip the pinned host-key check (only for machines this provider did not create). */
+  insecureSkipHostKeyCheck?: boolean
+  /** Default sandbox lifetime in ms (0 = until destroyed). */
+  timeout?: number
+  /** Cap on buffered command output in bytes (default 64 MiB). */
+  maxOutputBytes?: number
+  /** How long to keep retrying the SSH connection while sshd starts (default 15000 ms). */
+  connectTimeoutMs?: number
+  /** How long create waits for the machine to be started (default 120000 ms). */
+  startTimeoutMs?: number
+  /** Retry policy of idempotent API calls (defaults: 500, 5000, 30000). */
+  retry?: { baseMs?: number; maxMs?: number; totalMs?: number }
+}
+
+export interface FlyCreateOptions extends CreateSandboxOptions {
+  /** Ports to expose through Fly's proxy (Fly only). */
+  ports?: number[]
+  /** Skip the SSH connect that create does before returning (default: connect). */
+  waitForSsh?: boolean
+}
+
+/** Options of runCommand; `args` is set by the runCommand(command, args) form. */
+export interface FlyRunCommandOptions extends RunCommandOptions {
+  args?: string[]
+}
+
+export interface FlyCodeResult extends CommandResult {
+  /** stdout, plus stderr when the exit code is not 0 (the seed-era field). */
+  output: string
+  language: 'python' | 'node'
+  /** Same as durationMs. */
+  executionTime: number
+  sandboxId: string
+  provider: 'fly'
+}
+
+export type FlyRuntime = 'python' | 'node'
+
+export interface FlyReadOptions {
+  /** 'utf8' (default) returns a string; null or 'buffer' returns the exact bytes as a Buffer. */
+  encoding?: BufferEncoding | 'buffer' | null
+}
+
+export interface FlyFileSystem {
+  readFile(path: string): Promise<string>
+  readFile(path: string, options: { encoding: null | 'buffer' }): Promise<Buffer>
+  readFile(path: string, options: FlyReadOptions): Promise<string | Buffer>
+  /** Strings are written as UTF-8 exactly; Buffers byte for byte. */
+  writeFile(path: string, content: string | Uint8Array): Promise<void>
+  readdir(path: string): Promise<FileEntry[]>
+  /** mkdir -p. */
+  mkdir(path: string): Promise<void>
+  exists(path: string): Promise<boolean>
+  /** Removes a file or a whole tree. */
+  remove(path: string): Promise<void>
+}
+
+/** The provider's own sandbox object (what getInstance() returns). */
+export declare class FlyMachine {
+  readonly sandboxId: string
+  appName: string
+  machineId: string
+  name?: string
+  region: string
+  state: string
+  privateIp: string | null
+  image: string | null
+  createdAt: Date
+  metadata: Record<string, string>
+  hostKeyFingerprint: string | null
+  readonly filesystem: FlyFileSystem
+  runCommand(command: string, args: string[], options?: RunCommandOptions): Promise<CommandResult>
+  runCommand(command: string, options?: FlyRunCommandOptions): Promise<CommandResult>
+  runCode(code: string, runtime?: FlyRuntime): Promise<FlyCodeResult>
+}
+
+/** A ComputeSDK sandbox with the seed's extras. */
+export interface FlySandbox extends Omit<ProviderSandbox<FlyMachine>, 'runCommand' | 'filesystem'> {
+  runCommand(command: string, args: string[], options?: RunCommandOptions): Promise<CommandResult>
+  runCommand(command: string, options?: FlyRunCommandOptions): Promise<CommandResult>
+  /** Runs code as a file on the interpreter's stdin; without a runtime, a heuristic picks python or node. */
+  runCode(code: string, runtime?: FlyRuntime): Promise<FlyCodeResult>
+  readonly filesystem: FlyFileSystem
+  getInfo(): Promise<SandboxInfo>
+}
+
+export interface FlyProvider extends Omit<Provider<FlyMachine>, 'sandbox'> {
+  readonly name: 'fly' | string
+  readonly sandbox: {
+    create(options?: FlyCreateOptions): Promise<FlySandbox>
+    getById(sandboxId: string): Promise<FlySandbox | null>
+    list(): Promise<FlySandbox[]>
+    destroy(sandboxId: string): Promise<void>
+  }
+}
+
+/** Creates the Fly provider. Errors carry a stable `code` (FLY_*, SSH_*, SFTP_*, ERR_*). */
+export declare function fly(config?: FlyConfig): FlyProvider
+/** The guess runCode makes when no runtime is given. */
+export declare function detectRuntime(code: string): FlyRuntime
+
+export interface FlyError extends Error {
+  code: string
+  status?: number
+  flyError?: string
+  requestId?: string
+  path?: string
+}
+
+export default fly

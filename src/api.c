@@ -1,0 +1,858 @@
+/* api.c: the Fly Machines REST API over libcurl, on the I/O thread.
+ *
+ * Each JS call names an operation of the table below; the path is built here
+ * (every segment URL-escaped), the request runs on the loop's CURLM (so
+ * keep-alive connections are reused across calls), and the reply is parsed
+ * with cJSON here and turned into plain JS values in call_js.
+ *
+ * Retries follow the client policy of fly-machines-api.md §7: 408, 429, 5xx
+ * and connection failures are retried for idempotent operations, with
+ * exponential backoff and jitter (Retry-After wins when the server sends
+ * it), inside a total time bound.  A create is never blindly retried: it is
+ * repeated only when it provably never reached the server (connect failed)
+ * or was refused unprocessed (429), and after an ambiguous failure the
+ * machine is first looked up by the client-generated id in its metadata. */
+#include "fly.h"
+
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+enum {
+  POLICY_IDEMPOTENT, /* retry on every transient failure */
+  POLICY_ONCE,       /* retry only what provably was not processed */
+  POLICY_CREATE,     /* ONCE, plus a look-up after an ambiguous failure */
+  POLICY_WAIT        /* IDEMPOTENT, and loop on 408 until the wait bound */
+};
+
+typedef struct fly_api_op_s {
+  const char *name;
+  const char *method;
+  const char *path;
+  int policy;
+} fly_api_op_t;
+
+static const fly_api_op_t api_ops[] = {
+  {"regions", "GET", "/v1/platform/regions", POLICY_IDEMPOTENT},
+  {"app.list", "GET", "/v1/apps", POLICY_IDEMPOTENT},
+  /* A replayed app create answers 422 "name taken", which callers treat as
+   * "exists", so retrying it is safe. */
+  {"app.create", "POST", "/v1/apps", POLICY_IDEMPOTENT},
+  {"app.get", "GET", "/v1/apps/{app}", POLICY_IDEMPOTENT},
+  {"app.delete", "DELETE", "/v1/apps/{app}", POLICY_IDEMPOTENT},
+  {"machine.list", "GET", "/v1/apps/{app}/machines", POLICY_IDEMPOTENT},
+  {"machine.create", "POST", "/v1/apps/{app}/machines", POLICY_CREATE},
+  {"machine.get", "GET", "/v1/apps/{app}/machines/{machine}",
+   POLICY_IDEMPOTENT},
+  {"machine.update", "POST", "/v1/apps/{app}/machines/{machine}",
+   POLICY_ONCE},
+  {"machine.delete", "DELETE", "/v1/apps/{app}/machines/{machine}",
+   POLICY_IDEMPOTENT},
+  {"machine.start", "POST", "/v1/apps/{app}/machines/{machine}/start",
+   POLICY_IDEMPOTENT},
+  {"machine.stop", "POST", "/v1/apps/{app}/machines/{machine}/stop",
+   POLICY_IDEMPOTENT},
+  {"machine.suspend", "POST", "/v1/apps/{app}/machines/{machine}/suspend",
+   POLICY_IDEMPOTENT},
+  {"machine.restart", "POST", "/v1/apps/{app}/machines/{machine}/restart",
+   POLICY_IDEMPOTENT},
+  {"machine.signal", "POST", "/v1/apps/{app}/machines/{machine}/signal",
+   POLICY_IDEMPOTENT},
+  {"machine.wait", "GET", "/v1/apps/{app}/machines/{machine}/wait",
+   POLICY_WAIT},
+  {"machine.exec", "POST", "/v1/apps/{app}/machines/{machine}/exec",
+   POLICY_ONCE},
+  {"machine.events", "GET", "/v1/apps/{app}/machines/{machine}/events",
+   POLICY_IDEMPOTENT},
+  {"machine.metadata.get", "GET",
+   "/v1/apps/{app}/machines/{machine}/metadata", POLICY_IDEMPOTENT},
+  {"machine.metadata.set", "POST",
+   "/v1/apps/{app}/machines/{machine}/metadata/{key}", POLICY_IDEMPOTENT},
+  {"machine.metadata.delete", "DELETE",
+   "/v1/apps/{app}/machines/{machine}/metadata/{key}", POLICY_IDEMPOTENT},
+  {"machine.lease.get", "GET", "/v1/apps/{app}/machines/{machine}/lease",
+   POLICY_IDEMPOTENT},
+  {"machine.lease.acquire", "POST",
+   "/v1/apps/{app}/machines/{machine}/lease", POLICY_ONCE},
+  {"machine.lease.release", "DELETE",
+   "/v1/apps/{app}/machines/{machine}/lease", POLICY_IDEMPOTENT},
+};
+
+typedef struct fly_api_s fly_api_t;
+
+struct fly_api_s {
+  fly_req_t req; /* first: the loop sees a fly_req_t */
+
+  /* Set on the JS thread, read-only after. */
+  const fly_api_op_t *op;
+  char *path;          /* escaped path and query, for messages */
+  char *url;
+  char *lookup_url;    /* create: find the machine by its create id */
+  char *body;
+  size_t body_len;
+  struct curl_slist *headers;
+  uint64_t attempt_timeout_ms, total_ms, base_ms, max_ms, wait_total_ms;
+
+  /* I/O thread. */
+  uint64_t started_at, due_at;
+  int attempts;
+  int lookup;          /* the current transfer is the create look-up */
+  CURL *easy;
+  fly_buf_t resp;
+  char *request_id;
+  int64_t retry_after_ms;
+  char errbuf[CURL_ERROR_SIZE];
+  fly_api_t *list_next; /* in the active or the timer list */
+
+  /* The result, read by call_js. */
+  long status;
+  cJSON *json;
+};
+
+typedef struct fly_api_state_s {
+  fly_api_t *active;   /* transfers on the multi handle */
+  fly_api_t *timers;   /* waiting for their backoff */
+  uint64_t rng;
+} fly_api_state_t;
+
+static fly_api_state_t *api_state(fly_loop_t *loop) {
+  fly_api_state_t **slot = fly_loop_api_state(loop);
+  if (*slot == NULL) {
+    *slot = calloc(1, sizeof(**slot));
+    if (*slot != NULL)
+      (*slot)->rng = fly_now_ms() * 2654435761u + 1;
+  }
+  return *slot;
+}
+
+static void list_remove(fly_api_t **head, fly_api_t *a) {
+  for (; *head != NULL; head = &(*head)->list_next) {
+    if (*head == a) {
+      *head = a->list_next;
+      a->list_next = NULL;
+      return;
+    }
+  }
+}
+
+/* ---- error mapping ------------------------------------------------------- */
+
+static const char *status_code(long status) {
+  switch (status) {
+    case 400: return "FLY_BAD_REQUEST";
+    case 401: return "FLY_UNAUTHORIZED";
+    case 403: return "FLY_FORBIDDEN";
+    case 404: return "FLY_NOT_FOUND";
+    case 408: return "FLY_TIMEOUT";
+    case 409: return "FLY_CONFLICT";
+    case 412: return "FLY_PRECONDITION";
+    case 422: return "FLY_UNPROCESSABLE";
+    case 429: return "FLY_RATE_LIMITED";
+    default: return status >= 500 ? "FLY_UNAVAILABLE" : "FLY_HTTP_ERROR";
+  }
+}
+
+static void set_http_error(fly_api_t *a) {
+  const char *text = NULL;
+  cJSON *j = cJSON_ParseWithLength(a->resp.base, a->resp.len);
+  cJSON *e = j ? cJSON_GetObjectItemCaseSensitive(j, "error") : NULL;
+
+  if (!cJSON_IsString(e) && j != NULL)
+    e = cJSON_GetObjectItemCaseSensitive(j, "message");
+  if (cJSON_IsString(e))
+    text = e->valuestring;
+  else if (a->resp.len > 0)
+    text = a->resp.base;
+  fly_err_set(&a->req.err, status_code(a->status), "Fly API %s %s: %ld %.300s",
+              a->op->method, a->path, a->status, text ? text : "(no body)");
+  a->req.err.status = (int)a->status;
+  free(a->req.err.fly_error);
+  a->req.err.fly_error = text ? strdup(text) : NULL;
+  free(a->req.err.request_id);
+  a->req.err.request_id = a->request_id ? strdup(a->request_id) : NULL;
+  cJSON_Delete(j);
+}
+
+static void set_curl_error(fly_api_t *a, CURLcode rc) {
+  const char *detail = a->errbuf[0] ? a->errbuf : curl_easy_strerror(rc);
+  const char *code = rc == CURLE_OPERATION_TIMEDOUT ? "FLY_TIMEOUT"
+                                                     : "FLY_NETWORK";
+  fly_err_set(&a->req.err, code, "Fly API %s %s: %s", a->op->method, a->path,
+              detail);
+  a->req.err.lib_code = (long)rc;
+}
+
+/* ---- transfers ----------------------------------------------------------- */
+
+static size_t on_body(char *data, size_t size, size_t n, void *arg) {
+  fly_api_t *a = arg;
+  return fly_buf_append(&a->resp, data, size * n) == 0 ? size * n : 0;
+}
+
+static size_t on_header(char *data, size_t size, size_t n, void *arg) {
+  fly_api_t *a = arg;
+  size_t len = size * n, name_len;
+  const char *colon = memchr(data, ':', len);
+  char value[256];
+  size_t vlen;
+
+  if (colon == NULL)
+    return len;
+  name_len = (size_t)(colon - data);
+  colon++;
+  while ((size_t)(colon - data) < len && (*colon == ' ' || *colon == '\t'))
+    colon++;
+  vlen = len - (size_t)(colon - data);
+  while (vlen > 0 && (colon[vlen - 1] == '\r' || colon[vlen - 1] == '\n' ||
+                      colon[vlen - 1] == ' '))
+    vlen--;
+  if (vlen >= sizeof(value))
+    vlen = sizeof(value) - 1;
+  memcpy(value, colon, vlen);
+  value[vlen] = '\0';
+
+  if (name_len == 14 && strncasecmp(data, "fly-request-id", 14) == 0) {
+    free(a->request_id);
+    a->request_id = strdup(value);
+  } else if (name_len == 11 && strncasecmp(data, "retry-after", 11) == 0) {
+    char *end;
+    long secs = strtol(value, &end, 10);
+    if (end != value && *end == '\0' && secs >= 0) {
+      a->retry_after_ms = (int64_t)secs * 1000;
+    } else {
+      /* An HTTP date: the delay is the distance from now. */
+      time_t when = curl_getdate(value, NULL), now = time(NULL);
+      if (when > 0)
+        a->retry_after_ms = when > now ? (int64_t)(when - now) * 1000 : 0;
+    }
+  }
+  return len;
+}
+
+static void finish(fly_loop_t *loop, fly_api_t *a) {
+  fly_loop_done(loop, &a->req);
+}
+
+static void begin_transfer(fly_loop_t *loop, fly_api_t *a) {
+  fly_api_state_t *st = api_state(loop);
+  CURL *e = curl_easy_init();
+
+  if (e == NULL || st == NULL) {
+    if (e != NULL)
+      curl_easy_cleanup(e);
+    fly_err_set(&a->req.err, "ERR_NO_MEMORY", "out of memory");
+    finish(loop, a);
+    return;
+  }
+  fly_buf_free(&a->resp);
+  free(a->request_id);
+  a->request_id = NULL;
+  a->retry_after_ms = -1;
+  a->errbuf[0] = '\0';
+  a->status = 0;
+  a->attempts++;
+
+  curl_easy_setopt(e, CURLOPT_PRIVATE, a);
+  curl_easy_setopt(e, CURLOPT_URL, a->lookup ? a->lookup_url : a->url);
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, a->headers);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, a);
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, a);
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, a->errbuf);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)a->attempt_timeout_ms);
+  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
+  curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+  curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+  curl_easy_setopt(e, CURLOPT_USERAGENT, "computesdk-fly/0.1 (libcurl)");
+  if (!a->lookup) {
+    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, a->op->method);
+    if (a->body != NULL) {
+      curl_easy_setopt(e, CURLOPT_POSTFIELDS, a->body);
+      curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)a->body_len);
+    } else if (strcmp(a->op->method, "POST") == 0) {
+      curl_easy_setopt(e, CURLOPT_POSTFIELDS, "");
+      curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, 0L);
+    }
+  }
+  a->easy = e;
+  if (curl_multi_add_handle(fly_loop_multi(loop), e) != CURLM_OK) {
+    curl_easy_cleanup(e);
+    a->easy = NULL;
+    fly_err_set(&a->req.err, "FLY_INTERNAL", "curl_multi_add_handle failed");
+    finish(loop, a);
+    return;
+  }
+  a->list_next = st->active;
+  st->active = a;
+}
+
+static uint64_t backoff_ms(fly_api_state_t *st, fly_api_t *a) {
+  uint64_t d = a->base_ms;
+  int i;
+
+  for (i = 1; i < a->attempts && d < a->max_ms; i++)
+    d *= 2;
+  if (d > a->max_ms)
+    d = a->max_ms;
+  /* Jitter in [d/2, d]: clients that failed together do not retry
+   * together. */
+  st->rng ^= st->rng << 13;
+  st->rng ^= st->rng >> 7;
+  st->rng ^= st->rng << 17;
+  return d / 2 + (d > 1 ? st->rng % (d / 2 + 1) : 0);
+}
+
+/* Schedule another transfer, or give up (with the error already set) when
+ * the total bound would be passed. */
+static void retry_later(fly_loop_t *loop, fly_api_t *a, int lookup) {
+  fly_api_state_t *st = api_state(loop);
+  uint64_t now = fly_now_ms(), delay;
+
+  delay = a->retry_after_ms >= 0 ? (uint64_t)a->retry_after_ms
+                                 : backoff_ms(st, a);
+  if (now + delay - a->started_at > a->total_ms) {
+    size_t n = strlen(a->req.err.message);
+    snprintf(a->req.err.message + n, sizeof(a->req.err.message) - n,
+             " (gave up after %d attempts in %llu ms)", a->attempts,
+             (unsigned long long)(now - a->started_at));
+    finish(loop, a);
+    return;
+  }
+  a->lookup = lookup;
+  a->due_at = now + delay;
+  a->list_next = st->timers;
+  st->timers = a;
+  fly_loop_wake_at(loop, a->due_at);
+}
+
+static int transient_status(long s) {
+  return s == 408 || s == 429 || s >= 500;
+}
+
+/* The request never reached the server, so repeating it cannot duplicate
+ * anything. */
+static int never_sent(CURLcode rc) {
+  return rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST ||
+         rc == CURLE_COULDNT_RESOLVE_PROXY;
+}
+
+static void on_lookup_done(fly_loop_t *loop, fly_api_t *a, CURLcode rc) {
+  cJSON *list, *first;
+
+  if (rc != CURLE_OK || a->status != 200) {
+    /* Keep the create's own error if the look-up fails too. */
+    retry_later(loop, a, 1);
+    return;
+  }
+  list = cJSON_ParseWithLength(a->resp.base, a->resp.len);
+  if (cJSON_IsArray(list) && cJSON_GetArraySize(list) > 0) {
+    /* The create did happen: answer with that machine. */
+    first = cJSON_DetachItemFromArray(list, 0);
+    cJSON_Delete(list);
+    fly_err_clear(&a->req.err);
+    a->json = first;
+    a->status = 200;
+    finish(loop, a);
+    return;
+  }
+  cJSON_Delete(list);
+  /* Provably not created: the create can be sent again. */
+  retry_later(loop, a, 0);
+}
+
+void fly_api_on_done(fly_loop_t *loop, CURL *easy, CURLcode rc) {
+  fly_api_t *a = NULL;
+  fly_api_state_t *st = api_state(loop);
+  int policy, transient;
+
+  curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&a);
+  curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &a->status);
+  curl_multi_remove_handle(fly_loop_multi(loop), easy);
+  curl_easy_cleanup(easy);
+  a->easy = NULL;
+  list_remove(&st->active, a);
+
+  if (a->lookup) {
+    on_lookup_done(loop, a, rc);
+    return;
+  }
+  fly_err_clear(&a->req.err);
+  if (rc == CURLE_OK && a->status >= 200 && a->status < 300) {
+    if (a->resp.len > 0)
+      a->json = cJSON_ParseWithLength(a->resp.base, a->resp.len);
+    finish(loop, a);
+    return;
+  }
+
+  policy = a->op->policy;
+  if (rc != CURLE_OK)
+    set_curl_error(a, rc);
+  else
+    set_http_error(a);
+
+  /* A long poll that ran out is not a failure yet: ask again, at once,
+   * until the caller's bound. */
+  if (policy == POLICY_WAIT && rc == CURLE_OK && a->status == 408) {
+    if (fly_now_ms() - a->started_at < a->wait_total_ms) {
+      a->retry_after_ms = 0;
+      a->attempts = 0;
+      begin_transfer(loop, a);
+    } else {
+      finish(loop, a);
+    }
+    return;
+  }
+
+  transient = rc != CURLE_OK ? 1 : transient_status(a->status);
+  if (!transient) {
+    finish(loop, a);
+    return;
+  }
+  if (policy == POLICY_IDEMPOTENT || policy == POLICY_WAIT ||
+      (rc != CURLE_OK && never_sent(rc)) ||
+      (rc == CURLE_OK && a->status == 429)) {
+    retry_later(loop, a, 0);
+    return;
+  }
+  if (policy == POLICY_CREATE && a->lookup_url != NULL) {
+    /* Ambiguous: the machine may exist.  Look before sending again. */
+    a->retry_after_ms = 0;
+    retry_later(loop, a, 1);
+    return;
+  }
+  finish(loop, a);
+}
+
+uint64_t fly_api_run_timers(fly_loop_t *loop, uint64_t now) {
+  fly_api_state_t *st = api_state(loop);
+  fly_api_t **p, *due = NULL;
+  uint64_t next = UINT64_MAX;
+
+  if (st == NULL)
+    return next;
+  /* Move the due ones out first: begin_transfer may touch the lists. */
+  for (p = &st->timers; *p != NULL;) {
+    fly_api_t *a = *p;
+    if (a->due_at <= now) {
+      *p = a->list_next;
+      a->list_next = due;
+      due = a;
+    } else {
+      if (a->due_at < next)
+        next = a->due_at;
+      p = &a->list_next;
+    }
+  }
+  while (due != NULL) {
+    fly_api_t *a = due;
+    due = a->list_next;
+    a->list_next = NULL;
+    begin_transfer(loop, a);
+  }
+  return next;
+}
+
+void fly_api_shutdown(fly_loop_t *loop) {
+  fly_api_state_t **slot = fly_loop_api_state(loop);
+  fly_api_state_t *st = *slot;
+  fly_api_t *a;
+
+  if (st == NULL)
+    return;
+  while ((a = st->active) != NULL) {
+    st->active = a->list_next;
+    curl_multi_remove_handle(fly_loop_multi(loop), a->easy);
+    curl_easy_cleanup(a->easy);
+    a->easy = NULL;
+    fly_err_set(&a->req.err, "FLY_ABORTED", "the client is shutting down");
+    finish(loop, a);
+  }
+  while ((a = st->timers) != NULL) {
+    st->timers = a->list_next;
+    fly_err_set(&a->req.err, "FLY_ABORTED", "the client is shutting down");
+    finish(loop, a);
+  }
+  free(st);
+  *slot = NULL;
+}
+
+/* ---- JS thread ----------------------------------------------------------- */
+
+static napi_value json_to_js(napi_env env, const cJSON *j) {
+  napi_value v = NULL, item;
+  const cJSON *c;
+  uint32_t i = 0;
+
+  if (cJSON_IsObject(j)) {
+    napi_create_object(env, &v);
+    cJSON_ArrayForEach(c, j) {
+      item = json_to_js(env, c);
+      if (item != NULL && c->string != NULL)
+        napi_set_named_property(env, v, c->string, item);
+    }
+  } else if (cJSON_IsArray(j)) {
+    napi_create_array_with_length(env, (size_t)cJSON_GetArraySize(j), &v);
+    cJSON_ArrayForEach(c, j) {
+      item = json_to_js(env, c);
+      if (item != NULL)
+        napi_set_element(env, v, i++, item);
+    }
+  } else if (cJSON_IsString(j)) {
+    napi_create_string_utf8(env, j->valuestring, NAPI_AUTO_LENGTH, &v);
+  } else if (cJSON_IsNumber(j)) {
+    napi_create_double(env, j->valuedouble, &v);
+  } else if (cJSON_IsBool(j)) {
+    napi_get_boolean(env, cJSON_IsTrue(j), &v);
+  } else {
+    napi_get_null(env, &v);
+  }
+  return v;
+}
+
+static napi_value api_result(napi_env env, fly_req_t *req) {
+  fly_api_t *a = (fly_api_t *)req;
+  napi_value obj, body;
+
+  if (napi_create_object(env, &obj) != napi_ok)
+    return NULL;
+  fly_js_set_int(env, obj, "status", a->status);
+  if (a->json != NULL) {
+    body = json_to_js(env, a->json);
+  } else if (a->resp.len > 0) {
+    napi_create_string_utf8(env, a->resp.base, a->resp.len, &body);
+  } else {
+    napi_get_null(env, &body);
+  }
+  napi_set_named_property(env, obj, "body", body);
+  fly_js_set_str(env, obj, "requestId", a->request_id);
+  return obj;
+}
+
+static void api_free(napi_env env, fly_req_t *req) {
+  fly_api_t *a = (fly_api_t *)req;
+  (void)env;
+  free(a->path);
+  free(a->url);
+  free(a->lookup_url);
+  free(a->body);
+  curl_slist_free_all(a->headers);
+  fly_buf_free(&a->resp);
+  free(a->request_id);
+  cJSON_Delete(a->json);
+}
+
+static void api_start(fly_loop_t *loop, fly_req_t *req) {
+  fly_api_t *a = (fly_api_t *)req;
+  a->started_at = fly_now_ms();
+  begin_transfer(loop, a);
+}
+
+static const fly_req_vt_t api_vt = {api_start, api_result, api_free, NULL};
+
+/* Appends s URL-escaped. */
+static int append_escaped(fly_buf_t *b, const char *s) {
+  char *e = curl_easy_escape(NULL, s, 0);
+  int rc;
+  if (e == NULL)
+    return -1;
+  rc = fly_buf_append(b, e, strlen(e));
+  curl_free(e);
+  return rc;
+}
+
+/* The path of op with {app}/{machine}/{key} filled from params. */
+static int build_path(napi_env env, const fly_api_op_t *op, napi_value params,
+                      fly_buf_t *out) {
+  const char *p = op->path;
+
+  while (*p != '\0') {
+    const char *open = strchr(p, '{'), *close;
+    char name[16], *value = NULL;
+    size_t n;
+
+    if (open == NULL)
+      return fly_buf_append(out, p, strlen(p));
+    close = strchr(open, '}');
+    if (fly_buf_append(out, p, (size_t)(open - p)) != 0)
+      return -1;
+    n = (size_t)(close - open - 1);
+    memcpy(name, open + 1, n);
+    name[n] = '\0';
+    if (params == NULL) {
+      fly_throw_invalid(env, "params.%s is required for %s", name, op->name);
+      return -1;
+    }
+    if (fly_js_prop_str(env, params, name, 1, &value) != 0)
+      return -1;
+    if (value[0] == '\0') {
+      free(value);
+      fly_throw_invalid(env, "params.%s must not be empty", name);
+      return -1;
+    }
+    if (append_escaped(out, value) != 0) {
+      free(value);
+      return -1;
+    }
+    free(value);
+    p = close + 1;
+  }
+  return 0;
+}
+
+/* query: an array of [name, value] string pairs. */
+static int build_query(napi_env env, napi_value obj, fly_buf_t *out) {
+  napi_value q, pair, k, v;
+  bool has = false, is_array = false;
+  uint32_t n = 0, i, plen = 0;
+
+  if (napi_has_named_property(env, obj, "query", &has) != napi_ok || !has)
+    return 0;
+  napi_get_named_property(env, obj, "query", &q);
+  if (napi_is_array(env, q, &is_array) != napi_ok || !is_array) {
+    fly_throw_invalid(env, "query must be an array of [name, value] pairs");
+    return -1;
+  }
+  napi_get_array_length(env, q, &n);
+  for (i = 0; i < n; i++) {
+    char *ks = NULL, *vs = NULL;
+    int rc;
+    napi_get_element(env, q, i, &pair);
+    if (napi_is_array(env, pair, &is_array) != napi_ok || !is_array ||
+        napi_get_array_length(env, pair, &plen) != napi_ok || plen != 2) {
+      fly_throw_invalid(env, "query must be an array of [name, value] pairs");
+      return -1;
+    }
+    napi_get_element(env, pair, 0, &k);
+    napi_get_element(env, pair, 1, &v);
+    if (fly_js_str(env, k, "query name", &ks) != 0)
+      return -1;
+    if (fly_js_str(env, v, "query value", &vs) != 0) {
+      free(ks);
+      return -1;
+    }
+    rc = fly_buf_append(out, i == 0 ? "?" : "&", 1) != 0 ||
+         append_escaped(out, ks) != 0 || fly_buf_append(out, "=", 1) != 0 ||
+         append_escaped(out, vs) != 0;
+    free(ks);
+    free(vs);
+    if (rc) {
+      napi_throw_error(env, "ERR_NO_MEMORY", "out of memory");
+      return -1;
+    }
+  }
+  return 0;
+}
+
+static int starts_with_ci(const char *s, const char *prefix) {
+  return strncasecmp(s, prefix, strlen(prefix)) == 0;
+}
+
+/* The Authorization header: like fly-go, strip a Bearer/FlyV1 prefix and
+ * put back the one the token's kind needs (macaroons are FlyV1). */
+static char *auth_header(const char *token) {
+  fly_buf_t b = {0};
+  const char *t = token;
+  int macaroon;
+
+  while (*t == ' ')
+    t++;
+  if (starts_with_ci(t, "Bearer "))
+    t += 7;
+  else if (starts_with_ci(t, "FlyV1 "))
+    t += 6;
+  while (*t == ' ')
+    t++;
+  macaroon = strncmp(t, "fm1r_", 5) == 0 || strncmp(t, "fm1a_", 5) == 0 ||
+             strncmp(t, "fm2_", 4) == 0 || strncmp(t, "m2.", 3) == 0 ||
+             strchr(t, ',') != NULL;
+  if (fly_buf_printf(&b, "Authorization: %s %s", macaroon ? "FlyV1" : "Bearer",
+                     t) != 0) {
+    fly_buf_free(&b);
+    return NULL;
+  }
+  return fly_buf_steal(&b, NULL);
+}
+
+static int valid_header_value(const char *s) {
+  for (; *s != '\0'; s++)
+    if (*s == '\r' || *s == '\n')
+      return 0;
+  return 1;
+}
+
+static const fly_api_op_t *find_op(const char *name) {
+  size_t i;
+  for (i = 0; i < sizeof(api_ops) / sizeof(api_ops[0]); i++)
+    if (strcmp(api_ops[i].name, name) == 0)
+      return &api_ops[i];
+  return NULL;
+}
+
+static int add_header(struct curl_slist **h, const char *line) {
+  struct curl_slist *n = curl_slist_append(*h, line);
+  if (n == NULL)
+    return -1;
+  *h = n;
+  return 0;
+}
+
+/* api({ baseUrl, token, op, params?, query?, body?, leaseNonce?, timeoutMs?,
+ *       waitTotalMs?, retry?: { baseMs, maxMs, totalMs }, createId?,
+ *       createIdKey? }) -> Promise<{ status, body, requestId }> */
+napi_value fly_napi_api(napi_env env, napi_callback_info info) {
+  napi_value opts, params = NULL, retry = NULL;
+  napi_valuetype t;
+  fly_api_t *a;
+  char *base = NULL, *token = NULL, *opname = NULL, *nonce = NULL;
+  char *create_id = NULL, *create_key = NULL, *auth = NULL;
+  fly_buf_t path = {0}, line = {0};
+  fly_buf_t body = {0};
+  bool has;
+  size_t blen;
+
+  if (fly_js_arg_obj(env, info, 0, &opts) != 0)
+    return NULL;
+  a = calloc(1, sizeof(*a));
+  if (a == NULL) {
+    napi_throw_error(env, "ERR_NO_MEMORY", "out of memory");
+    return NULL;
+  }
+  fly_req_init(&a->req, &api_vt);
+
+  if (fly_js_prop_str(env, opts, "baseUrl", 1, &base) != 0 ||
+      fly_js_prop_str(env, opts, "token", 1, &token) != 0 ||
+      fly_js_prop_str(env, opts, "op", 1, &opname) != 0 ||
+      fly_js_prop_str(env, opts, "leaseNonce", 0, &nonce) != 0 ||
+      fly_js_prop_str(env, opts, "createId", 0, &create_id) != 0 ||
+      fly_js_prop_str(env, opts, "createIdKey", 0, &create_key) != 0 ||
+      fly_js_prop_bytes(env, opts, "body", &body) != 0 ||
+      fly_js_prop_u64(env, opts, "timeoutMs", 30000, &a->attempt_timeout_ms) !=
+          0 ||
+      fly_js_prop_u64(env, opts, "waitTotalMs", 60000, &a->wait_total_ms) != 0)
+    goto fail;
+
+  a->op = find_op(opname);
+  if (a->op == NULL) {
+    fly_throw_invalid(env, "unknown API operation '%s'", opname);
+    goto fail;
+  }
+  if (strncmp(base, "http://", 7) != 0 && strncmp(base, "https://", 8) != 0) {
+    fly_throw_invalid(env, "baseUrl must be an http:// or https:// URL");
+    goto fail;
+  }
+  if (!valid_header_value(token) || (nonce && !valid_header_value(nonce))) {
+    fly_throw_invalid(env, "the API token must not contain line breaks");
+    goto fail;
+  }
+
+  if (napi_has_named_property(env, opts, "params", &has) == napi_ok && has) {
+    napi_get_named_property(env, opts, "params", &params);
+    if (napi_typeof(env, params, &t) != napi_ok || t != napi_object)
+      params = NULL;
+  }
+  a->base_ms = 500;
+  a->max_ms = 5000;
+  a->total_ms = 30000;
+  if (napi_has_named_property(env, opts, "retry", &has) == napi_ok && has) {
+    napi_get_named_property(env, opts, "retry", &retry);
+    if (napi_typeof(env, retry, &t) == napi_ok && t == napi_object &&
+        (fly_js_prop_u64(env, retry, "baseMs", 500, &a->base_ms) != 0 ||
+         fly_js_prop_u64(env, retry, "maxMs", 5000, &a->max_ms) != 0 ||
+         fly_js_prop_u64(env, retry, "totalMs", 30000, &a->total_ms) != 0))
+      goto fail;
+  }
+  if (a->base_ms == 0)
+    a->base_ms = 1;
+
+  if (build_path(env, a->op, params, &path) != 0 ||
+      build_query(env, opts, &path) != 0)
+    goto fail;
+  blen = strlen(base);
+  while (blen > 0 && base[blen - 1] == '/')
+    base[--blen] = '\0';
+  if (fly_buf_printf(&line, "%s%s", base, path.base) != 0)
+    goto nomem;
+  a->url = fly_buf_steal(&line, NULL);
+  a->path = fly_buf_steal(&path, NULL);
+
+  if (a->op->policy == POLICY_CREATE && create_id != NULL) {
+    fly_buf_t lu = {0};
+    char *app = NULL;
+    if (params == NULL || fly_js_prop_str(env, params, "app", 1, &app) != 0)
+      goto fail;
+    if (fly_buf_printf(&lu, "%s/v1/apps/", base) != 0 ||
+        append_escaped(&lu, app) != 0 ||
+        fly_buf_printf(&lu, "/machines?metadata.") != 0 ||
+        append_escaped(&lu, create_key ? create_key : "computesdk_create_id") !=
+            0 ||
+        fly_buf_append(&lu, "=", 1) != 0 || append_escaped(&lu, create_id) != 0) {
+      free(app);
+      fly_buf_free(&lu);
+      goto nomem;
+    }
+    free(app);
+    a->lookup_url = fly_buf_steal(&lu, NULL);
+  }
+
+  auth = auth_header(token);
+  if (auth == NULL || add_header(&a->headers, auth) != 0 ||
+      add_header(&a->headers, "Accept: application/json") != 0 ||
+      add_header(&a->headers, "Expect:") != 0)
+    goto nomem;
+  if (body.len > 0 &&
+      add_header(&a->headers, "Content-Type: application/json") != 0)
+    goto nomem;
+  if (nonce != NULL) {
+    if (fly_buf_printf(&line, "fly-machine-lease-nonce: %s", nonce) != 0 ||
+        add_header(&a->headers, line.base) != 0)
+      goto nomem;
+    fly_buf_free(&line);
+  }
+  if (body.len > 0) {
+    a->body_len = body.len;
+    a->body = fly_buf_steal(&body, NULL);
+  }
+
+  /* The token lives on only inside the header list. */
+  if (auth != NULL) {
+    memset(auth, 0, strlen(auth));
+    free(auth);
+  }
+  memset(token, 0, strlen(token));
+  free(token);
+  free(base);
+  free(opname);
+  free(nonce);
+  free(create_id);
+  free(create_key);
+  return fly_req_submit(env, &a->req);
+
+nomem:
+  napi_throw_error(env, "ERR_NO_MEMORY", "out of memory");
+fail:
+  if (auth != NULL) {
+    memset(auth, 0, strlen(auth));
+    free(auth);
+  }
+  if (token != NULL) {
+    memset(token, 0, strlen(token));
+    free(token);
+  }
+  free(base);
+  free(opname);
+  free(nonce);
+  free(create_id);
+  free(create_key);
+  fly_buf_free(&path);
+  fly_buf_free(&line);
+  fly_buf_free(&body);
+  api_free(NULL, &a->req);
+  fly_err_clear(&a->req.err);
+  free(a);
+  return NULL;
+}

@@ -1,0 +1,292 @@
+/* fly.h: the shared declarations of the native core.
+ *
+ * Threads.  Every addon instance (one per napi_env) has one I/O thread,
+ * started lazily.  It owns the CURLM, every curl easy handle and every libssh2
+ * session.  The JS thread validates arguments, copies them into a request,
+ * queues it and returns a promise; the I/O thread runs the request and hands
+ * it back through one threadsafe function, whose call_js settles the promise
+ * on the JS thread.  No napi_* call happens off the JS thread and no curl or
+ * libssh2 handle is touched off the I/O thread.
+ *
+ * Ownership of a request: JS thread (fly_req_submit) -> I/O thread (vt->start
+ * and whatever module runs it) -> fly_loop_done() -> JS thread (call_js, which
+ * frees it).  Chunk messages hold a reference so that the request outlives
+ * every message that names it.
+ */
+#ifndef FLY_H
+#define FLY_H
+
+/* FLY_NO_NAPI: the pure modules (buf.c, quote.c, keys.c, error.c) compile
+ * without Node headers for the C tests and fuzzers. */
+#ifndef FLY_NO_NAPI
+#ifndef NAPI_VERSION
+#define NAPI_VERSION 8
+#endif
+#include <node_api.h>
+#endif
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <curl/curl.h>
+
+/* ------------------------------------------------------------------------ */
+/* Growable byte buffer (buf.c).  base is always NUL-terminated when cap > 0,
+ * so a buffer of text can be used as a C string. */
+
+typedef struct fly_buf_s {
+  char *base;
+  size_t len;
+  size_t cap;
+} fly_buf_t;
+
+int fly_buf_append(fly_buf_t *b, const void *data, size_t len); /* 0 or -1 */
+int fly_buf_printf(fly_buf_t *b, const char *fmt, ...);         /* 0 or -1 */
+void fly_buf_free(fly_buf_t *b);
+/* Hands the bytes to the caller (who frees them) and empties the buffer. */
+char *fly_buf_steal(fly_buf_t *b, size_t *len);
+
+/* ------------------------------------------------------------------------ */
+/* Errors (error.c).  code is a static string such as "FLY_NOT_FOUND"; NULL
+ * means no error.  The message never contains a token, key or password. */
+
+typedef struct fly_err_s {
+  const char *code;
+  int status;          /* HTTP status, or 0 */
+  long lib_code;       /* curl, libssh2 or SFTP code, or 0 */
+  char message[512];
+  char *fly_error;     /* the Fly "error" text of an HTTP error, heap or NULL */
+  char *request_id;    /* fly-request-id of an HTTP error, heap or NULL */
+  char *path;          /* the remote path of an SFTP error, heap or NULL */
+} fly_err_t;
+
+void fly_err_set(fly_err_t *e, const char *code, const char *fmt, ...);
+void fly_err_set_path(fly_err_t *e, const char *path);
+void fly_err_clear(fly_err_t *e);
+#ifndef FLY_NO_NAPI
+/* JS thread: a JS Error with .code, and .status/.flyError/.requestId/.path
+ * where set. */
+napi_value fly_err_to_js(napi_env env, const fly_err_t *e);
+/* JS thread: throw a TypeError/RangeError with code ERR_INVALID_ARG. */
+void fly_throw_invalid(napi_env env, const char *fmt, ...);
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Requests. */
+
+typedef struct fly_loop_s fly_loop_t;
+typedef struct fly_req_s fly_req_t;
+
+#ifndef FLY_NO_NAPI
+typedef struct fly_req_vt_s {
+  /* I/O thread: the request came off the queue; run it.  When it ends
+   * (success or error in req->err) the module calls fly_loop_done(). */
+  void (*start)(fly_loop_t *loop, fly_req_t *req);
+  /* JS thread: the value the promise resolves with (req->err.code is NULL).
+   * Return NULL to resolve with undefined. */
+  napi_value (*result)(napi_env env, fly_req_t *req);
+  /* JS thread with env, or any thread with env == NULL during teardown:
+   * free the type's own fields (not req itself).  With env == NULL, skip
+   * napi_delete_reference (the environment frees references). */
+  void (*free)(napi_env env, fly_req_t *req);
+  /* I/O thread, at shutdown, for a request still running: stop touching it
+   * (close handles).  fly_loop_done() is then called by the loop.  May be
+   * NULL if the module frees nothing at abort. */
+  void (*abort)(fly_loop_t *loop, fly_req_t *req);
+} fly_req_vt_t;
+
+/* What the I/O thread sends to the JS thread: a finished request, or a chunk
+ * of a request's output (loop.c). */
+typedef struct fly_msg_s {
+  int kind;
+  fly_req_t *req;
+} fly_msg_t;
+
+struct fly_req_s {
+  const fly_req_vt_t *vt;
+  fly_req_t *next;          /* queue link; owned by whoever holds the req */
+  fly_err_t err;            /* written by the I/O thread, read in call_js */
+  /* JS thread only: */
+  napi_deferred deferred;
+  napi_ref on_chunk;        /* optional function(stream:int, chunk:Buffer) */
+  int refs;                 /* atomic: the loop's, plus one per chunk */
+  fly_msg_t done;           /* the completion message, never allocated */
+};
+
+/* JS thread: init a request of type vt (zeroed first). */
+void fly_req_init(fly_req_t *req, const fly_req_vt_t *vt);
+/* JS thread: queue req to the instance's I/O thread (starting it if needed)
+ * and create the promise.  On failure req is freed and an exception is
+ * pending; returns NULL. */
+napi_value fly_req_submit(napi_env env, fly_req_t *req);
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* The I/O thread (loop.c). */
+
+/* JS thread, module init: create this instance's loop state (no thread yet)
+ * and store it with napi_set_instance_data.  0 or -1 (exception pending). */
+#ifndef FLY_NO_NAPI
+int fly_loop_instance_init(napi_env env);
+#endif
+
+/* I/O thread: the request is finished; queue it for call_js.  After this the
+ * caller must not touch req. */
+void fly_loop_done(fly_loop_t *loop, fly_req_t *req);
+/* I/O thread: deliver a chunk of output (stream 1 stdout, 2 stderr) to the
+ * request's on_chunk callback.  Copies data.  0, or -1 when out of memory. */
+int fly_loop_chunk(fly_loop_t *loop, fly_req_t *req, int stream,
+                   const void *data, size_t len);
+/* I/O thread: the loop's multi handle (for api.c). */
+CURLM *fly_loop_multi(fly_loop_t *loop);
+/* I/O thread: ask the loop to wake no later than at (fly_now_ms clock). */
+void fly_loop_wake_at(fly_loop_t *loop, uint64_t at);
+/* I/O thread: true once the instance is shutting down. */
+int fly_loop_exiting(fly_loop_t *loop);
+/* Monotonic milliseconds. */
+uint64_t fly_now_ms(void);
+
+/* Per-module state hung off the loop, owned by the I/O thread. */
+void *fly_loop_api_state(fly_loop_t *loop);   /* api.c */
+void **fly_loop_ssh_slot(fly_loop_t *loop);   /* ssh.c stores its state here */
+
+/* ------------------------------------------------------------------------ */
+/* Machines API over libcurl (api.c).  I/O thread hooks: */
+
+/* A curl easy handle finished (from curl_multi_info_read). */
+void fly_api_on_done(fly_loop_t *loop, CURL *easy, CURLcode rc);
+/* Timers (retry backoff): run what is due; return the next deadline or
+ * UINT64_MAX. */
+uint64_t fly_api_run_timers(fly_loop_t *loop, uint64_t now);
+void fly_api_shutdown(fly_loop_t *loop);
+#ifndef FLY_NO_NAPI
+napi_value fly_napi_api(napi_env env, napi_callback_info info);
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* SSH (ssh.c, exec.c, sftp.c).  I/O thread hooks called by loop.c: */
+
+/* Advance every session and operation; called every loop turn. */
+void fly_ssh_step(fly_loop_t *loop, uint64_t now);
+/* Fill up to max wait fds with the sessions' sockets (events from
+ * libssh2_session_block_directions, or CURL_WAIT_POLLIN when idle). Returns
+ * the count. */
+int fly_ssh_fds(fly_loop_t *loop, struct curl_waitfd *fds, int max);
+/* Nearest timer (connect retry, keepalive, timeouts) or UINT64_MAX. */
+uint64_t fly_ssh_deadline(fly_loop_t *loop);
+/* Exit: fail every operation (FLY_ABORTED via fly_loop_done), close and
+ * free every session. */
+void fly_ssh_shutdown(fly_loop_t *loop);
+
+#ifndef FLY_NO_NAPI
+napi_value fly_napi_ssh_exec(napi_env env, napi_callback_info info);
+napi_value fly_napi_sftp(napi_env env, napi_callback_info info);
+napi_value fly_napi_ssh_close(napi_env env, napi_callback_info info);
+/* sshStats() -> { connects } (sync), for tests of session reuse. */
+napi_value fly_napi_ssh_stats(napi_env env, napi_callback_info info);
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Keys (keys.c): OpenSSL ed25519. */
+
+typedef struct fly_keypair_s {
+  char *private_openssh; /* "-----BEGIN OPENSSH PRIVATE KEY-----\n..." */
+  char *public_openssh;  /* "ssh-ed25519 AAAA... comment" */
+  char *fingerprint;     /* "SHA256:<base64 without padding>" */
+} fly_keypair_t;
+
+int fly_keypair_generate(fly_keypair_t *kp, const char *comment, fly_err_t *e);
+void fly_keypair_free(fly_keypair_t *kp);
+/* Public key line and fingerprint of an OpenSSH-format ed25519 private key
+ * (unencrypted).  Fills public_openssh and fingerprint; private_openssh is
+ * a copy of the input. */
+int fly_keypair_from_private(fly_keypair_t *kp, const char *private_openssh,
+                             fly_err_t *e);
+/* "SHA256:..." from a raw SSH public key blob (as libssh2_session_hostkey
+ * returns it). Caller frees. */
+char *fly_fingerprint_sha256(const unsigned char *blob, size_t len);
+#ifndef FLY_NO_NAPI
+napi_value fly_napi_keygen(napi_env env, napi_callback_info info);
+napi_value fly_napi_key_info(napi_env env, napi_callback_info info);
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Shell quoting and the remote command line (quote.c). */
+
+/* Appends s as one POSIX shell word ('...' with '\'' for quotes). */
+int fly_quote_append(fly_buf_t *out, const char *s, size_t len);
+/* 1 if name is a valid environment variable name ^[A-Za-z_][A-Za-z0-9_]*$ */
+int fly_env_name_valid(const char *name);
+
+typedef struct fly_cmd_s {
+  const char *command;      /* a shell command line, or NULL when argv */
+  const char *const *argv;  /* program and arguments, each quoted */
+  size_t argc;
+  const char *cwd;          /* NULL for the login directory */
+  const char *const *env_names;
+  const char *const *env_values;
+  size_t envc;
+  uint64_t timeout_ms;      /* 0 = none: remote kill of the process group */
+  int background;           /* detach, return at once */
+} fly_cmd_t;
+
+/* The remote command line for sh -c semantics; caller frees.  NULL with e
+ * set (ERR_INVALID_ARG) on a bad env name or NUL byte. */
+char *fly_cmd_build(const fly_cmd_t *cmd, fly_err_t *e);
+#ifndef FLY_NO_NAPI
+napi_value fly_napi_build_command(napi_env env, napi_callback_info info);
+#endif
+
+/* ------------------------------------------------------------------------ */
+#ifndef FLY_NO_NAPI
+/* JS helpers (js.c), JS thread only.  Each returns 0, or -1 with an
+ * ERR_INVALID_ARG exception pending.  Strings are malloc'ed copies. */
+
+int fly_js_str(napi_env env, napi_value v, const char *what, char **out);
+/* Property name of obj: absent/undefined/null -> *out = NULL (0) unless
+ * required. */
+int fly_js_prop_str(napi_env env, napi_value obj, const char *name,
+                    int required, char **out);
+int fly_js_prop_u64(napi_env env, napi_value obj, const char *name,
+                    uint64_t dflt, uint64_t *out);
+int fly_js_prop_bool(napi_env env, napi_value obj, const char *name,
+                     int dflt, int *out);
+/* A Buffer/TypedArray/string property copied into out (absent -> empty). */
+int fly_js_prop_bytes(napi_env env, napi_value obj, const char *name,
+                      fly_buf_t *out);
+/* A function property, kept with a reference (absent -> NULL). */
+int fly_js_prop_func(napi_env env, napi_value obj, const char *name,
+                     napi_ref *out);
+/* An object of string values -> parallel arrays (caller frees each). */
+int fly_js_prop_strmap(napi_env env, napi_value obj, const char *name,
+                       char ***names, char ***values, size_t *count);
+void fly_strv_free(char **v, size_t n);
+/* argv[idx] must be an object. */
+int fly_js_arg_obj(napi_env env, napi_callback_info info, size_t idx,
+                   napi_value *out);
+
+/* Set obj[name] = value helpers; ignore failures (an exception pends). */
+void fly_js_set_str(napi_env env, napi_value obj, const char *name,
+                    const char *s);
+void fly_js_set_int(napi_env env, napi_value obj, const char *name,
+                    int64_t v);
+void fly_js_set_double(napi_env env, napi_value obj, const char *name,
+                       double v);
+void fly_js_set_bool(napi_env env, napi_value obj, const char *name, int v);
+/* A Buffer that takes ownership of buf's bytes (no copy). */
+napi_value fly_js_buffer_from(napi_env env, fly_buf_t *buf);
+
+#define FLY_NAPI_CALL(env, call, ret)                                        \
+  do {                                                                      \
+    if ((call) != napi_ok) {                                                \
+      fly_napi_throw_last((env));                                           \
+      return (ret);                                                         \
+    }                                                                       \
+  } while (0)
+
+/* Throws the last napi error unless an exception is already pending. */
+void fly_napi_throw_last(napi_env env);
+#endif /* FLY_NO_NAPI */
+
+#endif /* FLY_H */

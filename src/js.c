@@ -1,0 +1,328 @@
+/* js.c: reading arguments from JS and building results, JS thread only.
+ *
+ * Every reader copies what it reads into C memory, because requests cross
+ * to the I/O thread and JS values must never be touched there.  Each returns
+ * 0, or -1 with an ERR_INVALID_ARG exception pending. */
+#include "fly.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static int get_prop(napi_env env, napi_value obj, const char *name,
+                    napi_value *out, napi_valuetype *type) {
+  bool has = false;
+
+  if (napi_has_named_property(env, obj, name, &has) != napi_ok) {
+    fly_napi_throw_last(env);
+    return -1;
+  }
+  if (!has) {
+    *type = napi_undefined;
+    return 0;
+  }
+  if (napi_get_named_property(env, obj, name, out) != napi_ok ||
+      napi_typeof(env, *out, type) != napi_ok) {
+    fly_napi_throw_last(env);
+    return -1;
+  }
+  return 0;
+}
+
+int fly_js_str(napi_env env, napi_value v, const char *what, char **out) {
+  size_t len = 0;
+  char *s;
+  napi_valuetype t;
+
+  *out = NULL;
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_string) {
+    fly_throw_invalid(env, "%s must be a string", what);
+    return -1;
+  }
+  if (napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok) {
+    fly_napi_throw_last(env);
+    return -1;
+  }
+  s = malloc(len + 1);
+  if (s == NULL) {
+    napi_throw_error(env, "ERR_NO_MEMORY", "out of memory");
+    return -1;
+  }
+  napi_get_value_string_utf8(env, v, s, len + 1, &len);
+  if (strlen(s) != len) {
+    free(s);
+    fly_throw_invalid(env, "%s must not contain NUL bytes", what);
+    return -1;
+  }
+  *out = s;
+  return 0;
+}
+
+int fly_js_prop_str(napi_env env, napi_value obj, const char *name,
+                    int required, char **out) {
+  napi_value v;
+  napi_valuetype t;
+
+  *out = NULL;
+  if (get_prop(env, obj, name, &v, &t) != 0)
+    return -1;
+  if (t == napi_undefined || t == napi_null) {
+    if (!required)
+      return 0;
+    fly_throw_invalid(env, "%s is required", name);
+    return -1;
+  }
+  return fly_js_str(env, v, name, out);
+}
+
+int fly_js_prop_u64(napi_env env, napi_value obj, const char *name,
+                    uint64_t dflt, uint64_t *out) {
+  napi_value v;
+  napi_valuetype t;
+  double d;
+
+  *out = dflt;
+  if (get_prop(env, obj, name, &v, &t) != 0)
+    return -1;
+  if (t == napi_undefined || t == napi_null)
+    return 0;
+  if (t != napi_number || napi_get_value_double(env, v, &d) != napi_ok ||
+      !(d >= 0) || d > 9007199254740991.0) {
+    fly_throw_invalid(env, "%s must be a non-negative number", name);
+    return -1;
+  }
+  *out = (uint64_t)d;
+  return 0;
+}
+
+int fly_js_prop_bool(napi_env env, napi_value obj, const char *name,
+                     int dflt, int *out) {
+  napi_value v;
+  napi_valuetype t;
+  bool b;
+
+  *out = dflt;
+  if (get_prop(env, obj, name, &v, &t) != 0)
+    return -1;
+  if (t == napi_undefined || t == napi_null)
+    return 0;
+  if (t != napi_boolean || napi_get_value_bool(env, v, &b) != napi_ok) {
+    fly_throw_invalid(env, "%s must be a boolean", name);
+    return -1;
+  }
+  *out = b;
+  return 0;
+}
+
+int fly_js_prop_bytes(napi_env env, napi_value obj, const char *name,
+                      fly_buf_t *out) {
+  napi_value v;
+  napi_valuetype t;
+  bool is_typed = false;
+  char *s;
+
+  if (get_prop(env, obj, name, &v, &t) != 0)
+    return -1;
+  if (t == napi_undefined || t == napi_null)
+    return 0;
+  if (t == napi_string) {
+    size_t len = 0;
+    if (napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok) {
+      fly_napi_throw_last(env);
+      return -1;
+    }
+    s = malloc(len + 1);
+    if (s == NULL) {
+      napi_throw_error(env, "ERR_NO_MEMORY", "out of memory");
+      return -1;
+    }
+    napi_get_value_string_utf8(env, v, s, len + 1, &len);
+    fly_buf_free(out);
+    out->base = s;
+    out->len = len;
+    out->cap = len + 1;
+    return 0;
+  }
+  if (napi_is_typedarray(env, v, &is_typed) == napi_ok && is_typed) {
+    napi_typedarray_type tt;
+    size_t n, off;
+    void *data;
+    napi_value ab;
+    size_t esz;
+    if (napi_get_typedarray_info(env, v, &tt, &n, &data, &ab, &off) !=
+        napi_ok) {
+      fly_napi_throw_last(env);
+      return -1;
+    }
+    switch (tt) {
+      case napi_int8_array: case napi_uint8_array:
+      case napi_uint8_clamped_array: esz = 1; break;
+      case napi_int16_array: case napi_uint16_array: esz = 2; break;
+      case napi_int32_array: case napi_uint32_array:
+      case napi_float32_array: esz = 4; break;
+      default: esz = 8; break;
+    }
+    if (fly_buf_append(out, data, n * esz) != 0) {
+      napi_throw_error(env, "ERR_NO_MEMORY", "out of memory");
+      return -1;
+    }
+    return 0;
+  }
+  fly_throw_invalid(env, "%s must be a string or a Buffer", name);
+  return -1;
+}
+
+int fly_js_prop_func(napi_env env, napi_value obj, const char *name,
+                     napi_ref *out) {
+  napi_value v;
+  napi_valuetype t;
+
+  *out = NULL;
+  if (get_prop(env, obj, name, &v, &t) != 0)
+    return -1;
+  if (t == napi_undefined || t == napi_null)
+    return 0;
+  if (t != napi_function) {
+    fly_throw_invalid(env, "%s must be a function", name);
+    return -1;
+  }
+  FLY_NAPI_CALL(env, napi_create_reference(env, v, 1, out), -1);
+  return 0;
+}
+
+void fly_strv_free(char **v, size_t n) {
+  size_t i;
+  if (v == NULL)
+    return;
+  for (i = 0; i < n; i++)
+    free(v[i]);
+  free(v);
+}
+
+int fly_js_prop_strmap(napi_env env, napi_value obj, const char *name,
+                       char ***names, char ***values, size_t *count) {
+  napi_value v, keys, k, val;
+  napi_valuetype t;
+  uint32_t n = 0, i;
+  char **ns = NULL, **vs = NULL;
+
+  *names = NULL;
+  *values = NULL;
+  *count = 0;
+  if (get_prop(env, obj, name, &v, &t) != 0)
+    return -1;
+  if (t == napi_undefined || t == napi_null)
+    return 0;
+  if (t != napi_object) {
+    fly_throw_invalid(env, "%s must be an object of strings", name);
+    return -1;
+  }
+  FLY_NAPI_CALL(env, napi_get_property_names(env, v, &keys), -1);
+  FLY_NAPI_CALL(env, napi_get_array_length(env, keys, &n), -1);
+  ns = calloc(n + 1, sizeof(*ns));
+  vs = calloc(n + 1, sizeof(*vs));
+  if (ns == NULL || vs == NULL) {
+    free(ns);
+    free(vs);
+    napi_throw_error(env, "ERR_NO_MEMORY", "out of memory");
+    return -1;
+  }
+  for (i = 0; i < n; i++) {
+    if (napi_get_element(env, keys, i, &k) != napi_ok ||
+        napi_get_property(env, v, k, &val) != napi_ok) {
+      fly_napi_throw_last(env);
+      goto fail;
+    }
+    if (fly_js_str(env, k, name, &ns[i]) != 0 ||
+        fly_js_str(env, val, "each value", &vs[i]) != 0)
+      goto fail;
+  }
+  *names = ns;
+  *values = vs;
+  *count = n;
+  return 0;
+
+fail:
+  fly_strv_free(ns, n);
+  fly_strv_free(vs, n);
+  return -1;
+}
+
+int fly_js_arg_obj(napi_env env, napi_callback_info info, size_t idx,
+                   napi_value *out) {
+  napi_value argv[4];
+  size_t argc = 4;
+  napi_valuetype t = napi_undefined;
+
+  FLY_NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL),
+                -1);
+  if (idx < argc)
+    napi_typeof(env, argv[idx], &t);
+  if (t != napi_object) {
+    fly_throw_invalid(env, "argument %u must be an object", (unsigned)idx);
+    return -1;
+  }
+  *out = argv[idx];
+  return 0;
+}
+
+void fly_js_set_str(napi_env env, napi_value obj, const char *name,
+                    const char *s) {
+  napi_value v;
+  if (s == NULL)
+    napi_get_null(env, &v);
+  else if (napi_create_string_utf8(env, s, NAPI_AUTO_LENGTH, &v) != napi_ok)
+    return;
+  napi_set_named_property(env, obj, name, v);
+}
+
+void fly_js_set_int(napi_env env, napi_value obj, const char *name,
+                    int64_t n) {
+  napi_value v;
+  if (napi_create_int64(env, n, &v) == napi_ok)
+    napi_set_named_property(env, obj, name, v);
+}
+
+void fly_js_set_double(napi_env env, napi_value obj, const char *name,
+                       double d) {
+  napi_value v;
+  if (napi_create_double(env, d, &v) == napi_ok)
+    napi_set_named_property(env, obj, name, v);
+}
+
+void fly_js_set_bool(napi_env env, napi_value obj, const char *name, int b) {
+  napi_value v;
+  if (napi_get_boolean(env, b != 0, &v) == napi_ok)
+    napi_set_named_property(env, obj, name, v);
+}
+
+static void free_external(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  free(data);
+}
+
+napi_value fly_js_buffer_from(napi_env env, fly_buf_t *buf) {
+  napi_value v;
+  size_t len = 0;
+  char *data;
+
+  /* An empty buffer is copied: external buffers of length 0 are awkward. */
+  if (buf->len == 0) {
+    void *p;
+    fly_buf_free(buf);
+    if (napi_create_buffer(env, 0, &p, &v) != napi_ok)
+      return NULL;
+    return v;
+  }
+  data = fly_buf_steal(buf, &len);
+  if (napi_create_external_buffer(env, len, data, free_external, NULL, &v) !=
+      napi_ok) {
+    /* Some runtimes forbid external buffers; fall back to a copy. */
+    void *p;
+    napi_status st = napi_create_buffer_copy(env, len, data, &p, &v);
+    free(data);
+    if (st != napi_ok)
+      return NULL;
+  }
+  return v;
+}

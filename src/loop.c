@@ -1,0 +1,401 @@
+/* loop.c: the I/O thread of an addon instance.
+ *
+ * One thread per napi_env owns the CURLM, every curl easy handle and every
+ * libssh2 session.  The JS thread hands it requests through a queue under
+ * one mutex and wakes it with curl_multi_wakeup (safe from any thread; wakes
+ * coalesce).  It blocks in curl_multi_poll, with the SSH sockets as extra
+ * fds, until a socket, a timer or a wakeup needs it.  Results go back through
+ * one threadsafe function whose call_js settles promises on the JS thread.
+ *
+ * Lock order: only `mu` exists; nothing else is locked while it is held. */
+#include "fly.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <libssh2.h>
+
+enum { FLY_MSG_DONE = 1, FLY_MSG_CHUNK = 2 };
+
+#define FLY_MAX_EXTRA_FDS 256
+
+typedef struct fly_chunk_msg_s {
+  fly_msg_t hdr;
+  int stream;
+  size_t len;
+  unsigned char data[];
+} fly_chunk_msg_t;
+
+struct fly_loop_s {
+  /* Set on the JS thread before the I/O thread starts; read-only after. */
+  napi_threadsafe_function tsfn;
+  pthread_t thread;
+
+  /* Shared between threads, under mu. */
+  pthread_mutex_t mu;
+  fly_req_t *queue_head;
+  fly_req_t *queue_tail;
+  int exiting;
+
+  /* I/O thread only (multi is created before the thread starts). */
+  CURLM *multi;
+  uint64_t wake_at;
+  void *api_state;
+  void *ssh_state;
+
+  /* JS thread only. */
+  napi_env env;
+  int started;
+  int inflight;        /* submitted and not yet settled */
+  int cleanup_added;
+};
+
+static pthread_once_t global_once = PTHREAD_ONCE_INIT;
+static int global_ok;
+
+/* curl_global_init and libssh2_init are not thread-safe: once per process,
+ * before any I/O thread exists, and never undone (other instances may still
+ * use them). */
+static void global_init(void) {
+  global_ok = curl_global_init(CURL_GLOBAL_ALL) == CURLE_OK &&
+              libssh2_init(0) == 0;
+}
+
+uint64_t fly_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+CURLM *fly_loop_multi(fly_loop_t *loop) { return loop->multi; }
+void *fly_loop_api_state(fly_loop_t *loop) { return &loop->api_state; }
+void **fly_loop_ssh_slot(fly_loop_t *loop) { return &loop->ssh_state; }
+
+void fly_loop_wake_at(fly_loop_t *loop, uint64_t at) {
+  if (at < loop->wake_at)
+    loop->wake_at = at;
+}
+
+int fly_loop_exiting(fly_loop_t *loop) {
+  int x;
+  pthread_mutex_lock(&loop->mu);
+  x = loop->exiting;
+  pthread_mutex_unlock(&loop->mu);
+  return x;
+}
+
+/* ---- requests: lifetime -------------------------------------------------- */
+
+void fly_req_init(fly_req_t *req, const fly_req_vt_t *vt) {
+  memset(req, 0, sizeof(*req));
+  req->vt = vt;
+  req->refs = 1;
+  req->done.kind = FLY_MSG_DONE;
+  req->done.req = req;
+}
+
+static void req_free(napi_env env, fly_req_t *req) {
+  if (req->vt->free != NULL)
+    req->vt->free(env, req);
+  if (env != NULL && req->on_chunk != NULL)
+    napi_delete_reference(env, req->on_chunk);
+  fly_err_clear(&req->err);
+  free(req);
+}
+
+static void req_unref(napi_env env, fly_req_t *req) {
+  if (__atomic_sub_fetch(&req->refs, 1, __ATOMIC_ACQ_REL) == 0)
+    req_free(env, req);
+}
+
+/* ---- I/O thread -> JS thread --------------------------------------------- */
+
+static void settle(napi_env env, fly_loop_t *loop, fly_req_t *req) {
+  napi_value v = NULL;
+  napi_value exc;
+  bool pending = false;
+
+  if (req->err.code == NULL && req->vt->result != NULL)
+    v = req->vt->result(env, req);
+  if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
+    napi_get_and_clear_last_exception(env, &exc);
+    napi_reject_deferred(env, req->deferred, exc);
+  } else if (req->err.code != NULL) {
+    v = fly_err_to_js(env, &req->err);
+    if (v == NULL)
+      napi_get_undefined(env, &v);
+    napi_reject_deferred(env, req->deferred, v);
+  } else {
+    if (v == NULL)
+      napi_get_undefined(env, &v);
+    napi_resolve_deferred(env, req->deferred, v);
+  }
+  /* Nothing in flight: an idle client must not hold the process open. */
+  if (--loop->inflight == 0)
+    napi_unref_threadsafe_function(env, loop->tsfn);
+}
+
+static void deliver_chunk(napi_env env, fly_chunk_msg_t *c) {
+  napi_value fn, recv, argv[2], exc;
+  void *p;
+  bool pending = false;
+  fly_req_t *req = c->hdr.req;
+
+  if (req->on_chunk == NULL ||
+      napi_get_reference_value(env, req->on_chunk, &fn) != napi_ok ||
+      fn == NULL)
+    return;
+  napi_get_undefined(env, &recv);
+  napi_create_int32(env, c->stream, &argv[0]);
+  if (napi_create_buffer_copy(env, c->len, c->data, &p, &argv[1]) != napi_ok)
+    return;
+  napi_call_function(env, recv, fn, 2, argv, NULL);
+  /* A throwing callback is the user's bug: surface it as an uncaught
+   * exception rather than swallowing it. */
+  if (napi_is_exception_pending(env, &pending) == napi_ok && pending &&
+      napi_get_and_clear_last_exception(env, &exc) == napi_ok)
+    napi_fatal_exception(env, exc);
+}
+
+static void call_js(napi_env env, napi_value js_cb, void *context,
+                    void *data) {
+  fly_loop_t *loop = context;
+  fly_msg_t *m = data;
+  fly_req_t *req = m->req;
+
+  (void)js_cb;
+  if (m->kind == FLY_MSG_CHUNK) {
+    if (env != NULL)
+      deliver_chunk(env, (fly_chunk_msg_t *)m);
+    free(m);
+  } else if (env != NULL) {
+    settle(env, loop, req);
+  }
+  /* With env == NULL the environment is being torn down: only free. */
+  req_unref(env, req);
+}
+
+void fly_loop_done(fly_loop_t *loop, fly_req_t *req) {
+  if (napi_call_threadsafe_function(loop->tsfn, &req->done,
+                                    napi_tsfn_nonblocking) != napi_ok)
+    req_unref(NULL, req); /* closing: the environment is going away */
+}
+
+int fly_loop_chunk(fly_loop_t *loop, fly_req_t *req, int stream,
+                   const void *data, size_t len) {
+  fly_chunk_msg_t *c;
+
+  if (len == 0)
+    return 0;
+  c = malloc(sizeof(*c) + len);
+  if (c == NULL)
+    return -1;
+  c->hdr.kind = FLY_MSG_CHUNK;
+  c->hdr.req = req;
+  c->stream = stream;
+  c->len = len;
+  memcpy(c->data, data, len);
+  __atomic_add_fetch(&req->refs, 1, __ATOMIC_ACQ_REL);
+  if (napi_call_threadsafe_function(loop->tsfn, c, napi_tsfn_nonblocking) !=
+      napi_ok) {
+    free(c);
+    req_unref(NULL, req);
+  }
+  return 0;
+}
+
+/* ---- the I/O thread ------------------------------------------------------ */
+
+/* Takes the whole queue under the lock; the caller runs it unlocked. */
+static fly_req_t *take_queue(fly_loop_t *loop, int *exiting) {
+  fly_req_t *q;
+  pthread_mutex_lock(&loop->mu);
+  q = loop->queue_head;
+  loop->queue_head = loop->queue_tail = NULL;
+  *exiting = loop->exiting;
+  pthread_mutex_unlock(&loop->mu);
+  return q;
+}
+
+static void abort_queue(fly_loop_t *loop, fly_req_t *q) {
+  while (q != NULL) {
+    fly_req_t *next = q->next;
+    fly_err_set(&q->err, "FLY_ABORTED", "the client is shutting down");
+    fly_loop_done(loop, q);
+    q = next;
+  }
+}
+
+static void *loop_main(void *arg) {
+  fly_loop_t *loop = arg;
+  struct curl_waitfd fds[FLY_MAX_EXTRA_FDS];
+  int exiting = 0;
+
+  for (;;) {
+    fly_req_t *q = take_queue(loop, &exiting);
+    uint64_t now, next;
+    CURLMsg *msg;
+    int running, left, n;
+    long timeout;
+
+    if (exiting) {
+      abort_queue(loop, q);
+      break;
+    }
+    while (q != NULL) {
+      fly_req_t *next_req = q->next;
+      q->next = NULL;
+      q->vt->start(loop, q);
+      q = next_req;
+    }
+
+    curl_multi_perform(loop->multi, &running);
+    while ((msg = curl_multi_info_read(loop->multi, &left)) != NULL) {
+      if (msg->msg == CURLMSG_DONE)
+        fly_api_on_done(loop, msg->easy_handle, msg->data.result);
+    }
+
+    now = fly_now_ms();
+    loop->wake_at = UINT64_MAX;
+    next = fly_api_run_timers(loop, now);
+    fly_ssh_step(loop, now);
+    if (fly_ssh_deadline(loop) < next)
+      next = fly_ssh_deadline(loop);
+    if (loop->wake_at < next)
+      next = loop->wake_at;
+
+    n = fly_ssh_fds(loop, fds, FLY_MAX_EXTRA_FDS);
+    now = fly_now_ms();
+    if (next == UINT64_MAX)
+      timeout = 10000;
+    else if (next <= now)
+      timeout = 0;
+    else
+      timeout = (long)(next - now > 10000 ? 10000 : next - now);
+    curl_multi_poll(loop->multi, n > 0 ? fds : NULL, (unsigned)n,
+                    (int)timeout, NULL);
+  }
+
+  /* Fail everything still running; call_js frees it (or frees it with
+   * env == NULL when the environment is already going). */
+  fly_api_shutdown(loop);
+  fly_ssh_shutdown(loop);
+  napi_release_threadsafe_function(loop->tsfn, napi_tsfn_release);
+  return NULL;
+}
+
+/* ---- JS thread ----------------------------------------------------------- */
+
+/* Env teardown (process exit, worker end): stop the thread and wait for it.
+ * It never waits on the JS thread (tsfn calls are non-blocking), so the join
+ * is bounded by one loop turn. */
+static void cleanup_hook(void *arg) {
+  fly_loop_t *loop = arg;
+
+  pthread_mutex_lock(&loop->mu);
+  loop->exiting = 1;
+  pthread_mutex_unlock(&loop->mu);
+  curl_multi_wakeup(loop->multi);
+  pthread_join(loop->thread, NULL);
+  curl_multi_cleanup(loop->multi);
+  loop->multi = NULL;
+  loop->started = 0;
+}
+
+static void instance_finalize(napi_env env, void *data, void *hint) {
+  fly_loop_t *loop = data;
+  (void)hint;
+  if (loop->cleanup_added)
+    napi_remove_env_cleanup_hook(env, cleanup_hook, loop);
+  if (loop->started)
+    cleanup_hook(loop);
+  pthread_mutex_destroy(&loop->mu);
+  free(loop);
+}
+
+int fly_loop_instance_init(napi_env env) {
+  fly_loop_t *loop;
+
+  pthread_once(&global_once, global_init);
+  if (!global_ok) {
+    napi_throw_error(env, "FLY_INTERNAL",
+                     "libcurl or libssh2 failed to initialise");
+    return -1;
+  }
+  loop = calloc(1, sizeof(*loop));
+  if (loop == NULL) {
+    napi_throw_error(env, "ERR_NO_MEMORY", "out of memory");
+    return -1;
+  }
+  pthread_mutex_init(&loop->mu, NULL);
+  loop->env = env;
+  loop->wake_at = UINT64_MAX;
+  if (napi_set_instance_data(env, loop, instance_finalize, NULL) != napi_ok) {
+    pthread_mutex_destroy(&loop->mu);
+    free(loop);
+    fly_napi_throw_last(env);
+    return -1;
+  }
+  return 0;
+}
+
+static int loop_start(napi_env env, fly_loop_t *loop) {
+  napi_value name;
+
+  loop->multi = curl_multi_init();
+  if (loop->multi == NULL) {
+    napi_throw_error(env, "FLY_INTERNAL", "curl_multi_init failed");
+    return -1;
+  }
+  /* Keep-alive: a few connections per host stay cached for reuse. */
+  curl_multi_setopt(loop->multi, CURLMOPT_MAXCONNECTS, 16L);
+  napi_create_string_utf8(env, "fly:io", NAPI_AUTO_LENGTH, &name);
+  if (napi_create_threadsafe_function(env, NULL, NULL, name, 0, 1, NULL, NULL,
+                                      loop, call_js, &loop->tsfn) != napi_ok)
+    goto fail;
+  napi_unref_threadsafe_function(env, loop->tsfn);
+  if (pthread_create(&loop->thread, NULL, loop_main, loop) != 0) {
+    napi_release_threadsafe_function(loop->tsfn, napi_tsfn_abort);
+    goto fail;
+  }
+  loop->started = 1;
+  if (!loop->cleanup_added) {
+    napi_add_env_cleanup_hook(env, cleanup_hook, loop);
+    loop->cleanup_added = 1;
+  }
+  return 0;
+
+fail:
+  curl_multi_cleanup(loop->multi);
+  loop->multi = NULL;
+  fly_napi_throw_last(env);
+  return -1;
+}
+
+napi_value fly_req_submit(napi_env env, fly_req_t *req) {
+  fly_loop_t *loop = NULL;
+  napi_value promise;
+
+  if (napi_get_instance_data(env, (void **)&loop) != napi_ok || loop == NULL ||
+      (!loop->started && loop_start(env, loop) != 0) ||
+      napi_create_promise(env, &req->deferred, &promise) != napi_ok) {
+    fly_napi_throw_last(env);
+    req_free(env, req);
+    return NULL;
+  }
+  if (loop->inflight++ == 0)
+    napi_ref_threadsafe_function(env, loop->tsfn);
+
+  pthread_mutex_lock(&loop->mu);
+  if (loop->queue_tail != NULL)
+    loop->queue_tail->next = req;
+  else
+    loop->queue_head = req;
+  loop->queue_tail = req;
+  pthread_mutex_unlock(&loop->mu);
+  curl_multi_wakeup(loop->multi);
+  return promise;
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env node
+'use strict'
+// `npm test`: builds the addon if needed, runs the C unit tests, then every
+// test/*.test.js with node's test runner (its summary is the last output).
+const { spawnSync } = require('child_process')
+const fs = require('fs')
+const path = require('path')
+
+const root = path.join(__dirname, '..')
+const run = (cmd, args, opts) => spawnSync(cmd, args, { stdio: 'inherit', cwd: root, ...opts })
+
+if (!fs.existsSync(path.join(root, 'build', 'Release', 'fly.node'))) {
+  const r = run('npm', ['run', 'build'])
+  if (r.status !== 0) process.exit(r.status || 1)
+}
+
+const c = run('make', ['-s', '-C', 'test/c', 'test'])
+if (c.status !== 0) {
+  console.error('C unit tests failed')
+  process.exit(c.status || 1)
+}
+
+const only = process.argv.slice(2)
+const files = only.length > 0
+  ? only
+  : fs.readdirSync(__dirname).filter((f) => f.endsWith('.test.js')).sort().map((f) => path.join('test', f))
+const r = run(process.execPath, ['--test', '--test-concurrency=4', ...files])
+process.exit(r.status === null ? 1 : r.status)
