@@ -1,0 +1,400 @@
+/* quote.c: POSIX shell quoting and the remote command line.
+ *
+ * sshd hands the command string to the user's login shell as `$SHELL -c
+ * <string>`, so everything we send is one shell script.  Every byte that
+ * came from the caller either goes inside single quotes (where the shell
+ * interprets nothing) or is the caller's own `command`, which is meant to be
+ * shell syntax.  A NUL byte cannot travel through a C string or a shell, so
+ * it is rejected rather than silently truncating an argument. */
+#include "fly.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+int fly_quote_append(fly_buf_t *out, const char *s, size_t len) {
+  size_t i, start;
+
+  if (len > 0 && memchr(s, '\0', len) != NULL)
+    return -1;
+  if (fly_buf_append(out, "'", 1) != 0)
+    return -1;
+  /* Copy runs between quotes at once; a quote closes the word, adds an
+   * escaped quote and reopens it: ' -> '\'' */
+  start = 0;
+  for (i = 0; i < len; i++) {
+    if (s[i] != '\'')
+      continue;
+    if (fly_buf_append(out, s + start, i - start) != 0 ||
+        fly_buf_append(out, "'\\''", 4) != 0)
+      return -1;
+    start = i + 1;
+  }
+  if (fly_buf_append(out, s + start, len - start) != 0 ||
+      fly_buf_append(out, "'", 1) != 0)
+    return -1;
+  return 0;
+}
+
+int fly_env_name_valid(const char *name) {
+  const char *p;
+
+  if (name == NULL)
+    return 0;
+  /* Plain ASCII tests: isalpha() would follow the locale. */
+  if (!((name[0] >= 'A' && name[0] <= 'Z') ||
+        (name[0] >= 'a' && name[0] <= 'z') || name[0] == '_'))
+    return 0;
+  for (p = name + 1; *p != '\0'; p++) {
+    if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') ||
+          (*p >= '0' && *p <= '9') || *p == '_'))
+      return 0;
+  }
+  return 1;
+}
+
+static void quote_invalid(fly_err_t *e, const char *msg) {
+  if (e != NULL)
+    fly_err_set(e, "ERR_INVALID_ARG", "%s", msg);
+}
+
+static void quote_nomem(fly_err_t *e) {
+  if (e != NULL)
+    fly_err_set(e, "FLY_INTERNAL", "out of memory building the command");
+}
+
+/* The script that runs the command itself: exports, cd, command. */
+static int quote_inner(fly_buf_t *b, const fly_cmd_t *cmd) {
+  size_t i;
+  int first = 1;
+
+  for (i = 0; i < cmd->envc; i++) {
+    const char *v = cmd->env_values[i];
+    if (fly_buf_printf(b, "%sexport %s=", first ? "" : "\n",
+                       cmd->env_names[i]) != 0 ||
+        fly_quote_append(b, v, strlen(v)) != 0)
+      return -1;
+    first = 0;
+  }
+  if (cmd->cwd != NULL) {
+    if (fly_buf_printf(b, "%scd -- ", first ? "" : "\n") != 0 ||
+        fly_quote_append(b, cmd->cwd, strlen(cmd->cwd)) != 0 ||
+        fly_buf_append(b, " || exit 1", 10) != 0)
+      return -1;
+    first = 0;
+  }
+  if (!first && fly_buf_append(b, "\n", 1) != 0)
+    return -1;
+  if (cmd->command != NULL)
+    return fly_buf_append(b, cmd->command, strlen(cmd->command));
+  for (i = 0; i < cmd->argc; i++) {
+    if ((i > 0 && fly_buf_append(b, " ", 1) != 0) ||
+        fly_quote_append(b, cmd->argv[i], strlen(cmd->argv[i])) != 0)
+      return -1;
+  }
+  return 0;
+}
+
+/* `"${SHELL:-/bin/sh}" -c '<script>'`: run script in a fresh shell of the
+ * same kind as the login shell, so the caller's command sees what it would
+ * have seen without the wrapper. */
+static int quote_shell_c(fly_buf_t *b, const fly_buf_t *script) {
+  if (fly_buf_append(b, "\"${SHELL:-/bin/sh}\" -c ", 23) != 0)
+    return -1;
+  return fly_quote_append(b, script->base ? script->base : "", script->len);
+}
+
+char *fly_cmd_build(const fly_cmd_t *cmd, fly_err_t *e) {
+  fly_buf_t inner = {0}, timed = {0}, out = {0};
+  fly_buf_t *script;
+  char *res = NULL;
+  size_t i;
+
+  if ((cmd->command == NULL) == (cmd->argc == 0 || cmd->argv == NULL) ||
+      (cmd->command != NULL && cmd->argc > 0)) {
+    quote_invalid(e, "exactly one of command and argv is required");
+    return NULL;
+  }
+  for (i = 0; i < cmd->envc; i++) {
+    if (!fly_env_name_valid(cmd->env_names[i])) {
+      quote_invalid(e, "invalid environment variable name");
+      return NULL;
+    }
+    if (cmd->env_values[i] == NULL) {
+      quote_invalid(e, "environment variable without a value");
+      return NULL;
+    }
+  }
+  for (i = 0; i < cmd->argc; i++) {
+    if (cmd->argv[i] == NULL) {
+      quote_invalid(e, "argv entry is not a string");
+      return NULL;
+    }
+  }
+
+  if (quote_inner(&inner, cmd) != 0)
+    goto nomem;
+  script = &inner;
+
+  if (cmd->timeout_ms > 0) {
+    /* GNU timeout puts itself in a new process group, signals the whole
+     * group on expiry (KILL 2 s after TERM) and exits 124; exec makes its
+     * status the channel's. */
+    if (fly_buf_printf(&timed, "exec timeout -k 2 %" PRIu64 ".%03us ",
+                       cmd->timeout_ms / 1000,
+                       (unsigned)(cmd->timeout_ms % 1000)) != 0 ||
+        quote_shell_c(&timed, &inner) != 0)
+      goto nomem;
+    script = &timed;
+  }
+
+  if (cmd->background) {
+    /* setsid -f forks into a new session with no tie to the channel, and
+     * the redirections drop the channel's pipes, so sshd sees EOF and exit
+     * 0 at once while the program lives on. */
+    if (fly_buf_append(&out, "setsid -f ", 10) != 0 ||
+        quote_shell_c(&out, script) != 0 ||
+        fly_buf_append(&out, " </dev/null >/dev/null 2>&1", 27) != 0)
+      goto nomem;
+    res = fly_buf_steal(&out, NULL);
+  } else {
+    res = fly_buf_steal(script, NULL);
+  }
+  if (res == NULL)
+    goto nomem;
+  goto cleanup;
+
+nomem:
+  quote_nomem(e);
+cleanup:
+  fly_buf_free(&inner);
+  fly_buf_free(&timed);
+  fly_buf_free(&out);
+  return res;
+}
+
+#ifndef FLY_NO_NAPI
+
+/* A JS string as a malloc'ed C string; a NUL inside is an error because it
+ * would cut the argument short. */
+static int quote_js_string(napi_env env, napi_value v, const char *what,
+                           char **out) {
+  napi_valuetype t;
+  size_t len = 0;
+  char *s;
+
+  *out = NULL;
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_string) {
+    fly_throw_invalid(env, "%s must be a string", what);
+    return -1;
+  }
+  if (napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok) {
+    fly_napi_throw_last(env);
+    return -1;
+  }
+  s = malloc(len + 1);
+  if (s == NULL) {
+    napi_throw_error(env, "FLY_INTERNAL", "out of memory");
+    return -1;
+  }
+  if (napi_get_value_string_utf8(env, v, s, len + 1, &len) != napi_ok) {
+    free(s);
+    fly_napi_throw_last(env);
+    return -1;
+  }
+  if (memchr(s, '\0', len) != NULL) {
+    free(s);
+    fly_throw_invalid(env, "%s contains a NUL byte", what);
+    return -1;
+  }
+  *out = s;
+  return 0;
+}
+
+/* obj[name] if present and not undefined/null; *out NULL otherwise. */
+static int quote_js_get(napi_env env, napi_value obj, const char *name,
+                        napi_value *out) {
+  napi_valuetype t;
+  napi_value v;
+  bool has = false;
+
+  *out = NULL;
+  if (napi_has_named_property(env, obj, name, &has) != napi_ok ||
+      (has && napi_get_named_property(env, obj, name, &v) != napi_ok) ||
+      (has && napi_typeof(env, v, &t) != napi_ok)) {
+    fly_napi_throw_last(env);
+    return -1;
+  }
+  if (has && t != napi_undefined && t != napi_null)
+    *out = v;
+  return 0;
+}
+
+static void quote_strv_free(char **v, size_t n) {
+  size_t i;
+
+  if (v == NULL)
+    return;
+  for (i = 0; i < n; i++)
+    free(v[i]);
+  free(v);
+}
+
+/* build_command({command?, argv?, cwd?, env?, timeoutMs?, background?}) */
+napi_value fly_napi_build_command(napi_env env, napi_callback_info info) {
+  size_t argc = 1, i;
+  napi_value args[1], v, keys, item, result = NULL;
+  napi_valuetype t;
+  fly_cmd_t cmd;
+  fly_err_t err;
+  char *command = NULL, *cwd = NULL, *line = NULL;
+  char **argv = NULL, **names = NULL, **values = NULL;
+  size_t nargv = 0, nenv = 0;
+  uint32_t len32;
+  bool isarr = false;
+
+  memset(&cmd, 0, sizeof(cmd));
+  memset(&err, 0, sizeof(err));
+  FLY_NAPI_CALL(env, napi_get_cb_info(env, info, &argc, args, NULL, NULL),
+                NULL);
+  if (argc < 1 || napi_typeof(env, args[0], &t) != napi_ok ||
+      t != napi_object) {
+    fly_throw_invalid(env, "options must be an object");
+    return NULL;
+  }
+
+  if (quote_js_get(env, args[0], "command", &v) != 0 ||
+      (v != NULL && quote_js_string(env, v, "command", &command) != 0))
+    goto cleanup;
+
+  if (quote_js_get(env, args[0], "argv", &v) != 0)
+    goto cleanup;
+  if (v != NULL) {
+    if (napi_is_array(env, v, &isarr) != napi_ok || !isarr ||
+        napi_get_array_length(env, v, &len32) != napi_ok) {
+      fly_throw_invalid(env, "argv must be an array of strings");
+      goto cleanup;
+    }
+    argv = calloc(len32 ? len32 : 1, sizeof(*argv));
+    if (argv == NULL) {
+      napi_throw_error(env, "FLY_INTERNAL", "out of memory");
+      goto cleanup;
+    }
+    for (i = 0; i < len32; i++) {
+      if (napi_get_element(env, v, (uint32_t)i, &item) != napi_ok) {
+        fly_napi_throw_last(env);
+        goto cleanup;
+      }
+      if (quote_js_string(env, item, "argv entry", &argv[i]) != 0)
+        goto cleanup;
+      nargv++;
+    }
+    if (nargv == 0) {
+      fly_throw_invalid(env, "argv must not be empty");
+      goto cleanup;
+    }
+  }
+  if ((command == NULL) == (argv == NULL)) {
+    fly_throw_invalid(env, "exactly one of command and argv is required");
+    goto cleanup;
+  }
+
+  if (quote_js_get(env, args[0], "cwd", &v) != 0 ||
+      (v != NULL && quote_js_string(env, v, "cwd", &cwd) != 0))
+    goto cleanup;
+
+  if (quote_js_get(env, args[0], "env", &v) != 0)
+    goto cleanup;
+  if (v != NULL) {
+    if (napi_typeof(env, v, &t) != napi_ok || t != napi_object) {
+      fly_throw_invalid(env, "env must be an object of strings");
+      goto cleanup;
+    }
+    if (napi_get_property_names(env, v, &keys) != napi_ok ||
+        napi_get_array_length(env, keys, &len32) != napi_ok) {
+      fly_napi_throw_last(env);
+      goto cleanup;
+    }
+    names = calloc(len32 ? len32 : 1, sizeof(*names));
+    values = calloc(len32 ? len32 : 1, sizeof(*values));
+    if (names == NULL || values == NULL) {
+      napi_throw_error(env, "FLY_INTERNAL", "out of memory");
+      goto cleanup;
+    }
+    for (i = 0; i < len32; i++) {
+      napi_value key, val;
+      if (napi_get_element(env, keys, (uint32_t)i, &key) != napi_ok ||
+          napi_get_property(env, v, key, &val) != napi_ok) {
+        fly_napi_throw_last(env);
+        goto cleanup;
+      }
+      nenv++;
+      if (quote_js_string(env, key, "env name", &names[i]) != 0 ||
+          quote_js_string(env, val, "env value", &values[i]) != 0)
+        goto cleanup;
+      if (!fly_env_name_valid(names[i])) {
+        /* The name is caller data, not a secret, but keep messages fixed. */
+        fly_throw_invalid(env, "invalid environment variable name");
+        goto cleanup;
+      }
+    }
+  }
+
+  if (quote_js_get(env, args[0], "timeoutMs", &v) != 0)
+    goto cleanup;
+  if (v != NULL) {
+    double d;
+    if (napi_get_value_double(env, v, &d) != napi_ok || !(d >= 0) ||
+        d > 9007199254740991.0) {
+      fly_throw_invalid(env, "timeoutMs must be a non-negative number");
+      goto cleanup;
+    }
+    cmd.timeout_ms = (uint64_t)d;
+  }
+
+  if (quote_js_get(env, args[0], "background", &v) != 0)
+    goto cleanup;
+  if (v != NULL) {
+    bool bg = false;
+    if (napi_get_value_bool(env, v, &bg) != napi_ok) {
+      fly_throw_invalid(env, "background must be a boolean");
+      goto cleanup;
+    }
+    cmd.background = bg;
+  }
+
+  cmd.command = command;
+  cmd.argv = (const char *const *)argv;
+  cmd.argc = nargv;
+  cmd.cwd = cwd;
+  cmd.env_names = (const char *const *)names;
+  cmd.env_values = (const char *const *)values;
+  cmd.envc = nenv;
+  line = fly_cmd_build(&cmd, &err);
+  if (line == NULL) {
+    if (err.code != NULL && strcmp(err.code, "ERR_INVALID_ARG") == 0)
+      fly_throw_invalid(env, "%s", err.message);
+    else if ((v = fly_err_to_js(env, &err)) != NULL)
+      napi_throw(env, v);
+    else
+      fly_napi_throw_last(env);
+    goto cleanup;
+  }
+  if (napi_create_string_utf8(env, line, NAPI_AUTO_LENGTH, &result) !=
+      napi_ok) {
+    fly_napi_throw_last(env);
+    result = NULL;
+  }
+
+cleanup:
+  fly_err_clear(&err);
+  free(line);
+  free(command);
+  free(cwd);
+  quote_strv_free(argv, nargv);
+  quote_strv_free(names, nenv);
+  quote_strv_free(values, nenv);
+  return result;
+}
+
+#endif /* FLY_NO_NAPI */

@@ -1,0 +1,233 @@
+'use strict'
+// runCommand, streamCommand and runCode over SSH (src/ssh.c, src/exec.c),
+// against fly-local machines with a real sshd.
+const test = require('node:test')
+const assert = require('node:assert/strict')
+const crypto = require('crypto')
+const { startLocal, provider, rejects, native } = require('./helpers/fly')
+
+let srv, p, sb
+test.before(async () => {
+  srv = await startLocal()
+  p = provider(srv)
+  sb = await p.sandbox.create()
+})
+test.after(async () => {
+  if (sb) await sb.destroy()
+  if (srv) await srv.stop()
+})
+
+const NASTY = ['', ' ', 'two words', "it's", '"dq"', '$(id)', '`id`', '*', '?', '[a-z]', '~', '-n', '--', '-e',
+  'a\nb', 'tab\there', 'back\\slash', '$HOME', '${PATH}', ';', '|', '&&', '>out', '<in', '#c', '!',
+  'ünïcödé ✓ 😀', '\u00a0nbsp', '\\', "'", '"', '%s%d', 'x'.repeat(5000)]
+
+test('exit codes, stdout and stderr', async () => {
+  const r = await sb.runCommand('echo out; echo err >&2; exit 3')
+  assert.equal(r.stdout, 'out\n')
+  assert.equal(r.stderr, 'err\n')
+  assert.equal(r.exitCode, 3)
+  assert.equal(typeof r.durationMs, 'number')
+  const missing = await sb.runCommand('nonexistent-command-12345')
+  assert.equal(missing.exitCode, 127)
+  assert.match(missing.stderr, /not found/)
+  const killed = await sb.runCommand('kill -9 $$')
+  assert.equal(killed.exitCode, 137)
+  const ok = await sb.runCommand('true')
+  assert.deepEqual([ok.exitCode, ok.stdout, ok.stderr], [0, '', ''])
+})
+
+test('HOME, user and PATH are sane', async () => {
+  const r = await sb.runCommand('echo "$HOME"; id -un; command -v python3 node npm; test -w /tmp && echo tmp-ok')
+  const lines = r.stdout.trim().split('\n')
+  assert.equal(lines[0], '/home/sandbox')
+  assert.equal(lines[1], 'sandbox')
+  assert.equal(lines.length, 6, r.stdout)
+  assert.equal(lines[5], 'tmp-ok')
+})
+
+test('runCommand(cmd, args) delivers every argument exactly', async () => {
+  const r = await sb.runCommand('python3', ['-c', 'import sys, json; print(json.dumps(sys.argv[1:]))', ...NASTY])
+  assert.equal(r.exitCode, 0, r.stderr)
+  assert.deepEqual(JSON.parse(r.stdout), NASTY)
+})
+
+test('cwd and env values with metacharacters', async () => {
+  const dir = "/tmp/dir with 'quotes' $(x) `y` *"
+  await sb.runCommand('mkdir', ['-p', dir])
+  const env = {}
+  NASTY.forEach((v, i) => { env[`V_${i}`] = v })
+  const r = await sb.runCommand('python3', ['-c',
+    'import os, json; print(json.dumps([os.getcwd(), [os.environ["V_%d" % i] for i in range(' + NASTY.length + ')]]))'],
+  { cwd: dir, env })
+  assert.equal(r.exitCode, 0, r.stderr)
+  assert.deepEqual(JSON.parse(r.stdout), [dir, NASTY])
+  const bad = await rejects(sb.runCommand('true', { env: { 'A-B': '1' } }))
+  assert.equal(bad.code, 'ERR_INVALID_ARG')
+  const nul = await rejects(sb.runCommand('echo', ['a\0b']))
+  assert.equal(nul.code, 'ERR_INVALID_ARG')
+  const gone = await sb.runCommand('pwd', { cwd: '/no/such/dir' })
+  assert.notEqual(gone.exitCode, 0)
+})
+
+test('runCode: python and node, exceptions are results, detection', async () => {
+  const py = await sb.runCode('import sys\nprint(f"py {sys.version_info[0]}")')
+  assert.equal(py.stdout, 'py 3\n')
+  assert.equal(py.language, 'python')
+  assert.equal(py.output, 'py 3\n')
+  assert.equal(py.exitCode, 0)
+  assert.equal(py.provider, 'fly')
+  assert.equal(py.sandboxId, sb.sandboxId)
+  assert.equal(typeof py.executionTime, 'number')
+  const js = await sb.runCode('console.log("node", typeof process.version)', 'node')
+  assert.equal(js.stdout, 'node string\n')
+  assert.equal(js.language, 'node')
+  const boom = await sb.runCode('raise ValueError("boom")', 'python')
+  assert.notEqual(boom.exitCode, 0)
+  assert.match(boom.stderr, /ValueError: boom/)
+  assert.match(boom.output, /ValueError/)
+  const jsErr = await sb.runCode('throw new Error("kaput")', 'node')
+  assert.notEqual(jsErr.exitCode, 0)
+  assert.match(jsErr.stderr, /kaput/)
+  await assert.rejects(sb.runCode('1', 'cobol'), (e) => e.code === 'ERR_INVALID_ARG')
+})
+
+test('runCode: 1 MiB of code travels as data', async () => {
+  const filler = '#' + 'x'.repeat(1023) + '\n'
+  const code = filler.repeat(1024) + 'print("big ok", "\'quotes\' $(nope) `nope`")\n'
+  assert.ok(code.length > 1024 * 1024)
+  const r = await sb.runCode(code, 'python')
+  assert.equal(r.exitCode, 0, r.stderr)
+  assert.equal(r.stdout, "big ok 'quotes' $(nope) `nope`\n")
+})
+
+test('50 commands at once on one sandbox, each result matched', async () => {
+  const before = native.sshStats ? native.sshStats().connects : 0
+  const tokens = Array.from({ length: 50 }, () => crypto.randomBytes(6).toString('hex'))
+  const results = await Promise.all(tokens.map((t, i) =>
+    sb.runCommand(`echo ${t}; echo ${i} >&2; exit ${i % 7}`)))
+  results.forEach((r, i) => {
+    assert.equal(r.stdout, tokens[i] + '\n')
+    assert.equal(r.stderr, `${i}\n`)
+    assert.equal(r.exitCode, i % 7)
+  })
+  if (native.sshStats) assert.equal(native.sshStats().connects, before, 'the session was reused')
+})
+
+test('streaming: chunks arrive while the command runs and add up to stdout', async () => {
+  const fifo = `/tmp/fifo-${crypto.randomBytes(4).toString('hex')}`
+  await sb.runCommand('mkfifo', [fifo])
+  const seen = []
+  let released = null
+  // The command blocks on the fifo after its first line; only a chunk that
+  // arrives before the command ends can release it.
+  const r = await sb.runCommand(`echo first; read x < ${fifo}; echo "second $x"; echo e1 >&2`, {
+    onStdout: (d) => {
+      seen.push(d)
+      if (d.includes('first') && !released) released = sb.runCommand(`echo go > ${fifo}`)
+    },
+    onStderr: (d) => seen.push('ERR:' + d)
+  })
+  await released
+  assert.equal(r.stdout, 'first\nsecond go\n')
+  assert.equal(r.stderr, 'e1\n')
+  assert.equal(seen.filter((s) => !s.startsWith('ERR:')).join(''), r.stdout)
+  assert.equal(seen.filter((s) => s.startsWith('ERR:')).map((s) => s.slice(4)).join(''), r.stderr)
+})
+
+test('streaming: multi-byte characters split across writes decode intact', async () => {
+  const prog = 'import sys\nfor b in "€✓😀".encode():\n  sys.stdout.buffer.write(bytes([b])); sys.stdout.flush()\n' +
+    'sys.stdout.buffer.write(b"\\xff\\n")'
+  const parts = []
+  const r = await sb.runCommand('python3', ['-c', prog], { onStdout: (d) => parts.push(d) })
+  assert.equal(parts.join(''), r.stdout)
+  assert.equal(r.stdout, '€✓😀\ufffd\n')
+})
+
+test('timeout kills the remote process group and returns 124', async () => {
+  const marker = `sleep ${3000 + Math.floor(Math.random() * 1000)}`
+  const r = await sb.runCommand(`${marker} & ${marker}`, { timeout: 500 })
+  assert.equal(r.exitCode, 124)
+  assert.ok(r.durationMs < 5000, `returned after ${r.durationMs} ms`)
+  const left = await sb.runCommand('ps -eo args')
+  assert.ok(!left.stdout.split('\n').includes(marker), 'no process left:\n' + left.stdout)
+})
+
+test('background survives the call', async () => {
+  const fifo = `/tmp/bg-${crypto.randomBytes(4).toString('hex')}`
+  await sb.runCommand('mkfifo', [fifo])
+  const r = await sb.runCommand(`echo alive > ${fifo}; exec sleep 4242`, { background: true })
+  assert.equal(r.exitCode, 0)
+  // Reading the fifo waits for the detached command to run.
+  const alive = await sb.runCommand('cat', [fifo])
+  assert.equal(alive.stdout, 'alive\n')
+  const ps = await sb.runCommand('ps -eo args')
+  assert.ok(ps.stdout.split('\n').includes('sleep 4242'))
+  await assert.rejects(sb.runCommand('true', { background: true, onStdout: () => {} }))
+})
+
+test('output above maxOutputBytes is a clear error', async () => {
+  const small = provider(srv, { maxOutputBytes: 1000 })
+  const other = await small.sandbox.getById(sb.sandboxId)
+  const err = await rejects(other.runCommand('head -c 5000 /dev/zero'))
+  assert.equal(err.code, 'ERR_OUTPUT_LIMIT')
+  const ok = await other.runCommand('head -c 999 /dev/zero | wc -c')
+  assert.equal(ok.stdout.trim(), '999')
+})
+
+test('reconnects after sshd is killed; in-flight commands fail with SSH_DISCONNECTED', async () => {
+  const machine = sb.sandboxId.split(':')[1]
+  const fifo = `/tmp/k-${crypto.randomBytes(4).toString('hex')}`
+  await sb.runCommand('mkfifo', [fifo])
+  let started
+  const isStarted = new Promise((resolve) => { started = resolve })
+  const inflight = sb.runCommand(`echo up; cat ${fifo}`, { onStdout: () => started() }).catch((e) => e)
+  await isStarted
+  await srv.killSshd(machine)
+  const err = await inflight
+  assert.equal(err.code, 'SSH_DISCONNECTED')
+  const r = await sb.runCommand('echo back')
+  assert.equal(r.stdout, 'back\n')
+})
+
+test('a swapped host key is refused and nothing is sent', async () => {
+  const other = await p.sandbox.create()
+  const machine = other.sandboxId.split(':')[1]
+  await srv.swapHostKey(machine)
+  await native.sshClose({ key: other.sandboxId })
+  const err = await rejects(other.runCommand('touch /tmp/should-not-exist'))
+  assert.equal(err.code, 'SSH_HOSTKEY_MISMATCH')
+  const ex = await require('./helpers/fly').call(srv, 'machine.exec', { app: other.sandboxId.split(':')[0], machine },
+    { body: JSON.stringify({ command: ['sh', '-c', 'test -e /tmp/should-not-exist; echo $?'] }) })
+  assert.equal(ex.body.stdout, '1\n')
+  await other.destroy()
+})
+
+test('password authentication when configured', async () => {
+  const pw = provider(srv, { sshPassword: 'sandbox' })
+  const s = await pw.sandbox.create()
+  const r = await s.runCommand('id -un')
+  assert.equal(r.stdout, 'sandbox\n')
+  await s.destroy()
+})
+
+test('getById in another provider instance authorizes its own key', async () => {
+  const appName = sb.sandboxId.split(':')[0]
+  const p2 = provider(srv, { appName })
+  const again = await p2.sandbox.getById(sb.sandboxId)
+  const r = await again.runCommand('echo second-client')
+  assert.equal(r.stdout, 'second-client\n')
+})
+
+test('exec transport: same result shape through the Machines API', async () => {
+  const appName = sb.sandboxId.split(':')[0]
+  const ex = provider(srv, { appName, transport: 'exec' })
+  const s = await ex.sandbox.getById(sb.sandboxId)
+  const r = await s.runCommand('python3', ['-c', 'import sys; print(sys.argv[1]); sys.exit(4)', "it's $(x)"])
+  assert.equal(r.stdout, "it's $(x)\n")
+  assert.equal(r.exitCode, 4)
+  const c = await s.runCode('console.log(6 * 7)', 'node')
+  assert.equal(c.stdout, '42\n')
+  const chunks = []
+  const st = await s.runCommand('echo streamed', { onStdout: (d) => chunks.push(d) })
+  assert.equal(chunks.join(''), st.stdout)
+})

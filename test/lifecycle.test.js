@@ -1,0 +1,45 @@
+'use strict'
+// Process lifetime with the native I/O thread: an idle client does not keep
+// the process alive, and a process that exits with requests in flight
+// neither crashes nor hangs.  Both run in forked children.
+const test = require('node:test')
+const assert = require('node:assert/strict')
+const { spawn } = require('child_process')
+const path = require('path')
+const { startLocal, call, appName } = require('./helpers/fly')
+
+const child = path.join(__dirname, 'fixtures', 'child.js')
+
+function runChild (args) {
+  return new Promise((resolve) => {
+    const p = spawn(process.execPath, [child, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+    let out = ''
+    let err = ''
+    p.stdout.on('data', (d) => { out += d })
+    p.stderr.on('data', (d) => { err += d })
+    p.on('exit', (code, signal) => resolve({ code, signal, out, err }))
+  })
+}
+
+test('an idle client lets the process exit by itself within a second', async (t) => {
+  const srv = await startLocal(t)
+  const app = appName('idle')
+  await call(srv, 'app.create', {}, { body: JSON.stringify({ name: app, org_slug: 'personal' }) })
+  const r = await runChild(['idle', srv.url, srv.token, app])
+  assert.equal(r.code, 0, r.err)
+  assert.match(r.out, /status 200/)
+  const lingered = Number(/lingered (\d+)/.exec(r.out)[1])
+  assert.ok(lingered < 1000, `lingered ${lingered} ms after the last call`)
+})
+
+test('exit with requests in flight neither crashes nor hangs', async (t) => {
+  const srv = await startLocal(t)
+  const app = appName('exit')
+  await call(srv, 'app.create', {}, { body: JSON.stringify({ name: app, org_slug: 'personal' }) })
+  const m = (await call(srv, 'machine.create', { app }, {
+    body: JSON.stringify({ skip_launch: true, config: { image: 'x' } })
+  })).body
+  const r = await runChild(['inflight', srv.url, srv.token, app, m.id])
+  assert.equal(r.signal, null, r.err)
+  assert.equal(r.code, 7, r.err)
+})

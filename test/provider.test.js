@@ -1,0 +1,180 @@
+'use strict'
+// The provider by the ComputeSDK contract, against fly-local: create,
+// getInfo, getById, list, destroy, getUrl, config and its errors.
+const test = require('node:test')
+const assert = require('node:assert/strict')
+const { startLocal, provider, call, rejects } = require('./helpers/fly')
+const { fly } = require('..')
+
+let srv
+test.before(async () => { srv = await startLocal() })
+test.after(() => srv && srv.stop())
+
+test('create returns a started sandbox; getInfo, list, getById, destroy', async () => {
+  const p = provider(srv)
+  assert.equal(p.name, 'fly')
+  const sb = await p.sandbox.create({ metadata: { owner: 'tests' }, envs: { GREETING: 'hi there' } })
+  assert.equal(sb.provider, 'fly')
+  const [app, machine] = sb.sandboxId.split(':')
+  assert.match(machine, /^[0-9a-f]{14}$/)
+
+  const m = (await call(srv, 'machine.get', { app, machine })).body
+  assert.equal(m.state, 'started')
+  assert.equal(m.config.guest.memory_mb, 512)
+
+  const info = await sb.getInfo()
+  assert.equal(info.id, sb.sandboxId)
+  assert.equal(info.provider, 'fly')
+  assert.equal(info.status, 'running')
+  assert.ok(info.createdAt instanceof Date)
+  assert.equal(info.createdAt.toISOString(), new Date(m.created_at).toISOString())
+  assert.equal(info.metadata.owner, 'tests')
+  assert.equal(info.metadata.appName, app)
+  assert.equal(info.metadata.machineId, machine)
+  assert.equal(info.metadata.privateIp, m.private_ip)
+  assert.equal(info.metadata.region, m.region)
+  assert.ok(info.metadata.image)
+
+  const r = await sb.runCommand('echo "$GREETING"')
+  assert.equal(r.stdout, 'hi there\n')
+
+  const listed = await p.sandbox.list()
+  assert.deepEqual(listed.map((s) => s.sandboxId), [sb.sandboxId])
+
+  const again = await p.sandbox.getById(sb.sandboxId)
+  assert.equal(again.sandboxId, sb.sandboxId)
+  assert.equal((await again.runCommand('echo same')).stdout, 'same\n')
+
+  await sb.destroy()
+  assert.equal(await p.sandbox.getById(sb.sandboxId), null)
+  assert.deepEqual(await p.sandbox.list(), [])
+  // idempotent, never throws
+  await sb.destroy()
+  await p.sandbox.destroy(sb.sandboxId)
+  await p.sandbox.destroy('nonsense')
+})
+
+test('list shows only the sandboxes this provider made', async () => {
+  const p = provider(srv)
+  const sb = await p.sandbox.create()
+  const appName = sb.sandboxId.split(':')[0]
+  // A machine in the same app made by someone else.
+  await call(srv, 'machine.create', { app: appName }, { body: JSON.stringify({ config: { image: 'x' } }) })
+  const listed = await p.sandbox.list()
+  assert.deepEqual(listed.map((s) => s.sandboxId), [sb.sandboxId])
+  await sb.destroy()
+})
+
+test('getById: unknown id is null, malformed id is ERR_INVALID_ARG', async () => {
+  const p = provider(srv)
+  assert.equal(await p.sandbox.getById('someapp:0123456789abcd'), null)
+  for (const bad of ['', 'nocolon', ':abc', 'app:', 'app:../../x', 'App Name:123']) {
+    const err = await rejects(p.sandbox.getById(bad))
+    assert.equal(err.code, 'ERR_INVALID_ARG', bad)
+  }
+})
+
+test('guest size and sandbox sizing options reach the machine', async () => {
+  const p = provider(srv, { cpus: 2, memoryMb: 1024 })
+  const sb = await p.sandbox.create({ memory: 768 })
+  const [app, machine] = sb.sandboxId.split(':')
+  const m = (await call(srv, 'machine.get', { app, machine })).body
+  assert.equal(m.config.guest.cpus, 2)
+  assert.equal(m.config.guest.memory_mb, 768)
+  await sb.destroy()
+})
+
+test('getUrl gives a reachable URL on fly-local', async () => {
+  const p = provider(srv)
+  const sb = await p.sandbox.create()
+  const info = await sb.getInfo()
+  assert.equal(await sb.getUrl({ port: 3000 }), `http://${info.metadata.privateIp}:3000`)
+  assert.equal(await sb.getUrl({ port: 8080, protocol: 'ws' }), `ws://${info.metadata.privateIp}:8080`)
+  // A server started in the sandbox answers at that URL once it says so.
+  let ready
+  const serving = new Promise((resolve) => { ready = resolve })
+  const onOut = (d) => { if (/Serving HTTP/.test(d)) ready() }
+  const server = sb.runCommand('exec python3 -u -m http.server 8765 --bind "$FLY_PRIVATE_IP"',
+    { onStdout: onOut, onStderr: onOut }).catch((e) => e)
+  await serving
+  const res = await fetch((await sb.getUrl({ port: 8765 })) + '/')
+  assert.equal(res.status, 200)
+  await res.arrayBuffer()
+  await assert.rejects(sb.getUrl({ port: 0 }), (e) => e.code === 'ERR_INVALID_ARG')
+  await sb.destroy()
+  await server
+})
+
+test('missing token: a clear error when a method is called, not at construction', async () => {
+  const saved = process.env.FLY_API_TOKEN
+  delete process.env.FLY_API_TOKEN
+  try {
+    const p = fly({ apiHostname: srv.url })
+    const err = await rejects(p.sandbox.create())
+    assert.equal(err.code, 'FLY_UNAUTHORIZED')
+    assert.match(err.message, /FLY_API_TOKEN/)
+    const err2 = await rejects(p.sandbox.list())
+    assert.equal(err2.code, 'FLY_UNAUTHORIZED')
+  } finally {
+    if (saved !== undefined) process.env.FLY_API_TOKEN = saved
+  }
+})
+
+test('environment variables are the config fallbacks', async () => {
+  const keys = ['FLY_API_TOKEN', 'FLY_APP_NAME', 'FLY_API_HOSTNAME', 'FLY_REGION', 'FLY_ORG']
+  const saved = Object.fromEntries(keys.map((k) => [k, process.env[k]]))
+  Object.assign(process.env, {
+    FLY_API_TOKEN: srv.token, FLY_APP_NAME: 'envapp-' + process.pid, FLY_API_HOSTNAME: srv.url, FLY_REGION: 'ord', FLY_ORG: 'personal'
+  })
+  try {
+    const p = fly()
+    const sb = await p.sandbox.create()
+    assert.equal(sb.sandboxId.split(':')[0], 'envapp-' + process.pid)
+    assert.equal((await sb.getInfo()).metadata.region, 'ord')
+    await sb.destroy()
+  } finally {
+    for (const k of keys) {
+      if (saved[k] === undefined) delete process.env[k]
+      else process.env[k] = saved[k]
+    }
+  }
+})
+
+test('invalid config and options are typed errors', async () => {
+  for (const bad of [{ apiToken: 5 }, { apiHostname: 'ftp://x' }, { appName: 'Bad Name' }, { cpus: 0 },
+    { memoryMb: 'lots' }, { transport: 'carrier-pigeon' }, { retry: { baseMs: -1 } }]) {
+    assert.throws(() => fly(bad), (e) => e.code === 'ERR_INVALID_ARG', JSON.stringify(bad))
+  }
+  const p = provider(srv)
+  for (const opts of [{ envs: { 'BAD-NAME': 'x' } }, { cpus: -1 }, { timeout: 'soon' }, { image: '' }]) {
+    const err = await rejects(p.sandbox.create(opts))
+    assert.equal(err.code, 'ERR_INVALID_ARG', JSON.stringify(opts))
+  }
+  assert.deepEqual(await p.sandbox.list(), [])
+})
+
+test('create honours an AbortSignal and leaves no orphan', async () => {
+  const p = provider(srv)
+  const ac = new AbortController()
+  const pending = p.sandbox.create({ signal: ac.signal })
+  ac.abort()
+  await assert.rejects(pending, (e) => e.name === 'AbortError')
+  // The generated manager destroys the late sandbox; wait for the list to
+  // empty (bounded by the test's own timeout).
+  for (;;) {
+    const all = await p.sandbox.list()
+    if (all.length === 0) break
+    await new Promise((resolve) => setImmediate(resolve))
+  }
+})
+
+test('works through computesdk-style createCompute', async () => {
+  const { createCompute } = require('@computesdk/provider')
+  const compute = createCompute({ provider: provider(srv) })
+  const sb = await compute.sandbox.create()
+  const r = await sb.runCommand('echo via-compute')
+  assert.equal(r.stdout, 'via-compute\n')
+  assert.equal(r.exitCode, 0)
+  assert.equal(typeof r.durationMs, 'number')
+  await sb.destroy()
+})
