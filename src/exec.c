@@ -1,0 +1,453 @@
+/* exec.c: one SSH channel per command (sshExec).
+ *
+ * The JS thread builds the remote command line (quote.c) and copies stdin;
+ * the I/O thread opens a channel on the target's session, runs the command,
+ * writes stdin then EOF, reads stdout and stderr until EOF, waits for the
+ * server's close and takes the exit status or signal.  A command that ends
+ * early (output limit, client-side timeout) resolves at once and leaves its
+ * channel to the session to close in the background. */
+#include "ssh.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum {
+  X_WAIT = 0,  /* waiting for a channel slot / the opener turn */
+  X_OPEN,
+  X_EXEC,
+  X_IO,
+  X_CLOSE,
+  X_FREE
+};
+
+/* Grace after timeoutMs for the remote `timeout` wrapper to act. */
+#define FLY_EXEC_GRACE_MS 3000
+#define FLY_EXEC_READ 65536
+
+typedef struct fly_exec_s {
+  fly_ssh_op_t op;             /* first */
+  /* Set on the JS thread, read-only after. */
+  char *cmdline;
+  fly_buf_t in;
+  uint64_t timeout_ms;
+  uint64_t max_output;
+  int streaming;
+  /* I/O thread. */
+  int state;
+  uint64_t deadline;           /* client-side give-up time, or UINT64_MAX */
+  LIBSSH2_CHANNEL *ch;
+  size_t in_off;
+  int eof_sent;
+  int read_blocked;            /* a read's window adjust is half sent */
+  uint64_t total;
+  fly_buf_t out;
+  fly_buf_t err;
+  /* The result. */
+  int exit_code;
+  char *signal;
+  int timed_out;
+} fly_exec_t;
+
+static const struct {
+  const char *name;
+  int num;
+} signals[] = {
+  {"HUP", 1},   {"INT", 2},   {"QUIT", 3},  {"ILL", 4},   {"TRAP", 5},
+  {"ABRT", 6},  {"BUS", 7},   {"FPE", 8},   {"KILL", 9},  {"USR1", 10},
+  {"SEGV", 11}, {"USR2", 12}, {"PIPE", 13}, {"ALRM", 14}, {"TERM", 15},
+  {"STKFLT", 16}, {"CHLD", 17}, {"CONT", 18}, {"STOP", 19}, {"TSTP", 20},
+  {"TTIN", 21}, {"TTOU", 22}, {"URG", 23},  {"XCPU", 24}, {"XFSZ", 25},
+  {"VTALRM", 26}, {"PROF", 27}, {"WINCH", 28}, {"IO", 29}, {"PWR", 30},
+  {"SYS", 31},
+};
+
+static int signal_number(const char *name) {
+  size_t i;
+  if (strncmp(name, "SIG", 3) == 0)
+    name += 3;
+  for (i = 0; i < sizeof(signals) / sizeof(signals[0]); i++)
+    if (strcmp(signals[i].name, name) == 0)
+      return signals[i].num;
+  return 0;
+}
+
+/* The channel is no longer this op's to finish: the session closes it. */
+static void exec_release_channel(fly_ssh_sess_t *s, fly_exec_t *x) {
+  if (x->ch != NULL) {
+    fly_ssh_zombie_add(s, x->ch);
+    x->ch = NULL;
+  }
+}
+
+static int exec_fail(fly_ssh_sess_t *s, fly_exec_t *x, const char *code,
+                     const char *what) {
+  fly_ssh_err_last(s, &x->op.req.err, code, what);
+  exec_release_channel(s, x);
+  return FLY_SSH_DONE;
+}
+
+/* Read what a stream has now.  Returns 1 on EOF of that stream, 0 when it
+ * would block, or an FLY_SSH_* verdict + 10 to end the step. */
+static int exec_read(fly_ssh_sess_t *s, fly_exec_t *x, int stream) {
+  char buf[FLY_EXEC_READ];
+  ssize_t n;
+
+  for (;;) {
+    n = libssh2_channel_read_ex(x->ch,
+                                stream == 1 ? 0 : SSH_EXTENDED_DATA_STDERR,
+                                buf, sizeof(buf));
+    if (n == LIBSSH2_ERROR_EAGAIN) {
+      x->read_blocked = fly_ssh_blocked_out(s);
+      return x->read_blocked ? 10 + FLY_SSH_OUT : 0;
+    }
+    x->read_blocked = 0;
+    if (n < 0) {
+      if (fly_ssh_rc_dead(s, (int)n))
+        return 10 + FLY_SSH_DEAD;
+      exec_fail(s, x, "SSH_CHANNEL_FAILED", "reading command output");
+      return 10 + FLY_SSH_DONE;
+    }
+    if (n == 0)
+      return 1;
+    s->progress = 1;
+    x->total += (uint64_t)n;
+    if (x->streaming) {
+      if (fly_loop_chunk(s->loop, &x->op.req, stream, buf, (size_t)n) != 0) {
+        fly_err_set(&x->op.req.err, "FLY_NO_MEMORY", "out of memory");
+        exec_release_channel(s, x);
+        return 10 + FLY_SSH_DONE;
+      }
+      continue;
+    }
+    if (x->total > x->max_output) {
+      fly_err_set(&x->op.req.err, "ERR_OUTPUT_LIMIT",
+                  "command output exceeded maxOutputBytes (%llu bytes)",
+                  (unsigned long long)x->max_output);
+      exec_release_channel(s, x);
+      return 10 + FLY_SSH_DONE;
+    }
+    if (fly_buf_append(stream == 1 ? &x->out : &x->err, buf, (size_t)n) !=
+        0) {
+      fly_err_set(&x->op.req.err, "FLY_NO_MEMORY", "out of memory");
+      exec_release_channel(s, x);
+      return 10 + FLY_SSH_DONE;
+    }
+  }
+}
+
+static int exec_step(fly_ssh_sess_t *s, fly_ssh_op_t *op, uint64_t now) {
+  fly_exec_t *x = (fly_exec_t *)op;
+  int rc;
+
+  if (x->state >= X_EXEC && x->state <= X_CLOSE && now >= x->deadline) {
+    /* The remote timeout did not end it: give up on our side. */
+    x->timed_out = 1;
+    x->exit_code = 124;
+    exec_release_channel(s, x);
+    return FLY_SSH_DONE;
+  }
+
+  switch (x->state) {
+  case X_WAIT:
+    if (s->opener != NULL && s->opener != op)
+      return FLY_SSH_WAIT;
+    if (s->nchan >= s->chan_limit)
+      return FLY_SSH_WAIT;
+    s->opener = op;
+    op->started = 1;
+    x->state = X_OPEN;
+    /* fall through */
+  case X_OPEN:
+    x->ch = libssh2_channel_open_session(s->ls);
+    if (x->ch == NULL) {
+      rc = libssh2_session_last_errno(s->ls);
+      if (rc == LIBSSH2_ERROR_EAGAIN)
+        return fly_ssh_blocked_out(s) ? FLY_SSH_OUT : FLY_SSH_WAIT;
+      s->opener = NULL;
+      if (fly_ssh_rc_dead(s, rc))
+        return FLY_SSH_DEAD;
+      if (rc == LIBSSH2_ERROR_CHANNEL_FAILURE && s->nchan > 0) {
+        /* The server's MaxSessions: wait for a channel to close. */
+        s->chan_limit = s->nchan;
+        x->state = X_WAIT;
+        return FLY_SSH_WAIT;
+      }
+      return exec_fail(s, x, "SSH_CHANNEL_FAILED", "opening a channel");
+    }
+    s->opener = NULL;
+    s->nchan++;
+    s->progress = 1;
+    x->state = X_EXEC;
+    /* fall through */
+  case X_EXEC:
+    rc = libssh2_channel_exec(x->ch, x->cmdline);
+    if (rc == LIBSSH2_ERROR_EAGAIN)
+      return fly_ssh_blocked_out(s) ? FLY_SSH_OUT : FLY_SSH_WAIT;
+    if (rc != 0) {
+      if (fly_ssh_rc_dead(s, rc))
+        return FLY_SSH_DEAD;
+      return exec_fail(s, x, "SSH_EXEC_FAILED", "starting the command");
+    }
+    s->progress = 1;
+    /* The client-side limit counts from the start of the command, not
+     * from the wait for a channel. */
+    if (x->timeout_ms > 0)
+      x->deadline = now + x->timeout_ms + FLY_EXEC_GRACE_MS;
+    x->state = X_IO;
+    /* fall through */
+  case X_IO: {
+    int r1, r2;
+    /* A read left a send half done: libssh2 wants that same read repeated
+     * before anything else sends, so stdin waits for it. */
+    while (!x->eof_sent && !x->read_blocked) {
+      if (x->in_off < x->in.len) {
+        ssize_t n = libssh2_channel_write(x->ch, x->in.base + x->in_off,
+                                          x->in.len - x->in_off);
+        if (n == LIBSSH2_ERROR_EAGAIN) {
+          if (fly_ssh_blocked_out(s))
+            return FLY_SSH_OUT;
+          break;
+        }
+        if (n < 0) {
+          if (fly_ssh_rc_dead(s, (int)n))
+            return FLY_SSH_DEAD;
+          /* The command closed its side without reading all of stdin. */
+          x->eof_sent = 1;
+          break;
+        }
+        x->in_off += (size_t)n;
+        s->progress = 1;
+        continue;
+      }
+      rc = libssh2_channel_send_eof(x->ch);
+      if (rc == LIBSSH2_ERROR_EAGAIN) {
+        if (fly_ssh_blocked_out(s))
+          return FLY_SSH_OUT;
+        break;
+      }
+      if (rc != 0 && fly_ssh_rc_dead(s, rc))
+        return FLY_SSH_DEAD;
+      x->eof_sent = 1;
+      s->progress = 1;
+    }
+    r1 = exec_read(s, x, 1);
+    if (r1 >= 10)
+      return r1 - 10;
+    r2 = exec_read(s, x, 2);
+    if (r2 >= 10)
+      return r2 - 10;
+    if (!(r1 == 1 && r2 == 1 && libssh2_channel_eof(x->ch)))
+      return FLY_SSH_WAIT;
+    x->state = X_CLOSE;
+    s->progress = 1;
+  }
+    /* fall through */
+  case X_CLOSE:
+    rc = libssh2_channel_close(x->ch);
+    if (rc == LIBSSH2_ERROR_EAGAIN)
+      return fly_ssh_blocked_out(s) ? FLY_SSH_OUT : FLY_SSH_WAIT;
+    if (rc != 0 && fly_ssh_rc_dead(s, rc))
+      return FLY_SSH_DEAD;
+    {
+      char *sig = NULL;
+      size_t siglen = 0;
+      x->exit_code = libssh2_channel_get_exit_status(x->ch);
+      if (libssh2_channel_get_exit_signal(x->ch, &sig, &siglen, NULL, NULL,
+                                          NULL, NULL) == 0 &&
+          sig != NULL && siglen > 0) {
+        size_t n = strlen(sig) + 4;
+        x->signal = malloc(n);
+        if (x->signal != NULL)
+          snprintf(x->signal, n, "SIG%s", sig);
+        x->exit_code = 128 + signal_number(sig);
+      }
+      /* libssh2 allocated sig with the session's allocator (malloc). */
+      free(sig);
+    }
+    x->state = X_FREE;
+    s->progress = 1;
+    /* fall through */
+  case X_FREE:
+    rc = libssh2_channel_free(x->ch);
+    if (rc == LIBSSH2_ERROR_EAGAIN)
+      return fly_ssh_blocked_out(s) ? FLY_SSH_OUT : FLY_SSH_WAIT;
+    x->ch = NULL;
+    s->nchan--;
+    return FLY_SSH_DONE;
+  }
+  return FLY_SSH_WAIT;
+}
+
+static uint64_t exec_deadline(fly_ssh_op_t *op) {
+  fly_exec_t *x = (fly_exec_t *)op;
+  return x->state >= X_EXEC ? x->deadline : UINT64_MAX;
+}
+
+static int exec_drop(fly_ssh_sess_t *s, fly_ssh_op_t *op) {
+  fly_exec_t *x = (fly_exec_t *)op;
+  (void)s;
+  /* libssh2_session_free frees the channel. */
+  x->ch = NULL;
+  if (x->state > X_OPEN)
+    return 0;
+  x->state = X_WAIT;
+  return 1;
+}
+
+static const fly_ssh_op_vt_t exec_ovt = {exec_step, exec_deadline, exec_drop};
+
+static void exec_start(fly_loop_t *loop, fly_req_t *req) {
+  fly_exec_t *x = (fly_exec_t *)req;
+  x->deadline = UINT64_MAX;
+  fly_ssh_op_start(loop, &x->op);
+}
+
+static napi_value exec_result(napi_env env, fly_req_t *req) {
+  fly_exec_t *x = (fly_exec_t *)req;
+  napi_value obj, v;
+
+  FLY_NAPI_CALL(env, napi_create_object(env, &obj), NULL);
+  fly_js_set_int(env, obj, "exitCode", x->exit_code);
+  if (x->signal != NULL) {
+    fly_js_set_str(env, obj, "signal", x->signal);
+  } else {
+    napi_get_null(env, &v);
+    napi_set_named_property(env, obj, "signal", v);
+  }
+  if ((v = fly_js_buffer_from(env, &x->out)) != NULL)
+    napi_set_named_property(env, obj, "stdout", v);
+  if ((v = fly_js_buffer_from(env, &x->err)) != NULL)
+    napi_set_named_property(env, obj, "stderr", v);
+  fly_js_set_bool(env, obj, "timedOut", x->timed_out);
+  return obj;
+}
+
+static void exec_free(napi_env env, fly_req_t *req) {
+  fly_exec_t *x = (fly_exec_t *)req;
+  (void)env;
+  fly_ssh_target_free(&x->op.target);
+  free(x->cmdline);
+  fly_buf_free(&x->in);
+  fly_buf_free(&x->out);
+  fly_buf_free(&x->err);
+  free(x->signal);
+}
+
+static const fly_req_vt_t exec_vt = {exec_start, exec_result, exec_free,
+                                     NULL};
+
+/* argv: an array of strings (absent -> none). */
+static int get_argv(napi_env env, napi_value opts, char ***argv,
+                    size_t *argc) {
+  napi_value arr, el;
+  napi_valuetype t;
+  bool has = false, is_arr = false;
+  uint32_t n, i;
+  char **v;
+
+  *argv = NULL;
+  *argc = 0;
+  if (napi_has_named_property(env, opts, "argv", &has) != napi_ok || !has)
+    return 0;
+  FLY_NAPI_CALL(env, napi_get_named_property(env, opts, "argv", &arr), -1);
+  FLY_NAPI_CALL(env, napi_typeof(env, arr, &t), -1);
+  if (t == napi_undefined || t == napi_null)
+    return 0;
+  if (napi_is_array(env, arr, &is_arr) != napi_ok || !is_arr) {
+    fly_throw_invalid(env, "argv must be an array of strings");
+    return -1;
+  }
+  FLY_NAPI_CALL(env, napi_get_array_length(env, arr, &n), -1);
+  if (n == 0) {
+    fly_throw_invalid(env, "argv must not be empty");
+    return -1;
+  }
+  v = calloc(n, sizeof(char *));
+  if (v == NULL) {
+    napi_throw_error(env, "FLY_NO_MEMORY", "out of memory");
+    return -1;
+  }
+  for (i = 0; i < n; i++) {
+    if (napi_get_element(env, arr, i, &el) != napi_ok ||
+        fly_js_str(env, el, "argv[]", &v[i]) != 0) {
+      fly_napi_throw_last(env);
+      fly_strv_free(v, i);
+      return -1;
+    }
+  }
+  *argv = v;
+  *argc = n;
+  return 0;
+}
+
+napi_value fly_napi_ssh_exec(napi_env env, napi_callback_info info) {
+  napi_value opts;
+  fly_exec_t *x;
+  fly_cmd_t cmd;
+  fly_err_t e;
+  char *command = NULL, *cwd = NULL;
+  char **argv = NULL, **env_names = NULL, **env_values = NULL;
+  size_t argc = 0, envc = 0;
+  int background = 0;
+
+  if (fly_js_arg_obj(env, info, 0, &opts) != 0)
+    return NULL;
+  x = calloc(1, sizeof(*x));
+  if (x == NULL) {
+    napi_throw_error(env, "FLY_NO_MEMORY", "out of memory");
+    return NULL;
+  }
+  fly_req_init(&x->op.req, &exec_vt);
+  x->op.ovt = &exec_ovt;
+  memset(&e, 0, sizeof(e));
+  if (fly_ssh_target_parse(env, opts, &x->op.target) != 0 ||
+      fly_js_prop_str(env, opts, "command", 0, &command) != 0 ||
+      get_argv(env, opts, &argv, &argc) != 0 ||
+      fly_js_prop_str(env, opts, "cwd", 0, &cwd) != 0 ||
+      fly_js_prop_strmap(env, opts, "env", &env_names, &env_values, &envc) !=
+          0 ||
+      fly_js_prop_u64(env, opts, "timeoutMs", 0, &x->timeout_ms) != 0 ||
+      fly_js_prop_bool(env, opts, "background", 0, &background) != 0 ||
+      fly_js_prop_bytes(env, opts, "stdin", &x->in) != 0 ||
+      fly_js_prop_u64(env, opts, "maxOutputBytes", (uint64_t)64 << 20,
+                      &x->max_output) != 0 ||
+      fly_js_prop_func(env, opts, "onChunk", &x->op.req.on_chunk) != 0)
+    goto fail;
+  x->streaming = x->op.req.on_chunk != NULL;
+
+  memset(&cmd, 0, sizeof(cmd));
+  cmd.command = command;
+  cmd.argv = (const char *const *)argv;
+  cmd.argc = argc;
+  cmd.cwd = cwd;
+  cmd.env_names = (const char *const *)env_names;
+  cmd.env_values = (const char *const *)env_values;
+  cmd.envc = envc;
+  cmd.timeout_ms = x->timeout_ms;
+  cmd.background = background;
+  x->cmdline = fly_cmd_build(&cmd, &e);
+  if (x->cmdline == NULL) {
+    fly_throw_invalid(env, "%s", e.message[0] ? e.message : "bad command");
+    fly_err_clear(&e);
+    goto fail;
+  }
+  free(command);
+  free(cwd);
+  fly_strv_free(argv, argc);
+  fly_strv_free(env_names, envc);
+  fly_strv_free(env_values, envc);
+  return fly_req_submit(env, &x->op.req);
+
+fail:
+  free(command);
+  free(cwd);
+  fly_strv_free(argv, argc);
+  fly_strv_free(env_names, envc);
+  fly_strv_free(env_values, envc);
+  exec_free(env, &x->op.req);
+  if (x->op.req.on_chunk != NULL)
+    napi_delete_reference(env, x->op.req.on_chunk);
+  free(x);
+  return NULL;
+}

@@ -1,0 +1,110 @@
+/* ssh.h: private declarations shared by ssh.c, exec.c and sftp.c.
+ *
+ * A session (fly_ssh_sess_t) is one libssh2 connection, found by the
+ * caller's key.  Operations (fly_ssh_op_t: an exec or an SFTP call) queue on
+ * their session and are stepped by ssh.c from the I/O thread.  Everything
+ * here is I/O thread only, except fly_ssh_target_parse (JS thread). */
+#ifndef FLY_SSH_H
+#define FLY_SSH_H
+
+#include "fly.h"
+
+#include <libssh2.h>
+#include <libssh2_sftp.h>
+
+/* Where and how to connect; owned copies of the JS target. */
+typedef struct fly_ssh_target_s {
+  char *key;
+  char *host;
+  int port;
+  char *user;
+  char *private_key;
+  char *password;
+  char *fingerprint;
+  int insecure;
+  uint64_t connect_timeout_ms;
+  unsigned keepalive_sec;
+} fly_ssh_target_t;
+
+typedef struct fly_ssh_sess_s fly_ssh_sess_t;
+typedef struct fly_ssh_op_s fly_ssh_op_t;
+
+/* What an op's step returns to the session. */
+enum {
+  FLY_SSH_WAIT = 0,  /* nothing more to do until the socket or a timer */
+  FLY_SSH_OUT,       /* a send is half done: step only this op until it ends */
+  FLY_SSH_DONE,      /* finished (req.err set on failure): unlink and done */
+  FLY_SSH_DEAD       /* the connection is gone */
+};
+
+typedef struct fly_ssh_op_vt_s {
+  int (*step)(fly_ssh_sess_t *s, fly_ssh_op_t *op, uint64_t now);
+  /* Nearest timer of the op, or UINT64_MAX. */
+  uint64_t (*deadline)(fly_ssh_op_t *op);
+  /* The session is going away: forget libssh2 handles without I/O.
+   * Return 1 when the op sent nothing the server acted on, so it may run
+   * again on a new connection (its state is then reset). */
+  int (*drop)(fly_ssh_sess_t *s, fly_ssh_op_t *op);
+} fly_ssh_op_vt_t;
+
+struct fly_ssh_op_s {
+  fly_req_t req;               /* first: the loop frees the op as a req */
+  const fly_ssh_op_vt_t *ovt;
+  fly_ssh_target_t target;
+  /* I/O thread only. */
+  fly_ssh_op_t *next;          /* the session's op list, in arrival order */
+  int started;                 /* touched the connection: fails on drop */
+  int retried;                 /* already moved once to a new connection */
+};
+
+typedef struct fly_ssh_zombie_s {
+  LIBSSH2_CHANNEL *ch;
+  struct fly_ssh_zombie_s *next;
+} fly_ssh_zombie_t;
+
+struct fly_ssh_sess_s {
+  fly_loop_t *loop;
+  fly_ssh_sess_t *next;
+  fly_ssh_target_t target;     /* of the current or last connection */
+  int state;
+  int fd;
+  LIBSSH2_SESSION *ls;
+  uint64_t connect_deadline;
+  uint64_t retry_at;
+  uint64_t keepalive_at;
+  char last_connect_error[160];
+
+  fly_ssh_op_t *ops;
+  /* libssh2 keeps one open state per session (channel opens and SFTP init
+   * share it), so one op at a time may be opening. */
+  void *opener;
+  /* The object whose send returned EAGAIN half done, or NULL. */
+  void *blocked;
+  int nchan;                   /* channels open, zombies included */
+  int chan_limit;              /* learned from the server's refusals */
+
+  LIBSSH2_SFTP *sftp;
+  fly_ssh_op_t *sftp_owner;    /* SFTP runs one op at a time */
+
+  fly_ssh_zombie_t *zombies;   /* channels being closed after their op */
+  int progress;                /* set by steps that may allow more work */
+};
+
+/* JS thread. */
+int fly_ssh_target_parse(napi_env env, napi_value opts, fly_ssh_target_t *t);
+void fly_ssh_target_free(fly_ssh_target_t *t);
+
+/* I/O thread: hand an op to the session of its target key. */
+void fly_ssh_op_start(fly_loop_t *loop, fly_ssh_op_t *op);
+
+/* I/O thread helpers for the op modules. */
+int fly_ssh_blocked_out(fly_ssh_sess_t *s);
+/* 1 when rc means the connection is unusable. */
+int fly_ssh_rc_dead(fly_ssh_sess_t *s, int rc);
+/* Close and free ch in the background (the op is finished with it). */
+void fly_ssh_zombie_add(fly_ssh_sess_t *s, LIBSSH2_CHANNEL *ch);
+/* Fill err from the session's last libssh2 error. */
+void fly_ssh_err_last(fly_ssh_sess_t *s, fly_err_t *e, const char *code,
+                      const char *what);
+
+#endif /* FLY_SSH_H */

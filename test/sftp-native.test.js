@@ -1,0 +1,162 @@
+'use strict'
+// The native sftp verb against a throwaway OpenSSH server on 127.0.0.1
+// (internal-sftp).  Needs root.
+
+const test = require('node:test')
+const assert = require('node:assert')
+const crypto = require('node:crypto')
+const fs = require('node:fs')
+const path = require('node:path')
+const native = require('../build/Release/fly.node')
+const { startSshd } = require('./helpers/sshd')
+
+let sshd
+let target
+let root
+
+test.before(async () => {
+  sshd = await startSshd()
+  target = sshd.target({ key: 'sftp-native-main' })
+  root = fs.mkdtempSync('/tmp/fly-sftp-test-')
+})
+
+test.after(async () => {
+  await native.sshClose({ key: 'sftp-native-main' })
+  fs.rmSync(root, { recursive: true, force: true })
+  await sshd.stop()
+})
+
+const sftp = (op, p, extra = {}) => native.sftp({ target, op, path: p, ...extra })
+const sha = (b) => crypto.createHash('sha256').update(b).digest('hex')
+
+test('round trips: 0 B, 1 B, all byte values, 1 MiB', async () => {
+  const cases = [Buffer.alloc(0), Buffer.from('x'),
+    Buffer.from(Array.from({ length: 256 }, (_, i) => i)), crypto.randomBytes(1 << 20)]
+  for (const [i, data] of cases.entries()) {
+    const p = path.join(root, `rt-${i}`)
+    assert.strictEqual(await sftp('write', p, { data }), undefined)
+    assert.ok(fs.readFileSync(p).equals(data), `on disk, case ${i}`)
+    const back = await sftp('read', p)
+    assert.ok(Buffer.isBuffer(back))
+    assert.ok(back.equals(data), `read back, case ${i}`)
+    assert.strictEqual(fs.statSync(p).mode & 0o777, 0o644)
+  }
+  // Strings are written as UTF-8.
+  await sftp('write', path.join(root, 'str'), { data: 'héllo' })
+  assert.strictEqual((await sftp('read', path.join(root, 'str'))).toString(), 'héllo')
+  // Overwrite truncates.
+  await sftp('write', path.join(root, 'str'), { data: 'a' })
+  assert.strictEqual(fs.readFileSync(path.join(root, 'str'), 'utf8'), 'a')
+})
+
+test('64 MiB up and down', async () => {
+  const data = crypto.randomBytes(64 << 20)
+  const p = path.join(root, 'big')
+  await sftp('write', p, { data })
+  assert.strictEqual(sha(fs.readFileSync(p)), sha(data))
+  const back = await sftp('read', p)
+  assert.strictEqual(back.length, data.length)
+  assert.strictEqual(sha(back), sha(data))
+  fs.unlinkSync(p)
+})
+
+test('awkward names', async () => {
+  const names = ['with space', "quo'te", 'dq"uote', 'new\nline', 'ünï €', '-leading-dash', '$(x)`y`']
+  for (const n of names) {
+    const p = path.join(root, n)
+    await sftp('write', p, { data: n })
+    assert.strictEqual(fs.readFileSync(p, 'utf8'), n)
+    assert.strictEqual((await sftp('read', p)).toString(), n)
+  }
+  const list = await sftp('readdir', root)
+  for (const n of names) assert.ok(list.some((e) => e.name === n && e.type === 'file'), n)
+})
+
+test('mkdir -p, exists, stat, readdir of empty and of 1000 entries', async () => {
+  const deep = path.join(root, 'a/b/c/d')
+  await sftp('mkdir', deep, { recursive: true })
+  assert.ok(fs.statSync(deep).isDirectory())
+  await sftp('mkdir', deep, { recursive: true }) // no error when it exists
+  await assert.rejects(sftp('mkdir', deep), (e) => e.code === 'SFTP_FILE_EXISTS' && e.path === deep)
+  await sftp('mkdir', path.join(deep, 'e'))
+  assert.ok(fs.statSync(path.join(deep, 'e')).isDirectory())
+  await assert.rejects(sftp('mkdir', path.join(root, 'nope/x')), (e) => e.code === 'SFTP_NO_SUCH_FILE')
+
+  const st = await sftp('stat', deep)
+  assert.strictEqual(st.type, 'directory')
+  assert.ok(Math.abs(st.mtimeMs - fs.statSync(deep).mtimeMs) < 1000)
+  assert.strictEqual(await sftp('stat', path.join(root, 'missing')), null)
+  fs.writeFileSync(path.join(root, 'f5'), '12345')
+  assert.deepStrictEqual(
+    { type: (await sftp('stat', path.join(root, 'f5'))).type, size: (await sftp('stat', path.join(root, 'f5'))).size },
+    { type: 'file', size: 5 })
+
+  assert.deepStrictEqual(await sftp('readdir', path.join(deep, 'e')), [])
+
+  const many = path.join(root, 'many')
+  fs.mkdirSync(many)
+  for (let i = 0; i < 1000; i++) fs.writeFileSync(path.join(many, `f${i}`), String(i))
+  fs.mkdirSync(path.join(many, 'sub'))
+  fs.symlinkSync('f1', path.join(many, 'link'))
+  const list = await sftp('readdir', many)
+  assert.strictEqual(list.length, 1002)
+  const byName = new Map(list.map((e) => [e.name, e]))
+  assert.strictEqual(byName.get('f999').size, 3)
+  assert.strictEqual(byName.get('f999').type, 'file')
+  assert.strictEqual(byName.get('sub').type, 'directory')
+  assert.strictEqual(byName.get('link').type, 'symlink')
+  assert.ok(!byName.has('.') && !byName.has('..'))
+})
+
+test('remove: files, trees, errors', async () => {
+  const tree = path.join(root, 'tree')
+  fs.mkdirSync(path.join(tree, 'x/y/z'), { recursive: true })
+  for (let i = 0; i < 20; i++) fs.writeFileSync(path.join(tree, 'x', `f${i}`), 'x')
+  fs.writeFileSync(path.join(tree, 'x/y/z/deep'), 'd')
+  fs.symlinkSync('/etc', path.join(tree, 'x/etc-link'))
+  await assert.rejects(sftp('remove', tree), (e) => e.code === 'SFTP_DIR_NOT_EMPTY')
+  await sftp('remove', tree, { recursive: true })
+  assert.ok(!fs.existsSync(tree))
+  assert.ok(fs.existsSync('/etc/passwd'), 'the symlink was removed, not followed')
+
+  fs.writeFileSync(path.join(root, 'one'), '1')
+  await sftp('remove', path.join(root, 'one'))
+  assert.ok(!fs.existsSync(path.join(root, 'one')))
+  fs.mkdirSync(path.join(root, 'emptydir'))
+  await sftp('remove', path.join(root, 'emptydir'))
+  assert.ok(!fs.existsSync(path.join(root, 'emptydir')))
+
+  await assert.rejects(sftp('remove', path.join(root, 'missing')),
+    (e) => e.code === 'SFTP_NO_SUCH_FILE' && e.path === path.join(root, 'missing') &&
+      /remove/.test(e.message))
+})
+
+test('missing paths and a file where a directory is expected', async () => {
+  const missing = path.join(root, 'no/such/file')
+  await assert.rejects(sftp('read', missing), (e) => e.code === 'SFTP_NO_SUCH_FILE' && e.path === missing)
+  await assert.rejects(sftp('readdir', missing), (e) => e.code === 'SFTP_NO_SUCH_FILE')
+  await assert.rejects(sftp('write', missing, { data: 'x' }), (e) => e.code === 'SFTP_NO_SUCH_FILE')
+
+  const file = path.join(root, 'plain')
+  fs.writeFileSync(file, 'p')
+  await assert.rejects(sftp('readdir', file), (e) => e.code === 'SFTP_NOT_A_DIRECTORY')
+  await assert.rejects(sftp('mkdir', path.join(file, 'sub'), { recursive: true }),
+    (e) => e.code === 'SFTP_NOT_A_DIRECTORY')
+  await assert.rejects(sftp('mkdir', file, { recursive: true }), (e) => e.code === 'SFTP_FILE_EXISTS')
+  await assert.rejects(sftp('read', root), (e) => e.code === 'SFTP_IS_A_DIRECTORY')
+
+  assert.throws(() => native.sftp({ target, op: 'chmod', path: '/tmp' }), (e) => e.code === 'ERR_INVALID_ARG')
+  assert.throws(() => native.sftp({ target, op: 'read', path: '' }), (e) => e.code === 'ERR_INVALID_ARG')
+})
+
+test('concurrent ops on one session, alongside execs', async () => {
+  const files = Array.from({ length: 40 }, (_, i) => [path.join(root, `c${i}`), crypto.randomBytes(1000 + i * 997)])
+  await Promise.all([
+    ...files.map(([p, d]) => sftp('write', p, { data: d })),
+    ...Array.from({ length: 10 }, (_, i) => native.sshExec({ target, argv: ['echo', String(i)] }))
+  ])
+  const back = await Promise.all(files.map(([p]) => sftp('read', p)))
+  back.forEach((b, i) => assert.ok(b.equals(files[i][1])))
+  const stats = await Promise.all(files.map(([p]) => sftp('stat', p)))
+  stats.forEach((s, i) => assert.strictEqual(s.size, files[i][1].length))
+})

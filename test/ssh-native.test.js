@@ -1,0 +1,253 @@
+'use strict'
+// The native SSH verbs (sshExec, sshClose, sshStats) against a throwaway
+// OpenSSH server on 127.0.0.1.  Needs root.
+
+const test = require('node:test')
+const assert = require('node:assert')
+const { execFileSync } = require('node:child_process')
+const crypto = require('node:crypto')
+const net = require('node:net')
+const native = require('../build/Release/fly.node')
+const { startSshd, freePort } = require('./helpers/sshd')
+
+let sshd
+let target
+
+test.before(async () => {
+  sshd = await startSshd()
+  target = sshd.target({ key: 'ssh-native-main' })
+})
+
+test.after(async () => {
+  await native.sshClose({ key: 'ssh-native-main' })
+  await sshd.stop()
+})
+
+const exec = (opts) => native.sshExec({ target, ...opts })
+
+test('echo, stdout and stderr apart, exit codes', async () => {
+  let r = await exec({ command: 'echo hello; echo oops >&2' })
+  assert.strictEqual(r.exitCode, 0)
+  assert.strictEqual(r.signal, null)
+  assert.strictEqual(r.timedOut, false)
+  assert.strictEqual(r.stdout.toString(), 'hello\n')
+  assert.strictEqual(r.stderr.toString(), 'oops\n')
+
+  r = await exec({ command: 'exit 3' })
+  assert.strictEqual(r.exitCode, 3)
+
+  r = await exec({ command: 'no-such-command-here' })
+  assert.strictEqual(r.exitCode, 127)
+  assert.match(r.stderr.toString(), /not found/)
+
+  r = await exec({ command: 'kill -9 $$' })
+  assert.strictEqual(r.exitCode, 128 + 9)
+  assert.strictEqual(r.signal, 'SIGKILL')
+})
+
+test('argv with nasty strings arrives exact', async () => {
+  const args = ["it's", '"dq"', '$(touch /tmp/pwned)', '`id`', '*', '?',
+    'a\nb', 'üñí €', '', ' lead', 'tail ', '-n', '\\', '$HOME', ';', '|', '&&']
+  const r = await exec({ argv: ['printf', '%s\\0', ...args] })
+  assert.strictEqual(r.exitCode, 0)
+  assert.deepStrictEqual(r.stdout.toString().split('\0').slice(0, -1), args)
+})
+
+test('cwd and env', async () => {
+  const r = await exec({
+    argv: ['sh', '-c', 'pwd; printf "%s|%s" "$FOO" "$BAR"'],
+    cwd: '/tmp',
+    env: { FOO: "x y 'z'", BAR: '$(nope)' }
+  })
+  assert.strictEqual(r.stdout.toString(), "/tmp\nx y 'z'|$(nope)")
+  assert.throws(() => native.sshExec({ target, command: 'true', env: { 'A-B': '1' } }),
+    (e) => e.code === 'ERR_INVALID_ARG')
+  assert.throws(() => native.sshExec({ target, command: 'x', argv: ['y'] }),
+    (e) => e.code === 'ERR_INVALID_ARG')
+  assert.throws(() => native.sshExec({ target: { ...target, privateKey: undefined }, command: 'x' }),
+    (e) => e.code === 'ERR_INVALID_ARG')
+})
+
+test('stdin of 1 MiB', async () => {
+  const data = crypto.randomBytes(1 << 20)
+  const r = await exec({ command: 'sha256sum', stdin: data })
+  const want = crypto.createHash('sha256').update(data).digest('hex')
+  assert.strictEqual(r.stdout.toString().split(' ')[0], want)
+  // A command that ignores its stdin still finishes.
+  const r2 = await exec({ command: 'echo done', stdin: data })
+  assert.strictEqual(r2.stdout.toString(), 'done\n')
+})
+
+test('50 concurrent execs on one session, matched to their commands', async () => {
+  const before = native.sshStats().connects
+  const tokens = Array.from({ length: 50 }, (_, i) => `tok-${i}-${crypto.randomBytes(4).toString('hex')}`)
+  const rs = await Promise.all(tokens.map((t) => exec({ argv: ['echo', t] })))
+  rs.forEach((r, i) => {
+    assert.strictEqual(r.exitCode, 0)
+    assert.strictEqual(r.stdout.toString(), tokens[i] + '\n')
+  })
+  assert.strictEqual(native.sshStats().connects, before)
+})
+
+test('more channels than MaxSessions queue instead of failing', async () => {
+  const small = await startSshd({ maxSessions: 4 })
+  const t = small.target({ key: 'ssh-native-small' })
+  try {
+    const rs = await Promise.all(Array.from({ length: 12 }, (_, i) =>
+      native.sshExec({ target: t, command: `sleep 0.2; echo ${i}` })))
+    rs.forEach((r, i) => assert.strictEqual(r.stdout.toString(), `${i}\n`))
+  } finally {
+    await native.sshClose({ key: 'ssh-native-small' })
+    await small.stop()
+  }
+})
+
+test('streaming chunks add up and arrive before completion', async () => {
+  const chunks = { 1: [], 2: [] }
+  let settled = false
+  let beforeEnd = 0
+  const p = exec({
+    command: 'for i in 1 2 3; do echo out$i; echo err$i >&2; sleep 0.1; done; head -c 300000 /dev/zero',
+    onChunk: (stream, chunk) => {
+      if (!settled) beforeEnd++
+      chunks[stream].push(Buffer.from(chunk))
+    }
+  })
+  const r = await p
+  settled = true
+  assert.strictEqual(r.exitCode, 0)
+  const out = Buffer.concat(chunks[1])
+  assert.strictEqual(out.subarray(0, 15).toString(), 'out1\nout2\nout3\n')
+  assert.strictEqual(out.length, 15 + 300000)
+  assert.strictEqual(Buffer.concat(chunks[2]).toString(), 'err1\nerr2\nerr3\n')
+  assert.ok(beforeEnd >= 4, 'chunks came before the promise settled')
+})
+
+test('timeout kills the remote command', async () => {
+  const marker = `sleep 30${Math.floor(Math.random() * 1000)}`
+  const t0 = Date.now()
+  const r = await exec({ argv: ['sh', '-c', `exec sleep ${marker.slice(5)}`], timeoutMs: 500 })
+  const took = Date.now() - t0
+  assert.strictEqual(r.exitCode, 124)
+  assert.ok(took < 3000, `took ${took} ms`)
+  let left = ''
+  try { left = execFileSync('pgrep', ['-f', marker], { encoding: 'utf8' }) } catch {}
+  assert.strictEqual(left, '')
+})
+
+test('background command survives and returns at once', async () => {
+  const file = `/tmp/fly-bg-${process.pid}-${Date.now()}`
+  const t0 = Date.now()
+  const r = await exec({ command: `sleep 0.5; echo alive > ${file}`, background: true })
+  assert.strictEqual(r.exitCode, 0)
+  assert.ok(Date.now() - t0 < 400)
+  // Wait for the file through the remote side itself.
+  const r2 = await exec({ command: `while [ ! -s ${file} ]; do sleep 0.05; done; cat ${file}; rm -f ${file}`, timeoutMs: 5000 })
+  assert.strictEqual(r2.stdout.toString(), 'alive\n')
+})
+
+test('output limit', async () => {
+  await assert.rejects(exec({ command: 'head -c 2000000 /dev/zero', maxOutputBytes: 100000 }),
+    (e) => e.code === 'ERR_OUTPUT_LIMIT')
+  // The session is still fine afterwards.
+  const r = await exec({ command: 'echo ok' })
+  assert.strictEqual(r.stdout.toString(), 'ok\n')
+})
+
+test('host key mismatch is refused', async () => {
+  const t = sshd.target({ hostKeyFingerprint: 'SHA256:' + Buffer.alloc(32).toString('base64').replace(/=+$/, '') })
+  await assert.rejects(native.sshExec({ target: t, command: 'true' }),
+    (e) => e.code === 'SSH_HOSTKEY_MISMATCH' && !e.message.includes('PRIVATE'))
+  await native.sshClose({ key: t.key })
+})
+
+test('insecureHostKey skips the pin', async () => {
+  const t = sshd.target({ hostKeyFingerprint: undefined, insecureHostKey: true })
+  const r = await native.sshExec({ target: t, command: 'echo x' })
+  assert.strictEqual(r.stdout.toString(), 'x\n')
+  await native.sshClose({ key: t.key })
+})
+
+test('a key the server does not know -> SSH_AUTH_FAILED', async () => {
+  const other = await startSshd()
+  const t = sshd.target({ privateKey: other.clientKey })
+  try {
+    await assert.rejects(native.sshExec({ target: t, command: 'true' }),
+      (e) => e.code === 'SSH_AUTH_FAILED' && !e.message.includes('BEGIN'))
+  } finally {
+    await native.sshClose({ key: t.key })
+    await other.stop()
+  }
+})
+
+test('a refused password -> SSH_AUTH_FAILED without the password in the error', async () => {
+  const t = sshd.target({ privateKey: undefined, password: 'hunter2-secret' })
+  await assert.rejects(native.sshExec({ target: t, command: 'true' }),
+    (e) => e.code === 'SSH_AUTH_FAILED' && !e.message.includes('hunter2'))
+  await native.sshClose({ key: t.key })
+})
+
+test('connect refused -> SSH_CONNECT_FAILED after the timeout', async () => {
+  const port = await freePort()
+  const t = sshd.target({ port, connectTimeoutMs: 600 })
+  const t0 = Date.now()
+  await assert.rejects(native.sshExec({ target: t, command: 'true' }),
+    (e) => e.code === 'SSH_CONNECT_FAILED')
+  const took = Date.now() - t0
+  assert.ok(took >= 500 && took < 2500, `took ${took} ms`)
+  await native.sshClose({ key: t.key })
+})
+
+test('connect retries until the server starts listening', async () => {
+  const port = await freePort()
+  const t = sshd.target({ port, connectTimeoutMs: 5000 })
+  const p = native.sshExec({ target: t, command: 'echo late' })
+  // A plain TCP proxy to the real sshd, started after the first refusals.
+  let proxy
+  const started = new Promise((resolve) => {
+    proxy = net.createServer((c) => {
+      const u = net.connect(sshd.port, '127.0.0.1')
+      c.pipe(u).pipe(c)
+      c.on('error', () => u.destroy())
+      u.on('error', () => c.destroy())
+    })
+    setTimeout(() => proxy.listen(port, '127.0.0.1', resolve), 300)
+  })
+  await started
+  const r = await p
+  assert.strictEqual(r.stdout.toString(), 'late\n')
+  await native.sshClose({ key: t.key })
+  await new Promise((resolve) => proxy.close(resolve))
+})
+
+test('a dropped connection fails its ops and the next call reconnects', async () => {
+  const t = sshd.target({ key: 'ssh-native-drop' })
+  const r0 = await native.sshExec({ target: t, command: 'echo one' })
+  assert.strictEqual(r0.stdout.toString(), 'one\n')
+  const connects = native.sshStats().connects
+  const running = native.sshExec({
+    target: t,
+    command: 'echo started; sleep 30',
+    onChunk: () => sshd.killConnections()
+  })
+  await assert.rejects(running, (e) => e.code === 'SSH_DISCONNECTED')
+  const r1 = await native.sshExec({ target: t, command: 'echo two' })
+  assert.strictEqual(r1.stdout.toString(), 'two\n')
+  assert.strictEqual(native.sshStats().connects, connects + 1)
+
+  // Dropped while idle: the next call reconnects without an error.
+  sshd.killConnections()
+  const r2 = await native.sshExec({ target: t, command: 'echo three' })
+  assert.strictEqual(r2.stdout.toString(), 'three\n')
+  await native.sshClose({ key: 'ssh-native-drop' })
+})
+
+test('sshClose fails what runs on the session and resolves for unknown keys', async () => {
+  const t = sshd.target({ key: 'ssh-native-close' })
+  await native.sshExec({ target: t, command: 'true' })
+  const running = native.sshExec({ target: t, command: 'sleep 30' })
+  const closed = native.sshClose({ key: 'ssh-native-close' })
+  await assert.rejects(running, (e) => e.code === 'SSH_DISCONNECTED')
+  await closed
+  await native.sshClose({ key: 'never-opened' })
+})
