@@ -194,8 +194,12 @@ async function createSandbox (config, options) {
   const ctx = ctxOf(config)
   const o = options || {}
   ctx.requireToken()
+  for (const k of ['templateId', 'image']) {
+    if (o[k] !== undefined && o[k] !== null && (typeof o[k] !== 'string' || o[k] === '')) {
+      throw invalidArg(`create: ${k} must be a non-empty string`)
+    }
+  }
   const image = o.templateId || o.image || ctx.image
-  if (typeof image !== 'string' || image === '') throw invalidArg('create: image/templateId must be a non-empty string')
   const cpus = pickInt(o, ['cpus', 'vcpus', 'cpu']) || ctx.cpus
   const memoryMb = pickInt(o, ['memoryMb', 'memory', 'memoryMiB', 'memMiB']) || ctx.memoryMb
   const envs = stringMap(o.envs, 'envs')
@@ -296,7 +300,13 @@ async function getById (config, sandboxId) {
 
 async function list (config) {
   const ctx = ctxOf(config)
-  const r = await api.call(ctx, 'machine.list', { app: ctx.appName }, { query: { [`metadata.${TAG}`]: 'fly' } })
+  let r
+  try {
+    r = await api.call(ctx, 'machine.list', { app: ctx.appName }, { query: { [`metadata.${TAG}`]: 'fly' } })
+  } catch (err) {
+    if (err.code === 'FLY_NOT_FOUND') return [] // no app yet: no sandboxes
+    throw err
+  }
   const out = []
   for (const m of r.body || []) {
     if (m.state === 'destroyed' || m.state === 'destroying') continue

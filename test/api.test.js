@@ -115,8 +115,11 @@ test('machines: the whole lifecycle through every call', async () => {
   assert.equal(pre.code, 'FLY_PRECONDITION')
   assert.equal(pre.status, 412)
   await call(srv, 'machine.delete', { app, machine: m.id }, { query: q({ force: 'true' }) })
+  await waitState(app, m.id, 'destroyed').catch((e) => assert.equal(e.code, 'FLY_NOT_FOUND'))
   const gone = await call(srv, 'machine.get', { app, machine: m.id }).catch((e) => e)
   assert.ok(gone.code === 'FLY_NOT_FOUND' || gone.body.state === 'destroyed')
+  const listed2 = await call(srv, 'machine.list', { app })
+  assert.deepEqual(listed2.body, [], 'destroyed machines leave the list')
 })
 
 test('signal and restart reach the machine', async () => {
@@ -195,7 +198,7 @@ test('retries stop at the total bound', async () => {
   const app = await newApp()
   const id = srv.faults.add({ path: `/v1/apps/${app}`, status: 503, times: 1000 })
   const err = await rejects(call(srv, 'app.get', { app }, { retry: { baseMs: 10, maxMs: 40, totalMs: 300 } }))
-  srv.faults.clear(id)
+  srv.faults.remove(id)
   assert.equal(err.code, 'FLY_UNAVAILABLE')
   assert.equal(err.status, 503)
   assert.match(err.message, /gave up after \d+ attempts/)
