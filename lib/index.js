@@ -102,9 +102,13 @@ class FlyMachine {
       if (err.code !== 'SSH_AUTH_FAILED' || this._ctx.sshPassword || this._reauthorized) throw err
       this._reauthorized = true
       const pub = this._ctx.clientKey().publicKey
-      const script = 'umask 022; mkdir -p "$1" && printf "%s\\n" "$2" >> "$1/authorized_keys"'
+      // The injected file and the copy the image's entrypoint made of it in
+      // the user's ~/.ssh, which is the one sshd reads.
+      const script = 'h=$(getent passwd "$3" | cut -d: -f6) && mkdir -p "$1" "$h/.ssh" && ' +
+        'printf "%s\\n" "$2" >> "$1/authorized_keys" && printf "%s\\n" "$2" >> "$h/.ssh/authorized_keys" && ' +
+        'chown "$3" "$h/.ssh" "$h/.ssh/authorized_keys" && chmod 700 "$h/.ssh" && chmod 600 "$h/.ssh/authorized_keys"'
       await api.call(this._ctx, 'machine.exec', { app: this.appName, machine: this.machineId }, {
-        body: { command: ['sh', '-c', script, 'sh', FILES_DIR, pub], timeout: 30 },
+        body: { command: ['sh', '-c', script, 'sh', FILES_DIR, pub, this._ctx.sshUser], timeout: 30 },
         timeoutMs: 60000
       })
       return fn()

@@ -214,8 +214,10 @@ test('getById in another provider instance authorizes its own key', async () => 
   const appName = sb.sandboxId.split(':')[0]
   const p2 = provider(srv, { appName })
   const again = await p2.sandbox.getById(sb.sandboxId)
-  const r = await again.runCommand('echo second-client')
-  assert.equal(r.stdout, 'second-client\n')
+  // A new connection, as another process would make, with p2's own key.
+  await native.sshClose({ key: sb.sandboxId })
+  const r = await again.runCommand('echo second-client; wc -l < ~/.ssh/authorized_keys')
+  assert.equal(r.stdout, 'second-client\n2\n', 'a second key was authorized')
 })
 
 test('exec transport: same result shape through the Machines API', async () => {
