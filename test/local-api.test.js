@@ -365,6 +365,10 @@ describe('fly-local API', () => {
     assert.equal((await api('POST', `${base}/lease`, { ttl: 30 })).status, 409);
     const g = await api('GET', `${base}/lease`);
     assert.equal(g.body.data.nonce, nonce);
+    const withLease = await api('GET', `${base}?include_leases=true`);
+    assertSchema('Machine', withLease.body);
+    assert.equal(withLease.body.lease.owner, l.body.data.owner);
+    assert.equal(withLease.body.lease.nonce, undefined);
     const guarded = await api('POST', `${base}/start`);
     assert.equal(guarded.status, 409);
     assert.match(guarded.body.error, /^aborted: machine ID [0-9a-f]{14} lease currently held by .*, expires at /);

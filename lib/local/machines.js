@@ -320,8 +320,8 @@ class Machine extends EventEmitter {
     if (o.incomplete_config === null) delete o.incomplete_config;
     if (opts.nonce) o.nonce = opts.nonce;
     if (opts.includeLease && this.leaseValid()) {
-      o.lease = { nonce: this.lease.nonce, expires_at: this.lease.expires_at, owner: this.lease.owner,
-        description: this.lease.description, version: this.lease.version };
+      /* StrippedLease: no nonce for readers */
+      o.lease = { description: this.lease.description, expires_at: this.lease.expires_at, owner: this.lease.owner };
     }
     return o;
   }
