@@ -164,10 +164,25 @@ if [ $# -gt 0 ]; then
   main_pid=$!
 fi
 
+# A sandbox lifetime (the provider's create timeout): when it runs out the
+# main process ends, so the machine stops (and, with auto_destroy, goes).
+lifetime_pid=
+case "${COMPUTESDK_SANDBOX_TIMEOUT_S:-}" in
+  ''|*[!0-9]*) ;;
+  *) sleep "$COMPUTESDK_SANDBOX_TIMEOUT_S" & lifetime_pid=$! ;;
+esac
+
 while :; do
   wait -n -p done_pid
   status=$?
   [ -n "$stopping" ] && continue
+  if [ -n "$lifetime_pid" ] && [ "${done_pid:-}" = "$lifetime_pid" ]; then
+    log "sandbox lifetime of ${COMPUTESDK_SANDBOX_TIMEOUT_S}s reached, stopping"
+    stopping=1
+    [ -n "$main_pid" ] && kill -TERM "$main_pid" 2>/dev/null
+    kill -TERM "$sshd_pid" 2>/dev/null
+    exit 0
+  fi
   if [ -n "$main_pid" ] && [ "${done_pid:-}" = "$main_pid" ]; then
     kill -TERM "$sshd_pid" 2>/dev/null
     exit "$status"

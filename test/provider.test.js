@@ -178,3 +178,14 @@ test('works through computesdk-style createCompute', async () => {
   assert.equal(typeof r.durationMs, 'number')
   await sb.destroy()
 })
+
+test('a create timeout ends the sandbox: it stops and is destroyed', async () => {
+  const { q } = require('./helpers/fly')
+  const p = provider(srv)
+  const sb = await p.sandbox.create({ timeout: 1000 })
+  assert.equal((await sb.getInfo()).timeout, 1000)
+  const [app, machine] = sb.sandboxId.split(':')
+  await call(srv, 'machine.wait', { app, machine }, { query: q({ state: 'destroyed', timeout: 30 }) })
+    .catch((e) => assert.equal(e.code, 'FLY_NOT_FOUND'))
+  assert.equal(await p.sandbox.getById(sb.sandboxId), null)
+})

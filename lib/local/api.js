@@ -698,6 +698,24 @@ function createApi(ctx) {
     req.on('error', reject);
   });
 
+  /* Answers for an injected fault; false when the fault only adds latency. */
+  async function applyFault(fault, res) {
+    if (fault.latencyMs) await new Promise((r) => setTimeout(r, fault.latencyMs));
+    if (fault.drop) { res.socket.destroy(); return true; }
+    if (!fault.status) return false;
+    const headers = {};
+    if (fault.retryAfter != null) headers['retry-after'] = String(fault.retryAfter);
+    const b = fault.body !== undefined ? fault.body : { error: `injected fault: status ${fault.status}` };
+    if (typeof b === 'string') {
+      const data = Buffer.from(b);
+      res.writeHead(fault.status, { 'fly-request-id': res.flyRequestId, 'content-type': 'application/json; charset=utf-8', 'content-length': data.length, ...headers });
+      res.end(data);
+    } else {
+      send(res, fault.status, b, headers);
+    }
+    return true;
+  }
+
   return async function handle(req, res) {
     stats.requests++;
     res.flyRequestId = ids.requestId(store.region);
@@ -706,23 +724,7 @@ function createApi(ctx) {
       const pathname = url.pathname.replace(/\/+$/, '') || '/';
       const raw = await readBody(req);
       const fault = faults.take(req.method, pathname);
-      if (fault) {
-        if (fault.latencyMs) await new Promise((r) => setTimeout(r, fault.latencyMs));
-        if (fault.drop) { req.socket.destroy(); return; }
-        if (fault.status) {
-          const headers = {};
-          if (fault.retryAfter != null) headers['retry-after'] = String(fault.retryAfter);
-          const b = fault.body !== undefined ? fault.body : { error: `injected fault: status ${fault.status}` };
-          if (typeof b === 'string') {
-            const data = Buffer.from(b);
-            res.writeHead(fault.status, { 'fly-request-id': res.flyRequestId, 'content-type': 'application/json; charset=utf-8', 'content-length': data.length, ...headers });
-            res.end(data);
-          } else {
-            send(res, fault.status, b, headers);
-          }
-          return;
-        }
-      }
+      if (fault && !fault.afterHandling && await applyFault(fault, res)) return;
       let match = null;
       let methodSeen = false;
       for (const r of routes) {
@@ -746,6 +748,8 @@ function createApi(ctx) {
       }
       const out = await match.r.handler(req, url, body, match.params, res);
       if (out === null) return; /* client went away */
+      /* afterHandling: the request took effect, then its reply is lost. */
+      if (fault && fault.afterHandling && await applyFault(fault, res)) return;
       send(res, out[0], out[1], out[2]);
     } catch (e) {
       if (e instanceof HttpError) {

@@ -1,6 +1,8 @@
 'use strict';
 // Fault injection for tests: per route or machine, add latency, answer with
-// a status (and Retry-After) for the next N requests, or drop the connection.
+// a status (and Retry-After) for the next N requests, or drop the connection;
+// with afterHandling the request takes effect first and only its reply is
+// replaced (a lost reply, for testing that clients do not repeat it blindly).
 
 class Faults {
   constructor() {
@@ -30,6 +32,7 @@ class Faults {
       body: spec.body,
       latencyMs: spec.latencyMs || 0,
       drop: !!spec.drop,
+      afterHandling: !!spec.afterHandling,
       remaining: times,
       hits: 0,
     });
