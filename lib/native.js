@@ -28,4 +28,8 @@ if (binding === null) {
   throw err
 }
 
+// Join the native I/O thread before the process's atexit handlers run (see
+// fly_napi_shutdown in src/loop.c).
+process.once('exit', () => binding.shutdown())
+
 module.exports = binding

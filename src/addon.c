@@ -30,6 +30,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"keygen", fly_napi_keygen},
     {"keyInfo", fly_napi_key_info},
     {"buildCommand", fly_napi_build_command},
+    {"shutdown", fly_napi_shutdown},
   };
   size_t i;
 

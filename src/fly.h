@@ -129,6 +129,8 @@ napi_value fly_req_submit(napi_env env, fly_req_t *req);
  * and store it with napi_set_instance_data.  0 or -1 (exception pending). */
 #ifndef FLY_NO_NAPI
 int fly_loop_instance_init(napi_env env);
+/* shutdown(): join the I/O thread now (before process exit). */
+napi_value fly_napi_shutdown(napi_env env, napi_callback_info info);
 #endif
 
 /* I/O thread: the request is finished; queue it for call_js.  After this the

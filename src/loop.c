@@ -295,6 +295,8 @@ static void *loop_main(void *arg) {
 static void cleanup_hook(void *arg) {
   fly_loop_t *loop = arg;
 
+  if (!loop->started)
+    return;
   pthread_mutex_lock(&loop->mu);
   loop->exiting = 1;
   pthread_mutex_unlock(&loop->mu);
@@ -303,6 +305,22 @@ static void cleanup_hook(void *arg) {
   curl_multi_cleanup(loop->multi);
   loop->multi = NULL;
   loop->started = 0;
+  loop->exiting = 0;
+  loop->inflight = 0;
+}
+
+/* shutdown(): stop the I/O thread now.  process.exit() ends the process
+ * without running env cleanup hooks, while the thread may be inside libssh2
+ * or OpenSSL; lib/native.js calls this from the process 'exit' event so that
+ * the thread is joined before atexit handlers tear those libraries down.
+ * Requests still running are abandoned (their promises never settle: the
+ * process is ending).  A later request starts a new thread. */
+napi_value fly_napi_shutdown(napi_env env, napi_callback_info info) {
+  fly_loop_t *loop = NULL;
+  (void)info;
+  if (napi_get_instance_data(env, (void **)&loop) == napi_ok && loop != NULL)
+    cleanup_hook(loop);
+  return NULL;
 }
 
 static void instance_finalize(napi_env env, void *data, void *hint) {

@@ -6,7 +6,7 @@ const test = require('node:test')
 const assert = require('node:assert/strict')
 const { spawn } = require('child_process')
 const path = require('path')
-const { startLocal, call, appName } = require('./helpers/fly')
+const { startLocal, call, appName, provider } = require('./helpers/fly')
 
 const child = path.join(__dirname, 'fixtures', 'child.js')
 
@@ -40,6 +40,24 @@ test('exit with requests in flight neither crashes nor hangs', async (t) => {
     body: JSON.stringify({ skip_launch: true, config: { image: 'x' } })
   })).body
   const r = await runChild(['inflight', srv.url, srv.token, app, m.id])
+  assert.equal(r.signal, null, r.err)
+  assert.equal(r.code, 7, r.err)
+})
+
+test('exit with SSH commands and a file transfer in flight neither crashes nor hangs', async (t) => {
+  const srv = await startLocal(t)
+  const key = require('./helpers/fly').native.keygen()
+  const p = provider(srv, { sshPrivateKey: key.privateKey })
+  const sb = await p.sandbox.create()
+  t.after(() => sb.destroy())
+  await sb.runCommand('head -c 20000000 /dev/urandom > /tmp/big')
+  const r = await new Promise((resolve) => {
+    const c = spawn(process.execPath, [child, 'inflight-ssh', srv.url, srv.token, sb.sandboxId],
+      { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, FLY_SSH_PRIVATE_KEY: key.privateKey } })
+    let err = ''
+    c.stderr.on('data', (d) => { err += d })
+    c.on('exit', (code, signal) => resolve({ code, signal, err }))
+  })
   assert.equal(r.signal, null, r.err)
   assert.equal(r.code, 7, r.err)
 })
