@@ -2,7 +2,8 @@
  *
  * Sessions are keyed by the caller's string key and reused by every later
  * operation with that key.  Each session is a non-blocking state machine:
- * TCP connect (refusals retried every 100 ms until the connect timeout),
+ * TCP connect (refusals retried, 10 ms apart doubling to 100 ms, until the
+ * connect timeout),
  * SSH handshake, host key pin check (before anything is sent under the
  * user's name), authentication, then READY, where its operations (exec.c,
  * sftp.c) are stepped every loop turn.  A lost connection fails the
@@ -39,7 +40,10 @@ enum {
   S_READY
 };
 
-#define FLY_SSH_RETRY_MS 100
+/* A starting sshd is usually up within tens of ms: retry soon, then back
+ * off so a machine that never answers is not hammered. */
+#define FLY_SSH_RETRY_MIN_MS 10
+#define FLY_SSH_RETRY_MAX_MS 100
 
 typedef struct fly_ssh_state_s {
   fly_ssh_sess_t *sessions;
@@ -370,9 +374,12 @@ static void sess_connect_failed(fly_ssh_sess_t *s, uint64_t now, int retry,
   vsnprintf(s->last_connect_error, sizeof(s->last_connect_error), fmt, ap);
   va_end(ap);
   sess_close_conn(s, 0);
-  if (retry && now + FLY_SSH_RETRY_MS < s->connect_deadline) {
+  if (retry && now + s->retry_delay < s->connect_deadline) {
     s->state = S_RETRY;
-    s->retry_at = now + FLY_SSH_RETRY_MS;
+    s->retry_at = now + s->retry_delay;
+    s->retry_delay *= 2;
+    if (s->retry_delay > FLY_SSH_RETRY_MAX_MS)
+      s->retry_delay = FLY_SSH_RETRY_MAX_MS;
     return;
   }
   if (retry)
@@ -498,6 +505,7 @@ static void sess_connect_begin(fly_ssh_sess_t *s, uint64_t now) {
     s->target = t;
   }
   s->connect_deadline = now + s->target.connect_timeout_ms;
+  s->retry_delay = FLY_SSH_RETRY_MIN_MS;
   s->last_connect_error[0] = '\0';
   sess_tcp_start(s, now);
 }

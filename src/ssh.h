@@ -71,6 +71,7 @@ struct fly_ssh_sess_s {
   LIBSSH2_SESSION *ls;
   uint64_t connect_deadline;
   uint64_t retry_at;
+  uint64_t retry_delay;       /* the next connect retry's delay */
   uint64_t keepalive_at;
   char last_connect_error[160];
 
