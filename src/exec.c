@@ -114,7 +114,7 @@ static int exec_read(fly_ssh_sess_t *s, fly_exec_t *x, int stream) {
     x->total += (uint64_t)n;
     if (x->streaming) {
       if (fly_loop_chunk(s->loop, &x->op.req, stream, buf, (size_t)n) != 0) {
-        fly_err_set(&x->op.req.err, "FLY_NO_MEMORY", "out of memory");
+        fly_err_set(&x->op.req.err, "ERR_NO_MEMORY", "out of memory");
         exec_release_channel(s, x);
         return 10 + FLY_SSH_DONE;
       }
@@ -129,7 +129,7 @@ static int exec_read(fly_ssh_sess_t *s, fly_exec_t *x, int stream) {
     }
     if (fly_buf_append(stream == 1 ? &x->out : &x->err, buf, (size_t)n) !=
         0) {
-      fly_err_set(&x->op.req.err, "FLY_NO_MEMORY", "out of memory");
+      fly_err_set(&x->op.req.err, "ERR_NO_MEMORY", "out of memory");
       exec_release_channel(s, x);
       return 10 + FLY_SSH_DONE;
     }
@@ -337,114 +337,32 @@ static void exec_free(napi_env env, fly_req_t *req) {
 static const fly_req_vt_t exec_vt = {exec_start, exec_result, exec_free,
                                      NULL};
 
-/* argv: an array of strings (absent -> none). */
-static int get_argv(napi_env env, napi_value opts, char ***argv,
-                    size_t *argc) {
-  napi_value arr, el;
-  napi_valuetype t;
-  bool has = false, is_arr = false;
-  uint32_t n, i;
-  char **v;
-
-  *argv = NULL;
-  *argc = 0;
-  if (napi_has_named_property(env, opts, "argv", &has) != napi_ok || !has)
-    return 0;
-  FLY_NAPI_CALL(env, napi_get_named_property(env, opts, "argv", &arr), -1);
-  FLY_NAPI_CALL(env, napi_typeof(env, arr, &t), -1);
-  if (t == napi_undefined || t == napi_null)
-    return 0;
-  if (napi_is_array(env, arr, &is_arr) != napi_ok || !is_arr) {
-    fly_throw_invalid(env, "argv must be an array of strings");
-    return -1;
-  }
-  FLY_NAPI_CALL(env, napi_get_array_length(env, arr, &n), -1);
-  if (n == 0) {
-    fly_throw_invalid(env, "argv must not be empty");
-    return -1;
-  }
-  v = calloc(n, sizeof(char *));
-  if (v == NULL) {
-    napi_throw_error(env, "FLY_NO_MEMORY", "out of memory");
-    return -1;
-  }
-  for (i = 0; i < n; i++) {
-    if (napi_get_element(env, arr, i, &el) != napi_ok ||
-        fly_js_str(env, el, "argv[]", &v[i]) != 0) {
-      fly_napi_throw_last(env);
-      fly_strv_free(v, i);
-      return -1;
-    }
-  }
-  *argv = v;
-  *argc = n;
-  return 0;
-}
-
+/* sshExec({ target, command | argv, cwd?, env?, timeoutMs?, background?,
+ *           stdin?, maxOutputBytes?, onChunk? }) -> Promise<result> */
 napi_value fly_napi_ssh_exec(napi_env env, napi_callback_info info) {
   napi_value opts;
   fly_exec_t *x;
-  fly_cmd_t cmd;
-  fly_err_t e;
-  char *command = NULL, *cwd = NULL;
-  char **argv = NULL, **env_names = NULL, **env_values = NULL;
-  size_t argc = 0, envc = 0;
-  int background = 0;
 
   if (fly_js_arg_obj(env, info, 0, &opts) != 0)
     return NULL;
   x = calloc(1, sizeof(*x));
   if (x == NULL) {
-    napi_throw_error(env, "FLY_NO_MEMORY", "out of memory");
+    napi_throw_error(env, "ERR_NO_MEMORY", "out of memory");
     return NULL;
   }
   fly_req_init(&x->op.req, &exec_vt);
   x->op.ovt = &exec_ovt;
-  memset(&e, 0, sizeof(e));
   if (fly_ssh_target_parse(env, opts, &x->op.target) != 0 ||
-      fly_js_prop_str(env, opts, "command", 0, &command) != 0 ||
-      get_argv(env, opts, &argv, &argc) != 0 ||
-      fly_js_prop_str(env, opts, "cwd", 0, &cwd) != 0 ||
-      fly_js_prop_strmap(env, opts, "env", &env_names, &env_values, &envc) !=
-          0 ||
-      fly_js_prop_u64(env, opts, "timeoutMs", 0, &x->timeout_ms) != 0 ||
-      fly_js_prop_bool(env, opts, "background", 0, &background) != 0 ||
+      (x->cmdline = fly_js_cmd_build(env, opts, &x->timeout_ms)) == NULL ||
       fly_js_prop_bytes(env, opts, "stdin", &x->in) != 0 ||
       fly_js_prop_u64(env, opts, "maxOutputBytes", (uint64_t)64 << 20,
                       &x->max_output) != 0 ||
       fly_js_prop_func(env, opts, "onChunk", &x->op.req.on_chunk) != 0)
     goto fail;
   x->streaming = x->op.req.on_chunk != NULL;
-
-  memset(&cmd, 0, sizeof(cmd));
-  cmd.command = command;
-  cmd.argv = (const char *const *)argv;
-  cmd.argc = argc;
-  cmd.cwd = cwd;
-  cmd.env_names = (const char *const *)env_names;
-  cmd.env_values = (const char *const *)env_values;
-  cmd.envc = envc;
-  cmd.timeout_ms = x->timeout_ms;
-  cmd.background = background;
-  x->cmdline = fly_cmd_build(&cmd, &e);
-  if (x->cmdline == NULL) {
-    fly_throw_invalid(env, "%s", e.message[0] ? e.message : "bad command");
-    fly_err_clear(&e);
-    goto fail;
-  }
-  free(command);
-  free(cwd);
-  fly_strv_free(argv, argc);
-  fly_strv_free(env_names, envc);
-  fly_strv_free(env_values, envc);
   return fly_req_submit(env, &x->op.req);
 
 fail:
-  free(command);
-  free(cwd);
-  fly_strv_free(argv, argc);
-  fly_strv_free(env_names, envc);
-  fly_strv_free(env_values, envc);
   exec_free(env, &x->op.req);
   if (x->op.req.on_chunk != NULL)
     napi_delete_reference(env, x->op.req.on_chunk);

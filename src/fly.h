@@ -237,6 +237,10 @@ typedef struct fly_cmd_s {
  * set (ERR_INVALID_ARG) on a bad env name or NUL byte. */
 char *fly_cmd_build(const fly_cmd_t *cmd, fly_err_t *e);
 #ifndef FLY_NO_NAPI
+/* JS thread: the command line from an options object's command/argv/cwd/
+ * env/timeoutMs/background (ERR_INVALID_ARG thrown on bad input); caller
+ * frees.  *timeout_ms gets timeoutMs when not NULL. */
+char *fly_js_cmd_build(napi_env env, napi_value opts, uint64_t *timeout_ms);
 napi_value fly_napi_build_command(napi_env env, napi_callback_info info);
 #endif
 
@@ -263,6 +267,9 @@ int fly_js_prop_func(napi_env env, napi_value obj, const char *name,
 /* An object of string values -> parallel arrays (caller frees each). */
 int fly_js_prop_strmap(napi_env env, napi_value obj, const char *name,
                        char ***names, char ***values, size_t *count);
+/* An array of strings -> a vector (absent -> NULL, 0). */
+int fly_js_prop_strv(napi_env env, napi_value obj, const char *name,
+                     char ***out, size_t *count);
 void fly_strv_free(char **v, size_t n);
 /* argv[idx] must be an object. */
 int fly_js_arg_obj(napi_env env, napi_callback_info info, size_t idx,

@@ -189,6 +189,46 @@ int fly_js_prop_func(napi_env env, napi_value obj, const char *name,
   return 0;
 }
 
+int fly_js_prop_strv(napi_env env, napi_value obj, const char *name,
+                     char ***out, size_t *count) {
+  napi_value arr, el;
+  napi_valuetype t;
+  bool is_arr = false;
+  uint32_t n = 0, i;
+  char **v;
+
+  *out = NULL;
+  *count = 0;
+  if (get_prop(env, obj, name, &arr, &t) != 0)
+    return -1;
+  if (t == napi_undefined || t == napi_null)
+    return 0;
+  if (napi_is_array(env, arr, &is_arr) != napi_ok || !is_arr) {
+    fly_throw_invalid(env, "%s must be an array of strings", name);
+    return -1;
+  }
+  FLY_NAPI_CALL(env, napi_get_array_length(env, arr, &n), -1);
+  v = calloc(n + 1, sizeof(*v));
+  if (v == NULL) {
+    napi_throw_error(env, "ERR_NO_MEMORY", "out of memory");
+    return -1;
+  }
+  for (i = 0; i < n; i++) {
+    if (napi_get_element(env, arr, i, &el) != napi_ok) {
+      fly_napi_throw_last(env);
+      fly_strv_free(v, i);
+      return -1;
+    }
+    if (fly_js_str(env, el, "each element", &v[i]) != 0) {
+      fly_strv_free(v, i);
+      return -1;
+    }
+  }
+  *out = v;
+  *count = n;
+  return 0;
+}
+
 void fly_strv_free(char **v, size_t n) {
   size_t i;
   if (v == NULL)

@@ -175,194 +175,31 @@ cleanup:
 
 #ifndef FLY_NO_NAPI
 
-/* A JS string as a malloc'ed C string; a NUL inside is an error because it
- * would cut the argument short. */
-static int quote_js_string(napi_env env, napi_value v, const char *what,
-                           char **out) {
-  napi_valuetype t;
-  size_t len = 0;
-  char *s;
-
-  *out = NULL;
-  if (napi_typeof(env, v, &t) != napi_ok || t != napi_string) {
-    fly_throw_invalid(env, "%s must be a string", what);
-    return -1;
-  }
-  if (napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok) {
-    fly_napi_throw_last(env);
-    return -1;
-  }
-  s = malloc(len + 1);
-  if (s == NULL) {
-    napi_throw_error(env, "FLY_INTERNAL", "out of memory");
-    return -1;
-  }
-  if (napi_get_value_string_utf8(env, v, s, len + 1, &len) != napi_ok) {
-    free(s);
-    fly_napi_throw_last(env);
-    return -1;
-  }
-  if (memchr(s, '\0', len) != NULL) {
-    free(s);
-    fly_throw_invalid(env, "%s contains a NUL byte", what);
-    return -1;
-  }
-  *out = s;
-  return 0;
-}
-
-/* obj[name] if present and not undefined/null; *out NULL otherwise. */
-static int quote_js_get(napi_env env, napi_value obj, const char *name,
-                        napi_value *out) {
-  napi_valuetype t;
-  napi_value v;
-  bool has = false;
-
-  *out = NULL;
-  if (napi_has_named_property(env, obj, name, &has) != napi_ok ||
-      (has && napi_get_named_property(env, obj, name, &v) != napi_ok) ||
-      (has && napi_typeof(env, v, &t) != napi_ok)) {
-    fly_napi_throw_last(env);
-    return -1;
-  }
-  if (has && t != napi_undefined && t != napi_null)
-    *out = v;
-  return 0;
-}
-
-static void quote_strv_free(char **v, size_t n) {
-  size_t i;
-
-  if (v == NULL)
-    return;
-  for (i = 0; i < n; i++)
-    free(v[i]);
-  free(v);
-}
-
-/* build_command({command?, argv?, cwd?, env?, timeoutMs?, background?}) */
-napi_value fly_napi_build_command(napi_env env, napi_callback_info info) {
-  size_t argc = 1, i;
-  napi_value args[1], v, keys, item, result = NULL;
-  napi_valuetype t;
+char *fly_js_cmd_build(napi_env env, napi_value opts, uint64_t *timeout_ms) {
   fly_cmd_t cmd;
   fly_err_t err;
   char *command = NULL, *cwd = NULL, *line = NULL;
   char **argv = NULL, **names = NULL, **values = NULL;
   size_t nargv = 0, nenv = 0;
-  uint32_t len32;
-  bool isarr = false;
+  int background = 0;
 
   memset(&cmd, 0, sizeof(cmd));
   memset(&err, 0, sizeof(err));
-  FLY_NAPI_CALL(env, napi_get_cb_info(env, info, &argc, args, NULL, NULL),
-                NULL);
-  if (argc < 1 || napi_typeof(env, args[0], &t) != napi_ok ||
-      t != napi_object) {
-    fly_throw_invalid(env, "options must be an object");
-    return NULL;
-  }
-
-  if (quote_js_get(env, args[0], "command", &v) != 0 ||
-      (v != NULL && quote_js_string(env, v, "command", &command) != 0))
+  if (fly_js_prop_str(env, opts, "command", 0, &command) != 0 ||
+      fly_js_prop_strv(env, opts, "argv", &argv, &nargv) != 0 ||
+      fly_js_prop_str(env, opts, "cwd", 0, &cwd) != 0 ||
+      fly_js_prop_strmap(env, opts, "env", &names, &values, &nenv) != 0 ||
+      fly_js_prop_u64(env, opts, "timeoutMs", 0, &cmd.timeout_ms) != 0 ||
+      fly_js_prop_bool(env, opts, "background", 0, &background) != 0)
     goto cleanup;
-
-  if (quote_js_get(env, args[0], "argv", &v) != 0)
+  if (argv != NULL && nargv == 0) {
+    fly_throw_invalid(env, "argv must not be empty");
     goto cleanup;
-  if (v != NULL) {
-    if (napi_is_array(env, v, &isarr) != napi_ok || !isarr ||
-        napi_get_array_length(env, v, &len32) != napi_ok) {
-      fly_throw_invalid(env, "argv must be an array of strings");
-      goto cleanup;
-    }
-    argv = calloc(len32 ? len32 : 1, sizeof(*argv));
-    if (argv == NULL) {
-      napi_throw_error(env, "FLY_INTERNAL", "out of memory");
-      goto cleanup;
-    }
-    for (i = 0; i < len32; i++) {
-      if (napi_get_element(env, v, (uint32_t)i, &item) != napi_ok) {
-        fly_napi_throw_last(env);
-        goto cleanup;
-      }
-      if (quote_js_string(env, item, "argv entry", &argv[i]) != 0)
-        goto cleanup;
-      nargv++;
-    }
-    if (nargv == 0) {
-      fly_throw_invalid(env, "argv must not be empty");
-      goto cleanup;
-    }
   }
   if ((command == NULL) == (argv == NULL)) {
     fly_throw_invalid(env, "exactly one of command and argv is required");
     goto cleanup;
   }
-
-  if (quote_js_get(env, args[0], "cwd", &v) != 0 ||
-      (v != NULL && quote_js_string(env, v, "cwd", &cwd) != 0))
-    goto cleanup;
-
-  if (quote_js_get(env, args[0], "env", &v) != 0)
-    goto cleanup;
-  if (v != NULL) {
-    if (napi_typeof(env, v, &t) != napi_ok || t != napi_object) {
-      fly_throw_invalid(env, "env must be an object of strings");
-      goto cleanup;
-    }
-    if (napi_get_property_names(env, v, &keys) != napi_ok ||
-        napi_get_array_length(env, keys, &len32) != napi_ok) {
-      fly_napi_throw_last(env);
-      goto cleanup;
-    }
-    names = calloc(len32 ? len32 : 1, sizeof(*names));
-    values = calloc(len32 ? len32 : 1, sizeof(*values));
-    if (names == NULL || values == NULL) {
-      napi_throw_error(env, "FLY_INTERNAL", "out of memory");
-      goto cleanup;
-    }
-    for (i = 0; i < len32; i++) {
-      napi_value key, val;
-      if (napi_get_element(env, keys, (uint32_t)i, &key) != napi_ok ||
-          napi_get_property(env, v, key, &val) != napi_ok) {
-        fly_napi_throw_last(env);
-        goto cleanup;
-      }
-      nenv++;
-      if (quote_js_string(env, key, "env name", &names[i]) != 0 ||
-          quote_js_string(env, val, "env value", &values[i]) != 0)
-        goto cleanup;
-      if (!fly_env_name_valid(names[i])) {
-        /* The name is caller data, not a secret, but keep messages fixed. */
-        fly_throw_invalid(env, "invalid environment variable name");
-        goto cleanup;
-      }
-    }
-  }
-
-  if (quote_js_get(env, args[0], "timeoutMs", &v) != 0)
-    goto cleanup;
-  if (v != NULL) {
-    double d;
-    if (napi_get_value_double(env, v, &d) != napi_ok || !(d >= 0) ||
-        d > 9007199254740991.0) {
-      fly_throw_invalid(env, "timeoutMs must be a non-negative number");
-      goto cleanup;
-    }
-    cmd.timeout_ms = (uint64_t)d;
-  }
-
-  if (quote_js_get(env, args[0], "background", &v) != 0)
-    goto cleanup;
-  if (v != NULL) {
-    bool bg = false;
-    if (napi_get_value_bool(env, v, &bg) != napi_ok) {
-      fly_throw_invalid(env, "background must be a boolean");
-      goto cleanup;
-    }
-    cmd.background = bg;
-  }
-
   cmd.command = command;
   cmd.argv = (const char *const *)argv;
   cmd.argc = nargv;
@@ -370,30 +207,39 @@ napi_value fly_napi_build_command(napi_env env, napi_callback_info info) {
   cmd.env_names = (const char *const *)names;
   cmd.env_values = (const char *const *)values;
   cmd.envc = nenv;
+  cmd.background = background;
   line = fly_cmd_build(&cmd, &err);
-  if (line == NULL) {
-    if (err.code != NULL && strcmp(err.code, "ERR_INVALID_ARG") == 0)
-      fly_throw_invalid(env, "%s", err.message);
-    else if ((v = fly_err_to_js(env, &err)) != NULL)
-      napi_throw(env, v);
-    else
-      fly_napi_throw_last(env);
-    goto cleanup;
-  }
+  if (line == NULL)
+    fly_throw_invalid(env, "%s", err.message[0] ? err.message : "bad command");
+  else if (timeout_ms != NULL)
+    *timeout_ms = cmd.timeout_ms;
+
+cleanup:
+  fly_err_clear(&err);
+  free(command);
+  free(cwd);
+  fly_strv_free(argv, nargv);
+  fly_strv_free(names, nenv);
+  fly_strv_free(values, nenv);
+  return line;
+}
+
+/* buildCommand({command?, argv?, cwd?, env?, timeoutMs?, background?}) */
+napi_value fly_napi_build_command(napi_env env, napi_callback_info info) {
+  napi_value opts, result = NULL;
+  char *line;
+
+  if (fly_js_arg_obj(env, info, 0, &opts) != 0)
+    return NULL;
+  line = fly_js_cmd_build(env, opts, NULL);
+  if (line == NULL)
+    return NULL;
   if (napi_create_string_utf8(env, line, NAPI_AUTO_LENGTH, &result) !=
       napi_ok) {
     fly_napi_throw_last(env);
     result = NULL;
   }
-
-cleanup:
-  fly_err_clear(&err);
   free(line);
-  free(command);
-  free(cwd);
-  quote_strv_free(argv, nargv);
-  quote_strv_free(names, nenv);
-  quote_strv_free(values, nenv);
   return result;
 }
 

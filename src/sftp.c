@@ -264,7 +264,7 @@ static int run_read(fly_ssh_sess_t *s, fly_sftp_t *x) {
     if ((a.flags & LIBSSH2_SFTP_ATTR_SIZE) &&
         a.filesize < ((uint64_t)1 << 40) &&
         buf_room(&x->data, (size_t)a.filesize + 4096) != 0)
-      return fail_code(x, "FLY_NO_MEMORY", x->path, "out of memory");
+      return fail_code(x, "ERR_NO_MEMORY", x->path, "out of memory");
     x->phase = P_OPEN;
     s->progress = 1;
     /* fall through */
@@ -279,7 +279,7 @@ static int run_read(fly_ssh_sess_t *s, fly_sftp_t *x) {
     for (;;) {
       size_t room;
       if (buf_room(&x->data, 4096) != 0)
-        return fail_open(s, x, fail_code(x, "FLY_NO_MEMORY", x->path,
+        return fail_open(s, x, fail_code(x, "ERR_NO_MEMORY", x->path,
                                          "out of memory"));
       room = x->data.cap - x->data.len - 1;
       if (room > FLY_SFTP_READ_SLICE)
@@ -398,7 +398,7 @@ static int run_readdir(fly_ssh_sess_t *s, fly_sftp_t *x) {
         size_t cap = x->ents_cap ? x->ents_cap * 2 : 64;
         fly_sftp_ent_t *p = realloc(x->ents, cap * sizeof(*p));
         if (p == NULL)
-          return fail_open(s, x, fail_code(x, "FLY_NO_MEMORY", x->path,
+          return fail_open(s, x, fail_code(x, "ERR_NO_MEMORY", x->path,
                                            "out of memory"));
         x->ents = p;
         x->ents_cap = cap;
@@ -406,7 +406,7 @@ static int run_readdir(fly_ssh_sess_t *s, fly_sftp_t *x) {
       e = &x->ents[x->nents];
       e->name = strdup(name);
       if (e->name == NULL)
-        return fail_open(s, x, fail_code(x, "FLY_NO_MEMORY", x->path,
+        return fail_open(s, x, fail_code(x, "ERR_NO_MEMORY", x->path,
                                          "out of memory"));
       e->type = attrs_type(&a);
       e->size = (a.flags & LIBSSH2_SFTP_ATTR_SIZE) ? a.filesize : 0;
@@ -471,7 +471,7 @@ static int run_mkdir(fly_ssh_sess_t *s, fly_sftp_t *x) {
       } else {
         x->cur = strdup(x->path);
         if (x->cur == NULL)
-          return fail_code(x, "FLY_NO_MEMORY", x->path, "out of memory");
+          return fail_code(x, "ERR_NO_MEMORY", x->path, "out of memory");
         x->cur_last = 1;
         x->phase = P_MK_MKDIR;
       }
@@ -479,7 +479,7 @@ static int run_mkdir(fly_ssh_sess_t *s, fly_sftp_t *x) {
     case P_MK_NEXT:
       rc = mk_next_prefix(x);
       if (rc < 0)
-        return fail_code(x, "FLY_NO_MEMORY", x->path, "out of memory");
+        return fail_code(x, "ERR_NO_MEMORY", x->path, "out of memory");
       if (rc > 0)
         return FLY_SSH_DONE;
       x->phase = P_MK_MKDIR;
@@ -614,14 +614,14 @@ static int run_remove(fly_ssh_sess_t *s, fly_sftp_t *x) {
       s->progress = 1;
       x->cur = strdup(x->path);
       if (x->cur == NULL)
-        return fail_code(x, "FLY_NO_MEMORY", x->path, "out of memory");
+        return fail_code(x, "ERR_NO_MEMORY", x->path, "out of memory");
       if (attrs_type(&a) != T_DIR) {
         x->phase = P_RM_UNLINK;
       } else if (!x->recursive) {
         x->phase = P_RM_RMDIR;
       } else {
         if (frame_push(x, x->path) != 0)
-          return fail_code(x, "FLY_NO_MEMORY", x->path, "out of memory");
+          return fail_code(x, "ERR_NO_MEMORY", x->path, "out of memory");
         x->phase = P_RM_OPENDIR;
       }
       break;
@@ -658,7 +658,7 @@ static int run_remove(fly_ssh_sess_t *s, fly_sftp_t *x) {
         break;
       if (frame_add(top, name, attrs_type(&a) == T_DIR) != 0) {
         x->phase = P_CLOSE;
-        return fail_open(s, x, fail_code(x, "FLY_NO_MEMORY", top->path,
+        return fail_open(s, x, fail_code(x, "ERR_NO_MEMORY", top->path,
                                          "out of memory"));
       }
       break;
@@ -679,10 +679,10 @@ static int run_remove(fly_ssh_sess_t *s, fly_sftp_t *x) {
         size_t i = top->idx++;
         x->cur = path_join(top->path, top->names[i]);
         if (x->cur == NULL)
-          return fail_code(x, "FLY_NO_MEMORY", top->path, "out of memory");
+          return fail_code(x, "ERR_NO_MEMORY", top->path, "out of memory");
         if (top->isdir[i]) {
           if (frame_push(x, x->cur) != 0)
-            return fail_code(x, "FLY_NO_MEMORY", x->cur, "out of memory");
+            return fail_code(x, "ERR_NO_MEMORY", x->cur, "out of memory");
           x->phase = P_RM_OPENDIR;
         } else {
           x->phase = P_RM_UNLINK;
@@ -690,7 +690,7 @@ static int run_remove(fly_ssh_sess_t *s, fly_sftp_t *x) {
       } else {
         x->cur = strdup(top->path);
         if (x->cur == NULL)
-          return fail_code(x, "FLY_NO_MEMORY", top->path, "out of memory");
+          return fail_code(x, "ERR_NO_MEMORY", top->path, "out of memory");
         x->phase = P_RM_RMDIR;
       }
       break;
@@ -865,7 +865,7 @@ napi_value fly_napi_sftp(napi_env env, napi_callback_info info) {
     return NULL;
   x = calloc(1, sizeof(*x));
   if (x == NULL) {
-    napi_throw_error(env, "FLY_NO_MEMORY", "out of memory");
+    napi_throw_error(env, "ERR_NO_MEMORY", "out of memory");
     return NULL;
   }
   fly_req_init(&x->op.req, &sftp_vt);

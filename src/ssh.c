@@ -359,7 +359,7 @@ void fly_ssh_op_start(fly_loop_t *loop, fly_ssh_op_t *op) {
   return;
 
 nomem:
-  fly_err_set(&op->req.err, "FLY_NO_MEMORY", "out of memory");
+  fly_err_set(&op->req.err, "ERR_NO_MEMORY", "out of memory");
   fly_loop_done(loop, &op->req);
 }
 
@@ -538,7 +538,7 @@ static void sess_connect_step(fly_ssh_sess_t *s, uint64_t now) {
       return;
     }
     if (sess_session_init(s) != 0) {
-      sess_connect_failed(s, now, 0, "FLY_NO_MEMORY", "out of memory");
+      sess_connect_failed(s, now, 0, "ERR_NO_MEMORY", "out of memory");
       return;
     }
     s->state = S_HANDSHAKE;
@@ -911,7 +911,7 @@ napi_value fly_napi_ssh_close(napi_env env, napi_callback_info info) {
     return NULL;
   c = calloc(1, sizeof(*c));
   if (c == NULL) {
-    napi_throw_error(env, "FLY_NO_MEMORY", "out of memory");
+    napi_throw_error(env, "ERR_NO_MEMORY", "out of memory");
     return NULL;
   }
   fly_req_init(&c->req, &close_vt);
