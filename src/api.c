@@ -693,6 +693,13 @@ static const fly_api_op_t *find_op(const char *name) {
   return NULL;
 }
 
+static void wipe_free(char *s) {
+  if (s != NULL) {
+    memset(s, 0, strlen(s));
+    free(s);
+  }
+}
+
 static int add_header(struct curl_slist **h, const char *line) {
   struct curl_slist *n = curl_slist_append(*h, line);
   if (n == NULL)
@@ -714,6 +721,7 @@ napi_value fly_napi_api(napi_env env, napi_callback_info info) {
   fly_buf_t body = {0};
   bool has;
   size_t blen;
+  int ok = 0;
 
   if (fly_js_arg_obj(env, info, 0, &opts) != 0)
     return NULL;
@@ -734,20 +742,20 @@ napi_value fly_napi_api(napi_env env, napi_callback_info info) {
       fly_js_prop_u64(env, opts, "timeoutMs", 30000, &a->attempt_timeout_ms) !=
           0 ||
       fly_js_prop_u64(env, opts, "waitTotalMs", 60000, &a->wait_total_ms) != 0)
-    goto fail;
+    goto cleanup;
 
   a->op = find_op(opname);
   if (a->op == NULL) {
     fly_throw_invalid(env, "unknown API operation '%s'", opname);
-    goto fail;
+    goto cleanup;
   }
   if (strncmp(base, "http://", 7) != 0 && strncmp(base, "https://", 8) != 0) {
     fly_throw_invalid(env, "baseUrl must be an http:// or https:// URL");
-    goto fail;
+    goto cleanup;
   }
   if (!valid_header_value(token) || (nonce && !valid_header_value(nonce))) {
     fly_throw_invalid(env, "the API token must not contain line breaks");
-    goto fail;
+    goto cleanup;
   }
 
   if (napi_has_named_property(env, opts, "params", &has) == napi_ok && has) {
@@ -764,14 +772,14 @@ napi_value fly_napi_api(napi_env env, napi_callback_info info) {
         (fly_js_prop_u64(env, retry, "baseMs", 500, &a->base_ms) != 0 ||
          fly_js_prop_u64(env, retry, "maxMs", 5000, &a->max_ms) != 0 ||
          fly_js_prop_u64(env, retry, "totalMs", 30000, &a->total_ms) != 0))
-      goto fail;
+      goto cleanup;
   }
   if (a->base_ms == 0)
     a->base_ms = 1;
 
   if (build_path(env, a->op, params, &path) != 0 ||
       build_query(env, opts, &path) != 0)
-    goto fail;
+    goto cleanup;
   blen = strlen(base);
   while (blen > 0 && base[blen - 1] == '/')
     base[--blen] = '\0';
@@ -784,7 +792,7 @@ napi_value fly_napi_api(napi_env env, napi_callback_info info) {
     fly_buf_t lu = {0};
     char *app = NULL;
     if (params == NULL || fly_js_prop_str(env, params, "app", 1, &app) != 0)
-      goto fail;
+      goto cleanup;
     if (fly_buf_printf(&lu, "%s/v1/apps/", base) != 0 ||
         append_escaped(&lu, app) != 0 ||
         fly_buf_printf(&lu, "/machines?metadata.") != 0 ||
@@ -818,31 +826,15 @@ napi_value fly_napi_api(napi_env env, napi_callback_info info) {
     a->body = fly_buf_steal(&body, NULL);
   }
 
-  /* The token lives on only inside the header list. */
-  if (auth != NULL) {
-    memset(auth, 0, strlen(auth));
-    free(auth);
-  }
-  memset(token, 0, strlen(token));
-  free(token);
-  free(base);
-  free(opname);
-  free(nonce);
-  free(create_id);
-  free(create_key);
-  return fly_req_submit(env, &a->req);
+  ok = 1;
+  goto cleanup;
 
 nomem:
   napi_throw_error(env, "ERR_NO_MEMORY", "out of memory");
-fail:
-  if (auth != NULL) {
-    memset(auth, 0, strlen(auth));
-    free(auth);
-  }
-  if (token != NULL) {
-    memset(token, 0, strlen(token));
-    free(token);
-  }
+cleanup:
+  /* The token lives on only inside the header list. */
+  wipe_free(auth);
+  wipe_free(token);
   free(base);
   free(opname);
   free(nonce);
@@ -851,6 +843,8 @@ fail:
   fly_buf_free(&path);
   fly_buf_free(&line);
   fly_buf_free(&body);
+  if (ok)
+    return fly_req_submit(env, &a->req);
   api_free(NULL, &a->req);
   fly_err_clear(&a->req.err);
   free(a);

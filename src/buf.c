@@ -8,8 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Makes room for extra more bytes plus the terminator. */
-static int fly_buf_reserve(fly_buf_t *b, size_t extra) {
+/* Room for extra more bytes plus the terminator.  The first reservation is
+ * exact (a file sized from its stat gets no slack); growth after that
+ * doubles, so appending stays amortised O(1). */
+int fly_buf_reserve(fly_buf_t *b, size_t extra) {
   size_t need, cap;
   char *p;
 
@@ -18,14 +20,11 @@ static int fly_buf_reserve(fly_buf_t *b, size_t extra) {
   need = b->len + extra + 1;
   if (need <= b->cap)
     return 0;
-  cap = b->cap ? b->cap : 64;
-  while (cap < need) {
-    if (cap > SIZE_MAX / 2) {
-      cap = need;
-      break;
-    }
-    cap *= 2;
-  }
+  cap = b->cap > SIZE_MAX / 2 ? SIZE_MAX : b->cap * 2;
+  if (cap < need)
+    cap = need;
+  if (cap < 64)
+    cap = 64;
   p = realloc(b->base, cap);
   if (p == NULL)
     return -1;

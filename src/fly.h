@@ -41,6 +41,7 @@ typedef struct fly_buf_s {
   size_t cap;
 } fly_buf_t;
 
+int fly_buf_reserve(fly_buf_t *b, size_t extra);              /* 0 or -1 */
 int fly_buf_append(fly_buf_t *b, const void *data, size_t len); /* 0 or -1 */
 int fly_buf_printf(fly_buf_t *b, const char *fmt, ...);         /* 0 or -1 */
 void fly_buf_free(fly_buf_t *b);

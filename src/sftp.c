@@ -228,24 +228,6 @@ static int fail_open(fly_ssh_sess_t *s, fly_sftp_t *x, int verdict) {
 
 /* ---- read / write / stat / readdir --------------------------------------- */
 
-/* Room for want more bytes (and the terminator): exact when sized from a
- * stat, doubling when a file outgrows that. */
-static int buf_room(fly_buf_t *b, size_t want) {
-  size_t need = b->len + want + 1, cap;
-  char *p;
-  if (b->cap >= need)
-    return 0;
-  cap = b->cap * 2;
-  if (cap < need)
-    cap = need;
-  p = realloc(b->base, cap);
-  if (p == NULL)
-    return -1;
-  b->base = p;
-  b->cap = cap;
-  return 0;
-}
-
 static int run_read(fly_ssh_sess_t *s, fly_sftp_t *x) {
   LIBSSH2_SFTP_ATTRIBUTES a;
   int rc;
@@ -263,7 +245,7 @@ static int run_read(fly_ssh_sess_t *s, fly_sftp_t *x) {
     /* Size the buffer once from the file's size (it may still grow). */
     if ((a.flags & LIBSSH2_SFTP_ATTR_SIZE) &&
         a.filesize < ((uint64_t)1 << 40) &&
-        buf_room(&x->data, (size_t)a.filesize + 4096) != 0)
+        fly_buf_reserve(&x->data, (size_t)a.filesize + 4096) != 0)
       return fail_code(x, "ERR_NO_MEMORY", x->path, "out of memory");
     x->phase = P_OPEN;
     s->progress = 1;
@@ -278,7 +260,7 @@ static int run_read(fly_ssh_sess_t *s, fly_sftp_t *x) {
   case P_IO:
     for (;;) {
       size_t room;
-      if (buf_room(&x->data, 4096) != 0)
+      if (fly_buf_reserve(&x->data, 4096) != 0)
         return fail_open(s, x, fail_code(x, "ERR_NO_MEMORY", x->path,
                                          "out of memory"));
       room = x->data.cap - x->data.len - 1;
