@@ -725,12 +725,9 @@ napi_value fly_napi_api(napi_env env, napi_callback_info info) {
 
   if (fly_js_arg_obj(env, info, 0, &opts) != 0)
     return NULL;
-  a = calloc(1, sizeof(*a));
-  if (a == NULL) {
-    napi_throw_error(env, "ERR_NO_MEMORY", "out of memory");
+  a = fly_req_new(env, sizeof(*a), &api_vt);
+  if (a == NULL)
     return NULL;
-  }
-  fly_req_init(&a->req, &api_vt);
 
   if (fly_js_prop_str(env, opts, "baseUrl", 1, &base) != 0 ||
       fly_js_prop_str(env, opts, "token", 1, &token) != 0 ||

@@ -345,12 +345,9 @@ napi_value fly_napi_ssh_exec(napi_env env, napi_callback_info info) {
 
   if (fly_js_arg_obj(env, info, 0, &opts) != 0)
     return NULL;
-  x = calloc(1, sizeof(*x));
-  if (x == NULL) {
-    napi_throw_error(env, "ERR_NO_MEMORY", "out of memory");
+  x = fly_req_new(env, sizeof(*x), &exec_vt);
+  if (x == NULL)
     return NULL;
-  }
-  fly_req_init(&x->op.req, &exec_vt);
   x->op.ovt = &exec_ovt;
   if (fly_ssh_target_parse(env, opts, &x->op.target) != 0 ||
       (x->cmdline = fly_js_cmd_build(env, opts, &x->timeout_ms)) == NULL ||

@@ -117,6 +117,9 @@ struct fly_req_s {
 
 /* JS thread: init a request of type vt (zeroed first). */
 void fly_req_init(fly_req_t *req, const fly_req_vt_t *vt);
+/* JS thread: calloc a request of size bytes (whose first member is a
+ * fly_req_t) and init it; NULL with an exception pending when out of memory. */
+void *fly_req_new(napi_env env, size_t size, const fly_req_vt_t *vt);
 /* JS thread: queue req to the instance's I/O thread (starting it if needed)
  * and create the promise.  On failure req is freed and an exception is
  * pending; returns NULL. */

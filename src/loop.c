@@ -97,6 +97,16 @@ void fly_req_init(fly_req_t *req, const fly_req_vt_t *vt) {
   req->done.req = req;
 }
 
+void *fly_req_new(napi_env env, size_t size, const fly_req_vt_t *vt) {
+  fly_req_t *req = calloc(1, size);
+  if (req == NULL) {
+    napi_throw_error(env, "ERR_NO_MEMORY", "out of memory");
+    return NULL;
+  }
+  fly_req_init(req, vt);
+  return req;
+}
+
 static void req_free(napi_env env, fly_req_t *req) {
   if (req->vt->free != NULL)
     req->vt->free(env, req);

@@ -909,12 +909,9 @@ napi_value fly_napi_ssh_close(napi_env env, napi_callback_info info) {
 
   if (fly_js_arg_obj(env, info, 0, &opts) != 0)
     return NULL;
-  c = calloc(1, sizeof(*c));
-  if (c == NULL) {
-    napi_throw_error(env, "ERR_NO_MEMORY", "out of memory");
+  c = fly_req_new(env, sizeof(*c), &close_vt);
+  if (c == NULL)
     return NULL;
-  }
-  fly_req_init(&c->req, &close_vt);
   if (fly_js_prop_str(env, opts, "key", 1, &c->key) != 0) {
     free(c);
     return NULL;
