@@ -434,7 +434,12 @@ function augment (psb) {
 
 function fly (config) {
   const ctx = resolveConfig(config)
-  const provider = flyProvider({ ctx, raw: config })
+  // What defineProvider keeps as `config` (and shows when a sandbox or the
+  // provider is logged): the resolved settings, not enumerable, so the token
+  // does not appear in console.log/util.inspect output.
+  const internal = {}
+  Object.defineProperty(internal, 'ctx', { value: ctx, enumerable: false })
+  const provider = flyProvider(internal)
   const mgr = provider.sandbox
   const create = mgr.create.bind(mgr)
   const byId = mgr.getById.bind(mgr)

@@ -189,3 +189,17 @@ test('a create timeout ends the sandbox: it stops and is destroyed', async () =>
     .catch((e) => assert.equal(e.code, 'FLY_NOT_FOUND'))
   assert.equal(await p.sandbox.getById(sb.sandboxId), null)
 })
+
+test('logging a provider or a sandbox does not show the token or keys', async () => {
+  const util = require('util')
+  const key = require('./helpers/fly').native.keygen()
+  const p = provider(srv, { sshPrivateKey: key.privateKey, sshPassword: 'pw-SECRET-123' })
+  const sb = await p.sandbox.create({ waitForSsh: false })
+  for (const shown of [util.inspect(p, { depth: 10 }), util.inspect(sb, { depth: 10 }),
+    util.inspect(sb.getInstance(), { depth: 10 }), JSON.stringify(sb.getInstance())]) {
+    assert.ok(!shown.includes(srv.token), 'token shown')
+    assert.ok(!shown.includes('PRIVATE KEY'), 'key shown')
+    assert.ok(!shown.includes('pw-SECRET-123'), 'password shown')
+  }
+  await sb.destroy()
+})
