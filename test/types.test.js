@@ -12,3 +12,10 @@ test('index.d.ts: the usage file type-checks with tsc --strict', () => {
     path.join(__dirname, 'fixtures', 'usage.ts')], { encoding: 'utf8' })
   assert.equal(r.status, 0, r.stdout + r.stderr)
 })
+
+test('the ESM entry exports the same fly()', async () => {
+  const esm = await import(path.join(__dirname, '..', 'lib', 'index.mjs'))
+  const cjs = require('..')
+  assert.equal(esm.fly, cjs.fly)
+  assert.equal(esm.default, cjs.fly)
+})
