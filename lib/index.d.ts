@@ -87,7 +87,7 @@ export interface FlyFileSystem {
   readFile(path: string): Promise<string>
   readFile(path: string, options: { encoding: null | 'buffer' }): Promise<Buffer>
   readFile(path: string, options: FlyReadOptions): Promise<string | Buffer>
-  /** Strings are written as UTF-8 exactly; Buffers byte for byte. */
+  /** Strings are written as UTF-8 exactly; Buffers byte for byte (not copied: do not modify the Buffer until the promise settles). */
   writeFile(path: string, content: string | Uint8Array): Promise<void>
   readdir(path: string): Promise<FileEntry[]>
   /** mkdir -p. */

@@ -265,6 +265,13 @@ int fly_js_prop_bool(napi_env env, napi_value obj, const char *name,
 /* A Buffer/TypedArray/string property copied into out (absent -> empty). */
 int fly_js_prop_bytes(napi_env env, napi_value obj, const char *name,
                       fly_buf_t *out);
+/* A Buffer property pinned with a reference instead of copied: its bytes
+ * stay where they are (V8 never moves a backing store) and may be read on
+ * the I/O thread until the reference is deleted on the JS thread.  A string
+ * is copied into *copy instead.  Absent -> NULL, 0. */
+int fly_js_prop_pin(napi_env env, napi_value obj, const char *name,
+                    napi_ref *ref, fly_buf_t *copy, const char **data,
+                    size_t *len);
 /* A function property, kept with a reference (absent -> NULL). */
 int fly_js_prop_func(napi_env env, napi_value obj, const char *name,
                      napi_ref *out);

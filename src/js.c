@@ -171,6 +171,35 @@ int fly_js_prop_bytes(napi_env env, napi_value obj, const char *name,
   return -1;
 }
 
+int fly_js_prop_pin(napi_env env, napi_value obj, const char *name,
+                    napi_ref *ref, fly_buf_t *copy, const char **data,
+                    size_t *len) {
+  napi_value v;
+  napi_valuetype t;
+  bool is_buf = false;
+  void *p = NULL;
+
+  *ref = NULL;
+  *data = NULL;
+  *len = 0;
+  if (get_prop(env, obj, name, &v, &t) != 0)
+    return -1;
+  if (t == napi_undefined || t == napi_null)
+    return 0;
+  if (napi_is_buffer(env, v, &is_buf) == napi_ok && is_buf) {
+    FLY_NAPI_CALL(env, napi_get_buffer_info(env, v, &p, len), -1);
+    FLY_NAPI_CALL(env, napi_create_reference(env, v, 1, ref), -1);
+    *data = p;
+    return 0;
+  }
+  /* Anything else (a string) is converted, so it has to be copied. */
+  if (fly_js_prop_bytes(env, obj, name, copy) != 0)
+    return -1;
+  *data = copy->base;
+  *len = copy->len;
+  return 0;
+}
+
 int fly_js_prop_func(napi_env env, napi_value obj, const char *name,
                      napi_ref *out) {
   napi_value v;

@@ -63,7 +63,10 @@ typedef struct fly_sftp_s {
   int kind;
   char *path;
   int recursive;
-  fly_buf_t data;              /* write: the bytes; read: the result */
+  fly_buf_t data;              /* read: the result; write: a copied string */
+  napi_ref pin;                /* write: the caller's Buffer, pinned */
+  const char *wdata;           /* write: the bytes and their size */
+  size_t wlen;
   /* I/O thread. */
   int phase;
   LIBSSH2_SFTP_HANDLE *h;
@@ -302,11 +305,11 @@ static int run_write(fly_ssh_sess_t *s, fly_sftp_t *x) {
     s->progress = 1;
     /* fall through */
   case P_IO:
-    while (x->off < x->data.len) {
-      size_t len = x->data.len - x->off;
+    while (x->off < x->wlen) {
+      size_t len = x->wlen - x->off;
       if (len > FLY_SFTP_WRITE_SLICE)
         len = FLY_SFTP_WRITE_SLICE;
-      n = libssh2_sftp_write(x->h, x->data.base + x->off, len);
+      n = libssh2_sftp_write(x->h, x->wdata + x->off, len);
       if (n == LIBSSH2_ERROR_EAGAIN)
         return AGAIN(s);
       if (n < 0)
@@ -821,7 +824,9 @@ static napi_value sftp_result(napi_env env, fly_req_t *req) {
 static void sftp_free(napi_env env, fly_req_t *req) {
   fly_sftp_t *x = (fly_sftp_t *)req;
   size_t i;
-  (void)env;
+  /* Without env the environment is going away and frees references. */
+  if (env != NULL && x->pin != NULL)
+    napi_delete_reference(env, x->pin);
   fly_ssh_target_free(&x->op.target);
   free(x->path);
   free(x->cur);
@@ -868,7 +873,8 @@ napi_value fly_napi_sftp(napi_env env, napi_callback_info info) {
     goto fail;
   }
   if (x->kind == K_WRITE &&
-      fly_js_prop_bytes(env, opts, "data", &x->data) != 0)
+      fly_js_prop_pin(env, opts, "data", &x->pin, &x->data, &x->wdata,
+                      &x->wlen) != 0)
     goto fail;
   free(opname);
   return fly_req_submit(env, &x->op.req);
