@@ -64,7 +64,9 @@ function resolveConfig (config) {
     maxOutputBytes: optInt(config, 'maxOutputBytes', 1, 2 ** 31) || DEFAULTS.maxOutputBytes,
     connectTimeoutMs: optInt(config, 'connectTimeoutMs', 100, 600000) || DEFAULTS.connectTimeoutMs,
     startTimeoutMs: optInt(config, 'startTimeoutMs', 1000, 3600000) || DEFAULTS.startTimeoutMs,
-    retry: undefined
+    retry: undefined,
+    // sandboxIds destroyed through this provider: later calls fail fast.
+    destroyed: new Set()
   }
   if (!/^https?:\/\/[^\s/]+/.test(r.baseUrl)) {
     throw invalidArg('fly(): apiHostname must be an http:// or https:// URL')

@@ -147,6 +147,8 @@ export interface FlyError extends Error {
   flyError?: string
   requestId?: string
   path?: string
+  /** FLY_MACHINE_NOT_RUNNING: the machine's state. */
+  state?: string
 }
 
 export default fly

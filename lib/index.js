@@ -96,9 +96,13 @@ class FlyMachine {
   // know this instance's key yet: authorize it once through the Machines
   // API exec endpoint, which the API token already grants, and try again.
   async _ssh (fn) {
+    if (this._ctx.destroyed.has(this.sandboxId)) {
+      throw flyError('FLY_NOT_FOUND', `sandbox ${this.sandboxId} was destroyed`)
+    }
     try {
       return await fn()
     } catch (err) {
+      if (err.code === 'SSH_CONNECT_FAILED') throw await this._whyUnreachable(err)
       if (err.code !== 'SSH_AUTH_FAILED' || this._ctx.sshPassword || this._reauthorized) throw err
       this._reauthorized = true
       const pub = this._ctx.clientKey().publicKey
@@ -113,6 +117,23 @@ class FlyMachine {
       })
       return fn()
     }
+  }
+
+  // An SSH connect that failed for good: a machine that is not running (or
+  // no longer exists) is the likely reason, and a clearer error.
+  async _whyUnreachable (err) {
+    let m
+    try {
+      m = (await api.call(this._ctx, 'machine.get', { app: this.appName, machine: this.machineId })).body
+    } catch (e) {
+      if (e.code === 'FLY_NOT_FOUND') return flyError('FLY_NOT_FOUND', `sandbox ${this.sandboxId} no longer exists`)
+      return err
+    }
+    if (m && m.state !== 'started') {
+      return flyError('FLY_MACHINE_NOT_RUNNING', `sandbox ${this.sandboxId} is ${m.state}, not running: ${err.message}`,
+        { state: m.state })
+    }
+    return err
   }
 
   runCommand (command, argsOrOptions, options) {
@@ -331,6 +352,7 @@ async function destroySandbox (config, sandboxId) {
     return
   }
   const params = { app: ids.app, machine: ids.machine }
+  ctx.destroyed.add(sandboxId)
   try {
     await native.sshClose({ key: `${ids.app}:${ids.machine}` }).catch(() => {})
     try {

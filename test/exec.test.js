@@ -233,3 +233,22 @@ test('exec transport: same result shape through the Machines API', async () => {
   const st = await s.runCommand('echo streamed', { onStdout: (d) => chunks.push(d) })
   assert.equal(chunks.join(''), st.stdout)
 })
+
+test('a stopped machine and a destroyed sandbox give clear errors', async () => {
+  const quick = provider(srv, { connectTimeoutMs: 1000 })
+  const s = await quick.sandbox.create()
+  const [app, machine] = s.sandboxId.split(':')
+  const { call, q } = require('./helpers/fly')
+  const m = (await call(srv, 'machine.get', { app, machine })).body
+  await call(srv, 'machine.stop', { app, machine }, { body: '{}' })
+  await call(srv, 'machine.wait', { app, machine }, { query: q({ state: 'stopped', version: m.instance_id || m.version, timeout: 30 }) })
+  const stopped = await rejects(s.runCommand('true'))
+  assert.equal(stopped.code, 'FLY_MACHINE_NOT_RUNNING')
+  assert.equal(stopped.state, 'stopped')
+  assert.equal((await s.getInfo()).status, 'stopped')
+  await s.destroy()
+  const gone = await rejects(s.runCommand('true'))
+  assert.equal(gone.code, 'FLY_NOT_FOUND')
+  const gone2 = await rejects(s.filesystem.readFile('/etc/hostname'))
+  assert.equal(gone2.code, 'FLY_NOT_FOUND')
+})
