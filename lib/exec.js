@@ -8,15 +8,21 @@ const native = require('./native')
 const api = require('./api')
 const { flyError, invalidArg } = require('./errors')
 
-const PY_HINTS = ['print(', 'import ', 'def ', 'sys.', 'json.', '__', 'f"', "f'", 'raise ', 'elif ', 'lambda ']
+// The documented guess when runCode gets no runtime: a shebang decides;
+// otherwise the runtime with more telltale constructs wins (ties go to
+// Python, as in ComputeSDK's old heuristic, and no hint at all to Node).
+const PY_HINTS = [/\bprint\(/, /^\s*(import|from)\s+[\w.]+/m, /^\s*def\s+\w+\(/m, /\bsys\./, /\bf["']/,
+  /^\s*raise\s/m, /\belif\b/, /\blambda\b/, /:\s*$/m, /\bNone\b/, /\bself\./, /__\w+__/]
+const NODE_HINTS = [/\bconsole\.\w+\(/, /\brequire\(/, /^\s*(const|let|var)\s/m, /=>/, /\bfunction\b/,
+  /\bprocess\./, /;\s*$/m, /\bawait\s/, /\bundefined\b/, /===/, /\bmodule\.exports\b/]
 
-// The documented guess when runCode gets no runtime: Python when the code
-// looks like Python, otherwise Node.
 function detectRuntime (code) {
-  if (/^\s*#!.*python/.test(code)) return 'python'
-  if (/^\s*#!.*node/.test(code)) return 'node'
-  if (/\b(console\.|require\(|const |let |=>|function\s*\(|process\.)/.test(code)) return 'node'
-  return PY_HINTS.some((h) => code.includes(h)) ? 'python' : 'node'
+  if (/^#!.*python/.test(code)) return 'python'
+  if (/^#!.*node/.test(code)) return 'node'
+  const score = (hints) => hints.reduce((n, re) => n + (re.test(code) ? 1 : 0), 0)
+  const py = score(PY_HINTS)
+  const js = score(NODE_HINTS)
+  return py > 0 && py >= js ? 'python' : 'node'
 }
 
 const INTERPRETERS = {
