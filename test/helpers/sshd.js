@@ -80,6 +80,9 @@ async function startSshd (opts = {}) {
     ''
   ].join('\n'))
 
+  // sshd refuses to start without its privilege separation directory, which
+  // only the host's ssh service would create (a fresh machine has none).
+  fs.mkdirSync('/run/sshd', { recursive: true, mode: 0o755 })
   const proc = spawn('/usr/sbin/sshd', ['-D', '-e', '-f', config], {
     stdio: ['ignore', 'ignore', 'pipe']
   })
