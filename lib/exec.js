@@ -5,7 +5,6 @@
 // character split across chunks is never mangled.
 const { StringDecoder } = require('string_decoder')
 const native = require('./native')
-const api = require('./api')
 const { flyError, invalidArg } = require('./errors')
 
 // The documented guess when runCode gets no runtime: a shebang decides;
@@ -103,16 +102,28 @@ async function execSsh (sb, spec, stdin, stream) {
   return { stdout: parts[1].join(''), stderr: parts[2].join(''), exitCode: r.exitCode }
 }
 
+// The exec endpoint runs as the machine's root; drop to the sandbox user
+// (as SSH would log in) where the image has it, so files and processes
+// belong to the same user whichever transport made them.
+const AS_USER = 'if id -u "$1" >/dev/null 2>&1 && command -v runuser >/dev/null 2>&1; ' +
+  'then exec runuser -u "$1" -- sh -c "$2"; fi; exec sh -c "$2"'
+
+const SIGNALS = { HUP: 1, INT: 2, QUIT: 3, ILL: 4, TRAP: 5, ABRT: 6, BUS: 7, FPE: 8, KILL: 9, USR1: 10, SEGV: 11, USR2: 12, PIPE: 13, ALRM: 14, TERM: 15 }
+
+// Runs a command spec through POST /machines/{id}/exec; the same result
+// shape as over SSH.  Used by the exec transport for commands and files.
 async function execApi (sb, spec, stdin) {
   const cmd = native.buildCommand(spec)
   const secs = spec.timeoutMs ? Math.ceil(spec.timeoutMs / 1000) + 5 : 60
-  const body = { command: ['sh', '-c', cmd], timeout: secs }
+  const body = { command: ['sh', '-c', AS_USER, 'sh', sb._ctx.sshUser, cmd], timeout: secs }
   if (stdin !== undefined) body.stdin = Buffer.isBuffer(stdin) ? stdin.toString('utf8') : stdin
-  const r = await api.call(sb._ctx, 'machine.exec', { app: sb.appName, machine: sb.machineId },
-    { body, timeoutMs: (secs + 15) * 1000 })
+  const r = await sb._api('machine.exec', { body, timeoutMs: (secs + 15) * 1000 })
   const b = r.body || {}
   let exitCode = typeof b.exit_code === 'number' ? b.exit_code : 0
-  if (b.exit_signal) exitCode = 128 + Number(b.exit_signal)
+  if (b.exit_signal) {
+    const n = Number(b.exit_signal) || SIGNALS[String(b.exit_signal).replace(/^SIG/, '')] || 0
+    exitCode = 128 + n
+  }
   return { stdout: b.stdout || '', stderr: b.stderr || '', exitCode }
 }
 
@@ -161,4 +172,4 @@ async function runCode (sb, code, runtime) {
   }
 }
 
-module.exports = { run, runCode, detectRuntime, commandSpec }
+module.exports = { run, runCode, detectRuntime, commandSpec, execApi }

@@ -5,7 +5,7 @@
 // (slower; contents travel base64-encoded in the JSON body).
 const native = require('./native')
 const { invalidArg, flyError } = require('./errors')
-const api = require('./api')
+const { execApi } = require('./exec')
 
 function checkPath (path, what) {
   if (typeof path !== 'string' || path === '') throw invalidArg(`${what}: path must be a non-empty string`)
@@ -17,22 +17,18 @@ function sftp (sb, op, path, extra) {
   return sb._ssh(() => native.sftp({ target: sb._target(), op, path, ...extra }))
 }
 
-// exec transport: run argv as root through the API; fail like SFTP would.
+// exec transport: run argv through the API (as the sandbox user); fail like
+// SFTP would.
 async function viaExec (sb, argv, stdin, path) {
-  const cmd = native.buildCommand({ argv })
-  const body = { command: ['sh', '-c', cmd], timeout: 60 }
-  if (stdin !== undefined) body.stdin = stdin
-  const r = await api.call(sb._ctx, 'machine.exec', { app: sb.appName, machine: sb.machineId },
-    { body, timeoutMs: 90000 })
-  const b = r.body || {}
-  if ((b.exit_code || 0) !== 0) {
-    const msg = String(b.stderr || '').trim()
+  const r = await execApi(sb, { argv }, stdin)
+  if (r.exitCode !== 0) {
+    const msg = r.stderr.trim()
     const code = /No such file/i.test(msg) ? 'SFTP_NO_SUCH_FILE'
       : /Permission denied/i.test(msg) ? 'SFTP_PERMISSION_DENIED'
         : /Not a directory/i.test(msg) ? 'SFTP_NOT_A_DIRECTORY' : 'SFTP_FAILURE'
     throw flyError(code, `${argv[0]} ${path}: ${msg || 'failed'}`, { path })
   }
-  return b.stdout || ''
+  return r.stdout
 }
 
 const T = { d: 'directory', f: 'file', l: 'symlink' }
@@ -85,12 +81,7 @@ function makeFilesystem (sb) {
     },
     async exists (path) {
       if (typeof path !== 'string' || path === '' || path.includes('\0')) return false
-      if (exec()) {
-        const cmd = native.buildCommand({ argv: ['test', '-e', path] })
-        const r = await api.call(sb._ctx, 'machine.exec', { app: sb.appName, machine: sb.machineId },
-          { body: { command: ['sh', '-c', cmd], timeout: 30 }, timeoutMs: 60000 })
-        return (r.body && r.body.exit_code) === 0 || (r.body && r.body.exit_code === undefined)
-      }
+      if (exec()) return (await execApi(sb, { argv: ['test', '-e', path] })).exitCode === 0
       return (await sftp(sb, 'stat', path)) !== null
     },
     async remove (path) {

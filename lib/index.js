@@ -111,7 +111,7 @@ class FlyMachine {
       const script = 'h=$(getent passwd "$3" | cut -d: -f6) && mkdir -p "$1" "$h/.ssh" && ' +
         'printf "%s\\n" "$2" >> "$1/authorized_keys" && printf "%s\\n" "$2" >> "$h/.ssh/authorized_keys" && ' +
         'chown "$3" "$h/.ssh" "$h/.ssh/authorized_keys" && chmod 700 "$h/.ssh" && chmod 600 "$h/.ssh/authorized_keys"'
-      await api.call(this._ctx, 'machine.exec', { app: this.appName, machine: this.machineId }, {
+      await this._api('machine.exec', {
         body: { command: ['sh', '-c', script, 'sh', FILES_DIR, pub, this._ctx.sshUser], timeout: 30 },
         timeoutMs: 60000
       })
@@ -119,12 +119,17 @@ class FlyMachine {
     }
   }
 
+  // A Machines API call about this machine.
+  _api (op, extra) {
+    return api.call(this._ctx, op, { app: this.appName, machine: this.machineId }, extra)
+  }
+
   // An SSH connect that failed for good: a machine that is not running (or
   // no longer exists) is the likely reason, and a clearer error.
   async _whyUnreachable (err) {
     let m
     try {
-      m = (await api.call(this._ctx, 'machine.get', { app: this.appName, machine: this.machineId })).body
+      m = (await this._api('machine.get')).body
     } catch (e) {
       if (e.code === 'FLY_NOT_FOUND') return flyError('FLY_NOT_FOUND', `sandbox ${this.sandboxId} no longer exists`)
       return err
@@ -375,7 +380,7 @@ async function destroySandbox (config, sandboxId) {
 }
 
 async function getInfo (sb) {
-  const r = await api.call(sb._ctx, 'machine.get', { app: sb.appName, machine: sb.machineId })
+  const r = await sb._api('machine.get')
   sb._update(withApp(r.body, sb.appName))
   const st = sb.state
   const status = RUNNING.has(st) ? 'running' : STOPPED.has(st) ? 'stopped' : 'error'

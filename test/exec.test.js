@@ -229,6 +229,11 @@ test('exec transport: same result shape through the Machines API', async () => {
   assert.equal(r.exitCode, 4)
   const c = await s.runCode('console.log(6 * 7)', 'node')
   assert.equal(c.stdout, '42\n')
+  // as the sandbox user, like SSH
+  const who = await s.runCommand('id -un; echo "$HOME"')
+  assert.equal(who.stdout, 'sandbox\n/home/sandbox\n')
+  const killed = await s.runCommand('kill -9 $$')
+  assert.equal(killed.exitCode, 137)
   const chunks = []
   const st = await s.runCommand('echo streamed', { onStdout: (d) => chunks.push(d) })
   assert.equal(chunks.join(''), st.stdout)
