@@ -134,15 +134,17 @@ start_sshd() {
   sshd_pid=$!
 }
 
+# Forwards a stop signal; the main loop below then reaps the main process
+# and exits with its status. The handler must not wait itself: it runs while
+# the loop's `wait -n` is interrupted, and the main process may already be
+# reaped by then (a nested `wait "$main_pid"` then returned -1, i.e. exit
+# status 255, instead of the process's status).
 on_signal() {
   stopping=1
   local sig=$1
   [ -n "$main_pid" ] && kill -s "$sig" "$main_pid" 2>/dev/null
   [ -n "$sshd_pid" ] && kill -TERM "$sshd_pid" 2>/dev/null
-  if [ -n "$main_pid" ]; then
-    wait "$main_pid"
-    exit $?
-  fi
+  [ -n "$main_pid" ] && return
   exit $((128 + $(kill -l "$sig")))
 }
 for sig in TERM INT HUP QUIT USR1 USR2; do
@@ -173,8 +175,18 @@ case "${COMPUTESDK_SANDBOX_TIMEOUT_S:-}" in
 esac
 
 while :; do
+  # done_pid stays unset when a trapped signal interrupts the wait (status
+  # > 128) or when no child is left (127: cannot happen while main runs).
   wait -n -p done_pid
   status=$?
+  if [ -z "${done_pid:-}" ]; then
+    [ "$status" -eq 127 ] && exit 127
+    continue
+  fi
+  if [ -n "$main_pid" ] && [ "$done_pid" = "$main_pid" ]; then
+    kill -TERM "$sshd_pid" 2>/dev/null
+    exit "$status"
+  fi
   [ -n "$stopping" ] && continue
   if [ -n "$lifetime_pid" ] && [ "${done_pid:-}" = "$lifetime_pid" ]; then
     log "sandbox lifetime of ${COMPUTESDK_SANDBOX_TIMEOUT_S}s reached, stopping"
@@ -182,10 +194,6 @@ while :; do
     [ -n "$main_pid" ] && kill -TERM "$main_pid" 2>/dev/null
     kill -TERM "$sshd_pid" 2>/dev/null
     exit 0
-  fi
-  if [ -n "$main_pid" ] && [ "${done_pid:-}" = "$main_pid" ]; then
-    kill -TERM "$sshd_pid" 2>/dev/null
-    exit "$status"
   fi
   if [ "${done_pid:-}" = "$sshd_pid" ]; then
     log "sshd exited ($status), restarting"

@@ -33,6 +33,15 @@ function pidGone(pid) {
   });
 }
 
+/* An open handle on the PID namespace of pid. It keeps the namespace's
+   identity (its inode number, what nsMembers compares) from being reused:
+   once a namespace is freed the kernel hands its number to the next one
+   created on the host, e.g. by a machine of a test file running alongside.
+   It does not keep any process alive. */
+function pinNs(pid) {
+  return fs.openSync(`/proc/${pid}/ns/pid`, 'r');
+}
+
 /* Every host pid in the PID namespace of pid (machine processes). */
 function nsMembers(ns) {
   const out = [];
@@ -223,18 +232,23 @@ describe('fly-local clean-up', () => {
     assert.equal((await api('GET', `/v1/apps/${app}/machines/${ms[1].id}/wait?state=suspended&timeout=30`)).status, 200);
     await api('POST', `/v1/apps/${app}/machines/${ms[2].id}/exec`, { command: ['sh', '-c', 'sleep 1000 >/dev/null 2>&1 &'] });
     const info = srv.machines();
-    const namespaces = info.map((x) => fs.readlinkSync(`/proc/${x.pid}/ns/pid`));
-    const members = namespaces.flatMap(nsMembers);
-    assert.ok(members.length >= 9, `expected the machines' processes, got ${members.length}`);
-    const stateDirs = fs.readdirSync('/tmp').filter((n) => n.startsWith(`fly-local-${process.pid}-`));
-    assert.ok(stateDirs.length >= 1);
-    await srv.stop();
-    await srv.stop(); /* idempotent */
-    for (const p of members) assert.equal(fs.existsSync(`/proc/${p}`), false, `process ${p} survived`);
-    for (const ns of namespaces) assert.deepEqual(nsMembers(ns), []);
+    const pins = info.map((x) => pinNs(x.pid));
+    try {
+      const namespaces = info.map((x) => fs.readlinkSync(`/proc/${x.pid}/ns/pid`));
+      const members = namespaces.flatMap(nsMembers);
+      assert.ok(members.length >= 9, `expected the machines' processes, got ${members.length}`);
+      const stateDirs = fs.readdirSync('/tmp').filter((n) => n.startsWith(`fly-local-${process.pid}-`));
+      assert.ok(stateDirs.length >= 1);
+      await srv.stop();
+      await srv.stop(); /* idempotent */
+      for (const p of members) assert.equal(fs.existsSync(`/proc/${p}`), false, `process ${p} survived`);
+      for (const ns of namespaces) assert.deepEqual(nsMembers(ns), []);
+      for (const d of stateDirs) assert.equal(fs.existsSync(path.join('/tmp', d)), false);
+    } finally {
+      for (const fd of pins) fs.closeSync(fd);
+    }
     const mounts = fs.readFileSync('/proc/mounts', 'utf8');
     assert.doesNotMatch(mounts, /fly-local-/);
-    for (const d of stateDirs) assert.equal(fs.existsSync(path.join('/tmp', d)), false);
     for (const ctrl of ['memory', 'freezer']) {
       const found = await run('find', [`/sys/fs/cgroup/${ctrl}`, '-maxdepth', '4', '-name', `fly-local-${process.pid}-*`]);
       assert.equal(found.stdout.trim(), '', `${ctrl} cgroup left behind`);
@@ -265,13 +279,18 @@ describe('fly-local clean-up', () => {
       });
     });
     const m = JSON.parse(line);
-    const ns = fs.readlinkSync(`/proc/${m.pid}/ns/pid`);
-    assert.ok(nsMembers(ns).length >= 2);
-    const exited = new Promise((resolve) => child.on('exit', resolve));
-    child.kill('SIGKILL');
-    await exited;
-    await pidGone(m.pid);
-    assert.deepEqual(nsMembers(ns), []);
+    const pin = pinNs(m.pid);
+    try {
+      const ns = fs.readlinkSync(`/proc/${m.pid}/ns/pid`);
+      assert.ok(nsMembers(ns).length >= 2);
+      const exited = new Promise((resolve) => child.on('exit', resolve));
+      child.kill('SIGKILL');
+      await exited;
+      await pidGone(m.pid);
+      assert.deepEqual(nsMembers(ns), []);
+    } finally {
+      fs.closeSync(pin);
+    }
     assert.doesNotMatch(fs.readFileSync('/proc/mounts', 'utf8'), new RegExp(m.id));
     /* its state directory and cgroups are swept by the next start */
     const tag = `fly-local-${child.pid}-`;

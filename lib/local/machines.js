@@ -186,7 +186,12 @@ class Machine extends EventEmitter {
     this.setState('stopping');
     this.addEvent('stop', 'stopping', 'user');
     if (run.frozen) run.thaw();
-    run.signalTree(signal);
+    /* As Fly's init does: the stop signal goes to the main process, which
+       passes it on (the entrypoint forwards it to its workload and stops
+       sshd); whatever is left dies with the machine. Signalling every
+       process at once would make the entrypoint's trap fire at the moment
+       its workload exits, and bash can lose a child's status then. */
+    run.signalMain(signal);
     const timer = setTimeout(() => run.kill(), timeoutMs);
     await run.exitPromise;
     clearTimeout(timer);

@@ -207,7 +207,12 @@ function mainArgv(init) {
   return [...entry, ...cmd];
 }
 
-/* One boot of a machine. Emits 'started' and then 'exit' once. */
+/* One boot of a machine. Emits 'started' and then 'exit' once; 'exit'
+   (and exitPromise) mean every process of the boot is gone and reaped:
+   the launcher waits for the machine's PID 1, which as the namespace's init
+   only exits once every other process in the namespace is reaped, and the
+   exec processes (nsenter, outside the namespace but in the machine's
+   cgroups) are awaited too. */
 class Run extends EventEmitter {
   constructor(host, opts) {
     super();
@@ -222,6 +227,12 @@ class Run extends EventEmitter {
     this.exitInfo = null;
     this.bootError = null;
     this.startedAt = 0;
+    this.statusStarted = false;
+    this.killRequested = false;
+    /* exec children not yet reaped, and the callback that finishes the
+       exit once they are */
+    this.execs = new Set();
+    this.onExecsDone = null;
     this.exitPromise = new Promise((resolve) => this.once('exit', resolve));
   }
 
@@ -289,19 +300,28 @@ class Run extends EventEmitter {
     if (word === 'pid') {
       this.pid = Number(rest);
       try { this.pidns = fs.readlinkSync(`/proc/${this.pid}/ns/pid`); } catch (_) { /* gone */ }
+      /* kill() came before we knew PID 1: kill it now, so the launcher
+         (which waits for it) reports the machine's end */
+      if (this.killRequested) this.kill();
+      this.maybeStarted();
     } else if (word === 'started') {
-      this.started = true;
-      this.startedAt = Date.now();
-      if (!this.pidns && this.pid) {
-        try { this.pidns = fs.readlinkSync(`/proc/${this.pid}/ns/pid`); } catch (_) { /* gone */ }
-      }
-      this.emit('started');
+      /* PID 1 writes this, the launcher writes "pid": they can arrive in
+         either order; a machine is started once both are known */
+      this.statusStarted = true;
+      this.maybeStarted();
     } else if (word === 'exit') {
       const [code, sig] = rest.split(' ').map(Number);
       this.exitInfo = { code, signal: sig };
     } else if (word === 'error') {
       this.bootError = rest;
     }
+  }
+
+  maybeStarted() {
+    if (this.started || !this.statusStarted || !this.pid || this.exited) return;
+    this.started = true;
+    this.startedAt = Date.now();
+    this.emit('started');
   }
 
   onClose(code, signal, spawnError) {
@@ -317,9 +337,21 @@ class Run extends EventEmitter {
     info.bootError = this.started ? null : (this.bootError || (spawnError && spawnError.message) || 'machine exited during boot');
     info.startedAt = this.startedAt;
     this.exitInfo = info;
-    this.emit('exit', info);
-    /* The overlay died with the mount namespace; drop its directory. */
-    fsp.rm(this.dir, { recursive: true, force: true }).catch(() => {});
+    const finish = () => {
+      this.onExecsDone = null;
+      this.emit('exit', info);
+      /* The overlay died with the mount namespace; drop its directory. */
+      fsp.rm(this.dir, { recursive: true, force: true }).catch(() => {});
+    };
+    /* An exec's nsenter lives outside the namespace: it exits once the
+       kernel killed its child in there; wait for its reaping too. */
+    if (this.execs.size) this.onExecsDone = finish;
+    else finish();
+  }
+
+  execDone(child) {
+    this.execs.delete(child);
+    if (!this.execs.size && this.onExecsDone) this.onExecsDone();
   }
 
   oomKills() {
@@ -349,18 +381,16 @@ class Run extends EventEmitter {
     return out;
   }
 
-  /* The main process: the child of PID 1 that it started first. */
+  /* The main process: PID 1's first fork, so PID 2 inside the machine (host
+     pids can wrap, and orphans adopted by PID 1 are its children too). */
   mainPid() {
     const kids = this.procs().map(readStat).filter((s) => s && s.ppid === this.pid);
+    for (const k of kids) {
+      const m = /NSpid:\s*([\d\s]+)/.exec(readFileQuiet(`/proc/${k.pid}/status`) || '');
+      if (m && Number(m[1].trim().split(/\s+/).pop()) === 2) return k.pid;
+    }
     kids.sort((a, b) => a.pid - b.pid);
     return kids.length ? kids[0].pid : 0;
-  }
-
-  /* Every process but PID 1 (which, as a namespace init, ignores them). */
-  signalTree(sig) {
-    for (const p of this.procs().slice(1)) {
-      try { process.kill(p, sig); } catch (_) { /* raced with exit */ }
-    }
   }
 
   signalMain(sig) {
@@ -372,8 +402,12 @@ class Run extends EventEmitter {
   }
 
   kill() {
-    if (this.exited || !this.pid) {
-      if (this.child && !this.exited) this.child.kill('SIGKILL');
+    if (this.exited) return;
+    if (!this.pid) {
+      /* Not booted far enough to know PID 1 (the "pid" status line kills
+         it). Killing the launcher instead would let PID 1 die on its own
+         (parent-death signal), after the launcher's exit was reported. */
+      this.killRequested = true;
       return;
     }
     if (this.frozen) this.thaw();
@@ -456,6 +490,10 @@ class Run extends EventEmitter {
   /* Run argv inside the machine as root with env; buffered output. */
   exec(argv, { env, stdin, timeoutMs }) {
     return new Promise((resolve) => {
+      if (this.exited || !this.pid) {
+        resolve({ exit_code: 127, exit_signal: 0, stdout: '', stderr: 'machine is not running', timedOut: false });
+        return;
+      }
       const cgFiles = [this.cg && this.cg.memory, this.cg && this.cg.freezer].filter(Boolean)
         .map((d) => `'${path.join(d, 'cgroup.procs')}'`);
       /* Join the machine's cgroups first, so memory limits and freezing
@@ -463,6 +501,15 @@ class Run extends EventEmitter {
       const script = `for f in ${cgFiles.join(' ')}; do echo 0 > "$f" 2>/dev/null; done; exec ${NSENTER} "$@"`;
       const args = ['-c', script, 'sh', '-t', String(this.pid), '-m', '-u', '-i', '-p', '-r', '-w', '--', ...argv];
       const child = spawn('/bin/sh', args, { env: { ...env }, detached: true, stdio: ['pipe', 'pipe', 'pipe'] });
+      /* a process of the machine until Node has reaped it */
+      this.execs.add(child);
+      let reaped = false;
+      const onReaped = () => {
+        if (reaped) return;
+        reaped = true;
+        this.execDone(child);
+      };
+      child.once('exit', onReaped);
       const out = [];
       const err = [];
       let outLen = 0;
@@ -477,6 +524,8 @@ class Run extends EventEmitter {
         try { process.kill(-child.pid, 'SIGKILL'); } catch (_) { /* gone */ }
       }, timeoutMs);
       child.on('error', (e) => {
+        /* never spawned: there is nothing to reap */
+        if (!child.pid) onReaped();
         clearTimeout(timer);
         resolve({ exit_code: 127, exit_signal: 0, stdout: '', stderr: String(e.message), timedOut: false });
       });
