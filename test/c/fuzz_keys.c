@@ -11,30 +11,12 @@
  *   fuzz_keys_replay --write-seeds DIR write a seed corpus
  *   fuzz_keys_replay --seed-check      run the seeds and every truncation */
 #include "fly.h"
+#include "pem.h"
 
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static char *fuzz_armour(const unsigned char *bin, size_t len) {
-  fly_buf_t b = {0};
-  char *b64 = malloc(4 * ((len + 2) / 3) + 1);
-  size_t i, n;
-
-  if (b64 == NULL)
-    return NULL;
-  EVP_EncodeBlock((unsigned char *)b64, bin, (int)len);
-  n = strlen(b64);
-  fly_buf_printf(&b, "-----BEGIN OPENSSH PRIVATE KEY-----\n");
-  for (i = 0; i < n; i += 70) {
-    fly_buf_append(&b, b64 + i, n - i < 70 ? n - i : 70);
-    fly_buf_append(&b, "\n", 1);
-  }
-  fly_buf_printf(&b, "-----END OPENSSH PRIVATE KEY-----\n");
-  free(b64);
-  return fly_buf_steal(&b, NULL);
-}
 
 int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size);
 
@@ -46,7 +28,7 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size) {
   if (size == 0 || size > 65536)
     return 0;
   if (data[0] & 1) {
-    text = fuzz_armour(data + 1, size - 1);
+    text = pem_armour(data + 1, size - 1);
   } else {
     text = malloc(size);
     if (text != NULL) {
@@ -73,25 +55,6 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size) {
 
 #ifdef FLY_FUZZ_REPLAY
 
-/* The binary container inside a key text. */
-static unsigned char *fuzz_unarmour(const char *pem, size_t *len) {
-  fly_buf_t b64 = {0};
-  const char *p = strchr(pem, '\n') + 1, *end = strstr(pem, "-----END");
-  unsigned char *bin;
-  int n;
-
-  for (; p < end; p++)
-    if (*p != '\n')
-      fly_buf_append(&b64, p, 1);
-  bin = malloc(b64.len + 1);
-  n = EVP_DecodeBlock(bin, (unsigned char *)b64.base, (int)b64.len);
-  *len = n < 0 ? 0 : (size_t)n;
-  while (b64.len > 0 && b64.base[--b64.len] == '=')
-    (*len)--;
-  fly_buf_free(&b64);
-  return bin;
-}
-
 /* Seeds: a fresh key as text (tag 0) and as binary (tag 1). */
 static int fuzz_seeds(fly_buf_t *text, fly_buf_t *bin) {
   fly_keypair_t kp;
@@ -103,7 +66,7 @@ static int fuzz_seeds(fly_buf_t *text, fly_buf_t *bin) {
     return -1;
   fly_buf_append(text, "\0", 1);
   fly_buf_append(text, kp.private_openssh, strlen(kp.private_openssh));
-  raw = fuzz_unarmour(kp.private_openssh, &rawlen);
+  raw = pem_unarmour(kp.private_openssh, &rawlen);
   fly_buf_append(bin, "\1", 1);
   fly_buf_append(bin, raw, rawlen);
   free(raw);

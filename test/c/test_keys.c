@@ -1,6 +1,7 @@
 /* test_keys.c: ed25519 keys against the real OpenSSH tools, a real sshd
  * (the key as HostKey) and real libssh2 (the key from memory). */
 #include "fly.h"
+#include "pem.h"
 #include "harness.h"
 
 #include <arpa/inet.h>
@@ -229,44 +230,6 @@ TEST(reads_ssh_keygen_keys) {
   free(fp);
 }
 
-/* Re-armours binary bytes as an OpenSSH private key text. */
-static char *armour(const unsigned char *bin, size_t len) {
-  fly_buf_t b = {0};
-  char *b64 = malloc(4 * ((len + 2) / 3) + 1);
-  size_t i, n;
-
-  EVP_EncodeBlock((unsigned char *)b64, bin, (int)len);
-  n = strlen(b64);
-  fly_buf_printf(&b, "-----BEGIN OPENSSH PRIVATE KEY-----\n");
-  for (i = 0; i < n; i += 70) {
-    fly_buf_append(&b, b64 + i, n - i < 70 ? n - i : 70);
-    fly_buf_append(&b, "\n", 1);
-  }
-  fly_buf_printf(&b, "-----END OPENSSH PRIVATE KEY-----\n");
-  free(b64);
-  return fly_buf_steal(&b, NULL);
-}
-
-/* The binary inside a PEM text (test helper: trusts its input). */
-static unsigned char *unarmour(const char *pem, size_t *len) {
-  fly_buf_t b64 = {0};
-  const char *p = strchr(pem, '\n') + 1;
-  const char *end = strstr(pem, "-----END");
-  unsigned char *bin;
-  int n;
-
-  for (; p < end; p++)
-    if (*p != '\n')
-      fly_buf_append(&b64, p, 1);
-  bin = malloc(b64.len);
-  n = EVP_DecodeBlock(bin, (unsigned char *)b64.base, (int)b64.len);
-  *len = (size_t)n;
-  while (b64.len > 0 && b64.base[--b64.len] == '=')
-    (*len)--;
-  fly_buf_free(&b64);
-  return bin;
-}
-
 TEST(rejects_garbage_and_truncations) {
   static const char *garbage[] = {
     "", "hello", "-----BEGIN OPENSSH PRIVATE KEY-----",
@@ -313,14 +276,14 @@ TEST(rejects_garbage_and_truncations) {
 
   /* Every truncation of the binary, re-armoured so the parser gets past
    * the base64 and meets short lengths. */
-  bin = unarmour(kp.private_openssh, &binlen);
-  text = armour(bin, binlen);
+  bin = pem_unarmour(kp.private_openssh, &binlen);
+  text = pem_armour(bin, binlen);
   CHECK(fly_keypair_from_private(&tmp, text, &e) == 0); /* sanity */
   CHECK_STR(tmp.public_openssh, kp.public_openssh);
   fly_keypair_free(&tmp);
   free(text);
   for (i = 0; i < binlen; i++) {
-    text = armour(bin, i);
+    text = pem_armour(bin, i);
     CHECK(fly_keypair_from_private(&tmp, text, &e) == -1);
     CHECK_STR(e.code, "ERR_INVALID_ARG");
     fly_err_clear(&e);
@@ -334,7 +297,7 @@ TEST(rejects_garbage_and_truncations) {
   for (i = 0; i < binlen; i++) {
     memcpy(copy, bin, binlen);
     copy[i] ^= 0x41;
-    text = armour(copy, binlen);
+    text = pem_armour(copy, binlen);
     if (fly_keypair_from_private(&tmp, text, &e) == 0) {
       accepted++;
       fly_keypair_free(&tmp);
