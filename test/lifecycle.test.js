@@ -61,3 +61,23 @@ test('exit with SSH commands and a file transfer in flight neither crashes nor h
   assert.equal(r.signal, null, r.err)
   assert.equal(r.code, 7, r.err)
 })
+
+test('an open SSH session does not keep the process alive either', async (t) => {
+  const srv = await startLocal(t)
+  const key = require('./helpers/fly').native.keygen()
+  const sb = await provider(srv, { sshPrivateKey: key.privateKey }).sandbox.create()
+  t.after(() => sb.destroy())
+  const r = await new Promise((resolve) => {
+    const c = spawn(process.execPath, [child, 'idle-ssh', srv.url, srv.token, sb.sandboxId],
+      { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, FLY_SSH_PRIVATE_KEY: key.privateKey } })
+    let out = ''
+    let err = ''
+    c.stdout.on('data', (d) => { out += d })
+    c.stderr.on('data', (d) => { err += d })
+    c.on('exit', (code, signal) => resolve({ code, signal, out, err }))
+  })
+  assert.equal(r.code, 0, r.err)
+  assert.match(r.out, /^over-ssh\n/)
+  const lingered = Number(/lingered (\d+)/.exec(r.out)[1])
+  assert.ok(lingered < 1000, `lingered ${lingered} ms with an idle SSH session`)
+})
