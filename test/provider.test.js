@@ -203,3 +203,21 @@ test('logging a provider or a sandbox does not show the token or keys', async ()
   }
   await sb.destroy()
 })
+
+test('works as the provider of the computesdk singleton, streaming and files included', async () => {
+  const { compute } = require('computesdk')
+  compute.setConfig({ provider: provider(srv) })
+  const sb = await compute.sandbox.create()
+  try {
+    assert.equal(sb.provider, 'fly')
+    assert.equal((await sb.runCommand('python3 -c "print(42)"')).stdout, '42\n')
+    const chunks = []
+    const r = await sb.runCommand('echo a; echo b', { onStdout: (d) => chunks.push(d) })
+    assert.equal(chunks.join(''), r.stdout)
+    await sb.filesystem.writeFile('/tmp/x.txt', 'héllo')
+    assert.equal(await sb.filesystem.readFile('/tmp/x.txt'), 'héllo')
+    assert.equal((await sb.runCode('print(1 + 1)')).stdout, '2\n')
+  } finally {
+    await sb.destroy()
+  }
+})
