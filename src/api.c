@@ -269,6 +269,13 @@ static void begin_transfer(fly_loop_t *loop, fly_api_t *a) {
   curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
   curl_easy_setopt(e, CURLOPT_USERAGENT, "computesdk-fly/0.1 (libcurl)");
+  /* libcurl silently resends a request whose reused keep-alive connection
+   * closed before any reply (the idle-close race).  For a call that must not
+   * run twice that resend is a blind retry: give it a fresh connection,
+   * which curl never resends on.  It joins the pool afterwards. */
+  if (!a->lookup && (a->op->policy == POLICY_ONCE ||
+                     a->op->policy == POLICY_CREATE))
+    curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
   if (!a->lookup) {
     curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, a->op->method);
     if (a->body != NULL) {

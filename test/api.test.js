@@ -230,6 +230,17 @@ test('create after an ambiguous failure looks up its create id instead of duplic
   assert.equal(all.body.length, 1, 'exactly one machine')
   assert.equal(all.body[0].id, r.body.id)
 
+  // Created, then the connection drops with no reply: the same.
+  srv.faults.add({ method: 'POST', path: `/v1/apps/${app}/machines`, drop: true, afterHandling: true, times: 1 })
+  const createId3 = 'cid3-' + Date.now()
+  const r3 = await call(srv, 'machine.create', { app }, {
+    body: JSON.stringify({ config: { image: 'x', metadata: { computesdk_create_id: createId3 } } }),
+    createId: createId3,
+    createIdKey: 'computesdk_create_id'
+  })
+  const mine3 = await call(srv, 'machine.list', { app }, { query: q({ 'metadata.computesdk_create_id': createId3 }) })
+  assert.deepEqual(mine3.body.map((x) => x.id), [r3.body.id], 'exactly one machine after a dropped reply')
+
   // Not processed (503 before handling): the look-up finds nothing and the
   // create is sent again, once.
   srv.faults.add({ method: 'POST', path: `/v1/apps/${app}/machines`, status: 503, times: 1 })
@@ -288,4 +299,16 @@ test('one keep-alive connection serves a sequence of calls', async () => {
   const before = srv.stats().connections
   for (let i = 0; i < 20; i++) await call(srv, 'app.get', { app })
   assert.equal(srv.stats().connections - before, 0, 'no new connection for 20 sequential calls')
+})
+
+test('a dropped connection: retried when idempotent, reported when not', async () => {
+  const app = await newApp()
+  srv.faults.add({ path: `/v1/apps/${app}`, drop: true, times: 2 })
+  assert.equal((await call(srv, 'app.get', { app })).status, 200)
+  const m = await newMachine(app)
+  await waitState(app, m.id, 'started')
+  srv.faults.add({ path: new RegExp(`/machines/${m.id}/exec$`), drop: true, times: 1 })
+  const err = await rejects(call(srv, 'machine.exec', { app, machine: m.id }, { body: JSON.stringify({ command: ['true'] }) }))
+  assert.equal(err.code, 'FLY_NETWORK')
+  assert.match(err.message, /exec/)
 })
