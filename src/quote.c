@@ -175,6 +175,9 @@ cleanup:
 
 #ifndef FLY_NO_NAPI
 
+/* Linux's MAX_ARG_STRLEN: the longest single argv string, NUL included. */
+#define FLY_MAX_ARG_STRLEN (32 * 4096)
+
 char *fly_js_cmd_build(napi_env env, napi_value opts, uint64_t *timeout_ms) {
   fly_cmd_t cmd;
   fly_err_t err;
@@ -209,10 +212,20 @@ char *fly_js_cmd_build(napi_env env, napi_value opts, uint64_t *timeout_ms) {
   cmd.envc = nenv;
   cmd.background = background;
   line = fly_cmd_build(&cmd, &err);
-  if (line == NULL)
+  if (line == NULL) {
     fly_throw_invalid(env, "%s", err.message[0] ? err.message : "bad command");
-  else if (timeout_ms != NULL)
+  } else if (strlen(line) >= FLY_MAX_ARG_STRLEN) {
+    /* The remote shell gets the line as one argument, and Linux refuses a
+     * single argument this long (E2BIG): say so here rather than let the
+     * command fail with an obscure exit code. */
+    fly_throw_invalid(env, "the command line is %zu bytes; one argument is "
+                      "limited to %d: pass large data on stdin or in a file",
+                      strlen(line), FLY_MAX_ARG_STRLEN - 1);
+    free(line);
+    line = NULL;
+  } else if (timeout_ms != NULL) {
     *timeout_ms = cmd.timeout_ms;
+  }
 
 cleanup:
   fly_err_clear(&err);

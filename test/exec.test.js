@@ -257,3 +257,12 @@ test('a stopped machine and a destroyed sandbox give clear errors', async () => 
   const gone2 = await rejects(s.filesystem.readFile('/etc/hostname'))
   assert.equal(gone2.code, 'FLY_NOT_FOUND')
 })
+
+test('a command line too long for one argument is a clear error; the same data through runCode works', async () => {
+  const big = 'x'.repeat(200 * 1024)
+  const err = await rejects(sb.runCommand(`echo ${big} | wc -c`))
+  assert.equal(err.code, 'ERR_INVALID_ARG')
+  assert.match(err.message, /stdin or in a file/)
+  const r = await sb.runCode(`print(len("${big}"))`, 'python')
+  assert.equal(r.stdout, `${big.length}\n`)
+})
