@@ -346,8 +346,11 @@ async function list (config) {
   return out
 }
 
-// Stop, then delete (forced when the machine will not settle).  Never
-// throws: a sandbox that is already gone is destroyed.
+// Stop, wait for the machine to be stopped, then delete (forced when it will
+// not settle).  Never throws: a sandbox that is already gone is destroyed.
+// The wait matters: stop returns while the machine is still stopping, and a
+// delete then gets 412, so without it every destroy would end in a forced
+// kill right after the stop signal.
 async function destroySandbox (config, sandboxId) {
   const ctx = ctxOf(config)
   let ids
@@ -359,16 +362,21 @@ async function destroySandbox (config, sandboxId) {
   const params = { app: ids.app, machine: ids.machine }
   ctx.destroyed.add(sandboxId)
   try {
-    await native.sshClose({ key: `${ids.app}:${ids.machine}` }).catch(() => {})
-    try {
+    await native.sshClose({ key: sandboxId }).catch(() => {})
+    const m = (await api.call(ctx, 'machine.get', params)).body
+    if (m.state === 'destroyed' || m.state === 'destroying') return
+    if (m.state === 'started' || m.state === 'starting') {
       await api.call(ctx, 'machine.stop', params, { body: { signal: 'SIGTERM', timeout: '5s' } })
-    } catch (err) {
-      if (err.code === 'FLY_NOT_FOUND') return
+      // Waiting for stopped needs the version; 408 after the bound is fine.
+      await api.call(ctx, 'machine.wait', params, {
+        query: { state: 'stopped', version: m.instance_id || m.version, timeout: 10 },
+        waitTotalMs: 10000,
+        timeoutMs: 25000
+      }).catch(() => {})
     }
     try {
       await api.call(ctx, 'machine.delete', params)
     } catch (err) {
-      if (err.code === 'FLY_NOT_FOUND') return
       if (err.code !== 'FLY_PRECONDITION') throw err
       await api.call(ctx, 'machine.delete', params, { query: { force: 'true' } })
     }
