@@ -118,7 +118,7 @@ typedef struct fly_api_state_s {
 } fly_api_state_t;
 
 static fly_api_state_t *api_state(fly_loop_t *loop) {
-  fly_api_state_t **slot = fly_loop_api_state(loop);
+  fly_api_state_t **slot = (fly_api_state_t **)fly_loop_api_slot(loop);
   if (*slot == NULL) {
     *slot = calloc(1, sizeof(**slot));
     if (*slot != NULL)
@@ -465,7 +465,7 @@ uint64_t fly_api_run_timers(fly_loop_t *loop, uint64_t now) {
 }
 
 void fly_api_shutdown(fly_loop_t *loop) {
-  fly_api_state_t **slot = fly_loop_api_state(loop);
+  fly_api_state_t **slot = (fly_api_state_t **)fly_loop_api_slot(loop);
   fly_api_state_t *st = *slot;
   fly_api_t *a;
 
@@ -559,7 +559,7 @@ static void api_start(fly_loop_t *loop, fly_req_t *req) {
   begin_transfer(loop, a);
 }
 
-static const fly_req_vt_t api_vt = {api_start, api_result, api_free, NULL};
+static const fly_req_vt_t api_vt = {api_start, api_result, api_free};
 
 /* Appends s URL-escaped. */
 static int append_escaped(fly_buf_t *b, const char *s) {

@@ -334,8 +334,7 @@ static void exec_free(napi_env env, fly_req_t *req) {
   free(x->signal);
 }
 
-static const fly_req_vt_t exec_vt = {exec_start, exec_result, exec_free,
-                                     NULL};
+static const fly_req_vt_t exec_vt = {exec_start, exec_result, exec_free};
 
 /* sshExec({ target, command | argv, cwd?, env?, timeoutMs?, background?,
  *           stdin?, maxOutputBytes?, onChunk? }) -> Promise<result> */

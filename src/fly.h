@@ -91,10 +91,6 @@ typedef struct fly_req_vt_s {
    * free the type's own fields (not req itself).  With env == NULL, skip
    * napi_delete_reference (the environment frees references). */
   void (*free)(napi_env env, fly_req_t *req);
-  /* I/O thread, at shutdown, for a request still running: stop touching it
-   * (close handles).  fly_loop_done() is then called by the loop.  May be
-   * NULL if the module frees nothing at abort. */
-  void (*abort)(fly_loop_t *loop, fly_req_t *req);
 } fly_req_vt_t;
 
 /* What the I/O thread sends to the JS thread: a finished request, or a chunk
@@ -148,13 +144,11 @@ int fly_loop_chunk(fly_loop_t *loop, fly_req_t *req, int stream,
 CURLM *fly_loop_multi(fly_loop_t *loop);
 /* I/O thread: ask the loop to wake no later than at (fly_now_ms clock). */
 void fly_loop_wake_at(fly_loop_t *loop, uint64_t at);
-/* I/O thread: true once the instance is shutting down. */
-int fly_loop_exiting(fly_loop_t *loop);
 /* Monotonic milliseconds. */
 uint64_t fly_now_ms(void);
 
 /* Per-module state hung off the loop, owned by the I/O thread. */
-void *fly_loop_api_state(fly_loop_t *loop);   /* api.c */
+void **fly_loop_api_slot(fly_loop_t *loop);   /* api.c stores its state here */
 void **fly_loop_ssh_slot(fly_loop_t *loop);   /* ssh.c stores its state here */
 
 /* ------------------------------------------------------------------------ */

@@ -71,20 +71,12 @@ uint64_t fly_now_ms(void) {
 }
 
 CURLM *fly_loop_multi(fly_loop_t *loop) { return loop->multi; }
-void *fly_loop_api_state(fly_loop_t *loop) { return &loop->api_state; }
+void **fly_loop_api_slot(fly_loop_t *loop) { return &loop->api_state; }
 void **fly_loop_ssh_slot(fly_loop_t *loop) { return &loop->ssh_state; }
 
 void fly_loop_wake_at(fly_loop_t *loop, uint64_t at) {
   if (at < loop->wake_at)
     loop->wake_at = at;
-}
-
-int fly_loop_exiting(fly_loop_t *loop) {
-  int x;
-  pthread_mutex_lock(&loop->mu);
-  x = loop->exiting;
-  pthread_mutex_unlock(&loop->mu);
-  return x;
 }
 
 /* ---- requests: lifetime -------------------------------------------------- */

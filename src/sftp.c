@@ -839,8 +839,7 @@ static void sftp_free(napi_env env, fly_req_t *req) {
   free(x->stack);
 }
 
-static const fly_req_vt_t sftp_vt = {sftp_start, sftp_result, sftp_free,
-                                     NULL};
+static const fly_req_vt_t sftp_vt = {sftp_start, sftp_result, sftp_free};
 
 napi_value fly_napi_sftp(napi_env env, napi_callback_info info) {
   napi_value opts;

@@ -901,7 +901,7 @@ static void close_free(napi_env env, fly_req_t *req) {
   free(((fly_ssh_close_t *)req)->key);
 }
 
-static const fly_req_vt_t close_vt = {close_start, NULL, close_free, NULL};
+static const fly_req_vt_t close_vt = {close_start, NULL, close_free};
 
 napi_value fly_napi_ssh_close(napi_env env, napi_callback_info info) {
   napi_value opts;
