@@ -68,17 +68,13 @@ function commandSpec (command, options) {
   return spec
 }
 
-function decodeAll (buf) {
-  return buf.length === 0 ? '' : new StringDecoder('utf8').end(buf)
-}
-
 async function execSsh (sb, spec, stdin, stream) {
   const ctx = sb._ctx
   const req = { ...spec, target: sb._target(), maxOutputBytes: ctx.maxOutputBytes }
   if (stdin !== undefined) req.stdin = stdin
   if (!stream) {
     const r = await sb._ssh(() => native.sshExec(req))
-    return { stdout: decodeAll(r.stdout), stderr: decodeAll(r.stderr), exitCode: r.exitCode }
+    return { stdout: r.stdout.toString('utf8'), stderr: r.stderr.toString('utf8'), exitCode: r.exitCode }
   }
   const dec = [null, new StringDecoder('utf8'), new StringDecoder('utf8')]
   const parts = [null, [], []]
