@@ -168,4 +168,4 @@ async function runCode (sb, code, runtime) {
   }
 }
 
-module.exports = { run, runCode, detectRuntime, commandSpec, execApi }
+module.exports = { run, runCode, detectRuntime, execApi }
