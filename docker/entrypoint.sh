@@ -6,7 +6,8 @@
 # exits with its status.
 #
 # Injected files (all optional):
-#   /etc/computesdk/authorized_keys        keys for the sandbox user
+#   /etc/computesdk/authorized_keys        keys for the sandbox user (root's file;
+#                                          sshd reads it in place)
 #   /etc/computesdk/ssh_host_ed25519_key   sshd's only host key
 #   /etc/computesdk/ssh_password           enables password login
 set -u
@@ -38,15 +39,22 @@ ensure_user() {
     # key logins to locked accounts.
     useradd -m -s /bin/bash -p '*' "$USER_NAME" || return 1
   fi
-  mkdir -p "$HOME_DIR/workspace" "$HOME_DIR/.local/bin" "$HOME_DIR/.npm-global" \
-    "$HOME_DIR/.ssh" "$KEYDIR" "$RUNDIR" /run/sshd || return 1
-  chmod 700 "$HOME_DIR/.ssh" "$KEYDIR" "$RUNDIR" || return 1
-  if [ -f "$INJECT/authorized_keys" ]; then
-    local keys
-    slurp keys "$INJECT/authorized_keys"
-    (umask 077; printf '%s' "$keys" > "$HOME_DIR/.ssh/authorized_keys") || return 1
+  mkdir -p "$KEYDIR" "$RUNDIR" /run/sshd || return 1
+  chmod 700 "$KEYDIR" "$RUNDIR" || return 1
+  # sshd reads the provider's keys from $INJECT/authorized_keys in place:
+  # it and its directory stay root's and writable by no one else.
+  if [ -e "$INJECT/authorized_keys" ]; then
+    [ -f "$INJECT/authorized_keys" ] && [ ! -L "$INJECT/authorized_keys" ] || return 1
+    chown root:root "$INJECT" "$INJECT/authorized_keys" &&
+      chmod go-w "$INJECT" "$INJECT/authorized_keys" || return 1
   fi
-  chown -R "$USER_NAME:" "$HOME_DIR" || return 1
+  # The home belongs to the sandbox user (and may hold whatever its code
+  # left there, on a volume): root never writes into it. Convenience
+  # directories that are missing are made as the user.
+  if [ ! -d "$HOME_DIR/workspace" ] || [ ! -d "$HOME_DIR/.local/bin" ] || [ ! -d "$HOME_DIR/.npm-global" ]; then
+    runuser -u "$USER_NAME" -- mkdir -p "$HOME_DIR/workspace" "$HOME_DIR/.local/bin" "$HOME_DIR/.npm-global" ||
+      log "cannot create the directories in $HOME_DIR"
+  fi
 }
 
 ensure_hostkey() {

@@ -99,10 +99,13 @@ async function execSsh (sb, spec, stdin, stream) {
 }
 
 // The exec endpoint runs as the machine's root; drop to the sandbox user
-// (as SSH would log in) where the image has it, so files and processes
-// belong to the same user whichever transport made them.
-const AS_USER = 'if id -u "$1" >/dev/null 2>&1 && command -v runuser >/dev/null 2>&1; ' +
-  'then exec runuser -u "$1" -- sh -c "$2"; fi; exec sh -c "$2"'
+// (as SSH would log in), so files and processes belong to the same user
+// whichever transport made them.  Without runuser or the user there is no
+// safe way to do that: fail (exit 125 with a marker) rather than run as root.
+const NO_USER = 'computesdk-exec:'
+const AS_USER = `command -v runuser >/dev/null 2>&1 || { echo "${NO_USER} runuser is missing in the image" >&2; exit 125; }; ` +
+  `id -u "$1" >/dev/null 2>&1 || { echo "${NO_USER} no user $1 in the image" >&2; exit 125; }; ` +
+  'exec runuser -u "$1" -- sh -c "$2"'
 
 const SIGNALS = { HUP: 1, INT: 2, QUIT: 3, ILL: 4, TRAP: 5, ABRT: 6, BUS: 7, FPE: 8, KILL: 9, USR1: 10, SEGV: 11, USR2: 12, PIPE: 13, ALRM: 14, TERM: 15 }
 
@@ -119,6 +122,10 @@ async function execApi (sb, spec, stdin) {
   if (b.exit_signal) {
     const n = Number(b.exit_signal) || SIGNALS[String(b.exit_signal).replace(/^SIG/, '')] || 0
     exitCode = 128 + n
+  }
+  if (exitCode === 125 && typeof b.stderr === 'string' && b.stderr.startsWith(NO_USER)) {
+    throw flyError('FLY_EXEC_NO_USER', `exec transport: ${b.stderr.slice(NO_USER.length).trim()}; ` +
+      `commands are never run as root (sandbox ${sb.sandboxId}, user ${sb._ctx.sshUser})`)
   }
   return { stdout: b.stdout || '', stderr: b.stderr || '', exitCode }
 }

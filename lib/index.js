@@ -17,6 +17,12 @@ const TAG = 'computesdk_provider'
 const CREATE_ID = 'computesdk_create_id'
 const HOST_FP = 'computesdk_host_key_fp'
 const FILES_DIR = '/etc/computesdk'
+// Runs as the machine's root through the exec endpoint: $1 is FILES_DIR
+// (under /etc, which only root can change), $2 the public key.  A key file
+// that is not a plain file is refused rather than followed.
+const REAUTHORIZE = 'umask 022; f="$1/authorized_keys"; mkdir -p "$1" && ' +
+  '{ [ ! -e "$f" ] || { [ -f "$f" ] && [ ! -L "$f" ]; }; } && ' +
+  '{ grep -qxF -- "$2" "$f" 2>/dev/null || printf "%s\\n" "$2" >> "$f"; }'
 
 // Machine states -> SandboxInfo.status.
 const RUNNING = new Set(['created', 'starting', 'started', 'restarting', 'updating', 'replacing'])
@@ -106,15 +112,17 @@ class FlyMachine {
       if (err.code !== 'SSH_AUTH_FAILED' || this._ctx.sshPassword || this._reauthorized) throw err
       this._reauthorized = true
       const pub = this._ctx.clientKey().publicKey
-      // The injected file and the copy the image's entrypoint made of it in
-      // the user's ~/.ssh, which is the one sshd reads.
-      const script = 'h=$(getent passwd "$3" | cut -d: -f6) && mkdir -p "$1" "$h/.ssh" && ' +
-        'printf "%s\\n" "$2" >> "$1/authorized_keys" && printf "%s\\n" "$2" >> "$h/.ssh/authorized_keys" && ' +
-        'chown "$3" "$h/.ssh" "$h/.ssh/authorized_keys" && chmod 700 "$h/.ssh" && chmod 600 "$h/.ssh/authorized_keys"'
-      await this._api('machine.exec', {
-        body: { command: ['sh', '-c', script, 'sh', FILES_DIR, pub, this._ctx.sshUser], timeout: 30 },
+      // Appends to the root-owned key file sshd reads first (docker/
+      // sshd_config); it is never a path the sandbox user controls, so
+      // nothing of the user's home is touched by this root process.
+      const r = await this._api('machine.exec', {
+        body: { command: ['sh', '-c', REAUTHORIZE, 'sh', FILES_DIR, pub], timeout: 30 },
         timeoutMs: 60000
       })
+      if (!r.body || r.body.exit_code !== 0) {
+        err.message += `; authorizing this provider's key in ${FILES_DIR}/authorized_keys failed`
+        throw err
+      }
       return fn()
     }
   }

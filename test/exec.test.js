@@ -210,14 +210,66 @@ test('password authentication when configured', async () => {
   await s.destroy()
 })
 
+// Runs as the machine's root through the Machines API (what re-authorisation
+// and the exec transport use), to look at what the sandbox user cannot.
+async function asRoot (s, script) {
+  const [app, machine] = s.sandboxId.split(':')
+  const { call } = require('./helpers/fly')
+  const r = await call(srv, 'machine.exec', { app, machine }, { body: JSON.stringify({ command: ['sh', '-c', script] }) })
+  return r.body
+}
+
 test('getById in another provider instance authorizes its own key', async () => {
   const appName = sb.sandboxId.split(':')[0]
   const p2 = provider(srv, { appName })
   const again = await p2.sandbox.getById(sb.sandboxId)
   // A new connection, as another process would make, with p2's own key.
   await native.sshClose({ key: sb.sandboxId })
-  const r = await again.runCommand('echo second-client; wc -l < ~/.ssh/authorized_keys')
+  const r = await again.runCommand('echo second-client; wc -l < /etc/computesdk/authorized_keys')
   assert.equal(r.stdout, 'second-client\n2\n', 'a second key was authorized')
+})
+
+test('re-authorisation never writes as root where the sandbox user can reach', async () => {
+  const s = await p.sandbox.create()
+  const before = await asRoot(s, 'sha256sum /etc/shadow /etc/passwd; stat -c "%U %a" /etc/shadow')
+  // The attack: the user's own key files point at root's files.
+  const plant = await s.runCommand('mkdir -p ~/.ssh && ln -sf /etc/shadow ~/.ssh/authorized_keys && ' +
+    'ln -sfn /etc ~/.ssh/dir && ls -l ~/.ssh/authorized_keys')
+  assert.equal(plant.exitCode, 0, plant.stderr)
+  const p2 = provider(srv, { appName: s.sandboxId.split(':')[0] })
+  const again = await p2.sandbox.getById(s.sandboxId)
+  await native.sshClose({ key: s.sandboxId })
+  const r = await again.runCommand('id -un; cat /etc/shadow >/dev/null 2>&1 && echo READABLE || echo denied')
+  assert.equal(r.stdout, 'sandbox\ndenied\n', 'the second provider gets in as the sandbox user, not root')
+  const after = await asRoot(s, 'sha256sum /etc/shadow /etc/passwd; stat -c "%U %a" /etc/shadow')
+  assert.equal(after.stdout, before.stdout, '/etc/shadow and /etc/passwd unchanged, same owner and mode')
+  const keys = await asRoot(s, 'stat -c "%U %a" /etc/computesdk /etc/computesdk/authorized_keys; wc -l < /etc/computesdk/authorized_keys')
+  assert.equal(keys.stdout, 'root 755\nroot 644\n2\n')
+  const link = await s.runCommand('readlink ~/.ssh/authorized_keys')
+  assert.equal(link.stdout, '/etc/shadow\n', "the user's own files are left as the user made them")
+  await s.destroy()
+})
+
+test('exec transport: fails with FLY_EXEC_NO_USER instead of running as root', async () => {
+  const s = await p.sandbox.create()
+  const appName = s.sandboxId.split(':')[0]
+  const ghost = await provider(srv, { appName, transport: 'exec', sshUser: 'ghost' }).sandbox.getById(s.sandboxId)
+  const noUser = await rejects(ghost.runCommand('id -u'))
+  assert.equal(noUser.code, 'FLY_EXEC_NO_USER')
+  assert.match(noUser.message, /no user ghost/)
+  const ex = await provider(srv, { appName, transport: 'exec' }).sandbox.getById(s.sandboxId)
+  assert.equal((await ex.runCommand('id -un')).stdout, 'sandbox\n')
+  // An image without runuser: no way to drop privileges, so no command.
+  const rm = await asRoot(s, 'rm -f "$(command -v runuser)" && ! command -v runuser')
+  assert.equal(rm.exit_code, 0, rm.stderr)
+  const noRunuser = await rejects(ex.runCommand('touch /tmp/made-by; id -u'))
+  assert.equal(noRunuser.code, 'FLY_EXEC_NO_USER')
+  assert.match(noRunuser.message, /runuser is missing/)
+  const fsErr = await rejects(ex.filesystem.writeFile('/tmp/made-by-fs', 'x'))
+  assert.equal(fsErr.code, 'FLY_EXEC_NO_USER')
+  const none = await asRoot(s, 'ls /tmp/made-by /tmp/made-by-fs 2>&1 | grep -c "No such"')
+  assert.equal(none.stdout, '2\n', 'nothing ran')
+  await s.destroy()
 })
 
 test('exec transport: same result shape through the Machines API', async () => {
