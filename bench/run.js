@@ -9,6 +9,8 @@
 //     a ControlMaster-multiplexed one).
 //   - SFTP: 20 MiB up and down vs OpenSSH's sftp client; peak RSS growth
 //     while moving 64 MiB.
+//   - The project against ssh2 (bench/peers.js): latency, throughput, CPU
+//     on both sides, stdout, SFTP, event-loop delay, RSS; a ratio table.
 // Writes the numbers to stdout as Markdown; bench/RESULTS.md records a run.
 const { spawn } = require('child_process')
 const fs = require('fs')
@@ -18,6 +20,7 @@ const crypto = require('crypto')
 const local = require('../lib/local')
 const native = require('../lib/native')
 const { fly } = require('..')
+const { runPeers } = require('./peers')
 
 const N_API = Number(process.env.BENCH_API || 300)
 const N_CMD = Number(process.env.BENCH_CMD || 200)
@@ -197,6 +200,11 @@ async function main () {
     say('## Memory while moving 64 MiB (write then read back)')
     say('')
     say(`Peak RSS growth over the 64 MiB source buffer: ${f((peak - rss0) / 2 ** 20)} MiB (the read result itself is 64 MiB).`)
+    say('')
+    say('## Against ssh2 on the same sandbox')
+    say('')
+    const peers = await runPeers({ srv, sb: sb0, keyFile, hostFingerprint: sb0.getInstance().hostKeyFingerprint, log: console.error })
+    for (const l of peers.lines) say(l)
     say('')
     await sb0.destroy()
   } finally {

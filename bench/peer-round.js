@@ -1,0 +1,203 @@
+#!/usr/bin/env node
+'use strict'
+// One round of the peer benchmark, in a fresh process: one client (this
+// project, or ssh2) against the sandbox named in BENCH_ROUND (JSON), every
+// phase measured in this process.  Prints one JSON line of results.
+// Run by bench/peers.js, never by itself.
+const crypto = require('crypto')
+const fs = require('fs')
+const net = require('net')
+const path = require('path')
+const { StringDecoder } = require('string_decoder')
+const { monitorEventLoopDelay } = require('perf_hooks')
+
+const cfg = JSON.parse(process.env.BENCH_ROUND)
+const N_SEQ = cfg.nSeq || 200
+const now = () => Number(process.hrtime.bigint()) / 1e6
+const MiB = 1024 * 1024
+
+function quantile (xs, p) {
+  const s = [...xs].sort((a, b) => a - b)
+  return s[Math.min(s.length - 1, Math.floor(p * s.length))]
+}
+
+// CPU ticks (user+system, with reaped children) of every process in the
+// sandbox's PID namespace: what the sandbox spent, whatever its runtime.
+function sandboxTicks () {
+  if (!cfg.initPid) return NaN
+  let ns
+  try { ns = fs.readlinkSync(`/proc/${cfg.initPid}/ns/pid`) } catch { return NaN }
+  let total = 0
+  for (const name of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue
+    try {
+      if (fs.readlinkSync(`/proc/${name}/ns/pid`) !== ns) continue
+      const s = fs.readFileSync(`/proc/${name}/stat`, 'utf8')
+      const f = s.slice(s.lastIndexOf(')') + 2).split(' ')
+      total += Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])
+    } catch { /* exited meanwhile */ }
+  }
+  return total
+}
+const TICK_MS = 10 // USER_HZ = 100 on Linux
+
+// Runs fn while measuring wall time, event-loop delay, client and sandbox CPU.
+async function phase (fn) {
+  const eld = monitorEventLoopDelay({ resolution: 1 })
+  const cpu0 = process.cpuUsage()
+  const sb0 = sandboxTicks()
+  eld.enable()
+  const t = now()
+  const value = await fn()
+  const ms = now() - t
+  eld.disable()
+  const cpu = process.cpuUsage(cpu0)
+  return {
+    ms,
+    value,
+    eldP99: eld.percentile(99) / 1e6,
+    clientCpuMs: (cpu.user + cpu.system) / 1000,
+    sandboxCpuMs: (sandboxTicks() - sb0) * TICK_MS
+  }
+}
+
+async function inFlight (total, width, fn) {
+  let next = 0
+  await Promise.all(Array.from({ length: width }, async () => {
+    while (next < total) { next++; await fn() }
+  }))
+  return total
+}
+
+// ---- the two clients, behind one small shape
+
+async function flyClient () {
+  const { fly } = require('..')
+  const p = fly({ apiToken: cfg.token, apiHostname: cfg.apiUrl, appName: cfg.appName, sshPrivateKey: fs.readFileSync(cfg.keyFile, 'utf8') })
+  const sb = await p.sandbox.getById(cfg.sandboxId)
+  return {
+    run: (cmd) => sb.runCommand(cmd).then((r) => r.stdout),
+    stream: (cmd) => new Promise((resolve, reject) => {
+      let n = 0
+      sb.runCommand(cmd, { onStdout: (s) => { n += s.length } }).then(() => resolve(n), reject)
+    }),
+    put: (remote, buf) => sb.filesystem.writeFile(remote, buf),
+    get: (remote) => sb.filesystem.readFile(remote, { encoding: null }),
+    close: () => {}
+  }
+}
+
+async function ssh2Client () {
+  const { Client } = require(path.join(__dirname, 'node_modules', 'ssh2'))
+  const conn = new Client()
+  const sock = net.connect(cfg.port, cfg.host)
+  sock.setNoDelay(true)
+  await new Promise((resolve, reject) => {
+    conn.once('ready', resolve).once('error', reject)
+    conn.connect({
+      sock,
+      username: cfg.user,
+      privateKey: fs.readFileSync(cfg.keyFile),
+      // The same check the project makes: the pinned SHA256 fingerprint.
+      hostVerifier: (key) => 'SHA256:' + crypto.createHash('sha256').update(key).digest('base64').replace(/=+$/, '') === cfg.hostFingerprint
+    })
+  })
+  const exec = (cmd, onData) => new Promise((resolve, reject) => {
+    conn.exec(cmd, (err, stream) => {
+      if (err) return reject(err)
+      stream.on('data', onData)
+      stream.stderr.resume()
+      stream.once('close', resolve)
+    })
+  })
+  const sftp = await new Promise((resolve, reject) => conn.sftp((err, s) => (err ? reject(err) : resolve(s))))
+  // ssh2's fastest transfer API (pipelined, 64 requests in flight) works on
+  // local paths: stage through /dev/shm so the local side costs ~nothing.
+  const shm = fs.mkdtempSync('/dev/shm/bench-ssh2-')
+  process.on('exit', () => fs.rmSync(shm, { recursive: true, force: true }))
+  return {
+    run: async (cmd) => {
+      const parts = []
+      await exec(cmd, (d) => parts.push(d))
+      return Buffer.concat(parts).toString('utf8')
+    },
+    stream: async (cmd) => {
+      const dec = new StringDecoder('utf8')
+      let n = 0
+      await exec(cmd, (d) => { n += dec.write(d).length })
+      return n + dec.end().length
+    },
+    put: async (remote, buf) => {
+      const f = path.join(shm, 'up')
+      fs.writeFileSync(f, buf)
+      await new Promise((resolve, reject) => sftp.fastPut(f, remote, (err) => (err ? reject(err) : resolve())))
+    },
+    get: async (remote) => {
+      const f = path.join(shm, 'down')
+      await new Promise((resolve, reject) => sftp.fastGet(remote, f, (err) => (err ? reject(err) : resolve())))
+      return fs.readFileSync(f)
+    },
+    close: () => conn.end()
+  }
+}
+
+async function main () {
+  const out = { client: cfg.client }
+  const t = now()
+  const c = cfg.client === 'ssh2' ? await ssh2Client() : await flyClient()
+  // connect + auth + the first command: what a user waits for first.
+  await c.run('true')
+  out.connectMs = now() - t
+
+  for (let i = 0; i < 20; i++) await c.run('true')
+  const lat = []
+  const seq = await phase(async () => {
+    for (let i = 0; i < N_SEQ; i++) {
+      const t0 = now()
+      await c.run('true')
+      lat.push(now() - t0)
+    }
+  })
+  out.seqP50 = quantile(lat, 0.5)
+  out.seqP99 = quantile(lat, 0.99)
+  out.seqEldP99 = seq.eldP99
+  out.clientCpuPerCmd = seq.clientCpuMs / N_SEQ
+  out.sandboxCpuPerCmd = seq.sandboxCpuMs / N_SEQ
+
+  for (const width of [1, 10, 50]) {
+    const total = width === 1 ? 200 : width * 10
+    const r = await phase(() => inFlight(total, width, () => c.run('true')))
+    out[`cmdsPerSec${width}`] = total / (r.ms / 1000)
+    out[`eldP99At${width}`] = r.eldP99
+  }
+
+  const bytes = 32 * MiB
+  const cmd = `head -c ${bytes} /dev/zero`
+  const asString = await phase(() => c.run(cmd))
+  if (asString.value.length !== bytes) throw new Error(`stdout: ${asString.value.length} of ${bytes}`)
+  out.stdoutStringMiBs = 32 / (asString.ms / 1000)
+  out.stdoutStringEldP99 = asString.eldP99
+  const streamed = await phase(() => c.stream(cmd))
+  if (streamed.value !== bytes) throw new Error(`streamed: ${streamed.value} of ${bytes}`)
+  out.stdoutStreamMiBs = 32 / (streamed.ms / 1000)
+  out.stdoutStreamEldP99 = streamed.eldP99
+
+  for (const [label, size, reps] of [['1KiB', 1024, 50], ['1MiB', MiB, 10], ['100MiB', 100 * MiB, 1]]) {
+    const data = crypto.randomBytes(size)
+    const remote = `/tmp/bench-${cfg.client}-${label}`
+    await c.put(remote, data)
+    const up = await phase(async () => { for (let i = 0; i < reps; i++) await c.put(remote, data) })
+    let back
+    const down = await phase(async () => { for (let i = 0; i < reps; i++) back = await c.get(remote) })
+    if (!back.equals(data)) throw new Error(`${label} round trip differs`)
+    out[`up${label}MiBs`] = (size * reps / MiB) / (up.ms / 1000)
+    out[`down${label}MiBs`] = (size * reps / MiB) / (down.ms / 1000)
+    out[`sftp${label}EldP99`] = Math.max(up.eldP99, down.eldP99)
+  }
+  out.maxRssMiB = process.resourceUsage().maxRSS / 1024
+  c.close()
+  process.stdout.write(JSON.stringify(out) + '\n')
+  process.exit(0)
+}
+
+main().catch((err) => { console.error(err); process.exit(1) })

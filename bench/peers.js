@@ -1,0 +1,104 @@
+'use strict'
+// The project against ssh2 on one fly-local sandbox, side by side in one
+// run: ROUNDS rounds, each client in a fresh process (bench/peer-round.js),
+// the order alternating so that neither always runs first.  The table is
+// the median of each figure over the rounds and the ratio project / ssh2.
+const { spawn } = require('child_process')
+const fs = require('fs')
+const path = require('path')
+
+const ROUNDS = Number(process.env.BENCH_ROUNDS || 6)
+
+// [key, label, unit, better: 'lower' | 'higher', goal ratio text]
+const ROWS = [
+  ['connectMs', 'connect + auth + first command', 'ms', 'lower', ''],
+  ['seqP50', "sequential runCommand('true') p50", 'ms', 'lower', '≤ 0.5'],
+  ['seqP99', "sequential runCommand('true') p99", 'ms', 'lower', ''],
+  ['cmdsPerSec1', 'cmds/s, 1 in flight', '/s', 'higher', ''],
+  ['cmdsPerSec10', 'cmds/s, 10 in flight', '/s', 'higher', ''],
+  ['cmdsPerSec50', 'cmds/s, 50 in flight', '/s', 'higher', '≥ 1.5'],
+  ['clientCpuPerCmd', 'client CPU per command', 'ms', 'lower', '≤ 0.3'],
+  ['sandboxCpuPerCmd', 'sandbox CPU per command', 'ms', 'lower', ''],
+  ['stdoutStringMiBs', '32 MiB stdout as a string', 'MiB/s', 'higher', '≥ 2'],
+  ['stdoutStreamMiBs', '32 MiB stdout streamed', 'MiB/s', 'higher', ''],
+  ['up1KiBMiBs', 'SFTP upload 1 KiB (×50)', 'MiB/s', 'higher', ''],
+  ['down1KiBMiBs', 'SFTP download 1 KiB (×50)', 'MiB/s', 'higher', ''],
+  ['up1MiBMiBs', 'SFTP upload 1 MiB (×10)', 'MiB/s', 'higher', '≥ 1.5'],
+  ['down1MiBMiBs', 'SFTP download 1 MiB (×10)', 'MiB/s', 'higher', '≥ 1.5'],
+  ['up100MiBMiBs', 'SFTP upload 100 MiB', 'MiB/s', 'higher', '≥ 1.5'],
+  ['down100MiBMiBs', 'SFTP download 100 MiB', 'MiB/s', 'higher', '≥ 1.5'],
+  ['seqEldP99', 'event-loop delay p99, sequential commands', 'ms', 'lower', 'project ≤ 2 ms'],
+  ['eldP99At50', 'event-loop delay p99, 50 in flight', 'ms', 'lower', 'project ≤ 2 ms'],
+  ['stdoutStringEldP99', 'event-loop delay p99, 32 MiB stdout', 'ms', 'lower', 'project ≤ 2 ms'],
+  ['sftp100MiBEldP99', 'event-loop delay p99, 100 MiB SFTP', 'ms', 'lower', 'project ≤ 2 ms'],
+  ['maxRssMiB', 'peak RSS of the round', 'MiB', 'lower', '']
+]
+
+function median (xs) {
+  const s = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b)
+  if (s.length === 0) return NaN
+  const m = s.length >> 1
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2
+}
+
+function round (cfg) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [path.join(__dirname, 'peer-round.js')], {
+      env: { ...process.env, BENCH_ROUND: JSON.stringify(cfg) },
+      stdio: ['ignore', 'pipe', 'inherit']
+    })
+    let out = ''
+    child.stdout.on('data', (d) => { out += d })
+    child.on('exit', (code) => {
+      if (code !== 0) return reject(new Error(`${cfg.client} round exited ${code}`))
+      resolve(JSON.parse(out.trim().split('\n').pop()))
+    })
+  })
+}
+
+// Runs the rounds against sandbox `sb` (made by `p` with the key in
+// keyFile) and returns the Markdown lines of the table.
+async function runPeers ({ srv, sb, keyFile, hostFingerprint, log }) {
+  if (!fs.existsSync(path.join(__dirname, 'node_modules', 'ssh2'))) {
+    throw new Error('bench: ssh2 is missing; run `npm install --prefix bench` (npm run bench does)')
+  }
+  const [appName, machine] = sb.sandboxId.split(':')
+  const info = srv.machines().find((m) => m.id === machine)
+  const base = {
+    apiUrl: srv.url,
+    token: srv.token,
+    appName,
+    sandboxId: sb.sandboxId,
+    host: sb.getInstance ? sb.getInstance().privateIp : sb.privateIp,
+    port: 2222,
+    user: 'sandbox',
+    keyFile,
+    hostFingerprint,
+    initPid: info ? info.pid : 0
+  }
+  const results = { fly: [], ssh2: [] }
+  for (let r = 0; r < ROUNDS; r++) {
+    const order = r % 2 ? ['ssh2', 'fly'] : ['fly', 'ssh2']
+    for (const client of order) {
+      results[client].push(await round({ ...base, client }))
+      if (log) log(`  round ${r + 1}/${ROUNDS}: ${client} done`)
+    }
+  }
+  const f = (x) => (Number.isFinite(x) ? (Math.abs(x) >= 100 ? x.toFixed(0) : x.toFixed(2)) : 'n/a')
+  const lines = [
+    `${ROUNDS} rounds, each client in a fresh process per round, order alternating; medians.`,
+    '',
+    '| figure | unit | @computesdk/fly | ssh2 | ratio fly/ssh2 | goal |',
+    '|---|---|---|---|---|---|'
+  ]
+  const table = {}
+  for (const [key, label, unit, , goal] of ROWS) {
+    const a = median(results.fly.map((x) => x[key]))
+    const b = median(results.ssh2.map((x) => x[key]))
+    table[key] = { fly: a, ssh2: b, ratio: a / b }
+    lines.push(`| ${label} | ${unit} | ${f(a)} | ${f(b)} | ${f(a / b)} | ${goal} |`)
+  }
+  return { lines, table, raw: results }
+}
+
+module.exports = { runPeers }
