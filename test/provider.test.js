@@ -3,7 +3,7 @@
 // getInfo, getById, list, destroy, getUrl, config and its errors.
 const test = require('node:test')
 const assert = require('node:assert/strict')
-const { startLocal, provider, call, rejects } = require('./helpers/fly')
+const { startLocal, provider, call, q, rejects, native } = require('./helpers/fly')
 const { fly } = require('..')
 
 let srv
@@ -180,7 +180,6 @@ test('works through computesdk-style createCompute', async () => {
 })
 
 test('a create timeout ends the sandbox: it stops and is destroyed', async () => {
-  const { q } = require('./helpers/fly')
   const p = provider(srv)
   const sb = await p.sandbox.create({ timeout: 1000 })
   assert.equal((await sb.getInfo()).timeout, 1000)
@@ -192,7 +191,7 @@ test('a create timeout ends the sandbox: it stops and is destroyed', async () =>
 
 test('logging a provider or a sandbox does not show the token or keys', async () => {
   const util = require('util')
-  const key = require('./helpers/fly').native.keygen()
+  const key = native.keygen()
   const p = provider(srv, { sshPrivateKey: key.privateKey, sshPassword: 'pw-SECRET-123' })
   const sb = await p.sandbox.create({ waitForSsh: false })
   for (const shown of [util.inspect(p, { depth: 10 }), util.inspect(sb, { depth: 10 }),

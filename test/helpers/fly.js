@@ -1,16 +1,10 @@
 'use strict'
-// Test helpers: a fly-local server per test file and providers/clients
-// pointed at it.  Everything is on loopback.
+// Test helpers: a fly-local server per test file (test/helpers/local.js's
+// startLocal) and providers/clients pointed at it.  Everything is on loopback.
 const crypto = require('crypto')
-const local = require('../../lib/local')
 const native = require('../../lib/native')
 const { fly } = require('../..')
-
-async function startLocal (t, opts) {
-  const srv = await local.start({ quiet: true, ...opts })
-  if (t) t.after(() => srv.stop())
-  return srv
-}
+const { startLocal } = require('./local')
 
 function appName (prefix) {
   return `${prefix || 't'}-${crypto.randomBytes(4).toString('hex')}`
@@ -38,6 +32,7 @@ function q (obj) {
   return Object.entries(obj).flatMap(([k, v]) => (Array.isArray(v) ? v : [v]).map((x) => [k, String(x)]))
 }
 
+// The error a promise rejects with (fails the test when it resolves).
 async function rejects (promise) {
   try {
     await promise
