@@ -4,7 +4,7 @@
 const test = require('node:test')
 const assert = require('node:assert/strict')
 const crypto = require('crypto')
-const { startLocal, provider, rejects, native, call, q } = require('./helpers/fly')
+const { startLocal, provider, rejects, native, call, q, closeSessions } = require('./helpers/fly')
 
 let srv, p, sb
 test.before(async () => {
@@ -193,7 +193,7 @@ test('a swapped host key is refused and nothing is sent', async () => {
   const other = await p.sandbox.create()
   const machine = other.sandboxId.split(':')[1]
   await srv.swapHostKey(machine)
-  await native.sshClose({ key: other.sandboxId })
+  await closeSessions(other)
   const err = await rejects(other.runCommand('touch /tmp/should-not-exist'))
   assert.equal(err.code, 'SSH_HOSTKEY_MISMATCH')
   const ex = await call(srv, 'machine.exec', { app: other.sandboxId.split(':')[0], machine },
@@ -222,10 +222,13 @@ test('getById in another provider instance authorizes its own key', async () => 
   const appName = sb.sandboxId.split(':')[0]
   const p2 = provider(srv, { appName })
   const again = await p2.sandbox.getById(sb.sandboxId)
-  // A new connection, as another process would make, with p2's own key.
-  await native.sshClose({ key: sb.sandboxId })
+  // p2's own key: its own session (a new connection, as another process
+  // would make), never the one p opened.
+  const before = await sb.runCommand('wc -l < /etc/computesdk/authorized_keys')
   const r = await again.runCommand('echo second-client; wc -l < /etc/computesdk/authorized_keys')
-  assert.equal(r.stdout, 'second-client\n2\n', 'a second key was authorized')
+  assert.equal(r.stdout, `second-client\n${Number(before.stdout) + 1}\n`, "p2's key was authorized")
+  const keys = await asRoot(sb, 'cat /etc/computesdk/authorized_keys')
+  assert.ok(keys.stdout.split('\n').includes(again.getInstance()._ctx.state.clientKey.publicKey))
 })
 
 test('re-authorisation never writes as root where the sandbox user can reach', async () => {
@@ -237,7 +240,6 @@ test('re-authorisation never writes as root where the sandbox user can reach', a
   assert.equal(plant.exitCode, 0, plant.stderr)
   const p2 = provider(srv, { appName: s.sandboxId.split(':')[0] })
   const again = await p2.sandbox.getById(s.sandboxId)
-  await native.sshClose({ key: s.sandboxId })
   const r = await again.runCommand('id -un; cat /etc/shadow >/dev/null 2>&1 && echo READABLE || echo denied')
   assert.equal(r.stdout, 'sandbox\ndenied\n', 'the second provider gets in as the sandbox user, not root')
   const after = await asRoot(s, 'sha256sum /etc/shadow /etc/passwd; stat -c "%U %a" /etc/shadow')
@@ -317,4 +319,24 @@ test('a command line too long for one argument is a clear error; the same data t
   assert.match(err.message, /stdin or in a file/)
   const r = await sb.runCode(`print(len("${big}"))`, 'python')
   assert.equal(r.stdout, `${big.length}\n`)
+})
+
+test('sessions are never shared across credentials: a wrong password fails, not rides on another session', async () => {
+  assert.equal((await sb.runCommand('echo a')).stdout, 'a\n') // p's session is open
+  const appName = sb.sandboxId.split(':')[0]
+  const wrong = await provider(srv, { appName, sshPassword: 'wrong' }).sandbox.getById(sb.sandboxId)
+  const err = await rejects(wrong.runCommand('touch /tmp/made-with-a-wrong-password'))
+  assert.equal(err.code, 'SSH_AUTH_FAILED')
+  assert.ok(!err.message.includes('wrong'), 'the password is not in the message')
+  const left = await sb.runCommand('test -e /tmp/made-with-a-wrong-password; echo $?')
+  assert.equal(left.stdout, '1\n', 'nothing ran')
+})
+
+test('exec transport: a reply without an exit status is an error, not exit 0', async () => {
+  const [appName, machine] = sb.sandboxId.split(':')
+  const ex = await provider(srv, { appName, transport: 'exec' }).sandbox.getById(sb.sandboxId)
+  srv.faults.add({ method: 'POST', machine, path: /\/exec$/, status: 200, body: { stdout: 'looks fine\n', stderr: '' } })
+  const err = await rejects(ex.runCommand('exit 3'))
+  assert.equal(err.code, 'FLY_EXEC_NO_STATUS')
+  assert.equal((await ex.runCommand('exit 3')).exitCode, 3)
 })

@@ -5,6 +5,7 @@
 // the target (host, credential, pinned host key), authorising this
 // provider's key in a sandbox another provider made, and turning a failed
 // connect into the reason the machine cannot be reached.
+const crypto = require('crypto')
 const native = require('../native')
 const { flyError } = require('../errors')
 const { clientKey } = require('../keys')
@@ -17,16 +18,25 @@ const REAUTHORIZE = 'umask 022; f="$1/authorized_keys"; mkdir -p "$1" && ' +
   '{ [ ! -e "$f" ] || { [ -f "$f" ] && [ ! -L "$f" ]; }; } && ' +
   '{ grep -qxF -- "$2" "$f" 2>/dev/null || printf "%s\\n" "$2" >> "$f"; }'
 
-// The native session a sandbox's calls share.
-function sessionKey (sb) {
-  return sb.sandboxId
+// Native sessions are shared by calls whose target is the same in
+// everything that authenticates: user, host, port, credential and host-key
+// policy.  A provider with another user or a wrong password must get its
+// own session (and its own failure), never the one another provider opened.
+// The key names the credential by an HMAC under a per-process secret: it
+// contains nothing from which a key or password could be recovered.
+const KEY_SECRET = crypto.randomBytes(32)
+
+function sessionKey (sb, t) {
+  const h = crypto.createHmac('sha256', KEY_SECRET)
+  h.update(JSON.stringify([t.user, t.host, t.port, t.password !== undefined ? 'password' : 'key',
+    t.password !== undefined ? t.password : t.privateKey, t.insecureHostKey ? 'insecure' : t.hostKeyFingerprint]))
+  return `${sb.sandboxId}/${h.digest('hex').slice(0, 32)}`
 }
 
 function target (sb) {
   const { config, state } = sb._ctx
   const host = config.sshHost || sb.privateIp || `${sb.machineId}.vm.${sb.appName}.internal`
   const t = {
-    key: sessionKey(sb),
     host,
     port: config.sshPort,
     user: config.sshUser,
@@ -42,6 +52,7 @@ function target (sb) {
     throw flyError('SSH_HOSTKEY_UNKNOWN', `sandbox ${sb.sandboxId} has no pinned host key (metadata ${HOST_FP}); ` +
       'it was not created by this provider. Set insecureSkipHostKeyCheck to connect anyway.')
   }
+  t.key = sessionKey(sb, t)
   let keys = state.sessions.get(sb.sandboxId)
   if (!keys) state.sessions.set(sb.sandboxId, (keys = new Set()))
   keys.add(t.key)
@@ -137,7 +148,7 @@ const files = {
 
 // Closes the sessions this provider opened to a sandbox (destroy).
 async function close (ctx, sandboxId) {
-  const keys = ctx.state.sessions.get(sandboxId) || [sandboxId]
+  const keys = ctx.state.sessions.get(sandboxId) || []
   ctx.state.sessions.delete(sandboxId)
   await Promise.all([...keys].map((key) => native.sshClose({ key }).catch(() => {})))
 }
