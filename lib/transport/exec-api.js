@@ -33,8 +33,14 @@ async function exec (sb, spec, { stdin, onChunk } = {}) {
   if (stdin !== undefined) body.stdin = Buffer.isBuffer(stdin) ? stdin.toString('utf8') : stdin
   const r = await sb._api('machine.exec', { body, timeoutMs: (secs + 15) * 1000 })
   const b = r.body || {}
-  let exitCode = typeof b.exit_code === 'number' ? b.exit_code : 0
+  // No exit status in the reply is not success: the command's outcome is
+  // unknown, and an error says so.
+  let exitCode = Number.isInteger(b.exit_code) ? b.exit_code : null
   if (b.exit_signal) exitCode = 128 + signalNumber(b.exit_signal)
+  if (exitCode === null) {
+    throw flyError('FLY_EXEC_NO_STATUS', `exec transport: the Machines API reply for sandbox ${sb.sandboxId} ` +
+      'has no exit status; the command\'s outcome is unknown', { status: r.status })
+  }
   if (exitCode === 125 && typeof b.stderr === 'string' && b.stderr.startsWith(NO_USER)) {
     throw flyError('FLY_EXEC_NO_USER', `exec transport: ${b.stderr.slice(NO_USER.length).trim()}; ` +
       `commands are never run as root (sandbox ${sb.sandboxId}, user ${config.sshUser})`)
@@ -69,7 +75,10 @@ const files = {
   },
   mkdir: async (sb, path) => { await run(sb, ['mkdir', '-p', '--', path], undefined, path) },
   async readdir (sb, path) {
-    const out = await run(sb, ['find', path, '-mindepth', '1', '-maxdepth', '1', '-printf', '%y\\t%s\\t%T@\\t%f\\0'], undefined, path)
+    // find reads an operand that starts with '-', or is '(' or '!', as an
+    // expression ('-delete' would delete): a relative path gets './'.
+    const operand = path.startsWith('/') ? path : `./${path}`
+    const out = await run(sb, ['find', operand, '-mindepth', '1', '-maxdepth', '1', '-printf', '%y\\t%s\\t%T@\\t%f\\0'], undefined, path)
     return out.split('\0').filter(Boolean).map((line) => {
       const [y, size, t, ...name] = line.split('\t')
       return { name: name.join('\t'), type: y === 'd' ? 'directory' : 'file', size: Number(size), modified: new Date(Number(t) * 1000) }
