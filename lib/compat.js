@@ -3,6 +3,8 @@
 // out: it gives them runCommand(command, options) only, while the seed's
 // usage also calls runCommand(command, args) and runCode(code, runtime),
 // and reads files back as Buffers.
+const { destroy } = require('./lifecycle')
+const { abortError } = require('./errors')
 
 function augment (psb) {
   if (psb === null || psb === undefined) return psb
@@ -16,13 +18,29 @@ function augment (psb) {
   return psb
 }
 
-// Every sandbox the provider's manager returns gets the extras.
-function withSeedExtras (provider) {
+// Every sandbox the provider's manager returns gets the extras.  Also: the
+// generated create answers an abort at once, while our create is still
+// removing its machine; hold that answer until the removal is done, and
+// give our error (code ABORT_ERR, machineId, sandboxId) instead.
+function withSeedExtras (provider, ctx) {
   const mgr = provider.sandbox
   const create = mgr.create.bind(mgr)
   const getById = mgr.getById.bind(mgr)
   const list = mgr.list.bind(mgr)
-  mgr.create = async (options) => augment(await create(options))
+  mgr.create = async (options) => {
+    const signal = options && options.signal
+    if (signal && signal.aborted === true) throw abortError(signal, 'create')
+    try {
+      return augment(await create(options))
+    } catch (err) {
+      const ours = options && ctx.state.creating.get(options)
+      if (err.name !== 'AbortError' || !ours) throw err
+      // Finished just as the signal fired: the generated manager destroys
+      // that sandbox in the background; do it here, before answering.
+      await ours.then((r) => destroy(ctx, r.sandboxId), (e) => { if (e.name === 'AbortError') err = e })
+      throw err
+    }
+  }
   mgr.getById = async (sandboxId) => augment(await getById(sandboxId))
   mgr.list = async () => (await list()).map(augment)
   return provider

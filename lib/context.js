@@ -7,17 +7,45 @@ const { resolveConfig } = require('./config')
 const ssh = require('./transport/ssh')
 const execApi = require('./transport/exec-api')
 
+// Ids a provider has seen can come and go for as long as the process runs:
+// the tables about them keep the most recent ones only.
+const RECENT_LIMIT = 1024
+
+// A Map that forgets its oldest entry beyond `limit`; add() makes it a set.
+class Recent extends Map {
+  constructor (limit) {
+    super()
+    this.limit = limit
+  }
+
+  set (key, value) {
+    this.delete(key)
+    super.set(key, value)
+    if (this.size > this.limit) this.delete(this.keys().next().value)
+    return this
+  }
+
+  add (key) {
+    return this.set(key, true)
+  }
+}
+
 function makeContext (options) {
   const config = resolveConfig(options)
   const state = {
     // The app-exists check, made once (reset when it fails).
     appReady: null,
-    // sandboxIds destroyed through this provider: later calls fail fast.
-    destroyed: new Set(),
+    // sandboxIds destroyed through this provider: later calls fail fast
+    // (an id forgotten here fails the slower way, at the API or sshd).
+    destroyed: new Recent(RECENT_LIMIT),
     // The client key, configured or generated on first use.
     clientKey: null,
-    // sandboxId -> the native SSH session keys this provider opened to it.
-    sessions: new Map()
+    // sandboxId -> the native SSH session keys this provider opened to it,
+    // which destroy closes (a forgotten one ends with its machine).
+    sessions: new Recent(RECENT_LIMIT),
+    // create's options object -> that create's promise, which settles only
+    // once a failed or aborted create has removed its machine (compat.js).
+    creating: new WeakMap()
   }
   const ctx = {}
   // Not enumerable: logging a provider or a sandbox (which show this object)
@@ -30,4 +58,4 @@ function makeContext (options) {
   return Object.freeze(ctx)
 }
 
-module.exports = { makeContext }
+module.exports = { makeContext, RECENT_LIMIT }

@@ -39,7 +39,8 @@ const flyProvider = defineProvider({
 })
 
 function fly (config) {
-  return withSeedExtras(flyProvider(makeContext(config)))
+  const ctx = makeContext(config)
+  return withSeedExtras(flyProvider(ctx), ctx)
 }
 
 module.exports = { fly, FlyMachine, detectRuntime: exec.detectRuntime }

@@ -5,7 +5,7 @@ const crypto = require('crypto')
 const native = require('./native')
 const api = require('./api')
 const { requireToken } = require('./config')
-const { invalidArg } = require('./errors')
+const { flyError, invalidArg, abortError } = require('./errors')
 const { clientKey } = require('./keys')
 const { validEnvName } = require('./exec')
 const { FlyMachine, parseSandboxId, TAG, CREATE_ID, HOST_FP, FILES_DIR } = require('./machine')
@@ -130,42 +130,82 @@ function machineRequest (ctx, o) {
   return { body, createId, hostFingerprint: host.fingerprint }
 }
 
-async function create (ctx, options) {
-  const { config, transport } = ctx
-  const o = options || {}
-  requireToken(config)
-  const { body, createId } = machineRequest(ctx, o)
-  try {
-    await ensureApp(ctx)
-    const created = await api.call(config, 'machine.create', { app: config.appName }, {
-      body, createId, createIdKey: CREATE_ID
+function checkSignal (signal) {
+  if (signal === undefined || signal === null) return null
+  if (typeof signal !== 'object' || typeof signal.aborted !== 'boolean' || typeof signal.addEventListener !== 'function') {
+    throw invalidArg('create: signal must be an AbortSignal')
+  }
+  return signal
+}
+
+// p, or an AbortError as soon as the signal aborts (p then settles unheard).
+function untilAborted (signal, p) {
+  if (!signal) return p
+  return new Promise((resolve, reject) => {
+    const onAbort = () => reject(abortError(signal, 'create'))
+    if (signal.aborted) return onAbort()
+    signal.addEventListener('abort', onAbort, { once: true })
+    p.then((v) => {
+      signal.removeEventListener('abort', onAbort)
+      resolve(v)
+    }, (err) => {
+      signal.removeEventListener('abort', onAbort)
+      reject(err)
     })
-    const m = created.body
+  })
+}
+
+// All or nothing: once the machine exists, any failure (and an abort at any
+// stage) destroys it before create rejects, and the error names it.
+async function create (ctx, options) {
+  const { config, state, transport } = ctx
+  const o = options || {}
+  const signal = checkSignal(o.signal)
+  if (signal && signal.aborted) throw abortError(signal, 'create')
+  requireToken(config)
+  const { body, createId, hostFingerprint } = machineRequest(ctx, o)
+  const step = (p) => untilAborted(signal, p)
+  const app = config.appName
+  let machineId = null
+  const run = async () => {
+    await step(ensureApp(ctx))
+    // Not raced with the signal: the machine it makes must be known to be
+    // removed, so an abort here takes effect when the reply is in.
+    const created = await api.call(config, 'machine.create', { app }, { body, createId, createIdKey: CREATE_ID })
+    machineId = created.body.id
+    if (signal && signal.aborted) throw abortError(signal, 'create')
     // Boots in the background: long-poll until started (no fixed sleeps).
-    await api.call(config, 'machine.wait', { app: config.appName, machine: m.id }, {
+    await step(api.call(config, 'machine.wait', { app, machine: machineId }, {
       query: { state: 'started', timeout: 60 },
       waitTotalMs: config.startTimeoutMs,
       timeoutMs: 75000
-    })
-    const got = await api.call(config, 'machine.get', { app: config.appName, machine: m.id })
-    const sb = new FlyMachine(ctx, { ...got.body, app: config.appName })
-    if (o.waitForSsh !== false) {
-      // Connect now (retrying while sshd starts) so that the sandbox is known
-      // to answer, with its host key checked, before create returns.
+    }))
+    const got = await step(api.call(config, 'machine.get', { app, machine: machineId }))
+    // The host key is the one generated above, whatever the reply says.
+    const sb = new FlyMachine(ctx, { ...got.body, app }, hostFingerprint)
+    // Connect now (retrying while sshd starts) so that the sandbox is known
+    // to answer, with its host key checked, before create returns.
+    if (o.waitForSsh !== false) await step(transport.check(sb))
+    return { sandbox: sb, sandboxId: sb.sandboxId }
+  }
+  const done = run().catch(async (err) => {
+    if (machineId !== null) {
+      err.machineId = machineId
+      err.sandboxId = `${app}:${machineId}`
       try {
-        await transport.check(sb)
-      } catch (err) {
-        await destroy(ctx, sb.sandboxId)
-        throw err
+        await destroy(ctx, err.sandboxId)
+      } catch (e) {
+        err.destroyError = e
       }
     }
-    return { sandbox: sb, sandboxId: sb.sandboxId }
-  } catch (err) {
     if (typeof err.message === 'string' && !err.message.startsWith('Failed to create')) {
-      err.message = `Failed to create Fly.io sandbox: ${err.message}`
+      err.message = `Failed to create Fly.io sandbox: ${err.message}` +
+        (err.destroyError ? `; machine ${err.sandboxId} could not be removed: ${err.destroyError.message}` : '')
     }
     throw err
-  }
+  })
+  if (options) state.creating.set(options, done)
+  return done
 }
 
 async function getById (ctx, sandboxId) {
@@ -198,17 +238,18 @@ async function list (ctx) {
 }
 
 // Stop, wait for the machine to be stopped, then delete (forced when it will
-// not settle).  Never throws: a sandbox that is already gone is destroyed.
-// The wait matters: stop returns while the machine is still stopping, and a
-// delete then gets 412, so without it every destroy would end in a forced
-// kill right after the stop signal.
+// not settle).  Idempotent: a sandbox that is already gone (404, destroyed)
+// is destroyed; a machine that could not be removed is FLY_DESTROY_FAILED,
+// with the API's error as `cause`.  The wait matters: stop returns while
+// the machine is still stopping, and a delete then gets 412, so without it
+// every destroy would end in a forced kill right after the stop signal.
 async function destroy (ctx, sandboxId) {
   const { config, state, transport } = ctx
   let ids
   try {
     ids = parseSandboxId(sandboxId)
   } catch {
-    return
+    return // names no machine: nothing to remove
   }
   const params = { app: ids.app, machine: ids.machine }
   state.destroyed.add(sandboxId)
@@ -232,9 +273,11 @@ async function destroy (ctx, sandboxId) {
       await api.call(config, 'machine.delete', params, { query: { force: 'true' } })
     }
   } catch (err) {
-    if (err.code !== 'FLY_NOT_FOUND' && process.env.COMPUTESDK_FLY_DEBUG) {
-      console.warn(`@computesdk/fly: destroy ${sandboxId}: ${err.message}`)
-    }
+    if (err.code === 'FLY_NOT_FOUND') return
+    // It still exists: calls on it are not refused as destroyed.
+    state.destroyed.delete(sandboxId)
+    throw flyError('FLY_DESTROY_FAILED', `could not destroy sandbox ${sandboxId}: ${err.message}`,
+      { cause: err, sandboxId, machineId: ids.machine })
   }
 }
 

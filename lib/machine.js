@@ -28,9 +28,12 @@ function parseSandboxId (sandboxId) {
 }
 
 class FlyMachine {
-  // m: a Machines API machine, with `app` added.
-  constructor (ctx, m) {
+  // m: a Machines API machine, with `app` added.  hostKeyFingerprint: the
+  // fingerprint of the host key create generated, pinned for good; without
+  // it (getById, list) the one in the machine's metadata is used.
+  constructor (ctx, m, hostKeyFingerprint) {
     Object.defineProperty(this, '_ctx', { value: ctx, enumerable: false })
+    Object.defineProperty(this, '_pinnedHostKey', { value: hostKeyFingerprint || null, enumerable: false })
     this._update(m)
   }
 
@@ -45,7 +48,7 @@ class FlyMachine {
     this.image = cfg.image || null
     this.createdAt = m.created_at ? new Date(m.created_at) : new Date()
     this.metadata = { ...(cfg.metadata || {}) }
-    this.hostKeyFingerprint = this.metadata[HOST_FP] || null
+    this.hostKeyFingerprint = this._pinnedHostKey || this.metadata[HOST_FP] || null
   }
 
   get sandboxId () {
