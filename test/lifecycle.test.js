@@ -45,38 +45,38 @@ test('exit with requests in flight neither crashes nor hangs', async (t) => {
   assert.equal(r.code, 7, r.err)
 })
 
-test('exit with SSH commands and a file transfer in flight neither crashes nor hangs', async (t) => {
-  const srv = await startLocal(t)
-  const key = native.keygen()
-  const p = provider(srv, { sshPrivateKey: key.privateKey })
-  const sb = await p.sandbox.create()
-  await sb.runCommand('head -c 20000000 /dev/urandom > /tmp/big')
-  const r = await runChild(['inflight-ssh', srv.url, srv.token, sb.sandboxId], { FLY_SSH_PRIVATE_KEY: key.privateKey })
-  assert.equal(r.signal, null, r.err)
-  assert.equal(r.code, 7, r.err)
-  await sb.destroy()
-})
-
-test('an open SSH session does not keep the process alive either', async (t) => {
+// A fly-local sandbox whose client key the child also gets (in
+// FLY_SSH_PRIVATE_KEY); runs the child on it, then destroys the sandbox.
+async function runChildOnSandbox (t, mode, prepare) {
   const srv = await startLocal(t)
   const key = native.keygen()
   const sb = await provider(srv, { sshPrivateKey: key.privateKey }).sandbox.create()
-  const r = await runChild(['idle-ssh', srv.url, srv.token, sb.sandboxId], { FLY_SSH_PRIVATE_KEY: key.privateKey })
+  try {
+    if (prepare) await prepare(sb)
+    return await runChild([mode, srv.url, srv.token, sb.sandboxId], { FLY_SSH_PRIVATE_KEY: key.privateKey })
+  } finally {
+    await sb.destroy()
+  }
+}
+
+test('exit with SSH commands and a file transfer in flight neither crashes nor hangs', async (t) => {
+  const r = await runChildOnSandbox(t, 'inflight-ssh', (sb) => sb.runCommand('head -c 20000000 /dev/urandom > /tmp/big'))
+  assert.equal(r.signal, null, r.err)
+  assert.equal(r.code, 7, r.err)
+})
+
+test('an open SSH session does not keep the process alive either', async (t) => {
+  const r = await runChildOnSandbox(t, 'idle-ssh')
   assert.equal(r.code, 0, r.err)
   assert.match(r.out, /^over-ssh\n/)
   const lingered = Number(/lingered (\d+)/.exec(r.out)[1])
   assert.ok(lingered < 1000, `lingered ${lingered} ms with an idle SSH session`)
-  await sb.destroy()
 })
 
 test('an exception thrown in onStdout surfaces as uncaughtException and the command still settles', async (t) => {
-  const srv = await startLocal(t)
-  const key = native.keygen()
-  const sb = await provider(srv, { sshPrivateKey: key.privateKey }).sandbox.create()
-  const r = await runChild(['throw-in-callback', srv.url, srv.token, sb.sandboxId], { FLY_SSH_PRIVATE_KEY: key.privateKey })
+  const r = await runChildOnSandbox(t, 'throw-in-callback')
   assert.equal(r.signal, null, r.err)
   assert.equal(r.code, 0, r.err)
   assert.match(r.out, /^uncaught thrown in onStdout$/m)
   assert.match(r.out, /^settled /m, 'the promise settled')
-  await sb.destroy()
 })
