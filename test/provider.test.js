@@ -148,7 +148,7 @@ test('invalid config and options are typed errors', async () => {
     assert.throws(() => fly(bad), (e) => e.code === 'ERR_INVALID_ARG', JSON.stringify(bad))
   }
   const p = provider(srv)
-  for (const opts of [{ envs: { 'BAD-NAME': 'x' } }, { cpus: -1 }, { timeout: 'soon' }, { image: '' }]) {
+  for (const opts of [{ envs: { 'BAD-NAME': 'x' } }, { cpus: -1 }, { timeout: 'soon' }, { image: '' }, { signal: 'soon' }]) {
     const err = await rejects(p.sandbox.create(opts))
     assert.equal(err.code, 'ERR_INVALID_ARG', JSON.stringify(opts))
   }
