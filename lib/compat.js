@@ -35,10 +35,12 @@ function withSeedExtras (provider, ctx) {
     } catch (err) {
       const ours = options && ctx.state.creating.get(options)
       if (err.name !== 'AbortError' || !ours) throw err
-      // Finished just as the signal fired: the generated manager destroys
-      // that sandbox in the background; do it here, before answering.
-      await ours.then((r) => destroy(ctx, r.sandboxId), (e) => { if (e.name === 'AbortError') err = e })
-      throw err
+      // Our create's answer, once it has removed what it made.  One that
+      // finished just as the signal fired returned a sandbox, which the
+      // generated manager destroys in the background: do it here first.
+      throw await ours.then(
+        async (r) => { await destroy(ctx, r.sandboxId); return abortError(signal, 'create') },
+        (e) => e.name === 'AbortError' ? e : abortError(signal, 'create'))
     }
   }
   mgr.getById = async (sandboxId) => augment(await getById(sandboxId))
