@@ -1,15 +1,16 @@
 'use strict'
 // The Machines API calls the provider makes, on the native client.
 const native = require('./native')
+const { requireToken } = require('./config')
 
-function call (ctx, op, params, extra) {
+function call (config, op, params, extra) {
   const req = {
-    baseUrl: ctx.baseUrl,
-    token: ctx.requireToken(),
+    baseUrl: config.baseUrl,
+    token: requireToken(config),
     op,
     params: params || {}
   }
-  if (ctx.retry) req.retry = ctx.retry
+  if (config.retry) req.retry = config.retry
   if (extra) {
     if (extra.query) req.query = toQuery(extra.query)
     if (extra.body !== undefined) req.body = typeof extra.body === 'string' ? extra.body : JSON.stringify(extra.body)

@@ -1,8 +1,7 @@
 'use strict'
-// Resolves a FlyConfig (plus environment fallbacks) into the settings every
-// method uses.  Type errors are thrown at once; a missing token is reported
-// when a method needs it, as ComputeSDK providers do.
-const native = require('./native')
+// Resolves a FlyConfig (plus environment fallbacks) once, into the frozen
+// settings every method reads.  Type errors are thrown at once; a missing
+// token is reported when a method needs it, as ComputeSDK providers do.
 const { flyError, invalidArg } = require('./errors')
 
 const DEFAULTS = {
@@ -64,9 +63,7 @@ function resolveConfig (config) {
     maxOutputBytes: optInt(config, 'maxOutputBytes', 1, 2 ** 31) || DEFAULTS.maxOutputBytes,
     connectTimeoutMs: optInt(config, 'connectTimeoutMs', 100, 600000) || DEFAULTS.connectTimeoutMs,
     startTimeoutMs: optInt(config, 'startTimeoutMs', 1000, 3600000) || DEFAULTS.startTimeoutMs,
-    retry: undefined,
-    // sandboxIds destroyed through this provider: later calls fail fast.
-    destroyed: new Set()
+    retry: undefined
   }
   if (!/^https?:\/\/[^\s/]+/.test(r.baseUrl)) {
     throw invalidArg('fly(): apiHostname must be an http:// or https:// URL')
@@ -85,35 +82,18 @@ function resolveConfig (config) {
         throw invalidArg(`fly(): retry.${k} must be a non-negative integer`)
       }
     }
-    r.retry = { baseMs: rt.baseMs, maxMs: rt.maxMs, totalMs: rt.totalMs }
+    r.retry = Object.freeze({ baseMs: rt.baseMs, maxMs: rt.maxMs, totalMs: rt.totalMs })
   }
-
-  // The client key: the configured one, or one generated per provider (on
-  // first use), injected into every sandbox as the sandbox user's key.
-  let key = null
-  r.clientKey = () => {
-    if (key === null) {
-      if (r.sshPrivateKey) {
-        try {
-          const info = native.keyInfo(r.sshPrivateKey)
-          key = { privateKey: r.sshPrivateKey, publicKey: info.publicKey, fingerprint: info.fingerprint }
-        } catch (err) {
-          throw invalidArg('fly(): sshPrivateKey must be an unencrypted OpenSSH ed25519 private key')
-        }
-      } else {
-        key = native.keygen()
-      }
-    }
-    return key
-  }
-  r.requireToken = () => {
-    if (!r.token) {
-      throw flyError('FLY_UNAUTHORIZED', 'Missing Fly.io API token. Provide apiToken in config or set the ' +
-        'FLY_API_TOKEN environment variable (or start fly-local and pass its token).')
-    }
-    return r.token
-  }
-  return r
+  return Object.freeze(r)
 }
 
-module.exports = { resolveConfig, DEFAULTS }
+// A missing token is reported when a method needs it, not at fly().
+function requireToken (config) {
+  if (!config.token) {
+    throw flyError('FLY_UNAUTHORIZED', 'Missing Fly.io API token. Provide apiToken in config or set the ' +
+      'FLY_API_TOKEN environment variable (or start fly-local and pass its token).')
+  }
+  return config.token
+}
+
+module.exports = { resolveConfig, requireToken, DEFAULTS }

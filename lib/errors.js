@@ -15,4 +15,13 @@ function invalidArg (message) {
   return err
 }
 
-module.exports = { flyError, invalidArg }
+// An aborted operation, as Node's own AbortError: name 'AbortError', code
+// 'ABORT_ERR', the signal's reason as `cause`.
+function abortError (signal, what) {
+  const err = new Error(`${what} was aborted`, { cause: signal.reason })
+  err.name = 'AbortError'
+  err.code = 'ABORT_ERR'
+  return err
+}
+
+module.exports = { flyError, invalidArg, abortError }

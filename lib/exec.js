@@ -1,10 +1,9 @@
 'use strict'
-// Running commands and code in a sandbox: over SSH (the default) or through
-// the Machines API exec endpoint.  Output stays bytes until here; it is
-// decoded as UTF-8 at this edge, with a StringDecoder per stream so that a
-// character split across chunks is never mangled.
+// Running commands and code in a sandbox, on the provider's transport
+// (lib/transport/).  Output stays bytes until here; it is decoded as UTF-8
+// at this edge, with a StringDecoder per stream so that a character split
+// across chunks is never mangled.
 const { StringDecoder } = require('string_decoder')
-const native = require('./native')
 const { flyError, invalidArg } = require('./errors')
 
 // The documented guess when runCode gets no runtime: a shebang decides;
@@ -32,6 +31,11 @@ const INTERPRETERS = {
   js: ['node', '-']
 }
 
+// The rule for environment variable names (runCommand's env, create's envs).
+function validEnvName (name) {
+  return /^[A-Za-z_][A-Za-z0-9_]*$/.test(name)
+}
+
 function commandSpec (command, options) {
   if (typeof command !== 'string') throw invalidArg('runCommand: command must be a string')
   const o = options || {}
@@ -53,7 +57,7 @@ function commandSpec (command, options) {
     if (o.env === null || typeof o.env !== 'object') throw invalidArg('runCommand: env must be an object of strings')
     spec.env = {}
     for (const [k, v] of Object.entries(o.env)) {
-      if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw invalidArg(`runCommand: invalid environment variable name ${JSON.stringify(k)}`)
+      if (!validEnvName(k)) throw invalidArg(`runCommand: invalid environment variable name ${JSON.stringify(k)}`)
       if (v === undefined || v === null) continue
       spec.env[k] = String(v)
     }
@@ -68,12 +72,13 @@ function commandSpec (command, options) {
   return spec
 }
 
-async function execSsh (sb, spec, stdin, stream) {
-  const ctx = sb._ctx
-  const req = { ...spec, target: sb._target(), maxOutputBytes: ctx.maxOutputBytes }
-  if (stdin !== undefined) req.stdin = stdin
+// Runs a command spec on the provider's transport; stream carries the
+// onStdout/onStderr callbacks.  Streamed output is decoded chunk by chunk
+// and the result's stdout/stderr are exactly what the callbacks were given.
+async function execute (sb, spec, stdin, stream) {
+  const { config, transport } = sb._ctx
   if (!stream) {
-    const r = await sb._ssh(() => native.sshExec(req))
+    const r = await transport.exec(sb, spec, { stdin })
     return { stdout: r.stdout.toString('utf8'), stderr: r.stderr.toString('utf8'), exitCode: r.exitCode }
   }
   const dec = [null, new StringDecoder('utf8'), new StringDecoder('utf8')]
@@ -85,66 +90,25 @@ async function execSsh (sb, spec, stdin, stream) {
     parts[i].push(text)
     if (typeof cbs[i] === 'function') cbs[i](text)
   }
-  req.onChunk = (i, chunk) => {
+  const onChunk = (i, chunk) => {
     total += chunk.length
-    if (total <= ctx.maxOutputBytes) emit(i, dec[i].write(chunk))
+    if (total <= config.maxOutputBytes) emit(i, dec[i].write(chunk))
   }
-  const r = await sb._ssh(() => native.sshExec(req))
+  const r = await transport.exec(sb, spec, { stdin, onChunk })
   emit(1, dec[1].end())
   emit(2, dec[2].end())
-  if (total > ctx.maxOutputBytes) {
-    throw flyError('ERR_OUTPUT_LIMIT', `command output exceeded maxOutputBytes (${ctx.maxOutputBytes} bytes)`)
+  if (total > config.maxOutputBytes) {
+    throw flyError('ERR_OUTPUT_LIMIT', `command output exceeded maxOutputBytes (${config.maxOutputBytes} bytes)`)
   }
   return { stdout: parts[1].join(''), stderr: parts[2].join(''), exitCode: r.exitCode }
 }
 
-// The exec endpoint runs as the machine's root; drop to the sandbox user
-// (as SSH would log in), so files and processes belong to the same user
-// whichever transport made them.  Without runuser or the user there is no
-// safe way to do that: fail (exit 125 with a marker) rather than run as root.
-const NO_USER = 'computesdk-exec:'
-const AS_USER = `command -v runuser >/dev/null 2>&1 || { echo "${NO_USER} runuser is missing in the image" >&2; exit 125; }; ` +
-  `id -u "$1" >/dev/null 2>&1 || { echo "${NO_USER} no user $1 in the image" >&2; exit 125; }; ` +
-  'exec runuser -u "$1" -- sh -c "$2"'
-
-const SIGNALS = { HUP: 1, INT: 2, QUIT: 3, ILL: 4, TRAP: 5, ABRT: 6, BUS: 7, FPE: 8, KILL: 9, USR1: 10, SEGV: 11, USR2: 12, PIPE: 13, ALRM: 14, TERM: 15 }
-
-// Runs a command spec through POST /machines/{id}/exec; the same result
-// shape as over SSH.  Used by the exec transport for commands and files.
-async function execApi (sb, spec, stdin) {
-  const cmd = native.buildCommand(spec)
-  const secs = spec.timeoutMs ? Math.ceil(spec.timeoutMs / 1000) + 5 : 60
-  const body = { command: ['sh', '-c', AS_USER, 'sh', sb._ctx.sshUser, cmd], timeout: secs }
-  if (stdin !== undefined) body.stdin = Buffer.isBuffer(stdin) ? stdin.toString('utf8') : stdin
-  const r = await sb._api('machine.exec', { body, timeoutMs: (secs + 15) * 1000 })
-  const b = r.body || {}
-  let exitCode = typeof b.exit_code === 'number' ? b.exit_code : 0
-  if (b.exit_signal) {
-    const n = Number(b.exit_signal) || SIGNALS[String(b.exit_signal).replace(/^SIG/, '')] || 0
-    exitCode = 128 + n
-  }
-  if (exitCode === 125 && typeof b.stderr === 'string' && b.stderr.startsWith(NO_USER)) {
-    throw flyError('FLY_EXEC_NO_USER', `exec transport: ${b.stderr.slice(NO_USER.length).trim()}; ` +
-      `commands are never run as root (sandbox ${sb.sandboxId}, user ${sb._ctx.sshUser})`)
-  }
-  return { stdout: b.stdout || '', stderr: b.stderr || '', exitCode }
-}
-
-// runCommand and streamCommand share this; stream carries the callbacks.
+// runCommand and streamCommand share this.
 async function run (sb, command, options, stream) {
   const spec = commandSpec(command, options)
   if (stream && spec.background) throw invalidArg('runCommand: streaming callbacks cannot be used with background')
   const started = Date.now()
-  let r
-  if (sb._ctx.transport === 'exec') {
-    r = await execApi(sb, spec)
-    if (stream) {
-      if (r.stdout && typeof stream.onStdout === 'function') stream.onStdout(r.stdout)
-      if (r.stderr && typeof stream.onStderr === 'function') stream.onStderr(r.stderr)
-    }
-  } else {
-    r = await execSsh(sb, spec, undefined, stream)
-  }
+  const r = await execute(sb, spec, undefined, stream)
   return { stdout: r.stdout, stderr: r.stderr, exitCode: r.exitCode, durationMs: Date.now() - started }
 }
 
@@ -157,9 +121,7 @@ async function runCode (sb, code, runtime) {
   const spec = { argv }
   const started = Date.now()
   // The code is the interpreter's stdin: data, never part of a command line.
-  const r = sb._ctx.transport === 'exec'
-    ? await execApi(sb, spec, code)
-    : await execSsh(sb, spec, code)
+  const r = await execute(sb, spec, code)
   const durationMs = Date.now() - started
   const lang = argv[0] === 'node' ? 'node' : 'python'
   return {
@@ -175,4 +137,4 @@ async function runCode (sb, code, runtime) {
   }
 }
 
-module.exports = { run, runCode, detectRuntime, execApi }
+module.exports = { run, runCode, detectRuntime, validEnvName }

@@ -59,6 +59,12 @@ export interface FlyCreateOptions extends CreateSandboxOptions {
   ports?: number[]
   /** Skip the SSH connect that create does before returning (default: connect). */
   waitForSsh?: boolean
+  /**
+   * Aborts the create at any stage: an aborted signal throws at once (nothing is sent); later,
+   * the machine made so far is destroyed before create rejects with an `AbortError`
+   * (`code` 'ABORT_ERR', `cause` the signal's reason, `sandboxId`/`machineId` when a machine existed).
+   */
+  signal?: AbortSignal
 }
 
 /** Options of runCommand; `args` is set by the runCommand(command, args) form. */
@@ -132,6 +138,7 @@ export interface FlyProvider extends Omit<Provider<FlyMachine>, 'sandbox'> {
     create(options?: FlyCreateOptions): Promise<FlySandbox>
     getById(sandboxId: string): Promise<FlySandbox | null>
     list(): Promise<FlySandbox[]>
+    /** Idempotent (a gone machine is success); rejects with FLY_DESTROY_FAILED (`cause`) when the machine could not be removed. */
     destroy(sandboxId: string): Promise<void>
   }
 }
@@ -149,6 +156,13 @@ export interface FlyError extends Error {
   path?: string
   /** FLY_MACHINE_NOT_RUNNING: the machine's state. */
   state?: string
+  /** A failed or aborted create (whose machine was then destroyed), FLY_DESTROY_FAILED: the sandbox concerned. */
+  sandboxId?: string
+  machineId?: string
+  /** FLY_DESTROY_FAILED: the API error that stopped the removal; ABORT_ERR: the signal's reason. */
+  cause?: unknown
+  /** A failed create whose machine could not be removed either: that error (the machine may be left). */
+  destroyError?: FlyError
 }
 
 export default fly

@@ -4,7 +4,7 @@
 const test = require('node:test')
 const assert = require('node:assert/strict')
 const crypto = require('crypto')
-const { startLocal, provider, rejects, native } = require('./helpers/fly')
+const { startLocal, provider, rejects, native, call, q, closeSessions } = require('./helpers/fly')
 
 let srv, p, sb
 test.before(async () => {
@@ -101,7 +101,7 @@ test('runCode: 1 MiB of code travels as data', async () => {
 })
 
 test('50 commands at once on one sandbox, each result matched', async () => {
-  const before = native.sshStats ? native.sshStats().connects : 0
+  const before = native.sshStats().connects
   const tokens = Array.from({ length: 50 }, () => crypto.randomBytes(6).toString('hex'))
   const results = await Promise.all(tokens.map((t, i) =>
     sb.runCommand(`echo ${t}; echo ${i} >&2; exit ${i % 7}`)))
@@ -110,7 +110,7 @@ test('50 commands at once on one sandbox, each result matched', async () => {
     assert.equal(r.stderr, `${i}\n`)
     assert.equal(r.exitCode, i % 7)
   })
-  if (native.sshStats) assert.equal(native.sshStats().connects, before, 'the session was reused')
+  assert.equal(native.sshStats().connects, before, 'no new connection: the session was reused')
 })
 
 test('streaming: chunks arrive while the command runs and add up to stdout', async () => {
@@ -193,10 +193,10 @@ test('a swapped host key is refused and nothing is sent', async () => {
   const other = await p.sandbox.create()
   const machine = other.sandboxId.split(':')[1]
   await srv.swapHostKey(machine)
-  await native.sshClose({ key: other.sandboxId })
+  await closeSessions(other)
   const err = await rejects(other.runCommand('touch /tmp/should-not-exist'))
   assert.equal(err.code, 'SSH_HOSTKEY_MISMATCH')
-  const ex = await require('./helpers/fly').call(srv, 'machine.exec', { app: other.sandboxId.split(':')[0], machine },
+  const ex = await call(srv, 'machine.exec', { app: other.sandboxId.split(':')[0], machine },
     { body: JSON.stringify({ command: ['sh', '-c', 'test -e /tmp/should-not-exist; echo $?'] }) })
   assert.equal(ex.body.stdout, '1\n')
   await other.destroy()
@@ -214,7 +214,6 @@ test('password authentication when configured', async () => {
 // and the exec transport use), to look at what the sandbox user cannot.
 async function asRoot (s, script) {
   const [app, machine] = s.sandboxId.split(':')
-  const { call } = require('./helpers/fly')
   const r = await call(srv, 'machine.exec', { app, machine }, { body: JSON.stringify({ command: ['sh', '-c', script] }) })
   return r.body
 }
@@ -223,10 +222,13 @@ test('getById in another provider instance authorizes its own key', async () => 
   const appName = sb.sandboxId.split(':')[0]
   const p2 = provider(srv, { appName })
   const again = await p2.sandbox.getById(sb.sandboxId)
-  // A new connection, as another process would make, with p2's own key.
-  await native.sshClose({ key: sb.sandboxId })
+  // p2's own key: its own session (a new connection, as another process
+  // would make), never the one p opened.
+  const before = await sb.runCommand('wc -l < /etc/computesdk/authorized_keys')
   const r = await again.runCommand('echo second-client; wc -l < /etc/computesdk/authorized_keys')
-  assert.equal(r.stdout, 'second-client\n2\n', 'a second key was authorized')
+  assert.equal(r.stdout, `second-client\n${Number(before.stdout) + 1}\n`, "p2's key was authorized")
+  const keys = await asRoot(sb, 'cat /etc/computesdk/authorized_keys')
+  assert.ok(keys.stdout.split('\n').includes(again.getInstance()._ctx.state.clientKey.publicKey))
 })
 
 test('re-authorisation never writes as root where the sandbox user can reach', async () => {
@@ -238,7 +240,6 @@ test('re-authorisation never writes as root where the sandbox user can reach', a
   assert.equal(plant.exitCode, 0, plant.stderr)
   const p2 = provider(srv, { appName: s.sandboxId.split(':')[0] })
   const again = await p2.sandbox.getById(s.sandboxId)
-  await native.sshClose({ key: s.sandboxId })
   const r = await again.runCommand('id -un; cat /etc/shadow >/dev/null 2>&1 && echo READABLE || echo denied')
   assert.equal(r.stdout, 'sandbox\ndenied\n', 'the second provider gets in as the sandbox user, not root')
   const after = await asRoot(s, 'sha256sum /etc/shadow /etc/passwd; stat -c "%U %a" /etc/shadow')
@@ -292,10 +293,11 @@ test('exec transport: same result shape through the Machines API', async () => {
 })
 
 test('a stopped machine and a destroyed sandbox give clear errors', async () => {
-  const quick = provider(srv, { connectTimeoutMs: 1000 })
-  const s = await quick.sandbox.create()
+  // Created with the default connect bound (a loaded host can take more
+  // than a second); only the calls after the stop use the short one.
+  const made = await p.sandbox.create()
+  const s = await provider(srv, { appName: made.sandboxId.split(':')[0], connectTimeoutMs: 1000 }).sandbox.getById(made.sandboxId)
   const [app, machine] = s.sandboxId.split(':')
-  const { call, q } = require('./helpers/fly')
   const m = (await call(srv, 'machine.get', { app, machine })).body
   await call(srv, 'machine.stop', { app, machine }, { body: '{}' })
   await call(srv, 'machine.wait', { app, machine }, { query: q({ state: 'stopped', version: m.instance_id || m.version, timeout: 30 }) })
@@ -317,4 +319,24 @@ test('a command line too long for one argument is a clear error; the same data t
   assert.match(err.message, /stdin or in a file/)
   const r = await sb.runCode(`print(len("${big}"))`, 'python')
   assert.equal(r.stdout, `${big.length}\n`)
+})
+
+test('sessions are never shared across credentials: a wrong password fails, not rides on another session', async () => {
+  assert.equal((await sb.runCommand('echo a')).stdout, 'a\n') // p's session is open
+  const appName = sb.sandboxId.split(':')[0]
+  const wrong = await provider(srv, { appName, sshPassword: 'wrong' }).sandbox.getById(sb.sandboxId)
+  const err = await rejects(wrong.runCommand('touch /tmp/made-with-a-wrong-password'))
+  assert.equal(err.code, 'SSH_AUTH_FAILED')
+  assert.ok(!err.message.includes('wrong'), 'the password is not in the message')
+  const left = await sb.runCommand('test -e /tmp/made-with-a-wrong-password; echo $?')
+  assert.equal(left.stdout, '1\n', 'nothing ran')
+})
+
+test('exec transport: a reply without an exit status is an error, not exit 0', async () => {
+  const [appName, machine] = sb.sandboxId.split(':')
+  const ex = await provider(srv, { appName, transport: 'exec' }).sandbox.getById(sb.sandboxId)
+  srv.faults.add({ method: 'POST', machine, path: /\/exec$/, status: 200, body: { stdout: 'looks fine\n', stderr: '' } })
+  const err = await rejects(ex.runCommand('exit 3'))
+  assert.equal(err.code, 'FLY_EXEC_NO_STATUS')
+  assert.equal((await ex.runCommand('exit 3')).exitCode, 3)
 })

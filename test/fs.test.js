@@ -3,7 +3,7 @@
 const test = require('node:test')
 const assert = require('node:assert/strict')
 const crypto = require('crypto')
-const { startLocal, provider, rejects } = require('./helpers/fly')
+const { startLocal, provider, rejects, call } = require('./helpers/fly')
 
 let srv, sb, fs
 test.before(async () => {
@@ -139,4 +139,18 @@ test('through the ComputeSDK wrapper and on the exec transport', async () => {
   assert.equal(err.code, 'SFTP_NO_SUCH_FILE')
   await efs.remove(`${base}/exec dir`)
   assert.equal(await efs.exists(`${base}/exec dir`), false)
+})
+
+test('exec transport: readdir takes any path as a path, even "-delete"', async () => {
+  const [appName, machine] = sb.sandboxId.split(':')
+  const efs = (await provider(srv, { appName, transport: 'exec' }).sandbox.getById(sb.sandboxId)).filesystem
+  // Relative to the exec endpoint's working directory, "/", where only root
+  // can make it.
+  const made = await call(srv, 'machine.exec', { app: appName, machine }, {
+    body: JSON.stringify({ command: ['sh', '-c', 'mkdir -p /-delete /"(" && touch /-delete/keep /"("/kept && chown -R sandbox /-delete /"("'] })
+  })
+  assert.equal(made.body.exit_code, 0, made.body.stderr)
+  assert.deepEqual((await efs.readdir('-delete')).map((e) => e.name), ['keep'])
+  assert.deepEqual((await efs.readdir('(')).map((e) => e.name), ['kept'])
+  assert.equal(await efs.exists('/-delete/keep'), true, 'nothing was deleted')
 })

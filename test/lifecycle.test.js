@@ -1,18 +1,19 @@
 'use strict'
 // Process lifetime with the native I/O thread: an idle client does not keep
-// the process alive, and a process that exits with requests in flight
-// neither crashes nor hangs.  Both run in forked children.
+// the process alive, a process that exits with requests in flight neither
+// crashes nor hangs, and an exception thrown by a user's callback surfaces
+// as 'uncaughtException'.  Each runs in a forked child (fixtures/child.js).
 const test = require('node:test')
 const assert = require('node:assert/strict')
 const { spawn } = require('child_process')
 const path = require('path')
-const { startLocal, call, appName, provider } = require('./helpers/fly')
+const { startLocal, call, appName, provider, native } = require('./helpers/fly')
 
 const child = path.join(__dirname, 'fixtures', 'child.js')
 
-function runChild (args) {
+function runChild (args, env) {
   return new Promise((resolve) => {
-    const p = spawn(process.execPath, [child, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+    const p = spawn(process.execPath, [child, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } })
     let out = ''
     let err = ''
     p.stdout.on('data', (d) => { out += d })
@@ -44,40 +45,38 @@ test('exit with requests in flight neither crashes nor hangs', async (t) => {
   assert.equal(r.code, 7, r.err)
 })
 
-test('exit with SSH commands and a file transfer in flight neither crashes nor hangs', async (t) => {
+// A fly-local sandbox whose client key the child also gets (in
+// FLY_SSH_PRIVATE_KEY); runs the child on it, then destroys the sandbox.
+async function runChildOnSandbox (t, mode, prepare) {
   const srv = await startLocal(t)
-  const key = require('./helpers/fly').native.keygen()
-  const p = provider(srv, { sshPrivateKey: key.privateKey })
-  const sb = await p.sandbox.create()
-  t.after(() => sb.destroy())
-  await sb.runCommand('head -c 20000000 /dev/urandom > /tmp/big')
-  const r = await new Promise((resolve) => {
-    const c = spawn(process.execPath, [child, 'inflight-ssh', srv.url, srv.token, sb.sandboxId],
-      { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, FLY_SSH_PRIVATE_KEY: key.privateKey } })
-    let err = ''
-    c.stderr.on('data', (d) => { err += d })
-    c.on('exit', (code, signal) => resolve({ code, signal, err }))
-  })
+  const key = native.keygen()
+  const sb = await provider(srv, { sshPrivateKey: key.privateKey }).sandbox.create()
+  try {
+    if (prepare) await prepare(sb)
+    return await runChild([mode, srv.url, srv.token, sb.sandboxId], { FLY_SSH_PRIVATE_KEY: key.privateKey })
+  } finally {
+    await sb.destroy()
+  }
+}
+
+test('exit with SSH commands and a file transfer in flight neither crashes nor hangs', async (t) => {
+  const r = await runChildOnSandbox(t, 'inflight-ssh', (sb) => sb.runCommand('head -c 20000000 /dev/urandom > /tmp/big'))
   assert.equal(r.signal, null, r.err)
   assert.equal(r.code, 7, r.err)
 })
 
 test('an open SSH session does not keep the process alive either', async (t) => {
-  const srv = await startLocal(t)
-  const key = require('./helpers/fly').native.keygen()
-  const sb = await provider(srv, { sshPrivateKey: key.privateKey }).sandbox.create()
-  t.after(() => sb.destroy())
-  const r = await new Promise((resolve) => {
-    const c = spawn(process.execPath, [child, 'idle-ssh', srv.url, srv.token, sb.sandboxId],
-      { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, FLY_SSH_PRIVATE_KEY: key.privateKey } })
-    let out = ''
-    let err = ''
-    c.stdout.on('data', (d) => { out += d })
-    c.stderr.on('data', (d) => { err += d })
-    c.on('exit', (code, signal) => resolve({ code, signal, out, err }))
-  })
+  const r = await runChildOnSandbox(t, 'idle-ssh')
   assert.equal(r.code, 0, r.err)
   assert.match(r.out, /^over-ssh\n/)
   const lingered = Number(/lingered (\d+)/.exec(r.out)[1])
   assert.ok(lingered < 1000, `lingered ${lingered} ms with an idle SSH session`)
+})
+
+test('an exception thrown in onStdout surfaces as uncaughtException and the command still settles', async (t) => {
+  const r = await runChildOnSandbox(t, 'throw-in-callback')
+  assert.equal(r.signal, null, r.err)
+  assert.equal(r.code, 0, r.err)
+  assert.match(r.out, /^uncaught thrown in onStdout$/m)
+  assert.match(r.out, /^settled /m, 'the promise settled')
 })

@@ -3,7 +3,9 @@
 // getInfo, getById, list, destroy, getUrl, config and its errors.
 const test = require('node:test')
 const assert = require('node:assert/strict')
-const { startLocal, provider, call, rejects } = require('./helpers/fly')
+const net = require('net')
+const { startLocal, startProxy, closeSessions, provider, call, q, rejects, native } = require('./helpers/fly')
+const { RECENT_LIMIT } = require('../lib/context')
 const { fly } = require('..')
 
 let srv
@@ -146,26 +148,125 @@ test('invalid config and options are typed errors', async () => {
     assert.throws(() => fly(bad), (e) => e.code === 'ERR_INVALID_ARG', JSON.stringify(bad))
   }
   const p = provider(srv)
-  for (const opts of [{ envs: { 'BAD-NAME': 'x' } }, { cpus: -1 }, { timeout: 'soon' }, { image: '' }]) {
+  for (const opts of [{ envs: { 'BAD-NAME': 'x' } }, { cpus: -1 }, { timeout: 'soon' }, { image: '' }, { signal: 'soon' }]) {
     const err = await rejects(p.sandbox.create(opts))
     assert.equal(err.code, 'ERR_INVALID_ARG', JSON.stringify(opts))
   }
   assert.deepEqual(await p.sandbox.list(), [])
 })
 
-test('create honours an AbortSignal and leaves no orphan', async () => {
-  const p = provider(srv)
+test('create: an already aborted signal throws at once and sends nothing', async (t) => {
+  const seen = []
+  const proxy = await startProxy(t, srv, { onRequest: (method, path) => seen.push(`${method} ${path}`) })
   const ac = new AbortController()
-  const pending = p.sandbox.create({ signal: ac.signal })
-  ac.abort()
-  await assert.rejects(pending, (e) => e.name === 'AbortError')
-  // The generated manager destroys the late sandbox; wait for the list to
-  // empty (bounded by the test's own timeout).
-  for (;;) {
-    const all = await p.sandbox.list()
-    if (all.length === 0) break
-    await new Promise((resolve) => setImmediate(resolve))
+  ac.abort(new Error('changed my mind'))
+  const err = await rejects(provider(proxy).sandbox.create({ signal: ac.signal }))
+  assert.equal(err.name, 'AbortError')
+  assert.equal(err.code, 'ABORT_ERR')
+  assert.equal(err.cause.message, 'changed my mind')
+  assert.deepEqual(seen, [])
+})
+
+test('create: an abort while it waits for the machine removes it before create rejects; signal stays out of the config', async (t) => {
+  const ac = new AbortController()
+  let createBody = null
+  const proxy = await startProxy(t, srv, {
+    onRequest: (method, path, body) => {
+      if (method === 'POST' && /\/machines$/.test(path)) createBody = JSON.parse(body)
+      if (method === 'GET' && /\/wait\?.*state=started/.test(path)) ac.abort()
+    }
+  })
+  const p = provider(proxy)
+  const err = await rejects(p.sandbox.create({ signal: ac.signal }))
+  assert.equal(err.name, 'AbortError')
+  assert.equal(err.code, 'ABORT_ERR')
+  assert.match(err.sandboxId, /^[a-z0-9-]+:[0-9a-f]+$/)
+  assert.equal(await p.sandbox.getById(err.sandboxId), null, 'the machine is gone when create rejects')
+  assert.deepEqual(await p.sandbox.list(), [])
+  assert.ok(createBody, 'the create was sent')
+  assert.ok(!JSON.stringify(createBody).includes('signal'), JSON.stringify(createBody).slice(0, 200))
+})
+
+test('create: an abort during the SSH check removes the machine before create rejects', async (t) => {
+  const ac = new AbortController()
+  // An sshd that accepts and never answers: the check is under way when
+  // the connection arrives.
+  const silent = net.createServer((sock) => {
+    ac.abort()
+    sock.on('error', () => {})
+  })
+  await new Promise((resolve) => silent.listen(0, '127.0.0.1', resolve))
+  t.after(() => silent.close())
+  const p = provider(srv, { sshHost: '127.0.0.1', sshPort: silent.address().port })
+  const err = await rejects(p.sandbox.create({ signal: ac.signal }))
+  assert.equal(err.code, 'ABORT_ERR')
+  assert.equal(await p.sandbox.getById(err.sandboxId), null)
+  assert.deepEqual(await p.sandbox.list(), [])
+})
+
+test('create is all or nothing: a machine that never starts is removed and the error names it', async () => {
+  const p = provider(srv)
+  const fault = srv.faults.add({ method: 'GET', path: /\/wait$/, status: 503, times: Infinity })
+  let err
+  try {
+    err = await rejects(p.sandbox.create())
+  } finally {
+    srv.faults.remove(fault)
   }
+  assert.equal(err.code, 'FLY_UNAVAILABLE')
+  assert.match(err.message, /^Failed to create Fly\.io sandbox/)
+  assert.equal(err.sandboxId, `${err.sandboxId.split(':')[0]}:${err.machineId}`)
+  assert.equal(await p.sandbox.getById(err.sandboxId), null)
+})
+
+test('destroy reports a machine it could not remove, and succeeds once it can', async () => {
+  const p = provider(srv)
+  const sb = await p.sandbox.create()
+  const machine = sb.sandboxId.split(':')[1]
+  const fault = srv.faults.add({ method: 'DELETE', machine, status: 503, times: Infinity })
+  let err
+  try {
+    err = await rejects(sb.destroy())
+  } finally {
+    srv.faults.remove(fault)
+  }
+  assert.equal(err.code, 'FLY_DESTROY_FAILED')
+  assert.equal(err.cause.code, 'FLY_UNAVAILABLE')
+  assert.equal(err.sandboxId, sb.sandboxId)
+  assert.notEqual(await p.sandbox.getById(sb.sandboxId), null, 'it is still there')
+  await sb.destroy()
+  assert.equal(await p.sandbox.getById(sb.sandboxId), null)
+})
+
+test('create pins the host key it generated, not the fingerprint the API echoes back', async (t) => {
+  const forged = 'SHA256:' + Buffer.alloc(32, 7).toString('base64').replace(/=+$/, '')
+  const proxy = await startProxy(t, srv, {
+    onReply: (method, path, json) => {
+      if (method !== 'GET' || !/\/machines\/[0-9a-f]+$/.test(path.split('?')[0]) || !json.config) return undefined
+      json.config.metadata = { ...json.config.metadata, computesdk_host_key_fp: forged }
+      return json
+    }
+  })
+  const p = provider(proxy)
+  const sb = await p.sandbox.create()
+  assert.notEqual(sb.getInstance().hostKeyFingerprint, forged)
+  await sb.getInfo() // re-reads the (forged) metadata
+  await closeSessions(sb)
+  assert.equal((await sb.runCommand('echo pinned')).stdout, 'pinned\n')
+  await sb.destroy()
+})
+
+test('the destroyed-ids table keeps only the most recent ids', async () => {
+  const p = provider(srv)
+  const sb = await p.sandbox.create({ waitForSsh: false })
+  const app = sb.sandboxId.split(':')[0]
+  const ids = Array.from({ length: RECENT_LIMIT + 50 }, (_, i) => `${app}:${(0x100000 + i).toString(16)}`)
+  for (let i = 0; i < ids.length; i += 100) await Promise.all(ids.slice(i, i + 100).map((id) => p.sandbox.destroy(id)))
+  await sb.destroy()
+  const destroyed = sb.getInstance()._ctx.state.destroyed
+  assert.equal(destroyed.size, RECENT_LIMIT)
+  assert.ok(destroyed.has(sb.sandboxId) && !destroyed.has(ids[0]))
+  assert.equal((await rejects(sb.runCommand('true'))).code, 'FLY_NOT_FOUND')
 })
 
 test('works through computesdk-style createCompute', async () => {
@@ -180,7 +281,6 @@ test('works through computesdk-style createCompute', async () => {
 })
 
 test('a create timeout ends the sandbox: it stops and is destroyed', async () => {
-  const { q } = require('./helpers/fly')
   const p = provider(srv)
   const sb = await p.sandbox.create({ timeout: 1000 })
   assert.equal((await sb.getInfo()).timeout, 1000)
@@ -192,7 +292,7 @@ test('a create timeout ends the sandbox: it stops and is destroyed', async () =>
 
 test('logging a provider or a sandbox does not show the token or keys', async () => {
   const util = require('util')
-  const key = require('./helpers/fly').native.keygen()
+  const key = native.keygen()
   const p = provider(srv, { sshPrivateKey: key.privateKey, sshPassword: 'pw-SECRET-123' })
   const sb = await p.sandbox.create({ waitForSsh: false })
   for (const shown of [util.inspect(p, { depth: 10 }), util.inspect(sb, { depth: 10 }),

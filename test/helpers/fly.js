@@ -1,16 +1,11 @@
 'use strict'
-// Test helpers: a fly-local server per test file and providers/clients
-// pointed at it.  Everything is on loopback.
+// Test helpers: a fly-local server per test file (test/helpers/local.js's
+// startLocal) and providers/clients pointed at it.  Everything is on loopback.
 const crypto = require('crypto')
-const local = require('../../lib/local')
+const http = require('http')
 const native = require('../../lib/native')
 const { fly } = require('../..')
-
-async function startLocal (t, opts) {
-  const srv = await local.start({ quiet: true, ...opts })
-  if (t) t.after(() => srv.stop())
-  return srv
-}
+const { startLocal } = require('./local')
 
 function appName (prefix) {
   return `${prefix || 't'}-${crypto.randomBytes(4).toString('hex')}`
@@ -38,6 +33,7 @@ function q (obj) {
   return Object.entries(obj).flatMap(([k, v]) => (Array.isArray(v) ? v : [v]).map((x) => [k, String(x)]))
 }
 
+// The error a promise rejects with (fails the test when it resolves).
 async function rejects (promise) {
   try {
     await promise
@@ -47,4 +43,51 @@ async function rejects (promise) {
   throw new Error('expected a rejection')
 }
 
-module.exports = { startLocal, provider, call, q, appName, rejects, FAST_RETRY, native }
+// A loopback HTTP proxy in front of fly-local, for tests that must see a
+// request as it happens (onRequest(method, path, body)) or change what the
+// API answers (onReply(method, path, json) returns the JSON to send, or
+// undefined to leave it).  Returns what provider() takes: { url, token }.
+async function startProxy (t, srv, { onRequest, onReply } = {}) {
+  const up = new URL(srv.url)
+  const server = http.createServer((req, res) => {
+    const chunks = []
+    req.on('data', (c) => chunks.push(c))
+    req.on('end', () => {
+      const body = Buffer.concat(chunks)
+      if (onRequest) onRequest(req.method, req.url, body.toString('utf8'))
+      const fwd = http.request({ host: up.hostname, port: up.port, method: req.method, path: req.url, headers: req.headers }, (ur) => {
+        const parts = []
+        ur.on('data', (c) => parts.push(c))
+        ur.on('end', () => {
+          let out = Buffer.concat(parts)
+          const headers = { ...ur.headers }
+          if (onReply && /json/.test(headers['content-type'] || '') && out.length > 0) {
+            const json = onReply(req.method, req.url, JSON.parse(out))
+            if (json !== undefined) out = Buffer.from(JSON.stringify(json))
+          }
+          delete headers['transfer-encoding']
+          headers['content-length'] = out.length
+          res.writeHead(ur.statusCode, headers)
+          res.end(out)
+        })
+      })
+      fwd.on('error', () => res.destroy())
+      fwd.end(body)
+    })
+  })
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.after(() => new Promise((resolve) => {
+    server.closeAllConnections()
+    server.close(resolve)
+  }))
+  return { url: `http://127.0.0.1:${server.address().port}`, token: srv.token }
+}
+
+// Closes the SSH sessions a sandbox's provider holds, so that its next call
+// connects anew (as another process would).
+function closeSessions (sandbox) {
+  const m = typeof sandbox.getInstance === 'function' ? sandbox.getInstance() : sandbox
+  return require('../../lib/transport/ssh').close(m._ctx, m.sandboxId)
+}
+
+module.exports = { startLocal, startProxy, closeSessions, provider, call, q, appName, rejects, FAST_RETRY, native }

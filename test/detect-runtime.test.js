@@ -1,5 +1,5 @@
 'use strict'
-// runCode's runtime guess when no runtime is given (documented in the README).
+// detectRuntime: runCode's guess when no runtime is given (documented in the README).
 const test = require('node:test')
 const assert = require('node:assert/strict')
 const { detectRuntime } = require('..')

@@ -1,0 +1,51 @@
+'use strict'
+// The seed's extras on the sandboxes ComputeSDK's generated manager hands
+// out: it gives them runCommand(command, options) only, while the seed's
+// usage also calls runCommand(command, args) and runCode(code, runtime),
+// and reads files back as Buffers.
+const { destroy } = require('./lifecycle')
+const { abortError } = require('./errors')
+
+function augment (psb) {
+  if (psb === null || psb === undefined) return psb
+  const machine = psb.getInstance()
+  const generatedRun = psb.runCommand.bind(psb)
+  psb.runCommand = (command, argsOrOptions, options) => Array.isArray(argsOrOptions)
+    ? generatedRun(command, { ...(options || {}), args: argsOrOptions })
+    : generatedRun(command, argsOrOptions)
+  psb.runCode = (code, runtime) => machine.runCode(code, runtime)
+  psb.filesystem = machine.filesystem
+  return psb
+}
+
+// Every sandbox the provider's manager returns gets the extras.  Also: the
+// generated create answers an abort at once, while our create is still
+// removing its machine; hold that answer until the removal is done, and
+// give our error (code ABORT_ERR, machineId, sandboxId) instead.
+function withSeedExtras (provider, ctx) {
+  const mgr = provider.sandbox
+  const create = mgr.create.bind(mgr)
+  const getById = mgr.getById.bind(mgr)
+  const list = mgr.list.bind(mgr)
+  mgr.create = async (options) => {
+    const signal = options && options.signal
+    if (signal && signal.aborted === true) throw abortError(signal, 'create')
+    try {
+      return augment(await create(options))
+    } catch (err) {
+      const ours = options && ctx.state.creating.get(options)
+      if (err.name !== 'AbortError' || !ours) throw err
+      // Our create's answer, once it has removed what it made.  One that
+      // finished just as the signal fired returned a sandbox, which the
+      // generated manager destroys in the background: do it here first.
+      throw await ours.then(
+        async (r) => { await destroy(ctx, r.sandboxId); return abortError(signal, 'create') },
+        (e) => e.name === 'AbortError' ? e : abortError(signal, 'create'))
+    }
+  }
+  mgr.getById = async (sandboxId) => augment(await getById(sandboxId))
+  mgr.list = async () => (await list()).map(augment)
+  return provider
+}
+
+module.exports = { withSeedExtras }

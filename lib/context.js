@@ -1,0 +1,61 @@
+'use strict'
+// What one provider instance holds, made once by fly(): `config`, the
+// frozen settings; `state`, everything that changes while it runs; and
+// `transport`, the way commands and files reach a machine.  defineProvider
+// keeps this object as its `config` and hands it to every method.
+const { resolveConfig } = require('./config')
+const ssh = require('./transport/ssh')
+const execApi = require('./transport/exec-api')
+
+// Ids a provider has seen can come and go for as long as the process runs:
+// the tables about them keep the most recent ones only.
+const RECENT_LIMIT = 1024
+
+// A Map that forgets its oldest entry beyond `limit`; add() makes it a set.
+class Recent extends Map {
+  constructor (limit) {
+    super()
+    this.limit = limit
+  }
+
+  set (key, value) {
+    this.delete(key)
+    super.set(key, value)
+    if (this.size > this.limit) this.delete(this.keys().next().value)
+    return this
+  }
+
+  add (key) {
+    return this.set(key, true)
+  }
+}
+
+function makeContext (options) {
+  const config = resolveConfig(options)
+  const state = {
+    // The app-exists check, made once (reset when it fails).
+    appReady: null,
+    // sandboxIds destroyed through this provider: later calls fail fast
+    // (an id forgotten here fails the slower way, at the API or sshd).
+    destroyed: new Recent(RECENT_LIMIT),
+    // The client key, configured or generated on first use.
+    clientKey: null,
+    // sandboxId -> the native SSH session keys this provider opened to it,
+    // which destroy closes (a forgotten one ends with its machine).
+    sessions: new Recent(RECENT_LIMIT),
+    // create's options object -> that create's promise, which settles only
+    // once a failed or aborted create has removed its machine (compat.js).
+    creating: new WeakMap()
+  }
+  const ctx = {}
+  // Not enumerable: logging a provider or a sandbox (which show this object)
+  // must not print the token, keys or password.
+  Object.defineProperties(ctx, {
+    config: { value: config },
+    state: { value: state },
+    transport: { value: config.transport === 'exec' ? execApi : ssh }
+  })
+  return Object.freeze(ctx)
+}
+
+module.exports = { makeContext, RECENT_LIMIT }

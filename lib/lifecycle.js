@@ -1,0 +1,284 @@
+'use strict'
+// Sandbox lifecycle: create (its validation and the machine config),
+// getById, list and destroy, on the Machines API.
+const crypto = require('crypto')
+const native = require('./native')
+const api = require('./api')
+const { requireToken } = require('./config')
+const { flyError, invalidArg, abortError } = require('./errors')
+const { clientKey } = require('./keys')
+const { validEnvName } = require('./exec')
+const { FlyMachine, parseSandboxId, TAG, CREATE_ID, HOST_FP, FILES_DIR } = require('./machine')
+
+function b64 (s) {
+  return Buffer.from(s, 'utf8').toString('base64')
+}
+
+function gone (m) {
+  return !m || m.state === 'destroyed' || m.state === 'destroying'
+}
+
+// Ensure the app exists (once per provider): GET, then create on 404.
+function ensureApp (ctx) {
+  const { config, state } = ctx
+  if (!state.appReady) {
+    state.appReady = (async () => {
+      try {
+        await api.call(config, 'app.get', { app: config.appName })
+        return
+      } catch (err) {
+        if (err.code !== 'FLY_NOT_FOUND') throw err
+      }
+      try {
+        await api.call(config, 'app.create', null, {
+          body: { app_name: config.appName, name: config.appName, org_slug: config.org }
+        })
+      } catch (err) {
+        if (err.code !== 'FLY_UNPROCESSABLE') throw err // 422: taken, i.e. it exists now
+      }
+    })()
+    state.appReady.catch(() => { state.appReady = null })
+  }
+  return state.appReady
+}
+
+function pickInt (options, keys) {
+  for (const k of keys) {
+    const v = options[k]
+    if (v !== undefined && v !== null) {
+      const n = Number(v)
+      if (!Number.isInteger(n) || n <= 0) throw invalidArg(`create: ${k} must be a positive integer`)
+      return n
+    }
+  }
+  return undefined
+}
+
+function stringMap (obj, what) {
+  const out = {}
+  if (obj === undefined || obj === null) return out
+  if (typeof obj !== 'object') throw invalidArg(`create: ${what} must be an object`)
+  for (const [k, v] of Object.entries(obj)) {
+    if (v === undefined || v === null) continue
+    out[k] = typeof v === 'string' ? v : JSON.stringify(v)
+  }
+  return out
+}
+
+// Validates create's options and builds the POST /machines body, with the
+// keys the machine gets.  Throws ERR_INVALID_ARG before anything is sent.
+function machineRequest (ctx, o) {
+  const { config } = ctx
+  for (const k of ['templateId', 'image']) {
+    if (o[k] !== undefined && o[k] !== null && (typeof o[k] !== 'string' || o[k] === '')) {
+      throw invalidArg(`create: ${k} must be a non-empty string`)
+    }
+  }
+  const image = o.templateId || o.image || config.image
+  const cpus = pickInt(o, ['cpus', 'vcpus', 'cpu']) || config.cpus
+  const memoryMb = pickInt(o, ['memoryMb', 'memory', 'memoryMiB', 'memMiB']) || config.memoryMb
+  const envs = stringMap(o.envs, 'envs')
+  for (const k of Object.keys(envs)) {
+    if (!validEnvName(k)) throw invalidArg(`create: invalid environment variable name ${JSON.stringify(k)}`)
+  }
+  const timeout = o.timeout !== undefined ? o.timeout : config.timeout
+  if (timeout !== undefined && timeout !== null && !(Number.isInteger(timeout) && timeout >= 0)) {
+    throw invalidArg('create: timeout must be a non-negative integer of milliseconds')
+  }
+  let services
+  if (Array.isArray(o.ports) && o.ports.length > 0) {
+    services = o.ports.map((p) => {
+      if (!Number.isInteger(p) || p < 1 || p > 65535) throw invalidArg('create: ports must be integers from 1 to 65535')
+      return { protocol: 'tcp', internal_port: p, ports: [{ port: p, handlers: ['tls', 'http'] }], autostart: true, autostop: 'off' }
+    })
+  }
+  const userMetadata = stringMap(o.metadata, 'metadata')
+
+  const client = clientKey(ctx)
+  const host = native.keygen()
+  const createId = crypto.randomBytes(12).toString('hex')
+  const metadata = {
+    ...userMetadata,
+    [TAG]: 'fly',
+    [CREATE_ID]: createId,
+    [HOST_FP]: host.fingerprint,
+    computesdk_ssh_user: config.sshUser
+  }
+  if (o.runtime) metadata.computesdk_runtime = String(o.runtime)
+  if (timeout) metadata.computesdk_timeout_ms = String(timeout)
+
+  const files = [
+    { guest_path: `${FILES_DIR}/authorized_keys`, raw_value: b64(client.publicKey + '\n'), mode: 0o644 },
+    { guest_path: `${FILES_DIR}/ssh_host_ed25519_key`, raw_value: b64(host.privateKey), mode: 0o600 }
+  ]
+  if (config.sshPassword) {
+    files.push({ guest_path: `${FILES_DIR}/ssh_password`, raw_value: b64(config.sshPassword), mode: 0o600 })
+  }
+  const machineConfig = {
+    image,
+    guest: { cpu_kind: config.cpuKind, cpus, memory_mb: memoryMb },
+    env: envs,
+    files,
+    metadata,
+    restart: { policy: 'no' },
+    auto_destroy: !!timeout
+  }
+  if (timeout) machineConfig.env.COMPUTESDK_SANDBOX_TIMEOUT_S = String(Math.ceil(timeout / 1000))
+  if (services) machineConfig.services = services
+  const body = { region: o.region || config.region, config: machineConfig }
+  if (o.name !== undefined) body.name = String(o.name)
+  return { body, createId, hostFingerprint: host.fingerprint }
+}
+
+function checkSignal (signal) {
+  if (signal === undefined || signal === null) return null
+  if (typeof signal !== 'object' || typeof signal.aborted !== 'boolean' || typeof signal.addEventListener !== 'function') {
+    throw invalidArg('create: signal must be an AbortSignal')
+  }
+  return signal
+}
+
+// p, or an AbortError as soon as the signal aborts (p then settles unheard).
+function untilAborted (signal, p) {
+  if (!signal) return p
+  return new Promise((resolve, reject) => {
+    const onAbort = () => reject(abortError(signal, 'create'))
+    if (signal.aborted) return onAbort()
+    signal.addEventListener('abort', onAbort, { once: true })
+    p.then((v) => {
+      signal.removeEventListener('abort', onAbort)
+      resolve(v)
+    }, (err) => {
+      signal.removeEventListener('abort', onAbort)
+      reject(err)
+    })
+  })
+}
+
+// All or nothing: once the machine exists, any failure (and an abort at any
+// stage) destroys it before create rejects, and the error names it.
+async function create (ctx, options) {
+  const { config, state, transport } = ctx
+  const o = options || {}
+  const signal = checkSignal(o.signal)
+  if (signal && signal.aborted) throw abortError(signal, 'create')
+  requireToken(config)
+  const { body, createId, hostFingerprint } = machineRequest(ctx, o)
+  const step = (p) => untilAborted(signal, p)
+  const app = config.appName
+  let machineId = null
+  const run = async () => {
+    await step(ensureApp(ctx))
+    // Not raced with the signal: the machine it makes must be known to be
+    // removed, so an abort here takes effect when the reply is in.
+    const created = await api.call(config, 'machine.create', { app }, { body, createId, createIdKey: CREATE_ID })
+    machineId = created.body.id
+    if (signal && signal.aborted) throw abortError(signal, 'create')
+    // Boots in the background: long-poll until started (no fixed sleeps).
+    await step(api.call(config, 'machine.wait', { app, machine: machineId }, {
+      query: { state: 'started', timeout: 60 },
+      waitTotalMs: config.startTimeoutMs,
+      timeoutMs: 75000
+    }))
+    const got = await step(api.call(config, 'machine.get', { app, machine: machineId }))
+    // The host key is the one generated above, whatever the reply says.
+    const sb = new FlyMachine(ctx, { ...got.body, app }, hostFingerprint)
+    // Connect now (retrying while sshd starts) so that the sandbox is known
+    // to answer, with its host key checked, before create returns.
+    if (o.waitForSsh !== false) await step(transport.check(sb))
+    return { sandbox: sb, sandboxId: sb.sandboxId }
+  }
+  const done = run().catch(async (err) => {
+    if (machineId !== null) {
+      err.machineId = machineId
+      err.sandboxId = `${app}:${machineId}`
+      try {
+        await destroy(ctx, err.sandboxId)
+      } catch (e) {
+        err.destroyError = e
+      }
+    }
+    if (typeof err.message === 'string' && !err.message.startsWith('Failed to create')) {
+      err.message = `Failed to create Fly.io sandbox: ${err.message}` +
+        (err.destroyError ? `; machine ${err.sandboxId} could not be removed: ${err.destroyError.message}` : '')
+    }
+    throw err
+  })
+  if (options) state.creating.set(options, done)
+  return done
+}
+
+async function getById (ctx, sandboxId) {
+  const { app, machine } = parseSandboxId(sandboxId)
+  let r
+  try {
+    r = await api.call(ctx.config, 'machine.get', { app, machine })
+  } catch (err) {
+    if (err.code === 'FLY_NOT_FOUND') return null
+    throw err
+  }
+  if (gone(r.body)) return null
+  const sb = new FlyMachine(ctx, { ...r.body, app })
+  return { sandbox: sb, sandboxId: sb.sandboxId }
+}
+
+async function list (ctx) {
+  const { config } = ctx
+  let r
+  try {
+    r = await api.call(config, 'machine.list', { app: config.appName }, { query: { [`metadata.${TAG}`]: 'fly' } })
+  } catch (err) {
+    if (err.code === 'FLY_NOT_FOUND') return [] // no app yet: no sandboxes
+    throw err
+  }
+  return (r.body || []).filter((m) => !gone(m)).map((m) => {
+    const sb = new FlyMachine(ctx, { ...m, app: config.appName })
+    return { sandbox: sb, sandboxId: sb.sandboxId }
+  })
+}
+
+// Stop, wait for the machine to be stopped, then delete (forced when it will
+// not settle).  Idempotent: a sandbox that is already gone (404, destroyed)
+// is destroyed; a machine that could not be removed is FLY_DESTROY_FAILED,
+// with the API's error as `cause`.  The wait matters: stop returns while
+// the machine is still stopping, and a delete then gets 412, so without it
+// every destroy would end in a forced kill right after the stop signal.
+async function destroy (ctx, sandboxId) {
+  const { config, state, transport } = ctx
+  let ids
+  try {
+    ids = parseSandboxId(sandboxId)
+  } catch {
+    return // names no machine: nothing to remove
+  }
+  const params = { app: ids.app, machine: ids.machine }
+  state.destroyed.add(sandboxId)
+  try {
+    await transport.close(ctx, sandboxId)
+    const m = (await api.call(config, 'machine.get', params)).body
+    if (gone(m)) return
+    if (m.state === 'started' || m.state === 'starting') {
+      await api.call(config, 'machine.stop', params, { body: { signal: 'SIGTERM', timeout: '5s' } })
+      // Waiting for stopped needs the version; 408 after the bound is fine.
+      await api.call(config, 'machine.wait', params, {
+        query: { state: 'stopped', version: m.instance_id || m.version, timeout: 10 },
+        waitTotalMs: 10000,
+        timeoutMs: 25000
+      }).catch(() => {})
+    }
+    try {
+      await api.call(config, 'machine.delete', params)
+    } catch (err) {
+      if (err.code !== 'FLY_PRECONDITION') throw err
+      await api.call(config, 'machine.delete', params, { query: { force: 'true' } })
+    }
+  } catch (err) {
+    if (err.code === 'FLY_NOT_FOUND') return
+    // It still exists: calls on it are not refused as destroyed.
+    state.destroyed.delete(sandboxId)
+    throw flyError('FLY_DESTROY_FAILED', `could not destroy sandbox ${sandboxId}: ${err.message}`,
+      { cause: err, sandboxId, machineId: ids.machine })
+  }
+}
+
+module.exports = { create, getById, list, destroy }

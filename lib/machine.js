@@ -1,0 +1,139 @@
+'use strict'
+// A sandbox's data: FlyMachine (what getInstance() returns), the metadata
+// keys the provider sets, sandboxId parsing, getInfo and getUrl.
+const api = require('./api')
+const { invalidArg } = require('./errors')
+const exec = require('./exec')
+const { makeFilesystem } = require('./fs')
+
+// Metadata keys, and where injected files go in the machine.
+const TAG = 'computesdk_provider'
+const CREATE_ID = 'computesdk_create_id'
+const HOST_FP = 'computesdk_host_key_fp'
+const FILES_DIR = '/etc/computesdk'
+
+// Machine states -> SandboxInfo.status.
+const RUNNING = new Set(['created', 'starting', 'started', 'restarting', 'updating', 'replacing'])
+const STOPPED = new Set(['stopping', 'stopped', 'suspending', 'suspended', 'destroying', 'destroyed'])
+
+function parseSandboxId (sandboxId) {
+  if (typeof sandboxId !== 'string') throw invalidArg('sandboxId must be a string')
+  const i = sandboxId.indexOf(':')
+  const app = sandboxId.slice(0, i)
+  const machine = sandboxId.slice(i + 1)
+  if (i <= 0 || !/^[a-z0-9][a-z0-9-]*$/.test(app) || !/^[0-9a-z]{1,32}$/.test(machine)) {
+    throw invalidArg(`Invalid sandboxId ${JSON.stringify(sandboxId)}: expected "appName:machineId"`)
+  }
+  return { app, machine }
+}
+
+class FlyMachine {
+  // m: a Machines API machine, with `app` added.  hostKeyFingerprint: the
+  // fingerprint of the host key create generated, pinned for good; without
+  // it (getById, list) the one in the machine's metadata is used.
+  constructor (ctx, m, hostKeyFingerprint) {
+    Object.defineProperty(this, '_ctx', { value: ctx, enumerable: false })
+    Object.defineProperty(this, '_pinnedHostKey', { value: hostKeyFingerprint || null, enumerable: false })
+    this._update(m)
+  }
+
+  _update (m) {
+    const cfg = m.config || {}
+    this.appName = m.app || this.appName
+    this.machineId = m.id
+    this.name = m.name
+    this.region = m.region
+    this.state = m.state
+    this.privateIp = m.private_ip || null
+    this.image = cfg.image || null
+    this.createdAt = m.created_at ? new Date(m.created_at) : new Date()
+    this.metadata = { ...(cfg.metadata || {}) }
+    this.hostKeyFingerprint = this._pinnedHostKey || this.metadata[HOST_FP] || null
+  }
+
+  get sandboxId () {
+    return `${this.appName}:${this.machineId}`
+  }
+
+  // A Machines API call about this machine.
+  _api (op, extra) {
+    return api.call(this._ctx.config, op, { app: this.appName, machine: this.machineId }, extra)
+  }
+
+  runCommand (command, argsOrOptions, options) {
+    const opts = Array.isArray(argsOrOptions) ? { ...(options || {}), args: argsOrOptions } : argsOrOptions
+    const stream = opts && (opts.onStdout || opts.onStderr) ? opts : null
+    return exec.run(this, command, opts, stream)
+  }
+
+  runCode (code, runtime) {
+    return exec.runCode(this, code, runtime)
+  }
+
+  get filesystem () {
+    const fs = makeFilesystem(this)
+    Object.defineProperty(this, 'filesystem', { value: fs, enumerable: false })
+    return fs
+  }
+
+  toJSON () {
+    return {
+      sandboxId: this.sandboxId,
+      appName: this.appName,
+      machineId: this.machineId,
+      region: this.region,
+      state: this.state,
+      privateIp: this.privateIp,
+      image: this.image
+    }
+  }
+}
+
+async function getInfo (sb) {
+  const r = await sb._api('machine.get')
+  sb._update({ ...r.body, app: sb.appName })
+  const st = sb.state
+  const status = RUNNING.has(st) ? 'running' : STOPPED.has(st) ? 'stopped' : 'error'
+  const userMeta = {}
+  for (const [k, v] of Object.entries(sb.metadata)) if (!k.startsWith('computesdk_')) userMeta[k] = v
+  return {
+    id: sb.sandboxId,
+    provider: 'fly',
+    status,
+    createdAt: sb.createdAt,
+    timeout: Number(sb.metadata.computesdk_timeout_ms) || 0,
+    metadata: {
+      ...userMeta,
+      appName: sb.appName,
+      machineId: sb.machineId,
+      region: sb.region,
+      privateIp: sb.privateIp,
+      image: sb.image,
+      state: st,
+      name: sb.name
+    }
+  }
+}
+
+// fly-local (an API on this host) runs machines that listen on their own
+// private address; Fly serves them through its proxy at <app>.fly.dev.
+function isLoopbackApi (config) {
+  const host = new URL(config.baseUrl).hostname
+  return host === 'localhost' || /^127\./.test(host) || host === '[::1]'
+}
+
+async function getUrl (sb, options) {
+  const port = options && options.port
+  if (!Number.isInteger(port) || port < 1 || port > 65535) throw invalidArg('getUrl: port must be an integer from 1 to 65535')
+  const protocol = (options.protocol || '').replace(/:$/, '')
+  if (protocol && !/^(https?|wss?)$/.test(protocol)) throw invalidArg('getUrl: protocol must be http, https, ws or wss')
+  if (sb.privateIp && isLoopbackApi(sb._ctx.config)) {
+    const host = sb.privateIp.includes(':') ? `[${sb.privateIp}]` : sb.privateIp
+    return `${protocol || 'http'}://${host}:${port}`
+  }
+  const scheme = protocol || 'https'
+  const dflt = (scheme === 'https' || scheme === 'wss') ? 443 : 80
+  return `${scheme}://${sb.appName}.fly.dev${port === dflt ? '' : ':' + port}`
+}
+
+module.exports = { FlyMachine, parseSandboxId, getInfo, getUrl, TAG, CREATE_ID, HOST_FP, FILES_DIR }

@@ -1,0 +1,95 @@
+'use strict'
+// The exec transport: commands and files through the Machines API exec
+// endpoint (POST /machines/{id}/exec), for a process that cannot reach the
+// machine's sshd.  Buffered (no streaming), slower; file contents travel
+// base64-encoded in the JSON body.  The endpoint runs as the machine's
+// root, so every command first drops to the sandbox user.
+const os = require('os')
+const native = require('../native')
+const { flyError } = require('../errors')
+
+// Drop to the sandbox user (as SSH would log in), so files and processes
+// belong to the same user whichever transport made them.  Without runuser
+// or the user there is no safe way to do that: fail (exit 125 with a
+// marker) rather than run as root.
+const NO_USER = 'computesdk-exec:'
+const AS_USER = `command -v runuser >/dev/null 2>&1 || { echo "${NO_USER} runuser is missing in the image" >&2; exit 125; }; ` +
+  `id -u "$1" >/dev/null 2>&1 || { echo "${NO_USER} no user $1 in the image" >&2; exit 125; }; ` +
+  'exec runuser -u "$1" -- sh -c "$2"'
+
+// A signal name or number from the reply -> its number (Node's table).
+function signalNumber (s) {
+  const name = String(s).replace(/^SIG/, '')
+  return Number(s) || os.constants.signals['SIG' + name] || 0
+}
+
+// Same interface and result shape as the SSH transport's exec; onChunk gets
+// the whole output once the command has finished.
+async function exec (sb, spec, { stdin, onChunk } = {}) {
+  const { config } = sb._ctx
+  const cmd = native.buildCommand(spec)
+  const secs = spec.timeoutMs ? Math.ceil(spec.timeoutMs / 1000) + 5 : 60
+  const body = { command: ['sh', '-c', AS_USER, 'sh', config.sshUser, cmd], timeout: secs }
+  if (stdin !== undefined) body.stdin = Buffer.isBuffer(stdin) ? stdin.toString('utf8') : stdin
+  const r = await sb._api('machine.exec', { body, timeoutMs: (secs + 15) * 1000 })
+  const b = r.body || {}
+  // No exit status in the reply is not success: the command's outcome is
+  // unknown, and an error says so.
+  let exitCode = Number.isInteger(b.exit_code) ? b.exit_code : null
+  if (b.exit_signal) exitCode = 128 + signalNumber(b.exit_signal)
+  if (exitCode === null) {
+    throw flyError('FLY_EXEC_NO_STATUS', `exec transport: the Machines API reply for sandbox ${sb.sandboxId} ` +
+      'has no exit status; the command\'s outcome is unknown', { status: r.status })
+  }
+  if (exitCode === 125 && typeof b.stderr === 'string' && b.stderr.startsWith(NO_USER)) {
+    throw flyError('FLY_EXEC_NO_USER', `exec transport: ${b.stderr.slice(NO_USER.length).trim()}; ` +
+      `commands are never run as root (sandbox ${sb.sandboxId}, user ${config.sshUser})`)
+  }
+  const stdout = Buffer.from(b.stdout || '', 'utf8')
+  const stderr = Buffer.from(b.stderr || '', 'utf8')
+  if (onChunk) {
+    if (stdout.length) onChunk(1, stdout)
+    if (stderr.length) onChunk(2, stderr)
+    return { stdout: Buffer.alloc(0), stderr: Buffer.alloc(0), exitCode }
+  }
+  return { stdout, stderr, exitCode }
+}
+
+// Runs argv as the sandbox user; fails like SFTP would.
+async function run (sb, argv, stdin, path) {
+  const r = await exec(sb, { argv }, { stdin })
+  if (r.exitCode !== 0) {
+    const msg = r.stderr.toString('utf8').trim()
+    const code = /No such file/i.test(msg) ? 'SFTP_NO_SUCH_FILE'
+      : /Permission denied/i.test(msg) ? 'SFTP_PERMISSION_DENIED'
+        : /Not a directory/i.test(msg) ? 'SFTP_NOT_A_DIRECTORY' : 'SFTP_FAILURE'
+    throw flyError(code, `${argv[0]} ${path}: ${msg || 'failed'}`, { path })
+  }
+  return r.stdout.toString('utf8')
+}
+
+const files = {
+  read: async (sb, path) => Buffer.from(await run(sb, ['base64', '-w0', '--', path], undefined, path), 'base64'),
+  write: async (sb, path, data) => {
+    await run(sb, ['sh', '-c', 'base64 -d > "$1"', 'sh', path], data.toString('base64'), path)
+  },
+  mkdir: async (sb, path) => { await run(sb, ['mkdir', '-p', '--', path], undefined, path) },
+  async readdir (sb, path) {
+    // find reads an operand that starts with '-', or is '(' or '!', as an
+    // expression ('-delete' would delete): a relative path gets './'.
+    const operand = path.startsWith('/') ? path : `./${path}`
+    const out = await run(sb, ['find', operand, '-mindepth', '1', '-maxdepth', '1', '-printf', '%y\\t%s\\t%T@\\t%f\\0'], undefined, path)
+    return out.split('\0').filter(Boolean).map((line) => {
+      const [y, size, t, ...name] = line.split('\t')
+      return { name: name.join('\t'), type: y === 'd' ? 'directory' : 'file', size: Number(size), modified: new Date(Number(t) * 1000) }
+    })
+  },
+  exists: async (sb, path) => (await exec(sb, { argv: ['test', '-e', path] })).exitCode === 0,
+  remove: async (sb, path) => { await run(sb, ['rm', '-r', '--', path], undefined, path) }
+}
+
+// Nothing is kept open.
+const check = async () => {}
+const close = async () => {}
+
+module.exports = { name: 'exec', exec, check, files, close }

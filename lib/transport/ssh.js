@@ -1,0 +1,156 @@
+'use strict'
+// The SSH transport (the default): commands on channels and files over SFTP
+// of one native libssh2 session per sandbox.  Every native SSH call of the
+// provider is in this file.  Also here: what SSH needs around a call, i.e.
+// the target (host, credential, pinned host key), authorising this
+// provider's key in a sandbox another provider made, and turning a failed
+// connect into the reason the machine cannot be reached.
+const crypto = require('crypto')
+const native = require('../native')
+const { flyError } = require('../errors')
+const { clientKey } = require('../keys')
+const { HOST_FP, FILES_DIR } = require('../machine')
+
+// Runs as the machine's root through the exec endpoint: $1 is FILES_DIR
+// (under /etc, which only root can change), $2 the public key.  A key file
+// that is not a plain file is refused rather than followed.
+const REAUTHORIZE = 'umask 022; f="$1/authorized_keys"; mkdir -p "$1" && ' +
+  '{ [ ! -e "$f" ] || { [ -f "$f" ] && [ ! -L "$f" ]; }; } && ' +
+  '{ grep -qxF -- "$2" "$f" 2>/dev/null || printf "%s\\n" "$2" >> "$f"; }'
+
+// Native sessions are shared by calls whose target is the same in
+// everything that authenticates: user, host, port, credential and host-key
+// policy.  A provider with another user or a wrong password must get its
+// own session (and its own failure), never the one another provider opened.
+// The key names the credential by an HMAC under a per-process secret: it
+// contains nothing from which a key or password could be recovered.
+const KEY_SECRET = crypto.randomBytes(32)
+
+function sessionKey (sb, t) {
+  const h = crypto.createHmac('sha256', KEY_SECRET)
+  h.update(JSON.stringify([t.user, t.host, t.port, t.password !== undefined ? 'password' : 'key',
+    t.password !== undefined ? t.password : t.privateKey, t.insecureHostKey ? 'insecure' : t.hostKeyFingerprint]))
+  return `${sb.sandboxId}/${h.digest('hex').slice(0, 32)}`
+}
+
+function target (sb) {
+  const { config, state } = sb._ctx
+  const host = config.sshHost || sb.privateIp || `${sb.machineId}.vm.${sb.appName}.internal`
+  const t = {
+    host,
+    port: config.sshPort,
+    user: config.sshUser,
+    connectTimeoutMs: config.connectTimeoutMs
+  }
+  if (config.sshPassword) t.password = config.sshPassword
+  else t.privateKey = clientKey(sb._ctx).privateKey
+  if (config.insecureSkipHostKeyCheck) {
+    t.insecureHostKey = true
+  } else if (sb.hostKeyFingerprint) {
+    t.hostKeyFingerprint = sb.hostKeyFingerprint
+  } else {
+    throw flyError('SSH_HOSTKEY_UNKNOWN', `sandbox ${sb.sandboxId} has no pinned host key (metadata ${HOST_FP}); ` +
+      'it was not created by this provider. Set insecureSkipHostKeyCheck to connect anyway.')
+  }
+  t.key = sessionKey(sb, t)
+  let keys = state.sessions.get(sb.sandboxId)
+  if (!keys) state.sessions.set(sb.sandboxId, (keys = new Set()))
+  keys.add(t.key)
+  return t
+}
+
+// Runs a native SSH call.  A sandbox made by another provider instance
+// (getById in another process, without the same sshPrivateKey) does not
+// know this instance's key yet: authorize it once through the Machines API
+// exec endpoint, which the API token already grants, and try again.
+async function withSession (sb, fn) {
+  const { config, state } = sb._ctx
+  if (state.destroyed.has(sb.sandboxId)) {
+    throw flyError('FLY_NOT_FOUND', `sandbox ${sb.sandboxId} was destroyed`)
+  }
+  try {
+    return await fn(target(sb))
+  } catch (err) {
+    if (err.code === 'SSH_CONNECT_FAILED') throw await whyUnreachable(sb, err)
+    if (err.code !== 'SSH_AUTH_FAILED' || config.sshPassword || reauthorized.has(sb)) throw err
+    reauthorized.add(sb)
+    const pub = clientKey(sb._ctx).publicKey
+    // Appends to the root-owned key file sshd reads first (docker/
+    // sshd_config); it is never a path the sandbox user controls, so
+    // nothing of the user's home is touched by this root process.
+    const r = await sb._api('machine.exec', {
+      body: { command: ['sh', '-c', REAUTHORIZE, 'sh', FILES_DIR, pub], timeout: 30 },
+      timeoutMs: 60000
+    })
+    if (!r.body || r.body.exit_code !== 0) {
+      err.message += `; authorizing this provider's key in ${FILES_DIR}/authorized_keys failed`
+      throw err
+    }
+    return fn(target(sb))
+  }
+}
+
+// Sandbox objects whose key this provider has tried to authorize (once each).
+const reauthorized = new WeakSet()
+
+// An SSH connect that failed for good: a machine that is not running (or
+// no longer exists) is the likely reason, and a clearer error.
+async function whyUnreachable (sb, err) {
+  let m
+  try {
+    m = (await sb._api('machine.get')).body
+  } catch (e) {
+    if (e.code === 'FLY_NOT_FOUND') return flyError('FLY_NOT_FOUND', `sandbox ${sb.sandboxId} no longer exists`)
+    return err
+  }
+  if (m && m.state !== 'started') {
+    return flyError('FLY_MACHINE_NOT_RUNNING', `sandbox ${sb.sandboxId} is ${m.state}, not running: ${err.message}`,
+      { state: m.state })
+  }
+  return err
+}
+
+// spec: what native.buildCommand takes.  onChunk(stream, Buffer), when
+// given, receives the output as it arrives (stream 1 stdout, 2 stderr) and
+// the result's stdout/stderr are then empty.
+function exec (sb, spec, { stdin, onChunk } = {}) {
+  const req = { ...spec, maxOutputBytes: sb._ctx.config.maxOutputBytes }
+  if (stdin !== undefined) req.stdin = stdin
+  if (onChunk) req.onChunk = onChunk
+  return withSession(sb, (t) => native.sshExec({ ...req, target: t }))
+}
+
+// Create's check that the sandbox answers, with its host key verified.
+function check (sb) {
+  return withSession(sb, (t) => native.sshExec({ target: t, command: 'true' }))
+}
+
+function sftp (sb, op, path, extra) {
+  return withSession(sb, (t) => native.sftp({ target: t, op, path, ...extra }))
+}
+
+const files = {
+  read: (sb, path) => sftp(sb, 'read', path),
+  write: (sb, path, data) => sftp(sb, 'write', path, { data }).then(() => {}),
+  mkdir: (sb, path) => sftp(sb, 'mkdir', path, { recursive: true }).then(() => {}),
+  async readdir (sb, path) {
+    const entries = await sftp(sb, 'readdir', path)
+    return entries.map((e) => ({
+      name: e.name,
+      type: e.type === 'directory' ? 'directory' : 'file',
+      size: e.size,
+      modified: new Date(e.mtimeMs)
+    }))
+  },
+  exists: async (sb, path) => (await sftp(sb, 'stat', path)) !== null,
+  remove: (sb, path) => sftp(sb, 'remove', path, { recursive: true }).then(() => {})
+}
+
+// Closes the sessions this provider opened to a sandbox (destroy).
+async function close (ctx, sandboxId) {
+  const keys = ctx.state.sessions.get(sandboxId) || []
+  ctx.state.sessions.delete(sandboxId)
+  await Promise.all([...keys].map((key) => native.sshClose({ key }).catch(() => {})))
+}
+
+module.exports = { name: 'ssh', exec, check, files, close }

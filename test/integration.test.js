@@ -1,0 +1,86 @@
+'use strict'
+// The provider end to end, the same assertions on two targets: fly-local
+// (always) and real Fly.io (when FLY_API_TOKEN is set; FLY_ORG, FLY_APP_NAME,
+// FLY_IMAGE and FLY_REGION are read as fly() reads them, and this process
+// must reach the machines' sshd: run it inside the org's private network).
+const test = require('node:test')
+const assert = require('node:assert/strict')
+const { startLocal, provider, rejects } = require('./helpers/fly')
+const { fly } = require('..')
+
+const REAL = process.env.FLY_API_TOKEN
+  ? null
+  : 'real Fly.io: FLY_API_TOKEN is not set (set it, and FLY_ORG, to run this half)'
+
+function suite (target, makeProvider, skip) {
+  test(`${target}: create, runCode, runCommand, files, lifecycle, errors`, { skip }, async (t) => {
+    const p = await makeProvider(t)
+    const sb = await p.sandbox.create({ metadata: { suite: 'integration' }, envs: { SUITE_VAR: 'set at create' } })
+    let destroyed = false
+    t.after(() => destroyed || sb.destroy())
+    assert.match(sb.sandboxId, /^[a-z0-9-]+:[0-9a-z]+$/)
+
+    await t.test('runCode', async () => {
+      const py = await sb.runCode('import sys\nprint("py", sys.version_info[0])')
+      assert.deepEqual([py.exitCode, py.stdout, py.language], [0, 'py 3\n', 'python'])
+      const js = await sb.runCode('console.log("js", 6 * 7)', 'node')
+      assert.deepEqual([js.exitCode, js.stdout, js.language], [0, 'js 42\n', 'node'])
+      const boom = await sb.runCode('raise SystemExit(3)', 'python')
+      assert.equal(boom.exitCode, 3)
+    })
+
+    await t.test('runCommand', async () => {
+      const args = await sb.runCommand('printf', ['%s|', "it's", '$(id)', 'two words'])
+      assert.deepEqual([args.exitCode, args.stdout], [0, "it's|$(id)|two words|"])
+      const sh = await sb.runCommand('echo out; echo err >&2; echo "$SUITE_VAR $X"; pwd; exit 5', { cwd: '/tmp', env: { X: 'x' } })
+      assert.deepEqual([sh.exitCode, sh.stdout, sh.stderr], [5, 'out\nset at create x\n/tmp\n', 'err\n'])
+      const chunks = []
+      const st = await sb.runCommand('echo a; echo b', { onStdout: (d) => chunks.push(d) })
+      assert.equal(chunks.join(''), st.stdout)
+      assert.equal(st.stdout, 'a\nb\n')
+    })
+
+    await t.test('files', async () => {
+      const fs = sb.filesystem
+      const dir = '/home/sandbox/integration'
+      await fs.mkdir(`${dir}/sub`)
+      const bytes = Buffer.from(Array.from({ length: 256 }, (_, i) => i))
+      await fs.writeFile(`${dir}/bytes`, bytes)
+      await fs.writeFile(`${dir}/text`, 'héllo ✓')
+      assert.ok(bytes.equals(await fs.readFile(`${dir}/bytes`, { encoding: null })))
+      assert.equal(await fs.readFile(`${dir}/text`), 'héllo ✓')
+      assert.equal((await sb.runCommand('cat', [`${dir}/text`])).stdout, 'héllo ✓')
+      const entries = (await fs.readdir(dir)).map((e) => [e.name, e.type, e.size]).sort()
+      assert.deepEqual(entries, [['bytes', 'file', 256], ['sub', 'directory', entries[1][2]], ['text', 'file', Buffer.byteLength('héllo ✓')]])
+      assert.equal(await fs.exists(`${dir}/text`), true)
+      await fs.remove(dir)
+      assert.equal(await fs.exists(dir), false)
+    })
+
+    await t.test('errors', async () => {
+      const missing = await rejects(sb.filesystem.readFile('/home/sandbox/no-such-file'))
+      assert.equal(missing.code, 'SFTP_NO_SUCH_FILE')
+      assert.equal(missing.path, '/home/sandbox/no-such-file')
+      assert.equal((await rejects(p.sandbox.getById('not an id'))).code, 'ERR_INVALID_ARG')
+      assert.equal((await rejects(sb.runCommand('true', { env: { 'A-B': '1' } }))).code, 'ERR_INVALID_ARG')
+      assert.equal((await rejects(p.sandbox.create({ envs: { 'BAD-NAME': 'x' } }))).code, 'ERR_INVALID_ARG')
+    })
+
+    await t.test('lifecycle', async () => {
+      const info = await sb.getInfo()
+      assert.deepEqual([info.id, info.provider, info.status, info.metadata.suite], [sb.sandboxId, 'fly', 'running', 'integration'])
+      assert.ok((await p.sandbox.list()).some((s) => s.sandboxId === sb.sandboxId))
+      const again = await p.sandbox.getById(sb.sandboxId)
+      assert.equal((await again.runCommand('echo again')).stdout, 'again\n')
+      await sb.destroy()
+      destroyed = true
+      assert.equal(await p.sandbox.getById(sb.sandboxId), null)
+      assert.ok(!(await p.sandbox.list()).some((s) => s.sandboxId === sb.sandboxId))
+      assert.equal((await rejects(sb.runCommand('true'))).code, 'FLY_NOT_FOUND')
+      await sb.destroy() // idempotent
+    })
+  })
+}
+
+suite('fly-local', async (t) => provider(await startLocal(t)))
+suite('real Fly.io', async () => fly({ apiToken: process.env.FLY_API_TOKEN }), REAL)
