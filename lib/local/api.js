@@ -1,7 +1,8 @@
 'use strict'
 // fly-local's HTTP side: a small router over the resource modules in
-// routes/, and the dispatch every request goes through (fault injection,
-// token check, capped body, the handler, Fly's error shape).
+// routes/, and the dispatch every request goes through: fault injection,
+// the token check (before any body is read), the capped body, the handler,
+// Fly's error shape.
 const fs = require('fs')
 const path = require('path')
 const ids = require('./ids')
@@ -76,13 +77,13 @@ function createApi (ctx) {
     try {
       const url = new URL(req.url, 'http://fly-local')
       const pathname = url.pathname.replace(/\/+$/, '') || '/'
-      const raw = await readBody(req, res, 64 * 1024 * 1024)
       const fault = faults.take(req.method, pathname)
       if (fault && !fault.afterHandling && await applyFault(fault, res)) return
       const { route, params, methodSeen } = router.match(req.method, pathname)
+      /* the token is checked before a byte of the body is read */
       if (!(route && route.opts.noAuth) && !authorised(req, token)) throw E.unauthorised()
       if (!route) throw methodSeen ? new HttpError(405, 'method not allowed') : new HttpError(404, 'not_found: no route for this path')
-      const body = parseJson(raw)
+      const body = parseJson(await readBody(req, res, route.opts.maxBody || JSON_BODY_LIMIT))
       const out = await route.handler({ req, res, url, query: url.searchParams, params, body })
       if (out === null) return /* the client went away */
       /* afterHandling: the request took effect, then its reply is lost */
@@ -90,6 +91,8 @@ function createApi (ctx) {
       send(res, out[0], out[1], out[2])
     } catch (e) {
       if (e instanceof HttpError) {
+        /* a refused body is not read: close the connection instead */
+        if (e.close && !res.headersSent) res.setHeader('connection', 'close')
         send(res, e.status, e.body)
       } else {
         if (!ctx.quiet) process.stderr.write(`fly-local: ${e && e.stack}\n`)

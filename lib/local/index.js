@@ -43,7 +43,10 @@ async function start(options = {}) {
       p.finally(() => pending.delete(p)).catch(() => {});
     },
   };
-  const server = http.createServer(createApi(ctx));
+  const handle = createApi(ctx);
+  const server = http.createServer(handle);
+  /* Expect: 100-continue: the API answers 100 only once the token passed */
+  server.on('checkContinue', handle);
   server.keepAliveTimeout = 60000;
   server.headersTimeout = 65000;
   server.requestTimeout = 0;
