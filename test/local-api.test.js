@@ -44,7 +44,7 @@ describe('fly-local API', () => {
     assert.deepEqual(none.body, { error: 'Authenticate: token validation error' });
     const wrong = await client(srv, { token: 'nope' })('GET', '/v1/apps?org_slug=personal');
     assert.equal(wrong.status, 401);
-    assertSchema('ErrorResponse', wrong.body);
+    assertSchema('Error', wrong.body);
     const flyv1 = await client(srv, { scheme: 'FlyV1' })('GET', '/v1/apps?org_slug=personal');
     assert.equal(flyv1.status, 200);
     const bearer = await api('GET', '/v1/apps?org_slug=personal');
@@ -75,7 +75,7 @@ describe('fly-local API', () => {
   it('serves regions without auth', async () => {
     const r = await client(srv, { token: null })('GET', '/v1/platform/regions');
     assert.equal(r.status, 200);
-    assertSchema('main.regionResponse', r.body);
+    assertSchema('Regions', r.body);
     assert.ok(r.body.regions.some((x) => x.code === 'iad'));
     assert.equal(typeof r.body.nearest, 'string');
   });
@@ -84,10 +84,10 @@ describe('fly-local API', () => {
     const name = `api-apps-${process.pid}`;
     const missing = await api('GET', `/v1/apps/${name}`);
     assert.equal(missing.status, 404);
-    assertSchema('ErrorResponse', missing.body);
+    assertSchema('Error', missing.body);
     const c = await api('POST', '/v1/apps', { name, org_slug: 'personal' });
     assert.equal(c.status, 201);
-    assertSchema('CreateAppResponse', c.body);
+    assertSchema('CreatedApp', c.body);
     assert.match(c.body.id, /^[a-z0-9]{16}$/);
     assert.equal(typeof c.body.created_at, 'number');
     const dup = await api('POST', '/v1/apps', { app_name: name, org_slug: 'personal' });
@@ -101,7 +101,7 @@ describe('fly-local API', () => {
     assert.equal(g.body.organization.slug, 'personal');
     const l = await api('GET', '/v1/apps?org_slug=personal');
     assert.equal(l.status, 200);
-    assertSchema('ListAppsResponse', l.body);
+    assertSchema('AppList', l.body);
     assert.ok(l.body.apps.some((a) => a.name === name));
     assert.equal(l.body.total_apps, l.body.apps.length);
     const noOrg = await api('GET', '/v1/apps');
@@ -118,6 +118,7 @@ describe('fly-local API', () => {
       assert.equal((await api('POST', '/v1/apps', { name: `${org}-${i}`, org_slug: org })).status, 201);
     }
     const p1 = await api('GET', `/v1/apps?org_slug=${org}&limit=2`);
+    assertSchema('AppList', p1.body);
     assert.equal(p1.body.apps.length, 2);
     assert.equal(p1.body.total_apps, 3);
     assert.ok(p1.body.next_cursor);
@@ -140,7 +141,7 @@ describe('fly-local API', () => {
     for (const body of cases) {
       const r = await api('POST', `/v1/apps/${app}/machines`, body);
       assert.equal(r.status, 400, JSON.stringify(body));
-      assertSchema('ErrorResponse', r.body);
+      assertSchema('Error', r.body);
       assert.match(r.body.error, /^invalid_argument: /);
     }
     const badJson = await api('POST', `/v1/apps/${app}/machines`, '{not json');
@@ -163,7 +164,7 @@ describe('fly-local API', () => {
     assert.equal(m.config.guest.memory_mb, 256);
     const w = await wait(app, m, 'state=started&timeout=30');
     assert.equal(w.status, 200);
-    assertSchema('WaitMachineResponse', w.body);
+    assertSchema('WaitResult', w.body);
     assert.equal(w.body.ok, true);
     assert.equal(w.body.state, 'started');
     const g = await api('GET', `/v1/apps/${app}/machines/${m.id}`);
@@ -171,7 +172,7 @@ describe('fly-local API', () => {
     assertSchema('Machine', g.body);
     const ev = await api('GET', `/v1/apps/${app}/machines/${m.id}/events`);
     assert.equal(ev.status, 200);
-    assertSchema('MachineEvent', ev.body, { array: true });
+    assertSchema('MachineEvents', ev.body);
     assert.deepEqual(ev.body.map((e) => e.type).slice(0, 2), ['start', 'launch']);
     assert.ok(ev.body[0].timestamp >= ev.body[1].timestamp);
     const app2 = await api('GET', `/v1/apps/${app}`);
@@ -189,6 +190,7 @@ describe('fly-local API', () => {
     const s = await api('POST', `/v1/apps/${app}/machines/${m.id}/start`);
     assert.equal(s.status, 200);
     assert.equal(s.body.previous_state, 'created');
+    assertSchema('StartResult', s.body);
     assert.equal((await wait(app, m, 'state=started&timeout=30')).status, 200);
     const del = await api('DELETE', `/v1/apps/${app}/machines/${m.id}`);
     assert.equal(del.status, 412);
@@ -198,7 +200,7 @@ describe('fly-local API', () => {
     assert.equal(arr.body.error, 'json: cannot unmarshal array into Go value of type main.stopRequest');
     const st = await api('POST', `/v1/apps/${app}/machines/${m.id}/stop`, { signal: 'SIGTERM', timeout: '5s' });
     assert.equal(st.status, 200);
-    assert.deepEqual(st.body, { ok: true });
+    assertSchema('Ok', st.body);
     const w = await wait(app, m, `state=stopped&version=${m.version}&timeout=30`);
     assert.equal(w.status, 200);
     assert.equal(w.body.state, 'stopped');
@@ -242,7 +244,7 @@ describe('fly-local API', () => {
     for (const q of ['timeout=0', 'timeout=61', 'timeout=abc', 'state=bogus', 'state=stopped']) {
       const r = await wait(app, m, q);
       assert.equal(r.status, 400, q);
-      assertSchema('ErrorResponse', r.body);
+      assertSchema('Error', r.body);
     }
     const nov = await wait(app, m, 'state=stopped');
     assert.match(nov.body.error, /instance_id required when waiting for stopped machine/);
@@ -287,7 +289,7 @@ describe('fly-local API', () => {
     assert.match(old.body.error, /currently replaced/);
     const versions = await api('GET', `/v1/apps/${app}/machines/${m.id}/versions`);
     assert.equal(versions.status, 200);
-    assertSchema('MachineVersion', versions.body, { array: true });
+    assertSchema('MachineVersions', versions.body);
     assert.equal(versions.body.length, 2);
   });
 
@@ -299,7 +301,7 @@ describe('fly-local API', () => {
     const ids = (r) => r.body.map((x) => x.id).sort();
     const web = await api('GET', `/v1/apps/${app}/machines?metadata.role=web`);
     assert.equal(web.status, 200);
-    assertSchema('Machine', web.body, { array: true });
+    assertSchema('MachineList', web.body);
     assert.deepEqual(ids(web), [a.id, b.id].sort());
     const both = await api('GET', `/v1/apps/${app}/machines?metadata.role=web&metadata.tier=b`);
     assert.deepEqual(ids(both), [b.id]);
@@ -329,11 +331,13 @@ describe('fly-local API', () => {
     const app = await newApp();
     const m = await create(app, { skip_launch: true, config: { metadata: { a: '1' } } });
     const base = `/v1/apps/${app}/machines/${m.id}/metadata`;
-    assert.deepEqual((await api('GET', base)).body, { a: '1' });
+    const all = await api('GET', base);
+    assertSchema('Metadata', all.body);
+    assert.deepEqual(all.body, { a: '1' });
     assert.equal((await api('POST', `${base}/b`, { value: '2' })).status, 204);
     const v = await api('GET', `${base}/b`);
     assert.equal(v.status, 200);
-    assertSchema('metadataValueResponse', v.body);
+    assertSchema('MetadataValue', v.body);
     assert.deepEqual(v.body, { value: '2' });
     assert.equal((await api('GET', `${base}/zz`)).status, 404);
     assert.equal((await api('PATCH', base, { metadata: { a: null, c: '3', b: '' } })).status, 204);
@@ -358,12 +362,13 @@ describe('fly-local API', () => {
     const l = await api('POST', `${base}/lease`, { ttl: 30, description: 'test' });
     assert.equal(l.status, 201);
     assert.equal(l.body.status, 'success');
-    assertSchema('Lease', l.body.data);
+    assertSchema('LeaseEnvelope', l.body);
     const { nonce } = l.body.data;
     assert.match(nonce, /^[0-9a-f]{12}$/);
     assert.ok(l.body.data.expires_at > Date.now() / 1000);
     assert.equal((await api('POST', `${base}/lease`, { ttl: 30 })).status, 409);
     const g = await api('GET', `${base}/lease`);
+    assertSchema('LeaseEnvelope', g.body);
     assert.equal(g.body.data.nonce, nonce);
     const withLease = await api('GET', `${base}?include_leases=true`);
     assertSchema('Machine', withLease.body);
@@ -384,6 +389,7 @@ describe('fly-local API', () => {
     assert.equal((await api('DELETE', `${base}/lease`, undefined, { 'fly-machine-lease-nonce': 'ffffffffffff' })).status, 404);
     const rel = await api('DELETE', `${base}/lease`, undefined, { 'fly-machine-lease-nonce': nonce });
     assert.equal(rel.status, 200);
+    assertSchema('LeaseReleased', rel.body);
     assert.deepEqual(rel.body, { status: 'success', data: { ok: true } });
     assert.equal((await api('DELETE', base)).status, 200);
   });
@@ -410,7 +416,13 @@ describe('fly-local API', () => {
     assert.equal((await api('POST', `${base}/exec`, {})).status, 400);
     assert.equal((await api('GET', `/v1/apps/${app}/machines/00000000000000`)).status, 404);
     assert.equal((await api('POST', `/v1/apps/${app}/machines/00000000000000/start`)).status, 404);
-    assert.equal((await api('POST', `${base}/cordon`)).status, 200);
+    const cordon = await api('POST', `${base}/cordon`);
+    assert.equal(cordon.status, 200);
+    assertSchema('Ok', cordon.body);
+    const mem = await api('GET', `${base}/memory`);
+    assert.equal(mem.status, 200);
+    assertSchema('Memory', mem.body);
+    assert.equal(mem.body.limit_mb, 256);
     assert.equal((await api('GET', base)).body.cordoned, true);
     assert.equal((await api('POST', `${base}/uncordon`)).status, 200);
     assert.equal((await api('DELETE', base)).status, 200);
@@ -454,7 +466,7 @@ describe('fly-local API', () => {
   it('unknown routes give 404 with JSON', async () => {
     const r = await api('GET', '/v1/nothing/here');
     assert.equal(r.status, 404);
-    assertSchema('ErrorResponse', r.body);
+    assertSchema('Error', r.body);
   });
 });
 

@@ -48,7 +48,7 @@ describe('fly-local machines', () => {
   const exec = async (m, command, extra = {}) => {
     const r = await api('POST', `/v1/apps/${app}/machines/${m.id}/exec`, { command, ...extra });
     assert.equal(r.status, 200, JSON.stringify(r.body));
-    assertSchema('flydv1.ExecResponse', r.body);
+    assertSchema('ExecResult', r.body);
     return r.body;
   };
   const sh = (m, script, extra) => exec(m, ['sh', '-c', script], extra);
@@ -248,7 +248,7 @@ describe('fly-local machines', () => {
       assert.equal(left.stdout.trim(), '0');
       const ps = await api('GET', `/v1/apps/${app}/machines/${m.id}/ps`);
       assert.equal(ps.status, 200);
-      assertSchema('ProcessStat', ps.body, { array: true });
+      assertSchema('ProcessList', ps.body);
       assert.ok(ps.body.some((p) => p.pid === 1));
       assert.ok(ps.body.some((p) => /sshd/.test(p.command)));
     } finally {

@@ -1,36 +1,29 @@
 'use strict';
 // Helpers for the fly-local tests: an emulator per test file, a small API
-// client on fetch, the spec's schemas (read from ../shared at test time), an
-// SSH key pair and the OpenSSH client.
+// client on fetch, the repository's response schema, an SSH key pair and the
+// OpenSSH client.
 const fs = require('fs');
 const os = require('os');
 const path = require('path');
 const { execFile } = require('child_process');
 const { start } = require('../../lib/local');
 
-const SPEC_PATH = path.resolve(__dirname, '../../../shared/fly-machines/openapi.yaml');
+const SCHEMA = require('../schema/machines-api.json');
 
-let ajvCache = null;
-function specValidator() {
-  if (!ajvCache) {
-    const YAML = require('yaml');
+let ajv = null;
+
+/* Asserts value matches the repository's schema definition name
+   (test/schema/machines-api.json, $defs). */
+function assertSchema(name, value) {
+  if (!ajv) {
     const Ajv2020 = require('ajv/dist/2020');
-    const spec = YAML.parse(fs.readFileSync(SPEC_PATH, 'utf8'));
-    const ajv = new Ajv2020({ strict: false, allErrors: true, validateFormats: false });
-    ajv.addSchema(spec, 'spec');
-    ajvCache = { ajv, spec };
+    ajv = new Ajv2020({ allErrors: true, strict: true });
+    ajv.addSchema(SCHEMA);
   }
-  return ajvCache;
-}
-
-/* Asserts value matches components.schemas[name] (or an array of it). */
-function assertSchema(name, value, { array = false } = {}) {
-  const { ajv } = specValidator();
-  const ref = { $ref: `spec#/components/schemas/${name}` };
-  const schema = array ? { type: 'array', items: ref } : ref;
-  const validate = ajv.compile(schema);
+  const validate = ajv.getSchema(`${SCHEMA.$id}#/$defs/${name}`);
+  if (!validate) throw new Error(`test/schema/machines-api.json has no definition ${name}`);
   if (!validate(value)) {
-    throw new Error(`response does not match ${name}${array ? '[]' : ''}: ${ajv.errorsText(validate.errors)}\n${JSON.stringify(value).slice(0, 2000)}`);
+    throw new Error(`response does not match ${name}: ${ajv.errorsText(validate.errors)}\n${JSON.stringify(value).slice(0, 2000)}`);
   }
 }
 
@@ -102,4 +95,4 @@ function traces(srvOrTag) {
   return { mounts };
 }
 
-module.exports = { startLocal, client, assertSchema, specValidator, makeKey, ssh, run, b64, SPEC_PATH, traces };
+module.exports = { startLocal, client, assertSchema, makeKey, ssh, run, b64, traces };
