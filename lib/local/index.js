@@ -93,7 +93,7 @@ async function start(options = {}) {
     port: addr.port,
     stats: () => ({ ...stats }),
     machines: () => store.allMachines().map((m) => ({
-      app: m.app.name, id: m.id, state: m.state, pid: m.run ? m.run.pid : 0, private_ip: m.privateIp,
+      app: m.app.name, network: m.app.network, id: m.id, state: m.state, pid: m.run ? m.run.pid : 0, private_ip: m.privateIp,
     })),
     /* Resolves once the machine's sshd answers (after boot or a restart). */
     waitSsh: (id, timeoutMs = 10000) => waitSshBanner(findMachine(id).privateIp, 2222, timeoutMs),

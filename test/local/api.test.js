@@ -101,6 +101,28 @@ test('creates, gets, lists and deletes apps', async () => {
   assert.equal((await api('GET', `/v1/apps/${name}`)).status, 404)
 })
 
+test('an app keeps the custom private network it was created on, and its machines carry it', async () => {
+  const name = `net-${process.pid}`
+  const c = await api('POST', '/v1/apps', { name, org_slug: 'personal', network: 'team-a' })
+  assert.equal(c.status, 201)
+  assertSchema('CreatedApp', c.body)
+  assert.equal(c.body.network, 'team-a')
+  const g = await api('GET', `/v1/apps/${name}`)
+  assertSchema('App', g.body)
+  assert.equal(g.body.network, 'team-a')
+  const l = await api('GET', '/v1/apps?org_slug=personal')
+  assert.equal(l.body.apps.find((a) => a.name === name).network, 'team-a')
+  const plain = await newApp()
+  assert.equal((await api('GET', `/v1/apps/${plain}`)).body.network, 'default')
+  const m = await create(name, { skip_launch: true })
+  assert.equal(fx.srv.machines().find((x) => x.id === m.id).network, 'team-a')
+  for (const network of [42, 'Has Caps', 'a'.repeat(64), '-dash']) {
+    const bad = await api('POST', '/v1/apps', { name: `${name}-bad`, network })
+    assert.equal(bad.status, 400, JSON.stringify(network))
+    assertSchema('Error', bad.body)
+  }
+})
+
 test('paginates apps with limit and next_cursor', async () => {
   const org = `pg-${process.pid}`
   for (let i = 0; i < 3; i++) {

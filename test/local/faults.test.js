@@ -120,7 +120,8 @@ test('swapHostKey installs a new host key and leaves metadata alone', async () =
 test('machines() lists what the instance runs', () => {
   const list = fx.srv.machines()
   const mine = list.find((x) => x.id === m.id)
-  assert.deepEqual(Object.keys(mine).sort(), ['app', 'id', 'pid', 'private_ip', 'state'])
+  assert.deepEqual(Object.keys(mine).sort(), ['app', 'id', 'network', 'pid', 'private_ip', 'state'])
+  assert.equal(mine.network, 'default')
   assert.equal(mine.app, app)
   assert.equal(mine.state, 'started')
   assert.ok(mine.pid > 1)

@@ -1,9 +1,14 @@
 'use strict'
-// /v1/apps: create (idempotent with idempotency_key), get, list by org with
-// cursor pagination, delete (which destroys the app's machines).
+// /v1/apps: create (idempotent with idempotency_key, optionally on a custom
+// private `network`), get, list by org with cursor pagination, delete (which
+// destroys the app's machines).
 const { E, HttpError, isObject, findApp } = require('../http')
 
 const APP_NAME = /^[a-z0-9][a-z0-9-]{0,61}[a-z0-9]$|^[a-z0-9]$/
+/* Fly's custom private network name (`network` at create). The machine
+   runtime reads it as machine.app.network to keep networks apart, so it is
+   held to a DNS label like an app name. */
+const NETWORK_NAME = APP_NAME
 
 function routes (route, ctx) {
   const { store } = ctx
@@ -38,6 +43,9 @@ function routes (route, ctx) {
     if (!APP_NAME.test(name)) {
       throw new HttpError(422, 'validation failed: Name can only contain lowercase letters, numbers and dashes')
     }
+    if (body.network != null && (typeof body.network !== 'string' || (body.network !== '' && !NETWORK_NAME.test(body.network)))) {
+      throw E.bad('network must be a name of lowercase letters, numbers and dashes')
+    }
     const org = body.org_slug || 'personal'
     if (body.idempotency_key) {
       const prev = store.idempotency.get(body.idempotency_key)
@@ -49,7 +57,7 @@ function routes (route, ctx) {
     if (store.apps.has(name)) {
       throw new HttpError(422, 'validation failed: Name has already been taken', { status: 'name_taken' })
     }
-    const app = store.createApp({ name, org, network: body.network })
+    const app = store.createApp({ name, org, network: body.network || undefined })
     if (body.idempotency_key) store.idempotency.set(body.idempotency_key, app)
     return [201, { ...store.appJSON(app), created_at: app.createdAt }]
   })
