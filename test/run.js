@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 'use strict'
 // `npm test`: builds the addon if needed, runs the C unit tests, then every
-// test/*.test.js with node's test runner (its summary is the last output).
+// test/*.test.js and test/local/*.test.js with node's test runner (its
+// summary is the last output).
 const { spawnSync } = require('child_process')
 const fs = require('fs')
 const path = require('path')
@@ -20,9 +21,11 @@ if (c.status !== 0) {
   process.exit(c.status || 1)
 }
 
+/* test/*.test.js and test/local/*.test.js (fly-local's own) */
+const testFiles = (dir) => fs.readdirSync(path.join(root, dir))
+  .filter((f) => f.endsWith('.test.js')).sort().map((f) => path.join(dir, f))
+
 const only = process.argv.slice(2)
-const files = only.length > 0
-  ? only
-  : fs.readdirSync(__dirname).filter((f) => f.endsWith('.test.js')).sort().map((f) => path.join('test', f))
+const files = only.length > 0 ? only : [...testFiles('test'), ...testFiles(path.join('test', 'local'))]
 const r = run(process.execPath, ['--test', '--test-concurrency=4', ...files])
 process.exit(r.status === null ? 1 : r.status)

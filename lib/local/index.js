@@ -1,84 +1,91 @@
-'use strict';
+'use strict'
 // fly-local: a local emulator of the Fly Machines API whose machines are real
 // sandboxes on this host (see README.md in this directory).
 //
 //   const srv = await require('@computesdk/fly/local').start({ token, host, port })
 //   srv.url, srv.token, await srv.stop()
-const http = require('http');
-const crypto = require('crypto');
-const { Host, waitSshBanner } = require('./runtime');
-const { Store, swapHostKey } = require('./machines');
-const { Faults } = require('./faults');
-const { createApi } = require('./api');
+const http = require('http')
+const crypto = require('crypto')
+const { Host, waitSshBanner } = require('./runtime')
+const { Store, swapHostKey } = require('./machines')
+const { Faults } = require('./faults')
+const { createApi } = require('./api')
 
-function needsRoot() {
-  const e = new Error('fly-local must run as root: its machines use Linux namespaces, overlayfs mounts and cgroups');
-  e.code = 'FLY_LOCAL_NEEDS_ROOT';
-  return e;
+function needsRoot () {
+  const e = new Error('fly-local must run as root: its machines use Linux namespaces, overlayfs mounts and cgroups')
+  e.code = 'FLY_LOCAL_NEEDS_ROOT'
+  return e
 }
 
 /* Starts an emulator; resolves once it listens. */
-async function start(options = {}) {
-  const opts = { host: '127.0.0.1', port: 0, quiet: false, region: 'iad', destroyedGraceMs: 5000, ...options };
+async function start (options = {}) {
+  const opts = { host: '127.0.0.1', port: 0, quiet: false, region: 'iad', destroyedGraceMs: 5000, ...options }
   if (process.platform !== 'linux') {
-    const e = new Error('fly-local runs on Linux only (namespaces, overlayfs)');
-    e.code = 'FLY_LOCAL_UNSUPPORTED';
-    throw e;
+    const e = new Error('fly-local runs on Linux only (namespaces, overlayfs)')
+    e.code = 'FLY_LOCAL_UNSUPPORTED'
+    throw e
   }
-  if (typeof process.getuid === 'function' && process.getuid() !== 0) throw needsRoot();
+  if (typeof process.getuid === 'function' && process.getuid() !== 0) throw needsRoot()
   if (opts.token != null && (typeof opts.token !== 'string' || !opts.token)) {
-    throw new TypeError('start: token must be a non-empty string');
+    throw new TypeError('start: token must be a non-empty string')
   }
-  const token = opts.token || `fl_${crypto.randomBytes(24).toString('base64url')}`;
+  const token = opts.token || `fl_${crypto.randomBytes(24).toString('base64url')}`
 
-  const host = await Host.create();
-  const store = new Store({ host, quiet: opts.quiet, destroyedGraceMs: opts.destroyedGraceMs, region: opts.region });
-  const faults = new Faults();
-  const stats = { connections: 0, requests: 0 };
-  const pending = new Set();
+  const host = await Host.create()
+  const store = new Store({ host, quiet: opts.quiet, destroyedGraceMs: opts.destroyedGraceMs, region: opts.region })
+  const faults = new Faults()
+  const stats = { connections: 0, requests: 0 }
+  const pending = new Set()
   const ctx = {
-    store, faults, token, stats, quiet: opts.quiet,
-    track(p) {
-      pending.add(p);
-      p.finally(() => pending.delete(p)).catch(() => {});
-    },
-  };
-  const server = http.createServer(createApi(ctx));
-  server.keepAliveTimeout = 60000;
-  server.headersTimeout = 65000;
-  server.requestTimeout = 0;
-  server.on('connection', () => { stats.connections++; });
+    store,
+    faults,
+    token,
+    stats,
+    quiet: opts.quiet,
+    track (p) {
+      pending.add(p)
+      p.finally(() => pending.delete(p)).catch(() => {})
+    }
+  }
+  const handle = createApi(ctx)
+  const server = http.createServer(handle)
+  /* Expect: 100-continue: the API answers 100 only once the token passed */
+  server.on('checkContinue', handle)
+  server.keepAliveTimeout = 60000
+  server.headersTimeout = 65000
+  server.requestTimeout = 0
+  server.on('connection', () => { stats.connections++ })
 
   /* Abrupt exits: machines die with us (PDEATHSIG); remove our files. */
-  const onExit = () => host.destroy();
-  process.on('exit', onExit);
+  const onExit = () => host.destroy()
+  process.on('exit', onExit)
 
   try {
     await new Promise((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(opts.port, opts.host, () => { server.off('error', reject); resolve(); });
-    });
+      server.once('error', reject)
+      server.listen(opts.port, opts.host, () => { server.off('error', reject); resolve() })
+    })
   } catch (e) {
-    process.off('exit', onExit);
-    host.destroy();
-    throw e;
+    process.off('exit', onExit)
+    host.destroy()
+    throw e
   }
-  const addr = server.address();
-  const hostPart = addr.family === 'IPv6' || addr.family === 6 ? `[${addr.address}]` : addr.address;
-  const url = `http://${hostPart}:${addr.port}`;
+  const addr = server.address()
+  const hostPart = addr.family === 'IPv6' || addr.family === 6 ? `[${addr.address}]` : addr.address
+  const url = `http://${hostPart}:${addr.port}`
 
   const findMachine = (id) => {
-    const m = store.allMachines().find((x) => x.id === id);
-    if (!m) throw new Error(`fly-local: no machine ${id}`);
-    return m;
-  };
+    const m = store.allMachines().find((x) => x.id === id)
+    if (!m) throw new Error(`fly-local: no machine ${id}`)
+    return m
+  }
   const runningMachine = (id) => {
-    const m = findMachine(id);
-    if (!m.run || !m.run.started) throw new Error(`fly-local: machine ${id} is not running`);
-    return m;
-  };
+    const m = findMachine(id)
+    if (!m.run || !m.run.started) throw new Error(`fly-local: machine ${id} is not running`)
+    return m
+  }
 
-  let stopping = null;
+  let stopping = null
   const srv = {
     url,
     token,
@@ -90,54 +97,54 @@ async function start(options = {}) {
     port: addr.port,
     stats: () => ({ ...stats }),
     machines: () => store.allMachines().map((m) => ({
-      app: m.app.name, id: m.id, state: m.state, pid: m.run ? m.run.pid : 0, private_ip: m.privateIp,
+      app: m.app.name, network: m.app.network, id: m.id, state: m.state, pid: m.run ? m.run.pid : 0, private_ip: m.privateIp
     })),
     /* Resolves once the machine's sshd answers (after boot or a restart). */
     waitSsh: (id, timeoutMs = 10000) => waitSshBanner(findMachine(id).privateIp, 2222, timeoutMs),
-    async killSshd(id) {
-      const m = runningMachine(id);
-      if (m.run.frozen) m.run.thaw();
-      const { all } = m.run.sshdTree();
+    async killSshd (id) {
+      const m = runningMachine(id)
+      if (m.run.frozen) m.run.thaw()
+      const { all } = m.run.sshdTree()
       for (const p of all) {
-        try { process.kill(p, 'SIGKILL'); } catch (_) { /* gone */ }
+        try { process.kill(p, 'SIGKILL') } catch (_) { /* gone */ }
       }
-      return all.length;
+      return all.length
     },
-    async freezeSshd(id) {
-      const m = runningMachine(id);
-      const { all } = m.run.sshdTree();
+    async freezeSshd (id) {
+      const m = runningMachine(id)
+      const { all } = m.run.sshdTree()
       for (const p of all) {
-        try { process.kill(p, 'SIGSTOP'); } catch (_) { /* gone */ }
+        try { process.kill(p, 'SIGSTOP') } catch (_) { /* gone */ }
       }
-      m.frozenSshd = all;
-      return all.length;
+      m.frozenSshd = all
+      return all.length
     },
-    async thawSshd(id) {
-      const m = runningMachine(id);
-      const pids = new Set([...(m.frozenSshd || []), ...m.run.sshdTree().all]);
+    async thawSshd (id) {
+      const m = runningMachine(id)
+      const pids = new Set([...(m.frozenSshd || []), ...m.run.sshdTree().all])
       for (const p of pids) {
-        try { process.kill(p, 'SIGCONT'); } catch (_) { /* gone */ }
+        try { process.kill(p, 'SIGCONT') } catch (_) { /* gone */ }
       }
-      m.frozenSshd = null;
-      return pids.size;
+      m.frozenSshd = null
+      return pids.size
     },
     swapHostKey: (id) => swapHostKey(runningMachine(id)),
-    stop() {
+    stop () {
       if (!stopping) {
         stopping = (async () => {
-          server.close();
-          if (server.closeAllConnections) server.closeAllConnections();
-          await Promise.allSettled([...pending]);
-          await store.destroyAll();
-          host.destroy();
-          process.off('exit', onExit);
-        })();
+          server.close()
+          if (server.closeAllConnections) server.closeAllConnections()
+          await Promise.allSettled([...pending])
+          await store.destroyAll()
+          host.destroy()
+          process.off('exit', onExit)
+        })()
       }
-      return stopping;
-    },
-  };
-  if (!opts.quiet && options.log) options.log(`fly-local listening on ${url}`);
-  return srv;
+      return stopping
+    }
+  }
+  if (!opts.quiet && options.log) options.log(`fly-local listening on ${url}`)
+  return srv
 }
 
-module.exports = { start };
+module.exports = { start }

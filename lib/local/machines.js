@@ -365,6 +365,8 @@ class Store {
     this.events.setMaxListeners(0);
   }
 
+  /* network: the app's private network ('default' unless a custom one is
+     named); its machines read it as this.app.network. */
   createApp({ name, org, network }) {
     const app = {
       id: ids.appId(), name, org, network: network || 'default', createdAt: Date.now(),
