@@ -8,7 +8,9 @@ const { startLocal, localFixture, client, assertSchema } = require('../helpers/l
 
 const IMAGE = 'registry-1.docker.io/library/ubuntu:latest'
 
-const fx = localFixture({ destroyedGraceMs: 300 })
+// Destroyed machines stay readable this long: long enough for the tests that
+// read them in that state even on a loaded machine.
+const fx = localFixture({ destroyedGraceMs: 3000 })
 const { api } = fx
 
 let appSeq = 0
@@ -233,17 +235,18 @@ test('skip_launch stays created; stop on created is 412; start from created work
 test('a destroyed machine reads destroyed, then 404', async () => {
   const app = await newApp()
   const m = await create(app, { skip_launch: true })
+  // Listen before the delete: the purge must not happen unobserved.
+  const purged = new Promise((resolve) => {
+    const on = (e) => { if (e.id === m.id) { fx.srv.events.off('purged', on); resolve() } }
+    fx.srv.events.on('purged', on)
+  })
   assert.equal((await api('DELETE', `/v1/apps/${app}/machines/${m.id}`)).status, 200)
   assert.equal((await wait(app, m, 'state=destroyed&timeout=10')).status, 200)
   const listed = await api('GET', `/v1/apps/${app}/machines?include_deleted=true`)
   assert.ok(listed.body.some((x) => x.id === m.id && x.state === 'destroyed'))
   const hidden = await api('GET', `/v1/apps/${app}/machines`)
   assert.ok(!hidden.body.some((x) => x.id === m.id))
-  /* the grace period is 300 ms in this instance: wait for its end */
-  await new Promise((resolve) => {
-    const on = (e) => { if (e.id === m.id) { fx.srv.events.off('purged', on); resolve() } }
-    fx.srv.events.on('purged', on)
-  })
+  await purged
   const g = await api('GET', `/v1/apps/${app}/machines/${m.id}`)
   assert.equal(g.status, 404)
   assert.equal(g.body.error, 'not_found: machine not found')
