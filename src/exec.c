@@ -150,34 +150,19 @@ static int exec_step(fly_ssh_sess_t *s, fly_ssh_op_t *op, uint64_t now) {
 
   switch (x->state) {
   case X_WAIT:
-    if (s->opener != NULL && s->opener != op)
+    if (!fly_ssh_chan_begin(s, op, now))
       return FLY_SSH_WAIT;
-    if (s->nchan >= s->chan_limit)
-      return FLY_SSH_WAIT;
-    s->opener = op;
-    op->started = 1;
     x->state = X_OPEN;
     /* fall through */
   case X_OPEN:
     x->ch = libssh2_channel_open_session(s->ls);
     if (x->ch == NULL) {
-      rc = libssh2_session_last_errno(s->ls);
-      if (rc == LIBSSH2_ERROR_EAGAIN)
-        return fly_ssh_blocked_out(s) ? FLY_SSH_OUT : FLY_SSH_WAIT;
-      s->opener = NULL;
-      if (fly_ssh_rc_dead(s, rc))
-        return FLY_SSH_DEAD;
-      if (rc == LIBSSH2_ERROR_CHANNEL_FAILURE && s->nchan > 0) {
-        /* The server's MaxSessions: wait for a channel to close. */
-        s->chan_limit = s->nchan;
+      rc = fly_ssh_chan_failed(s, op, now, "opening a channel");
+      if (s->opener != op)
         x->state = X_WAIT;
-        return FLY_SSH_WAIT;
-      }
-      return exec_fail(s, x, "SSH_CHANNEL_FAILED", "opening a channel");
+      return rc;
     }
-    s->opener = NULL;
-    s->nchan++;
-    s->progress = 1;
+    fly_ssh_chan_opened(s, op);
     x->state = X_EXEC;
     /* fall through */
   case X_EXEC:
@@ -273,7 +258,7 @@ static int exec_step(fly_ssh_sess_t *s, fly_ssh_op_t *op, uint64_t now) {
     if (rc == LIBSSH2_ERROR_EAGAIN)
       return fly_ssh_blocked_out(s) ? FLY_SSH_OUT : FLY_SSH_WAIT;
     x->ch = NULL;
-    s->nchan--;
+    fly_ssh_chan_freed(s);
     return FLY_SSH_DONE;
   }
   return FLY_SSH_WAIT;
@@ -305,20 +290,13 @@ static void exec_start(fly_loop_t *loop, fly_req_t *req) {
 
 static napi_value exec_result(napi_env env, fly_req_t *req) {
   fly_exec_t *x = (fly_exec_t *)req;
-  napi_value obj, v;
+  napi_value obj;
 
   FLY_NAPI_CALL(env, napi_create_object(env, &obj), NULL);
   fly_js_set_int(env, obj, "exitCode", x->exit_code);
-  if (x->signal != NULL) {
-    fly_js_set_str(env, obj, "signal", x->signal);
-  } else {
-    napi_get_null(env, &v);
-    napi_set_named_property(env, obj, "signal", v);
-  }
-  if ((v = fly_js_buffer_from(env, &x->out)) != NULL)
-    napi_set_named_property(env, obj, "stdout", v);
-  if ((v = fly_js_buffer_from(env, &x->err)) != NULL)
-    napi_set_named_property(env, obj, "stderr", v);
+  fly_js_set_str(env, obj, "signal", x->signal); /* NULL -> null */
+  fly_js_set_value(env, obj, "stdout", fly_js_buffer_from(env, &x->out));
+  fly_js_set_value(env, obj, "stderr", fly_js_buffer_from(env, &x->err));
   fly_js_set_bool(env, obj, "timedOut", x->timed_out);
   return obj;
 }
@@ -359,9 +337,6 @@ napi_value fly_napi_ssh_exec(napi_env env, napi_callback_info info) {
   return fly_req_submit(env, &x->op.req);
 
 fail:
-  exec_free(env, &x->op.req);
-  if (x->op.req.on_chunk != NULL)
-    napi_delete_reference(env, x->op.req.on_chunk);
-  free(x);
+  fly_req_free(env, &x->op.req);
   return NULL;
 }

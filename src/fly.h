@@ -71,6 +71,8 @@ void fly_err_clear(fly_err_t *e);
 napi_value fly_err_to_js(napi_env env, const fly_err_t *e);
 /* JS thread: throw a TypeError/RangeError with code ERR_INVALID_ARG. */
 void fly_throw_invalid(napi_env env, const char *fmt, ...);
+/* JS thread: throw the one out-of-memory error (code ERR_NO_MEMORY). */
+void fly_throw_nomem(napi_env env);
 #endif
 
 /* ------------------------------------------------------------------------ */
@@ -120,6 +122,13 @@ void *fly_req_new(napi_env env, size_t size, const fly_req_vt_t *vt);
  * and create the promise.  On failure req is freed and an exception is
  * pending; returns NULL. */
 napi_value fly_req_submit(napi_env env, fly_req_t *req);
+/* JS thread: queue req with no promise (its result is dropped), e.g. from
+ * a finalizer.  Does nothing but free req when the I/O thread is not
+ * running.  0, or -1 when req was freed unsent. */
+int fly_req_submit_detached(napi_env env, fly_req_t *req);
+/* JS thread: free a request that was never submitted (vt->free, the
+ * on_chunk reference, the error, the request). */
+void fly_req_free(napi_env env, fly_req_t *req);
 #endif
 
 /* ------------------------------------------------------------------------ */
@@ -280,7 +289,8 @@ void fly_strv_free(char **v, size_t n);
 int fly_js_arg_obj(napi_env env, napi_callback_info info, size_t idx,
                    napi_value *out);
 
-/* Set obj[name] = value helpers; ignore failures (an exception pends). */
+/* Set obj[name] = value helpers; on failure an exception is left pending
+ * (settle() then rejects with it). */
 void fly_js_set_str(napi_env env, napi_value obj, const char *name,
                     const char *s);
 void fly_js_set_int(napi_env env, napi_value obj, const char *name,
@@ -288,7 +298,11 @@ void fly_js_set_int(napi_env env, napi_value obj, const char *name,
 void fly_js_set_double(napi_env env, napi_value obj, const char *name,
                        double v);
 void fly_js_set_bool(napi_env env, napi_value obj, const char *name, int v);
-/* A Buffer that takes ownership of buf's bytes (no copy). */
+/* v == NULL (a failed build of v) leaves an exception pending too. */
+void fly_js_set_value(napi_env env, napi_value obj, const char *name,
+                      napi_value v);
+/* A Buffer that takes ownership of buf's bytes (no copy); NULL with an
+ * exception pending (buf emptied) when it cannot be made. */
 napi_value fly_js_buffer_from(napi_env env, fly_buf_t *buf);
 
 #define FLY_NAPI_CALL(env, call, ret)                                        \

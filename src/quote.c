@@ -60,7 +60,7 @@ static void quote_invalid(fly_err_t *e, const char *msg) {
 
 static void quote_nomem(fly_err_t *e) {
   if (e != NULL)
-    fly_err_set(e, "FLY_INTERNAL", "out of memory building the command");
+    fly_err_set(e, "ERR_NO_MEMORY", "out of memory building the command");
 }
 
 /* The script that runs the command itself: exports, cd, command. */

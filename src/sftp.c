@@ -721,36 +721,21 @@ static int run_remove(fly_ssh_sess_t *s, fly_sftp_t *x) {
 static int sftp_step(fly_ssh_sess_t *s, fly_ssh_op_t *op, uint64_t now) {
   fly_sftp_t *x = (fly_sftp_t *)op;
   int rc;
-  (void)now;
 
   if (s->sftp_owner != NULL && s->sftp_owner != op)
     return FLY_SSH_WAIT;
   if (s->sftp == NULL) {
-    if ((s->opener != NULL && s->opener != op) || s->nchan >= s->chan_limit)
+    if (!fly_ssh_chan_begin(s, op, now))
       return FLY_SSH_WAIT;
-    s->opener = op;
     s->sftp_owner = op;
-    op->started = 1;
     s->sftp = libssh2_sftp_init(s->ls);
     if (s->sftp == NULL) {
-      rc = libssh2_session_last_errno(s->ls);
-      if (rc == LIBSSH2_ERROR_EAGAIN)
-        return AGAIN(s);
-      s->opener = NULL;
-      s->sftp_owner = NULL;
-      if (fly_ssh_rc_dead(s, rc))
-        return FLY_SSH_DEAD;
-      if (rc == LIBSSH2_ERROR_CHANNEL_FAILURE && s->nchan > 0) {
-        s->chan_limit = s->nchan;
-        return FLY_SSH_WAIT;
-      }
-      fly_ssh_err_last(s, &op->req.err, "SSH_CHANNEL_FAILED",
-                       "starting the sftp subsystem");
-      return FLY_SSH_DONE;
+      rc = fly_ssh_chan_failed(s, op, now, "starting the sftp subsystem");
+      if (s->opener != op)
+        s->sftp_owner = NULL;
+      return rc;
     }
-    s->opener = NULL;
-    s->nchan++;
-    s->progress = 1;
+    fly_ssh_chan_opened(s, op);
   }
   s->sftp_owner = op;
   op->started = 1;
@@ -796,7 +781,7 @@ static napi_value sftp_result(napi_env env, fly_req_t *req) {
     return fly_js_buffer_from(env, &x->data);
   case K_STAT:
     if (!x->found) {
-      napi_get_null(env, &v);
+      FLY_NAPI_CALL(env, napi_get_null(env, &v), NULL);
       return v;
     }
     FLY_NAPI_CALL(env, napi_create_object(env, &o), NULL);
@@ -826,7 +811,7 @@ static void sftp_free(napi_env env, fly_req_t *req) {
   size_t i;
   /* Without env the environment is going away and frees references. */
   if (env != NULL && x->pin != NULL)
-    napi_delete_reference(env, x->pin);
+    (void)napi_delete_reference(env, x->pin); /* freeing anyway */
   fly_ssh_target_free(&x->op.target);
   free(x->path);
   free(x->cur);
@@ -880,7 +865,6 @@ napi_value fly_napi_sftp(napi_env env, napi_callback_info info) {
 
 fail:
   free(opname);
-  sftp_free(env, &x->op.req);
-  free(x);
+  fly_req_free(env, &x->op.req);
   return NULL;
 }

@@ -109,9 +109,12 @@ int fly_ssh_target_parse(napi_env env, napi_value opts, fly_ssh_target_t *t) {
   uint64_t port, keepalive;
 
   memset(t, 0, sizeof(*t));
-  if (napi_has_named_property(env, opts, "target", &has) != napi_ok ||
-      !has || napi_get_named_property(env, opts, "target", &tv) != napi_ok ||
-      napi_typeof(env, tv, &type) != napi_ok || type != napi_object) {
+  FLY_NAPI_CALL(env, napi_has_named_property(env, opts, "target", &has), -1);
+  if (has) {
+    FLY_NAPI_CALL(env, napi_get_named_property(env, opts, "target", &tv), -1);
+    FLY_NAPI_CALL(env, napi_typeof(env, tv, &type), -1);
+  }
+  if (!has || type != napi_object) {
     fly_throw_invalid(env, "target must be an object");
     return -1;
   }
@@ -198,6 +201,50 @@ void fly_ssh_err_last(fly_ssh_sess_t *s, fly_err_t *e, const char *code,
   e->lib_code = rc;
 }
 
+/* ---- channel slots ------------------------------------------------------- */
+
+int fly_ssh_chan_begin(fly_ssh_sess_t *s, fly_ssh_op_t *op, uint64_t now) {
+  (void)now;
+  if (s->opener == op)
+    return 1;
+  if (s->opener != NULL || s->nchan >= s->chan_limit)
+    return 0;
+  s->opener = op;
+  op->started = 1;
+  return 1;
+}
+
+int fly_ssh_chan_failed(fly_ssh_sess_t *s, fly_ssh_op_t *op, uint64_t now,
+                        const char *what) {
+  int rc = libssh2_session_last_errno(s->ls);
+  (void)now;
+
+  if (rc == LIBSSH2_ERROR_EAGAIN)
+    return fly_ssh_blocked_out(s) ? FLY_SSH_OUT : FLY_SSH_WAIT;
+  s->opener = NULL;
+  if (fly_ssh_rc_dead(s, rc))
+    return FLY_SSH_DEAD;
+  if (rc == LIBSSH2_ERROR_CHANNEL_FAILURE && s->nchan > 0) {
+    /* The server's MaxSessions: wait for a channel to close. */
+    s->chan_limit = s->nchan;
+    return FLY_SSH_WAIT;
+  }
+  fly_ssh_err_last(s, &op->req.err, "SSH_CHANNEL_FAILED", what);
+  return FLY_SSH_DONE;
+}
+
+void fly_ssh_chan_opened(fly_ssh_sess_t *s, fly_ssh_op_t *op) {
+  if (s->opener == op)
+    s->opener = NULL;
+  s->nchan++;
+  s->progress = 1;
+}
+
+void fly_ssh_chan_freed(fly_ssh_sess_t *s) {
+  s->nchan--;
+  s->progress = 1;
+}
+
 void fly_ssh_zombie_add(fly_ssh_sess_t *s, LIBSSH2_CHANNEL *ch) {
   fly_ssh_zombie_t *z = calloc(1, sizeof(*z));
   if (z == NULL) {
@@ -226,8 +273,8 @@ static void op_unlink(fly_ssh_sess_t *s, fly_ssh_op_t *op) {
     s->opener = NULL;
   if (s->sftp_owner == op)
     s->sftp_owner = NULL;
-  if (s->blocked == op)
-    s->blocked = NULL;
+  if (s->blocked.kind == FLY_SSH_BLOCKED_OP && s->blocked.u.op == op)
+    s->blocked.kind = FLY_SSH_BLOCKED_NONE;
 }
 
 static void op_finish(fly_ssh_sess_t *s, fly_ssh_op_t *op) {
@@ -271,7 +318,8 @@ static void sess_close_conn(fly_ssh_sess_t *s, int graceful) {
   fly_ssh_zombie_t *z, *zn;
 
   if (s->ls != NULL) {
-    if (graceful && s->state == S_READY && s->blocked == NULL)
+    if (graceful && s->state == S_READY &&
+        s->blocked.kind == FLY_SSH_BLOCKED_NONE)
       libssh2_session_disconnect(s->ls, "closed by client");
     /* With the socket shut down every send and receive fails at once, so
      * the frees below cannot return EAGAIN. */
@@ -294,7 +342,7 @@ static void sess_close_conn(fly_ssh_sess_t *s, int graceful) {
   s->nchan = 0;
   s->chan_limit = INT_MAX;
   s->opener = NULL;
-  s->blocked = NULL;
+  s->blocked.kind = FLY_SSH_BLOCKED_NONE;
   s->sftp_owner = NULL;
   s->state = S_IDLE;
 }
@@ -645,11 +693,10 @@ static void zombie_remove(fly_ssh_sess_t *s, fly_ssh_zombie_t *z) {
       break;
     }
   }
-  if (s->blocked == z)
-    s->blocked = NULL;
+  if (s->blocked.kind == FLY_SSH_BLOCKED_ZOMBIE && s->blocked.u.zombie == z)
+    s->blocked.kind = FLY_SSH_BLOCKED_NONE;
   free(z);
-  s->nchan--;
-  s->progress = 1;
+  fly_ssh_chan_freed(s);
 }
 
 /* Returns 0, or -1 when the session died (already handled). */
@@ -658,16 +705,16 @@ static int sess_keepalive(fly_ssh_sess_t *s, uint64_t now) {
 
   if (s->target.keepalive_sec == 0)
     return 0;
-  if (s->blocked != &s->keepalive_at && now < s->keepalive_at)
+  if (s->blocked.kind != FLY_SSH_BLOCKED_KEEPALIVE && now < s->keepalive_at)
     return 0;
   rc = libssh2_keepalive_send(s->ls, &secs);
   if (rc == LIBSSH2_ERROR_EAGAIN) {
     if (fly_ssh_blocked_out(s))
-      s->blocked = &s->keepalive_at;
+      s->blocked.kind = FLY_SSH_BLOCKED_KEEPALIVE;
     return 0;
   }
-  if (s->blocked == &s->keepalive_at)
-    s->blocked = NULL;
+  if (s->blocked.kind == FLY_SSH_BLOCKED_KEEPALIVE)
+    s->blocked.kind = FLY_SSH_BLOCKED_NONE;
   if (rc != 0) {
     sess_disconnected(s, "keepalive failed");
     return -1;
@@ -684,7 +731,8 @@ static int sess_step_op(fly_ssh_sess_t *s, fly_ssh_op_t *op, uint64_t now) {
   int r = op->ovt->step(s, op, now);
   switch (r) {
   case FLY_SSH_OUT:
-    s->blocked = op;
+    s->blocked.kind = FLY_SSH_BLOCKED_OP;
+    s->blocked.u.op = op;
     return 1;
   case FLY_SSH_DONE:
     op_finish(s, op);
@@ -696,8 +744,8 @@ static int sess_step_op(fly_ssh_sess_t *s, fly_ssh_op_t *op, uint64_t now) {
     return -1;
   }
   default:
-    if (s->blocked == op)
-      s->blocked = NULL;
+    if (s->blocked.kind == FLY_SSH_BLOCKED_OP && s->blocked.u.op == op)
+      s->blocked.kind = FLY_SSH_BLOCKED_NONE;
     return 0;
   }
 }
@@ -712,27 +760,27 @@ static void sess_ready_step(fly_ssh_sess_t *s, uint64_t now) {
     return;
   }
   /* A half-sent packet: only its owner may send until it is through. */
-  if (s->blocked != NULL) {
-    if (s->blocked == &s->keepalive_at) {
-      if (sess_keepalive(s, now) != 0 || s->blocked != NULL)
-        return;
-    } else {
-      for (z = s->zombies; z != NULL && z != s->blocked; z = z->next)
-        ;
-      if (z != NULL) {
-        r = zombie_step(s, z);
-        if (r < 0)
-          return;
-        if (r > 0)
-          zombie_remove(s, z);
-        s->blocked = NULL;
-      } else {
-        op = s->blocked;
-        r = sess_step_op(s, op, now);
-        if (r != 0)
-          return;
-      }
-    }
+  switch (s->blocked.kind) {
+  case FLY_SSH_BLOCKED_KEEPALIVE:
+    if (sess_keepalive(s, now) != 0 ||
+        s->blocked.kind != FLY_SSH_BLOCKED_NONE)
+      return;
+    break;
+  case FLY_SSH_BLOCKED_ZOMBIE:
+    z = s->blocked.u.zombie;
+    r = zombie_step(s, z);
+    if (r < 0)
+      return;
+    s->blocked.kind = FLY_SSH_BLOCKED_NONE;
+    if (r > 0)
+      zombie_remove(s, z);
+    break;
+  case FLY_SSH_BLOCKED_OP:
+    if (sess_step_op(s, s->blocked.u.op, now) != 0)
+      return;
+    break;
+  case FLY_SSH_BLOCKED_NONE:
+    break;
   }
   for (op = s->ops; op != NULL; op = next) {
     next = op->next;
@@ -744,7 +792,8 @@ static void sess_ready_step(fly_ssh_sess_t *s, uint64_t now) {
     zn = z->next;
     r = zombie_step(s, z);
     if (r < 0) {
-      s->blocked = z;
+      s->blocked.kind = FLY_SSH_BLOCKED_ZOMBIE;
+      s->blocked.u.zombie = z;
       return;
     }
     if (r > 0)
@@ -913,7 +962,7 @@ napi_value fly_napi_ssh_close(napi_env env, napi_callback_info info) {
   if (c == NULL)
     return NULL;
   if (fly_js_prop_str(env, opts, "key", 1, &c->key) != 0) {
-    free(c);
+    fly_req_free(env, &c->req);
     return NULL;
   }
   return fly_req_submit(env, &c->req);

@@ -62,6 +62,22 @@ typedef struct fly_ssh_zombie_s {
   struct fly_ssh_zombie_s *next;
 } fly_ssh_zombie_t;
 
+/* Who owns a send that returned EAGAIN half done (ssh.c only). */
+typedef enum {
+  FLY_SSH_BLOCKED_NONE = 0,
+  FLY_SSH_BLOCKED_OP,          /* u.op's step */
+  FLY_SSH_BLOCKED_ZOMBIE,      /* u.zombie's channel free */
+  FLY_SSH_BLOCKED_KEEPALIVE    /* the session's keepalive */
+} fly_ssh_blocked_kind_t;
+
+typedef struct fly_ssh_blocked_s {
+  fly_ssh_blocked_kind_t kind;
+  union {
+    fly_ssh_op_t *op;
+    fly_ssh_zombie_t *zombie;
+  } u;
+} fly_ssh_blocked_t;
+
 struct fly_ssh_sess_s {
   fly_loop_t *loop;
   fly_ssh_sess_t *next;
@@ -76,13 +92,13 @@ struct fly_ssh_sess_s {
   char last_connect_error[160];
 
   fly_ssh_op_t *ops;
-  /* libssh2 keeps one open state per session (channel opens and SFTP init
+  /* Channel slots: changed only by the fly_ssh_chan_* functions (ssh.c).
+   * libssh2 keeps one open state per session (channel opens and SFTP init
    * share it), so one op at a time may be opening. */
-  void *opener;
-  /* The object whose send returned EAGAIN half done, or NULL. */
-  void *blocked;
+  fly_ssh_op_t *opener;
   int nchan;                   /* channels open, zombies included */
   int chan_limit;              /* learned from the server's refusals */
+  fly_ssh_blocked_t blocked;   /* ssh.c only */
 
   LIBSSH2_SFTP *sftp;
   fly_ssh_op_t *sftp_owner;    /* SFTP runs one op at a time */
@@ -97,6 +113,21 @@ void fly_ssh_target_free(fly_ssh_target_t *t);
 
 /* I/O thread: hand an op to the session of its target key. */
 void fly_ssh_op_start(fly_loop_t *loop, fly_ssh_op_t *op);
+
+/* I/O thread: channel slots, for exec.c and sftp.c.  An op that wants a
+ * channel calls fly_ssh_chan_begin until it returns 1 (the op is then the
+ * session's one opener, and stays so until its open ends), then calls the
+ * libssh2 open; a NULL open goes to fly_ssh_chan_failed, a channel to
+ * fly_ssh_chan_opened; the end of a channel to fly_ssh_chan_freed. */
+int fly_ssh_chan_begin(fly_ssh_sess_t *s, fly_ssh_op_t *op, uint64_t now);
+/* The open returned NULL.  Returns FLY_SSH_WAIT or FLY_SSH_OUT (EAGAIN,
+ * still the opener; or refused by the server's MaxSessions: no longer the
+ * opener, fly_ssh_chan_begin again later), FLY_SSH_DEAD, or FLY_SSH_DONE
+ * with op's error set (SSH_CHANNEL_FAILED, "what failed"). */
+int fly_ssh_chan_failed(fly_ssh_sess_t *s, fly_ssh_op_t *op, uint64_t now,
+                        const char *what);
+void fly_ssh_chan_opened(fly_ssh_sess_t *s, fly_ssh_op_t *op);
+void fly_ssh_chan_freed(fly_ssh_sess_t *s);
 
 /* I/O thread helpers for the op modules. */
 int fly_ssh_blocked_out(fly_ssh_sess_t *s);
