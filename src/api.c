@@ -14,6 +14,7 @@
 #include "fly.h"
 
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +26,11 @@ enum {
   POLICY_CREATE,     /* ONCE, plus a look-up after an ambiguous failure */
   POLICY_WAIT        /* IDEMPOTENT, and loop on 408 until the wait bound */
 };
+
+/* Retry-After beyond a day is read as a day (it only has to exceed any
+ * total bound); replies beyond FLY_API_MAX_REPLY are refused. */
+#define FLY_API_RETRY_AFTER_MAX_S 86400
+#define FLY_API_MAX_REPLY ((size_t)64 << 20)
 
 typedef struct fly_api_op_s {
   const char *name;
@@ -89,6 +95,8 @@ struct fly_api_s {
   char *path;          /* escaped path and query, for messages */
   char *url;
   char *lookup_url;    /* create: find the machine by its create id */
+  char *create_id;     /* create: the id in its metadata, and the key */
+  char *create_key;
   char *body;
   size_t body_len;
   struct curl_slist *headers;
@@ -102,6 +110,7 @@ struct fly_api_s {
   fly_buf_t resp;
   char *request_id;
   int64_t retry_after_ms;
+  int too_large;       /* the reply passed FLY_API_MAX_REPLY */
   char errbuf[CURL_ERROR_SIZE];
   fly_api_t *list_next; /* in the active or the timer list */
 
@@ -187,6 +196,10 @@ static void set_curl_error(fly_api_t *a, CURLcode rc) {
 
 static size_t on_body(char *data, size_t size, size_t n, void *arg) {
   fly_api_t *a = arg;
+  if (size * n > FLY_API_MAX_REPLY - a->resp.len) {
+    a->too_large = 1;
+    return 0; /* curl ends the transfer with CURLE_WRITE_ERROR */
+  }
   return fly_buf_append(&a->resp, data, size * n) == 0 ? size * n : 0;
 }
 
@@ -217,14 +230,24 @@ static size_t on_header(char *data, size_t size, size_t n, void *arg) {
     a->request_id = strdup(value);
   } else if (name_len == 11 && strncasecmp(data, "retry-after", 11) == 0) {
     char *end;
-    long secs = strtol(value, &end, 10);
+    long long secs;
+    errno = 0;
+    secs = strtoll(value, &end, 10);
     if (end != value && *end == '\0' && secs >= 0) {
+      /* Clamped: a huge value only means "not within the total bound",
+       * which retry_later checks. */
+      if (errno == ERANGE || secs > FLY_API_RETRY_AFTER_MAX_S)
+        secs = FLY_API_RETRY_AFTER_MAX_S;
       a->retry_after_ms = (int64_t)secs * 1000;
     } else {
       /* An HTTP date: the delay is the distance from now. */
       time_t when = curl_getdate(value, NULL), now = time(NULL);
-      if (when > 0)
-        a->retry_after_ms = when > now ? (int64_t)(when - now) * 1000 : 0;
+      if (when > 0) {
+        int64_t d = when > now ? (int64_t)(when - now) : 0;
+        if (d > FLY_API_RETRY_AFTER_MAX_S)
+          d = FLY_API_RETRY_AFTER_MAX_S;
+        a->retry_after_ms = d * 1000;
+      }
     }
   }
   return len;
@@ -249,6 +272,7 @@ static void begin_transfer(fly_loop_t *loop, fly_api_t *a) {
   free(a->request_id);
   a->request_id = NULL;
   a->retry_after_ms = -1;
+  a->too_large = 0;
   a->errbuf[0] = '\0';
   a->status = 0;
   a->attempts++;
@@ -356,9 +380,25 @@ static void on_lookup_done(fly_loop_t *loop, fly_api_t *a, CURLcode rc) {
     return;
   }
   list = cJSON_ParseWithLength(a->resp.base, a->resp.len);
-  if (cJSON_IsArray(list) && cJSON_GetArraySize(list) > 0) {
+  first = NULL;
+  if (cJSON_IsArray(list)) {
+    /* Only a machine whose metadata carries our create id is ours (a
+     * server that ignores the filter lists every machine). */
+    cJSON *m;
+    int i = 0;
+    cJSON_ArrayForEach(m, list) {
+      cJSON *cfg = cJSON_GetObjectItemCaseSensitive(m, "config");
+      cJSON *md = cJSON_GetObjectItemCaseSensitive(cfg, "metadata");
+      cJSON *v = cJSON_GetObjectItemCaseSensitive(md, a->create_key);
+      if (cJSON_IsString(v) && strcmp(v->valuestring, a->create_id) == 0) {
+        first = cJSON_DetachItemFromArray(list, i);
+        break;
+      }
+      i++;
+    }
+  }
+  if (first != NULL) {
     /* The create did happen: answer with that machine. */
-    first = cJSON_DetachItemFromArray(list, 0);
     cJSON_Delete(list);
     fly_err_clear(&a->req.err);
     a->json = first;
@@ -383,6 +423,15 @@ void fly_api_on_done(fly_loop_t *loop, CURL *easy, CURLcode rc) {
   a->easy = NULL;
   list_remove(&st->active, a);
 
+  if (a->too_large) {
+    /* Not transient: the same reply would come again. */
+    fly_err_set(&a->req.err, "FLY_RESPONSE_TOO_LARGE",
+                "Fly API %s %s: the reply is larger than %zu bytes",
+                a->op->method, a->path, FLY_API_MAX_REPLY);
+    fly_buf_free(&a->resp);
+    finish(loop, a);
+    return;
+  }
   if (a->lookup) {
     on_lookup_done(loop, a, rc);
     return;
@@ -557,6 +606,8 @@ static void api_free(napi_env env, fly_req_t *req) {
   free(a->path);
   free(a->url);
   free(a->lookup_url);
+  free(a->create_id);
+  free(a->create_key);
   free(a->body);
   curl_slist_free_all(a->headers);
   fly_buf_free(&a->resp);
@@ -834,6 +885,11 @@ napi_value fly_napi_api(napi_env env, napi_callback_info info) {
     }
     free(app);
     a->lookup_url = fly_buf_steal(&lu, NULL);
+    a->create_id = create_id;
+    a->create_key = create_key ? create_key : strdup("computesdk_create_id");
+    create_id = create_key = NULL;
+    if (a->create_key == NULL)
+      goto nomem;
   }
 
   auth = auth_header(token);

@@ -179,8 +179,9 @@ napi_value fly_napi_api(napi_env env, napi_callback_info info);
 /* Advance every session and operation; called every loop turn. */
 void fly_ssh_step(fly_loop_t *loop, uint64_t now);
 /* Fill up to max wait fds with the sessions' sockets (events from
- * libssh2_session_block_directions, or CURL_WAIT_POLLIN when idle). Returns
- * the count. */
+ * libssh2_session_block_directions, or CURL_WAIT_POLLIN when idle).  Returns
+ * how many are needed, which may be more than max (then only max were
+ * filled: call again with room for all). */
 int fly_ssh_fds(fly_loop_t *loop, struct curl_waitfd *fds, int max);
 /* Nearest timer (connect retry, keepalive, timeouts) or UINT64_MAX. */
 uint64_t fly_ssh_deadline(fly_loop_t *loop);
@@ -192,7 +193,10 @@ void fly_ssh_shutdown(fly_loop_t *loop);
 napi_value fly_napi_ssh_exec(napi_env env, napi_callback_info info);
 napi_value fly_napi_sftp(napi_env env, napi_callback_info info);
 napi_value fly_napi_ssh_close(napi_env env, napi_callback_info info);
-/* sshStats() -> { connects } (sync), for tests of session reuse. */
+/* sshOpen(target) -> handle (sync), the session of sshExec/sftp/sshClose. */
+napi_value fly_napi_ssh_open(napi_env env, napi_callback_info info);
+/* sshStats() -> { connects, sessions } (sync), for tests of session reuse
+ * and release. */
 napi_value fly_napi_ssh_stats(napi_env env, napi_callback_info info);
 #endif
 

@@ -20,7 +20,6 @@
 
 enum { FLY_MSG_DONE = 1, FLY_MSG_CHUNK = 2 };
 
-#define FLY_MAX_EXTRA_FDS 256
 
 typedef struct fly_chunk_msg_s {
   fly_msg_t hdr;
@@ -239,7 +238,8 @@ static void abort_queue(fly_loop_t *loop, fly_req_t *q) {
 
 static void *loop_main(void *arg) {
   fly_loop_t *loop = arg;
-  struct curl_waitfd fds[FLY_MAX_EXTRA_FDS];
+  struct curl_waitfd *fds = NULL;
+  int nfds_cap = 0;
   int exiting = 0;
 
   for (;;) {
@@ -275,7 +275,16 @@ static void *loop_main(void *arg) {
     if (loop->wake_at < next)
       next = loop->wake_at;
 
-    n = fly_ssh_fds(loop, fds, FLY_MAX_EXTRA_FDS);
+    /* One wait fd per SSH socket, as many as there are sessions. */
+    n = fly_ssh_fds(loop, fds, nfds_cap);
+    if (n > nfds_cap) {
+      struct curl_waitfd *p = realloc(fds, (size_t)n * sizeof(*fds));
+      if (p != NULL) {
+        fds = p;
+        nfds_cap = n;
+      }
+      n = fly_ssh_fds(loop, fds, nfds_cap);
+    }
     now = fly_now_ms();
     if (next == UINT64_MAX)
       timeout = 10000;
@@ -289,6 +298,7 @@ static void *loop_main(void *arg) {
 
   /* Fail everything still running; call_js frees it (or frees it with
    * env == NULL when the environment is already going). */
+  free(fds);
   fly_api_shutdown(loop);
   fly_ssh_shutdown(loop);
   napi_release_threadsafe_function(loop->tsfn, napi_tsfn_release);

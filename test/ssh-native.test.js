@@ -251,3 +251,80 @@ test('sshClose fails what runs on the session and resolves for unknown keys', as
   await closed
   await native.sshClose({ key: 'never-opened' })
 })
+
+// ---- session handles (sshOpen) ----
+
+// A target for sshOpen: the same fields, no key.
+const handleTarget = (extra = {}) => {
+  const { key, ...t } = sshd.target(extra)
+  return t
+}
+
+test('a handle runs commands and file calls on one connection, and closes', async () => {
+  const h = native.sshOpen(handleTarget())
+  const before = native.sshStats().connects
+  const r = await native.sshExec({ session: h, command: 'echo via-handle' })
+  assert.strictEqual(r.stdout.toString(), 'via-handle\n')
+  const st = await native.sftp({ session: h, op: 'stat', path: '/' })
+  assert.strictEqual(st.type, 'directory')
+  assert.strictEqual(native.sshStats().connects, before + 1)
+
+  const running = native.sshExec({ session: h, command: 'sleep 30' })
+  const closed = native.sshClose(h)
+  await assert.rejects(running, (e) => e.code === 'SSH_DISCONNECTED')
+  await closed
+  await native.sshClose(h) // idempotent
+  assert.throws(() => native.sshExec({ session: h, command: 'true' }),
+    (e) => e.code === 'SSH_SESSION_CLOSED')
+  assert.throws(() => native.sftp({ session: h, op: 'stat', path: '/' }),
+    (e) => e.code === 'SSH_SESSION_CLOSED')
+})
+
+test('sshOpen validates the target before anything is sent', () => {
+  assert.throws(() => native.sshOpen({ ...handleTarget(), port: 0 }),
+    (e) => e.code === 'ERR_INVALID_ARG')
+  assert.throws(() => native.sshOpen({ ...handleTarget(), privateKey: undefined }),
+    (e) => e.code === 'ERR_INVALID_ARG')
+  assert.throws(() => native.sshExec({ session: {}, command: 'true' }),
+    (e) => e.code === 'ERR_INVALID_ARG')
+  assert.throws(() => native.sshClose('nope'), (e) => e.code === 'ERR_INVALID_ARG')
+})
+
+test('two handles never share a session: a wrong password fails even beside a live one', async () => {
+  const good = native.sshOpen(handleTarget())
+  const bad = native.sshOpen(handleTarget({ privateKey: undefined, password: 'wrong-secret-pw' }))
+  try {
+    const r = await native.sshExec({ session: good, command: 'echo good' })
+    assert.strictEqual(r.stdout.toString(), 'good\n')
+    await assert.rejects(native.sshExec({ session: bad, command: 'echo bad' }),
+      (e) => e.code === 'SSH_AUTH_FAILED' && !e.message.includes('wrong-secret-pw'))
+    // The same target opened twice is two connections.
+    const twin = native.sshOpen(handleTarget())
+    const before = native.sshStats().connects
+    await native.sshExec({ session: twin, command: 'true' })
+    assert.strictEqual(native.sshStats().connects, before + 1)
+    await native.sshClose(twin)
+  } finally {
+    await native.sshClose(good)
+    await native.sshClose(bad)
+  }
+})
+
+test('a handle that is garbage-collected releases its session', async () => {
+  const v8 = require('node:v8')
+  const vm = require('node:vm')
+  v8.setFlagsFromString('--expose-gc')
+  const gc = vm.runInNewContext('gc')
+  const base = native.sshStats().sessions
+  await (async () => {
+    const h = native.sshOpen(handleTarget())
+    await native.sshExec({ session: h, command: 'true' })
+  })()
+  assert.strictEqual(native.sshStats().sessions, base + 1)
+  // The finalizer queues the close; wait for the I/O thread to run it.
+  for (let i = 0; i < 2000 && native.sshStats().sessions > base; i++) {
+    gc()
+    await new Promise((resolve) => setImmediate(resolve))
+  }
+  assert.strictEqual(native.sshStats().sessions, base)
+})

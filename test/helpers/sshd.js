@@ -130,7 +130,20 @@ async function startSshd (opts = {}) {
         try { process.kill(pid, 'SIGKILL') } catch {}
       }
     },
+    // SIGSTOP the listener and every connection: the kernel still accepts
+    // and acknowledges, nothing answers (a stalled server).
+    freeze () {
+      for (const pid of [proc.pid, ...descendants(proc.pid)]) {
+        try { process.kill(pid, 'SIGSTOP') } catch {}
+      }
+    },
+    thaw () {
+      for (const pid of [proc.pid, ...descendants(proc.pid)]) {
+        try { process.kill(pid, 'SIGCONT') } catch {}
+      }
+    },
     async stop () {
+      this.thaw()
       this.killConnections()
       if (proc.exitCode === null && proc.signalCode === null) {
         const exited = new Promise((resolve) => proc.once('exit', resolve))
