@@ -340,7 +340,8 @@ napi_value fly_napi_ssh_exec(napi_env env, napi_callback_info info) {
     return NULL;
   x->op.ovt = &exec_ovt;
   if (fly_ssh_op_init(env, opts, &x->op) != 0 ||
-      (x->cmdline = fly_js_cmd_build(env, opts, &x->timeout_ms)) == NULL ||
+      (x->cmdline = fly_js_cmd_build(env, opts, &x->timeout_ms, &x->in)) ==
+          NULL ||
       fly_js_prop_bytes(env, opts, "stdin", &x->in) != 0 ||
       fly_js_prop_u64(env, opts, "maxOutputBytes", (uint64_t)64 << 20,
                       &x->max_output) != 0 ||

@@ -247,11 +247,19 @@ typedef struct fly_cmd_s {
 /* The remote command line for sh -c semantics; caller frees.  NULL with e
  * set (ERR_INVALID_ARG) on a bad env name or NUL byte. */
 char *fly_cmd_build(const fly_cmd_t *cmd, fly_err_t *e);
+/* The same for a channel whose stdin we write: when the line would be
+ * longer than max_line, the script goes into *prefix (to be written on
+ * stdin before the command's own) and the line that reads and runs it is
+ * short.  Otherwise *prefix stays empty. */
+char *fly_cmd_build_stdin(const fly_cmd_t *cmd, size_t max_line,
+                          fly_buf_t *prefix, fly_err_t *e);
 #ifndef FLY_NO_NAPI
 /* JS thread: the command line from an options object's command/argv/cwd/
  * env/timeoutMs/background (ERR_INVALID_ARG thrown on bad input); caller
- * frees.  *timeout_ms gets timeoutMs when not NULL. */
-char *fly_js_cmd_build(napi_env env, napi_value opts, uint64_t *timeout_ms);
+ * frees.  *timeout_ms gets timeoutMs when not NULL.  prefix NULL: one
+ * argument's limit applies (buildCommand); else fly_cmd_build_stdin. */
+char *fly_js_cmd_build(napi_env env, napi_value opts, uint64_t *timeout_ms,
+                       fly_buf_t *prefix);
 napi_value fly_napi_build_command(napi_env env, napi_callback_info info);
 #endif
 
@@ -269,7 +277,7 @@ int fly_js_prop_u64(napi_env env, napi_value obj, const char *name,
                     uint64_t dflt, uint64_t *out);
 int fly_js_prop_bool(napi_env env, napi_value obj, const char *name,
                      int dflt, int *out);
-/* A Buffer/TypedArray/string property copied into out (absent -> empty). */
+/* A Buffer/TypedArray/string property appended to out (absent -> nothing). */
 int fly_js_prop_bytes(napi_env env, napi_value obj, const char *name,
                       fly_buf_t *out);
 /* A Buffer property pinned with a reference instead of copied: its bytes

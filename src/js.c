@@ -144,6 +144,14 @@ int fly_js_prop_bytes(napi_env env, napi_value obj, const char *name,
       fly_napi_throw_last(env);
       return -1;
     }
+    if (out->len > 0) {
+      /* Appended to what out holds (a command's script prefix). */
+      int rc = fly_buf_append(out, s, len);
+      free(s);
+      if (rc != 0)
+        fly_throw_nomem(env);
+      return rc;
+    }
     fly_buf_free(out);
     out->base = s;
     out->len = len;

@@ -6,7 +6,10 @@ const test = require('node:test')
 const assert = require('node:assert')
 const { execFileSync } = require('node:child_process')
 const crypto = require('node:crypto')
+const fs = require('node:fs')
 const net = require('node:net')
+const os = require('node:os')
+const path = require('node:path')
 const native = require('../build/Release/fly.node')
 const { startSshd, freePort } = require('./helpers/sshd')
 
@@ -327,4 +330,40 @@ test('a handle that is garbage-collected releases its session', async () => {
     await new Promise((resolve) => setImmediate(resolve))
   }
   assert.strictEqual(native.sshStats().sessions, base)
+})
+
+test('command lines of any length run, with env, cwd, timeout, background and stdin kept', async () => {
+  const h = native.sshOpen(handleTarget())
+  try {
+    for (const size of [40000, 200000, 3 << 20]) {
+      const word = 'x'.repeat(size)
+      const r = await native.sshExec({
+        session: h,
+        command: `printf '%s' "$FOO" | wc -c; pwd; v=${word}; echo \${#v}; wc -c`,
+        env: { FOO: 'bar' },
+        cwd: '/tmp',
+        timeoutMs: 20000,
+        stdin: 'four'
+      })
+      assert.strictEqual(r.exitCode, 0, r.stderr.toString())
+      assert.strictEqual(r.stdout.toString(), `3\n/tmp\n${size}\n4\n`)
+    }
+    const argv = ['printf', '%s|', ...Array.from({ length: 5000 }, (_, i) => `arg-${i}-'"$`)]
+    const r = await native.sshExec({ session: h, argv })
+    assert.strictEqual(r.stdout.toString(), argv.slice(2).join('|') + '|')
+
+    const file = `/tmp/fly-long-bg-${process.pid}`
+    await native.sshExec({ session: h, command: `: ${'y'.repeat(100000)}; echo bg > ${file}`, background: true })
+    const r2 = await native.sshExec({ session: h, command: `while [ ! -s ${file} ]; do sleep 0.05; done; cat ${file}; rm -f ${file}`, timeoutMs: 5000 })
+    assert.strictEqual(r2.stdout.toString(), 'bg\n')
+    const r3 = await native.sshExec({ session: h, command: `exit ${'0'.repeat(50000)}7` })
+    assert.strictEqual(r3.exitCode, 7)
+    // No script file is left behind.
+    const left = fs.readdirSync(os.tmpdir()).filter((f) => f.startsWith('tmp.')).filter((f) => {
+      try { return fs.readFileSync(path.join(os.tmpdir(), f), 'utf8').startsWith('rm -f "$FLY_SCRIPT"') } catch { return false }
+    })
+    assert.deepStrictEqual(left, [])
+  } finally {
+    await native.sshClose(h)
+  }
 })
