@@ -659,6 +659,38 @@ static ssize_t sess_recv(libssh2_socket_t fd, void *buf, size_t len,
   return n;
 }
 
+/* Prefer ed25519: that is the key the fingerprint is pinned to.  Only
+ * methods this libssh2 supports are named: 1.10 drops an unsupported one
+ * with an overlapping memcpy (undefined behaviour). */
+static void sess_hostkey_pref(LIBSSH2_SESSION *ls) {
+  static const char *const want[] = {
+      "ssh-ed25519",        "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
+      "ecdsa-sha2-nistp521", "rsa-sha2-512",       "rsa-sha2-256",
+      "ssh-rsa"};
+  const char **algs = NULL;
+  char pref[256];
+  size_t len = 0, i;
+  int n = libssh2_session_supported_algs(ls, LIBSSH2_METHOD_HOSTKEY, &algs);
+  int j;
+
+  pref[0] = '\0';
+  for (i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+    for (j = 0; j < n; j++) {
+      if (strcmp(algs[j], want[i]) == 0 &&
+          len + strlen(want[i]) + 2 < sizeof(pref)) {
+        len += (size_t)snprintf(pref + len, sizeof(pref) - len, "%s%s",
+                                len > 0 ? "," : "", want[i]);
+        break;
+      }
+    }
+  }
+  if (n > 0)
+    libssh2_free(ls, algs);
+  /* Without a list libssh2 keeps its own order (still pinned). */
+  if (len > 0)
+    libssh2_session_method_pref(ls, LIBSSH2_METHOD_HOSTKEY, pref);
+}
+
 static int sess_session_init(fly_ssh_sess_t *s) {
   s->ls = libssh2_session_init_ex(NULL, NULL, NULL, s);
   if (s->ls == NULL)
@@ -666,11 +698,7 @@ static int sess_session_init(fly_ssh_sess_t *s) {
   libssh2_session_callback_set(s->ls, LIBSSH2_CALLBACK_RECV,
                                (void *)sess_recv);
   libssh2_session_set_blocking(s->ls, 0);
-  /* Prefer ed25519: that is the key the fingerprint is pinned to. */
-  libssh2_session_method_pref(s->ls, LIBSSH2_METHOD_HOSTKEY,
-                              "ssh-ed25519,ecdsa-sha2-nistp256,"
-                              "ecdsa-sha2-nistp384,ecdsa-sha2-nistp521,"
-                              "rsa-sha2-512,rsa-sha2-256,ssh-rsa");
+  sess_hostkey_pref(s->ls);
   return 0;
 }
 

@@ -11,7 +11,7 @@ const net = require('node:net')
 const os = require('node:os')
 const path = require('node:path')
 const native = require('../build/Release/fly.node')
-const { startSshd, freePort } = require('./helpers/sshd')
+const { startSshd, freePort, childEnv } = require('./helpers/sshd')
 
 let sshd
 let target
@@ -134,7 +134,7 @@ test('timeout kills the remote command', async () => {
   assert.strictEqual(r.exitCode, 124)
   assert.ok(took < 3000, `took ${took} ms`)
   let left = ''
-  try { left = execFileSync('pgrep', ['-f', marker], { encoding: 'utf8' }) } catch {}
+  try { left = execFileSync('pgrep', ['-f', marker], { encoding: 'utf8', env: childEnv() }) } catch {}
   assert.strictEqual(left, '')
 })
 
