@@ -270,9 +270,12 @@ static int exec_expire(fly_ssh_sess_t *s, fly_ssh_op_t *op) {
                 "ssh: no channel for the command within %llu ms",
                 (unsigned long long)fly_ssh_op_budget(op));
     return FLY_SSH_DONE;
+  case X_FREE:
+    /* Finished: only the channel's free is left, for the session. */
+    exec_release_channel(s, x);
+    return FLY_SSH_DONE;
   case X_IO:
   case X_CLOSE:
-  case X_FREE:
     /* The remote timeout did not end it: give up on our side. */
     x->timed_out = 1;
     x->exit_code = 124;

@@ -951,7 +951,11 @@ static int sess_expire_ops(fly_ssh_sess_t *s, uint64_t now) {
     next = op->next;
     if (now < op->deadline)
       continue;
-    if (op->started && op->ovt->expire(s, op) == FLY_SSH_DONE) {
+    /* The opener, or the owner of a half-sent packet, cannot step aside:
+     * libssh2 wants that same call repeated. */
+    if (op->started && s->opener != op &&
+        !(s->blocked.kind == FLY_SSH_BLOCKED_OP && s->blocked.u.op == op) &&
+        op->ovt->expire(s, op) == FLY_SSH_DONE) {
       op_finish(s, op);
       continue;
     }
