@@ -317,6 +317,10 @@ void fly_js_set_value(napi_env env, napi_value obj, const char *name,
  * exception pending (buf emptied) when it cannot be made. */
 napi_value fly_js_buffer_from(napi_env env, fly_buf_t *buf);
 
+/* Every napi_* call is checked with FLY_NAPI_CALL (or an explicit status
+ * test), or cast to (void) where its status is ignored on purpose, with the
+ * reason beside it: a failed throw has nowhere left to report, and call_js,
+ * finalizers and teardown have no caller to report to. */
 #define FLY_NAPI_CALL(env, call, ret)                                        \
   do {                                                                      \
     if ((call) != napi_ok) {                                                \

@@ -301,7 +301,8 @@ static void *loop_main(void *arg) {
   free(fds);
   fly_api_shutdown(loop);
   fly_ssh_shutdown(loop);
-  napi_release_threadsafe_function(loop->tsfn, napi_tsfn_release);
+  /* The last thing this thread does; nothing to report a failure to. */
+  (void)napi_release_threadsafe_function(loop->tsfn, napi_tsfn_release);
   return NULL;
 }
 
@@ -360,7 +361,7 @@ int fly_loop_instance_init(napi_env env) {
 
   pthread_once(&global_once, global_init);
   if (!global_ok) {
-    napi_throw_error(env, "FLY_INTERNAL",
+    (void)napi_throw_error(env, "FLY_INTERNAL",
                      "libcurl or libssh2 failed to initialise");
     return -1;
   }
@@ -386,7 +387,7 @@ static int loop_start(napi_env env, fly_loop_t *loop) {
 
   loop->multi = curl_multi_init();
   if (loop->multi == NULL) {
-    napi_throw_error(env, "FLY_INTERNAL", "curl_multi_init failed");
+    (void)napi_throw_error(env, "FLY_INTERNAL", "curl_multi_init failed");
     return -1;
   }
   /* Keep-alive: a few connections per host stay cached for reuse. */

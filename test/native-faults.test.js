@@ -200,3 +200,20 @@ test('a result over the largest Buffer rejects instead of crashing', { skip: !pr
   await assert.rejects(native.sftp({ session: h, op: 'read', path: huge, maxFileBytes: 2 ** 33, timeoutMs: 600000 }),
     (e) => e.code === 'ERR_BUFFER_TOO_LARGE')
 })
+
+test('an idle connection is closed after idleTimeoutMs and reopened on next use', async (t) => {
+  const h = open({ idleTimeoutMs: 200 })
+  t.after(() => native.sshClose(h))
+  const before = native.sshStats().connects
+  await native.sshExec({ session: h, command: 'true' })
+  assert.equal(native.sshStats().connects, before + 1)
+  assert.ok(sshd.connections() > 0)
+  // The server's per-connection processes exit once the client closes;
+  // wait for that, bounded.
+  for (let i = 0; i < 1000 && sshd.connections() > 0; i++) {
+    await new Promise((resolve) => setTimeout(resolve, 10))
+  }
+  assert.equal(sshd.connections(), 0, 'the idle connection was closed')
+  await native.sshExec({ session: h, command: 'true' })
+  assert.equal(native.sshStats().connects, before + 2)
+})

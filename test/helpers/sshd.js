@@ -140,6 +140,10 @@ async function startSshd (opts = {}) {
         try { process.kill(pid, 'SIGKILL') } catch {}
       }
     },
+    // How many connection processes the listener has now.
+    connections () {
+      return descendants(proc.pid).length
+    },
     // SIGSTOP the listener and every connection: the kernel still accepts
     // and acknowledges, nothing answers (a stalled server).
     freeze () {
