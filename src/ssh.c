@@ -1,14 +1,15 @@
 /* ssh.c: the libssh2 session manager of the I/O thread.
  *
- * Sessions are keyed by the caller's string key and reused by every later
- * operation with that key.  Each session is a non-blocking state machine:
+ * A session belongs to one handle of sshOpen (found by the handle's target
+ * itself, so no two handles share one), or, in the old form to delete, to
+ * the caller's string key.  Each session is a non-blocking state machine:
  * TCP connect (refusals retried, 10 ms apart doubling to 100 ms, until the
- * connect timeout),
- * SSH handshake, host key pin check (before anything is sent under the
- * user's name), authentication, then READY, where its operations (exec.c,
- * sftp.c) are stepped every loop turn.  A lost connection fails the
- * operations that had touched it with SSH_DISCONNECTED and the next
- * operation reconnects.
+ * connect timeout), SSH handshake, host key pin check (before anything is
+ * sent under the user's name), authentication, then READY, where its
+ * operations (exec.c, sftp.c) are stepped every loop turn.  A lost
+ * connection fails the operations that had touched it with
+ * SSH_DISCONNECTED and the next operation reconnects.  Every operation has
+ * a deadline (sess_expire_ops); keepalives want a reply (sess_keepalive).
  *
  * Two libssh2 rules shape the stepping.  A send that returned EAGAIN half
  * done must be repeated by the same call before any other send on the
