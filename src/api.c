@@ -5,16 +5,16 @@
  * keep-alive connections are reused across calls), and the reply is parsed
  * with cJSON here and turned into plain JS values in call_js.
  *
- * Retries follow the client policy of fly-machines-api.md §7: 408, 429, 5xx
- * and connection failures are retried for idempotent operations, with
- * exponential backoff and jitter (Retry-After wins when the server sends
- * it), inside a total time bound.  A create is never blindly retried: it is
+ * Retries: 408, 429, 5xx and connection failures are retried for
+ * idempotent operations, with exponential backoff and jitter (Retry-After
+ * wins when the server sends it), inside a total time bound.  A create is never blindly retried: it is
  * repeated only when it provably never reached the server (connect failed)
  * or was refused unprocessed (429), and after an ambiguous failure the
  * machine is first looked up by the client-generated id in its metadata. */
 #include "fly.h"
 
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +26,11 @@ enum {
   POLICY_CREATE,     /* ONCE, plus a look-up after an ambiguous failure */
   POLICY_WAIT        /* IDEMPOTENT, and loop on 408 until the wait bound */
 };
+
+/* Retry-After beyond a day is read as a day (it only has to exceed any
+ * total bound); replies beyond FLY_API_MAX_REPLY are refused. */
+#define FLY_API_RETRY_AFTER_MAX_S 86400
+#define FLY_API_MAX_REPLY ((size_t)64 << 20)
 
 typedef struct fly_api_op_s {
   const char *name;
@@ -90,6 +95,8 @@ struct fly_api_s {
   char *path;          /* escaped path and query, for messages */
   char *url;
   char *lookup_url;    /* create: find the machine by its create id */
+  char *create_id;     /* create: the id in its metadata, and the key */
+  char *create_key;
   char *body;
   size_t body_len;
   struct curl_slist *headers;
@@ -103,6 +110,7 @@ struct fly_api_s {
   fly_buf_t resp;
   char *request_id;
   int64_t retry_after_ms;
+  int too_large;       /* the reply passed FLY_API_MAX_REPLY */
   char errbuf[CURL_ERROR_SIZE];
   fly_api_t *list_next; /* in the active or the timer list */
 
@@ -188,6 +196,10 @@ static void set_curl_error(fly_api_t *a, CURLcode rc) {
 
 static size_t on_body(char *data, size_t size, size_t n, void *arg) {
   fly_api_t *a = arg;
+  if (size * n > FLY_API_MAX_REPLY - a->resp.len) {
+    a->too_large = 1;
+    return 0; /* curl ends the transfer with CURLE_WRITE_ERROR */
+  }
   return fly_buf_append(&a->resp, data, size * n) == 0 ? size * n : 0;
 }
 
@@ -218,14 +230,24 @@ static size_t on_header(char *data, size_t size, size_t n, void *arg) {
     a->request_id = strdup(value);
   } else if (name_len == 11 && strncasecmp(data, "retry-after", 11) == 0) {
     char *end;
-    long secs = strtol(value, &end, 10);
+    long long secs;
+    errno = 0;
+    secs = strtoll(value, &end, 10);
     if (end != value && *end == '\0' && secs >= 0) {
+      /* Clamped: a huge value only means "not within the total bound",
+       * which retry_later checks. */
+      if (errno == ERANGE || secs > FLY_API_RETRY_AFTER_MAX_S)
+        secs = FLY_API_RETRY_AFTER_MAX_S;
       a->retry_after_ms = (int64_t)secs * 1000;
     } else {
       /* An HTTP date: the delay is the distance from now. */
       time_t when = curl_getdate(value, NULL), now = time(NULL);
-      if (when > 0)
-        a->retry_after_ms = when > now ? (int64_t)(when - now) * 1000 : 0;
+      if (when > 0) {
+        int64_t d = when > now ? (int64_t)(when - now) : 0;
+        if (d > FLY_API_RETRY_AFTER_MAX_S)
+          d = FLY_API_RETRY_AFTER_MAX_S;
+        a->retry_after_ms = d * 1000;
+      }
     }
   }
   return len;
@@ -250,6 +272,7 @@ static void begin_transfer(fly_loop_t *loop, fly_api_t *a) {
   free(a->request_id);
   a->request_id = NULL;
   a->retry_after_ms = -1;
+  a->too_large = 0;
   a->errbuf[0] = '\0';
   a->status = 0;
   a->attempts++;
@@ -357,9 +380,25 @@ static void on_lookup_done(fly_loop_t *loop, fly_api_t *a, CURLcode rc) {
     return;
   }
   list = cJSON_ParseWithLength(a->resp.base, a->resp.len);
-  if (cJSON_IsArray(list) && cJSON_GetArraySize(list) > 0) {
+  first = NULL;
+  if (cJSON_IsArray(list)) {
+    /* Only a machine whose metadata carries our create id is ours (a
+     * server that ignores the filter lists every machine). */
+    cJSON *m;
+    int i = 0;
+    cJSON_ArrayForEach(m, list) {
+      cJSON *cfg = cJSON_GetObjectItemCaseSensitive(m, "config");
+      cJSON *md = cJSON_GetObjectItemCaseSensitive(cfg, "metadata");
+      cJSON *v = cJSON_GetObjectItemCaseSensitive(md, a->create_key);
+      if (cJSON_IsString(v) && strcmp(v->valuestring, a->create_id) == 0) {
+        first = cJSON_DetachItemFromArray(list, i);
+        break;
+      }
+      i++;
+    }
+  }
+  if (first != NULL) {
     /* The create did happen: answer with that machine. */
-    first = cJSON_DetachItemFromArray(list, 0);
     cJSON_Delete(list);
     fly_err_clear(&a->req.err);
     a->json = first;
@@ -384,6 +423,15 @@ void fly_api_on_done(fly_loop_t *loop, CURL *easy, CURLcode rc) {
   a->easy = NULL;
   list_remove(&st->active, a);
 
+  if (a->too_large) {
+    /* Not transient: the same reply would come again. */
+    fly_err_set(&a->req.err, "FLY_RESPONSE_TOO_LARGE",
+                "Fly API %s %s: the reply is larger than %zu bytes",
+                a->op->method, a->path, FLY_API_MAX_REPLY);
+    fly_buf_free(&a->resp);
+    finish(loop, a);
+    return;
+  }
   if (a->lookup) {
     on_lookup_done(loop, a, rc);
     return;
@@ -490,33 +538,43 @@ void fly_api_shutdown(fly_loop_t *loop) {
 
 /* ---- JS thread ----------------------------------------------------------- */
 
+/* NULL with an exception pending when a napi call fails. */
 static napi_value json_to_js(napi_env env, const cJSON *j) {
   napi_value v = NULL, item;
   const cJSON *c;
   uint32_t i = 0;
 
   if (cJSON_IsObject(j)) {
-    napi_create_object(env, &v);
+    FLY_NAPI_CALL(env, napi_create_object(env, &v), NULL);
     cJSON_ArrayForEach(c, j) {
-      item = json_to_js(env, c);
-      if (item != NULL && c->string != NULL)
-        napi_set_named_property(env, v, c->string, item);
+      if (c->string == NULL)
+        continue;
+      if ((item = json_to_js(env, c)) == NULL)
+        return NULL;
+      FLY_NAPI_CALL(env, napi_set_named_property(env, v, c->string, item),
+                    NULL);
     }
   } else if (cJSON_IsArray(j)) {
-    napi_create_array_with_length(env, (size_t)cJSON_GetArraySize(j), &v);
+    FLY_NAPI_CALL(env,
+                  napi_create_array_with_length(
+                      env, (size_t)cJSON_GetArraySize(j), &v),
+                  NULL);
     cJSON_ArrayForEach(c, j) {
-      item = json_to_js(env, c);
-      if (item != NULL)
-        napi_set_element(env, v, i++, item);
+      if ((item = json_to_js(env, c)) == NULL)
+        return NULL;
+      FLY_NAPI_CALL(env, napi_set_element(env, v, i++, item), NULL);
     }
   } else if (cJSON_IsString(j)) {
-    napi_create_string_utf8(env, j->valuestring, NAPI_AUTO_LENGTH, &v);
+    FLY_NAPI_CALL(env,
+                  napi_create_string_utf8(env, j->valuestring,
+                                          NAPI_AUTO_LENGTH, &v),
+                  NULL);
   } else if (cJSON_IsNumber(j)) {
-    napi_create_double(env, j->valuedouble, &v);
+    FLY_NAPI_CALL(env, napi_create_double(env, j->valuedouble, &v), NULL);
   } else if (cJSON_IsBool(j)) {
-    napi_get_boolean(env, cJSON_IsTrue(j), &v);
+    FLY_NAPI_CALL(env, napi_get_boolean(env, cJSON_IsTrue(j), &v), NULL);
   } else {
-    napi_get_null(env, &v);
+    FLY_NAPI_CALL(env, napi_get_null(env, &v), NULL);
   }
   return v;
 }
@@ -525,17 +583,19 @@ static napi_value api_result(napi_env env, fly_req_t *req) {
   fly_api_t *a = (fly_api_t *)req;
   napi_value obj, body;
 
-  if (napi_create_object(env, &obj) != napi_ok)
-    return NULL;
+  FLY_NAPI_CALL(env, napi_create_object(env, &obj), NULL);
   fly_js_set_int(env, obj, "status", a->status);
   if (a->json != NULL) {
     body = json_to_js(env, a->json);
   } else if (a->resp.len > 0) {
-    napi_create_string_utf8(env, a->resp.base, a->resp.len, &body);
+    FLY_NAPI_CALL(env,
+                  napi_create_string_utf8(env, a->resp.base, a->resp.len,
+                                          &body),
+                  NULL);
   } else {
-    napi_get_null(env, &body);
+    FLY_NAPI_CALL(env, napi_get_null(env, &body), NULL);
   }
-  napi_set_named_property(env, obj, "body", body);
+  fly_js_set_value(env, obj, "body", body);
   fly_js_set_str(env, obj, "requestId", a->request_id);
   return obj;
 }
@@ -546,6 +606,8 @@ static void api_free(napi_env env, fly_req_t *req) {
   free(a->path);
   free(a->url);
   free(a->lookup_url);
+  free(a->create_id);
+  free(a->create_key);
   free(a->body);
   curl_slist_free_all(a->headers);
   fly_buf_free(&a->resp);
@@ -617,25 +679,29 @@ static int build_query(napi_env env, napi_value obj, fly_buf_t *out) {
   bool has = false, is_array = false;
   uint32_t n = 0, i, plen = 0;
 
-  if (napi_has_named_property(env, obj, "query", &has) != napi_ok || !has)
+  FLY_NAPI_CALL(env, napi_has_named_property(env, obj, "query", &has), -1);
+  if (!has)
     return 0;
-  napi_get_named_property(env, obj, "query", &q);
-  if (napi_is_array(env, q, &is_array) != napi_ok || !is_array) {
+  FLY_NAPI_CALL(env, napi_get_named_property(env, obj, "query", &q), -1);
+  FLY_NAPI_CALL(env, napi_is_array(env, q, &is_array), -1);
+  if (!is_array) {
     fly_throw_invalid(env, "query must be an array of [name, value] pairs");
     return -1;
   }
-  napi_get_array_length(env, q, &n);
+  FLY_NAPI_CALL(env, napi_get_array_length(env, q, &n), -1);
   for (i = 0; i < n; i++) {
     char *ks = NULL, *vs = NULL;
     int rc;
-    napi_get_element(env, q, i, &pair);
-    if (napi_is_array(env, pair, &is_array) != napi_ok || !is_array ||
-        napi_get_array_length(env, pair, &plen) != napi_ok || plen != 2) {
+    FLY_NAPI_CALL(env, napi_get_element(env, q, i, &pair), -1);
+    FLY_NAPI_CALL(env, napi_is_array(env, pair, &is_array), -1);
+    if (is_array)
+      FLY_NAPI_CALL(env, napi_get_array_length(env, pair, &plen), -1);
+    if (!is_array || plen != 2) {
       fly_throw_invalid(env, "query must be an array of [name, value] pairs");
       return -1;
     }
-    napi_get_element(env, pair, 0, &k);
-    napi_get_element(env, pair, 1, &v);
+    FLY_NAPI_CALL(env, napi_get_element(env, pair, 0, &k), -1);
+    FLY_NAPI_CALL(env, napi_get_element(env, pair, 1, &v), -1);
     if (fly_js_str(env, k, "query name", &ks) != 0)
       return -1;
     if (fly_js_str(env, v, "query value", &vs) != 0) {
@@ -648,10 +714,27 @@ static int build_query(napi_env env, napi_value obj, fly_buf_t *out) {
     free(ks);
     free(vs);
     if (rc) {
-      napi_throw_error(env, "ERR_NO_MEMORY", "out of memory");
+      fly_throw_nomem(env);
       return -1;
     }
   }
+  return 0;
+}
+
+/* An optional object property: absent or not an object -> *out = NULL. */
+static int opt_object(napi_env env, napi_value obj, const char *name,
+                      napi_value *out) {
+  napi_valuetype t;
+  bool has = false;
+
+  *out = NULL;
+  FLY_NAPI_CALL(env, napi_has_named_property(env, obj, name, &has), -1);
+  if (!has)
+    return 0;
+  FLY_NAPI_CALL(env, napi_get_named_property(env, obj, name, out), -1);
+  FLY_NAPI_CALL(env, napi_typeof(env, *out, &t), -1);
+  if (t != napi_object)
+    *out = NULL;
   return 0;
 }
 
@@ -720,13 +803,11 @@ static int add_header(struct curl_slist **h, const char *line) {
  *       createIdKey? }) -> Promise<{ status, body, requestId }> */
 napi_value fly_napi_api(napi_env env, napi_callback_info info) {
   napi_value opts, params = NULL, retry = NULL;
-  napi_valuetype t;
   fly_api_t *a;
   char *base = NULL, *token = NULL, *opname = NULL, *nonce = NULL;
   char *create_id = NULL, *create_key = NULL, *auth = NULL;
   fly_buf_t path = {0}, line = {0};
   fly_buf_t body = {0};
-  bool has;
   size_t blen;
   int ok = 0;
 
@@ -762,22 +843,17 @@ napi_value fly_napi_api(napi_env env, napi_callback_info info) {
     goto cleanup;
   }
 
-  if (napi_has_named_property(env, opts, "params", &has) == napi_ok && has) {
-    napi_get_named_property(env, opts, "params", &params);
-    if (napi_typeof(env, params, &t) != napi_ok || t != napi_object)
-      params = NULL;
-  }
+  if (opt_object(env, opts, "params", &params) != 0 ||
+      opt_object(env, opts, "retry", &retry) != 0)
+    goto cleanup;
   a->base_ms = 500;
   a->max_ms = 5000;
   a->total_ms = 30000;
-  if (napi_has_named_property(env, opts, "retry", &has) == napi_ok && has) {
-    napi_get_named_property(env, opts, "retry", &retry);
-    if (napi_typeof(env, retry, &t) == napi_ok && t == napi_object &&
-        (fly_js_prop_u64(env, retry, "baseMs", 500, &a->base_ms) != 0 ||
-         fly_js_prop_u64(env, retry, "maxMs", 5000, &a->max_ms) != 0 ||
-         fly_js_prop_u64(env, retry, "totalMs", 30000, &a->total_ms) != 0))
-      goto cleanup;
-  }
+  if (retry != NULL &&
+      (fly_js_prop_u64(env, retry, "baseMs", 500, &a->base_ms) != 0 ||
+       fly_js_prop_u64(env, retry, "maxMs", 5000, &a->max_ms) != 0 ||
+       fly_js_prop_u64(env, retry, "totalMs", 30000, &a->total_ms) != 0))
+    goto cleanup;
   if (a->base_ms == 0)
     a->base_ms = 1;
 
@@ -809,6 +885,11 @@ napi_value fly_napi_api(napi_env env, napi_callback_info info) {
     }
     free(app);
     a->lookup_url = fly_buf_steal(&lu, NULL);
+    a->create_id = create_id;
+    a->create_key = create_key ? create_key : strdup("computesdk_create_id");
+    create_id = create_key = NULL;
+    if (a->create_key == NULL)
+      goto nomem;
   }
 
   auth = auth_header(token);
@@ -834,7 +915,7 @@ napi_value fly_napi_api(napi_env env, napi_callback_info info) {
   goto cleanup;
 
 nomem:
-  napi_throw_error(env, "ERR_NO_MEMORY", "out of memory");
+  fly_throw_nomem(env);
 cleanup:
   /* The token lives on only inside the header list. */
   wipe_free(auth);
@@ -849,8 +930,6 @@ cleanup:
   fly_buf_free(&body);
   if (ok)
     return fly_req_submit(env, &a->req);
-  api_free(NULL, &a->req);
-  fly_err_clear(&a->req.err);
-  free(a);
+  fly_req_free(env, &a->req);
   return NULL;
 }

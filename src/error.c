@@ -32,12 +32,14 @@ void fly_err_clear(fly_err_t *e) {
 
 #ifndef FLY_NO_NAPI
 
+/* Statuses below are ignored on purpose: an error without one of its extra
+ * fields is still the right error to reject with. */
 static void set_str(napi_env env, napi_value obj, const char *name,
                     const char *s) {
   napi_value v;
   if (s != NULL && napi_create_string_utf8(env, s, NAPI_AUTO_LENGTH, &v) ==
       napi_ok)
-    napi_set_named_property(env, obj, name, v);
+    (void)napi_set_named_property(env, obj, name, v);
 }
 
 napi_value fly_err_to_js(napi_env env, const fly_err_t *e) {
@@ -50,7 +52,7 @@ napi_value fly_err_to_js(napi_env env, const fly_err_t *e) {
       napi_create_error(env, code, msg, &err) != napi_ok)
     return NULL;
   if (e->status != 0 && napi_create_int32(env, e->status, &v) == napi_ok)
-    napi_set_named_property(env, err, "status", v);
+    (void)napi_set_named_property(env, err, "status", v);
   set_str(env, err, "flyError", e->fly_error);
   set_str(env, err, "requestId", e->request_id);
   set_str(env, err, "path", e->path);
@@ -67,7 +69,17 @@ void fly_throw_invalid(napi_env env, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(buf, sizeof(buf), fmt, ap);
   va_end(ap);
-  napi_throw_type_error(env, "ERR_INVALID_ARG", buf);
+  /* Nothing else to do if even the throw fails. */
+  (void)napi_throw_type_error(env, "ERR_INVALID_ARG", buf);
+}
+
+void fly_throw_nomem(napi_env env) {
+  bool pending = false;
+
+  if (napi_is_exception_pending(env, &pending) == napi_ok && pending)
+    return;
+  /* Nothing else to do if even the throw fails. */
+  (void)napi_throw_error(env, "ERR_NO_MEMORY", "out of memory");
 }
 
 void fly_napi_throw_last(napi_env env) {
@@ -76,8 +88,10 @@ void fly_napi_throw_last(napi_env env) {
 
   if (napi_is_exception_pending(env, &pending) == napi_ok && pending)
     return;
-  napi_get_last_error_info(env, &info);
-  napi_throw_error(env, "FLY_INTERNAL",
+  if (napi_get_last_error_info(env, &info) != napi_ok)
+    info = NULL;
+  /* Nothing else to do if even the throw fails. */
+  (void)napi_throw_error(env, "FLY_INTERNAL",
                    info && info->error_message ? info->error_message
                                                : "Node-API call failed");
 }

@@ -35,7 +35,6 @@ typedef struct fly_exec_s {
   int streaming;
   /* I/O thread. */
   int state;
-  uint64_t deadline;           /* client-side give-up time, or UINT64_MAX */
   LIBSSH2_CHANNEL *ch;
   size_t in_off;
   int eof_sent;
@@ -111,6 +110,19 @@ static int exec_read(fly_ssh_sess_t *s, fly_exec_t *x, int stream) {
     if (n == 0)
       return 1;
     s->progress = 1;
+    if ((uint64_t)n > x->max_output - x->total) {
+      /* Over the limit, streamed or buffered: what fits was kept (and
+       * delivered); closing the channel stops the remote command. */
+      if (x->streaming && x->max_output > x->total)
+        fly_loop_chunk(s->loop, &x->op.req, stream, buf,
+                       (size_t)(x->max_output - x->total));
+      x->total = x->max_output;
+      fly_err_set(&x->op.req.err, "ERR_OUTPUT_LIMIT",
+                  "command output exceeded maxOutputBytes (%llu bytes)",
+                  (unsigned long long)x->max_output);
+      exec_release_channel(s, x);
+      return 10 + FLY_SSH_DONE;
+    }
     x->total += (uint64_t)n;
     if (x->streaming) {
       if (fly_loop_chunk(s->loop, &x->op.req, stream, buf, (size_t)n) != 0) {
@@ -119,13 +131,6 @@ static int exec_read(fly_ssh_sess_t *s, fly_exec_t *x, int stream) {
         return 10 + FLY_SSH_DONE;
       }
       continue;
-    }
-    if (x->total > x->max_output) {
-      fly_err_set(&x->op.req.err, "ERR_OUTPUT_LIMIT",
-                  "command output exceeded maxOutputBytes (%llu bytes)",
-                  (unsigned long long)x->max_output);
-      exec_release_channel(s, x);
-      return 10 + FLY_SSH_DONE;
     }
     if (fly_buf_append(stream == 1 ? &x->out : &x->err, buf, (size_t)n) !=
         0) {
@@ -140,44 +145,21 @@ static int exec_step(fly_ssh_sess_t *s, fly_ssh_op_t *op, uint64_t now) {
   fly_exec_t *x = (fly_exec_t *)op;
   int rc;
 
-  if (x->state >= X_EXEC && x->state <= X_CLOSE && now >= x->deadline) {
-    /* The remote timeout did not end it: give up on our side. */
-    x->timed_out = 1;
-    x->exit_code = 124;
-    exec_release_channel(s, x);
-    return FLY_SSH_DONE;
-  }
-
   switch (x->state) {
   case X_WAIT:
-    if (s->opener != NULL && s->opener != op)
+    if (!fly_ssh_chan_begin(s, op, now))
       return FLY_SSH_WAIT;
-    if (s->nchan >= s->chan_limit)
-      return FLY_SSH_WAIT;
-    s->opener = op;
-    op->started = 1;
     x->state = X_OPEN;
     /* fall through */
   case X_OPEN:
     x->ch = libssh2_channel_open_session(s->ls);
     if (x->ch == NULL) {
-      rc = libssh2_session_last_errno(s->ls);
-      if (rc == LIBSSH2_ERROR_EAGAIN)
-        return fly_ssh_blocked_out(s) ? FLY_SSH_OUT : FLY_SSH_WAIT;
-      s->opener = NULL;
-      if (fly_ssh_rc_dead(s, rc))
-        return FLY_SSH_DEAD;
-      if (rc == LIBSSH2_ERROR_CHANNEL_FAILURE && s->nchan > 0) {
-        /* The server's MaxSessions: wait for a channel to close. */
-        s->chan_limit = s->nchan;
+      rc = fly_ssh_chan_failed(s, op, now, "opening a channel");
+      if (s->opener != op)
         x->state = X_WAIT;
-        return FLY_SSH_WAIT;
-      }
-      return exec_fail(s, x, "SSH_CHANNEL_FAILED", "opening a channel");
+      return rc;
     }
-    s->opener = NULL;
-    s->nchan++;
-    s->progress = 1;
+    fly_ssh_chan_opened(s, op);
     x->state = X_EXEC;
     /* fall through */
   case X_EXEC:
@@ -190,10 +172,10 @@ static int exec_step(fly_ssh_sess_t *s, fly_ssh_op_t *op, uint64_t now) {
       return exec_fail(s, x, "SSH_EXEC_FAILED", "starting the command");
     }
     s->progress = 1;
-    /* The client-side limit counts from the start of the command, not
-     * from the wait for a channel. */
-    if (x->timeout_ms > 0)
-      x->deadline = now + x->timeout_ms + FLY_EXEC_GRACE_MS;
+    /* Without a timeout a running command may run for ever (keepalives
+     * still notice a dead server); only starting it had a deadline. */
+    if (x->timeout_ms == 0)
+      op->deadline = UINT64_MAX;
     x->state = X_IO;
     /* fall through */
   case X_IO: {
@@ -273,15 +255,36 @@ static int exec_step(fly_ssh_sess_t *s, fly_ssh_op_t *op, uint64_t now) {
     if (rc == LIBSSH2_ERROR_EAGAIN)
       return fly_ssh_blocked_out(s) ? FLY_SSH_OUT : FLY_SSH_WAIT;
     x->ch = NULL;
-    s->nchan--;
+    fly_ssh_chan_freed(s);
     return FLY_SSH_DONE;
   }
   return FLY_SSH_WAIT;
 }
 
-static uint64_t exec_deadline(fly_ssh_op_t *op) {
+static int exec_expire(fly_ssh_sess_t *s, fly_ssh_op_t *op) {
   fly_exec_t *x = (fly_exec_t *)op;
-  return x->state >= X_EXEC ? x->deadline : UINT64_MAX;
+
+  switch (x->state) {
+  case X_WAIT:
+    fly_err_set(&op->req.err, "SSH_TIMEOUT",
+                "ssh: no channel for the command within %llu ms",
+                (unsigned long long)fly_ssh_op_budget(op));
+    return FLY_SSH_DONE;
+  case X_FREE:
+    /* Finished: only the channel's free is left, for the session. */
+    exec_release_channel(s, x);
+    return FLY_SSH_DONE;
+  case X_IO:
+  case X_CLOSE:
+    /* The remote timeout did not end it: give up on our side. */
+    x->timed_out = 1;
+    x->exit_code = 124;
+    exec_release_channel(s, x);
+    return FLY_SSH_DONE;
+  default:
+    /* Opening the channel or starting the command. */
+    return FLY_SSH_DEAD;
+  }
 }
 
 static int exec_drop(fly_ssh_sess_t *s, fly_ssh_op_t *op) {
@@ -295,38 +298,28 @@ static int exec_drop(fly_ssh_sess_t *s, fly_ssh_op_t *op) {
   return 1;
 }
 
-static const fly_ssh_op_vt_t exec_ovt = {exec_step, exec_deadline, exec_drop};
+static const fly_ssh_op_vt_t exec_ovt = {exec_step, exec_expire, exec_drop};
 
 static void exec_start(fly_loop_t *loop, fly_req_t *req) {
-  fly_exec_t *x = (fly_exec_t *)req;
-  x->deadline = UINT64_MAX;
-  fly_ssh_op_start(loop, &x->op);
+  fly_ssh_op_start(loop, &((fly_exec_t *)req)->op);
 }
 
 static napi_value exec_result(napi_env env, fly_req_t *req) {
   fly_exec_t *x = (fly_exec_t *)req;
-  napi_value obj, v;
+  napi_value obj;
 
   FLY_NAPI_CALL(env, napi_create_object(env, &obj), NULL);
   fly_js_set_int(env, obj, "exitCode", x->exit_code);
-  if (x->signal != NULL) {
-    fly_js_set_str(env, obj, "signal", x->signal);
-  } else {
-    napi_get_null(env, &v);
-    napi_set_named_property(env, obj, "signal", v);
-  }
-  if ((v = fly_js_buffer_from(env, &x->out)) != NULL)
-    napi_set_named_property(env, obj, "stdout", v);
-  if ((v = fly_js_buffer_from(env, &x->err)) != NULL)
-    napi_set_named_property(env, obj, "stderr", v);
+  fly_js_set_str(env, obj, "signal", x->signal); /* NULL -> null */
+  fly_js_set_value(env, obj, "stdout", fly_js_buffer_from(env, &x->out));
+  fly_js_set_value(env, obj, "stderr", fly_js_buffer_from(env, &x->err));
   fly_js_set_bool(env, obj, "timedOut", x->timed_out);
   return obj;
 }
 
 static void exec_free(napi_env env, fly_req_t *req) {
   fly_exec_t *x = (fly_exec_t *)req;
-  (void)env;
-  fly_ssh_target_free(&x->op.target);
+  fly_ssh_op_free(env, &x->op);
   free(x->cmdline);
   fly_buf_free(&x->in);
   fly_buf_free(&x->out);
@@ -336,8 +329,9 @@ static void exec_free(napi_env env, fly_req_t *req) {
 
 static const fly_req_vt_t exec_vt = {exec_start, exec_result, exec_free};
 
-/* sshExec({ target, command | argv, cwd?, env?, timeoutMs?, background?,
- *           stdin?, maxOutputBytes?, onChunk? }) -> Promise<result> */
+/* sshExec({ session | target, command | argv, cwd?, env?, timeoutMs?,
+ *           background?, stdin?, maxOutputBytes?, onChunk? })
+ *   -> Promise<{ exitCode, signal, stdout, stderr, timedOut }> */
 napi_value fly_napi_ssh_exec(napi_env env, napi_callback_info info) {
   napi_value opts;
   fly_exec_t *x;
@@ -348,20 +342,22 @@ napi_value fly_napi_ssh_exec(napi_env env, napi_callback_info info) {
   if (x == NULL)
     return NULL;
   x->op.ovt = &exec_ovt;
-  if (fly_ssh_target_parse(env, opts, &x->op.target) != 0 ||
-      (x->cmdline = fly_js_cmd_build(env, opts, &x->timeout_ms)) == NULL ||
+  if (fly_ssh_op_init(env, opts, &x->op) != 0 ||
+      (x->cmdline = fly_js_cmd_build(env, opts, &x->timeout_ms, &x->in)) ==
+          NULL ||
       fly_js_prop_bytes(env, opts, "stdin", &x->in) != 0 ||
       fly_js_prop_u64(env, opts, "maxOutputBytes", (uint64_t)64 << 20,
                       &x->max_output) != 0 ||
       fly_js_prop_func(env, opts, "onChunk", &x->op.req.on_chunk) != 0)
     goto fail;
   x->streaming = x->op.req.on_chunk != NULL;
+  /* The whole command settles by its timeout plus the grace (counted from
+   * now); without one, starting it is bounded by the op timeout. */
+  if (x->timeout_ms > 0)
+    x->op.timeout_ms = x->timeout_ms + FLY_EXEC_GRACE_MS;
   return fly_req_submit(env, &x->op.req);
 
 fail:
-  exec_free(env, &x->op.req);
-  if (x->op.req.on_chunk != NULL)
-    napi_delete_reference(env, x->op.req.on_chunk);
-  free(x);
+  fly_req_free(env, &x->op.req);
   return NULL;
 }

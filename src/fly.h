@@ -71,6 +71,8 @@ void fly_err_clear(fly_err_t *e);
 napi_value fly_err_to_js(napi_env env, const fly_err_t *e);
 /* JS thread: throw a TypeError/RangeError with code ERR_INVALID_ARG. */
 void fly_throw_invalid(napi_env env, const char *fmt, ...);
+/* JS thread: throw the one out-of-memory error (code ERR_NO_MEMORY). */
+void fly_throw_nomem(napi_env env);
 #endif
 
 /* ------------------------------------------------------------------------ */
@@ -120,6 +122,13 @@ void *fly_req_new(napi_env env, size_t size, const fly_req_vt_t *vt);
  * and create the promise.  On failure req is freed and an exception is
  * pending; returns NULL. */
 napi_value fly_req_submit(napi_env env, fly_req_t *req);
+/* JS thread: queue req with no promise (its result is dropped), e.g. from
+ * a finalizer.  Does nothing but free req when the I/O thread is not
+ * running.  0, or -1 when req was freed unsent. */
+int fly_req_submit_detached(napi_env env, fly_req_t *req);
+/* JS thread: free a request that was never submitted (vt->free, the
+ * on_chunk reference, the error, the request). */
+void fly_req_free(napi_env env, fly_req_t *req);
 #endif
 
 /* ------------------------------------------------------------------------ */
@@ -170,8 +179,9 @@ napi_value fly_napi_api(napi_env env, napi_callback_info info);
 /* Advance every session and operation; called every loop turn. */
 void fly_ssh_step(fly_loop_t *loop, uint64_t now);
 /* Fill up to max wait fds with the sessions' sockets (events from
- * libssh2_session_block_directions, or CURL_WAIT_POLLIN when idle). Returns
- * the count. */
+ * libssh2_session_block_directions, or CURL_WAIT_POLLIN when idle).  Returns
+ * how many are needed, which may be more than max (then only max were
+ * filled: call again with room for all). */
 int fly_ssh_fds(fly_loop_t *loop, struct curl_waitfd *fds, int max);
 /* Nearest timer (connect retry, keepalive, timeouts) or UINT64_MAX. */
 uint64_t fly_ssh_deadline(fly_loop_t *loop);
@@ -183,7 +193,10 @@ void fly_ssh_shutdown(fly_loop_t *loop);
 napi_value fly_napi_ssh_exec(napi_env env, napi_callback_info info);
 napi_value fly_napi_sftp(napi_env env, napi_callback_info info);
 napi_value fly_napi_ssh_close(napi_env env, napi_callback_info info);
-/* sshStats() -> { connects } (sync), for tests of session reuse. */
+/* sshOpen(target) -> handle (sync), the session of sshExec/sftp/sshClose. */
+napi_value fly_napi_ssh_open(napi_env env, napi_callback_info info);
+/* sshStats() -> { connects, sessions } (sync), for tests of session reuse
+ * and release. */
 napi_value fly_napi_ssh_stats(napi_env env, napi_callback_info info);
 #endif
 
@@ -234,11 +247,19 @@ typedef struct fly_cmd_s {
 /* The remote command line for sh -c semantics; caller frees.  NULL with e
  * set (ERR_INVALID_ARG) on a bad env name or NUL byte. */
 char *fly_cmd_build(const fly_cmd_t *cmd, fly_err_t *e);
+/* The same for a channel whose stdin we write: when the line would be
+ * longer than max_line, the script goes into *prefix (to be written on
+ * stdin before the command's own) and the line that reads and runs it is
+ * short.  Otherwise *prefix stays empty. */
+char *fly_cmd_build_stdin(const fly_cmd_t *cmd, size_t max_line,
+                          fly_buf_t *prefix, fly_err_t *e);
 #ifndef FLY_NO_NAPI
 /* JS thread: the command line from an options object's command/argv/cwd/
  * env/timeoutMs/background (ERR_INVALID_ARG thrown on bad input); caller
- * frees.  *timeout_ms gets timeoutMs when not NULL. */
-char *fly_js_cmd_build(napi_env env, napi_value opts, uint64_t *timeout_ms);
+ * frees.  *timeout_ms gets timeoutMs when not NULL.  prefix NULL: one
+ * argument's limit applies (buildCommand); else fly_cmd_build_stdin. */
+char *fly_js_cmd_build(napi_env env, napi_value opts, uint64_t *timeout_ms,
+                       fly_buf_t *prefix);
 napi_value fly_napi_build_command(napi_env env, napi_callback_info info);
 #endif
 
@@ -256,7 +277,7 @@ int fly_js_prop_u64(napi_env env, napi_value obj, const char *name,
                     uint64_t dflt, uint64_t *out);
 int fly_js_prop_bool(napi_env env, napi_value obj, const char *name,
                      int dflt, int *out);
-/* A Buffer/TypedArray/string property copied into out (absent -> empty). */
+/* A Buffer/TypedArray/string property appended to out (absent -> nothing). */
 int fly_js_prop_bytes(napi_env env, napi_value obj, const char *name,
                       fly_buf_t *out);
 /* A Buffer property pinned with a reference instead of copied: its bytes
@@ -280,7 +301,8 @@ void fly_strv_free(char **v, size_t n);
 int fly_js_arg_obj(napi_env env, napi_callback_info info, size_t idx,
                    napi_value *out);
 
-/* Set obj[name] = value helpers; ignore failures (an exception pends). */
+/* Set obj[name] = value helpers; on failure an exception is left pending
+ * (settle() then rejects with it). */
 void fly_js_set_str(napi_env env, napi_value obj, const char *name,
                     const char *s);
 void fly_js_set_int(napi_env env, napi_value obj, const char *name,
@@ -288,9 +310,17 @@ void fly_js_set_int(napi_env env, napi_value obj, const char *name,
 void fly_js_set_double(napi_env env, napi_value obj, const char *name,
                        double v);
 void fly_js_set_bool(napi_env env, napi_value obj, const char *name, int v);
-/* A Buffer that takes ownership of buf's bytes (no copy). */
+/* v == NULL (a failed build of v) leaves an exception pending too. */
+void fly_js_set_value(napi_env env, napi_value obj, const char *name,
+                      napi_value v);
+/* A Buffer that takes ownership of buf's bytes (no copy); NULL with an
+ * exception pending (buf emptied) when it cannot be made. */
 napi_value fly_js_buffer_from(napi_env env, fly_buf_t *buf);
 
+/* Every napi_* call is checked with FLY_NAPI_CALL (or an explicit status
+ * test), or cast to (void) where its status is ignored on purpose, with the
+ * reason beside it: a failed throw has nowhere left to report, and call_js,
+ * finalizers and teardown have no caller to report to. */
 #define FLY_NAPI_CALL(env, call, ret)                                        \
   do {                                                                      \
     if ((call) != napi_ok) {                                                \

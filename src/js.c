@@ -44,10 +44,14 @@ int fly_js_str(napi_env env, napi_value v, const char *what, char **out) {
   }
   s = malloc(len + 1);
   if (s == NULL) {
-    napi_throw_error(env, "ERR_NO_MEMORY", "out of memory");
+    fly_throw_nomem(env);
     return -1;
   }
-  napi_get_value_string_utf8(env, v, s, len + 1, &len);
+  if (napi_get_value_string_utf8(env, v, s, len + 1, &len) != napi_ok) {
+    free(s);
+    fly_napi_throw_last(env);
+    return -1;
+  }
   if (strlen(s) != len) {
     free(s);
     fly_throw_invalid(env, "%s must not contain NUL bytes", what);
@@ -132,10 +136,22 @@ int fly_js_prop_bytes(napi_env env, napi_value obj, const char *name,
     }
     s = malloc(len + 1);
     if (s == NULL) {
-      napi_throw_error(env, "ERR_NO_MEMORY", "out of memory");
+      fly_throw_nomem(env);
       return -1;
     }
-    napi_get_value_string_utf8(env, v, s, len + 1, &len);
+    if (napi_get_value_string_utf8(env, v, s, len + 1, &len) != napi_ok) {
+      free(s);
+      fly_napi_throw_last(env);
+      return -1;
+    }
+    if (out->len > 0) {
+      /* Appended to what out holds (a command's script prefix). */
+      int rc = fly_buf_append(out, s, len);
+      free(s);
+      if (rc != 0)
+        fly_throw_nomem(env);
+      return rc;
+    }
     fly_buf_free(out);
     out->base = s;
     out->len = len;
@@ -162,7 +178,7 @@ int fly_js_prop_bytes(napi_env env, napi_value obj, const char *name,
       default: esz = 8; break;
     }
     if (fly_buf_append(out, data, n * esz) != 0) {
-      napi_throw_error(env, "ERR_NO_MEMORY", "out of memory");
+      fly_throw_nomem(env);
       return -1;
     }
     return 0;
@@ -239,7 +255,7 @@ int fly_js_prop_strv(napi_env env, napi_value obj, const char *name,
   FLY_NAPI_CALL(env, napi_get_array_length(env, arr, &n), -1);
   v = calloc(n + 1, sizeof(*v));
   if (v == NULL) {
-    napi_throw_error(env, "ERR_NO_MEMORY", "out of memory");
+    fly_throw_nomem(env);
     return -1;
   }
   for (i = 0; i < n; i++) {
@@ -292,7 +308,7 @@ int fly_js_prop_strmap(napi_env env, napi_value obj, const char *name,
   if (ns == NULL || vs == NULL) {
     free(ns);
     free(vs);
-    napi_throw_error(env, "ERR_NO_MEMORY", "out of memory");
+    fly_throw_nomem(env);
     return -1;
   }
   for (i = 0; i < n; i++) {
@@ -325,7 +341,7 @@ int fly_js_arg_obj(napi_env env, napi_callback_info info, size_t idx,
   FLY_NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL),
                 -1);
   if (idx < argc)
-    napi_typeof(env, argv[idx], &t);
+    FLY_NAPI_CALL(env, napi_typeof(env, argv[idx], &t), -1);
   if (t != napi_object) {
     fly_throw_invalid(env, "argument %u must be an object", (unsigned)idx);
     return -1;
@@ -334,39 +350,59 @@ int fly_js_arg_obj(napi_env env, napi_callback_info info, size_t idx,
   return 0;
 }
 
+/* The setters leave an exception pending when they fail, so that settle()
+ * rejects the promise instead of resolving with a half-built object. */
+static void set_value(napi_env env, napi_value obj, const char *name,
+                      napi_status created, const napi_value *v) {
+  if (created != napi_ok ||
+      napi_set_named_property(env, obj, name, *v) != napi_ok)
+    fly_napi_throw_last(env);
+}
+
 void fly_js_set_str(napi_env env, napi_value obj, const char *name,
                     const char *s) {
-  napi_value v;
-  if (s == NULL)
-    napi_get_null(env, &v);
-  else if (napi_create_string_utf8(env, s, NAPI_AUTO_LENGTH, &v) != napi_ok)
-    return;
-  napi_set_named_property(env, obj, name, v);
+  napi_value v = NULL;
+  napi_status st = s == NULL ? napi_get_null(env, &v)
+                             : napi_create_string_utf8(env, s,
+                                                       NAPI_AUTO_LENGTH, &v);
+  set_value(env, obj, name, st, &v);
 }
 
 void fly_js_set_int(napi_env env, napi_value obj, const char *name,
                     int64_t n) {
-  napi_value v;
-  if (napi_create_int64(env, n, &v) == napi_ok)
-    napi_set_named_property(env, obj, name, v);
+  napi_value v = NULL;
+  napi_status st = napi_create_int64(env, n, &v);
+  set_value(env, obj, name, st, &v);
 }
 
 void fly_js_set_double(napi_env env, napi_value obj, const char *name,
                        double d) {
-  napi_value v;
-  if (napi_create_double(env, d, &v) == napi_ok)
-    napi_set_named_property(env, obj, name, v);
+  napi_value v = NULL;
+  napi_status st = napi_create_double(env, d, &v);
+  set_value(env, obj, name, st, &v);
 }
 
 void fly_js_set_bool(napi_env env, napi_value obj, const char *name, int b) {
-  napi_value v;
-  if (napi_get_boolean(env, b != 0, &v) == napi_ok)
-    napi_set_named_property(env, obj, name, v);
+  napi_value v = NULL;
+  napi_status st = napi_get_boolean(env, b != 0, &v);
+  set_value(env, obj, name, st, &v);
 }
+
+void fly_js_set_value(napi_env env, napi_value obj, const char *name,
+                      napi_value v) {
+  set_value(env, obj, name, v != NULL ? napi_ok : napi_generic_failure, &v);
+}
+
+/* free_external records the last pointer it freed: when
+ * napi_create_external_buffer fails, Node may already have called it (a
+ * length over buffer.constants.MAX_LENGTH) or not (a runtime without
+ * external buffers), and only this tells the two apart.  JS thread only. */
+static void *ext_freed;
 
 static void free_external(napi_env env, void *data, void *hint) {
   (void)env;
   (void)hint;
+  ext_freed = data;
   free(data);
 }
 
@@ -374,24 +410,30 @@ napi_value fly_js_buffer_from(napi_env env, fly_buf_t *buf) {
   napi_value v;
   size_t len = 0;
   char *data;
+  void *p;
 
   /* An empty buffer is copied: external buffers of length 0 are awkward. */
   if (buf->len == 0) {
-    void *p;
     fly_buf_free(buf);
-    if (napi_create_buffer(env, 0, &p, &v) != napi_ok)
-      return NULL;
+    FLY_NAPI_CALL(env, napi_create_buffer(env, 0, &p, &v), NULL);
     return v;
   }
   data = fly_buf_steal(buf, &len);
-  if (napi_create_external_buffer(env, len, data, free_external, NULL, &v) !=
-      napi_ok) {
-    /* Some runtimes forbid external buffers; fall back to a copy. */
-    void *p;
-    napi_status st = napi_create_buffer_copy(env, len, data, &p, &v);
-    free(data);
-    if (st != napi_ok)
-      return NULL;
+  ext_freed = NULL;
+  if (napi_create_external_buffer(env, len, data, free_external, NULL, &v) ==
+      napi_ok)
+    return v;
+  if (ext_freed == data) {
+    /* Node freed it (and threw ERR_BUFFER_TOO_LARGE): never touch it. */
+    fly_napi_throw_last(env);
+    return NULL;
   }
+  /* Some runtimes forbid external buffers; fall back to a copy. */
+  if (napi_create_buffer_copy(env, len, data, &p, &v) != napi_ok) {
+    free(data);
+    fly_napi_throw_last(env);
+    return NULL;
+  }
+  free(data);
   return v;
 }

@@ -263,7 +263,7 @@ int fly_keypair_generate(fly_keypair_t *kp, const char *comment,
   goto cleanup;
 
 nomem:
-  fly_err_set(e, "FLY_INTERNAL", "out of memory encoding the key");
+  fly_err_set(e, "ERR_NO_MEMORY", "out of memory encoding the key");
 cleanup:
   if (rc != 0)
     fly_keypair_free(kp);
@@ -403,7 +403,7 @@ int fly_keypair_from_private(fly_keypair_t *kp, const char *private_openssh,
   }
   bin = malloc((size_t)(end - body) * 3 / 4 + 1);
   if (bin == NULL) {
-    fly_err_set(e, "FLY_INTERNAL", "out of memory reading the key");
+    fly_err_set(e, "ERR_NO_MEMORY", "out of memory reading the key");
     return -1;
   }
   if (keys_unb64(body, (size_t)(end - body), bin, &binlen) != 0)
@@ -476,7 +476,7 @@ int fly_keypair_from_private(fly_keypair_t *kp, const char *private_openssh,
   kp->private_openssh = strdup(private_openssh);
   if (kp->private_openssh == NULL ||
       keys_fill_public(kp, kpub, (const char *)comment, clen) != 0) {
-    fly_err_set(e, "FLY_INTERNAL", "out of memory reading the key");
+    fly_err_set(e, "ERR_NO_MEMORY", "out of memory reading the key");
     goto cleanup;
   }
   rc = 0;
@@ -528,7 +528,7 @@ static void keys_throw(napi_env env, const fly_err_t *err) {
   if (err->code != NULL && strcmp(err->code, "ERR_INVALID_ARG") == 0)
     fly_throw_invalid(env, "%s", err->message);
   else if ((v = fly_err_to_js(env, err)) != NULL)
-    napi_throw(env, v);
+    (void)napi_throw(env, v); /* nothing else to do if the throw fails */
   else
     fly_napi_throw_last(env);
 }
@@ -595,7 +595,7 @@ napi_value fly_napi_key_info(napi_env env, napi_callback_info info) {
   }
   text = malloc(len + 1);
   if (text == NULL) {
-    napi_throw_error(env, "FLY_INTERNAL", "out of memory");
+    fly_throw_nomem(env);
     return NULL;
   }
   if (napi_get_value_string_utf8(env, args[0], text, len + 1, &len) !=

@@ -20,7 +20,6 @@
 
 enum { FLY_MSG_DONE = 1, FLY_MSG_CHUNK = 2 };
 
-#define FLY_MAX_EXTRA_FDS 256
 
 typedef struct fly_chunk_msg_s {
   fly_msg_t hdr;
@@ -92,54 +91,62 @@ void fly_req_init(fly_req_t *req, const fly_req_vt_t *vt) {
 void *fly_req_new(napi_env env, size_t size, const fly_req_vt_t *vt) {
   fly_req_t *req = calloc(1, size);
   if (req == NULL) {
-    napi_throw_error(env, "ERR_NO_MEMORY", "out of memory");
+    fly_throw_nomem(env);
     return NULL;
   }
   fly_req_init(req, vt);
   return req;
 }
 
-static void req_free(napi_env env, fly_req_t *req) {
+void fly_req_free(napi_env env, fly_req_t *req) {
   if (req->vt->free != NULL)
     req->vt->free(env, req);
   if (env != NULL && req->on_chunk != NULL)
-    napi_delete_reference(env, req->on_chunk);
+    (void)napi_delete_reference(env, req->on_chunk); /* freeing anyway */
   fly_err_clear(&req->err);
   free(req);
 }
 
 static void req_unref(napi_env env, fly_req_t *req) {
   if (__atomic_sub_fetch(&req->refs, 1, __ATOMIC_ACQ_REL) == 0)
-    req_free(env, req);
+    fly_req_free(env, req);
 }
 
 /* ---- I/O thread -> JS thread --------------------------------------------- */
 
+/* call_js has nowhere to report a failed napi call: each status below is
+ * ignored on purpose, and the promise is settled by whichever call works. */
 static void settle(napi_env env, fly_loop_t *loop, fly_req_t *req) {
   napi_value v = NULL;
   napi_value exc;
   bool pending = false;
 
-  if (req->err.code == NULL && req->vt->result != NULL)
-    v = req->vt->result(env, req);
-  if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
-    napi_get_and_clear_last_exception(env, &exc);
-    napi_reject_deferred(env, req->deferred, exc);
-  } else if (req->err.code != NULL) {
-    v = fly_err_to_js(env, &req->err);
-    if (v == NULL)
-      napi_get_undefined(env, &v);
-    napi_reject_deferred(env, req->deferred, v);
+  if (req->deferred == NULL) {
+    /* Detached (fly_req_submit_detached): nobody waits for the result. */
   } else {
-    if (v == NULL)
-      napi_get_undefined(env, &v);
-    napi_resolve_deferred(env, req->deferred, v);
+    if (req->err.code == NULL && req->vt->result != NULL)
+      v = req->vt->result(env, req);
+    if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
+      (void)napi_get_and_clear_last_exception(env, &exc);
+      (void)napi_reject_deferred(env, req->deferred, exc);
+    } else if (req->err.code != NULL) {
+      v = fly_err_to_js(env, &req->err);
+      if (v == NULL)
+        (void)napi_get_undefined(env, &v);
+      (void)napi_reject_deferred(env, req->deferred, v);
+    } else {
+      if (v == NULL)
+        (void)napi_get_undefined(env, &v);
+      (void)napi_resolve_deferred(env, req->deferred, v);
+    }
   }
   /* Nothing in flight: an idle client must not hold the process open. */
   if (--loop->inflight == 0)
-    napi_unref_threadsafe_function(env, loop->tsfn);
+    (void)napi_unref_threadsafe_function(env, loop->tsfn);
 }
 
+/* Like settle: a chunk whose delivery fails is dropped (statuses ignored on
+ * purpose), but an exception thrown by the callback is not. */
 static void deliver_chunk(napi_env env, fly_chunk_msg_t *c) {
   napi_value fn, recv, argv[2], exc;
   void *p;
@@ -148,18 +155,16 @@ static void deliver_chunk(napi_env env, fly_chunk_msg_t *c) {
 
   if (req->on_chunk == NULL ||
       napi_get_reference_value(env, req->on_chunk, &fn) != napi_ok ||
-      fn == NULL)
+      fn == NULL || napi_get_undefined(env, &recv) != napi_ok ||
+      napi_create_int32(env, c->stream, &argv[0]) != napi_ok ||
+      napi_create_buffer_copy(env, c->len, c->data, &p, &argv[1]) != napi_ok)
     return;
-  napi_get_undefined(env, &recv);
-  napi_create_int32(env, c->stream, &argv[0]);
-  if (napi_create_buffer_copy(env, c->len, c->data, &p, &argv[1]) != napi_ok)
-    return;
-  napi_call_function(env, recv, fn, 2, argv, NULL);
+  (void)napi_call_function(env, recv, fn, 2, argv, NULL);
   /* A throwing callback is the user's bug: surface it as an uncaught
    * exception rather than swallowing it. */
   if (napi_is_exception_pending(env, &pending) == napi_ok && pending &&
       napi_get_and_clear_last_exception(env, &exc) == napi_ok)
-    napi_fatal_exception(env, exc);
+    (void)napi_fatal_exception(env, exc);
 }
 
 static void call_js(napi_env env, napi_value js_cb, void *context,
@@ -233,7 +238,8 @@ static void abort_queue(fly_loop_t *loop, fly_req_t *q) {
 
 static void *loop_main(void *arg) {
   fly_loop_t *loop = arg;
-  struct curl_waitfd fds[FLY_MAX_EXTRA_FDS];
+  struct curl_waitfd *fds = NULL;
+  int nfds_cap = 0;
   int exiting = 0;
 
   for (;;) {
@@ -269,7 +275,16 @@ static void *loop_main(void *arg) {
     if (loop->wake_at < next)
       next = loop->wake_at;
 
-    n = fly_ssh_fds(loop, fds, FLY_MAX_EXTRA_FDS);
+    /* One wait fd per SSH socket, as many as there are sessions. */
+    n = fly_ssh_fds(loop, fds, nfds_cap);
+    if (n > nfds_cap) {
+      struct curl_waitfd *p = realloc(fds, (size_t)n * sizeof(*fds));
+      if (p != NULL) {
+        fds = p;
+        nfds_cap = n;
+      }
+      n = fly_ssh_fds(loop, fds, nfds_cap);
+    }
     now = fly_now_ms();
     if (next == UINT64_MAX)
       timeout = 10000;
@@ -283,9 +298,11 @@ static void *loop_main(void *arg) {
 
   /* Fail everything still running; call_js frees it (or frees it with
    * env == NULL when the environment is already going). */
+  free(fds);
   fly_api_shutdown(loop);
   fly_ssh_shutdown(loop);
-  napi_release_threadsafe_function(loop->tsfn, napi_tsfn_release);
+  /* The last thing this thread does; nothing to report a failure to. */
+  (void)napi_release_threadsafe_function(loop->tsfn, napi_tsfn_release);
   return NULL;
 }
 
@@ -320,7 +337,8 @@ static void cleanup_hook(void *arg) {
 napi_value fly_napi_shutdown(napi_env env, napi_callback_info info) {
   fly_loop_t *loop = NULL;
   (void)info;
-  if (napi_get_instance_data(env, (void **)&loop) == napi_ok && loop != NULL)
+  FLY_NAPI_CALL(env, napi_get_instance_data(env, (void **)&loop), NULL);
+  if (loop != NULL)
     cleanup_hook(loop);
   return NULL;
 }
@@ -328,8 +346,10 @@ napi_value fly_napi_shutdown(napi_env env, napi_callback_info info) {
 static void instance_finalize(napi_env env, void *data, void *hint) {
   fly_loop_t *loop = data;
   (void)hint;
+  /* The environment is going away: a failure to remove the hook changes
+   * nothing (it ran already or never will). */
   if (loop->cleanup_added)
-    napi_remove_env_cleanup_hook(env, cleanup_hook, loop);
+    (void)napi_remove_env_cleanup_hook(env, cleanup_hook, loop);
   if (loop->started)
     cleanup_hook(loop);
   pthread_mutex_destroy(&loop->mu);
@@ -341,13 +361,13 @@ int fly_loop_instance_init(napi_env env) {
 
   pthread_once(&global_once, global_init);
   if (!global_ok) {
-    napi_throw_error(env, "FLY_INTERNAL",
+    (void)napi_throw_error(env, "FLY_INTERNAL",
                      "libcurl or libssh2 failed to initialise");
     return -1;
   }
   loop = calloc(1, sizeof(*loop));
   if (loop == NULL) {
-    napi_throw_error(env, "ERR_NO_MEMORY", "out of memory");
+    fly_throw_nomem(env);
     return -1;
   }
   pthread_mutex_init(&loop->mu, NULL);
@@ -367,24 +387,26 @@ static int loop_start(napi_env env, fly_loop_t *loop) {
 
   loop->multi = curl_multi_init();
   if (loop->multi == NULL) {
-    napi_throw_error(env, "FLY_INTERNAL", "curl_multi_init failed");
+    (void)napi_throw_error(env, "FLY_INTERNAL", "curl_multi_init failed");
     return -1;
   }
   /* Keep-alive: a few connections per host stay cached for reuse. */
   curl_multi_setopt(loop->multi, CURLMOPT_MAXCONNECTS, 16L);
-  napi_create_string_utf8(env, "fly:io", NAPI_AUTO_LENGTH, &name);
-  if (napi_create_threadsafe_function(env, NULL, NULL, name, 0, 1, NULL, NULL,
+  if (napi_create_string_utf8(env, "fly:io", NAPI_AUTO_LENGTH, &name) !=
+          napi_ok ||
+      napi_create_threadsafe_function(env, NULL, NULL, name, 0, 1, NULL, NULL,
                                       loop, call_js, &loop->tsfn) != napi_ok)
     goto fail;
-  napi_unref_threadsafe_function(env, loop->tsfn);
-  if (pthread_create(&loop->thread, NULL, loop_main, loop) != 0) {
-    napi_release_threadsafe_function(loop->tsfn, napi_tsfn_abort);
+  if (napi_unref_threadsafe_function(env, loop->tsfn) != napi_ok ||
+      pthread_create(&loop->thread, NULL, loop_main, loop) != 0) {
+    (void)napi_release_threadsafe_function(loop->tsfn, napi_tsfn_abort);
     goto fail;
   }
   loop->started = 1;
   if (!loop->cleanup_added) {
-    napi_add_env_cleanup_hook(env, cleanup_hook, loop);
-    loop->cleanup_added = 1;
+    /* Without the hook the thread is still joined by instance_finalize. */
+    if (napi_add_env_cleanup_hook(env, cleanup_hook, loop) == napi_ok)
+      loop->cleanup_added = 1;
   }
   return 0;
 
@@ -395,20 +417,7 @@ fail:
   return -1;
 }
 
-napi_value fly_req_submit(napi_env env, fly_req_t *req) {
-  fly_loop_t *loop = NULL;
-  napi_value promise;
-
-  if (napi_get_instance_data(env, (void **)&loop) != napi_ok || loop == NULL ||
-      (!loop->started && loop_start(env, loop) != 0) ||
-      napi_create_promise(env, &req->deferred, &promise) != napi_ok) {
-    fly_napi_throw_last(env);
-    req_free(env, req);
-    return NULL;
-  }
-  if (loop->inflight++ == 0)
-    napi_ref_threadsafe_function(env, loop->tsfn);
-
+static void queue_push(fly_loop_t *loop, fly_req_t *req) {
   pthread_mutex_lock(&loop->mu);
   if (loop->queue_tail != NULL)
     loop->queue_tail->next = req;
@@ -417,5 +426,38 @@ napi_value fly_req_submit(napi_env env, fly_req_t *req) {
   loop->queue_tail = req;
   pthread_mutex_unlock(&loop->mu);
   curl_multi_wakeup(loop->multi);
+}
+
+napi_value fly_req_submit(napi_env env, fly_req_t *req) {
+  fly_loop_t *loop = NULL;
+  napi_value promise;
+
+  if (napi_get_instance_data(env, (void **)&loop) != napi_ok || loop == NULL ||
+      (!loop->started && loop_start(env, loop) != 0) ||
+      napi_create_promise(env, &req->deferred, &promise) != napi_ok) {
+    fly_napi_throw_last(env);
+    fly_req_free(env, req);
+    return NULL;
+  }
+  /* A failed ref only lets the process exit early; the request still
+   * runs. */
+  if (loop->inflight++ == 0)
+    (void)napi_ref_threadsafe_function(env, loop->tsfn);
+  queue_push(loop, req);
   return promise;
+}
+
+int fly_req_submit_detached(napi_env env, fly_req_t *req) {
+  fly_loop_t *loop = NULL;
+
+  /* Not running: nothing of the request's exists on the I/O thread. */
+  if (napi_get_instance_data(env, (void **)&loop) != napi_ok || loop == NULL ||
+      !loop->started) {
+    fly_req_free(env, req);
+    return -1;
+  }
+  if (loop->inflight++ == 0)
+    (void)napi_ref_threadsafe_function(env, loop->tsfn);
+  queue_push(loop, req);
+  return 0;
 }

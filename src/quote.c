@@ -60,7 +60,7 @@ static void quote_invalid(fly_err_t *e, const char *msg) {
 
 static void quote_nomem(fly_err_t *e) {
   if (e != NULL)
-    fly_err_set(e, "FLY_INTERNAL", "out of memory building the command");
+    fly_err_set(e, "ERR_NO_MEMORY", "out of memory building the command");
 }
 
 /* The script that runs the command itself: exports, cd, command. */
@@ -104,37 +104,39 @@ static int quote_shell_c(fly_buf_t *b, const fly_buf_t *script) {
   return fly_quote_append(b, script->base ? script->base : "", script->len);
 }
 
-char *fly_cmd_build(const fly_cmd_t *cmd, fly_err_t *e) {
-  fly_buf_t inner = {0}, timed = {0}, out = {0};
-  fly_buf_t *script;
-  char *res = NULL;
+/* Checks cmd; 0, or -1 with e set. */
+static int cmd_check(const fly_cmd_t *cmd, fly_err_t *e) {
   size_t i;
 
   if ((cmd->command == NULL) == (cmd->argc == 0 || cmd->argv == NULL) ||
       (cmd->command != NULL && cmd->argc > 0)) {
     quote_invalid(e, "exactly one of command and argv is required");
-    return NULL;
+    return -1;
   }
   for (i = 0; i < cmd->envc; i++) {
     if (!fly_env_name_valid(cmd->env_names[i])) {
       quote_invalid(e, "invalid environment variable name");
-      return NULL;
+      return -1;
     }
     if (cmd->env_values[i] == NULL) {
       quote_invalid(e, "environment variable without a value");
-      return NULL;
+      return -1;
     }
   }
   for (i = 0; i < cmd->argc; i++) {
     if (cmd->argv[i] == NULL) {
       quote_invalid(e, "argv entry is not a string");
-      return NULL;
+      return -1;
     }
   }
+  return 0;
+}
 
-  if (quote_inner(&inner, cmd) != 0)
-    goto nomem;
-  script = &inner;
+/* inner wrapped for cmd's timeout and background; caller frees. */
+static char *cmd_wrap(const fly_cmd_t *cmd, fly_buf_t *inner, fly_err_t *e) {
+  fly_buf_t timed = {0}, out = {0};
+  fly_buf_t *script = inner;
+  char *res = NULL;
 
   if (cmd->timeout_ms > 0) {
     /* GNU timeout puts itself in a new process group, signals the whole
@@ -143,7 +145,7 @@ char *fly_cmd_build(const fly_cmd_t *cmd, fly_err_t *e) {
     if (fly_buf_printf(&timed, "exec timeout -k 2 %" PRIu64 ".%03us ",
                        cmd->timeout_ms / 1000,
                        (unsigned)(cmd->timeout_ms % 1000)) != 0 ||
-        quote_shell_c(&timed, &inner) != 0)
+        quote_shell_c(&timed, inner) != 0)
       goto nomem;
     script = &timed;
   }
@@ -156,10 +158,11 @@ char *fly_cmd_build(const fly_cmd_t *cmd, fly_err_t *e) {
         quote_shell_c(&out, script) != 0 ||
         fly_buf_append(&out, " </dev/null >/dev/null 2>&1", 27) != 0)
       goto nomem;
-    res = fly_buf_steal(&out, NULL);
-  } else {
-    res = fly_buf_steal(script, NULL);
+  } else if (fly_buf_append(&out, script->base ? script->base : "",
+                            script->len) != 0) {
+    goto nomem;
   }
+  res = fly_buf_steal(&out, NULL);
   if (res == NULL)
     goto nomem;
   goto cleanup;
@@ -167,18 +170,85 @@ char *fly_cmd_build(const fly_cmd_t *cmd, fly_err_t *e) {
 nomem:
   quote_nomem(e);
 cleanup:
-  fly_buf_free(&inner);
   fly_buf_free(&timed);
   fly_buf_free(&out);
   return res;
 }
 
+char *fly_cmd_build(const fly_cmd_t *cmd, fly_err_t *e) {
+  fly_buf_t inner = {0};
+  char *res;
+
+  if (cmd_check(cmd, e) != 0)
+    return NULL;
+  if (quote_inner(&inner, cmd) != 0) {
+    quote_nomem(e);
+    return NULL;
+  }
+  res = cmd_wrap(cmd, &inner, e);
+  fly_buf_free(&inner);
+  return res;
+}
+
+/* The script file's first line: it removes itself (the shell that sources
+ * it keeps reading from the open file) and the variable that named it. */
+#define FLY_SCRIPT_HEAD "rm -f \"$FLY_SCRIPT\"; unset FLY_SCRIPT\n"
+
+char *fly_cmd_build_stdin(const fly_cmd_t *cmd, size_t max_line,
+                          fly_buf_t *prefix, fly_err_t *e) {
+  fly_buf_t inner = {0}, line = {0};
+  char *res = NULL, *wrapped = NULL;
+
+  if (cmd_check(cmd, e) != 0)
+    return NULL;
+  if (quote_inner(&inner, cmd) != 0)
+    goto nomem;
+  res = cmd_wrap(cmd, &inner, e);
+  if (res == NULL || strlen(res) <= max_line)
+    goto cleanup;
+  free(res);
+  res = NULL;
+  /* Too long for one exec request: the script goes first on stdin, into a
+   * private temporary file that the wrapped command sources.  head -c
+   * reads exactly its bytes, so the command's own stdin follows intact. */
+  fly_buf_free(prefix);
+  if (fly_buf_append(prefix, FLY_SCRIPT_HEAD, strlen(FLY_SCRIPT_HEAD)) != 0 ||
+      fly_buf_append(prefix, inner.base, inner.len) != 0)
+    goto nomem;
+  fly_buf_free(&inner);
+  if (fly_buf_append(&inner, ". \"$FLY_SCRIPT\"", 15) != 0 ||
+      (wrapped = cmd_wrap(cmd, &inner, e)) == NULL)
+    goto fail;
+  if (fly_buf_printf(&line,
+                     "FLY_SCRIPT=$(mktemp) && export FLY_SCRIPT && "
+                     "head -c %zu >\"$FLY_SCRIPT\" && %s",
+                     prefix->len, wrapped) != 0)
+    goto nomem;
+  res = fly_buf_steal(&line, NULL);
+  goto cleanup;
+
+nomem:
+  quote_nomem(e);
+fail:
+  fly_buf_free(prefix);
+cleanup:
+  free(wrapped);
+  fly_buf_free(&inner);
+  fly_buf_free(&line);
+  return res;
+}
+
 #ifndef FLY_NO_NAPI
+
+/* The longest line sent in one exec request: libssh2 1.10 refuses packets
+ * over 40000 bytes (LIBSSH2_PACKET_MAXPAYLOAD), headers included. */
+#define FLY_CMD_INLINE_MAX 32768
 
 /* Linux's MAX_ARG_STRLEN: the longest single argv string, NUL included. */
 #define FLY_MAX_ARG_STRLEN (32 * 4096)
 
-char *fly_js_cmd_build(napi_env env, napi_value opts, uint64_t *timeout_ms) {
+char *fly_js_cmd_build(napi_env env, napi_value opts, uint64_t *timeout_ms,
+                       fly_buf_t *prefix) {
   fly_cmd_t cmd;
   fly_err_t err;
   char *command = NULL, *cwd = NULL, *line = NULL;
@@ -211,10 +281,16 @@ char *fly_js_cmd_build(napi_env env, napi_value opts, uint64_t *timeout_ms) {
   cmd.env_values = (const char *const *)values;
   cmd.envc = nenv;
   cmd.background = background;
-  line = fly_cmd_build(&cmd, &err);
+  line = prefix != NULL
+             ? fly_cmd_build_stdin(&cmd, FLY_CMD_INLINE_MAX, prefix, &err)
+             : fly_cmd_build(&cmd, &err);
   if (line == NULL) {
-    fly_throw_invalid(env, "%s", err.message[0] ? err.message : "bad command");
-  } else if (strlen(line) >= FLY_MAX_ARG_STRLEN) {
+    if (err.code != NULL && strcmp(err.code, "ERR_NO_MEMORY") == 0)
+      fly_throw_nomem(env);
+    else
+      fly_throw_invalid(env, "%s",
+                        err.message[0] ? err.message : "bad command");
+  } else if (prefix == NULL && strlen(line) >= FLY_MAX_ARG_STRLEN) {
     /* The remote shell gets the line as one argument, and Linux refuses a
      * single argument this long (E2BIG): say so here rather than let the
      * command fail with an obscure exit code. */
@@ -244,7 +320,7 @@ napi_value fly_napi_build_command(napi_env env, napi_callback_info info) {
 
   if (fly_js_arg_obj(env, info, 0, &opts) != 0)
     return NULL;
-  line = fly_js_cmd_build(env, opts, NULL);
+  line = fly_js_cmd_build(env, opts, NULL, NULL);
   if (line == NULL)
     return NULL;
   if (napi_create_string_utf8(env, line, NAPI_AUTO_LENGTH, &result) !=

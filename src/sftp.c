@@ -42,6 +42,9 @@ enum {
  * ~18 MiB/s on loopback). */
 #define FLY_SFTP_READ_SLICE (4u << 20)
 #define FLY_SFTP_WRITE_SLICE (256u << 10)
+/* Defaults of maxFileBytes (read) and maxEntries (readdir, remove). */
+#define FLY_SFTP_MAX_FILE_BYTES ((uint64_t)256 << 20)
+#define FLY_SFTP_MAX_ENTRIES 100000
 
 typedef struct fly_sftp_ent_s {
   char *name;
@@ -67,6 +70,13 @@ typedef struct fly_sftp_s {
   napi_ref pin;                /* write: the caller's Buffer, pinned */
   const char *wdata;           /* write: the bytes and their size */
   size_t wlen;
+  int ranged;                  /* read/write: offset given (no truncate) */
+  uint64_t offset;             /* read/write: where to start */
+  uint64_t length;             /* read: at most this many bytes */
+  int has_length;              /* read: length given (no size error) */
+  int append;                  /* write: at the end of the file */
+  uint64_t max_bytes;          /* read: maxFileBytes */
+  uint64_t max_entries;        /* readdir/remove: maxEntries per directory */
   /* I/O thread. */
   int phase;
   LIBSSH2_SFTP_HANDLE *h;
@@ -231,10 +241,31 @@ static int fail_open(fly_ssh_sess_t *s, fly_sftp_t *x, int verdict) {
 
 /* ---- read / write / stat / readdir --------------------------------------- */
 
+static int too_many(fly_sftp_t *x, const char *path) {
+  fly_err_set(&x->op.req.err, "ERR_TOO_MANY_ENTRIES",
+              "sftp %s '%s': more than maxEntries (%llu) entries",
+              kind_names[x->kind], path,
+              (unsigned long long)x->max_entries);
+  fly_err_set_path(&x->op.req.err, path);
+  return FLY_SSH_DONE;
+}
+
+static int too_large(fly_sftp_t *x) {
+  fly_err_set(&x->op.req.err, "ERR_FILE_TOO_LARGE",
+              "sftp read '%s': more than maxFileBytes (%llu bytes); read it "
+              "in ranges (offset, length)",
+              x->path, (unsigned long long)x->max_bytes);
+  fly_err_set_path(&x->op.req.err, x->path);
+  return FLY_SSH_DONE;
+}
+
+/* The whole file, or length bytes from offset; never more than max_bytes
+ * kept, whatever size the file claims or grows to. */
 static int run_read(fly_ssh_sess_t *s, fly_sftp_t *x) {
   LIBSSH2_SFTP_ATTRIBUTES a;
   int rc;
   ssize_t n;
+  uint64_t want = x->length, sized;
 
   switch (x->phase) {
   case P_START:
@@ -245,10 +276,15 @@ static int run_read(fly_ssh_sess_t *s, fly_sftp_t *x) {
       return fail_rc(s, x, rc, x->path);
     if (attrs_type(&a) == T_DIR)
       return fail_code(x, "SFTP_IS_A_DIRECTORY", x->path, "is a directory");
-    /* Size the buffer once from the file's size (it may still grow). */
-    if ((a.flags & LIBSSH2_SFTP_ATTR_SIZE) &&
-        a.filesize < ((uint64_t)1 << 40) &&
-        fly_buf_reserve(&x->data, (size_t)a.filesize + 4096) != 0)
+    sized = (a.flags & LIBSSH2_SFTP_ATTR_SIZE) ? a.filesize : 0;
+    sized = sized > x->offset ? sized - x->offset : 0;
+    if (!x->has_length && sized > x->max_bytes)
+      return too_large(x);
+    /* Size the buffer once from the file's size (it may still grow), never
+     * beyond what may be kept. */
+    if (sized > want)
+      sized = want;
+    if (sized > 0 && fly_buf_reserve(&x->data, (size_t)sized + 1) != 0)
       return fail_code(x, "ERR_NO_MEMORY", x->path, "out of memory");
     x->phase = P_OPEN;
     s->progress = 1;
@@ -257,18 +293,25 @@ static int run_read(fly_ssh_sess_t *s, fly_sftp_t *x) {
     rc = sftp_open(s, x, LIBSSH2_FXF_READ, 0, LIBSSH2_SFTP_OPENFILE);
     if (x->h == NULL)
       return rc;
+    if (x->offset > 0)
+      libssh2_sftp_seek64(x->h, x->offset);
     x->phase = P_IO;
     s->progress = 1;
     /* fall through */
   case P_IO:
     for (;;) {
       size_t room;
+      uint64_t left = want - x->data.len;
+      if (left == 0)
+        break;
       if (fly_buf_reserve(&x->data, 4096) != 0)
         return fail_open(s, x, fail_code(x, "ERR_NO_MEMORY", x->path,
                                          "out of memory"));
       room = x->data.cap - x->data.len - 1;
       if (room > FLY_SFTP_READ_SLICE)
         room = FLY_SFTP_READ_SLICE;
+      if (room > left)
+        room = (size_t)left;
       n = libssh2_sftp_read(x->h, x->data.base + x->data.len, room);
       if (n == LIBSSH2_ERROR_EAGAIN)
         return AGAIN(s);
@@ -279,6 +322,10 @@ static int run_read(fly_ssh_sess_t *s, fly_sftp_t *x) {
       x->data.len += (size_t)n;
       x->data.base[x->data.len] = '\0';
       s->progress = 1;
+      if (!x->has_length && x->data.len > x->max_bytes) {
+        fly_buf_free(&x->data);
+        return fail_open(s, x, too_large(x));
+      }
     }
     x->phase = P_CLOSE;
     /* fall through */
@@ -296,11 +343,18 @@ static int run_write(fly_ssh_sess_t *s, fly_sftp_t *x) {
   case P_START:
   case P_OPEN:
     x->phase = P_OPEN;
+    /* Whole file: truncate.  At an offset or appended: keep what is
+     * there, so a large file can be sent in pieces. */
     rc = sftp_open(s, x,
-                   LIBSSH2_FXF_WRITE | LIBSSH2_FXF_CREAT | LIBSSH2_FXF_TRUNC,
+                   LIBSSH2_FXF_WRITE | LIBSSH2_FXF_CREAT |
+                       (x->append   ? LIBSSH2_FXF_APPEND
+                        : x->ranged ? 0
+                                    : LIBSSH2_FXF_TRUNC),
                    0644, LIBSSH2_SFTP_OPENFILE);
     if (x->h == NULL)
       return rc;
+    if (x->ranged && !x->append)
+      libssh2_sftp_seek64(x->h, x->offset);
     x->phase = P_IO;
     s->progress = 1;
     /* fall through */
@@ -379,6 +433,8 @@ static int run_readdir(fly_ssh_sess_t *s, fly_sftp_t *x) {
       name[rc] = '\0';
       if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
         continue;
+      if (x->nents >= x->max_entries)
+        return fail_open(s, x, too_many(x, x->path));
       if (x->nents == x->ents_cap) {
         size_t cap = x->ents_cap ? x->ents_cap * 2 : 64;
         fly_sftp_ent_t *p = realloc(x->ents, cap * sizeof(*p));
@@ -641,6 +697,10 @@ static int run_remove(fly_ssh_sess_t *s, fly_sftp_t *x) {
       name[rc] = '\0';
       if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
         break;
+      if (top->n >= x->max_entries) {
+        x->phase = P_CLOSE;
+        return fail_open(s, x, too_many(x, top->path));
+      }
       if (frame_add(top, name, attrs_type(&a) == T_DIR) != 0) {
         x->phase = P_CLOSE;
         return fail_open(s, x, fail_code(x, "ERR_NO_MEMORY", top->path,
@@ -721,36 +781,21 @@ static int run_remove(fly_ssh_sess_t *s, fly_sftp_t *x) {
 static int sftp_step(fly_ssh_sess_t *s, fly_ssh_op_t *op, uint64_t now) {
   fly_sftp_t *x = (fly_sftp_t *)op;
   int rc;
-  (void)now;
 
   if (s->sftp_owner != NULL && s->sftp_owner != op)
     return FLY_SSH_WAIT;
   if (s->sftp == NULL) {
-    if ((s->opener != NULL && s->opener != op) || s->nchan >= s->chan_limit)
+    if (!fly_ssh_chan_begin(s, op, now))
       return FLY_SSH_WAIT;
-    s->opener = op;
     s->sftp_owner = op;
-    op->started = 1;
     s->sftp = libssh2_sftp_init(s->ls);
     if (s->sftp == NULL) {
-      rc = libssh2_session_last_errno(s->ls);
-      if (rc == LIBSSH2_ERROR_EAGAIN)
-        return AGAIN(s);
-      s->opener = NULL;
-      s->sftp_owner = NULL;
-      if (fly_ssh_rc_dead(s, rc))
-        return FLY_SSH_DEAD;
-      if (rc == LIBSSH2_ERROR_CHANNEL_FAILURE && s->nchan > 0) {
-        s->chan_limit = s->nchan;
-        return FLY_SSH_WAIT;
-      }
-      fly_ssh_err_last(s, &op->req.err, "SSH_CHANNEL_FAILED",
-                       "starting the sftp subsystem");
-      return FLY_SSH_DONE;
+      rc = fly_ssh_chan_failed(s, op, now, "starting the sftp subsystem");
+      if (s->opener != op)
+        s->sftp_owner = NULL;
+      return rc;
     }
-    s->opener = NULL;
-    s->nchan++;
-    s->progress = 1;
+    fly_ssh_chan_opened(s, op);
   }
   s->sftp_owner = op;
   op->started = 1;
@@ -780,7 +825,15 @@ static int sftp_drop(fly_ssh_sess_t *s, fly_ssh_op_t *op) {
   return x->phase == P_START || (x->kind == K_WRITE && x->phase == P_OPEN);
 }
 
-static const fly_ssh_op_vt_t sftp_ovt = {sftp_step, NULL, sftp_drop};
+/* A started SFTP op is inside a request/reply exchange that libssh2 cannot
+ * abandon: the connection goes (SSH_TIMEOUT for this op). */
+static int sftp_expire(fly_ssh_sess_t *s, fly_ssh_op_t *op) {
+  (void)s;
+  (void)op;
+  return FLY_SSH_DEAD;
+}
+
+static const fly_ssh_op_vt_t sftp_ovt = {sftp_step, sftp_expire, sftp_drop};
 
 static void sftp_start(fly_loop_t *loop, fly_req_t *req) {
   fly_ssh_op_start(loop, &((fly_sftp_t *)req)->op);
@@ -796,7 +849,7 @@ static napi_value sftp_result(napi_env env, fly_req_t *req) {
     return fly_js_buffer_from(env, &x->data);
   case K_STAT:
     if (!x->found) {
-      napi_get_null(env, &v);
+      FLY_NAPI_CALL(env, napi_get_null(env, &v), NULL);
       return v;
     }
     FLY_NAPI_CALL(env, napi_create_object(env, &o), NULL);
@@ -826,8 +879,8 @@ static void sftp_free(napi_env env, fly_req_t *req) {
   size_t i;
   /* Without env the environment is going away and frees references. */
   if (env != NULL && x->pin != NULL)
-    napi_delete_reference(env, x->pin);
-  fly_ssh_target_free(&x->op.target);
+    (void)napi_delete_reference(env, x->pin); /* freeing anyway */
+  fly_ssh_op_free(env, &x->op);
   free(x->path);
   free(x->cur);
   fly_buf_free(&x->data);
@@ -841,6 +894,23 @@ static void sftp_free(napi_env env, fly_req_t *req) {
 
 static const fly_req_vt_t sftp_vt = {sftp_start, sftp_result, sftp_free};
 
+/* offset: a number (ranged read or write); absent -> 0, not ranged. */
+static int opt_offset(napi_env env, napi_value opts, fly_sftp_t *x) {
+  bool has = false;
+  napi_value v;
+  napi_valuetype t;
+
+  FLY_NAPI_CALL(env, napi_has_named_property(env, opts, "offset", &has), -1);
+  if (!has)
+    return 0;
+  FLY_NAPI_CALL(env, napi_get_named_property(env, opts, "offset", &v), -1);
+  FLY_NAPI_CALL(env, napi_typeof(env, v, &t), -1);
+  if (t == napi_undefined || t == napi_null)
+    return 0;
+  x->ranged = 1;
+  return fly_js_prop_u64(env, opts, "offset", 0, &x->offset);
+}
+
 napi_value fly_napi_sftp(napi_env env, napi_callback_info info) {
   napi_value opts;
   fly_sftp_t *x;
@@ -853,11 +923,29 @@ napi_value fly_napi_sftp(napi_env env, napi_callback_info info) {
   if (x == NULL)
     return NULL;
   x->op.ovt = &sftp_ovt;
-  if (fly_ssh_target_parse(env, opts, &x->op.target) != 0 ||
+  if (fly_ssh_op_init(env, opts, &x->op) != 0 ||
       fly_js_prop_str(env, opts, "op", 1, &opname) != 0 ||
       fly_js_prop_str(env, opts, "path", 1, &x->path) != 0 ||
-      fly_js_prop_bool(env, opts, "recursive", 0, &x->recursive) != 0)
+      fly_js_prop_bool(env, opts, "recursive", 0, &x->recursive) != 0 ||
+      fly_js_prop_u64(env, opts, "timeoutMs", 0, &x->op.timeout_ms) != 0 ||
+      fly_js_prop_u64(env, opts, "maxFileBytes", FLY_SFTP_MAX_FILE_BYTES,
+                      &x->max_bytes) != 0 ||
+      fly_js_prop_u64(env, opts, "maxEntries", FLY_SFTP_MAX_ENTRIES,
+                      &x->max_entries) != 0 ||
+      fly_js_prop_bool(env, opts, "append", 0, &x->append) != 0 ||
+      opt_offset(env, opts, x) != 0 ||
+      fly_js_prop_u64(env, opts, "length", UINT64_MAX, &x->length) != 0)
     goto fail;
+  x->has_length = x->length != UINT64_MAX;
+  if (x->has_length && x->length > x->max_bytes) {
+    fly_throw_invalid(env, "length must be at most maxFileBytes (%llu)",
+                      (unsigned long long)x->max_bytes);
+    goto fail;
+  }
+  /* Without a length, one byte past the limit tells "larger" from
+   * "exactly the limit". */
+  if (!x->has_length)
+    x->length = x->max_bytes + 1;
   x->kind = -1;
   for (i = 0; i < sizeof(kind_names) / sizeof(kind_names[0]); i++)
     if (strcmp(opname, kind_names[i]) == 0)
@@ -880,7 +968,6 @@ napi_value fly_napi_sftp(napi_env env, napi_callback_info info) {
 
 fail:
   free(opname);
-  sftp_free(env, &x->op.req);
-  free(x);
+  fly_req_free(env, &x->op.req);
   return NULL;
 }

@@ -1,14 +1,15 @@
 /* ssh.c: the libssh2 session manager of the I/O thread.
  *
- * Sessions are keyed by the caller's string key and reused by every later
- * operation with that key.  Each session is a non-blocking state machine:
+ * A session belongs to one handle of sshOpen (found by the handle's target
+ * itself, so no two handles share one), or, in the old form to delete, to
+ * the caller's string key.  Each session is a non-blocking state machine:
  * TCP connect (refusals retried, 10 ms apart doubling to 100 ms, until the
- * connect timeout),
- * SSH handshake, host key pin check (before anything is sent under the
- * user's name), authentication, then READY, where its operations (exec.c,
- * sftp.c) are stepped every loop turn.  A lost connection fails the
- * operations that had touched it with SSH_DISCONNECTED and the next
- * operation reconnects.
+ * connect timeout), SSH handshake, host key pin check (before anything is
+ * sent under the user's name), authentication, then READY, where its
+ * operations (exec.c, sftp.c) are stepped every loop turn.  A lost
+ * connection fails the operations that had touched it with
+ * SSH_DISCONNECTED and the next operation reconnects.  Every operation has
+ * a deadline (sess_expire_ops); keepalives want a reply (sess_keepalive).
  *
  * Two libssh2 rules shape the stepping.  A send that returned EAGAIN half
  * done must be repeated by the same call before any other send on the
@@ -44,13 +45,24 @@ enum {
  * off so a machine that never answers is not hammered. */
 #define FLY_SSH_RETRY_MIN_MS 10
 #define FLY_SSH_RETRY_MAX_MS 100
+/* A channel refused while none of ours is open: the server has not yet
+ * released one we closed.  Retried this often, within the op's deadline. */
+#define FLY_SSH_CHAN_RETRY_MIN_MS 20
+#define FLY_SSH_CHAN_RETRY_MAX_MS 500
+/* Defaults of the target's opTimeoutMs and idleTimeoutMs. */
+#define FLY_SSH_OP_TIMEOUT_MS 60000
+#define FLY_SSH_IDLE_TIMEOUT_MS 300000
+/* Keepalives unanswered for this many intervals: the peer is gone. */
+#define FLY_SSH_KEEPALIVE_MISSES 2
 
 typedef struct fly_ssh_state_s {
   fly_ssh_sess_t *sessions;
 } fly_ssh_state_t;
 
-/* sshStats: connections made by this process (all instances). */
+/* sshStats: connections made by this process (all instances), and
+ * sessions that exist now. */
 static uint64_t fly_ssh_connects;
+static uint64_t fly_ssh_sessions;
 
 static fly_ssh_state_t *state_get(fly_loop_t *loop, int create) {
   void **slot = fly_loop_ssh_slot(loop);
@@ -61,61 +73,44 @@ static fly_ssh_state_t *state_get(fly_loop_t *loop, int create) {
 
 /* ---- targets ------------------------------------------------------------- */
 
-void fly_ssh_target_free(fly_ssh_target_t *t) {
+static void wipe_free(char *p) {
+  /* Do not leave key material in freed heap. */
+  if (p != NULL) {
+    memset(p, 0, strlen(p));
+    free(p);
+  }
+}
+
+void fly_ssh_target_unref(fly_ssh_target_t *t) {
+  if (t == NULL || __atomic_sub_fetch(&t->refs, 1, __ATOMIC_ACQ_REL) != 0)
+    return;
   free(t->key);
   free(t->host);
   free(t->user);
-  if (t->private_key != NULL) {
-    /* Do not leave key material in freed heap. */
-    memset(t->private_key, 0, strlen(t->private_key));
-    free(t->private_key);
-  }
-  if (t->password != NULL) {
-    memset(t->password, 0, strlen(t->password));
-    free(t->password);
-  }
+  wipe_free(t->private_key);
+  wipe_free(t->password);
   free(t->fingerprint);
-  memset(t, 0, sizeof(*t));
+  free(t);
 }
 
-static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
-
-static int target_copy(fly_ssh_target_t *dst, const fly_ssh_target_t *src) {
-  memset(dst, 0, sizeof(*dst));
-  dst->port = src->port;
-  dst->insecure = src->insecure;
-  dst->connect_timeout_ms = src->connect_timeout_ms;
-  dst->keepalive_sec = src->keepalive_sec;
-  dst->key = dup_or_null(src->key);
-  dst->host = dup_or_null(src->host);
-  dst->user = dup_or_null(src->user);
-  dst->private_key = dup_or_null(src->private_key);
-  dst->password = dup_or_null(src->password);
-  dst->fingerprint = dup_or_null(src->fingerprint);
-  if (dst->key == NULL || dst->host == NULL || dst->user == NULL ||
-      (src->private_key && !dst->private_key) ||
-      (src->password && !dst->password) ||
-      (src->fingerprint && !dst->fingerprint)) {
-    fly_ssh_target_free(dst);
-    return -1;
-  }
-  return 0;
+static fly_ssh_target_t *target_ref(fly_ssh_target_t *t) {
+  __atomic_add_fetch(&t->refs, 1, __ATOMIC_ACQ_REL);
+  return t;
 }
 
-int fly_ssh_target_parse(napi_env env, napi_value opts, fly_ssh_target_t *t) {
-  napi_value tv;
-  napi_valuetype type;
-  bool has = false;
+/* JS thread: a target object -> a new target (refs 1), or NULL with an
+ * exception pending.  with_key: the old keyed form, key required. */
+static fly_ssh_target_t *target_parse(napi_env env, napi_value tv,
+                                      int with_key) {
+  fly_ssh_target_t *t = calloc(1, sizeof(*t));
   uint64_t port, keepalive;
 
-  memset(t, 0, sizeof(*t));
-  if (napi_has_named_property(env, opts, "target", &has) != napi_ok ||
-      !has || napi_get_named_property(env, opts, "target", &tv) != napi_ok ||
-      napi_typeof(env, tv, &type) != napi_ok || type != napi_object) {
-    fly_throw_invalid(env, "target must be an object");
-    return -1;
+  if (t == NULL) {
+    fly_throw_nomem(env);
+    return NULL;
   }
-  if (fly_js_prop_str(env, tv, "key", 1, &t->key) != 0 ||
+  t->refs = 1;
+  if ((with_key && fly_js_prop_str(env, tv, "key", 1, &t->key) != 0) ||
       fly_js_prop_str(env, tv, "host", 1, &t->host) != 0 ||
       fly_js_prop_u64(env, tv, "port", 22, &port) != 0 ||
       fly_js_prop_str(env, tv, "user", 1, &t->user) != 0 ||
@@ -126,6 +121,10 @@ int fly_ssh_target_parse(napi_env env, napi_value opts, fly_ssh_target_t *t) {
       fly_js_prop_bool(env, tv, "insecureHostKey", 0, &t->insecure) != 0 ||
       fly_js_prop_u64(env, tv, "connectTimeoutMs", 15000,
                       &t->connect_timeout_ms) != 0 ||
+      fly_js_prop_u64(env, tv, "opTimeoutMs", FLY_SSH_OP_TIMEOUT_MS,
+                      &t->op_timeout_ms) != 0 ||
+      fly_js_prop_u64(env, tv, "idleTimeoutMs", FLY_SSH_IDLE_TIMEOUT_MS,
+                      &t->idle_timeout_ms) != 0 ||
       fly_js_prop_u64(env, tv, "keepaliveSec", 15, &keepalive) != 0)
     goto fail;
   if (port == 0 || port > 65535) {
@@ -134,6 +133,8 @@ int fly_ssh_target_parse(napi_env env, napi_value opts, fly_ssh_target_t *t) {
   }
   t->port = (int)port;
   t->keepalive_sec = keepalive > 86400 ? 86400 : (unsigned)keepalive;
+  if (t->op_timeout_ms == 0)
+    t->op_timeout_ms = FLY_SSH_OP_TIMEOUT_MS;
   if ((t->private_key == NULL) == (t->password == NULL)) {
     fly_throw_invalid(env,
                       "exactly one of target.privateKey and target.password "
@@ -145,15 +146,143 @@ int fly_ssh_target_parse(napi_env env, napi_value opts, fly_ssh_target_t *t) {
                            "target.insecureHostKey is true");
     goto fail;
   }
-  if (t->key[0] == '\0' || t->host[0] == '\0' || t->user[0] == '\0') {
+  if ((t->key != NULL && t->key[0] == '\0') || t->host[0] == '\0' ||
+      t->user[0] == '\0') {
     fly_throw_invalid(env, "target.key, host and user must not be empty");
     goto fail;
   }
-  return 0;
+  return t;
 
 fail:
-  fly_ssh_target_free(t);
-  return -1;
+  fly_ssh_target_unref(t);
+  return NULL;
+}
+
+/* ---- handles (sshOpen) ----------------------------------------------------- */
+
+/* The external the JS side holds.  JS thread only. */
+typedef struct fly_ssh_handle_s {
+  fly_ssh_target_t *target;    /* our reference */
+  int closed;                  /* sshClose was called */
+} fly_ssh_handle_t;
+
+static const napi_type_tag handle_tag = {0x666c795f73736831ULL,
+                                         0x68616e646c650001ULL};
+
+static int close_submit(napi_env env, fly_ssh_target_t *t, char *key,
+                        napi_value *promise);
+
+/* GC: the handle is unreachable, so no op of it is in flight (each holds a
+ * reference to it); close its session on the I/O thread, which also frees
+ * libssh2 there. */
+static void handle_finalize(napi_env env, void *data, void *hint) {
+  fly_ssh_handle_t *h = data;
+  (void)hint;
+  if (!h->closed)
+    close_submit(env, target_ref(h->target), NULL, NULL);
+  fly_ssh_target_unref(h->target);
+  free(h);
+}
+
+/* sshOpen(target) -> handle (sync; no connection yet) */
+napi_value fly_napi_ssh_open(napi_env env, napi_callback_info info) {
+  napi_value tv, ext;
+  fly_ssh_handle_t *h;
+
+  if (fly_js_arg_obj(env, info, 0, &tv) != 0)
+    return NULL;
+  h = calloc(1, sizeof(*h));
+  if (h == NULL) {
+    fly_throw_nomem(env);
+    return NULL;
+  }
+  h->target = target_parse(env, tv, 0);
+  if (h->target == NULL) {
+    free(h);
+    return NULL;
+  }
+  if (napi_create_external(env, h, handle_finalize, NULL, &ext) != napi_ok) {
+    fly_ssh_target_unref(h->target);
+    free(h);
+    fly_napi_throw_last(env);
+    return NULL;
+  }
+  /* From here the finalizer owns h. */
+  FLY_NAPI_CALL(env, napi_type_tag_object(env, ext, &handle_tag), NULL);
+  return ext;
+}
+
+/* v -> the handle, or NULL with ERR_INVALID_ARG pending. */
+static fly_ssh_handle_t *handle_get(napi_env env, napi_value v) {
+  napi_valuetype t;
+  bool ok = false;
+  void *h = NULL;
+
+  FLY_NAPI_CALL(env, napi_typeof(env, v, &t), NULL);
+  if (t == napi_external)
+    FLY_NAPI_CALL(env, napi_check_object_type_tag(env, v, &handle_tag, &ok),
+                  NULL);
+  if (!ok) {
+    fly_throw_invalid(env, "session must be a handle from sshOpen");
+    return NULL;
+  }
+  FLY_NAPI_CALL(env, napi_get_value_external(env, v, &h), NULL);
+  return h;
+}
+
+static void throw_closed(napi_env env) {
+  /* Nothing else to do if even the throw fails. */
+  (void)napi_throw_error(env, "SSH_SESSION_CLOSED",
+                         "the ssh session handle was closed");
+}
+
+int fly_ssh_op_init(napi_env env, napi_value opts, fly_ssh_op_t *op) {
+  napi_value v;
+  napi_valuetype type = napi_undefined;
+  bool has = false;
+  fly_ssh_handle_t *h;
+
+  op->asked_at = fly_now_ms();
+  FLY_NAPI_CALL(env, napi_has_named_property(env, opts, "session", &has), -1);
+  if (has) {
+    FLY_NAPI_CALL(env, napi_get_named_property(env, opts, "session", &v), -1);
+    if ((h = handle_get(env, v)) == NULL)
+      return -1;
+    if (h->closed) {
+      throw_closed(env);
+      return -1;
+    }
+    FLY_NAPI_CALL(env, napi_create_reference(env, v, 1, &op->handle), -1);
+    op->target = target_ref(h->target);
+    op->by_handle = 1;
+    return 0;
+  }
+  /* The old form, to delete once lib/ holds handles: a target with a key,
+   * copied on every call. */
+  FLY_NAPI_CALL(env, napi_has_named_property(env, opts, "target", &has), -1);
+  if (has) {
+    FLY_NAPI_CALL(env, napi_get_named_property(env, opts, "target", &v), -1);
+    FLY_NAPI_CALL(env, napi_typeof(env, v, &type), -1);
+  }
+  if (type != napi_object) {
+    fly_throw_invalid(env, "session (a handle of sshOpen) is required");
+    return -1;
+  }
+  op->target = target_parse(env, v, 1);
+  return op->target != NULL ? 0 : -1;
+}
+
+void fly_ssh_op_free(napi_env env, fly_ssh_op_t *op) {
+  /* Without env the environment is going away and frees references. */
+  if (env != NULL && op->handle != NULL)
+    (void)napi_delete_reference(env, op->handle); /* freeing anyway */
+  op->handle = NULL;
+  fly_ssh_target_unref(op->target);
+  op->target = NULL;
+}
+
+uint64_t fly_ssh_op_budget(const fly_ssh_op_t *op) {
+  return op->timeout_ms > 0 ? op->timeout_ms : op->target->op_timeout_ms;
 }
 
 /* ---- helpers for the op modules ------------------------------------------ */
@@ -198,6 +327,63 @@ void fly_ssh_err_last(fly_ssh_sess_t *s, fly_err_t *e, const char *code,
   e->lib_code = rc;
 }
 
+/* ---- channel slots ------------------------------------------------------- */
+
+int fly_ssh_chan_begin(fly_ssh_sess_t *s, fly_ssh_op_t *op, uint64_t now) {
+  if (s->opener == op)
+    return 1;
+  if (s->opener != NULL || s->nchan >= s->chan_limit ||
+      now < s->chan_retry_at)
+    return 0;
+  s->opener = op;
+  op->started = 1;
+  return 1;
+}
+
+int fly_ssh_chan_failed(fly_ssh_sess_t *s, fly_ssh_op_t *op, uint64_t now,
+                        const char *what) {
+  int rc = libssh2_session_last_errno(s->ls);
+
+  if (rc == LIBSSH2_ERROR_EAGAIN)
+    return fly_ssh_blocked_out(s) ? FLY_SSH_OUT : FLY_SSH_WAIT;
+  s->opener = NULL;
+  if (fly_ssh_rc_dead(s, rc))
+    return FLY_SSH_DEAD;
+  if (rc == LIBSSH2_ERROR_CHANNEL_FAILURE && s->nchan > 0) {
+    /* The server's MaxSessions: wait for a channel to close. */
+    s->chan_limit = s->nchan;
+    return FLY_SSH_WAIT;
+  }
+  if (rc == LIBSSH2_ERROR_CHANNEL_FAILURE) {
+    /* None of ours is open, yet refused: the server has not released a
+     * channel we closed a moment ago.  Again after a backoff; the op's
+     * deadline bounds the retries. */
+    s->chan_retry_delay = s->chan_retry_delay == 0
+                              ? FLY_SSH_CHAN_RETRY_MIN_MS
+                              : s->chan_retry_delay * 2;
+    if (s->chan_retry_delay > FLY_SSH_CHAN_RETRY_MAX_MS)
+      s->chan_retry_delay = FLY_SSH_CHAN_RETRY_MAX_MS;
+    s->chan_retry_at = now + s->chan_retry_delay;
+    return FLY_SSH_WAIT;
+  }
+  fly_ssh_err_last(s, &op->req.err, "SSH_CHANNEL_FAILED", what);
+  return FLY_SSH_DONE;
+}
+
+void fly_ssh_chan_opened(fly_ssh_sess_t *s, fly_ssh_op_t *op) {
+  if (s->opener == op)
+    s->opener = NULL;
+  s->chan_retry_at = 0;
+  s->chan_retry_delay = 0;
+  s->nchan++;
+  s->progress = 1;
+}
+
+void fly_ssh_chan_freed(fly_ssh_sess_t *s) {
+  s->nchan--;
+  s->progress = 1;
+}
+
 void fly_ssh_zombie_add(fly_ssh_sess_t *s, LIBSSH2_CHANNEL *ch) {
   fly_ssh_zombie_t *z = calloc(1, sizeof(*z));
   if (z == NULL) {
@@ -226,8 +412,8 @@ static void op_unlink(fly_ssh_sess_t *s, fly_ssh_op_t *op) {
     s->opener = NULL;
   if (s->sftp_owner == op)
     s->sftp_owner = NULL;
-  if (s->blocked == op)
-    s->blocked = NULL;
+  if (s->blocked.kind == FLY_SSH_BLOCKED_OP && s->blocked.u.op == op)
+    s->blocked.kind = FLY_SSH_BLOCKED_NONE;
 }
 
 static void op_finish(fly_ssh_sess_t *s, fly_ssh_op_t *op) {
@@ -271,7 +457,8 @@ static void sess_close_conn(fly_ssh_sess_t *s, int graceful) {
   fly_ssh_zombie_t *z, *zn;
 
   if (s->ls != NULL) {
-    if (graceful && s->state == S_READY && s->blocked == NULL)
+    if (graceful && s->state == S_READY &&
+        s->blocked.kind == FLY_SSH_BLOCKED_NONE)
       libssh2_session_disconnect(s->ls, "closed by client");
     /* With the socket shut down every send and receive fails at once, so
      * the frees below cannot return EAGAIN. */
@@ -293,30 +480,39 @@ static void sess_close_conn(fly_ssh_sess_t *s, int graceful) {
   s->fd = -1;
   s->nchan = 0;
   s->chan_limit = INT_MAX;
+  s->chan_retry_at = 0;
+  s->chan_retry_delay = 0;
   s->opener = NULL;
-  s->blocked = NULL;
+  s->blocked.kind = FLY_SSH_BLOCKED_NONE;
   s->sftp_owner = NULL;
   s->state = S_IDLE;
 }
 
 static void sess_disconnected(fly_ssh_sess_t *s, const char *why) {
   sess_fail_ops(s, 1, "SSH_DISCONNECTED", "ssh connection to %s:%d lost: %s",
-                s->target.host, s->target.port, why);
+                s->target->host, s->target->port, why);
   sess_close_conn(s, 0);
   s->progress = 1;
 }
 
 static void sess_free(fly_ssh_sess_t *s) {
+  __atomic_sub_fetch(&fly_ssh_sessions, 1, __ATOMIC_RELAXED);
   sess_close_conn(s, 1);
-  fly_ssh_target_free(&s->target);
+  fly_ssh_target_unref(s->target);
   free(s);
 }
 
-static fly_ssh_sess_t *sess_find(fly_ssh_state_t *st, const char *key) {
+/* A handle's session is its own: found by the target itself, so that no
+ * other handle (another user or credential) ever shares it.  The old keyed
+ * form finds sessions by the caller's key. */
+static fly_ssh_sess_t *sess_find(fly_ssh_state_t *st,
+                                 const fly_ssh_target_t *t) {
   fly_ssh_sess_t *s;
-  for (s = st->sessions; s != NULL; s = s->next)
-    if (strcmp(s->target.key, key) == 0)
+  for (s = st->sessions; s != NULL; s = s->next) {
+    if (t->key == NULL ? s->target == t
+                       : !s->by_handle && strcmp(s->target->key, t->key) == 0)
       return s;
+  }
   return NULL;
 }
 
@@ -334,28 +530,35 @@ void fly_ssh_op_start(fly_loop_t *loop, fly_ssh_op_t *op) {
   fly_ssh_state_t *st = state_get(loop, 1);
   fly_ssh_sess_t *s;
   fly_ssh_op_t **pp;
+  uint64_t base;
 
   if (st == NULL)
     goto nomem;
-  s = sess_find(st, op->target.key);
+  s = sess_find(st, op->target);
   if (s == NULL) {
     s = calloc(1, sizeof(*s));
     if (s == NULL)
       goto nomem;
-    if (target_copy(&s->target, &op->target) != 0) {
-      free(s);
-      goto nomem;
-    }
+    __atomic_add_fetch(&fly_ssh_sessions, 1, __ATOMIC_RELAXED);
+    s->target = target_ref(op->target);
+    s->by_handle = op->by_handle;
     s->loop = loop;
     s->fd = -1;
     s->chan_limit = INT_MAX;
     s->next = st->sessions;
     st->sessions = s;
   }
+  /* The deadline counts from when JS asked; an op that has to wait for a
+   * connection gets the connect timeout on top. */
+  base = op->asked_at;
+  if (s->state != S_READY)
+    base += op->target->connect_timeout_ms;
+  op->deadline = base + fly_ssh_op_budget(op);
   for (pp = &s->ops; *pp != NULL; pp = &(*pp)->next)
     ;
   op->next = NULL;
   *pp = op;
+  s->progress = 1;
   return;
 
 nomem:
@@ -384,12 +587,12 @@ static void sess_connect_failed(fly_ssh_sess_t *s, uint64_t now, int retry,
   }
   if (retry)
     sess_fail_ops(s, 0, code, "ssh connect to %s:%d failed after %llu ms: %s",
-                  s->target.host, s->target.port,
-                  (unsigned long long)s->target.connect_timeout_ms,
+                  s->target->host, s->target->port,
+                  (unsigned long long)s->target->connect_timeout_ms,
                   s->last_connect_error);
   else
-    sess_fail_ops(s, 0, code, "ssh connect to %s:%d: %s", s->target.host,
-                  s->target.port, s->last_connect_error);
+    sess_fail_ops(s, 0, code, "ssh connect to %s:%d: %s", s->target->host,
+                  s->target->port, s->last_connect_error);
 }
 
 static void sess_tcp_start(fly_ssh_sess_t *s, uint64_t now) {
@@ -400,12 +603,12 @@ static void sess_tcp_start(fly_ssh_sess_t *s, uint64_t now) {
   memset(&hints, 0, sizeof(hints));
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
-  snprintf(port, sizeof(port), "%d", s->target.port);
-  rc = getaddrinfo(s->target.host, port, &hints, &ai);
+  snprintf(port, sizeof(port), "%d", s->target->port);
+  rc = getaddrinfo(s->target->host, port, &hints, &ai);
   if (rc == EAI_NONAME) {
     /* A name, not a literal: this lookup blocks the I/O thread briefly. */
     hints.ai_flags = AI_NUMERICSERV;
-    rc = getaddrinfo(s->target.host, port, &hints, &ai);
+    rc = getaddrinfo(s->target->host, port, &hints, &ai);
   }
   if (rc != 0 || ai == NULL) {
     sess_connect_failed(s, now, 1, "SSH_CONNECT_FAILED", "resolve: %s",
@@ -424,8 +627,8 @@ static void sess_tcp_start(fly_ssh_sess_t *s, uint64_t now) {
   /* A peer that vanished without a FIN (a paused or lost machine) fails
    * the socket once our keepalives stay unacknowledged this long, instead
    * of after the kernel's ~15 minutes of retransmissions. */
-  if (s->target.keepalive_sec > 0) {
-    unsigned ms = s->target.keepalive_sec * 3000;
+  if (s->target->keepalive_sec > 0) {
+    unsigned ms = s->target->keepalive_sec * 3000;
     if (ms < 30000)
       ms = 30000;
     setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof(ms));
@@ -441,16 +644,62 @@ static void sess_tcp_start(fly_ssh_sess_t *s, uint64_t now) {
   s->state = S_CONNECTING;
 }
 
+/* libssh2's own recv, plus the time of the last byte from the server: the
+ * keepalive check below needs to know whether the peer still answers. */
+static ssize_t sess_recv(libssh2_socket_t fd, void *buf, size_t len,
+                         int flags, void **abstract) {
+  fly_ssh_sess_t *s = *abstract;
+  ssize_t n = recv(fd, buf, len, flags);
+
+  if (n < 0)
+    return -errno;
+  if (n > 0) {
+    s->last_rx = fly_now_ms();
+    s->ka_unanswered_at = 0;
+  }
+  return n;
+}
+
+/* Prefer ed25519: that is the key the fingerprint is pinned to.  Only
+ * methods this libssh2 supports are named: 1.10 drops an unsupported one
+ * with an overlapping memcpy (undefined behaviour). */
+static void sess_hostkey_pref(LIBSSH2_SESSION *ls) {
+  static const char *const want[] = {
+      "ssh-ed25519",        "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
+      "ecdsa-sha2-nistp521", "rsa-sha2-512",       "rsa-sha2-256",
+      "ssh-rsa"};
+  const char **algs = NULL;
+  char pref[256];
+  size_t len = 0, i;
+  int n = libssh2_session_supported_algs(ls, LIBSSH2_METHOD_HOSTKEY, &algs);
+  int j;
+
+  pref[0] = '\0';
+  for (i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+    for (j = 0; j < n; j++) {
+      if (strcmp(algs[j], want[i]) == 0 &&
+          len + strlen(want[i]) + 2 < sizeof(pref)) {
+        len += (size_t)snprintf(pref + len, sizeof(pref) - len, "%s%s",
+                                len > 0 ? "," : "", want[i]);
+        break;
+      }
+    }
+  }
+  if (n > 0)
+    libssh2_free(ls, algs);
+  /* Without a list libssh2 keeps its own order (still pinned). */
+  if (len > 0)
+    libssh2_session_method_pref(ls, LIBSSH2_METHOD_HOSTKEY, pref);
+}
+
 static int sess_session_init(fly_ssh_sess_t *s) {
   s->ls = libssh2_session_init_ex(NULL, NULL, NULL, s);
   if (s->ls == NULL)
     return -1;
+  libssh2_session_callback_set(s->ls, LIBSSH2_CALLBACK_RECV,
+                               (void *)sess_recv);
   libssh2_session_set_blocking(s->ls, 0);
-  /* Prefer ed25519: that is the key the fingerprint is pinned to. */
-  libssh2_session_method_pref(s->ls, LIBSSH2_METHOD_HOSTKEY,
-                              "ssh-ed25519,ecdsa-sha2-nistp256,"
-                              "ecdsa-sha2-nistp384,ecdsa-sha2-nistp521,"
-                              "rsa-sha2-512,rsa-sha2-256,ssh-rsa");
+  sess_hostkey_pref(s->ls);
   return 0;
 }
 
@@ -476,7 +725,7 @@ static int sess_check_hostkey(fly_ssh_sess_t *s, uint64_t now) {
   const char *blob = libssh2_session_hostkey(s->ls, &len, &type);
   char *fp;
 
-  if (s->target.insecure)
+  if (s->target->insecure)
     return 0;
   if (blob == NULL) {
     sess_connect_failed(s, now, 0, "SSH_HOSTKEY_MISMATCH",
@@ -484,7 +733,7 @@ static int sess_check_hostkey(fly_ssh_sess_t *s, uint64_t now) {
     return -1;
   }
   fp = fly_fingerprint_sha256((const unsigned char *)blob, len);
-  if (fp == NULL || !fp_equal(fp, s->target.fingerprint)) {
+  if (fp == NULL || !fp_equal(fp, s->target->fingerprint)) {
     sess_connect_failed(s, now, 0, "SSH_HOSTKEY_MISMATCH",
                         "host key %s does not match the pinned fingerprint",
                         fp ? fp : "(unknown)");
@@ -497,14 +746,13 @@ static int sess_check_hostkey(fly_ssh_sess_t *s, uint64_t now) {
 
 /* Start a connection for the first waiting op's target. */
 static void sess_connect_begin(fly_ssh_sess_t *s, uint64_t now) {
-  fly_ssh_target_t t;
-
-  /* The newest caller's target (e.g. a new key after a restart) wins. */
-  if (s->ops != NULL && target_copy(&t, &s->ops->target) == 0) {
-    fly_ssh_target_free(&s->target);
-    s->target = t;
+  /* The old keyed form only: the newest caller's target (e.g. a new key
+   * after a restart) wins.  A handle's session always has its own. */
+  if (!s->by_handle && s->ops != NULL && s->ops->target != s->target) {
+    fly_ssh_target_unref(s->target);
+    s->target = target_ref(s->ops->target);
   }
-  s->connect_deadline = now + s->target.connect_timeout_ms;
+  s->connect_deadline = now + s->target->connect_timeout_ms;
   s->retry_delay = FLY_SSH_RETRY_MIN_MS;
   s->last_connect_error[0] = '\0';
   sess_tcp_start(s, now);
@@ -567,7 +815,7 @@ static void sess_connect_step(fly_ssh_sess_t *s, uint64_t now) {
     s->progress = 1;
   }
   if (s->state == S_AUTH) {
-    const fly_ssh_target_t *t = &s->target;
+    const fly_ssh_target_t *t = s->target;
     if (t->private_key != NULL)
       rc = libssh2_userauth_publickey_frommemory(
           s->ls, t->user, strlen(t->user), NULL, 0, t->private_key,
@@ -598,9 +846,14 @@ static void sess_connect_step(fly_ssh_sess_t *s, uint64_t now) {
                                                  : "password refused");
       return;
     }
-    if (s->target.keepalive_sec > 0)
-      libssh2_keepalive_config(s->ls, 0, s->target.keepalive_sec);
-    s->keepalive_at = now + (uint64_t)s->target.keepalive_sec * 1000;
+    /* want_reply: the server answers each keepalive, so silence means the
+     * peer is gone (sess_keepalive). */
+    if (s->target->keepalive_sec > 0)
+      libssh2_keepalive_config(s->ls, 1, s->target->keepalive_sec);
+    s->keepalive_at = now + (uint64_t)s->target->keepalive_sec * 1000;
+    s->last_rx = now;
+    s->ka_unanswered_at = 0;
+    s->idle_since = 0;
     s->state = S_READY;
     s->progress = 1;
     __atomic_add_fetch(&fly_ssh_connects, 1, __ATOMIC_RELAXED);
@@ -645,37 +898,102 @@ static void zombie_remove(fly_ssh_sess_t *s, fly_ssh_zombie_t *z) {
       break;
     }
   }
-  if (s->blocked == z)
-    s->blocked = NULL;
+  if (s->blocked.kind == FLY_SSH_BLOCKED_ZOMBIE && s->blocked.u.zombie == z)
+    s->blocked.kind = FLY_SSH_BLOCKED_NONE;
   free(z);
-  s->nchan--;
-  s->progress = 1;
+  fly_ssh_chan_freed(s);
 }
 
 /* Returns 0, or -1 when the session died (already handled). */
 static int sess_keepalive(fly_ssh_sess_t *s, uint64_t now) {
   int secs = 0, rc;
 
-  if (s->target.keepalive_sec == 0)
+  if (s->target->keepalive_sec == 0)
     return 0;
-  if (s->blocked != &s->keepalive_at && now < s->keepalive_at)
+  if (s->blocked.kind != FLY_SSH_BLOCKED_KEEPALIVE && now < s->keepalive_at)
     return 0;
   rc = libssh2_keepalive_send(s->ls, &secs);
   if (rc == LIBSSH2_ERROR_EAGAIN) {
     if (fly_ssh_blocked_out(s))
-      s->blocked = &s->keepalive_at;
+      s->blocked.kind = FLY_SSH_BLOCKED_KEEPALIVE;
     return 0;
   }
-  if (s->blocked == &s->keepalive_at)
-    s->blocked = NULL;
+  if (s->blocked.kind == FLY_SSH_BLOCKED_KEEPALIVE)
+    s->blocked.kind = FLY_SSH_BLOCKED_NONE;
   if (rc != 0) {
     sess_disconnected(s, "keepalive failed");
     return -1;
   }
-  if (secs <= 0)
-    secs = (int)s->target.keepalive_sec;
+  /* libssh2 sent one when a whole interval is left until the next. */
+  if (secs <= 0 || (unsigned)secs >= s->target->keepalive_sec) {
+    secs = (int)s->target->keepalive_sec;
+    if (s->ka_unanswered_at == 0)
+      s->ka_unanswered_at = now;
+  }
   s->keepalive_at = now + (uint64_t)secs * 1000;
+  /* Only a busy session reads what arrives (an idle one leaves replies in
+   * the socket), so only a busy one can tell silence from an idle peer.  A
+   * stopped or vanished server answers nothing. */
+  if (s->ka_unanswered_at != 0 && sess_busy(s) &&
+      now - s->ka_unanswered_at >=
+          (uint64_t)FLY_SSH_KEEPALIVE_MISSES * s->target->keepalive_sec * 1000) {
+    sess_disconnected(s, "the server stopped answering keepalives");
+    return -1;
+  }
   return 0;
+}
+
+/* Ops whose deadline passed settle now, in any state of the session.
+ * Returns -1 when the connection was torn down for one of them. */
+static int sess_expire_ops(fly_ssh_sess_t *s, uint64_t now) {
+  fly_ssh_op_t *op, *next;
+
+  for (op = s->ops; op != NULL; op = next) {
+    next = op->next;
+    if (now < op->deadline)
+      continue;
+    /* The opener, or the owner of a half-sent packet, cannot step aside:
+     * libssh2 wants that same call repeated. */
+    if (op->started && s->opener != op &&
+        !(s->blocked.kind == FLY_SSH_BLOCKED_OP && s->blocked.u.op == op) &&
+        op->ovt->expire(s, op) == FLY_SSH_DONE) {
+      op_finish(s, op);
+      continue;
+    }
+    fly_err_set(&op->req.err, "SSH_TIMEOUT",
+                "ssh %s to %s:%d: no answer within %llu ms",
+                op->started ? "operation" : "connection", s->target->host,
+                s->target->port,
+                (unsigned long long)(now - op->asked_at));
+    if (!op->started) {
+      op_finish(s, op);
+      continue;
+    }
+    /* Stuck inside a libssh2 exchange: nothing else can use the session
+     * until it ends, and it will not. */
+    op->ovt->drop(s, op);
+    op_finish(s, op);
+    sess_disconnected(s, "an operation timed out");
+    return -1;
+  }
+  return 0;
+}
+
+/* A connection nobody used for idleTimeoutMs is closed; the next op opens
+ * a new one. */
+static void sess_idle_check(fly_ssh_sess_t *s, uint64_t now) {
+  if (s->ops != NULL || s->zombies != NULL ||
+      s->blocked.kind != FLY_SSH_BLOCKED_NONE) {
+    s->idle_since = 0;
+    return;
+  }
+  if (s->idle_since == 0)
+    s->idle_since = now;
+  if (s->target->idle_timeout_ms > 0 &&
+      now - s->idle_since >= s->target->idle_timeout_ms) {
+    sess_close_conn(s, 1);
+    s->idle_since = 0;
+  }
 }
 
 /* Step one op and act on its verdict.  Returns 0 to go on, 1 when the op
@@ -684,7 +1002,8 @@ static int sess_step_op(fly_ssh_sess_t *s, fly_ssh_op_t *op, uint64_t now) {
   int r = op->ovt->step(s, op, now);
   switch (r) {
   case FLY_SSH_OUT:
-    s->blocked = op;
+    s->blocked.kind = FLY_SSH_BLOCKED_OP;
+    s->blocked.u.op = op;
     return 1;
   case FLY_SSH_DONE:
     op_finish(s, op);
@@ -696,8 +1015,8 @@ static int sess_step_op(fly_ssh_sess_t *s, fly_ssh_op_t *op, uint64_t now) {
     return -1;
   }
   default:
-    if (s->blocked == op)
-      s->blocked = NULL;
+    if (s->blocked.kind == FLY_SSH_BLOCKED_OP && s->blocked.u.op == op)
+      s->blocked.kind = FLY_SSH_BLOCKED_NONE;
     return 0;
   }
 }
@@ -712,27 +1031,27 @@ static void sess_ready_step(fly_ssh_sess_t *s, uint64_t now) {
     return;
   }
   /* A half-sent packet: only its owner may send until it is through. */
-  if (s->blocked != NULL) {
-    if (s->blocked == &s->keepalive_at) {
-      if (sess_keepalive(s, now) != 0 || s->blocked != NULL)
-        return;
-    } else {
-      for (z = s->zombies; z != NULL && z != s->blocked; z = z->next)
-        ;
-      if (z != NULL) {
-        r = zombie_step(s, z);
-        if (r < 0)
-          return;
-        if (r > 0)
-          zombie_remove(s, z);
-        s->blocked = NULL;
-      } else {
-        op = s->blocked;
-        r = sess_step_op(s, op, now);
-        if (r != 0)
-          return;
-      }
-    }
+  switch (s->blocked.kind) {
+  case FLY_SSH_BLOCKED_KEEPALIVE:
+    if (sess_keepalive(s, now) != 0 ||
+        s->blocked.kind != FLY_SSH_BLOCKED_NONE)
+      return;
+    break;
+  case FLY_SSH_BLOCKED_ZOMBIE:
+    z = s->blocked.u.zombie;
+    r = zombie_step(s, z);
+    if (r < 0)
+      return;
+    s->blocked.kind = FLY_SSH_BLOCKED_NONE;
+    if (r > 0)
+      zombie_remove(s, z);
+    break;
+  case FLY_SSH_BLOCKED_OP:
+    if (sess_step_op(s, s->blocked.u.op, now) != 0)
+      return;
+    break;
+  case FLY_SSH_BLOCKED_NONE:
+    break;
   }
   for (op = s->ops; op != NULL; op = next) {
     next = op->next;
@@ -744,16 +1063,20 @@ static void sess_ready_step(fly_ssh_sess_t *s, uint64_t now) {
     zn = z->next;
     r = zombie_step(s, z);
     if (r < 0) {
-      s->blocked = z;
+      s->blocked.kind = FLY_SSH_BLOCKED_ZOMBIE;
+      s->blocked.u.zombie = z;
       return;
     }
     if (r > 0)
       zombie_remove(s, z);
   }
-  sess_keepalive(s, now);
+  if (sess_keepalive(s, now) != 0)
+    return;
+  sess_idle_check(s, now);
 }
 
 static void sess_step(fly_ssh_sess_t *s, uint64_t now) {
+  sess_expire_ops(s, now);
   if (s->state == S_IDLE) {
     if (s->ops == NULL)
       return;
@@ -796,7 +1119,7 @@ int fly_ssh_fds(fly_loop_t *loop, struct curl_waitfd *fds, int max) {
 
   if (st == NULL)
     return 0;
-  for (s = st->sessions; s != NULL && n < max; s = s->next) {
+  for (s = st->sessions; s != NULL; s = s->next) {
     short ev = 0;
     if (s->fd < 0)
       continue;
@@ -818,9 +1141,11 @@ int fly_ssh_fds(fly_loop_t *loop, struct curl_waitfd *fds, int max) {
     }
     if (ev == 0)
       continue;
-    fds[n].fd = s->fd;
-    fds[n].events = ev;
-    fds[n].revents = 0;
+    if (n < max) {
+      fds[n].fd = s->fd;
+      fds[n].events = ev;
+      fds[n].revents = 0;
+    }
     n++;
   }
   return n;
@@ -845,7 +1170,12 @@ uint64_t fly_ssh_deadline(fly_loop_t *loop) {
       d = s->connect_deadline;
       break;
     case S_READY:
-      d = s->target.keepalive_sec > 0 ? s->keepalive_at : UINT64_MAX;
+      d = s->target->keepalive_sec > 0 ? s->keepalive_at : UINT64_MAX;
+      if (s->idle_since != 0 && s->target->idle_timeout_ms > 0 &&
+          s->idle_since + s->target->idle_timeout_ms < d)
+        d = s->idle_since + s->target->idle_timeout_ms;
+      if (s->chan_retry_at != 0 && s->chan_retry_at < d)
+        d = s->chan_retry_at;
       break;
     default:
       d = UINT64_MAX;
@@ -853,8 +1183,8 @@ uint64_t fly_ssh_deadline(fly_loop_t *loop) {
     if (d < next)
       next = d;
     for (op = s->ops; op != NULL; op = op->next) {
-      if (op->ovt->deadline != NULL && (d = op->ovt->deadline(op)) < next)
-        next = d;
+      if (op->deadline < next)
+        next = op->deadline;
     }
   }
   return next;
@@ -879,44 +1209,90 @@ void fly_ssh_shutdown(fly_loop_t *loop) {
 
 typedef struct fly_ssh_close_s {
   fly_req_t req;
-  char *key;
+  fly_ssh_target_t *target;    /* a handle's: its session (a reference) */
+  char *key;                   /* the old keyed form */
 } fly_ssh_close_t;
 
 static void close_start(fly_loop_t *loop, fly_req_t *req) {
   fly_ssh_close_t *c = (fly_ssh_close_t *)req;
   fly_ssh_state_t *st = state_get(loop, 0);
-  fly_ssh_sess_t *s = st ? sess_find(st, c->key) : NULL;
+  fly_ssh_target_t probe;
+  fly_ssh_sess_t *s = NULL;
 
+  memset(&probe, 0, sizeof(probe));
+  probe.key = c->key;
+  if (st != NULL)
+    s = sess_find(st, c->target != NULL ? c->target : &probe);
   if (s != NULL) {
     sess_unlink(st, s);
-    sess_fail_ops(s, 0, "SSH_DISCONNECTED", "ssh session %s was closed",
-                  s->target.key);
+    sess_fail_ops(s, 0, "SSH_DISCONNECTED", "ssh session to %s:%d was closed",
+                  s->target->host, s->target->port);
     sess_free(s);
   }
   fly_loop_done(loop, req);
 }
 
 static void close_free(napi_env env, fly_req_t *req) {
+  fly_ssh_close_t *c = (fly_ssh_close_t *)req;
   (void)env;
-  free(((fly_ssh_close_t *)req)->key);
+  fly_ssh_target_unref(c->target);
+  free(c->key);
 }
 
 static const fly_req_vt_t close_vt = {close_start, NULL, close_free};
 
-napi_value fly_napi_ssh_close(napi_env env, napi_callback_info info) {
-  napi_value opts;
-  fly_ssh_close_t *c;
+/* Takes t (a reference) or key.  promise NULL: detached (a finalizer). */
+static int close_submit(napi_env env, fly_ssh_target_t *t, char *key,
+                        napi_value *promise) {
+  fly_ssh_close_t *c = calloc(1, sizeof(*c));
 
-  if (fly_js_arg_obj(env, info, 0, &opts) != 0)
-    return NULL;
-  c = fly_req_new(env, sizeof(*c), &close_vt);
-  if (c == NULL)
-    return NULL;
-  if (fly_js_prop_str(env, opts, "key", 1, &c->key) != 0) {
-    free(c);
+  if (c == NULL) {
+    fly_ssh_target_unref(t);
+    free(key);
+    if (promise != NULL)
+      fly_throw_nomem(env);
+    return -1;
+  }
+  fly_req_init(&c->req, &close_vt);
+  c->target = t;
+  c->key = key;
+  if (promise == NULL)
+    return fly_req_submit_detached(env, &c->req);
+  *promise = fly_req_submit(env, &c->req);
+  return *promise != NULL ? 0 : -1;
+}
+
+/* sshClose(handle) -> Promise: idempotent; what runs on the handle's
+ * session fails with SSH_DISCONNECTED, and later calls naming the handle
+ * throw SSH_SESSION_CLOSED.  The old form sshClose({ key }) closes the
+ * keyed session. */
+napi_value fly_napi_ssh_close(napi_env env, napi_callback_info info) {
+  napi_value argv[1], promise = NULL;
+  napi_valuetype t = napi_undefined;
+  size_t argc = 1;
+  fly_ssh_handle_t *h;
+  char *key = NULL;
+
+  FLY_NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL),
+                NULL);
+  if (argc >= 1)
+    FLY_NAPI_CALL(env, napi_typeof(env, argv[0], &t), NULL);
+  if (t == napi_external) {
+    if ((h = handle_get(env, argv[0])) == NULL)
+      return NULL;
+    h->closed = 1;
+    close_submit(env, target_ref(h->target), NULL, &promise);
+    return promise;
+  }
+  if (t != napi_object) {
+    fly_throw_invalid(env, "sshClose takes a handle of sshOpen");
     return NULL;
   }
-  return fly_req_submit(env, &c->req);
+  /* The old keyed form, to delete with it. */
+  if (fly_js_prop_str(env, argv[0], "key", 1, &key) != 0)
+    return NULL;
+  close_submit(env, NULL, key, &promise);
+  return promise;
 }
 
 napi_value fly_napi_ssh_stats(napi_env env, napi_callback_info info) {
@@ -925,6 +1301,9 @@ napi_value fly_napi_ssh_stats(napi_env env, napi_callback_info info) {
   FLY_NAPI_CALL(env, napi_create_object(env, &obj), NULL);
   fly_js_set_double(env, obj, "connects",
                     (double)__atomic_load_n(&fly_ssh_connects,
+                                            __ATOMIC_RELAXED));
+  fly_js_set_double(env, obj, "sessions",
+                    (double)__atomic_load_n(&fly_ssh_sessions,
                                             __ATOMIC_RELAXED));
   return obj;
 }

@@ -1,9 +1,10 @@
 /* ssh.h: private declarations shared by ssh.c, exec.c and sftp.c.
  *
- * A session (fly_ssh_sess_t) is one libssh2 connection, found by the
- * caller's key.  Operations (fly_ssh_op_t: an exec or an SFTP call) queue on
- * their session and are stepped by ssh.c from the I/O thread.  Everything
- * here is I/O thread only, except fly_ssh_target_parse (JS thread). */
+ * A session (fly_ssh_sess_t) is one libssh2 connection of a handle (or of
+ * a key, in the old form).  Operations (fly_ssh_op_t: an exec or an SFTP
+ * call) queue on their session and are stepped by ssh.c from the I/O
+ * thread.  Everything here is I/O thread only, except fly_ssh_op_init and
+ * fly_ssh_op_free (JS thread) and fly_ssh_target_unref (any thread). */
 #ifndef FLY_SSH_H
 #define FLY_SSH_H
 
@@ -12,9 +13,12 @@
 #include <libssh2.h>
 #include <libssh2_sftp.h>
 
-/* Where and how to connect; owned copies of the JS target. */
+/* Where and how to connect: copies of the JS target, immutable once parsed
+ * and shared by reference (refs is atomic), so the JS thread, ops and
+ * sessions can hold it at once.  The last unref wipes the secrets. */
 typedef struct fly_ssh_target_s {
-  char *key;
+  int refs;
+  char *key;                   /* the old keyed form only; NULL for handles */
   char *host;
   int port;
   char *user;
@@ -22,7 +26,9 @@ typedef struct fly_ssh_target_s {
   char *password;
   char *fingerprint;
   int insecure;
-  uint64_t connect_timeout_ms;
+  uint64_t connect_timeout_ms; /* TCP connect + handshake + auth */
+  uint64_t op_timeout_ms;      /* channel opens and SFTP calls */
+  uint64_t idle_timeout_ms;    /* close a connection unused this long */
   unsigned keepalive_sec;
 } fly_ssh_target_t;
 
@@ -39,8 +45,12 @@ enum {
 
 typedef struct fly_ssh_op_vt_s {
   int (*step)(fly_ssh_sess_t *s, fly_ssh_op_t *op, uint64_t now);
-  /* Nearest timer of the op, or UINT64_MAX. */
-  uint64_t (*deadline)(fly_ssh_op_t *op);
+  /* op->deadline passed.  Return FLY_SSH_DONE when the op settled (its
+   * result or error set, its libssh2 objects handed to the session), or
+   * FLY_SSH_DEAD when it is inside a libssh2 exchange that cannot be left
+   * half done: the op then fails with SSH_TIMEOUT and the connection is
+   * torn down (the next op reconnects). */
+  int (*expire)(fly_ssh_sess_t *s, fly_ssh_op_t *op);
   /* The session is going away: forget libssh2 handles without I/O.
    * Return 1 when the op sent nothing the server acted on, so it may run
    * again on a new connection (its state is then reset). */
@@ -50,8 +60,13 @@ typedef struct fly_ssh_op_vt_s {
 struct fly_ssh_op_s {
   fly_req_t req;               /* first: the loop frees the op as a req */
   const fly_ssh_op_vt_t *ovt;
-  fly_ssh_target_t target;
+  fly_ssh_target_t *target;    /* a reference */
+  int by_handle;               /* runs on the handle's own session */
+  napi_ref handle;             /* JS thread: keeps the handle alive */
+  uint64_t asked_at;           /* fly_now_ms() when JS asked */
+  uint64_t timeout_ms;         /* the op's own budget, 0 = the default */
   /* I/O thread only. */
+  uint64_t deadline;           /* settle by then, UINT64_MAX = none */
   fly_ssh_op_t *next;          /* the session's op list, in arrival order */
   int started;                 /* touched the connection: fails on drop */
   int retried;                 /* already moved once to a new connection */
@@ -62,10 +77,27 @@ typedef struct fly_ssh_zombie_s {
   struct fly_ssh_zombie_s *next;
 } fly_ssh_zombie_t;
 
+/* Who owns a send that returned EAGAIN half done (ssh.c only). */
+typedef enum {
+  FLY_SSH_BLOCKED_NONE = 0,
+  FLY_SSH_BLOCKED_OP,          /* u.op's step */
+  FLY_SSH_BLOCKED_ZOMBIE,      /* u.zombie's channel free */
+  FLY_SSH_BLOCKED_KEEPALIVE    /* the session's keepalive */
+} fly_ssh_blocked_kind_t;
+
+typedef struct fly_ssh_blocked_s {
+  fly_ssh_blocked_kind_t kind;
+  union {
+    fly_ssh_op_t *op;
+    fly_ssh_zombie_t *zombie;
+  } u;
+} fly_ssh_blocked_t;
+
 struct fly_ssh_sess_s {
   fly_loop_t *loop;
   fly_ssh_sess_t *next;
-  fly_ssh_target_t target;     /* of the current or last connection */
+  fly_ssh_target_t *target;    /* of the current or last connection */
+  int by_handle;               /* keyed by the target itself, not its key */
   int state;
   int fd;
   LIBSSH2_SESSION *ls;
@@ -73,16 +105,21 @@ struct fly_ssh_sess_s {
   uint64_t retry_at;
   uint64_t retry_delay;       /* the next connect retry's delay */
   uint64_t keepalive_at;
+  uint64_t last_rx;            /* the last time the server sent a byte */
+  uint64_t ka_unanswered_at;   /* first keepalive sent since last_rx, or 0 */
+  uint64_t idle_since;         /* READY with nothing to do since, or 0 */
+  uint64_t chan_retry_at;      /* a refused open is retried from then */
+  uint64_t chan_retry_delay;
   char last_connect_error[160];
 
   fly_ssh_op_t *ops;
-  /* libssh2 keeps one open state per session (channel opens and SFTP init
+  /* Channel slots: changed only by the fly_ssh_chan_* functions (ssh.c).
+   * libssh2 keeps one open state per session (channel opens and SFTP init
    * share it), so one op at a time may be opening. */
-  void *opener;
-  /* The object whose send returned EAGAIN half done, or NULL. */
-  void *blocked;
+  fly_ssh_op_t *opener;
   int nchan;                   /* channels open, zombies included */
   int chan_limit;              /* learned from the server's refusals */
+  fly_ssh_blocked_t blocked;   /* ssh.c only */
 
   LIBSSH2_SFTP *sftp;
   fly_ssh_op_t *sftp_owner;    /* SFTP runs one op at a time */
@@ -91,12 +128,33 @@ struct fly_ssh_sess_s {
   int progress;                /* set by steps that may allow more work */
 };
 
-/* JS thread. */
-int fly_ssh_target_parse(napi_env env, napi_value opts, fly_ssh_target_t *t);
-void fly_ssh_target_free(fly_ssh_target_t *t);
+/* JS thread: the op's target from opts.session (a handle of sshOpen) or,
+ * the old form to delete once lib/ uses handles, opts.target (with its
+ * key); and asked_at.  0, or -1 with an exception pending. */
+int fly_ssh_op_init(napi_env env, napi_value opts, fly_ssh_op_t *op);
+/* The op's own fields (from vt->free): the target and handle references. */
+void fly_ssh_op_free(napi_env env, fly_ssh_op_t *op);
+void fly_ssh_target_unref(fly_ssh_target_t *t);   /* any thread */
 
-/* I/O thread: hand an op to the session of its target key. */
+/* I/O thread: hand an op to its session (found by handle or key). */
 void fly_ssh_op_start(fly_loop_t *loop, fly_ssh_op_t *op);
+/* The op's default budget: its timeout_ms, or the target's op timeout. */
+uint64_t fly_ssh_op_budget(const fly_ssh_op_t *op);
+
+/* I/O thread: channel slots, for exec.c and sftp.c.  An op that wants a
+ * channel calls fly_ssh_chan_begin until it returns 1 (the op is then the
+ * session's one opener, and stays so until its open ends), then calls the
+ * libssh2 open; a NULL open goes to fly_ssh_chan_failed, a channel to
+ * fly_ssh_chan_opened; the end of a channel to fly_ssh_chan_freed. */
+int fly_ssh_chan_begin(fly_ssh_sess_t *s, fly_ssh_op_t *op, uint64_t now);
+/* The open returned NULL.  Returns FLY_SSH_WAIT or FLY_SSH_OUT (EAGAIN,
+ * still the opener; or refused by the server's MaxSessions: no longer the
+ * opener, fly_ssh_chan_begin again later), FLY_SSH_DEAD, or FLY_SSH_DONE
+ * with op's error set (SSH_CHANNEL_FAILED, "what failed"). */
+int fly_ssh_chan_failed(fly_ssh_sess_t *s, fly_ssh_op_t *op, uint64_t now,
+                        const char *what);
+void fly_ssh_chan_opened(fly_ssh_sess_t *s, fly_ssh_op_t *op);
+void fly_ssh_chan_freed(fly_ssh_sess_t *s);
 
 /* I/O thread helpers for the op modules. */
 int fly_ssh_blocked_out(fly_ssh_sess_t *s);

@@ -6,9 +6,12 @@ const test = require('node:test')
 const assert = require('node:assert')
 const { execFileSync } = require('node:child_process')
 const crypto = require('node:crypto')
+const fs = require('node:fs')
 const net = require('node:net')
+const os = require('node:os')
+const path = require('node:path')
 const native = require('../build/Release/fly.node')
-const { startSshd, freePort } = require('./helpers/sshd')
+const { startSshd, freePort, childEnv } = require('./helpers/sshd')
 
 let sshd
 let target
@@ -131,7 +134,7 @@ test('timeout kills the remote command', async () => {
   assert.strictEqual(r.exitCode, 124)
   assert.ok(took < 3000, `took ${took} ms`)
   let left = ''
-  try { left = execFileSync('pgrep', ['-f', marker], { encoding: 'utf8' }) } catch {}
+  try { left = execFileSync('pgrep', ['-f', marker], { encoding: 'utf8', env: childEnv() }) } catch {}
   assert.strictEqual(left, '')
 })
 
@@ -250,4 +253,117 @@ test('sshClose fails what runs on the session and resolves for unknown keys', as
   await assert.rejects(running, (e) => e.code === 'SSH_DISCONNECTED')
   await closed
   await native.sshClose({ key: 'never-opened' })
+})
+
+// ---- session handles (sshOpen) ----
+
+// A target for sshOpen: the same fields, no key.
+const handleTarget = (extra = {}) => {
+  const { key, ...t } = sshd.target(extra)
+  return t
+}
+
+test('a handle runs commands and file calls on one connection, and closes', async () => {
+  const h = native.sshOpen(handleTarget())
+  const before = native.sshStats().connects
+  const r = await native.sshExec({ session: h, command: 'echo via-handle' })
+  assert.strictEqual(r.stdout.toString(), 'via-handle\n')
+  const st = await native.sftp({ session: h, op: 'stat', path: '/' })
+  assert.strictEqual(st.type, 'directory')
+  assert.strictEqual(native.sshStats().connects, before + 1)
+
+  const running = native.sshExec({ session: h, command: 'sleep 30' })
+  const closed = native.sshClose(h)
+  await assert.rejects(running, (e) => e.code === 'SSH_DISCONNECTED')
+  await closed
+  await native.sshClose(h) // idempotent
+  assert.throws(() => native.sshExec({ session: h, command: 'true' }),
+    (e) => e.code === 'SSH_SESSION_CLOSED')
+  assert.throws(() => native.sftp({ session: h, op: 'stat', path: '/' }),
+    (e) => e.code === 'SSH_SESSION_CLOSED')
+})
+
+test('sshOpen validates the target before anything is sent', () => {
+  assert.throws(() => native.sshOpen({ ...handleTarget(), port: 0 }),
+    (e) => e.code === 'ERR_INVALID_ARG')
+  assert.throws(() => native.sshOpen({ ...handleTarget(), privateKey: undefined }),
+    (e) => e.code === 'ERR_INVALID_ARG')
+  assert.throws(() => native.sshExec({ session: {}, command: 'true' }),
+    (e) => e.code === 'ERR_INVALID_ARG')
+  assert.throws(() => native.sshClose('nope'), (e) => e.code === 'ERR_INVALID_ARG')
+})
+
+test('two handles never share a session: a wrong password fails even beside a live one', async () => {
+  const good = native.sshOpen(handleTarget())
+  const bad = native.sshOpen(handleTarget({ privateKey: undefined, password: 'wrong-secret-pw' }))
+  try {
+    const r = await native.sshExec({ session: good, command: 'echo good' })
+    assert.strictEqual(r.stdout.toString(), 'good\n')
+    await assert.rejects(native.sshExec({ session: bad, command: 'echo bad' }),
+      (e) => e.code === 'SSH_AUTH_FAILED' && !e.message.includes('wrong-secret-pw'))
+    // The same target opened twice is two connections.
+    const twin = native.sshOpen(handleTarget())
+    const before = native.sshStats().connects
+    await native.sshExec({ session: twin, command: 'true' })
+    assert.strictEqual(native.sshStats().connects, before + 1)
+    await native.sshClose(twin)
+  } finally {
+    await native.sshClose(good)
+    await native.sshClose(bad)
+  }
+})
+
+test('a handle that is garbage-collected releases its session', async () => {
+  const v8 = require('node:v8')
+  const vm = require('node:vm')
+  v8.setFlagsFromString('--expose-gc')
+  const gc = vm.runInNewContext('gc')
+  const base = native.sshStats().sessions
+  await (async () => {
+    const h = native.sshOpen(handleTarget())
+    await native.sshExec({ session: h, command: 'true' })
+  })()
+  assert.strictEqual(native.sshStats().sessions, base + 1)
+  // The finalizer queues the close; wait for the I/O thread to run it.
+  for (let i = 0; i < 2000 && native.sshStats().sessions > base; i++) {
+    gc()
+    await new Promise((resolve) => setImmediate(resolve))
+  }
+  assert.strictEqual(native.sshStats().sessions, base)
+})
+
+test('command lines of any length run, with env, cwd, timeout, background and stdin kept', async () => {
+  const h = native.sshOpen(handleTarget())
+  try {
+    for (const size of [40000, 200000, 3 << 20]) {
+      const word = 'x'.repeat(size)
+      const r = await native.sshExec({
+        session: h,
+        command: `printf '%s' "$FOO" | wc -c; pwd; v=${word}; echo \${#v}; wc -c`,
+        env: { FOO: 'bar' },
+        cwd: '/tmp',
+        timeoutMs: 20000,
+        stdin: 'four'
+      })
+      assert.strictEqual(r.exitCode, 0, r.stderr.toString())
+      assert.strictEqual(r.stdout.toString(), `3\n/tmp\n${size}\n4\n`)
+    }
+    const argv = ['printf', '%s|', ...Array.from({ length: 5000 }, (_, i) => `arg-${i}-'"$`)]
+    const r = await native.sshExec({ session: h, argv })
+    assert.strictEqual(r.stdout.toString(), argv.slice(2).join('|') + '|')
+
+    const file = `/tmp/fly-long-bg-${process.pid}`
+    await native.sshExec({ session: h, command: `: ${'y'.repeat(100000)}; echo bg > ${file}`, background: true })
+    const r2 = await native.sshExec({ session: h, command: `while [ ! -s ${file} ]; do sleep 0.05; done; cat ${file}; rm -f ${file}`, timeoutMs: 5000 })
+    assert.strictEqual(r2.stdout.toString(), 'bg\n')
+    const r3 = await native.sshExec({ session: h, command: `exit ${'0'.repeat(50000)}7` })
+    assert.strictEqual(r3.exitCode, 7)
+    // No script file is left behind.
+    const left = fs.readdirSync(os.tmpdir()).filter((f) => f.startsWith('tmp.')).filter((f) => {
+      try { return fs.readFileSync(path.join(os.tmpdir(), f), 'utf8').startsWith('rm -f "$FLY_SCRIPT"') } catch { return false }
+    })
+    assert.deepStrictEqual(left, [])
+  } finally {
+    await native.sshClose(h)
+  }
 })

@@ -449,6 +449,59 @@ TEST(background_returns_at_once) {
   fly_buf_free(&out);
 }
 
+/* A line too long for one exec request: the script goes on stdin, the
+ * line stays short, and the command's own stdin follows intact. */
+TEST(long_script_travels_on_stdin) {
+  fly_cmd_t cmd;
+  fly_err_t e;
+  fly_buf_t prefix = {0}, script = {0}, out = {0}, run = {0};
+  const char *names[] = {"FOO"}, *values[] = {"b a r"};
+  char *line;
+  size_t i;
+
+  memset(&e, 0, sizeof(e));
+  /* Short: unchanged, no prefix. */
+  memset(&cmd, 0, sizeof(cmd));
+  cmd.command = "echo short";
+  line = fly_cmd_build_stdin(&cmd, 1000, &prefix, &e);
+  CHECK_STR(line, "echo short");
+  CHECK(prefix.len == 0);
+  free(line);
+
+  fly_buf_append(&script, "v=", 2);
+  for (i = 0; i < 300000; i++)
+    fly_buf_append(&script, "x", 1);
+  fly_buf_append(&script, "; echo \"${#v} $FOO\"; cat", 25);
+  cmd.command = script.base;
+  cmd.env_names = names;
+  cmd.env_values = values;
+  cmd.envc = 1;
+  cmd.timeout_ms = 5000;
+  line = fly_cmd_build_stdin(&cmd, 1000, &prefix, &e);
+  CHECK(line != NULL && strlen(line) < 1000);
+  CHECK(prefix.len > 300000);
+  /* Run it as sshd would: the line under sh -c, stdin = prefix + own. */
+  {
+    char path[] = "/tmp/fly-quote-in-XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    CHECK(write(fd, prefix.base, prefix.len) == (ssize_t)prefix.len);
+    CHECK(write(fd, "own stdin", 9) == 9);
+    close(fd);
+    fly_buf_printf(&run, "sh -c ");
+    fly_quote_append(&run, line, strlen(line));
+    fly_buf_printf(&run, " < %s", path);
+    CHECK(run_sh(run.base, &out) == 0);
+    CHECK_STR(out.base, "300000 b a r\nown stdin");
+    unlink(path);
+  }
+  free(line);
+  fly_buf_free(&prefix);
+  fly_buf_free(&script);
+  fly_buf_free(&out);
+  fly_buf_free(&run);
+}
+
 int main(void) {
   /* Hermetic: the wrapper runs "${SHELL:-/bin/sh}". */
   setenv("SHELL", "/bin/sh", 1);
@@ -463,5 +516,6 @@ int main(void) {
   RUN(cwd_with_quotes_and_spaces);
   RUN(timeout_kills_and_exits_124);
   RUN(background_returns_at_once);
+  RUN(long_script_travels_on_stdin);
   return h_done();
 }

@@ -9,6 +9,15 @@ const net = require('node:net')
 const os = require('node:os')
 const path = require('node:path')
 
+// Children run without the sanitizer runtime that an ASan run of the suite
+// preloads into node (README, Development): sshd and friends are not built
+// for it.
+const childEnv = () => {
+  const env = { ...process.env }
+  delete env.LD_PRELOAD
+  return env
+}
+
 function freePort () {
   return new Promise((resolve, reject) => {
     const srv = net.createServer()
@@ -21,7 +30,7 @@ function freePort () {
 }
 
 function keygen (file, comment) {
-  execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', comment, '-f', file])
+  execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', comment, '-f', file], { env: childEnv() })
   return {
     privateKey: fs.readFileSync(file, 'utf8'),
     publicKey: fs.readFileSync(file + '.pub', 'utf8').trim()
@@ -29,7 +38,7 @@ function keygen (file, comment) {
 }
 
 function fingerprint (pubFile) {
-  const out = execFileSync('ssh-keygen', ['-l', '-E', 'sha256', '-f', pubFile], { encoding: 'utf8' })
+  const out = execFileSync('ssh-keygen', ['-l', '-E', 'sha256', '-f', pubFile], { encoding: 'utf8', env: childEnv() })
   return out.split(/\s+/)[1]
 }
 
@@ -84,7 +93,8 @@ async function startSshd (opts = {}) {
   // only the host's ssh service would create (a fresh machine has none).
   fs.mkdirSync('/run/sshd', { recursive: true, mode: 0o755 })
   const proc = spawn('/usr/sbin/sshd', ['-D', '-e', '-f', config], {
-    stdio: ['ignore', 'ignore', 'pipe']
+    stdio: ['ignore', 'ignore', 'pipe'],
+    env: childEnv()
   })
   let stderr = ''
   await new Promise((resolve, reject) => {
@@ -130,7 +140,24 @@ async function startSshd (opts = {}) {
         try { process.kill(pid, 'SIGKILL') } catch {}
       }
     },
+    // How many connection processes the listener has now.
+    connections () {
+      return descendants(proc.pid).length
+    },
+    // SIGSTOP the listener and every connection: the kernel still accepts
+    // and acknowledges, nothing answers (a stalled server).
+    freeze () {
+      for (const pid of [proc.pid, ...descendants(proc.pid)]) {
+        try { process.kill(pid, 'SIGSTOP') } catch {}
+      }
+    },
+    thaw () {
+      for (const pid of [proc.pid, ...descendants(proc.pid)]) {
+        try { process.kill(pid, 'SIGCONT') } catch {}
+      }
+    },
     async stop () {
+      this.thaw()
       this.killConnections()
       if (proc.exitCode === null && proc.signalCode === null) {
         const exited = new Promise((resolve) => proc.once('exit', resolve))
@@ -142,4 +169,4 @@ async function startSshd (opts = {}) {
   }
 }
 
-module.exports = { startSshd, freePort, descendants }
+module.exports = { startSshd, freePort, descendants, childEnv }

@@ -312,3 +312,73 @@ test('a dropped connection: retried when idempotent, reported when not', async (
   assert.equal(err.code, 'FLY_NETWORK')
   assert.match(err.message, /exec/)
 })
+
+// ---- replies a server should not send: a plain HTTP server on 127.0.0.1 ----
+
+const http = require('node:http')
+const native = require('../build/Release/fly.node')
+
+// handler(req, body, n) answers the nth request; resolves with the server
+// and the requests it saw.
+async function rawServer (handler) {
+  const seen = []
+  const s = http.createServer((req, res) => {
+    const chunks = []
+    req.on('data', (c) => chunks.push(c))
+    req.on('end', () => {
+      seen.push({ method: req.method, url: req.url })
+      handler(req, res, seen.length)
+    })
+  })
+  await new Promise((resolve) => s.listen(0, '127.0.0.1', resolve))
+  return { url: `http://127.0.0.1:${s.address().port}`, seen, close: () => new Promise((resolve) => s.close(resolve)) }
+}
+
+const raw = (s, op, extra) => native.api({ baseUrl: s.url, token: 't', op, retry: { baseMs: 10, maxMs: 50, totalMs: 3000 }, ...extra })
+
+test('a Retry-After too large for any integer gives up at once instead of overflowing', async (t) => {
+  const s = await rawServer((req, res) => {
+    res.writeHead(429, { 'retry-after': '99999999999999999999999' })
+    res.end('{"error":"slow down"}')
+  })
+  t.after(() => s.close())
+  const err = await rejects(raw(s, 'regions'))
+  assert.equal(err.code, 'FLY_RATE_LIMITED')
+  assert.equal(s.seen.length, 1)
+})
+
+test('the create look-up answers only with a machine that carries our create id', async (t) => {
+  const s = await rawServer((req, res, n) => {
+    res.setHeader('content-type', 'application/json')
+    if (req.method === 'POST' && n === 1) {
+      res.writeHead(503)
+      return res.end('{"error":"try later"}')
+    }
+    if (req.method === 'GET') {
+      // A server that ignores the metadata filter: someone else's machine.
+      return res.end(JSON.stringify([{ id: 'other', config: { metadata: { computesdk_create_id: 'not-ours' } } }]))
+    }
+    res.end(JSON.stringify({ id: 'ours', config: { metadata: { computesdk_create_id: 'cid-1' } } }))
+  })
+  t.after(() => s.close())
+  const r = await raw(s, 'machine.create', { params: { app: 'a' }, body: '{}', createId: 'cid-1' })
+  assert.equal(r.body.id, 'ours')
+  assert.deepEqual(s.seen.map((x) => x.method), ['POST', 'GET', 'POST'])
+})
+
+test('an API reply over 64 MiB is refused with FLY_RESPONSE_TOO_LARGE', async (t) => {
+  const chunk = Buffer.alloc(1 << 20, 0x20)
+  const s = await rawServer((req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' })
+    let i = 0
+    const more = () => {
+      while (i++ < 80) if (!res.write(chunk)) return res.once('drain', more)
+      res.end('[]')
+    }
+    res.on('error', () => {})
+    more()
+  })
+  t.after(() => s.close())
+  const err = await rejects(raw(s, 'regions'))
+  assert.equal(err.code, 'FLY_RESPONSE_TOO_LARGE')
+})
