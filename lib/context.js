@@ -40,8 +40,9 @@ function makeContext (options) {
     destroyed: new Recent(RECENT_LIMIT),
     // The client key, configured or generated on first use.
     clientKey: null,
-    // sandboxId -> the native SSH session keys this provider opened to it,
-    // which destroy closes (a forgotten one ends with its machine).
+    // sandboxId -> { sig, handle }: this provider's native SSH session to
+    // it (lib/transport/ssh.js), which destroy closes; a handle forgotten
+    // here closes its session when it is garbage-collected.
     sessions: new Recent(RECENT_LIMIT),
     // create's options object -> that create's promise, which settles only
     // once a failed or aborted create has removed its machine (compat.js).

@@ -4,7 +4,7 @@
 // at this edge, with a StringDecoder per stream so that a character split
 // across chunks is never mangled.
 const { StringDecoder } = require('string_decoder')
-const { flyError, invalidArg } = require('./errors')
+const { invalidArg } = require('./errors')
 
 // The documented guess when runCode gets no runtime: a shebang decides;
 // otherwise the runtime with more telltale constructs wins (ties go to
@@ -75,8 +75,10 @@ function commandSpec (command, options) {
 // Runs a command spec on the provider's transport; stream carries the
 // onStdout/onStderr callbacks.  Streamed output is decoded chunk by chunk
 // and the result's stdout/stderr are exactly what the callbacks were given.
+// maxOutputBytes is the transport's to enforce (in C for SSH), as the
+// bytes arrive.
 async function execute (sb, spec, stdin, stream) {
-  const { config, transport } = sb._ctx
+  const { transport } = sb._ctx
   if (!stream) {
     const r = await transport.exec(sb, spec, { stdin })
     return { stdout: r.stdout.toString('utf8'), stderr: r.stderr.toString('utf8'), exitCode: r.exitCode }
@@ -84,22 +86,15 @@ async function execute (sb, spec, stdin, stream) {
   const dec = [null, new StringDecoder('utf8'), new StringDecoder('utf8')]
   const parts = [null, [], []]
   const cbs = [null, stream.onStdout, stream.onStderr]
-  let total = 0
   const emit = (i, text) => {
     if (text === '') return
     parts[i].push(text)
     if (typeof cbs[i] === 'function') cbs[i](text)
   }
-  const onChunk = (i, chunk) => {
-    total += chunk.length
-    if (total <= config.maxOutputBytes) emit(i, dec[i].write(chunk))
-  }
+  const onChunk = (i, chunk) => emit(i, dec[i].write(chunk))
   const r = await transport.exec(sb, spec, { stdin, onChunk })
   emit(1, dec[1].end())
   emit(2, dec[2].end())
-  if (total > config.maxOutputBytes) {
-    throw flyError('ERR_OUTPUT_LIMIT', `command output exceeded maxOutputBytes (${config.maxOutputBytes} bytes)`)
-  }
   return { stdout: parts[1].join(''), stderr: parts[2].join(''), exitCode: r.exitCode }
 }
 

@@ -312,13 +312,15 @@ test('a stopped machine and a destroyed sandbox give clear errors', async () => 
   assert.equal(gone2.code, 'FLY_NOT_FOUND')
 })
 
-test('a command line too long for one argument is a clear error; the same data through runCode works', async () => {
+test('a command line of any length runs, with env and cwd; the same data through runCode works', async () => {
   const big = 'x'.repeat(200 * 1024)
-  const err = await rejects(sb.runCommand(`echo ${big} | wc -c`))
-  assert.equal(err.code, 'ERR_INVALID_ARG')
-  assert.match(err.message, /stdin or in a file/)
-  const r = await sb.runCode(`print(len("${big}"))`, 'python')
-  assert.equal(r.stdout, `${big.length}\n`)
+  const r = await sb.runCommand(`echo ${big} | wc -c; echo "$V"; pwd`, { env: { V: 'v1' }, cwd: '/tmp' })
+  assert.equal(r.stdout, `${big.length + 1}\nv1\n/tmp\n`)
+  assert.equal(r.exitCode, 0)
+  const args = await sb.runCommand('printf', ['%s', big])
+  assert.equal(args.stdout, big)
+  const c = await sb.runCode(`print(len("${big}"))`, 'python')
+  assert.equal(c.stdout, `${big.length}\n`)
 })
 
 test('sessions are never shared across credentials: a wrong password fails, not rides on another session', async () => {

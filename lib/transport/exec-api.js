@@ -47,6 +47,10 @@ async function exec (sb, spec, { stdin, onChunk } = {}) {
   }
   const stdout = Buffer.from(b.stdout || '', 'utf8')
   const stderr = Buffer.from(b.stderr || '', 'utf8')
+  // The API's reply is already bounded (in C); the output limit is ours.
+  if (stdout.length + stderr.length > config.maxOutputBytes) {
+    throw flyError('ERR_OUTPUT_LIMIT', `command output exceeded maxOutputBytes (${config.maxOutputBytes} bytes)`)
+  }
   if (onChunk) {
     if (stdout.length) onChunk(1, stdout)
     if (stderr.length) onChunk(2, stderr)

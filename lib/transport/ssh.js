@@ -18,23 +18,26 @@ const REAUTHORIZE = 'umask 022; f="$1/authorized_keys"; mkdir -p "$1" && ' +
   '{ [ ! -e "$f" ] || { [ -f "$f" ] && [ ! -L "$f" ]; }; } && ' +
   '{ grep -qxF -- "$2" "$f" 2>/dev/null || printf "%s\\n" "$2" >> "$f"; }'
 
-// Native sessions are shared by calls whose target is the same in
-// everything that authenticates: user, host, port, credential and host-key
-// policy.  A provider with another user or a wrong password must get its
-// own session (and its own failure), never the one another provider opened.
-// The key names the credential by an HMAC under a per-process secret: it
-// contains nothing from which a key or password could be recovered.
+// One native session handle per sandbox and provider: the target and its
+// credential cross into C once, when the handle opens (native.sshOpen), and
+// every command and file call names the handle.  A handle is never shared
+// with another provider, so a session is never reused across credentials.
+// The handle is kept with a signature of everything that authenticates
+// (user, host, port, credential, host-key policy); when that changes (a new
+// host key after a restart, say) the old handle is closed and a new one
+// opened.  The signature is an HMAC under a per-process secret: nothing in
+// it recovers a key or password.
 const KEY_SECRET = crypto.randomBytes(32)
 
-function sessionKey (sb, t) {
+function signature (t) {
   const h = crypto.createHmac('sha256', KEY_SECRET)
   h.update(JSON.stringify([t.user, t.host, t.port, t.password !== undefined ? 'password' : 'key',
     t.password !== undefined ? t.password : t.privateKey, t.insecureHostKey ? 'insecure' : t.hostKeyFingerprint]))
-  return `${sb.sandboxId}/${h.digest('hex').slice(0, 32)}`
+  return h.digest('hex')
 }
 
 function target (sb) {
-  const { config, state } = sb._ctx
+  const { config } = sb._ctx
   const host = config.sshHost || sb.privateIp || `${sb.machineId}.vm.${sb.appName}.internal`
   const t = {
     host,
@@ -52,11 +55,20 @@ function target (sb) {
     throw flyError('SSH_HOSTKEY_UNKNOWN', `sandbox ${sb.sandboxId} has no pinned host key (metadata ${HOST_FP}); ` +
       'it was not created by this provider. Set insecureSkipHostKeyCheck to connect anyway.')
   }
-  t.key = sessionKey(sb, t)
-  let keys = state.sessions.get(sb.sandboxId)
-  if (!keys) state.sessions.set(sb.sandboxId, (keys = new Set()))
-  keys.add(t.key)
   return t
+}
+
+// The provider's handle for this sandbox, opened (or reopened) as needed.
+function session (sb) {
+  const { sessions } = sb._ctx.state
+  const t = target(sb)
+  const sig = signature(t)
+  const open = sessions.get(sb.sandboxId)
+  if (open && open.sig === sig) return open.handle
+  if (open) native.sshClose(open.handle).catch(() => {})
+  const handle = native.sshOpen(t)
+  sessions.set(sb.sandboxId, { sig, handle })
+  return handle
 }
 
 // Runs a native SSH call.  A sandbox made by another provider instance
@@ -69,9 +81,9 @@ async function withSession (sb, fn) {
     throw flyError('FLY_NOT_FOUND', `sandbox ${sb.sandboxId} was destroyed`)
   }
   try {
-    return await fn(target(sb))
+    return await fn(session(sb))
   } catch (err) {
-    if (err.code === 'SSH_CONNECT_FAILED') throw await whyUnreachable(sb, err)
+    if (err.code === 'SSH_CONNECT_FAILED' || err.code === 'SSH_TIMEOUT') throw await whyUnreachable(sb, err)
     if (err.code !== 'SSH_AUTH_FAILED' || config.sshPassword || reauthorized.has(sb)) throw err
     reauthorized.add(sb)
     const pub = clientKey(sb._ctx).publicKey
@@ -86,7 +98,7 @@ async function withSession (sb, fn) {
       err.message += `; authorizing this provider's key in ${FILES_DIR}/authorized_keys failed`
       throw err
     }
-    return fn(target(sb))
+    return fn(session(sb))
   }
 }
 
@@ -117,16 +129,16 @@ function exec (sb, spec, { stdin, onChunk } = {}) {
   const req = { ...spec, maxOutputBytes: sb._ctx.config.maxOutputBytes }
   if (stdin !== undefined) req.stdin = stdin
   if (onChunk) req.onChunk = onChunk
-  return withSession(sb, (t) => native.sshExec({ ...req, target: t }))
+  return withSession(sb, (session) => native.sshExec({ ...req, session }))
 }
 
 // Create's check that the sandbox answers, with its host key verified.
 function check (sb) {
-  return withSession(sb, (t) => native.sshExec({ target: t, command: 'true' }))
+  return withSession(sb, (session) => native.sshExec({ session, command: 'true' }))
 }
 
 function sftp (sb, op, path, extra) {
-  return withSession(sb, (t) => native.sftp({ target: t, op, path, ...extra }))
+  return withSession(sb, (session) => native.sftp({ session, op, path, ...extra }))
 }
 
 const files = {
@@ -146,11 +158,11 @@ const files = {
   remove: (sb, path) => sftp(sb, 'remove', path, { recursive: true }).then(() => {})
 }
 
-// Closes the sessions this provider opened to a sandbox (destroy).
+// Closes this provider's session to a sandbox (destroy).
 async function close (ctx, sandboxId) {
-  const keys = ctx.state.sessions.get(sandboxId) || []
+  const open = ctx.state.sessions.get(sandboxId)
   ctx.state.sessions.delete(sandboxId)
-  await Promise.all([...keys].map((key) => native.sshClose({ key }).catch(() => {})))
+  if (open) await native.sshClose(open.handle).catch(() => {})
 }
 
 module.exports = { name: 'ssh', exec, check, files, close }
