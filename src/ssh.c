@@ -1,12 +1,12 @@
 /* ssh.c: the libssh2 session manager of the I/O thread.
  *
  * A session belongs to one handle of sshOpen (found by the handle's target
- * itself, so no two handles share one).  Each session is a non-blocking state machine:
- * TCP connect (refusals retried, 10 ms apart doubling to 100 ms, until the
- * connect timeout), SSH handshake, host key pin check (before anything is
- * sent under the user's name), authentication, then READY, where its
- * operations (exec.c, sftp.c) are stepped every loop turn.  A lost
- * connection fails the operations that had touched it with
+ * itself, so no two handles share one).  Each session is a non-blocking
+ * state machine: TCP connect (refusals retried, 10 ms apart doubling to
+ * 100 ms, until the connect timeout), SSH handshake, host key pin check
+ * (before anything is sent under the user's name), authentication, then
+ * READY, where its operations (exec.c, sftp.c) are stepped every loop
+ * turn.  A lost connection fails the operations that had touched it with
  * SSH_DISCONNECTED and the next operation reconnects.  Every operation has
  * a deadline (sess_expire_ops); keepalives want a reply (sess_keepalive).
  *
@@ -207,8 +207,10 @@ napi_value fly_napi_ssh_open(napi_env env, napi_callback_info info) {
   return ext;
 }
 
-/* v -> the handle, or NULL with ERR_INVALID_ARG pending. */
-static fly_ssh_handle_t *handle_get(napi_env env, napi_value v) {
+/* v -> the handle, or NULL with ERR_INVALID_ARG pending (naming what v
+ * was). */
+static fly_ssh_handle_t *handle_get(napi_env env, napi_value v,
+                                    const char *what) {
   napi_valuetype t;
   bool ok = false;
   void *h = NULL;
@@ -218,7 +220,7 @@ static fly_ssh_handle_t *handle_get(napi_env env, napi_value v) {
     FLY_NAPI_CALL(env, napi_check_object_type_tag(env, v, &handle_tag, &ok),
                   NULL);
   if (!ok) {
-    fly_throw_invalid(env, "session must be a handle from sshOpen");
+    fly_throw_invalid(env, "%s must be a handle from sshOpen", what);
     return NULL;
   }
   FLY_NAPI_CALL(env, napi_get_value_external(env, v, &h), NULL);
@@ -250,7 +252,7 @@ int fly_ssh_op_init(napi_env env, napi_value opts, fly_ssh_op_t *op) {
     return -1;
   }
   FLY_NAPI_CALL(env, napi_get_named_property(env, opts, "session", &v), -1);
-  if ((h = handle_get(env, v)) == NULL)
+  if ((h = handle_get(env, v, "session")) == NULL)
     return -1;
   if (h->closed) {
     throw_closed(env);
@@ -1247,13 +1249,10 @@ napi_value fly_napi_ssh_close(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   fly_ssh_handle_t *h;
 
+  /* A missing argument arrives as undefined. */
   FLY_NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL),
                 NULL);
-  if (argc < 1) {
-    fly_throw_invalid(env, "sshClose takes a handle of sshOpen");
-    return NULL;
-  }
-  if ((h = handle_get(env, argv[0])) == NULL)
+  if ((h = handle_get(env, argv[0], "sshClose's argument")) == NULL)
     return NULL;
   h->closed = 1;
   close_submit(env, target_ref(h->target), &promise);

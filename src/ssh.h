@@ -1,8 +1,8 @@
 /* ssh.h: private declarations shared by ssh.c, exec.c and sftp.c.
  *
  * A session (fly_ssh_sess_t) is the libssh2 connection of one handle of
- * sshOpen, and no other handle's.  Operations (fly_ssh_op_t: an exec or an SFTP
- * call) queue on their session and are stepped by ssh.c from the I/O
+ * sshOpen, and no other handle's.  Operations (fly_ssh_op_t: an exec or an
+ * SFTP call) queue on their session and are stepped by ssh.c from the I/O
  * thread.  Everything here is I/O thread only, except fly_ssh_op_init and
  * fly_ssh_op_free (JS thread) and fly_ssh_target_unref (any thread). */
 #ifndef FLY_SSH_H
