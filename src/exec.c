@@ -1,7 +1,7 @@
 /* exec.c: one SSH channel per command (sshExec).
  *
  * The JS thread builds the remote command line (quote.c) and copies stdin;
- * the I/O thread opens a channel on the target's session, runs the command,
+ * the I/O thread opens a channel on its handle's session, runs the command,
  * writes stdin then EOF, reads stdout and stderr until EOF, waits for the
  * server's close and takes the exit status or signal.  A command that ends
  * early (output limit, client-side timeout) resolves at once and leaves its
@@ -329,7 +329,7 @@ static void exec_free(napi_env env, fly_req_t *req) {
 
 static const fly_req_vt_t exec_vt = {exec_start, exec_result, exec_free};
 
-/* sshExec({ session | target, command | argv, cwd?, env?, timeoutMs?,
+/* sshExec({ session, command | argv, cwd?, env?, timeoutMs?,
  *           background?, stdin?, maxOutputBytes?, onChunk? })
  *   -> Promise<{ exitCode, signal, stdout, stderr, timedOut }> */
 napi_value fly_napi_ssh_exec(napi_env env, napi_callback_info info) {

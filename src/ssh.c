@@ -1,13 +1,12 @@
 /* ssh.c: the libssh2 session manager of the I/O thread.
  *
  * A session belongs to one handle of sshOpen (found by the handle's target
- * itself, so no two handles share one), or, in the old form to delete, to
- * the caller's string key.  Each session is a non-blocking state machine:
- * TCP connect (refusals retried, 10 ms apart doubling to 100 ms, until the
- * connect timeout), SSH handshake, host key pin check (before anything is
- * sent under the user's name), authentication, then READY, where its
- * operations (exec.c, sftp.c) are stepped every loop turn.  A lost
- * connection fails the operations that had touched it with
+ * itself, so no two handles share one).  Each session is a non-blocking
+ * state machine: TCP connect (refusals retried, 10 ms apart doubling to
+ * 100 ms, until the connect timeout), SSH handshake, host key pin check
+ * (before anything is sent under the user's name), authentication, then
+ * READY, where its operations (exec.c, sftp.c) are stepped every loop
+ * turn.  A lost connection fails the operations that had touched it with
  * SSH_DISCONNECTED and the next operation reconnects.  Every operation has
  * a deadline (sess_expire_ops); keepalives want a reply (sess_keepalive).
  *
@@ -84,7 +83,6 @@ static void wipe_free(char *p) {
 void fly_ssh_target_unref(fly_ssh_target_t *t) {
   if (t == NULL || __atomic_sub_fetch(&t->refs, 1, __ATOMIC_ACQ_REL) != 0)
     return;
-  free(t->key);
   free(t->host);
   free(t->user);
   wipe_free(t->private_key);
@@ -99,9 +97,8 @@ static fly_ssh_target_t *target_ref(fly_ssh_target_t *t) {
 }
 
 /* JS thread: a target object -> a new target (refs 1), or NULL with an
- * exception pending.  with_key: the old keyed form, key required. */
-static fly_ssh_target_t *target_parse(napi_env env, napi_value tv,
-                                      int with_key) {
+ * exception pending. */
+static fly_ssh_target_t *target_parse(napi_env env, napi_value tv) {
   fly_ssh_target_t *t = calloc(1, sizeof(*t));
   uint64_t port, keepalive;
 
@@ -110,8 +107,7 @@ static fly_ssh_target_t *target_parse(napi_env env, napi_value tv,
     return NULL;
   }
   t->refs = 1;
-  if ((with_key && fly_js_prop_str(env, tv, "key", 1, &t->key) != 0) ||
-      fly_js_prop_str(env, tv, "host", 1, &t->host) != 0 ||
+  if (fly_js_prop_str(env, tv, "host", 1, &t->host) != 0 ||
       fly_js_prop_u64(env, tv, "port", 22, &port) != 0 ||
       fly_js_prop_str(env, tv, "user", 1, &t->user) != 0 ||
       fly_js_prop_str(env, tv, "privateKey", 0, &t->private_key) != 0 ||
@@ -146,9 +142,8 @@ static fly_ssh_target_t *target_parse(napi_env env, napi_value tv,
                            "target.insecureHostKey is true");
     goto fail;
   }
-  if ((t->key != NULL && t->key[0] == '\0') || t->host[0] == '\0' ||
-      t->user[0] == '\0') {
-    fly_throw_invalid(env, "target.key, host and user must not be empty");
+  if (t->host[0] == '\0' || t->user[0] == '\0') {
+    fly_throw_invalid(env, "target.host and target.user must not be empty");
     goto fail;
   }
   return t;
@@ -169,7 +164,7 @@ typedef struct fly_ssh_handle_s {
 static const napi_type_tag handle_tag = {0x666c795f73736831ULL,
                                          0x68616e646c650001ULL};
 
-static int close_submit(napi_env env, fly_ssh_target_t *t, char *key,
+static int close_submit(napi_env env, fly_ssh_target_t *t,
                         napi_value *promise);
 
 /* GC: the handle is unreachable, so no op of it is in flight (each holds a
@@ -179,7 +174,7 @@ static void handle_finalize(napi_env env, void *data, void *hint) {
   fly_ssh_handle_t *h = data;
   (void)hint;
   if (!h->closed)
-    close_submit(env, target_ref(h->target), NULL, NULL);
+    close_submit(env, target_ref(h->target), NULL);
   fly_ssh_target_unref(h->target);
   free(h);
 }
@@ -196,7 +191,7 @@ napi_value fly_napi_ssh_open(napi_env env, napi_callback_info info) {
     fly_throw_nomem(env);
     return NULL;
   }
-  h->target = target_parse(env, tv, 0);
+  h->target = target_parse(env, tv);
   if (h->target == NULL) {
     free(h);
     return NULL;
@@ -212,8 +207,10 @@ napi_value fly_napi_ssh_open(napi_env env, napi_callback_info info) {
   return ext;
 }
 
-/* v -> the handle, or NULL with ERR_INVALID_ARG pending. */
-static fly_ssh_handle_t *handle_get(napi_env env, napi_value v) {
+/* v -> the handle, or NULL with ERR_INVALID_ARG pending (naming what v
+ * was). */
+static fly_ssh_handle_t *handle_get(napi_env env, napi_value v,
+                                    const char *what) {
   napi_valuetype t;
   bool ok = false;
   void *h = NULL;
@@ -223,7 +220,7 @@ static fly_ssh_handle_t *handle_get(napi_env env, napi_value v) {
     FLY_NAPI_CALL(env, napi_check_object_type_tag(env, v, &handle_tag, &ok),
                   NULL);
   if (!ok) {
-    fly_throw_invalid(env, "session must be a handle from sshOpen");
+    fly_throw_invalid(env, "%s must be a handle from sshOpen", what);
     return NULL;
   }
   FLY_NAPI_CALL(env, napi_get_value_external(env, v, &h), NULL);
@@ -238,38 +235,32 @@ static void throw_closed(napi_env env) {
 
 int fly_ssh_op_init(napi_env env, napi_value opts, fly_ssh_op_t *op) {
   napi_value v;
-  napi_valuetype type = napi_undefined;
   bool has = false;
   fly_ssh_handle_t *h;
 
   op->asked_at = fly_now_ms();
-  FLY_NAPI_CALL(env, napi_has_named_property(env, opts, "session", &has), -1);
-  if (has) {
-    FLY_NAPI_CALL(env, napi_get_named_property(env, opts, "session", &v), -1);
-    if ((h = handle_get(env, v)) == NULL)
-      return -1;
-    if (h->closed) {
-      throw_closed(env);
-      return -1;
-    }
-    FLY_NAPI_CALL(env, napi_create_reference(env, v, 1, &op->handle), -1);
-    op->target = target_ref(h->target);
-    op->by_handle = 1;
-    return 0;
-  }
-  /* The old form, to delete once lib/ holds handles: a target with a key,
-   * copied on every call. */
+  /* A target per call was the old form; say what replaced it. */
   FLY_NAPI_CALL(env, napi_has_named_property(env, opts, "target", &has), -1);
   if (has) {
-    FLY_NAPI_CALL(env, napi_get_named_property(env, opts, "target", &v), -1);
-    FLY_NAPI_CALL(env, napi_typeof(env, v, &type), -1);
+    fly_throw_invalid(env, "target is not accepted here: use sshOpen(target) "
+                           "and pass its handle as session");
+    return -1;
   }
-  if (type != napi_object) {
+  FLY_NAPI_CALL(env, napi_has_named_property(env, opts, "session", &has), -1);
+  if (!has) {
     fly_throw_invalid(env, "session (a handle of sshOpen) is required");
     return -1;
   }
-  op->target = target_parse(env, v, 1);
-  return op->target != NULL ? 0 : -1;
+  FLY_NAPI_CALL(env, napi_get_named_property(env, opts, "session", &v), -1);
+  if ((h = handle_get(env, v, "session")) == NULL)
+    return -1;
+  if (h->closed) {
+    throw_closed(env);
+    return -1;
+  }
+  FLY_NAPI_CALL(env, napi_create_reference(env, v, 1, &op->handle), -1);
+  op->target = target_ref(h->target);
+  return 0;
 }
 
 void fly_ssh_op_free(napi_env env, fly_ssh_op_t *op) {
@@ -502,15 +493,15 @@ static void sess_free(fly_ssh_sess_t *s) {
   free(s);
 }
 
-/* A handle's session is its own: found by the target itself, so that no
- * other handle (another user or credential) ever shares it.  The old keyed
- * form finds sessions by the caller's key. */
+/* A handle's session is its own: found by the handle's target itself (the
+ * pointer, not its fields), so that no other handle, even one opened with
+ * the same fields, ever shares it.  The session's reference keeps the
+ * pointer from being reused while the session exists. */
 static fly_ssh_sess_t *sess_find(fly_ssh_state_t *st,
                                  const fly_ssh_target_t *t) {
   fly_ssh_sess_t *s;
   for (s = st->sessions; s != NULL; s = s->next) {
-    if (t->key == NULL ? s->target == t
-                       : !s->by_handle && strcmp(s->target->key, t->key) == 0)
+    if (s->target == t)
       return s;
   }
   return NULL;
@@ -541,7 +532,6 @@ void fly_ssh_op_start(fly_loop_t *loop, fly_ssh_op_t *op) {
       goto nomem;
     __atomic_add_fetch(&fly_ssh_sessions, 1, __ATOMIC_RELAXED);
     s->target = target_ref(op->target);
-    s->by_handle = op->by_handle;
     s->loop = loop;
     s->fd = -1;
     s->chan_limit = INT_MAX;
@@ -744,14 +734,9 @@ static int sess_check_hostkey(fly_ssh_sess_t *s, uint64_t now) {
   return 0;
 }
 
-/* Start a connection for the first waiting op's target. */
+/* Start a connection for the ops waiting on the session.  The target never
+ * changes: new credentials are a new handle, so a new session. */
 static void sess_connect_begin(fly_ssh_sess_t *s, uint64_t now) {
-  /* The old keyed form only: the newest caller's target (e.g. a new key
-   * after a restart) wins.  A handle's session always has its own. */
-  if (!s->by_handle && s->ops != NULL && s->ops->target != s->target) {
-    fly_ssh_target_unref(s->target);
-    s->target = target_ref(s->ops->target);
-  }
   s->connect_deadline = now + s->target->connect_timeout_ms;
   s->retry_delay = FLY_SSH_RETRY_MIN_MS;
   s->last_connect_error[0] = '\0';
@@ -1209,20 +1194,17 @@ void fly_ssh_shutdown(fly_loop_t *loop) {
 
 typedef struct fly_ssh_close_s {
   fly_req_t req;
-  fly_ssh_target_t *target;    /* a handle's: its session (a reference) */
-  char *key;                   /* the old keyed form */
+  fly_ssh_target_t *target;    /* the handle's: names its session (a ref) */
 } fly_ssh_close_t;
 
 static void close_start(fly_loop_t *loop, fly_req_t *req) {
   fly_ssh_close_t *c = (fly_ssh_close_t *)req;
   fly_ssh_state_t *st = state_get(loop, 0);
-  fly_ssh_target_t probe;
   fly_ssh_sess_t *s = NULL;
 
-  memset(&probe, 0, sizeof(probe));
-  probe.key = c->key;
+  /* No session when the handle never ran anything. */
   if (st != NULL)
-    s = sess_find(st, c->target != NULL ? c->target : &probe);
+    s = sess_find(st, c->target);
   if (s != NULL) {
     sess_unlink(st, s);
     sess_fail_ops(s, 0, "SSH_DISCONNECTED", "ssh session to %s:%d was closed",
@@ -1236,26 +1218,23 @@ static void close_free(napi_env env, fly_req_t *req) {
   fly_ssh_close_t *c = (fly_ssh_close_t *)req;
   (void)env;
   fly_ssh_target_unref(c->target);
-  free(c->key);
 }
 
 static const fly_req_vt_t close_vt = {close_start, NULL, close_free};
 
-/* Takes t (a reference) or key.  promise NULL: detached (a finalizer). */
-static int close_submit(napi_env env, fly_ssh_target_t *t, char *key,
+/* Takes t (a reference).  promise NULL: detached (a finalizer). */
+static int close_submit(napi_env env, fly_ssh_target_t *t,
                         napi_value *promise) {
   fly_ssh_close_t *c = calloc(1, sizeof(*c));
 
   if (c == NULL) {
     fly_ssh_target_unref(t);
-    free(key);
     if (promise != NULL)
       fly_throw_nomem(env);
     return -1;
   }
   fly_req_init(&c->req, &close_vt);
   c->target = t;
-  c->key = key;
   if (promise == NULL)
     return fly_req_submit_detached(env, &c->req);
   *promise = fly_req_submit(env, &c->req);
@@ -1264,34 +1243,19 @@ static int close_submit(napi_env env, fly_ssh_target_t *t, char *key,
 
 /* sshClose(handle) -> Promise: idempotent; what runs on the handle's
  * session fails with SSH_DISCONNECTED, and later calls naming the handle
- * throw SSH_SESSION_CLOSED.  The old form sshClose({ key }) closes the
- * keyed session. */
+ * throw SSH_SESSION_CLOSED. */
 napi_value fly_napi_ssh_close(napi_env env, napi_callback_info info) {
   napi_value argv[1], promise = NULL;
-  napi_valuetype t = napi_undefined;
   size_t argc = 1;
   fly_ssh_handle_t *h;
-  char *key = NULL;
 
+  /* A missing argument arrives as undefined. */
   FLY_NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL),
                 NULL);
-  if (argc >= 1)
-    FLY_NAPI_CALL(env, napi_typeof(env, argv[0], &t), NULL);
-  if (t == napi_external) {
-    if ((h = handle_get(env, argv[0])) == NULL)
-      return NULL;
-    h->closed = 1;
-    close_submit(env, target_ref(h->target), NULL, &promise);
-    return promise;
-  }
-  if (t != napi_object) {
-    fly_throw_invalid(env, "sshClose takes a handle of sshOpen");
+  if ((h = handle_get(env, argv[0], "sshClose's argument")) == NULL)
     return NULL;
-  }
-  /* The old keyed form, to delete with it. */
-  if (fly_js_prop_str(env, argv[0], "key", 1, &key) != 0)
-    return NULL;
-  close_submit(env, NULL, key, &promise);
+  h->closed = 1;
+  close_submit(env, target_ref(h->target), &promise);
   return promise;
 }
 

@@ -1,8 +1,8 @@
 /* ssh.h: private declarations shared by ssh.c, exec.c and sftp.c.
  *
- * A session (fly_ssh_sess_t) is one libssh2 connection of a handle (or of
- * a key, in the old form).  Operations (fly_ssh_op_t: an exec or an SFTP
- * call) queue on their session and are stepped by ssh.c from the I/O
+ * A session (fly_ssh_sess_t) is the libssh2 connection of one handle of
+ * sshOpen, and no other handle's.  Operations (fly_ssh_op_t: an exec or an
+ * SFTP call) queue on their session and are stepped by ssh.c from the I/O
  * thread.  Everything here is I/O thread only, except fly_ssh_op_init and
  * fly_ssh_op_free (JS thread) and fly_ssh_target_unref (any thread). */
 #ifndef FLY_SSH_H
@@ -18,7 +18,6 @@
  * sessions can hold it at once.  The last unref wipes the secrets. */
 typedef struct fly_ssh_target_s {
   int refs;
-  char *key;                   /* the old keyed form only; NULL for handles */
   char *host;
   int port;
   char *user;
@@ -60,8 +59,7 @@ typedef struct fly_ssh_op_vt_s {
 struct fly_ssh_op_s {
   fly_req_t req;               /* first: the loop frees the op as a req */
   const fly_ssh_op_vt_t *ovt;
-  fly_ssh_target_t *target;    /* a reference */
-  int by_handle;               /* runs on the handle's own session */
+  fly_ssh_target_t *target;    /* its handle's (a reference) */
   napi_ref handle;             /* JS thread: keeps the handle alive */
   uint64_t asked_at;           /* fly_now_ms() when JS asked */
   uint64_t timeout_ms;         /* the op's own budget, 0 = the default */
@@ -96,8 +94,7 @@ typedef struct fly_ssh_blocked_s {
 struct fly_ssh_sess_s {
   fly_loop_t *loop;
   fly_ssh_sess_t *next;
-  fly_ssh_target_t *target;    /* of the current or last connection */
-  int by_handle;               /* keyed by the target itself, not its key */
+  fly_ssh_target_t *target;    /* its handle's, which identifies it */
   int state;
   int fd;
   LIBSSH2_SESSION *ls;
@@ -128,15 +125,14 @@ struct fly_ssh_sess_s {
   int progress;                /* set by steps that may allow more work */
 };
 
-/* JS thread: the op's target from opts.session (a handle of sshOpen) or,
- * the old form to delete once lib/ uses handles, opts.target (with its
- * key); and asked_at.  0, or -1 with an exception pending. */
+/* JS thread: the op's target from opts.session (a handle of sshOpen), and
+ * asked_at.  0, or -1 with an exception pending. */
 int fly_ssh_op_init(napi_env env, napi_value opts, fly_ssh_op_t *op);
 /* The op's own fields (from vt->free): the target and handle references. */
 void fly_ssh_op_free(napi_env env, fly_ssh_op_t *op);
 void fly_ssh_target_unref(fly_ssh_target_t *t);   /* any thread */
 
-/* I/O thread: hand an op to its session (found by handle or key). */
+/* I/O thread: hand an op to its handle's session (made on first use). */
 void fly_ssh_op_start(fly_loop_t *loop, fly_ssh_op_t *op);
 /* The op's default budget: its timeout_ms, or the target's op timeout. */
 uint64_t fly_ssh_op_budget(const fly_ssh_op_t *op);

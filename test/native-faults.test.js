@@ -25,10 +25,7 @@ test.after(async () => {
   await sshd.stop()
 })
 
-const open = (extra = {}) => {
-  const { key, ...t } = sshd.target({ connectTimeoutMs: 1000, ...extra })
-  return native.sshOpen(t)
-}
+const open = (extra = {}) => native.sshOpen(sshd.target({ connectTimeoutMs: 1000, ...extra }))
 
 // Resolves with the settled outcome, or with 'pending' if the call is still
 // running after ms: a hang fails the test instead of hanging it.

@@ -11,22 +11,22 @@ const native = require('../build/Release/fly.node')
 const { startSshd } = require('./helpers/sshd')
 
 let sshd
-let target
+let session
 let root
 
 test.before(async () => {
   sshd = await startSshd()
-  target = sshd.target({ key: 'sftp-native-main' })
+  session = native.sshOpen(sshd.target())
   root = fs.mkdtempSync('/tmp/fly-sftp-test-')
 })
 
 test.after(async () => {
-  await native.sshClose({ key: 'sftp-native-main' })
+  await native.sshClose(session)
   fs.rmSync(root, { recursive: true, force: true })
   await sshd.stop()
 })
 
-const sftp = (op, p, extra = {}) => native.sftp({ target, op, path: p, ...extra })
+const sftp = (op, p, extra = {}) => native.sftp({ session, op, path: p, ...extra })
 const sha = (b) => crypto.createHash('sha256').update(b).digest('hex')
 
 test('round trips: 0 B, 1 B, all byte values, 1 MiB', async () => {
@@ -145,15 +145,15 @@ test('missing paths and a file where a directory is expected', async () => {
   await assert.rejects(sftp('mkdir', file, { recursive: true }), (e) => e.code === 'SFTP_FILE_EXISTS')
   await assert.rejects(sftp('read', root), (e) => e.code === 'SFTP_IS_A_DIRECTORY')
 
-  assert.throws(() => native.sftp({ target, op: 'chmod', path: '/tmp' }), (e) => e.code === 'ERR_INVALID_ARG')
-  assert.throws(() => native.sftp({ target, op: 'read', path: '' }), (e) => e.code === 'ERR_INVALID_ARG')
+  assert.throws(() => native.sftp({ session, op: 'chmod', path: '/tmp' }), (e) => e.code === 'ERR_INVALID_ARG')
+  assert.throws(() => native.sftp({ session, op: 'read', path: '' }), (e) => e.code === 'ERR_INVALID_ARG')
 })
 
 test('concurrent ops on one session, alongside execs', async () => {
   const files = Array.from({ length: 40 }, (_, i) => [path.join(root, `c${i}`), crypto.randomBytes(1000 + i * 997)])
   await Promise.all([
     ...files.map(([p, d]) => sftp('write', p, { data: d })),
-    ...Array.from({ length: 10 }, (_, i) => native.sshExec({ target, argv: ['echo', String(i)] }))
+    ...Array.from({ length: 10 }, (_, i) => native.sshExec({ session, argv: ['echo', String(i)] }))
   ])
   const back = await Promise.all(files.map(([p]) => sftp('read', p)))
   back.forEach((b, i) => assert.ok(b.equals(files[i][1])))

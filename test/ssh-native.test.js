@@ -1,6 +1,6 @@
 'use strict'
-// The native SSH verbs (sshExec, sshClose, sshStats) against a throwaway
-// OpenSSH server on 127.0.0.1.  Needs root.
+// The native SSH verbs (sshOpen, sshExec, sshClose, sshStats) against a
+// throwaway OpenSSH server on 127.0.0.1.  Needs root.
 
 const test = require('node:test')
 const assert = require('node:assert')
@@ -14,19 +14,19 @@ const native = require('../build/Release/fly.node')
 const { startSshd, freePort, childEnv } = require('./helpers/sshd')
 
 let sshd
-let target
+let session
 
 test.before(async () => {
   sshd = await startSshd()
-  target = sshd.target({ key: 'ssh-native-main' })
+  session = native.sshOpen(sshd.target())
 })
 
 test.after(async () => {
-  await native.sshClose({ key: 'ssh-native-main' })
+  await native.sshClose(session)
   await sshd.stop()
 })
 
-const exec = (opts) => native.sshExec({ target, ...opts })
+const exec = (opts) => native.sshExec({ session, ...opts })
 
 test('echo, stdout and stderr apart, exit codes', async () => {
   let r = await exec({ command: 'echo hello; echo oops >&2' })
@@ -63,11 +63,9 @@ test('cwd and env', async () => {
     env: { FOO: "x y 'z'", BAR: '$(nope)' }
   })
   assert.strictEqual(r.stdout.toString(), "/tmp\nx y 'z'|$(nope)")
-  assert.throws(() => native.sshExec({ target, command: 'true', env: { 'A-B': '1' } }),
+  assert.throws(() => native.sshExec({ session, command: 'true', env: { 'A-B': '1' } }),
     (e) => e.code === 'ERR_INVALID_ARG')
-  assert.throws(() => native.sshExec({ target, command: 'x', argv: ['y'] }),
-    (e) => e.code === 'ERR_INVALID_ARG')
-  assert.throws(() => native.sshExec({ target: { ...target, privateKey: undefined }, command: 'x' }),
+  assert.throws(() => native.sshExec({ session, command: 'x', argv: ['y'] }),
     (e) => e.code === 'ERR_INVALID_ARG')
 })
 
@@ -94,13 +92,13 @@ test('50 concurrent execs on one session, matched to their commands', async () =
 
 test('more channels than MaxSessions queue instead of failing', async () => {
   const small = await startSshd({ maxSessions: 4 })
-  const t = small.target({ key: 'ssh-native-small' })
+  const h = native.sshOpen(small.target())
   try {
     const rs = await Promise.all(Array.from({ length: 12 }, (_, i) =>
-      native.sshExec({ target: t, command: `sleep 0.2; echo ${i}` })))
+      native.sshExec({ session: h, command: `sleep 0.2; echo ${i}` })))
     rs.forEach((r, i) => assert.strictEqual(r.stdout.toString(), `${i}\n`))
   } finally {
-    await native.sshClose({ key: 'ssh-native-small' })
+    await native.sshClose(h)
     await small.stop()
   }
 })
@@ -158,53 +156,53 @@ test('output limit', async () => {
 })
 
 test('host key mismatch is refused', async () => {
-  const t = sshd.target({ hostKeyFingerprint: 'SHA256:' + Buffer.alloc(32).toString('base64').replace(/=+$/, '') })
-  await assert.rejects(native.sshExec({ target: t, command: 'true' }),
+  const h = native.sshOpen(sshd.target({ hostKeyFingerprint: 'SHA256:' + Buffer.alloc(32).toString('base64').replace(/=+$/, '') }))
+  await assert.rejects(native.sshExec({ session: h, command: 'true' }),
     (e) => e.code === 'SSH_HOSTKEY_MISMATCH' && !e.message.includes('PRIVATE'))
-  await native.sshClose({ key: t.key })
+  await native.sshClose(h)
 })
 
 test('insecureHostKey skips the pin', async () => {
-  const t = sshd.target({ hostKeyFingerprint: undefined, insecureHostKey: true })
-  const r = await native.sshExec({ target: t, command: 'echo x' })
+  const h = native.sshOpen(sshd.target({ hostKeyFingerprint: undefined, insecureHostKey: true }))
+  const r = await native.sshExec({ session: h, command: 'echo x' })
   assert.strictEqual(r.stdout.toString(), 'x\n')
-  await native.sshClose({ key: t.key })
+  await native.sshClose(h)
 })
 
 test('a key the server does not know -> SSH_AUTH_FAILED', async () => {
   const other = await startSshd()
-  const t = sshd.target({ privateKey: other.clientKey })
+  const h = native.sshOpen(sshd.target({ privateKey: other.clientKey }))
   try {
-    await assert.rejects(native.sshExec({ target: t, command: 'true' }),
+    await assert.rejects(native.sshExec({ session: h, command: 'true' }),
       (e) => e.code === 'SSH_AUTH_FAILED' && !e.message.includes('BEGIN'))
   } finally {
-    await native.sshClose({ key: t.key })
+    await native.sshClose(h)
     await other.stop()
   }
 })
 
 test('a refused password -> SSH_AUTH_FAILED without the password in the error', async () => {
-  const t = sshd.target({ privateKey: undefined, password: 'hunter2-secret' })
-  await assert.rejects(native.sshExec({ target: t, command: 'true' }),
+  const h = native.sshOpen(sshd.target({ privateKey: undefined, password: 'hunter2-secret' }))
+  await assert.rejects(native.sshExec({ session: h, command: 'true' }),
     (e) => e.code === 'SSH_AUTH_FAILED' && !e.message.includes('hunter2'))
-  await native.sshClose({ key: t.key })
+  await native.sshClose(h)
 })
 
 test('connect refused -> SSH_CONNECT_FAILED after the timeout', async () => {
   const port = await freePort()
-  const t = sshd.target({ port, connectTimeoutMs: 600 })
+  const h = native.sshOpen(sshd.target({ port, connectTimeoutMs: 600 }))
   const t0 = Date.now()
-  await assert.rejects(native.sshExec({ target: t, command: 'true' }),
+  await assert.rejects(native.sshExec({ session: h, command: 'true' }),
     (e) => e.code === 'SSH_CONNECT_FAILED')
   const took = Date.now() - t0
   assert.ok(took >= 500 && took < 2500, `took ${took} ms`)
-  await native.sshClose({ key: t.key })
+  await native.sshClose(h)
 })
 
 test('connect retries until the server starts listening', async () => {
   const port = await freePort()
-  const t = sshd.target({ port, connectTimeoutMs: 5000 })
-  const p = native.sshExec({ target: t, command: 'echo late' })
+  const h = native.sshOpen(sshd.target({ port, connectTimeoutMs: 5000 }))
+  const p = native.sshExec({ session: h, command: 'echo late' })
   // A plain TCP proxy to the real sshd, started after the first refusals.
   let proxy
   const started = new Promise((resolve) => {
@@ -219,52 +217,36 @@ test('connect retries until the server starts listening', async () => {
   await started
   const r = await p
   assert.strictEqual(r.stdout.toString(), 'late\n')
-  await native.sshClose({ key: t.key })
+  await native.sshClose(h)
   await new Promise((resolve) => proxy.close(resolve))
 })
 
 test('a dropped connection fails its ops and the next call reconnects', async () => {
-  const t = sshd.target({ key: 'ssh-native-drop' })
-  const r0 = await native.sshExec({ target: t, command: 'echo one' })
+  const h = native.sshOpen(sshd.target())
+  const r0 = await native.sshExec({ session: h, command: 'echo one' })
   assert.strictEqual(r0.stdout.toString(), 'one\n')
   const connects = native.sshStats().connects
   const running = native.sshExec({
-    target: t,
+    session: h,
     command: 'echo started; sleep 30',
     onChunk: () => sshd.killConnections()
   })
   await assert.rejects(running, (e) => e.code === 'SSH_DISCONNECTED')
-  const r1 = await native.sshExec({ target: t, command: 'echo two' })
+  const r1 = await native.sshExec({ session: h, command: 'echo two' })
   assert.strictEqual(r1.stdout.toString(), 'two\n')
   assert.strictEqual(native.sshStats().connects, connects + 1)
 
   // Dropped while idle: the next call reconnects without an error.
   sshd.killConnections()
-  const r2 = await native.sshExec({ target: t, command: 'echo three' })
+  const r2 = await native.sshExec({ session: h, command: 'echo three' })
   assert.strictEqual(r2.stdout.toString(), 'three\n')
-  await native.sshClose({ key: 'ssh-native-drop' })
-})
-
-test('sshClose fails what runs on the session and resolves for unknown keys', async () => {
-  const t = sshd.target({ key: 'ssh-native-close' })
-  await native.sshExec({ target: t, command: 'true' })
-  const running = native.sshExec({ target: t, command: 'sleep 30' })
-  const closed = native.sshClose({ key: 'ssh-native-close' })
-  await assert.rejects(running, (e) => e.code === 'SSH_DISCONNECTED')
-  await closed
-  await native.sshClose({ key: 'never-opened' })
+  await native.sshClose(h)
 })
 
 // ---- session handles (sshOpen) ----
 
-// A target for sshOpen: the same fields, no key.
-const handleTarget = (extra = {}) => {
-  const { key, ...t } = sshd.target(extra)
-  return t
-}
-
 test('a handle runs commands and file calls on one connection, and closes', async () => {
-  const h = native.sshOpen(handleTarget())
+  const h = native.sshOpen(sshd.target())
   const before = native.sshStats().connects
   const r = await native.sshExec({ session: h, command: 'echo via-handle' })
   assert.strictEqual(r.stdout.toString(), 'via-handle\n')
@@ -284,29 +266,65 @@ test('a handle runs commands and file calls on one connection, and closes', asyn
 })
 
 test('sshOpen validates the target before anything is sent', () => {
-  assert.throws(() => native.sshOpen({ ...handleTarget(), port: 0 }),
+  const before = native.sshStats()
+  assert.throws(() => native.sshOpen({ ...sshd.target(), port: 0 }),
     (e) => e.code === 'ERR_INVALID_ARG')
-  assert.throws(() => native.sshOpen({ ...handleTarget(), privateKey: undefined }),
+  assert.throws(() => native.sshOpen({ ...sshd.target(), privateKey: undefined }),
+    (e) => e.code === 'ERR_INVALID_ARG')
+  assert.throws(() => native.sshOpen({ ...sshd.target(), host: '' }),
     (e) => e.code === 'ERR_INVALID_ARG')
   assert.throws(() => native.sshExec({ session: {}, command: 'true' }),
     (e) => e.code === 'ERR_INVALID_ARG')
+  assert.throws(() => native.sshExec({ command: 'true' }),
+    (e) => e.code === 'ERR_INVALID_ARG')
   assert.throws(() => native.sshClose('nope'), (e) => e.code === 'ERR_INVALID_ARG')
+  assert.throws(() => native.sshClose(), (e) => e.code === 'ERR_INVALID_ARG')
+  assert.deepStrictEqual(native.sshStats(), before)
+})
+
+test('a target per call (the old keyed form) is refused with a pointer to sshOpen', () => {
+  const before = native.sshStats()
+  const target = { key: 'old-form', ...sshd.target() }
+  const useOpen = (e) => e.code === 'ERR_INVALID_ARG' && /sshOpen/.test(e.message) &&
+    !e.message.includes('BEGIN')
+  assert.throws(() => native.sshExec({ target, command: 'true' }), useOpen)
+  // Even beside a valid session: the target is not silently ignored.
+  assert.throws(() => native.sshExec({ target, session, command: 'true' }), useOpen)
+  assert.throws(() => native.sftp({ target, op: 'stat', path: '/' }), useOpen)
+  assert.throws(() => native.sshClose({ key: 'old-form' }),
+    (e) => e.code === 'ERR_INVALID_ARG' && /sshOpen/.test(e.message))
+  assert.deepStrictEqual(native.sshStats(), before)
+})
+
+test('closing a handle that never ran anything resolves and makes no session', async () => {
+  const before = native.sshStats()
+  const h = native.sshOpen(sshd.target())
+  await native.sshClose(h)
+  assert.deepStrictEqual(native.sshStats(), before)
+  assert.throws(() => native.sshExec({ session: h, command: 'true' }),
+    (e) => e.code === 'SSH_SESSION_CLOSED')
 })
 
 test('two handles never share a session: a wrong password fails even beside a live one', async () => {
-  const good = native.sshOpen(handleTarget())
-  const bad = native.sshOpen(handleTarget({ privateKey: undefined, password: 'wrong-secret-pw' }))
+  const sessions = native.sshStats().sessions
+  const good = native.sshOpen(sshd.target())
+  const bad = native.sshOpen(sshd.target({ privateKey: undefined, password: 'wrong-secret-pw' }))
   try {
     const r = await native.sshExec({ session: good, command: 'echo good' })
     assert.strictEqual(r.stdout.toString(), 'good\n')
     await assert.rejects(native.sshExec({ session: bad, command: 'echo bad' }),
       (e) => e.code === 'SSH_AUTH_FAILED' && !e.message.includes('wrong-secret-pw'))
+    // The live one is untouched by its neighbour's failure.
+    assert.strictEqual((await native.sshExec({ session: good, command: 'echo still' })).stdout.toString(), 'still\n')
     // The same target opened twice is two connections.
-    const twin = native.sshOpen(handleTarget())
+    const twin = native.sshOpen(sshd.target())
     const before = native.sshStats().connects
     await native.sshExec({ session: twin, command: 'true' })
+    await native.sshExec({ session: good, command: 'true' })
     assert.strictEqual(native.sshStats().connects, before + 1)
+    assert.strictEqual(native.sshStats().sessions, sessions + 3)
     await native.sshClose(twin)
+    assert.strictEqual(native.sshStats().sessions, sessions + 2)
   } finally {
     await native.sshClose(good)
     await native.sshClose(bad)
@@ -320,7 +338,7 @@ test('a handle that is garbage-collected releases its session', async () => {
   const gc = vm.runInNewContext('gc')
   const base = native.sshStats().sessions
   await (async () => {
-    const h = native.sshOpen(handleTarget())
+    const h = native.sshOpen(sshd.target())
     await native.sshExec({ session: h, command: 'true' })
   })()
   assert.strictEqual(native.sshStats().sessions, base + 1)
@@ -333,7 +351,7 @@ test('a handle that is garbage-collected releases its session', async () => {
 })
 
 test('command lines of any length run, with env, cwd, timeout, background and stdin kept', async () => {
-  const h = native.sshOpen(handleTarget())
+  const h = native.sshOpen(sshd.target())
   try {
     for (const size of [40000, 200000, 3 << 20]) {
       const word = 'x'.repeat(size)

@@ -113,18 +113,15 @@ async function startSshd (opts = {}) {
   proc.removeAllListeners('exit')
 
   const fp = fingerprint(path.join(dir, 'host_ed25519.pub'))
-  let n = 0
   return {
     dir,
     port,
     host: '127.0.0.1',
     hostKeyFingerprint: fp,
     clientKey: client.privateKey,
-    // A target for the native verbs; each call gets a fresh session key
-    // unless key is given.
+    // A target for native.sshOpen, with extra fields on top.
     target (extra = {}) {
       return {
-        key: extra.key || `sshd-${port}-${++n}`,
         host: '127.0.0.1',
         port,
         user: 'root',
