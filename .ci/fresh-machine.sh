@@ -120,6 +120,10 @@ if [ -z "${FLY_FRESH_COLD:-}" ]; then
   mkdir -p "$cache/apt-archives/partial" "$cache/npm"
   binds=("$cache/apt-archives:/var/cache/apt/archives" "$cache/npm:/root/.npm")
 fi
+# The LTS Node that .ci/lts-node.sh cached, read-only and only for the check
+# that follows the README's commands.
+other_node=$cache/node${FLY_CI_NODE:-24}
+[ -x "$other_node/bin/node" ] && binds+=("$other_node:/opt/other-node:ro")
 
 # The README's Quick start block, one command a line, run verbatim.
 mapfile -t commands < <(awk '/^## Quick start/ { q = 1 } q && /^```sh/ { b = 1; next } b && /^```/ { exit } b && NF' "$repo/README.md")
@@ -139,6 +143,28 @@ for cmd in "$@"; do
   echo "fresh-machine: command $n exited $rc after $(( $(date +%s) - t0 ))s: $cmd"
   [ "$rc" = 0 ] || exit "$rc"
 done
+# Issue 9's segfault, for real: the addon Debian's node-gyp just built (linked
+# against Debian's libnode) under an official Node, and Debian's npm run by
+# that Node.  Both must refuse with the fix, not crash.
+other=/opt/other-node/bin/node
+[ -x "$other" ] || exit 0
+echo "fresh-machine: mixing Nodes: Debian's build loaded by, and Debian's npm run by, Node $("$other" --version)"
+out=$("$other" -e "require('./lib/native.js')" 2>&1)
+case "$out" in
+  *FLY_NATIVE_MISMATCH*"npm rebuild"*) ;;
+  *) echo "fresh-machine: expected FLY_NATIVE_MISMATCH, got: $out" >&2; exit 1 ;;
+esac
+if out=$(PATH=/opt/other-node/bin:$PATH /usr/bin/npm run build 2>&1); then
+  echo "fresh-machine: Debian's npm on Node $("$other" --version) built the addon; it should have refused" >&2
+  exit 1
+fi
+case "$out" in
+  *"links addons against libnode"*) ;;
+  *) echo "fresh-machine: expected a refusal naming libnode, got: $out" >&2; exit 1 ;;
+esac
+"$other" -e "process.dlopen({ exports: {} }, 'build/Release/fly.node')" >/dev/null 2>&1
+rc=$?
+echo "fresh-machine: mixing Nodes: both refused with the fix (loading the addon without the check: exit $rc$([ "$rc" = 139 ] && echo ', SIGSEGV'))"
 EOF
 )
 
@@ -154,7 +180,13 @@ mount -t proc proc "$root/proc"
 mount --rbind /sys "$root/sys"
 mount --rbind /dev "$root/dev"
 mount -t tmpfs -o mode=0755 tmpfs "$root/run"
-for b in $BINDS; do mkdir -p "$root${b#*:}"; mount --bind "${b%%:*}" "$root${b#*:}"; done
+for b in $BINDS; do # src:dst[:ro]
+  src=${b%%:*} dst=${b#*:} ro=""
+  case "$dst" in *:ro) dst=${dst%:ro} ro=1 ;; esac
+  mkdir -p "$root$dst"
+  mount --bind "$src" "$root$dst"
+  [ -z "$ro" ] || mount -o remount,bind,ro "$root$dst"
+done
 set +e
 chroot "$root" /usr/bin/env -i HOME=/root USER=root LOGNAME=root SHELL=/bin/bash LANG=C.UTF-8 TERM=dumb CI=true \
   PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
