@@ -151,7 +151,7 @@ other=/opt/other-node/bin/node
 echo "fresh-machine: mixing Nodes: Debian's build loaded by, and Debian's npm run by, Node $("$other" --version)"
 out=$("$other" -e "require('./lib/native.js')" 2>&1)
 case "$out" in
-  *FLY_NATIVE_MISMATCH*"npm rebuild"*) ;;
+  *"npm rebuild"*FLY_NATIVE_MISMATCH*) ;;
   *) echo "fresh-machine: expected FLY_NATIVE_MISMATCH, got: $out" >&2; exit 1 ;;
 esac
 if out=$(PATH=/opt/other-node/bin:$PATH /usr/bin/npm run build 2>&1); then
