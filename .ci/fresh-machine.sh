@@ -24,12 +24,13 @@
 #
 # Usage (as root): .ci/fresh-machine.sh      env: FLY_FRESH_COLD=1 (empty
 # download caches), FLY_CI_CACHE (default /var/cache/computesdk-fly-ci),
-# FLY_FRESH_DEADLINE (seconds, default 1500), FLY_FRESH_KEEP=1 (keep the root).
+# FLY_FRESH_DEADLINE (seconds inside the root, default 1200),
+# FLY_FRESH_KEEP=1 (keep the root), FLY_CI_NODE (the LTS major, default 24).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cache=${FLY_CI_CACHE:-/var/cache/computesdk-fly-ci}
-deadline=${FLY_FRESH_DEADLINE:-1500}
+deadline=${FLY_FRESH_DEADLINE:-1200}
 base=$cache/bookworm-minbase.tar.gz
 say() { echo "fresh-machine: $*"; }
 die() { echo "fresh-machine: $*" >&2; exit 1; }
@@ -64,8 +65,12 @@ cleanup() {
     kill -TERM "$runner" 2>/dev/null || true  # unshare --kill-child: its PID 1 dies, then every process inside
     wait "$runner" 2>/dev/null || true
   fi
-  # The mounts were made in the private namespace, so none are left; refuse
-  # to delete anything if one is (it could be the host's /dev or /sys).
+  # The root's mounts were made in the private namespace and died with it;
+  # only a debootstrap that failed half-way can leave its own (its /proc).
+  awk -v w="$work/" 'index($5, w) == 1 { print $5 }' /proc/self/mountinfo | sort -r |
+    while read -r m; do umount -l "$m" || true; done
+  # Refuse to delete anything if a mount is still there (it could be the
+  # host's /dev or /sys).
   if grep -q " $work/" /proc/self/mountinfo; then
     echo "fresh-machine: mounts remain under $work; not removing it" >&2
   elif [ -z "${FLY_FRESH_KEEP:-}" ]; then
