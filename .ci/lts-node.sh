@@ -19,6 +19,7 @@ arch=$(uname -m | sed 's/x86_64/x64/; s/aarch64/arm64/')
 say() { echo "lts-node: $*"; }
 
 work=$(mktemp -d /var/tmp/computesdk-fly-node.XXXXXX)
+chmod 755 "$work"  # as a clone's parent usually is: the tests' unprivileged user passes through
 trap 'rm -rf --one-file-system "$work"' EXIT
 
 if [ ! -x "$prefix/bin/node" ] || [ ! -f "$prefix/lib/node_modules/npm/bin/npm-cli.js" ]; then
