@@ -111,8 +111,9 @@ write_sshd_config() {
     setenv_word NPM_CONFIG_PREFIX "$HOME_DIR/.npm-global"
     setenv_word PIP_BREAK_SYSTEM_PACKAGES 1
     # npm and Node use the system CA store (which trusts the host's CAs in
-    # fly-local): the official Node binary knows only its bundled roots.
-    setenv_word NPM_CONFIG_CAFILE "$CA_BUNDLE"
+    # fly-local): the official Node binary knows only its bundled roots, and
+    # with the user's prefix npm would look for its global npmrc there.
+    setenv_word NPM_CONFIG_GLOBALCONFIG /etc/npmrc
     setenv_word NODE_EXTRA_CA_CERTS "$CA_BUNDLE"
     printf '\n%s' "$base"
   } > "$RUNDIR/sshd_config"
@@ -130,8 +131,8 @@ set_password() {
 # Login shells read /etc/profile, which resets PATH; keep the session's.
 write_profile() {
   [ -d /etc/profile.d ] || return 0
-  printf 'export PATH="%s"\nexport NPM_CONFIG_PREFIX="%s"\nexport PIP_BREAK_SYSTEM_PACKAGES=1\nexport NPM_CONFIG_CAFILE="%s"\nexport NODE_EXTRA_CA_CERTS="%s"\n' \
-    "$SESSION_PATH" "$HOME_DIR/.npm-global" "$CA_BUNDLE" "$CA_BUNDLE" > /etc/profile.d/computesdk.sh
+  printf 'export PATH="%s"\nexport NPM_CONFIG_PREFIX="%s"\nexport PIP_BREAK_SYSTEM_PACKAGES=1\nexport NPM_CONFIG_GLOBALCONFIG=/etc/npmrc\nexport NODE_EXTRA_CA_CERTS="%s"\n' \
+    "$SESSION_PATH" "$HOME_DIR/.npm-global" "$CA_BUNDLE" > /etc/profile.d/computesdk.sh
 }
 
 # Signals may arrive while we are still setting up: trap them first.

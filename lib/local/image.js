@@ -46,15 +46,24 @@ function hostCAs() {
   }
 }
 
+/* Hashed once per process: a running fly-local keeps the image it found. */
+let baseHashCache = null;
 function baseHash() {
+  if (!baseHashCache) baseHashCache = computeBaseHash();
+  return baseHashCache;
+}
+
+function computeBaseHash() {
   return hashFiles([path.join(DOCKER_DIR, 'provision.sh'), ...hostCAs()],
     `base ${BUILDER_VERSION} ${NODE_SPEC.join(' ')} ${process.arch}`);
 }
 
 const TOP_FILES = [['entrypoint.sh', 0o755], ['sshd_config', 0o644]];
 
+let topHashCache = null;
 function topHash() {
-  return hashFiles(TOP_FILES.map(([n]) => path.join(DOCKER_DIR, n)), `top ${BUILDER_VERSION}`);
+  if (!topHashCache) topHashCache = hashFiles(TOP_FILES.map(([n]) => path.join(DOCKER_DIR, n)), `top ${BUILDER_VERSION}`);
+  return topHashCache;
 }
 
 function baseDir() { return path.join(IMAGES_DIR, `base-${baseHash()}`); }

@@ -157,11 +157,9 @@ class Network {
     const b = (this.v4[2] << 8) + n * 4;
     const v4 = (k) => `${this.v4[0]}.${this.v4[1] + (b >> 16)}.${(b >> 8) & 255}.${(b & 255) + k}`;
     const m = {
-      ip, netId, ns: `fl-${this.tag}-${n}`, ifname: `${this.ifPrefix()}${n}`,
+      ip, netId, ifname: `${this.ifPrefix()}${n}`,
       v4host: v4(1), v4guest: v4(2), egress: egress == null ? this.egressDefault : !!egress,
     };
-    await runTool(NFT, ['-f', '-'], `add element inet ${this.table} net${netId} { "${m.ifname}" }\n` +
-      (m.egress ? '' : `add element inet ${this.table} noegress { "${m.ifname}" }\n`));
     this.byIp.set(ip, m);
     return m;
   }
@@ -169,13 +167,18 @@ class Network {
   get(ip) { return this.byIp.get(ip) || null; }
 
   /* The hook runc runs once the machine's namespaces exist (its netns is
-     owned by its user namespace, so `runc exec` can join it): names the
-     netns, makes the veth pair and configures both ends, in two batches.
-     Reads runc's state (with the container's pid) on stdin. */
+     owned by its user namespace, so `runc exec` can join it; it goes with
+     the machine's processes, and its veth with it). Puts the interface in
+     its sets (before it exists: until then it is cut off, never open),
+     makes the veth pair into the container's netns and configures both
+     ends. Reads runc's state (with the container's pid) on stdin; four
+     processes in all, start time matters. */
   upScript(ip) {
     const m = this.byIp.get(ip);
+    const sets = `add element inet ${this.table} net${m.netId} { "${m.ifname}" }; ` +
+      (m.egress ? '' : `add element inet ${this.table} noegress { "${m.ifname}" }; `);
     const host = [
-      `link add ${m.ifname} type veth peer name eth0 netns ${m.ns}`,
+      `link add ${m.ifname} type veth peer name eth0 netns $pid`,
       `addr add fe80::1/64 dev ${m.ifname} nodad`,
       `addr add ${m.v4host}/30 dev ${m.ifname}`,
       `link set ${m.ifname} up`,
@@ -191,31 +194,24 @@ class Network {
     ];
     return [
       'set -e',
-      'pid=$(sed -n \'s/.*"pid":\\([0-9]*\\).*/\\1/p\')',
-      `${IP} netns del ${m.ns} 2>/dev/null || true`,
-      `${IP} link del ${m.ifname} 2>/dev/null || true`,
-      `${IP} netns attach ${m.ns} "$pid"`,
-      `printf '%s\\n' ${host.map((l) => `'${l}'`).join(' ')} | ${IP} -batch -`,
-      `printf '%s\\n' ${inside.map((l) => `'${l}'`).join(' ')} | ${IP} -n ${m.ns} -batch -`,
+      'read -r state || true',
+      'pid=${state#*\\"pid\\":}; pid=${pid%%[!0-9]*}',
+      '[ -n "$pid" ]',
+      `${NFT} '${sets}'`,
+      /* a veth of the previous boot may not be gone yet */
+      `if [ -e /sys/class/net/${m.ifname} ]; then ${IP} link del ${m.ifname} || true; fi`,
+      `printf '%s\\n' ${host.map((l) => `"${l}"`).join(' ')} | ${IP} -batch -`,
+      `printf '%s\\n' ${inside.map((l) => `"${l}"`).join(' ')} | nsenter -t "$pid" -n ${IP} -batch -`,
     ].join('\n');
   }
 
-  /* After a boot: the namespace's name goes (the netns and its veth went
-     with the machine's processes). */
-  down(ip) {
-    const m = this.byIp.get(ip);
-    if (!m) return Promise.resolve();
-    return runTool(IP, ['netns', 'del', m.ns]).catch(() => {});
-  }
-
-  /* Drops a machine's namespace (its veth goes with it) and set entries. */
+  /* Drops a machine's address: its set entries (and a veth left behind). */
   release(ip) {
     const m = this.byIp.get(ip);
     if (!m) return Promise.resolve();
     this.byIp.delete(ip);
-    return runTool(IP, ['netns', 'del', m.ns]).catch(() => {})
-      .then(() => runTool(IP, ['link', 'del', m.ifname]).catch(() => {}))
-      .then(() => runTool(NFT, ['-f', '-'], `delete element inet ${this.table} net${m.netId} { "${m.ifname}" }\n` +
+    const link = fs.existsSync(`/sys/class/net/${m.ifname}`) ? runTool(IP, ['link', 'del', m.ifname]).catch(() => {}) : Promise.resolve();
+    return link.then(() => runTool(NFT, ['-f', '-'], `delete element inet ${this.table} net${m.netId} { "${m.ifname}" }\n` +
         (m.egress ? '' : `delete element inet ${this.table} noegress { "${m.ifname}" }\n`)).catch(() => {}));
   }
 
@@ -227,15 +223,12 @@ class Network {
 
 /* Removes everything of an instance's network, live or stale. */
 function destroyTag(tag, pid) {
-  let names = [];
-  try { names = fs.readdirSync('/run/netns'); } catch (_) { /* none */ }
-  const mine = names.filter((n) => n.startsWith(`fl-${tag}-`));
-  if (mine.length) spawnSync(IP, ['-batch', '-'], { input: mine.map((n) => `netns del ${n}`).join('\n') + '\n', stdio: ['pipe', 'ignore', 'ignore'] });
+  /* the machines' netns and veths went with their processes */
   spawnSync(NFT, ['delete', 'table', 'inet', `fly_local_${tag}`], { stdio: 'ignore' });
   forwardingOff(tag, pid);
 }
 
-/* Tables, namespaces and forwarding registrations of dead instances. */
+/* Tables and forwarding registrations of dead instances. */
 function sweepStale() {
   let names = [];
   try { names = fs.readdirSync(SHARED_DIR); } catch (_) { return; }

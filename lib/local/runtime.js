@@ -330,9 +330,8 @@ class Run extends EventEmitter {
     info.bootError = this.started ? null : (spawnError ? spawnError.message : this.bootErrorText());
     info.startedAt = this.startedAt;
     this.exitInfo = info;
-    const finish = async () => {
+    const finish = () => {
       this.onExecsDone = null;
-      await this.host.net.down(this.opts.ip);
       this.emit('exit', info);
       /* The overlay died with the mount namespace; drop its directory. */
       fsp.rm(this.dir, { recursive: true, force: true }).catch(() => {});

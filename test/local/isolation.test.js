@@ -11,6 +11,7 @@ const fs = require('fs')
 const net = require('net')
 const os = require('os')
 const path = require('path')
+const { execFileSync, spawn } = require('child_process')
 const { startLocal, provider, appName } = require('../helpers/fly')
 
 const PIDS_MAX = 300
@@ -89,18 +90,20 @@ test('the machine\'s processes run as unprivileged host uids', async () => {
   assert.equal(r.stdout, 'started\n')
   const m = machineOf(sbA)
   const ns = fs.readlinkSync(`/proc/${m.pid}/ns/pid`)
-  const uids = new Map()
+  const procs = []
   for (const n of fs.readdirSync('/proc').filter((x) => /^\d+$/.test(x))) {
     try {
       if (fs.readlinkSync(`/proc/${n}/ns/pid`) !== ns) continue
       const status = fs.readFileSync(`/proc/${n}/status`, 'utf8')
-      uids.set(/Name:\s*(\S+)/.exec(status)[1], Number(/Uid:\s*(\d+)/.exec(status)[1]))
+      procs.push([/Name:\s*(\S+)/.exec(status)[1], Number(/Uid:\s*(\d+)/.exec(status)[1])])
     } catch (_) { /* exited meanwhile */ }
   }
-  assert.ok(uids.has('sleep') && uids.has('sshd'), JSON.stringify([...uids]))
-  for (const [name, uid] of uids) assert.ok(uid >= 0x10000, `${name} runs as host uid ${uid}`)
-  /* root inside is not root outside, and the user is another uid again */
-  assert.notEqual(uids.get('sleep'), uids.get('tini'))
+  const shown = JSON.stringify(procs)
+  for (const [name, uid] of procs) assert.ok(uid >= 0x10000, `${name} runs as host uid ${uid}: ${shown}`)
+  /* root inside (tini) is not root outside, and the user's own process
+     (sleep, or setsid before its exec) is another uid again */
+  const root = procs.find(([name]) => name === 'tini')[1]
+  assert.ok(procs.some(([name, uid]) => /^(sleep|setsid)$/.test(name) && uid !== root), shown)
 })
 
 test('host files and the checkout are out of reach', async () => {
@@ -257,4 +260,42 @@ cd / && isodemo`)
   assert.match(npm.stdout, /hi from npm\n$/)
   await sbB.runCommand('echo kept > ~/workspace/note')
   assert.equal((await sbB.runCommand('cat ~/workspace/note')).stdout, 'kept\n')
+})
+
+test('an image that is not built is a clear boot error (strict images)', async (t) => {
+  process.env.FLY_LOCAL_STRICT_IMAGES = '1'
+  t.after(() => { delete process.env.FLY_LOCAL_STRICT_IMAGES })
+  const app = machineOf(sbA).app
+  const m = (await api('POST', `/v1/apps/${app}/machines`, { config: { image: 'registry.example/not-built:1' } })).body
+  assert.equal((await api('GET', `/v1/apps/${app}/machines/${m.id}/wait?state=failed&timeout=30`)).status, 200)
+  const events = (await api('GET', `/v1/apps/${app}/machines/${m.id}`)).body.events
+  assert.ok(events.some((e) => /image "registry\.example\/not-built:1" is not built/.test(e.request && e.request.error)), JSON.stringify(events))
+  const ok = (await api('POST', `/v1/apps/${app}/machines`, { config: { image: 'computesdk-fly-sandbox:latest' } })).body
+  assert.equal((await api('GET', `/v1/apps/${app}/machines/${ok.id}/wait?state=started&timeout=30`)).status, 200)
+  for (const id of [m.id, ok.id]) await api('DELETE', `/v1/apps/${app}/machines/${id}?force=true`)
+})
+
+test('egress goes out through NAT, and not for a machine with egress: false', async (t) => {
+  /* "the internet": a network namespace of this test's own, off a veth */
+  const ns = `fl-iso-out-${tag}`
+  const veth = `flio${tag.slice(0, 6)}`
+  const x = 1 + (parseInt(tag.slice(0, 2), 16) % 250)
+  const sh = (cmd) => execFileSync('sh', ['-c', cmd], { encoding: 'utf8' })
+  sh(`ip netns add ${ns} && ip link add ${veth} type veth peer name eth0 netns ${ns} && ip addr add 198.18.${x}.1/30 dev ${veth} && ip link set ${veth} up && ` +
+    `ip -n ${ns} addr add 198.18.${x}.2/30 dev eth0 && ip -n ${ns} link set eth0 up && ip -n ${ns} link set lo up`)
+  t.after(() => sh(`ip netns del ${ns}; ip link del ${veth} 2>/dev/null; true`))
+  const outside = spawn('ip', ['netns', 'exec', ns, 'python3', '-c',
+    'import socket\ns = socket.create_server(("0.0.0.0", 8080)); print("ready", flush=True)\nwhile True: s.accept()[0].close()'],
+  { stdio: ['ignore', 'pipe', 'inherit'] })
+  t.after(() => outside.kill('SIGKILL'))
+  await new Promise((resolve) => outside.stdout.once('data', resolve))
+  const m = machineOf(sbA)
+  const closed = (await api('POST', `/v1/apps/${m.app}/machines`, { config: { image: 'computesdk-fly-sandbox', egress: false } })).body
+  t.after(() => api('DELETE', `/v1/apps/${m.app}/machines/${closed.id}?force=true`))
+  assert.equal((await api('GET', `/v1/apps/${m.app}/machines/${closed.id}/wait?state=started&timeout=30`)).status, 200)
+  const target = [[`198.18.${x}.2`, 8080]]
+  assert.deepEqual(Object.values(await connectFrom(sbA, target)), ['ok'])
+  const r = await api('POST', `/v1/apps/${m.app}/machines/${closed.id}/exec`, { command: ['python3', '-c', CONNECT, JSON.stringify(target)] })
+  assert.equal(r.status, 200)
+  assert.notEqual(Object.values(JSON.parse(r.body.stdout))[0], 'ok')
 })
