@@ -1,6 +1,6 @@
 #!/bin/sh
 # Prepares a Debian 12 host for fly-local and builds its sandbox image: the
-# container runtime (runc), the tools that make machines' networks
+# container runtimes (crun, and runc as the alternative), the tools that make machines' networks
 # (iproute2, nftables) and images (debootstrap), then the image root itself
 # (lib/local/image.js, from docker/provision.sh; a no-op when it is built
 # for this definition already). One line of progress per step; run as root.
@@ -16,7 +16,7 @@ fi
 here=$(cd "$(dirname "$0")" && pwd)
 
 # openssh-client: ssh-keygen and the tests' ssh; python3: the test helpers.
-PACKAGES="runc debootstrap nftables iproute2 util-linux openssh-client python3 ca-certificates"
+PACKAGES="crun runc debootstrap nftables iproute2 util-linux openssh-client python3 ca-certificates"
 
 missing=""
 for p in $PACKAGES; do
@@ -38,7 +38,7 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   echo "setup-host.sh: node and npm are missing; install Node.js 20 first" >&2
   exit 1
 fi
-for tool in /usr/sbin/runc /usr/sbin/nft /usr/sbin/debootstrap /usr/bin/setpriv /usr/bin/unshare; do
+for tool in /usr/bin/crun /usr/sbin/runc /usr/sbin/nft /usr/sbin/debootstrap /usr/bin/setpriv /usr/bin/unshare; do
   [ -x "$tool" ] || { echo "setup-host.sh: $tool is missing" >&2; status=1; }
 done
 if ! grep -qw overlay /proc/filesystems && ! modprobe overlay 2>/dev/null; then

@@ -1,6 +1,6 @@
 'use strict';
 // The OCI runtime spec of a fly-local machine, and the process specs of
-// commands run in it (runc run / runc exec --process).
+// commands run in it (crun/runc run, exec --process).
 //
 // What holds the sandbox in:
 // - a user namespace: container ids 0-65535 are host ids ID_BASE + n, so
