@@ -53,7 +53,6 @@ fi
 node --version >/dev/null && npm --version >/dev/null
 # npm and pip trust the system CA store (the official Node binary has only
 # its bundled roots otherwise).
-mkdir -p /etc/pip
 printf 'cafile=/etc/ssl/certs/ca-certificates.crt\nupdate-notifier=false\nfund=false\naudit=false\n' > /etc/npmrc
 printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\nbreak-system-packages = true\n' > /etc/pip.conf
 

@@ -91,4 +91,4 @@ function topNames(re) {
   return [...out];
 }
 
-module.exports = { V2, missingControllers, hasFreezer, swapLimitable, pids, freeze, oomKills, removeAll, topNames, dirOf };
+module.exports = { V2, missingControllers, hasFreezer, swapLimitable, pids, freeze, oomKills, removeAll, topNames };

@@ -250,12 +250,13 @@ async function build({ say = console.log } = {}) {
     removeUnmounted(tmp);
     throw e;
   }
+  ensureTop();
   /* older definitions' layers go (a running instance keeps its mounts) */
+  const keep = new Set([dir, topDir()]);
   for (const n of fs.readdirSync(IMAGES_DIR)) {
     const p = path.join(IMAGES_DIR, n);
-    if (/^base-[0-9a-f]+$/.test(n) && p !== dir) fs.rmSync(p, { recursive: true, force: true });
+    if (/^(base|top)-[0-9a-f]+$/.test(n) && !keep.has(p)) fs.rmSync(p, { recursive: true, force: true });
   }
-  ensureTop();
   const size = run('du', ['-sm', dir]).stdout.toString().split('\t')[0];
   say(`fly-local image: built ${DEFAULT_IMAGE} in ${Math.round((Date.now() - t0) / 1000)} s, ${size} MB`);
   return { built: true, dir, ms: Date.now() - t0 };

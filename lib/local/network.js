@@ -10,7 +10,8 @@
 //            its addresses, the fly-local API) except replies;
 //   forward  machines of one network reach each other; an app created with
 //            its own `network` is its own network; egress (NAT) only for
-//            machines that have it;
+//            machines that have it, and never to link-local addresses (a
+//            cloud host's metadata service and its credentials);
 //   nat      masquerade of egress.
 // Addresses come from a counter, never from probing: nothing a sandbox does
 // can make a later allocation fail.
@@ -122,6 +123,7 @@ class Network {
     oifname ${ifs} jump peers
     oifname ${ifs} drop
     iifname @noegress drop
+    iifname ${ifs} ip daddr 169.254.0.0/16 drop
     iifname ${ifs} ct state new accept
   }
   chain peers {
@@ -163,8 +165,6 @@ class Network {
     this.byIp.set(ip, m);
     return m;
   }
-
-  get(ip) { return this.byIp.get(ip) || null; }
 
   /* The hook runc runs once the machine's namespaces exist (its netns is
      owned by its user namespace, so `runc exec` can join it; it goes with
