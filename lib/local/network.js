@@ -82,7 +82,7 @@ function forwardingOff(tag, pid) {
     try { if (v != null) fs.writeFileSync(p, v); } catch (_) { /* gone interface */ }
   }
   fs.rmSync(orig, { force: true });
-  for (const n of names) if (/^\d+-/.test(n)) fs.rmSync(path.join(SHARED_DIR, n), { force: true });
+  /* dead instances' registrations stay: sweepStale removes their tables */
 }
 
 class Network {
