@@ -4,6 +4,7 @@
 const test = require('node:test')
 const assert = require('node:assert/strict')
 const { spawnSync } = require('child_process')
+const fs = require('fs')
 const path = require('path')
 
 const root = path.join(__dirname, '..')
@@ -18,9 +19,16 @@ test('the Dockerfile lints clean (and the linter does catch problems)', () => {
   assert.ok(JSON.parse(bad.stdout).totalIssues > 0)
 })
 
-test('entrypoint.sh and setup-host.sh pass shellcheck', () => {
-  const files = ['entrypoint.sh', 'setup-host.sh'].map((f) => path.join(root, 'docker', f))
+test('entrypoint.sh, provision.sh and setup-host.sh pass shellcheck', () => {
+  const files = ['entrypoint.sh', 'provision.sh', 'setup-host.sh'].map((f) => path.join(root, 'docker', f))
   const r = spawnSync('shellcheck', ['-x', ...files], { encoding: 'utf8' })
   assert.notEqual(r.error && r.error.code, 'ENOENT', 'shellcheck is not installed (bin/setup installs it)')
   assert.equal(r.status, 0, r.stdout + r.stderr)
+})
+
+test('the Fly image and fly-local\'s image run the same provisioning script', () => {
+  const dockerfile = fs.readFileSync(path.join(root, 'docker', 'Dockerfile'), 'utf8')
+  assert.match(dockerfile, /^RUN sh \/tmp\/computesdk-src\/provision\.sh/m)
+  const builder = fs.readFileSync(path.join(root, 'lib', 'local', 'image.js'), 'utf8')
+  assert.match(builder, /'provision\.sh'/)
 })

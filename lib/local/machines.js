@@ -128,8 +128,8 @@ class Machine extends EventEmitter {
     const guest = this.config.guest || {};
     const run = new Run(this.host, {
       id: this.id, seq: ++this.seq, ip: this.privateIp, argv: mainArgv(this.config.init),
-      env: this.env(), files: this.files(), memoryMb: guest.memory_mb || 256,
-      cgroups: this.host.machineCgroups(this.id),
+      env: this.env(), files: this.files(), memoryMb: guest.memory_mb || 256, cpus: guest.cpus || 1,
+      image: this.config.image, cgroups: this.host.machineCgroups(this.id),
     });
     this.run = run;
     this.bootStartedAt = Date.now();
@@ -394,7 +394,7 @@ class Store {
       region: body.region || this.region,
       config,
       version: ids.ulid(),
-      privateIp: await this.host.allocIp(),
+      privateIp: await this.host.allocIp({ network: app.network, egress: config.egress }),
       createdAt: new Date(),
       updatedAt: new Date(),
       imageRef: parseImage(config.image),

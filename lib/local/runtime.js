@@ -2,12 +2,15 @@
 // fly-local machine runtime: the host side of real sandboxes.
 //
 // A Host owns what one fly-local instance holds on this machine: a state
-// directory under os.tmpdir(), its cgroups (memory limits, freezer) and a
-// private 127.a.b.0/24 range of machine addresses. A Run is one boot of one
-// machine: box.py builds the namespaces and the copy-on-write root and runs
-// the main process; the Run watches it, signals it, freezes it and execs
-// commands inside it with nsenter.
-const { spawn, execFile } = require('child_process');
+// directory under os.tmpdir(), its cgroup tree, its private network
+// (network.js) and the OCI runtime's state. A Run is one boot of one
+// machine: a container that crun (or runc) runs from a generated spec
+// (container.js) over a copy-on-write root (overlayfs: a fresh upper layer
+// on the image's read-only layers, image.js), in a private mount namespace
+// of its own so the overlay vanishes with the machine even when fly-local
+// is killed. The Run watches it, signals it, freezes it and execs commands
+// in it with `<runtime> exec`.
+const { spawn, execFile, spawnSync } = require('child_process');
 const EventEmitter = require('events');
 const fs = require('fs');
 const fsp = fs.promises;
@@ -15,156 +18,117 @@ const net = require('net');
 const os = require('os');
 const path = require('path');
 const crypto = require('crypto');
+const image = require('./image');
+const cgroups = require('./cgroups');
+const { Network, sweepStale: sweepNetworks } = require('./network');
+const { runtimeSpec, processSpec } = require('./container');
 
-const BOX = path.join(__dirname, 'box.py');
-const DOCKER_DIR = path.resolve(__dirname, '../../docker');
-const PYTHON = fs.existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
-const NSENTER = fs.existsSync('/usr/bin/nsenter') ? '/usr/bin/nsenter' : 'nsenter';
-const SYS_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
-const CG_ROOT = '/sys/fs/cgroup';
-const EXEC_OUTPUT_CAP = 16 * 1024 * 1024;
-
-/* Where this process sits in a cgroup v1 hierarchy, e.g. memory -> /a/b. */
-function ownCgroup(controller) {
-  try {
-    for (const line of fs.readFileSync('/proc/self/cgroup', 'utf8').split('\n')) {
-      const [, ctrls, p] = line.split(':');
-      if (ctrls && ctrls.split(',').includes(controller)) return p;
+/* The OCI runtime: crun where installed (a machine starts in about half
+   of runc's time here), else runc; FLY_LOCAL_OCI_RUNTIME=runc|crun|<path>
+   chooses. Both speak the same command line. */
+function findRuntime(want) {
+  const names = want ? [want] : ['crun', 'runc'];
+  for (const n of names) {
+    if (n.includes('/')) return n;
+    for (const d of ['/usr/bin', '/usr/sbin', '/usr/local/bin']) {
+      if (fs.existsSync(path.join(d, n))) return path.join(d, n);
     }
-  } catch (_) { /* no cgroups: degrade */ }
-  return null;
-}
-
-/* A writable cgroup v1 directory for this instance, or null. */
-function makeCgroupBase(controller, name) {
-  const own = ownCgroup(controller);
-  if (own === null) return null;
-  const mountDir = path.join(CG_ROOT, controller);
-  const dir = path.join(mountDir, own, name);
-  try {
-    fs.mkdirSync(dir);
-    return dir;
-  } catch (_) {
-    return null;
   }
+  return names[names.length - 1];
 }
-
-function rmdirQuiet(dir) {
-  try { fs.rmdirSync(dir); return true; } catch (_) { return false; }
-}
-
-/* Remove the cgroup tree of an instance, children first. */
-function removeCgroupTree(dir) {
-  let entries = [];
-  try { entries = fs.readdirSync(dir, { withFileTypes: true }); } catch (_) { return; }
-  for (const e of entries) if (e.isDirectory()) removeCgroupTree(path.join(dir, e.name));
-  rmdirQuiet(dir);
-}
+const RUNC = findRuntime(process.env.FLY_LOCAL_OCI_RUNTIME);
+/* crun refuses hybrid cgroup layouts: the machine's private mount
+   namespace hides the cgroup2 "unified" mount from it */
+const HIDE_UNIFIED = !cgroups.V2 && fs.existsSync('/sys/fs/cgroup/unified/cgroup.procs') ? 'umount -l /sys/fs/cgroup/unified; ' : '';
+const SYS_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+const EXEC_OUTPUT_CAP = 16 * 1024 * 1024;
+const DEFAULT_PIDS = 2048;
 
 function pidAlive(pid) {
   try { process.kill(pid, 0); return true; } catch (e) { return e.code === 'EPERM'; }
 }
 
-/* Leftovers of fly-local instances that died without stop(). */
+/* Leftovers of fly-local instances that died without stop(): their
+   containers (tini dies with the runtime, delete removes what is left), state
+   directories, cgroups and networks. */
 function sweepStale() {
   const tmp = os.tmpdir();
   let names = [];
   try { names = fs.readdirSync(tmp); } catch (_) { /* ignore */ }
   for (const n of names) {
     const m = /^fly-local-(\d+)-[0-9a-f]+$/.exec(n);
-    if (m && !pidAlive(Number(m[1]))) {
-      try { fs.rmSync(path.join(tmp, n), { recursive: true, force: true }); } catch (_) { /* busy */ }
+    if (!m || pidAlive(Number(m[1]))) continue;
+    const root = path.join(tmp, n, 'runc');
+    if (fs.existsSync(root)) {
+      const list = spawnSync(RUNC, ['--root', root, 'list', '-q'], { encoding: 'utf8' });
+      for (const id of String(list.stdout || '').split('\n').filter(Boolean)) {
+        spawnSync(RUNC, ['--root', root, 'delete', '--force', id], { stdio: 'ignore' });
+      }
     }
+    try { fs.rmSync(path.join(tmp, n), { recursive: true, force: true }); } catch (_) { /* busy */ }
   }
-  for (const ctrl of ['memory', 'freezer']) {
-    const own = ownCgroup(ctrl);
-    if (own === null) continue;
-    const dir = path.join(CG_ROOT, ctrl, own);
-    let entries = [];
-    try { entries = fs.readdirSync(dir); } catch (_) { continue; }
-    for (const n of entries) {
-      const m = /^fly-local-(\d+)-[0-9a-f]+$/.exec(n);
-      if (m && !pidAlive(Number(m[1]))) removeCgroupTree(path.join(dir, n));
-    }
+  for (const n of cgroups.topNames(/^fly-local-\d+-[0-9a-f]+$/)) {
+    if (!pidAlive(Number(n.split('-')[2]))) cgroups.removeAll(n);
   }
+  sweepNetworks();
 }
 
-function portFree(ip, port) {
-  return new Promise((resolve) => {
-    const srv = net.createServer();
-    srv.once('error', () => resolve(false));
-    srv.listen({ host: ip, port, exclusive: true }, () => srv.close(() => resolve(true)));
-  });
+function limitsError(missing) {
+  return Object.assign(new Error(`fly-local cannot enforce machine limits here: no ${missing.join(', ')} cgroup controller ` +
+    `(${cgroups.V2 ? 'cgroup v2: enable it in the parent\'s cgroup.subtree_control' : 'cgroup v1: mount it'}); ` +
+    'set FLY_LOCAL_ALLOW_NO_LIMITS=1 to run machines without them'), { code: 'FLY_LOCAL_NO_LIMITS' });
 }
 
 class Host {
   static async create() {
     sweepStale();
+    const missing = cgroups.missingControllers();
+    if (missing.length && process.env.FLY_LOCAL_ALLOW_NO_LIMITS !== '1') throw limitsError(missing);
     const tag = `fly-local-${process.pid}-${crypto.randomBytes(4).toString('hex')}`;
-    const dir = await fsp.mkdtemp(path.join(os.tmpdir(), `fly-local-${process.pid}-`)).then(async (d) => {
-      /* mkdtemp's suffix is not hex; rename to the pattern the sweeper knows */
-      const target = path.join(os.tmpdir(), tag);
-      await fsp.rename(d, target);
-      return target;
-    });
-    await fsp.chmod(dir, 0o700);
+    const dir = path.join(os.tmpdir(), tag);
+    /* 0711: the runtime, inside the machine's user namespace, must reach the
+       bundle; nothing under it is listable or readable for others */
+    await fsp.mkdir(dir, { mode: 0o711 });
+    await fsp.chmod(dir, 0o711);
     const h = new Host();
     h.tag = tag;
     h.dir = dir;
-    h.memoryBase = makeCgroupBase('memory', tag);
-    h.freezerBase = makeCgroupBase('freezer', tag);
-    /* A random 127.a.b.0/24 per instance so parallel instances do not
-       collide; 127.0.0.x is left alone. */
-    const b = crypto.randomBytes(2);
-    h.prefix = `127.${1 + (b[0] % 254)}.${b[1]}`;
-    h.used = new Set();
-    h.next = 2;
+    h.runcRoot = path.join(dir, 'runc');
+    h.unlimited = missing;
+    const pids = Number(process.env.FLY_LOCAL_PIDS_MAX);
+    h.pidsMax = Number.isInteger(pids) && pids > 0 ? pids : DEFAULT_PIDS;
+    try {
+      h.net = await Network.create({ egress: process.env.FLY_LOCAL_EGRESS !== '0' });
+    } catch (e) {
+      fs.rmSync(dir, { recursive: true, force: true });
+      throw e;
+    }
     return h;
   }
 
-  async allocIp() {
-    for (let tries = 0; tries < 253; tries++) {
-      const n = this.next;
-      this.next = this.next >= 254 ? 2 : this.next + 1;
-      const ip = `${this.prefix}.${n}`;
-      if (this.used.has(ip)) continue;
-      this.used.add(ip);
-      if (await portFree(ip, 2222)) return ip;
-      this.used.delete(ip);
-    }
-    throw Object.assign(new Error('no free machine address'), { code: 'FLY_LOCAL_NO_ADDRESS' });
+  /* A machine's private address, from a counter (nothing a sandbox holds
+     can make it fail); opts: { network, egress }. */
+  async allocIp(opts) {
+    return (await this.net.alloc(opts)).ip;
   }
 
   releaseIp(ip) {
-    this.used.delete(ip);
+    this.net.release(ip);
   }
 
-  /* Per-machine cgroups; null members where the host does not allow them. */
+  /* The machine's level in the cgroup tree (the runtime makes each boot's
+     below it). */
   machineCgroups(id) {
-    const cg = { memory: null, freezer: null };
-    for (const kind of ['memory', 'freezer']) {
-      const base = kind === 'memory' ? this.memoryBase : this.freezerBase;
-      if (!base) continue;
-      const dir = path.join(base, id);
-      try {
-        fs.mkdirSync(dir);
-      } catch (e) {
-        if (e.code !== 'EEXIST') continue;
-      }
-      cg[kind] = dir;
-    }
-    return cg;
+    return { path: `/${this.tag}/${id}` };
   }
 
   removeMachineCgroups(id) {
-    for (const base of [this.memoryBase, this.freezerBase]) {
-      if (base) rmdirQuiet(path.join(base, id));
-    }
+    cgroups.removeAll(path.join(this.tag, id));
   }
 
   destroy() {
-    if (this.memoryBase) removeCgroupTree(this.memoryBase);
-    if (this.freezerBase) removeCgroupTree(this.freezerBase);
+    cgroups.removeAll(this.tag);
+    if (this.net) this.net.destroySync();
     try { fs.rmSync(this.dir, { recursive: true, force: true }); } catch (_) { /* ignore */ }
   }
 }
@@ -183,19 +147,6 @@ function readStat(pid) {
     stime: Number(rest[12]), rss: Number(rest[21]) };
 }
 
-let supportFiles = null;
-function dockerFiles() {
-  if (!supportFiles) {
-    supportFiles = [
-      { path: '/opt/computesdk/entrypoint.sh', mode: 0o755,
-        hex: fs.readFileSync(path.join(DOCKER_DIR, 'entrypoint.sh')).toString('hex') },
-      { path: '/opt/computesdk/sshd_config', mode: 0o644,
-        hex: fs.readFileSync(path.join(DOCKER_DIR, 'sshd_config')).toString('hex') },
-    ];
-  }
-  return supportFiles;
-}
-
 const ENTRYPOINT = ['/opt/computesdk/entrypoint.sh'];
 
 /* The image's ENTRYPOINT/CMD as overridden by config.init. */
@@ -207,27 +158,84 @@ function mainArgv(init) {
   return [...entry, ...cmd];
 }
 
+/* The host's resolvers, unless they live on its loopback (unreachable from
+   a machine's network namespace). */
+function resolvConf() {
+  const s = readFileQuiet('/etc/resolv.conf') || '';
+  return s.split('\n').filter((l) => /^\s*(nameserver|search|options)\b/.test(l) &&
+    !/^\s*nameserver\s+(127\.|::1)/.test(l)).join('\n') + '\n';
+}
+
+/* An exit status from the runtime (128 + n for a signal) as { code, signal }. */
+function statusOf(code, signal) {
+  if (code == null) {
+    const n = os.constants.signals[signal] || 9;
+    return { code: 128 + n, signal: n };
+  }
+  return { code, signal: code > 128 && code <= 128 + 64 ? code - 128 : 0 };
+}
+
+/* Writes a file into a machine's (not yet mounted) upper layer, making its
+   parent directories as the image's lower layers have them, so the merged
+   view keeps their owners and modes. */
+function writeIntoUpper(layers, upper, guestPath, data, mode) {
+  const parts = guestPath.split('/').filter(Boolean);
+  let rel = '';
+  for (const part of parts.slice(0, -1)) {
+    rel = path.join(rel, part);
+    const dst = path.join(upper, rel);
+    let st = null;
+    try { st = fs.lstatSync(dst); } catch (_) { /* to make */ }
+    if (st && st.isDirectory()) continue;
+    if (st) throw new Error(`cannot write ${guestPath}: ${rel} is not a directory`);
+    let like = null;
+    for (const l of layers) {
+      try { like = fs.lstatSync(path.join(l, rel)); break; } catch (_) { /* next layer */ }
+    }
+    if (like && !like.isDirectory()) throw new Error(`cannot write ${guestPath}: /${rel} is not a directory in the image`);
+    fs.mkdirSync(dst, { mode: like ? like.mode & 0o7777 : 0o755 });
+    fs.chmodSync(dst, like ? like.mode & 0o7777 : 0o755);
+    fs.chownSync(dst, like ? like.uid : image.ID_BASE, like ? like.gid : image.ID_BASE);
+  }
+  const file = path.join(upper, ...parts);
+  const fd = fs.openSync(file, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC | fs.constants.O_NOFOLLOW, 0o600);
+  try {
+    fs.writeSync(fd, data);
+    fs.fchownSync(fd, image.ID_BASE, image.ID_BASE);
+    fs.fchmodSync(fd, mode);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function readLayers(layers, rel) {
+  for (const l of layers) {
+    const s = readFileQuiet(path.join(l, rel));
+    if (s != null) return s;
+  }
+  return '';
+}
+
 /* One boot of a machine. Emits 'started' and then 'exit' once; 'exit'
    (and exitPromise) mean every process of the boot is gone and reaped:
-   the launcher waits for the machine's PID 1, which as the namespace's init
-   only exits once every other process in the namespace is reaped, and the
-   exec processes (nsenter, outside the namespace but in the machine's
-   cgroups) are awaited too. */
+   `<runtime> run` waits for the container's PID 1 (tini), which as the
+   namespace's init only exits once every other process in it is reaped,
+   and the `exec` processes are awaited too. */
 class Run extends EventEmitter {
   constructor(host, opts) {
     super();
     this.host = host;
     this.opts = opts;
     this.dir = path.join(host.dir, opts.id, String(opts.seq));
+    this.cid = `${opts.id}-${opts.seq}`;
+    this.cgPath = `${opts.cgroups.path}/${opts.seq}`;
     this.pid = 0;
     this.pidns = null;
     this.started = false;
     this.exited = false;
     this.frozen = false;
     this.exitInfo = null;
-    this.bootError = null;
     this.startedAt = 0;
-    this.statusStarted = false;
     this.killRequested = false;
     /* exec children not yet reaped, and the callback that finishes the
        exit once they are */
@@ -236,54 +244,65 @@ class Run extends EventEmitter {
     this.exitPromise = new Promise((resolve) => this.once('exit', resolve));
   }
 
+  /* The bundle: config.json and a fresh upper layer holding the injected
+     files; throws (a boot error) when the image is not built. */
+  async prepare() {
+    const { opts, host } = this;
+    const layers = image.resolve(opts.image);
+    const upper = path.join(this.dir, 'upper');
+    await fsp.mkdir(upper);
+    await fsp.mkdir(path.join(this.dir, 'work'));
+    await fsp.mkdir(path.join(this.dir, 'rootfs'));
+    const rootSt = fs.statSync(layers[layers.length - 1]);
+    fs.chownSync(upper, rootSt.uid, rootSt.gid);
+    fs.chmodSync(upper, rootSt.mode & 0o7777);
+    const hosts = readLayers(layers, 'etc/hosts');
+    const files = [
+      ...opts.files.map((f) => ({ path: f.path, mode: f.mode, data: Buffer.from(f.hex, 'hex') })),
+      { path: '/etc/hostname', mode: 0o644, data: `${opts.id}\n` },
+      { path: '/etc/hosts', mode: 0o644, data: `${hosts}${hosts && !hosts.endsWith('\n') ? '\n' : ''}${opts.ip}\t${opts.id}\n` },
+      { path: '/etc/resolv.conf', mode: 0o644, data: resolvConf() },
+    ];
+    for (const f of files) writeIntoUpper(layers, upper, f.path, f.data, f.mode);
+    const spec = runtimeSpec({
+      argv: opts.argv, env: opts.env, hostname: opts.id, netScript: host.net.upScript(opts.ip),
+      cgroupsPath: this.cgPath,
+      limits: { memoryBytes: (opts.memoryMb || 256) * 1024 * 1024, cpus: opts.cpus || 1, pids: host.pidsMax,
+        swap: cgroups.swapLimitable(), skip: host.unlimited },
+    });
+    /* the spec holds the machine's env (secrets): only root reads it */
+    await fsp.writeFile(path.join(this.dir, 'config.json'), JSON.stringify(spec), { mode: 0o600 });
+    return `nosuid,nodev,lowerdir=${layers.join(':')},upperdir=${upper},workdir=${path.join(this.dir, 'work')}`;
+  }
+
   async start() {
     const { opts } = this;
-    await fsp.mkdir(path.join(this.dir, 'upper'), { recursive: true });
-    await fsp.mkdir(path.join(this.dir, 'work'));
-    await fsp.mkdir(path.join(this.dir, 'root'));
-    const cg = opts.cgroups;
-    this.cg = cg;
-    if (cg.memory) {
-      this.oomBefore = this.oomKills();
-      const bytes = String(opts.memoryMb * 1024 * 1024);
-      try {
-        /* memsw must stay >= the limit: lower order matters */
-        fs.writeFileSync(path.join(cg.memory, 'memory.limit_in_bytes'), bytes);
-        if (fs.existsSync(path.join(cg.memory, 'memory.memsw.limit_in_bytes'))) {
-          fs.writeFileSync(path.join(cg.memory, 'memory.memsw.limit_in_bytes'), bytes);
-        }
-      } catch (_) { /* enforce where the host allows it */ }
+    let overlay;
+    try {
+      await fsp.mkdir(path.dirname(this.dir), { recursive: true, mode: 0o711 });
+      await fsp.mkdir(this.dir, { mode: 0o711 });
+      overlay = await this.prepare();
+    } catch (e) {
+      this.bootError = e.message;
+      setImmediate(() => this.onClose(1, null));
+      return new Promise((resolve) => this.once('exit', () => resolve(false)));
     }
+    this.oomBefore = cgroups.oomKills(opts.cgroups.path);
     const logFd = fs.openSync(path.join(this.host.dir, opts.id, 'console.log'), 'a');
-    const child = spawn(PYTHON, ['-I', '-S', BOX], {
-      stdio: ['pipe', logFd, logFd, 'pipe'],
+    /* setpriv: the runtime dies with fly-local, and tini (-p) with it; unshare:
+       the overlay is mounted in a mount namespace of the machine's own */
+    const script = `${HIDE_UNIFIED}mount -t overlay overlay -o "$1" "$2/rootfs" && ` +
+      'exec "$5" --root "$3" --log "$2/runc.log" run --bundle "$2" --pid-file "$2/pid" "$4"';
+    const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', 'unshare', '--mount', '--propagation', 'private', '--',
+      '/bin/sh', '-c', script, 'sh', overlay, this.dir, this.host.runcRoot, this.cid, RUNC], {
+      stdio: ['ignore', logFd, logFd],
       env: { PATH: SYS_PATH, LANG: 'C.UTF-8' },
     });
     fs.closeSync(logFd);
     this.child = child;
-    const cfg = {
-      run: this.dir,
-      hostname: opts.id,
-      ip: opts.ip,
-      cgroups: [cg.memory, cg.freezer].filter(Boolean).map((d) => path.join(d, 'cgroup.procs')),
-      files: [...dockerFiles(), ...opts.files],
-      user: 'sandbox',
-      argv: opts.argv,
-      env: opts.env,
-    };
-    child.stdin.on('error', () => {});
-    child.stdin.end(JSON.stringify(cfg));
-
-    let buf = '';
-    child.stdio[3].setEncoding('utf8');
-    child.stdio[3].on('data', (d) => {
-      buf += d;
-      let i;
-      while ((i = buf.indexOf('\n')) >= 0) {
-        this.onStatus(buf.slice(0, i));
-        buf = buf.slice(i + 1);
-      }
-    });
+    /* the runtime writes the pid file once the container exists */
+    this.watcher = fs.watch(this.dir, (ev, name) => { if (name === 'pid') this.readPid(); });
+    this.readPid();
     let spawnError = null;
     child.on('error', (e) => { spawnError = e; });
     child.on('close', (code, signal) => this.onClose(code, signal, spawnError));
@@ -293,48 +312,40 @@ class Run extends EventEmitter {
     });
   }
 
-  onStatus(line) {
-    const sp = line.indexOf(' ');
-    const word = sp < 0 ? line : line.slice(0, sp);
-    const rest = sp < 0 ? '' : line.slice(sp + 1);
-    if (word === 'pid') {
-      this.pid = Number(rest);
-      try { this.pidns = fs.readlinkSync(`/proc/${this.pid}/ns/pid`); } catch (_) { /* gone */ }
-      /* kill() came before we knew PID 1: kill it now, so the launcher
-         (which waits for it) reports the machine's end */
-      if (this.killRequested) this.kill();
-      this.maybeStarted();
-    } else if (word === 'started') {
-      /* PID 1 writes this, the launcher writes "pid": they can arrive in
-         either order; a machine is started once both are known */
-      this.statusStarted = true;
-      this.maybeStarted();
-    } else if (word === 'exit') {
-      const [code, sig] = rest.split(' ').map(Number);
-      this.exitInfo = { code, signal: sig };
-    } else if (word === 'error') {
-      this.bootError = rest;
-    }
-  }
-
-  maybeStarted() {
-    if (this.started || !this.statusStarted || !this.pid || this.exited) return;
+  readPid() {
+    if (this.pid || this.exited) return;
+    const s = readFileQuiet(path.join(this.dir, 'pid'));
+    if (!s || !/^\d+\s*$/.test(s)) return;
+    this.pid = Number(s);
+    this.closeWatcher();
+    try { this.pidns = fs.readlinkSync(`/proc/${this.pid}/ns/pid`); } catch (_) { /* gone */ }
+    /* kill() came before we knew PID 1 */
+    if (this.killRequested) this.kill();
     this.started = true;
     this.startedAt = Date.now();
     this.emit('started');
   }
 
+  closeWatcher() {
+    if (this.watcher) this.watcher.close();
+    this.watcher = null;
+  }
+
+  bootErrorText() {
+    if (this.bootError) return this.bootError;
+    const log = readFileQuiet(path.join(this.dir, 'runc.log')) || '';
+    const msgs = [...log.matchAll(/level=error msg="((?:[^"\\]|\\.)*)"/g)].map((m) => m[1]);
+    const last = msgs.length ? msgs[msgs.length - 1] : log.trim().split('\n').pop();
+    return last ? `${path.basename(RUNC)}: ${last}` : 'machine exited during boot';
+  }
+
   onClose(code, signal, spawnError) {
     if (this.exited) return;
+    this.closeWatcher();
     this.exited = true;
-    let info = this.exitInfo;
-    if (!info) {
-      /* PID 1 itself died (killed): report what the launcher saw */
-      const sigNum = signal ? os.constants.signals[signal] || 9 : 0;
-      info = { code: signal ? 128 + sigNum : (code == null ? 1 : code), signal: sigNum };
-    }
-    info.oomKilled = this.cg && this.cg.memory ? this.oomKills() > (this.oomBefore || 0) : false;
-    info.bootError = this.started ? null : (this.bootError || (spawnError && spawnError.message) || 'machine exited during boot');
+    const info = statusOf(code, signal);
+    info.oomKilled = cgroups.oomKills(this.opts.cgroups.path) > (this.oomBefore || 0);
+    info.bootError = this.started ? null : (spawnError ? spawnError.message : this.bootErrorText());
     info.startedAt = this.startedAt;
     this.exitInfo = info;
     const finish = () => {
@@ -343,8 +354,6 @@ class Run extends EventEmitter {
       /* The overlay died with the mount namespace; drop its directory. */
       fsp.rm(this.dir, { recursive: true, force: true }).catch(() => {});
     };
-    /* An exec's nsenter lives outside the namespace: it exits once the
-       kernel killed its child in there; wait for its reaping too. */
     if (this.execs.size) this.onExecsDone = finish;
     else finish();
   }
@@ -354,25 +363,11 @@ class Run extends EventEmitter {
     if (!this.execs.size && this.onExecsDone) this.onExecsDone();
   }
 
-  oomKills() {
-    const s = this.cg && this.cg.memory && readFileQuiet(path.join(this.cg.memory, 'memory.oom_control'));
-    const m = s && /oom_kill (\d+)/.exec(s);
-    return m ? Number(m[1]) : 0;
-  }
-
   /* Host pids of every process in the machine, PID 1 first. */
   procs() {
     if (this.exited || !this.pid) return [];
-    let candidates;
-    const procsFile = this.cg && (this.cg.freezer || this.cg.memory);
-    if (procsFile) {
-      const s = readFileQuiet(path.join(procsFile, 'cgroup.procs')) || '';
-      candidates = s.split('\n').filter(Boolean).map(Number);
-    } else {
-      candidates = fs.readdirSync('/proc').filter((n) => /^\d+$/.test(n)).map(Number);
-    }
     const out = [this.pid];
-    for (const p of candidates) {
+    for (const p of cgroups.pids(this.cgPath)) {
       if (p === this.pid) continue;
       let ns;
       try { ns = fs.readlinkSync(`/proc/${p}/ns/pid`); } catch (_) { continue; }
@@ -381,8 +376,7 @@ class Run extends EventEmitter {
     return out;
   }
 
-  /* The main process: PID 1's first fork, so PID 2 inside the machine (host
-     pids can wrap, and orphans adopted by PID 1 are its children too). */
+  /* The main process: tini's child, PID 2 inside the machine. */
   mainPid() {
     const kids = this.procs().map(readStat).filter((s) => s && s.ppid === this.pid);
     for (const k of kids) {
@@ -404,9 +398,7 @@ class Run extends EventEmitter {
   kill() {
     if (this.exited) return;
     if (!this.pid) {
-      /* Not booted far enough to know PID 1 (the "pid" status line kills
-         it). Killing the launcher instead would let PID 1 die on its own
-         (parent-death signal), after the launcher's exit was reported. */
+      /* not created far enough to know PID 1: readPid kills it */
       this.killRequested = true;
       return;
     }
@@ -417,9 +409,9 @@ class Run extends EventEmitter {
 
   freeze() {
     if (this.exited) return;
-    if (this.cg && this.cg.freezer) {
+    if (cgroups.hasFreezer()) {
       try {
-        fs.writeFileSync(path.join(this.cg.freezer, 'freezer.state'), 'FROZEN');
+        cgroups.freeze(this.cgPath, true);
         this.frozen = true;
         return;
       } catch (_) { /* fall back to signals */ }
@@ -433,7 +425,7 @@ class Run extends EventEmitter {
   thaw() {
     if (!this.frozen) return;
     if (this.frozen === true) {
-      try { fs.writeFileSync(path.join(this.cg.freezer, 'freezer.state'), 'THAWED'); } catch (_) { /* gone */ }
+      try { cgroups.freeze(this.cgPath, false); } catch (_) { /* gone */ }
     } else {
       for (const p of this.procs()) {
         try { process.kill(p, 'SIGCONT'); } catch (_) { /* gone */ }
@@ -487,26 +479,30 @@ class Run extends EventEmitter {
     return out;
   }
 
-  /* Run argv inside the machine as root with env; buffered output. */
+  /* Run argv inside the machine as root with env (`<runtime> exec`, so the
+     command gets the machine's namespaces, cgroup, capabilities and
+     seccomp filter); buffered output. */
   exec(argv, { env, stdin, timeoutMs }) {
     return new Promise((resolve) => {
       if (this.exited || !this.pid) {
         resolve({ exit_code: 127, exit_signal: 0, stdout: '', stderr: 'machine is not running', timedOut: false });
         return;
       }
-      const cgFiles = [this.cg && this.cg.memory, this.cg && this.cg.freezer].filter(Boolean)
-        .map((d) => `'${path.join(d, 'cgroup.procs')}'`);
-      /* Join the machine's cgroups first, so memory limits and freezing
-         cover the command too. */
-      const script = `for f in ${cgFiles.join(' ')}; do echo 0 > "$f" 2>/dev/null; done; exec ${NSENTER} "$@"`;
-      const args = ['-c', script, 'sh', '-t', String(this.pid), '-m', '-u', '-i', '-p', '-r', '-w', '--', ...argv];
-      const child = spawn('/bin/sh', args, { env: { ...env }, detached: true, stdio: ['pipe', 'pipe', 'pipe'] });
+      const name = `exec-${crypto.randomBytes(6).toString('hex')}`;
+      const spec = path.join(this.dir, `${name}.json`);
+      const pidFile = path.join(this.dir, `${name}.pid`);
+      /* the env may hold secrets: a root-only file, not the runtime's argv */
+      fs.writeFileSync(spec, JSON.stringify(processSpec(argv, env, '/')), { mode: 0o600 });
+      const child = spawn(RUNC, ['--root', this.host.runcRoot, 'exec', '--process', spec, '--pid-file', pidFile, this.cid],
+        { env: { PATH: SYS_PATH }, detached: true, stdio: ['pipe', 'pipe', 'pipe'] });
       /* a process of the machine until Node has reaped it */
       this.execs.add(child);
       let reaped = false;
       const onReaped = () => {
         if (reaped) return;
         reaped = true;
+        fs.rm(spec, { force: true }, () => {});
+        fs.rm(pidFile, { force: true }, () => {});
         this.execDone(child);
       };
       child.once('exit', onReaped);
@@ -521,6 +517,9 @@ class Run extends EventEmitter {
       let timedOut = false;
       const timer = setTimeout(() => {
         timedOut = true;
+        /* exec cannot pass SIGKILL on: kill the command itself */
+        const p = Number(readFileQuiet(pidFile));
+        if (p) { try { process.kill(p, 'SIGKILL'); } catch (_) { /* gone */ } }
         try { process.kill(-child.pid, 'SIGKILL'); } catch (_) { /* gone */ }
       }, timeoutMs);
       child.on('error', (e) => {
@@ -538,9 +537,10 @@ class Run extends EventEmitter {
           clearTimeout(drain);
           child.stdout.destroy();
           child.stderr.destroy();
+          const st = statusOf(code, signal);
           resolve({
-            exit_code: code == null ? 128 + (os.constants.signals[signal] || 9) : code,
-            exit_signal: signal ? os.constants.signals[signal] || 0 : 0,
+            exit_code: st.code,
+            exit_signal: st.signal,
             stdout: Buffer.concat(out).toString('utf8'),
             stderr: Buffer.concat(err).toString('utf8'),
             timedOut,

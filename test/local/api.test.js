@@ -171,7 +171,7 @@ test('creates a machine in created state with Fly ids, then boots it in the back
   assert.match(m.version, /^[0-9A-HJKMNP-TV-Z]{26}$/)
   assert.equal(m.instance_id, m.version)
   assert.equal(m.region, 'ord')
-  assert.match(m.private_ip, /^127\.\d+\.\d+\.\d+$/)
+  assert.match(m.private_ip, /^fdaa:[0-9a-f:]+$/)
   assert.equal(m.nonce, undefined)
   assert.equal(m.events[0].type, 'launch')
   assert.equal(m.config.guest.memory_mb, 256)

@@ -8,6 +8,7 @@ const fs = require('fs')
 const path = require('path')
 const { spawn } = require('child_process')
 const { startLocal, localFixture, client, run } = require('../helpers/local')
+const { waitSshBanner } = require('../../lib/local/runtime')
 
 const IMAGE = 'ubuntu:22.04'
 
@@ -208,6 +209,8 @@ test('after stop() no process, mount, directory, cgroup or listener remains', as
     ms.push(r.body)
   }
   for (const m of ms) assert.equal((await api('GET', `/v1/apps/${app}/machines/${m.id}/wait?state=started&timeout=30`)).status, 200)
+  // every machine's sshd is up (started means its main process runs)
+  for (const m of ms) await waitSshBanner(m.private_ip, 2222, 10000)
   await api('POST', `/v1/apps/${app}/machines/${ms[1].id}/suspend`)
   assert.equal((await api('GET', `/v1/apps/${app}/machines/${ms[1].id}/wait?state=suspended&timeout=30`)).status, 200)
   await api('POST', `/v1/apps/${app}/machines/${ms[2].id}/exec`, { command: ['sh', '-c', 'sleep 1000 >/dev/null 2>&1 &'] })

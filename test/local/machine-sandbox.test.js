@@ -111,7 +111,7 @@ test('gives an SSH shell as sandbox with python3, node, pip and npm, pinned to t
     assert.notEqual(wrong.code, 0)
     /* sftp works */
     const sftp = await run('sftp', ['-i', fx.key.key, '-P', '2222', '-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=no',
-      '-o', 'UserKnownHostsFile=/dev/null', '-o', 'LogLevel=ERROR', '-b', '-', `sandbox@${m.private_ip}`],
+      '-o', 'UserKnownHostsFile=/dev/null', '-o', 'LogLevel=ERROR', '-b', '-', `sandbox@[${m.private_ip}]`],
     { input: 'put /etc/hostname workspace/from-host\nls workspace\n' })
     assert.equal(sftp.code, 0, sftp.stderr)
     assert.match(sftp.stdout, /from-host/)
@@ -157,7 +157,7 @@ test('isolates machines: files, /tmp, processes, hostnames', async () => {
     assert.doesNotMatch(r.stdout, /sleep/)
     assert.doesNotMatch(r.stdout, /node/)
     const pid1 = await sh(b, 'cat /proc/1/cmdline | tr "\\0" " "')
-    assert.match(pid1.stdout, /box\.py/)
+    assert.match(pid1.stdout, /^\/usr\/bin\/tini /)
     const aSees = await sh(a, 'cat /root/only-a /tmp/only-a; ps -eo stat=,comm= | grep -v "^Z" | grep -c " sleep$"')
     assert.equal(aSees.stdout, 'secret-a\ntmp-a\n1\n')
     /* nothing reached the host */
