@@ -461,8 +461,12 @@ async function swapHostKey(m) {
   const run = m.run;
   if (!run || !run.started) throw new Error(`machine ${m.id} is not running`);
   const { priv, pub } = await newHostKey(m.host.dir);
-  const target = run.rootPath('/etc/ssh/computesdk/ssh_host_ed25519_key');
-  fs.writeFileSync(target, priv, { mode: 0o600 });
+  /* Written by the machine's own root (an unprivileged host uid), never by
+     the host's root through /proc/<pid>/root: a path in there is the
+     sandbox's to bend with symlinks. */
+  const w = await run.exec(['sh', '-c', 'umask 077 && cat > "$1.new" && mv -f "$1.new" "$1"', 'sh',
+    '/etc/ssh/computesdk/ssh_host_ed25519_key'], { env: m.env(), stdin: priv.toString('utf8'), timeoutMs: 10000 });
+  if (w.exit_code !== 0) throw new Error(`machine ${m.id}: cannot write the new host key: ${w.stderr}`);
   /* Restart the listener (the entrypoint starts a new sshd, which reads the
      new key; open sessions stay). A SIGHUP re-exec would leave a window in
      which the old process still accepts with the old key. */

@@ -454,11 +454,6 @@ class Run extends EventEmitter {
     return { listeners: roots.map((r) => r.pid), all: out };
   }
 
-  /* A path inside the machine's root, reachable from the host. */
-  rootPath(p) {
-    return `/proc/${this.pid}/root${p}`;
-  }
-
   ps() {
     const tick = 100;
     const out = [];

@@ -192,6 +192,23 @@ except OSError as e: print(json.dumps(type(e).__name__))`
   assert.equal(await py(sbB, probe), 'ConnectionRefusedError')
 })
 
+test('the emulator never writes as host root through a path the machine controls', async (t) => {
+  // The machine's root plants a symlink where fly-local's test hook writes
+  // a new host key; followed from the host it would land in the host's /tmp.
+  const sb = await pA.sandbox.create()
+  t.after(() => sb.destroy())
+  const target = path.join(os.tmpdir(), `fly-hostkey-canary-${tag}`)
+  const [app, machine] = sb.sandboxId.split(':')
+  const plant = await api('POST', `/v1/apps/${app}/machines/${machine}/exec`,
+    { command: ['sh', '-c', `ln -sf ${target} /etc/ssh/computesdk/ssh_host_ed25519_key && echo planted`] })
+  assert.equal(plant.body.stdout, 'planted\n')
+  await srv.swapHostKey(machine)
+  assert.equal(fs.existsSync(target), false, 'nothing written on the host')
+  const inside = await api('POST', `/v1/apps/${app}/machines/${machine}/exec`,
+    { command: ['sh', '-c', 'test -f /etc/ssh/computesdk/ssh_host_ed25519_key && ! test -L /etc/ssh/computesdk/ssh_host_ed25519_key && echo replaced'] })
+  assert.equal(inside.body.stdout, 'replaced\n')
+})
+
 test('a fork bomb stops at the process limit and the machine survives', async () => {
   const bomb = `import os, json, time, signal
 kids, err = [], None
