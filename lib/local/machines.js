@@ -348,8 +348,8 @@ function parseImage(image) {
   if (colon > rest.lastIndexOf('/')) { tag = rest.slice(colon + 1); rest = rest.slice(0, colon); }
   if (registry === 'registry-1.docker.io' && !rest.includes('/')) rest = `library/${rest}`;
   if (!digest) digest = `sha256:${crypto.createHash('sha256').update(String(image)).digest('hex')}`;
-  /* fly-local maps every image to this host's userland + docker/ setup */
-  return { registry, repository: rest, tag, digest, labels: { 'dev.computesdk.fly-local': 'host-userland' } };
+  /* fly-local runs the sandbox image built from docker/ for every name */
+  return { registry, repository: rest, tag, digest, labels: { 'dev.computesdk.fly-local': 'sandbox-image' } };
 }
 
 class Store {
