@@ -19,6 +19,8 @@ const v8 = require('v8')
 const vm = require('vm')
 const local = require('../lib/local')
 const { fly } = require('..')
+// Every descendant pid of a pid, from /proc (shared with the tests).
+const { descendants } = require('../test/helpers/sshd')
 
 const N_CMD = Number(process.env.SOAK_COMMANDS || 10000)
 const N_CYCLES = Number(process.env.SOAK_CYCLES || 200)
@@ -29,26 +31,6 @@ const CYCLE_EVERY = 20
 // A GC before each sample, so that RSS shows what is held, not garbage.
 v8.setFlagsFromString('--expose-gc')
 const gc = vm.runInNewContext('gc')
-
-function descendants (root) {
-  const kids = new Map()
-  for (const d of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue
-    let stat
-    try { stat = fs.readFileSync(`/proc/${d}/stat`, 'utf8') } catch { continue }
-    const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1])
-    if (!kids.has(ppid)) kids.set(ppid, [])
-    kids.get(ppid).push(Number(d))
-  }
-  const out = []
-  const stack = [...(kids.get(root) || [])]
-  while (stack.length) {
-    const p = stack.pop()
-    out.push(p)
-    stack.push(...(kids.get(p) || []))
-  }
-  return out
-}
 
 // cgroup directories (v1 hierarchies or v2) below the ones whose name holds
 // `mark`: the instance keeps its own for as long as it runs, and one per
