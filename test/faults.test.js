@@ -4,9 +4,10 @@
 // that accept TCP and say nothing; connections cut mid-command, mid-upload
 // and mid-download; API 5xx storms, 429s and slow replies; machines stopped
 // or destroyed under a running command; sandboxes that serve a huge sparse
-// file, an endless stream or a huge directory.  Every call
-// must settle by its deadline with a stable code, and the next call must
-// work.  test/native-faults.test.js covers the same faults one layer down.
+// file, an endless stream or a huge directory.  Every call must settle by
+// its deadline with a stable code, and the next call must work.  The guard
+// is a timer that rejects (within); no elapsed time is asserted.
+// test/native-faults.test.js covers the same faults one layer down.
 const { describe, test } = require('node:test')
 const assert = require('node:assert/strict')
 const crypto = require('node:crypto')
@@ -366,8 +367,8 @@ describe('faults', { concurrency: true }, () => {
       }
     })
 
-    // A machine destroyed behind the provider's back, while a command runs
-    // on it; resolves with the sandbox once the command has ended.
+    // Destroys s's machine behind the provider's back (the raw API) while a
+    // command runs on it; resolves once that command has ended.
     async function destroyedUnder (s) {
       const { app, machine } = ids(s)
       const cmd = start(s, 'echo started; sleep 60', 'started')
@@ -414,11 +415,12 @@ describe('faults', { concurrency: true }, () => {
     })
 
     test('an endless stream: output stops at maxOutputBytes with ERR_OUTPUT_LIMIT, streamed or buffered, and the command is ended', async () => {
+      // No timeout: only the limit, enforced as the bytes arrive, ends these.
       let streamed = 0
-      const e1 = await failsWithin(GRACE_MS + 20000, sb.runCommand('yes', { onStdout: (d) => { streamed += Buffer.byteLength(d) } }), 'a streamed yes')
+      const e1 = await failsWithin(GRACE_MS, sb.runCommand('yes', { onStdout: (d) => { streamed += Buffer.byteLength(d) } }), 'a streamed yes')
       assert.equal(e1.code, 'ERR_OUTPUT_LIMIT', e1.message)
       assert.ok(streamed <= MAX_OUTPUT, `${streamed} bytes streamed`)
-      const e2 = await failsWithin(GRACE_MS + 20000, sb.runCommand('yes'), 'a buffered yes')
+      const e2 = await failsWithin(GRACE_MS, sb.runCommand('yes'), 'a buffered yes')
       assert.equal(e2.code, 'ERR_OUTPUT_LIMIT', e2.message)
       // Closing the channel ends `yes` (SIGPIPE); give it a bounded while.
       const left = await sb.runCommand('for i in $(seq 100); do pgrep -x yes >/dev/null || exit 0; sleep 0.1; done; exit 1')
