@@ -17,7 +17,11 @@ const DEFAULTS = {
   sshPort: 2222,
   maxOutputBytes: 64 * 1024 * 1024,
   connectTimeoutMs: 15000,
-  startTimeoutMs: 120000
+  startTimeoutMs: 120000,
+  opTimeoutMs: 60000,
+  keepaliveSec: 15,
+  maxFileBytes: 256 * 1024 * 1024,
+  maxEntries: 100000
 }
 
 const APP_NAME = /^[a-z0-9][a-z0-9-]{0,62}$/
@@ -62,6 +66,10 @@ function resolveConfig (config) {
     timeout: optInt(config, 'timeout', 0, 7 * 24 * 3600 * 1000),
     maxOutputBytes: optInt(config, 'maxOutputBytes', 1, 2 ** 31) || DEFAULTS.maxOutputBytes,
     connectTimeoutMs: optInt(config, 'connectTimeoutMs', 100, 600000) || DEFAULTS.connectTimeoutMs,
+    opTimeoutMs: optInt(config, 'opTimeoutMs', 100, 3600000) || DEFAULTS.opTimeoutMs,
+    keepaliveSec: optInt(config, 'keepaliveSec', 1, 3600) || DEFAULTS.keepaliveSec,
+    maxFileBytes: optInt(config, 'maxFileBytes', 1, 2 ** 40) || DEFAULTS.maxFileBytes,
+    maxEntries: optInt(config, 'maxEntries', 1, 10000000) || DEFAULTS.maxEntries,
     startTimeoutMs: optInt(config, 'startTimeoutMs', 1000, 3600000) || DEFAULTS.startTimeoutMs,
     retry: undefined
   }

@@ -50,6 +50,14 @@ export interface FlyConfig {
   connectTimeoutMs?: number
   /** How long create waits for the machine to be started (default 120000 ms). */
   startTimeoutMs?: number
+  /** Deadline of a file call, or of starting a command that has no timeout (default 60000 ms). */
+  opTimeoutMs?: number
+  /** SSH keepalive interval; a busy session whose keepalives go unanswered twice fails (default 15 s). */
+  keepaliveSec?: number
+  /** Largest file readFile returns; a larger one is ERR_FILE_TOO_LARGE (default 256 MiB). */
+  maxFileBytes?: number
+  /** Most entries readdir returns; more is ERR_TOO_MANY_ENTRIES (default 100000). */
+  maxEntries?: number
   /** Retry policy of idempotent API calls (defaults: 500, 5000, 30000). */
   retry?: { baseMs?: number; maxMs?: number; totalMs?: number }
 }

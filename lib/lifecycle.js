@@ -8,14 +8,10 @@ const { requireToken } = require('./config')
 const { flyError, invalidArg, abortError } = require('./errors')
 const { clientKey } = require('./keys')
 const { validEnvName } = require('./exec')
-const { FlyMachine, parseSandboxId, TAG, CREATE_ID, HOST_FP, FILES_DIR } = require('./machine')
+const { FlyMachine, isGone, parseSandboxId, TAG, CREATE_ID, HOST_FP, FILES_DIR } = require('./machine')
 
 function b64 (s) {
   return Buffer.from(s, 'utf8').toString('base64')
-}
-
-function gone (m) {
-  return !m || m.state === 'destroyed' || m.state === 'destroying'
 }
 
 // Ensure the app exists (once per provider): GET, then create on 404.
@@ -217,7 +213,7 @@ async function getById (ctx, sandboxId) {
     if (err.code === 'FLY_NOT_FOUND') return null
     throw err
   }
-  if (gone(r.body)) return null
+  if (isGone(r.body)) return null
   const sb = new FlyMachine(ctx, { ...r.body, app })
   return { sandbox: sb, sandboxId: sb.sandboxId }
 }
@@ -231,7 +227,7 @@ async function list (ctx) {
     if (err.code === 'FLY_NOT_FOUND') return [] // no app yet: no sandboxes
     throw err
   }
-  return (r.body || []).filter((m) => !gone(m)).map((m) => {
+  return (r.body || []).filter((m) => !isGone(m)).map((m) => {
     const sb = new FlyMachine(ctx, { ...m, app: config.appName })
     return { sandbox: sb, sandboxId: sb.sandboxId }
   })
@@ -256,7 +252,7 @@ async function destroy (ctx, sandboxId) {
   try {
     await transport.close(ctx, sandboxId)
     const m = (await api.call(config, 'machine.get', params)).body
-    if (gone(m)) return
+    if (isGone(m)) return
     if (m.state === 'started' || m.state === 'starting') {
       await api.call(config, 'machine.stop', params, { body: { signal: 'SIGTERM', timeout: '5s' } })
       // Waiting for stopped needs the version; 408 after the bound is fine.

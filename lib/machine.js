@@ -16,6 +16,11 @@ const FILES_DIR = '/etc/computesdk'
 const RUNNING = new Set(['created', 'starting', 'started', 'restarting', 'updating', 'replacing'])
 const STOPPED = new Set(['stopping', 'stopped', 'suspending', 'suspended', 'destroying', 'destroyed'])
 
+// A machine that no longer counts as a sandbox (getById gives null for it).
+function isGone (m) {
+  return !m || m.state === 'destroyed' || m.state === 'destroying'
+}
+
 function parseSandboxId (sandboxId) {
   if (typeof sandboxId !== 'string') throw invalidArg('sandboxId must be a string')
   const i = sandboxId.indexOf(':')
@@ -136,4 +141,4 @@ async function getUrl (sb, options) {
   return `${scheme}://${sb.appName}.fly.dev${port === dflt ? '' : ':' + port}`
 }
 
-module.exports = { FlyMachine, parseSandboxId, getInfo, getUrl, TAG, CREATE_ID, HOST_FP, FILES_DIR }
+module.exports = { FlyMachine, isGone, parseSandboxId, getInfo, getUrl, TAG, CREATE_ID, HOST_FP, FILES_DIR }

@@ -389,9 +389,7 @@ describe('faults', { concurrency: true }, () => {
       assert.equal((await s.runCommand('true').catch((err) => err)).code, 'FLY_NOT_FOUND')
     })
 
-    test('machine destroyed mid-command: the next call says FLY_NOT_FOUND, as getById (null) does', {
-      todo: 'lib/transport/ssh.js whyUnreachable: a machine in state destroyed/destroying is reported as FLY_MACHINE_NOT_RUNNING until fly-local purges it'
-    }, async () => {
+    test('machine destroyed mid-command: the next call says FLY_NOT_FOUND, as getById (null) does', async () => {
       const s = await p.sandbox.create()
       try {
         await destroyedUnder(s)

@@ -154,3 +154,18 @@ test('exec transport: readdir takes any path as a path, even "-delete"', async (
   assert.deepEqual((await efs.readdir('(')).map((e) => e.name), ['kept'])
   assert.equal(await efs.exists('/-delete/keep'), true, 'nothing was deleted')
 })
+
+test('maxFileBytes and maxEntries bound what a sandbox can make readFile and readdir return', async () => {
+  const appName = sb.sandboxId.split(':')[0]
+  const small = await provider(srv, { appName, maxFileBytes: 10, maxEntries: 3 }).sandbox.getById(sb.sandboxId)
+  await sb.runCommand('mkdir -p /tmp/lim && printf 0123456789 > /tmp/lim/ten && printf 01234567890 > /tmp/lim/eleven && touch /tmp/lim/a')
+  assert.equal(await small.filesystem.readFile('/tmp/lim/ten'), '0123456789')
+  const big = await rejects(small.filesystem.readFile('/tmp/lim/eleven'))
+  assert.equal(big.code, 'ERR_FILE_TOO_LARGE')
+  assert.equal((await small.filesystem.readdir('/tmp/lim')).length, 3)
+  await sb.runCommand('touch /tmp/lim/b')
+  const many = await rejects(small.filesystem.readdir('/tmp/lim'))
+  assert.equal(many.code, 'ERR_TOO_MANY_ENTRIES')
+  await small.filesystem.remove('/tmp/lim/b')
+  assert.equal((await small.filesystem.readdir('/tmp/lim')).length, 3)
+})

@@ -89,9 +89,10 @@ test('guest size and sandbox sizing options reach the machine', async () => {
 test('getUrl gives a reachable URL on fly-local', async () => {
   const p = provider(srv)
   const sb = await p.sandbox.create()
-  const info = await sb.getInfo()
-  assert.equal(await sb.getUrl({ port: 3000 }), `http://${info.metadata.privateIp}:3000`)
-  assert.equal(await sb.getUrl({ port: 8080, protocol: 'ws' }), `ws://${info.metadata.privateIp}:8080`)
+  const ip = (await sb.getInfo()).metadata.privateIp
+  const host = ip.includes(':') ? `[${ip}]` : ip // an IPv6 private address is bracketed in a URL
+  assert.equal(await sb.getUrl({ port: 3000 }), `http://${host}:3000`)
+  assert.equal(await sb.getUrl({ port: 8080, protocol: 'ws' }), `ws://${host}:8080`)
   // A server started in the sandbox answers at that URL once it says so.
   let ready
   const serving = new Promise((resolve) => { ready = resolve })
@@ -144,7 +145,8 @@ test('environment variables are the config fallbacks', async () => {
 
 test('invalid config and options are typed errors', async () => {
   for (const bad of [{ apiToken: 5 }, { apiHostname: 'ftp://x' }, { appName: 'Bad Name' }, { cpus: 0 },
-    { memoryMb: 'lots' }, { transport: 'carrier-pigeon' }, { retry: { baseMs: -1 } }]) {
+    { memoryMb: 'lots' }, { transport: 'carrier-pigeon' }, { retry: { baseMs: -1 } }, { maxFileBytes: 0 },
+    { maxEntries: 1.5 }, { opTimeoutMs: 'soon' }, { keepaliveSec: 0 }]) {
     assert.throws(() => fly(bad), (e) => e.code === 'ERR_INVALID_ARG', JSON.stringify(bad))
   }
   const p = provider(srv)

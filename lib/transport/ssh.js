@@ -9,7 +9,7 @@ const crypto = require('crypto')
 const native = require('../native')
 const { flyError } = require('../errors')
 const { clientKey } = require('../keys')
-const { HOST_FP, FILES_DIR } = require('../machine')
+const { HOST_FP, FILES_DIR, isGone } = require('../machine')
 
 // Runs as the machine's root through the exec endpoint: $1 is FILES_DIR
 // (under /etc, which only root can change), $2 the public key.  A key file
@@ -43,7 +43,9 @@ function target (sb) {
     host,
     port: config.sshPort,
     user: config.sshUser,
-    connectTimeoutMs: config.connectTimeoutMs
+    connectTimeoutMs: config.connectTimeoutMs,
+    opTimeoutMs: config.opTimeoutMs,
+    keepaliveSec: config.keepaliveSec
   }
   if (config.sshPassword) t.password = config.sshPassword
   else t.privateKey = clientKey(sb._ctx).privateKey
@@ -115,7 +117,8 @@ async function whyUnreachable (sb, err) {
     if (e.code === 'FLY_NOT_FOUND') return flyError('FLY_NOT_FOUND', `sandbox ${sb.sandboxId} no longer exists`)
     return err
   }
-  if (m && m.state !== 'started') {
+  if (isGone(m)) return flyError('FLY_NOT_FOUND', `sandbox ${sb.sandboxId} no longer exists (${m ? m.state : 'gone'})`)
+  if (m.state !== 'started') {
     return flyError('FLY_MACHINE_NOT_RUNNING', `sandbox ${sb.sandboxId} is ${m.state}, not running: ${err.message}`,
       { state: m.state })
   }
@@ -141,12 +144,15 @@ function sftp (sb, op, path, extra) {
   return withSession(sb, (session) => native.sftp({ session, op, path, ...extra }))
 }
 
+// The limits on what a sandbox can make the provider hold (enforced in C).
+const limits = (sb) => ({ maxEntries: sb._ctx.config.maxEntries })
+
 const files = {
-  read: (sb, path) => sftp(sb, 'read', path),
+  read: (sb, path) => sftp(sb, 'read', path, { maxFileBytes: sb._ctx.config.maxFileBytes }),
   write: (sb, path, data) => sftp(sb, 'write', path, { data }).then(() => {}),
   mkdir: (sb, path) => sftp(sb, 'mkdir', path, { recursive: true }).then(() => {}),
   async readdir (sb, path) {
-    const entries = await sftp(sb, 'readdir', path)
+    const entries = await sftp(sb, 'readdir', path, limits(sb))
     return entries.map((e) => ({
       name: e.name,
       type: e.type === 'directory' ? 'directory' : 'file',
@@ -155,7 +161,7 @@ const files = {
     }))
   },
   exists: async (sb, path) => (await sftp(sb, 'stat', path)) !== null,
-  remove: (sb, path) => sftp(sb, 'remove', path, { recursive: true }).then(() => {})
+  remove: (sb, path) => sftp(sb, 'remove', path, { recursive: true, ...limits(sb) }).then(() => {})
 }
 
 // Closes this provider's session to a sandbox (destroy).
