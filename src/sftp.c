@@ -28,6 +28,7 @@ enum {
   P_MK_NEXT,
   P_MK_MKDIR,
   P_MK_STAT,
+  P_RM_LSTAT,
   P_RM_OPENDIR,
   P_RM_READDIR,
   P_RM_CLOSEDIR,
@@ -58,6 +59,7 @@ typedef struct fly_sftp_frame_s {
   char **names;
   unsigned char *isdir;
   size_t n, cap, idx;
+  int more;                    /* the listing stopped at maxEntries */
 } fly_sftp_frame_t;
 
 typedef struct fly_sftp_s {
@@ -76,7 +78,7 @@ typedef struct fly_sftp_s {
   int has_length;              /* read: length given (no size error) */
   int append;                  /* write: at the end of the file */
   uint64_t max_bytes;          /* read: maxFileBytes */
-  uint64_t max_entries;        /* readdir/remove: maxEntries per directory */
+  uint64_t max_entries;        /* readdir: maxEntries; remove: per listing */
   /* I/O thread. */
   int phase;
   LIBSSH2_SFTP_HANDLE *h;
@@ -85,6 +87,7 @@ typedef struct fly_sftp_s {
   size_t pos;                  /* mkdir: end of the current prefix */
   int cur_last;                /* mkdir: cur is the whole path */
   unsigned long saved_fx;
+  int retried;                 /* remove: cur's unlink failed once */
   fly_sftp_frame_t *stack;
   size_t depth, stack_cap;
   /* Results. */
@@ -637,10 +640,30 @@ static char *path_join(const char *dir, const char *name) {
   return p;
 }
 
+/* The top frame's listing is done but its directory may hold more: drop
+ * the frame and look at the path again (P_RM_LSTAT) for the next pass, so a
+ * directory swapped for a symlink meanwhile is unlinked, never followed. */
+static void rm_again(fly_sftp_t *x, fly_sftp_frame_t *top) {
+  free(x->cur);
+  x->cur = top->path;
+  top->path = NULL;
+  frame_free(top);
+  x->depth--;
+  x->phase = P_RM_LSTAT;
+}
+
+/* Recursive remove walks a stack of directories.  Each listing holds at
+ * most maxEntries names: when a directory has more, what was listed is
+ * deleted and the directory is listed again, until a pass lists it whole
+ * and rmdir succeeds.  A directory that grows as fast as we delete keeps
+ * the walk going until the op's deadline.  Every directory is lstat'ed
+ * just before it is opened (SFTP opendir follows symlinks), and an entry
+ * that changed type since its listing is looked at again, not trusted. */
 static int run_remove(fly_ssh_sess_t *s, fly_sftp_t *x) {
   LIBSSH2_SFTP_ATTRIBUTES a;
   fly_sftp_frame_t *top;
   char name[4096];
+  unsigned long fx;
   int rc;
 
   for (;;) {
@@ -666,6 +689,29 @@ static int run_remove(fly_ssh_sess_t *s, fly_sftp_t *x) {
         x->phase = P_RM_OPENDIR;
       }
       break;
+    case P_RM_LSTAT:
+      /* x->cur: listed as a directory, its unlink failed, or it is a
+       * directory to list again. */
+      rc = sftp_stat(s, x->cur, 1, &a);
+      if (rc == LIBSSH2_ERROR_EAGAIN)
+        return AGAIN(s);
+      if (rc != 0 && !is_missing(s, rc))
+        return fail_rc(s, x, rc, x->cur);
+      s->progress = 1;
+      if (rc != 0) {
+        x->phase = P_RM_NEXT; /* gone already */
+      } else if (attrs_type(&a) == T_DIR) {
+        if (frame_push(x, x->cur) != 0)
+          return fail_code(x, "ERR_NO_MEMORY", x->cur, "out of memory");
+        x->phase = P_RM_OPENDIR;
+      } else if (x->retried) {
+        const char *text, *code = fx_code(x->saved_fx, &text);
+        x->op.req.err.lib_code = (long)x->saved_fx;
+        return fail_code(x, code, x->cur, text);
+      } else {
+        x->phase = P_RM_UNLINK;
+      }
+      break;
     case P_RM_OPENDIR:
       x->h = libssh2_sftp_open_ex(s->sftp, top->path,
                                   (unsigned)strlen(top->path), 0, 0,
@@ -674,7 +720,12 @@ static int run_remove(fly_ssh_sess_t *s, fly_sftp_t *x) {
         rc = libssh2_session_last_errno(s->ls);
         if (rc == LIBSSH2_ERROR_EAGAIN)
           return AGAIN(s);
-        return fail_rc(s, x, rc, top->path);
+        if (!is_missing(s, rc))
+          return fail_rc(s, x, rc, top->path);
+        /* Gone or swapped for a dangling link since its lstat. */
+        s->progress = 1;
+        rm_again(x, top);
+        break;
       }
       s->progress = 1;
       x->phase = P_RM_READDIR;
@@ -698,8 +749,14 @@ static int run_remove(fly_ssh_sess_t *s, fly_sftp_t *x) {
       if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
         break;
       if (top->n >= x->max_entries) {
-        x->phase = P_CLOSE;
-        return fail_open(s, x, too_many(x, top->path));
+        /* maxEntries 0 could never make progress. */
+        if (top->n == 0) {
+          x->phase = P_CLOSE;
+          return fail_open(s, x, too_many(x, top->path));
+        }
+        top->more = 1;
+        x->phase = P_RM_CLOSEDIR;
+        break;
       }
       if (frame_add(top, name, attrs_type(&a) == T_DIR) != 0) {
         x->phase = P_CLOSE;
@@ -719,20 +776,18 @@ static int run_remove(fly_ssh_sess_t *s, fly_sftp_t *x) {
     case P_RM_NEXT:
       if (top == NULL)
         return FLY_SSH_DONE;
-      free(x->cur);
+      x->retried = 0;
       if (top->idx < top->n) {
         size_t i = top->idx++;
+        free(x->cur);
         x->cur = path_join(top->path, top->names[i]);
         if (x->cur == NULL)
           return fail_code(x, "ERR_NO_MEMORY", top->path, "out of memory");
-        if (top->isdir[i]) {
-          if (frame_push(x, x->cur) != 0)
-            return fail_code(x, "ERR_NO_MEMORY", x->cur, "out of memory");
-          x->phase = P_RM_OPENDIR;
-        } else {
-          x->phase = P_RM_UNLINK;
-        }
+        x->phase = top->isdir[i] ? P_RM_LSTAT : P_RM_UNLINK;
+      } else if (top->more) {
+        rm_again(x, top);
       } else {
+        free(x->cur);
         x->cur = strdup(top->path);
         if (x->cur == NULL)
           return fail_code(x, "ERR_NO_MEMORY", top->path, "out of memory");
@@ -743,7 +798,16 @@ static int run_remove(fly_ssh_sess_t *s, fly_sftp_t *x) {
       rc = libssh2_sftp_unlink_ex(s->sftp, x->cur, (unsigned)strlen(x->cur));
       if (rc == LIBSSH2_ERROR_EAGAIN)
         return AGAIN(s);
-      if (rc != 0)
+      fx = last_fx(s, rc);
+      if (rc != 0 && x->recursive && !x->retried &&
+          (fx == LIBSSH2_FX_FAILURE || fx == 24 /* IS_A_DIRECTORY */)) {
+        /* Perhaps a directory now: look again, once. */
+        x->retried = 1;
+        x->saved_fx = fx;
+        x->phase = P_RM_LSTAT;
+        break;
+      }
+      if (rc != 0 && !(x->recursive && is_missing(s, rc)))
         return fail_rc(s, x, rc, x->cur);
       s->progress = 1;
       if (top == NULL)
@@ -754,9 +818,19 @@ static int run_remove(fly_ssh_sess_t *s, fly_sftp_t *x) {
       rc = libssh2_sftp_rmdir_ex(s->sftp, x->cur, (unsigned)strlen(x->cur));
       if (rc == LIBSSH2_ERROR_EAGAIN)
         return AGAIN(s);
+      fx = last_fx(s, rc);
+      if (rc != 0 && top != NULL &&
+          (is_missing(s, rc) || (fx == LIBSSH2_FX_FAILURE && top->n > 0))) {
+        /* Not empty after we deleted what we listed: it grew, list it
+         * again.  Missing (OpenSSH says so for ENOTDIR too): see what is
+         * there now. */
+        s->progress = 1;
+        rm_again(x, top);
+        break;
+      }
       if (rc != 0) {
         /* OpenSSH reports ENOTEMPTY as a plain FAILURE. */
-        if (!x->recursive && last_fx(s, rc) == LIBSSH2_FX_FAILURE)
+        if (!x->recursive && fx == LIBSSH2_FX_FAILURE)
           return fail_code(x, "SFTP_DIR_NOT_EMPTY", x->cur,
                            "directory not empty");
         return fail_rc(s, x, rc, x->cur);

@@ -131,6 +131,39 @@ test('remove: files, trees, errors', async () => {
       /remove/.test(e.message))
 })
 
+test('remove: a tree wider than maxEntries is removed whole, symlinks unlinked, not followed', async () => {
+  const tree = path.join(root, 'wide')
+  const outside = path.join(root, 'outside')
+  fs.mkdirSync(path.join(outside, 'keep'), { recursive: true })
+  fs.writeFileSync(path.join(outside, 'keep/file'), 'k')
+  fs.mkdirSync(tree)
+  for (let i = 0; i < 500; i++) fs.writeFileSync(path.join(tree, `f${i}`), 'x')
+  for (let d = 0; d < 3; d++) {
+    const sub = path.join(tree, `d${d}`, 'inner')
+    fs.mkdirSync(sub, { recursive: true })
+    for (let i = 0; i < 120; i++) fs.writeFileSync(path.join(sub, `g${i}`), 'y')
+  }
+  fs.symlinkSync(outside, path.join(tree, 'to-outside'))
+  fs.symlinkSync(outside, path.join(tree, 'd1', 'inner', 'to-outside'))
+
+  // The bound still holds for a listing...
+  await assert.rejects(sftp('readdir', tree, { maxEntries: 50 }),
+    (e) => e.code === 'ERR_TOO_MANY_ENTRIES' && e.path === tree)
+  // ...and remove deletes in listings of at most that many.
+  await sftp('remove', tree, { recursive: true, maxEntries: 50 })
+  assert.ok(!fs.existsSync(tree))
+  assert.strictEqual(fs.readFileSync(path.join(outside, 'keep/file'), 'utf8'), 'k',
+    'the symlinks were unlinked, not followed')
+
+  // maxEntries 0 can list nothing: an error, not an endless loop.
+  fs.mkdirSync(path.join(tree, 'sub'), { recursive: true })
+  await assert.rejects(sftp('remove', tree, { recursive: true, maxEntries: 0 }),
+    (e) => e.code === 'ERR_TOO_MANY_ENTRIES' && e.path === tree)
+  assert.ok(fs.existsSync(path.join(tree, 'sub')))
+  await sftp('remove', tree, { recursive: true })
+  assert.ok(!fs.existsSync(tree))
+})
+
 test('missing paths and a file where a directory is expected', async () => {
   const missing = path.join(root, 'no/such/file')
   await assert.rejects(sftp('read', missing), (e) => e.code === 'SFTP_NO_SUCH_FILE' && e.path === missing)
