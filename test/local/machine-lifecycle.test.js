@@ -242,7 +242,7 @@ test('after stop() no process, mount, directory, cgroup or listener remains', as
   }
 })
 
-test('machines die with an fly-local process that is killed', async () => {
+test('machines die with a fly-local process that is killed', async (t) => {
   const child = spawn(process.execPath, ['-e', `
     const { start } = require(${JSON.stringify(require.resolve('../../lib/local'))});
     (async () => {
@@ -254,6 +254,9 @@ test('machines die with an fly-local process that is killed', async () => {
       console.log(JSON.stringify(srv.machines()[0]));
     })();
   `], { stdio: ['ignore', 'pipe', 'inherit'] })
+  const exited = new Promise((resolve) => child.on('exit', resolve))
+  // Whatever fails below, the emulator child must not outlive the test.
+  t.after(() => { child.kill('SIGKILL'); return exited })
   const line = await new Promise((resolve) => {
     let buf = ''
     child.stdout.on('data', (d) => {
@@ -265,8 +268,10 @@ test('machines die with an fly-local process that is killed', async () => {
   const pin = pinNs(m.pid)
   try {
     const ns = fs.readlinkSync(`/proc/${m.pid}/ns/pid`)
+    // started means the main process runs; once sshd answers, the init,
+    // the entrypoint and sshd are all in the namespace
+    await waitSshBanner(m.private_ip, 2222, 30000)
     assert.ok(nsMembers(ns).length >= 2)
-    const exited = new Promise((resolve) => child.on('exit', resolve))
     child.kill('SIGKILL')
     await exited
     await pidGone(m.pid)
