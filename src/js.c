@@ -28,6 +28,29 @@ static int get_prop(napi_env env, napi_value obj, const char *name,
   return 0;
 }
 
+/* A JS string's UTF-8 bytes in a malloc'd, NUL-terminated copy (*len
+ * excludes the NUL).  On failure an exception is pending. */
+static int copy_utf8(napi_env env, napi_value v, char **out, size_t *len) {
+  char *s;
+
+  if (napi_get_value_string_utf8(env, v, NULL, 0, len) != napi_ok) {
+    fly_napi_throw_last(env);
+    return -1;
+  }
+  s = malloc(*len + 1);
+  if (s == NULL) {
+    fly_throw_nomem(env);
+    return -1;
+  }
+  if (napi_get_value_string_utf8(env, v, s, *len + 1, len) != napi_ok) {
+    free(s);
+    fly_napi_throw_last(env);
+    return -1;
+  }
+  *out = s;
+  return 0;
+}
+
 int fly_js_str(napi_env env, napi_value v, const char *what, char **out) {
   size_t len = 0;
   char *s;
@@ -38,20 +61,8 @@ int fly_js_str(napi_env env, napi_value v, const char *what, char **out) {
     fly_throw_invalid(env, "%s must be a string", what);
     return -1;
   }
-  if (napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok) {
-    fly_napi_throw_last(env);
+  if (copy_utf8(env, v, &s, &len) != 0)
     return -1;
-  }
-  s = malloc(len + 1);
-  if (s == NULL) {
-    fly_throw_nomem(env);
-    return -1;
-  }
-  if (napi_get_value_string_utf8(env, v, s, len + 1, &len) != napi_ok) {
-    free(s);
-    fly_napi_throw_last(env);
-    return -1;
-  }
   if (strlen(s) != len) {
     free(s);
     fly_throw_invalid(env, "%s must not contain NUL bytes", what);
@@ -130,20 +141,8 @@ int fly_js_prop_bytes(napi_env env, napi_value obj, const char *name,
     return 0;
   if (t == napi_string) {
     size_t len = 0;
-    if (napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok) {
-      fly_napi_throw_last(env);
+    if (copy_utf8(env, v, &s, &len) != 0)
       return -1;
-    }
-    s = malloc(len + 1);
-    if (s == NULL) {
-      fly_throw_nomem(env);
-      return -1;
-    }
-    if (napi_get_value_string_utf8(env, v, s, len + 1, &len) != napi_ok) {
-      free(s);
-      fly_napi_throw_last(env);
-      return -1;
-    }
     if (out->len > 0) {
       /* Appended to what out holds (a command's script prefix). */
       int rc = fly_buf_append(out, s, len);

@@ -1,4 +1,4 @@
-'use strict';
+'use strict'
 // The OCI runtime spec of a fly-local machine, and the process specs of
 // commands run in it (crun/runc run, exec --process).
 //
@@ -18,10 +18,10 @@
 //   keyrings, bpf, perf, modules, clock) fail with EPERM;
 // - nosuid on every mount a user can write, a read-only /sys, masked /proc
 //   paths as runc's default spec has them.
-const { ID_BASE, ID_COUNT } = require('./image');
+const { ID_BASE, ID_COUNT } = require('./image')
 
 const ROOT_CAPS = ['CAP_CHOWN', 'CAP_DAC_OVERRIDE', 'CAP_FOWNER', 'CAP_FSETID', 'CAP_KILL',
-  'CAP_SETGID', 'CAP_SETUID', 'CAP_NET_BIND_SERVICE', 'CAP_SYS_CHROOT', 'CAP_AUDIT_WRITE'];
+  'CAP_SETGID', 'CAP_SETUID', 'CAP_NET_BIND_SERVICE', 'CAP_SYS_CHROOT', 'CAP_AUDIT_WRITE']
 
 const DENIED = ['add_key', 'bpf', 'clock_adjtime', 'clock_settime', 'delete_module', 'finit_module',
   'fsconfig', 'fsmount', 'fsopen', 'fspick', 'init_module', 'ioperm', 'iopl', 'kexec_file_load',
@@ -29,12 +29,12 @@ const DENIED = ['add_key', 'bpf', 'clock_adjtime', 'clock_settime', 'delete_modu
   'nfsservctl', 'open_by_handle_at', 'open_tree', 'perf_event_open', 'pivot_root', 'quotactl',
   'quotactl_fd', 'reboot', 'request_key', 'setns', 'settimeofday', 'adjtimex', 'swapoff', 'swapon',
   'syslog', 'umount', 'umount2', 'unshare', 'uselib', 'userfaultfd', 'vm86', 'vm86old', 'acct',
-  'io_uring_setup', 'io_uring_enter', 'io_uring_register'];
+  'io_uring_setup', 'io_uring_enter', 'io_uring_register']
 
 /* CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET, NEWTIME */
-const NS_FLAGS = [0x20000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000, 0x80];
+const NS_FLAGS = [0x20000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000, 0x80]
 
-function seccomp() {
+function seccomp () {
   return {
     defaultAction: 'SCMP_ACT_ALLOW',
     architectures: ['SCMP_ARCH_X86_64', 'SCMP_ARCH_X86', 'SCMP_ARCH_X32', 'SCMP_ARCH_AARCH64', 'SCMP_ARCH_ARM'],
@@ -43,18 +43,22 @@ function seccomp() {
       /* clone3's flags sit in memory seccomp cannot read: ENOSYS makes libc
          fall back to clone(2), whose namespace flags are checked */
       { names: ['clone3'], action: 'SCMP_ACT_ERRNO', errnoRet: 38 },
-      ...NS_FLAGS.map((f) => ({ names: ['clone'], action: 'SCMP_ACT_ERRNO', errnoRet: 1,
-        args: [{ index: 0, value: f, valueTwo: f, op: 'SCMP_CMP_MASKED_EQ' }] })),
-    ],
-  };
+      ...NS_FLAGS.map((f) => ({
+        names: ['clone'],
+        action: 'SCMP_ACT_ERRNO',
+        errnoRet: 1,
+        args: [{ index: 0, value: f, valueTwo: f, op: 'SCMP_CMP_MASKED_EQ' }]
+      }))
+    ]
+  }
 }
 
-function capSet(caps) {
-  return { bounding: caps, effective: caps, permitted: caps, inheritable: [], ambient: [] };
+function capSet (caps) {
+  return { bounding: caps, effective: caps, permitted: caps, inheritable: [], ambient: [] }
 }
 
 /* The process spec of a command run in a machine as root with env. */
-function processSpec(argv, env, cwd) {
+function processSpec (argv, env, cwd) {
   return {
     terminal: false,
     user: { uid: 0, gid: 0 },
@@ -62,20 +66,20 @@ function processSpec(argv, env, cwd) {
     env: Object.entries(env || {}).map(([k, v]) => `${k}=${v}`),
     cwd: cwd || '/',
     capabilities: capSet(ROOT_CAPS),
-    noNewPrivileges: true,
-  };
+    noNewPrivileges: true
+  }
 }
 
 /* The machine's config.json: opts.argv runs under tini (PID 1, which reaps
    orphans and dies with runc: -p SIGKILL); limits from opts.limits. */
-function runtimeSpec(opts) {
-  const { limits } = opts;
-  const skip = limits.skip || [];
-  const resources = { devices: [{ allow: false, access: 'rwm' }] };
-  if (!skip.includes('memory')) resources.memory = { limit: limits.memoryBytes, ...(limits.swap ? { swap: limits.memoryBytes } : {}) };
-  if (!skip.includes('cpu')) resources.cpu = { quota: Math.round(limits.cpus * 100000), period: 100000 };
-  if (!skip.includes('pids')) resources.pids = { limit: limits.pids };
-  const nosuid = ['nosuid', 'nodev'];
+function runtimeSpec (opts) {
+  const { limits } = opts
+  const skip = limits.skip || []
+  const resources = { devices: [{ allow: false, access: 'rwm' }] }
+  if (!skip.includes('memory')) resources.memory = { limit: limits.memoryBytes, ...(limits.swap ? { swap: limits.memoryBytes } : {}) }
+  if (!skip.includes('cpu')) resources.cpu = { quota: Math.round(limits.cpus * 100000), period: 100000 }
+  if (!skip.includes('pids')) resources.pids = { limit: limits.pids }
+  const nosuid = ['nosuid', 'nodev']
   return {
     ociVersion: '1.0.2',
     process: processSpec(['/usr/bin/tini', '-p', 'SIGKILL', '--', ...opts.argv], opts.env, '/'),
@@ -91,23 +95,23 @@ function runtimeSpec(opts) {
       /* a fresh sysfs needs a netns owned by the container's userns */
       { destination: '/sys', type: 'bind', source: '/sys', options: ['rbind', 'ro', ...nosuid, 'noexec'] },
       { destination: '/tmp', type: 'tmpfs', source: 'tmpfs', options: [...nosuid, 'mode=1777'] },
-      { destination: '/run', type: 'tmpfs', source: 'tmpfs', options: [...nosuid, 'mode=755'] },
+      { destination: '/run', type: 'tmpfs', source: 'tmpfs', options: [...nosuid, 'mode=755'] }
     ],
     linux: {
       uidMappings: [{ containerID: 0, hostID: ID_BASE, size: ID_COUNT }],
       gidMappings: [{ containerID: 0, hostID: ID_BASE, size: ID_COUNT }],
       namespaces: [
         { type: 'pid' }, { type: 'ipc' }, { type: 'uts' }, { type: 'mount' }, { type: 'user' },
-        { type: 'cgroup' }, { type: 'network' },
+        { type: 'cgroup' }, { type: 'network' }
       ],
       cgroupsPath: opts.cgroupsPath,
       resources,
       seccomp: seccomp(),
       maskedPaths: ['/proc/acpi', '/proc/asound', '/proc/kcore', '/proc/keys', '/proc/latency_stats',
         '/proc/timer_list', '/proc/timer_stats', '/proc/sched_debug', '/proc/scsi', '/sys/firmware'],
-      readonlyPaths: ['/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys', '/proc/sysrq-trigger'],
-    },
-  };
+      readonlyPaths: ['/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys', '/proc/sysrq-trigger']
+    }
+  }
 }
 
-module.exports = { runtimeSpec, processSpec };
+module.exports = { runtimeSpec, processSpec }

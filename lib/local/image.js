@@ -1,4 +1,4 @@
-'use strict';
+'use strict'
 // fly-local's image store: the sandbox image's root filesystem, built from
 // docker/ and cached under /var/lib/fly-local/images.
 //
@@ -13,264 +13,269 @@
 // host uid ID_BASE, so the image's root-owned files are root's inside.
 //
 // Run as `node lib/local/image.js build` (docker/setup-host.sh does).
-const { spawnSync, spawn } = require('child_process');
-const crypto = require('crypto');
-const fs = require('fs');
-const path = require('path');
+const { spawnSync, spawn } = require('child_process')
+const crypto = require('crypto')
+const fs = require('fs')
+const path = require('path')
 
-const DOCKER_DIR = path.resolve(__dirname, '../../docker');
-const IMAGES_DIR = process.env.FLY_LOCAL_IMAGES_DIR || '/var/lib/fly-local/images';
-const CA_DIR = '/usr/local/share/ca-certificates';
+const DOCKER_DIR = path.resolve(__dirname, '../../docker')
+const IMAGES_DIR = process.env.FLY_LOCAL_IMAGES_DIR || '/var/lib/fly-local/images'
+const CA_DIR = '/usr/local/share/ca-certificates'
 /* One id range for every machine's user namespace: container id N is host
    id ID_BASE + N (ARCHITECTURE.md says why one range, not one per machine). */
-const ID_BASE = 0x70000000;
-const ID_COUNT = 65536;
-const DEFAULT_IMAGE = 'computesdk-fly-sandbox';
-const BUILDER_VERSION = '1';
-const NODE_SPEC = ['node@20', 'npm@10'];
+const ID_BASE = 0x70000000
+const ID_COUNT = 65536
+const DEFAULT_IMAGE = 'computesdk-fly-sandbox'
+const BUILDER_VERSION = '1'
+const NODE_SPEC = ['node@20', 'npm@10']
 
-function hashFiles(files, extra) {
-  const h = crypto.createHash('sha256').update(extra);
+function hashFiles (files, extra) {
+  const h = crypto.createHash('sha256').update(extra)
   for (const f of files) {
-    h.update(`\0${path.basename(f)}\0`);
-    h.update(fs.readFileSync(f));
+    h.update(`\0${path.basename(f)}\0`)
+    h.update(fs.readFileSync(f))
   }
-  return h.digest('hex').slice(0, 16);
+  return h.digest('hex').slice(0, 16)
 }
 
-function hostCAs() {
+function hostCAs () {
   try {
-    return fs.readdirSync(CA_DIR).filter((n) => n.endsWith('.crt')).sort().map((n) => path.join(CA_DIR, n));
+    return fs.readdirSync(CA_DIR).filter((n) => n.endsWith('.crt')).sort().map((n) => path.join(CA_DIR, n))
   } catch (_) {
-    return [];
+    return []
   }
 }
 
 /* Hashed once per process: a running fly-local keeps the image it found. */
-let baseHashCache = null;
-function baseHash() {
-  if (!baseHashCache) baseHashCache = computeBaseHash();
-  return baseHashCache;
+let baseHashCache = null
+function baseHash () {
+  if (!baseHashCache) baseHashCache = computeBaseHash()
+  return baseHashCache
 }
 
-function computeBaseHash() {
+function computeBaseHash () {
   return hashFiles([path.join(DOCKER_DIR, 'provision.sh'), ...hostCAs()],
-    `base ${BUILDER_VERSION} ${NODE_SPEC.join(' ')} ${process.arch}`);
+    `base ${BUILDER_VERSION} ${NODE_SPEC.join(' ')} ${process.arch}`)
 }
 
-const TOP_FILES = [['entrypoint.sh', 0o755], ['sshd_config', 0o644]];
+const TOP_FILES = [['entrypoint.sh', 0o755], ['sshd_config', 0o644]]
 
-let topHashCache = null;
-function topHash() {
-  if (!topHashCache) topHashCache = hashFiles(TOP_FILES.map(([n]) => path.join(DOCKER_DIR, n)), `top ${BUILDER_VERSION}`);
-  return topHashCache;
+let topHashCache = null
+function topHash () {
+  if (!topHashCache) topHashCache = hashFiles(TOP_FILES.map(([n]) => path.join(DOCKER_DIR, n)), `top ${BUILDER_VERSION}`)
+  return topHashCache
 }
 
-function baseDir() { return path.join(IMAGES_DIR, `base-${baseHash()}`); }
-function topDir() { return path.join(IMAGES_DIR, `top-${topHash()}`); }
+function baseDir () { return path.join(IMAGES_DIR, `base-${baseHash()}`) }
+function topDir () { return path.join(IMAGES_DIR, `top-${topHash()}`) }
 
 /* Image references name built images; the default image is also what any
    app's own image reference runs (fly-local cannot pull registries). With
    FLY_LOCAL_STRICT_IMAGES=1 only the built names resolve. */
-function imageNameOf(ref) {
-  let s = String(ref || '');
-  const at = s.indexOf('@');
-  if (at >= 0) s = s.slice(0, at);
-  const slash = s.lastIndexOf('/');
-  const colon = s.lastIndexOf(':');
-  if (colon > slash) s = s.slice(0, colon);
-  return s.slice(slash + 1);
+function imageNameOf (ref) {
+  let s = String(ref || '')
+  const at = s.indexOf('@')
+  if (at >= 0) s = s.slice(0, at)
+  const slash = s.lastIndexOf('/')
+  const colon = s.lastIndexOf(':')
+  if (colon > slash) s = s.slice(0, colon)
+  return s.slice(slash + 1)
 }
 
 class ImageError extends Error {
-  constructor(msg) {
-    super(msg);
-    this.code = 'FLY_LOCAL_IMAGE';
+  constructor (msg) {
+    super(msg)
+    this.code = 'FLY_LOCAL_IMAGE'
   }
 }
 
 /* The read-only layers of an image, upper first, for overlayfs' lowerdir;
    throws ImageError when the image is not built. */
-function resolve(ref) {
-  const name = imageNameOf(ref);
+function resolve (ref) {
+  const name = imageNameOf(ref)
   if (name !== DEFAULT_IMAGE && process.env.FLY_LOCAL_STRICT_IMAGES === '1') {
-    throw new ImageError(`image ${JSON.stringify(String(ref))} is not built in fly-local (built: ${DEFAULT_IMAGE})`);
+    throw new ImageError(`image ${JSON.stringify(String(ref))} is not built in fly-local (built: ${DEFAULT_IMAGE})`)
   }
-  const base = path.join(baseDir(), 'rootfs');
+  const base = path.join(baseDir(), 'rootfs')
   if (!fs.existsSync(path.join(baseDir(), 'ready'))) {
-    throw new ImageError(`image ${DEFAULT_IMAGE} is not built for this definition of docker/; run bin/setup (or node lib/local/image.js build)`);
+    throw new ImageError(`image ${DEFAULT_IMAGE} is not built for this definition of docker/; run bin/setup (or node lib/local/image.js build)`)
   }
-  return [ensureTop(), base];
+  return [ensureTop(), base]
 }
 
 /* Shift a tree's ownership into the machines' id range (lchown clears
    setuid bits: put them back). */
-function shiftTree(root) {
-  const stack = [root];
+function shiftTree (root) {
+  const stack = [root]
   while (stack.length) {
-    const p = stack.pop();
-    const st = fs.lstatSync(p);
-    if (st.uid >= ID_BASE) continue;
-    fs.lchownSync(p, st.uid + ID_BASE, st.gid + ID_BASE);
-    if (!st.isSymbolicLink() && (st.mode & 0o6000)) fs.chmodSync(p, st.mode & 0o7777);
-    if (st.isDirectory()) for (const n of fs.readdirSync(p)) stack.push(path.join(p, n));
+    const p = stack.pop()
+    const st = fs.lstatSync(p)
+    if (st.uid >= ID_BASE) continue
+    fs.lchownSync(p, st.uid + ID_BASE, st.gid + ID_BASE)
+    if (!st.isSymbolicLink() && (st.mode & 0o6000)) fs.chmodSync(p, st.mode & 0o7777)
+    if (st.isDirectory()) for (const n of fs.readdirSync(p)) stack.push(path.join(p, n))
   }
 }
 
-function ensureTop() {
-  const dir = topDir();
-  const root = path.join(dir, 'rootfs');
-  if (fs.existsSync(path.join(dir, 'ready'))) return root;
-  const tmp = `${dir}.tmp-${process.pid}-${crypto.randomBytes(3).toString('hex')}`;
-  fs.mkdirSync(path.join(tmp, 'rootfs', 'opt', 'computesdk'), { recursive: true, mode: 0o755 });
+function ensureTop () {
+  const dir = topDir()
+  const root = path.join(dir, 'rootfs')
+  if (fs.existsSync(path.join(dir, 'ready'))) return root
+  const tmp = `${dir}.tmp-${process.pid}-${crypto.randomBytes(3).toString('hex')}`
+  fs.mkdirSync(path.join(tmp, 'rootfs', 'opt', 'computesdk'), { recursive: true, mode: 0o755 })
   for (const [n, mode] of TOP_FILES) {
-    const dst = path.join(tmp, 'rootfs', 'opt', 'computesdk', n);
-    fs.copyFileSync(path.join(DOCKER_DIR, n), dst);
-    fs.chmodSync(dst, mode);
+    const dst = path.join(tmp, 'rootfs', 'opt', 'computesdk', n)
+    fs.copyFileSync(path.join(DOCKER_DIR, n), dst)
+    fs.chmodSync(dst, mode)
   }
-  for (const d of ['rootfs', 'rootfs/opt', 'rootfs/opt/computesdk']) fs.chmodSync(path.join(tmp, d), 0o755);
-  shiftTree(path.join(tmp, 'rootfs'));
-  fs.writeFileSync(path.join(tmp, 'ready'), `${topHash()}\n`);
+  for (const d of ['rootfs', 'rootfs/opt', 'rootfs/opt/computesdk']) fs.chmodSync(path.join(tmp, d), 0o755)
+  shiftTree(path.join(tmp, 'rootfs'))
+  fs.writeFileSync(path.join(tmp, 'ready'), `${topHash()}\n`)
   try {
-    fs.renameSync(tmp, dir);
+    fs.renameSync(tmp, dir)
   } catch (e) {
     /* another instance made it first */
-    fs.rmSync(tmp, { recursive: true, force: true });
-    if (!fs.existsSync(path.join(dir, 'ready'))) throw e;
+    fs.rmSync(tmp, { recursive: true, force: true })
+    if (!fs.existsSync(path.join(dir, 'ready'))) throw e
   }
-  return root;
+  return root
 }
 
 /* The Debian mirror apt uses here (deb822 or one-line sources). */
-function debianMirror() {
-  const files = ['/etc/apt/sources.list'];
+function debianMirror () {
+  const files = ['/etc/apt/sources.list']
   try {
-    for (const n of fs.readdirSync('/etc/apt/sources.list.d')) files.push(path.join('/etc/apt/sources.list.d', n));
+    for (const n of fs.readdirSync('/etc/apt/sources.list.d')) files.push(path.join('/etc/apt/sources.list.d', n))
   } catch (_) { /* none */ }
   for (const f of files) {
-    let s = '';
-    try { s = fs.readFileSync(f, 'utf8'); } catch (_) { continue; }
+    let s = ''
+    try { s = fs.readFileSync(f, 'utf8') } catch (_) { continue }
     for (const line of s.split('\n')) {
-      const m = /^\s*(?:deb\s+(?:\[[^\]]*\]\s+)?|URIs:\s*)(\S+\/debian)\/?\s*/.exec(line);
-      if (m && !/security/.test(m[1])) return m[1];
+      const m = /^\s*(?:deb\s+(?:\[[^\]]*\]\s+)?|URIs:\s*)(\S+\/debian)\/?\s*/.exec(line)
+      if (m && !/security/.test(m[1])) return m[1]
     }
   }
-  return 'http://deb.debian.org/debian';
+  return 'http://deb.debian.org/debian'
 }
 
-function run(cmd, args, opts) {
-  const r = spawnSync(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 64 * 1024 * 1024, ...opts });
+function run (cmd, args, opts) {
+  const r = spawnSync(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 64 * 1024 * 1024, ...opts })
   if (r.status !== 0) {
-    const out = `${r.stdout || ''}${r.stderr || ''}`.split('\n').slice(-15).join('\n');
-    throw new Error(`${cmd} ${args.slice(0, 3).join(' ')} failed (${r.error ? r.error.message : `exit ${r.status}`}):\n${out}`);
+    const out = `${r.stdout || ''}${r.stderr || ''}`.split('\n').slice(-15).join('\n')
+    throw new Error(`${cmd} ${args.slice(0, 3).join(' ')} failed (${r.error ? r.error.message : `exit ${r.status}`}):\n${out}`)
   }
-  return r;
+  return r
 }
 
 /* Runs provision.sh in the new root, in a private mount namespace so the
    /proc and /dev mounts it needs vanish with it; its step lines pass on. */
-function provision(root, say) {
+function provision (root, say) {
   const script = [
     'set -e',
     'mount -t proc proc "$R/proc"',
     'mount --rbind /dev "$R/dev"',
     'cp /etc/resolv.conf "$R/etc/resolv.conf"',
-    'exec chroot "$R" /bin/sh /tmp/computesdk-src/provision.sh',
-  ].join('\n');
-  return new Promise((resolveP, reject) => {
+    'exec chroot "$R" /bin/sh /tmp/computesdk-src/provision.sh'
+  ].join('\n')
+  return new Promise((done, reject) => {
     const child = spawn('unshare', ['--mount', '--propagation', 'private', '--', '/bin/sh', '-c', script], {
-      env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', R: root, SRC: '/tmp/computesdk-src',
-        LOG: '/var/log/computesdk-provision.log', LANG: 'C.UTF-8' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let err = '';
-    child.stdout.setEncoding('utf8');
-    child.stdout.on('data', (d) => { for (const l of d.split('\n')) if (l) say(`  ${l}`); });
-    child.stderr.on('data', (d) => { err = (err + d).slice(-4000); });
+      env: {
+        PATH: '/usr/sbin:/usr/bin:/sbin:/bin',
+        R: root,
+        SRC: '/tmp/computesdk-src',
+        LOG: '/var/log/computesdk-provision.log',
+        LANG: 'C.UTF-8'
+      },
+      stdio: ['ignore', 'pipe', 'pipe']
+    })
+    let err = ''
+    child.stdout.setEncoding('utf8')
+    child.stdout.on('data', (d) => { for (const l of d.split('\n')) if (l) say(`  ${l}`) })
+    child.stderr.on('data', (d) => { err = (err + d).slice(-4000) })
     child.on('close', (code) => {
-      if (code === 0) return resolveP();
-      let log = '';
-      try { log = fs.readFileSync(path.join(root, 'var/log/computesdk-provision.log'), 'utf8').slice(-3000); } catch (_) { /* none */ }
-      reject(new Error(`provision.sh failed (exit ${code}):\n${err}\n${log}`));
-    });
-  });
+      if (code === 0) return done()
+      let log = ''
+      try { log = fs.readFileSync(path.join(root, 'var/log/computesdk-provision.log'), 'utf8').slice(-3000) } catch (_) { /* none */ }
+      reject(new Error(`provision.sh failed (exit ${code}):\n${err}\n${log}`))
+    })
+  })
 }
 
 /* rm -rf, unless something is still mounted below dir (a bind of the
    host's /dev must never be emptied). */
-function removeUnmounted(dir) {
-  const mounts = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4]);
-  if (mounts.some((m) => m && (m === dir || m.startsWith(`${dir}/`)))) return;
-  fs.rmSync(dir, { recursive: true, force: true });
+function removeUnmounted (dir) {
+  const mounts = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4])
+  if (mounts.some((m) => m && (m === dir || m.startsWith(`${dir}/`)))) return
+  fs.rmSync(dir, { recursive: true, force: true })
 }
 
 /* Build the base layer unless this definition is built already. */
-async function build({ say = console.log } = {}) {
-  const dir = baseDir();
-  const t0 = Date.now();
+async function build ({ say = console.log } = {}) {
+  const dir = baseDir()
+  const t0 = Date.now()
   if (fs.existsSync(path.join(dir, 'ready'))) {
-    ensureTop();
-    say(`fly-local image: ${DEFAULT_IMAGE} is up to date (${path.basename(dir)})`);
-    return { built: false, dir, ms: Date.now() - t0 };
+    ensureTop()
+    say(`fly-local image: ${DEFAULT_IMAGE} is up to date (${path.basename(dir)})`)
+    return { built: false, dir, ms: Date.now() - t0 }
   }
-  fs.mkdirSync(IMAGES_DIR, { recursive: true, mode: 0o755 });
-  const tmp = `${dir}.tmp-${process.pid}`;
-  removeUnmounted(tmp);
-  const root = path.join(tmp, 'rootfs');
-  fs.mkdirSync(root, { recursive: true, mode: 0o755 });
+  fs.mkdirSync(IMAGES_DIR, { recursive: true, mode: 0o755 })
+  const tmp = `${dir}.tmp-${process.pid}`
+  removeUnmounted(tmp)
+  const root = path.join(tmp, 'rootfs')
+  fs.mkdirSync(root, { recursive: true, mode: 0o755 })
   try {
-    const mirror = debianMirror();
-    say(`fly-local image: debootstrap bookworm from ${mirror}`);
+    const mirror = debianMirror()
+    say(`fly-local image: debootstrap bookworm from ${mirror}`)
     /* in a private mount namespace: the /proc and /sys debootstrap mounts
        in the new root go with it, even if it fails half way */
-    run('unshare', ['--mount', '--propagation', 'private', '--', 'debootstrap', '--variant=minbase', 'bookworm', root, mirror]);
-    say('fly-local image: Node.js 20 and npm from the npm registry');
-    const stage = path.join(tmp, 'node-stage');
+    run('unshare', ['--mount', '--propagation', 'private', '--', 'debootstrap', '--variant=minbase', 'bookworm', root, mirror])
+    say('fly-local image: Node.js 20 and npm from the npm registry')
+    const stage = path.join(tmp, 'node-stage')
     run('npm', ['install', '--prefix', stage, '--no-audit', '--no-fund', '--loglevel=error', 'node@20'],
-      { env: { ...process.env, npm_config_update_notifier: 'false' } });
-    const nodeBin = fs.realpathSync(path.join(stage, 'node_modules', 'node', 'bin', 'node'));
-    fs.mkdirSync(path.join(root, 'opt/node/bin'), { recursive: true });
-    fs.copyFileSync(nodeBin, path.join(root, 'opt/node/bin/node'));
-    fs.chmodSync(path.join(root, 'opt/node/bin/node'), 0o755);
-    run('npm', ['install', '-g', '--prefix', path.join(root, 'opt/node'), '--no-audit', '--no-fund', '--loglevel=error', NODE_SPEC[1]]);
-    fs.rmSync(stage, { recursive: true, force: true });
-    const src = path.join(root, 'tmp/computesdk-src');
-    fs.mkdirSync(path.join(src, 'ca-certificates'), { recursive: true });
-    fs.copyFileSync(path.join(DOCKER_DIR, 'provision.sh'), path.join(src, 'provision.sh'));
-    for (const ca of hostCAs()) fs.copyFileSync(ca, path.join(src, 'ca-certificates', path.basename(ca)));
-    say('fly-local image: docker/provision.sh');
-    await provision(root, say);
-    fs.rmSync(src, { recursive: true, force: true });
-    fs.writeFileSync(path.join(root, 'etc/resolv.conf'), '');
-    say('fly-local image: shifting ownership to the machines\' id range');
-    shiftTree(root);
-    fs.writeFileSync(path.join(tmp, 'ready'), `${baseHash()}\n`);
-    fs.renameSync(tmp, dir);
+      { env: { ...process.env, npm_config_update_notifier: 'false' } })
+    const nodeBin = fs.realpathSync(path.join(stage, 'node_modules', 'node', 'bin', 'node'))
+    fs.mkdirSync(path.join(root, 'opt/node/bin'), { recursive: true })
+    fs.copyFileSync(nodeBin, path.join(root, 'opt/node/bin/node'))
+    fs.chmodSync(path.join(root, 'opt/node/bin/node'), 0o755)
+    run('npm', ['install', '-g', '--prefix', path.join(root, 'opt/node'), '--no-audit', '--no-fund', '--loglevel=error', NODE_SPEC[1]])
+    fs.rmSync(stage, { recursive: true, force: true })
+    const src = path.join(root, 'tmp/computesdk-src')
+    fs.mkdirSync(path.join(src, 'ca-certificates'), { recursive: true })
+    fs.copyFileSync(path.join(DOCKER_DIR, 'provision.sh'), path.join(src, 'provision.sh'))
+    for (const ca of hostCAs()) fs.copyFileSync(ca, path.join(src, 'ca-certificates', path.basename(ca)))
+    say('fly-local image: docker/provision.sh')
+    await provision(root, say)
+    fs.rmSync(src, { recursive: true, force: true })
+    fs.writeFileSync(path.join(root, 'etc/resolv.conf'), '')
+    say('fly-local image: shifting ownership to the machines\' id range')
+    shiftTree(root)
+    fs.writeFileSync(path.join(tmp, 'ready'), `${baseHash()}\n`)
+    fs.renameSync(tmp, dir)
   } catch (e) {
-    removeUnmounted(tmp);
-    throw e;
+    removeUnmounted(tmp)
+    throw e
   }
-  ensureTop();
+  ensureTop()
   /* older definitions' layers go (a running instance keeps its mounts) */
-  const keep = new Set([dir, topDir()]);
+  const keep = new Set([dir, topDir()])
   for (const n of fs.readdirSync(IMAGES_DIR)) {
-    const p = path.join(IMAGES_DIR, n);
-    if (/^(base|top)-[0-9a-f]+$/.test(n) && !keep.has(p)) fs.rmSync(p, { recursive: true, force: true });
+    const p = path.join(IMAGES_DIR, n)
+    if (/^(base|top)-[0-9a-f]+$/.test(n) && !keep.has(p)) fs.rmSync(p, { recursive: true, force: true })
   }
-  const size = run('du', ['-sm', dir]).stdout.toString().split('\t')[0];
-  say(`fly-local image: built ${DEFAULT_IMAGE} in ${Math.round((Date.now() - t0) / 1000)} s, ${size} MB`);
-  return { built: true, dir, ms: Date.now() - t0 };
+  const size = run('du', ['-sm', dir]).stdout.toString().split('\t')[0]
+  say(`fly-local image: built ${DEFAULT_IMAGE} in ${Math.round((Date.now() - t0) / 1000)} s, ${size} MB`)
+  return { built: true, dir, ms: Date.now() - t0 }
 }
 
-module.exports = { resolve, build, imageNameOf, ImageError, ID_BASE, ID_COUNT, DEFAULT_IMAGE, IMAGES_DIR };
+module.exports = { resolve, build, imageNameOf, ImageError, ID_BASE, ID_COUNT, DEFAULT_IMAGE, IMAGES_DIR }
 
 if (require.main === module) {
   if (process.argv[2] !== 'build') {
-    console.error('usage: node lib/local/image.js build');
-    process.exit(2);
+    console.error('usage: node lib/local/image.js build')
+    process.exit(2)
   }
   build().catch((e) => {
-    console.error(`fly-local image: ${e.message}`);
-    process.exit(1);
-  });
+    console.error(`fly-local image: ${e.message}`)
+    process.exit(1)
+  })
 }

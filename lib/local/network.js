@@ -1,4 +1,4 @@
-'use strict';
+'use strict'
 // fly-local's private network: Fly's 6PN, emulated with one network
 // namespace per machine.
 //
@@ -15,100 +15,100 @@
 //   nat      masquerade of egress.
 // Addresses come from a counter, never from probing: nothing a sandbox does
 // can make a later allocation fail.
-const { execFile, spawnSync } = require('child_process');
-const crypto = require('crypto');
-const fs = require('fs');
-const path = require('path');
+const { execFile, spawnSync } = require('child_process')
+const crypto = require('crypto')
+const fs = require('fs')
+const path = require('path')
 
-const IP = fs.existsSync('/usr/sbin/ip') ? '/usr/sbin/ip' : 'ip';
-const NFT = fs.existsSync('/usr/sbin/nft') ? '/usr/sbin/nft' : 'nft';
+const IP = fs.existsSync('/usr/sbin/ip') ? '/usr/sbin/ip' : 'ip'
+const NFT = fs.existsSync('/usr/sbin/nft') ? '/usr/sbin/nft' : 'nft'
 /* one /30 each in the instance's /18 */
-const MAX_MACHINES = 4000;
-const SYSCTLS = ['/proc/sys/net/ipv4/ip_forward', '/proc/sys/net/ipv6/conf/all/forwarding'];
+const MAX_MACHINES = 4000
+const SYSCTLS = ['/proc/sys/net/ipv4/ip_forward', '/proc/sys/net/ipv6/conf/all/forwarding']
 /* Forwarding instances register here; the last one out restores the values
    found by the first one in. */
-const SHARED_DIR = '/run/fly-local/forwarding';
+const SHARED_DIR = '/run/fly-local/forwarding'
 
-function runTool(cmd, args, input) {
+function runTool (cmd, args, input) {
   return new Promise((resolve, reject) => {
     const child = execFile(cmd, args, { timeout: 20000 }, (e, stdout, stderr) => {
-      if (e) reject(new Error(`${path.basename(cmd)} ${args.join(' ')}: ${String(stderr || e.message).trim()}`));
-      else resolve(stdout);
-    });
-    if (input != null) child.stdin.end(input);
-  });
+      if (e) reject(new Error(`${path.basename(cmd)} ${args.join(' ')}: ${String(stderr || e.message).trim()}`))
+      else resolve(stdout)
+    })
+    if (input != null) child.stdin.end(input)
+  })
 }
 
-function pidAlive(pid) {
-  try { process.kill(pid, 0); return true; } catch (e) { return e.code === 'EPERM'; }
+function pidAlive (pid) {
+  try { process.kill(pid, 0); return true } catch (e) { return e.code === 'EPERM' }
 }
 
-function readQuiet(p) {
-  try { return fs.readFileSync(p, 'utf8').trim(); } catch (_) { return null; }
+function readQuiet (p) {
+  try { return fs.readFileSync(p, 'utf8').trim() } catch (_) { return null }
 }
 
 /* Turn forwarding on while any fly-local instance needs it. */
-function forwardingOn(tag) {
-  fs.mkdirSync(SHARED_DIR, { recursive: true, mode: 0o700 });
-  const orig = path.join(SHARED_DIR, 'orig.json');
-  const live = fs.readdirSync(SHARED_DIR).filter((n) => /^\d+-/.test(n) && pidAlive(Number(n.split('-')[0])));
+function forwardingOn (tag) {
+  fs.mkdirSync(SHARED_DIR, { recursive: true, mode: 0o700 })
+  const orig = path.join(SHARED_DIR, 'orig.json')
+  const live = fs.readdirSync(SHARED_DIR).filter((n) => /^\d+-/.test(n) && pidAlive(Number(n.split('-')[0])))
   if (!live.length || !fs.existsSync(orig)) {
-    const saved = {};
-    for (const s of SYSCTLS) saved[s] = readQuiet(s);
+    const saved = {}
+    for (const s of SYSCTLS) saved[s] = readQuiet(s)
     /* with forwarding on, the kernel ignores router advertisements on
        interfaces with accept_ra=1: keep them accepted (2) */
     for (const n of fs.readdirSync('/proc/sys/net/ipv6/conf')) {
-      const p = `/proc/sys/net/ipv6/conf/${n}/accept_ra`;
-      if (n !== 'all' && n !== 'default' && readQuiet(p) === '1') saved[p] = '1';
+      const p = `/proc/sys/net/ipv6/conf/${n}/accept_ra`
+      if (n !== 'all' && n !== 'default' && readQuiet(p) === '1') saved[p] = '1'
     }
-    fs.writeFileSync(orig, JSON.stringify(saved));
+    fs.writeFileSync(orig, JSON.stringify(saved))
   }
-  fs.writeFileSync(path.join(SHARED_DIR, `${process.pid}-${tag}`), '');
-  const saved = JSON.parse(fs.readFileSync(orig, 'utf8'));
+  fs.writeFileSync(path.join(SHARED_DIR, `${process.pid}-${tag}`), '')
+  const saved = JSON.parse(fs.readFileSync(orig, 'utf8'))
   for (const p of Object.keys(saved)) {
-    try { fs.writeFileSync(p, p.endsWith('accept_ra') ? '2' : '1'); } catch (_) { /* gone interface */ }
+    try { fs.writeFileSync(p, p.endsWith('accept_ra') ? '2' : '1') } catch (_) { /* gone interface */ }
   }
 }
 
-function forwardingOff(tag, pid) {
-  try { fs.rmSync(path.join(SHARED_DIR, `${pid}-${tag}`), { force: true }); } catch (_) { /* none */ }
-  let names = [];
-  try { names = fs.readdirSync(SHARED_DIR); } catch (_) { return; }
-  if (names.some((n) => /^\d+-/.test(n) && pidAlive(Number(n.split('-')[0])))) return;
-  const orig = path.join(SHARED_DIR, 'orig.json');
-  const saved = readQuiet(orig);
-  if (!saved) return;
+function forwardingOff (tag, pid) {
+  try { fs.rmSync(path.join(SHARED_DIR, `${pid}-${tag}`), { force: true }) } catch (_) { /* none */ }
+  let names = []
+  try { names = fs.readdirSync(SHARED_DIR) } catch (_) { return }
+  if (names.some((n) => /^\d+-/.test(n) && pidAlive(Number(n.split('-')[0])))) return
+  const orig = path.join(SHARED_DIR, 'orig.json')
+  const saved = readQuiet(orig)
+  if (!saved) return
   for (const [p, v] of Object.entries(JSON.parse(saved))) {
-    try { if (v != null) fs.writeFileSync(p, v); } catch (_) { /* gone interface */ }
+    try { if (v != null) fs.writeFileSync(p, v) } catch (_) { /* gone interface */ }
   }
-  fs.rmSync(orig, { force: true });
+  fs.rmSync(orig, { force: true })
   /* dead instances' registrations stay: sweepStale removes their tables */
 }
 
 class Network {
   /* Sets up the instance's table and forwarding; tag: 4 hex digits. */
-  static async create({ egress = true } = {}) {
-    const n = new Network();
-    n.tag = crypto.randomBytes(2).toString('hex');
-    const r = crypto.randomBytes(4);
-    n.v6prefix = `fdaa:0:${r.readUInt16BE(0).toString(16)}`;
+  static async create ({ egress = true } = {}) {
+    const n = new Network()
+    n.tag = crypto.randomBytes(2).toString('hex')
+    const r = crypto.randomBytes(4)
+    n.v6prefix = `fdaa:0:${r.readUInt16BE(0).toString(16)}`
     /* 100.64.0.0/10, one /18 per instance (4096 /30s) */
-    const block = r.readUInt16BE(2) % 256;
-    n.v4 = [100, 64 + (block >> 2), (block & 3) << 6];
-    n.egressDefault = egress;
-    n.next = 1;
-    n.networks = new Map();
-    n.byIp = new Map();
-    n.table = `fly_local_${n.tag}`;
-    await runTool(NFT, ['-f', '-'], n.tableRules());
-    forwardingOn(n.tag);
-    return n;
+    const block = r.readUInt16BE(2) % 256
+    n.v4 = [100, 64 + (block >> 2), (block & 3) << 6]
+    n.egressDefault = egress
+    n.next = 1
+    n.networks = new Map()
+    n.byIp = new Map()
+    n.table = `fly_local_${n.tag}`
+    await runTool(NFT, ['-f', '-'], n.tableRules())
+    forwardingOn(n.tag)
+    return n
   }
 
-  ifPrefix() { return `fl${this.tag}`; }
+  ifPrefix () { return `fl${this.tag}` }
 
-  tableRules() {
-    const ifs = `"${this.ifPrefix()}*"`;
+  tableRules () {
+    const ifs = `"${this.ifPrefix()}*"`
     return `table inet ${this.table} {
   set noegress { type ifname; }
   chain input {
@@ -133,37 +133,41 @@ class Network {
     iifname ${ifs} oifname != ${ifs} masquerade
   }
 }
-`;
+`
   }
 
   /* The number of an app network ('' is the org's shared one); a new custom
      network gets its interface set and the rule that lets its members (and
      only them) reach each other. */
-  async networkId(name) {
-    const key = name || '';
-    if (this.networks.has(key)) return this.networks.get(key);
-    const id = this.networks.size;
-    this.networks.set(key, id);
+  async networkId (name) {
+    const key = name || ''
+    if (this.networks.has(key)) return this.networks.get(key)
+    const id = this.networks.size
+    this.networks.set(key, id)
     await runTool(NFT, ['-f', '-'], `add set inet ${this.table} net${id} { type ifname; }\n` +
-      `add rule inet ${this.table} peers iifname @net${id} oifname @net${id} accept\n`);
-    return id;
+      `add rule inet ${this.table} peers iifname @net${id} oifname @net${id} accept\n`)
+    return id
   }
 
-  async alloc({ network, egress } = {}) {
+  async alloc ({ network, egress } = {}) {
     if (this.next > MAX_MACHINES) {
-      throw Object.assign(new Error('no free machine address'), { code: 'FLY_LOCAL_NO_ADDRESS' });
+      throw Object.assign(new Error('no free machine address'), { code: 'FLY_LOCAL_NO_ADDRESS' })
     }
-    const netId = await this.networkId(network);
-    const n = this.next++;
-    const ip = `${this.v6prefix}:${(netId + 1).toString(16)}::${n.toString(16)}`;
-    const b = (this.v4[2] << 8) + n * 4;
-    const v4 = (k) => `${this.v4[0]}.${this.v4[1] + (b >> 16)}.${(b >> 8) & 255}.${(b & 255) + k}`;
+    const netId = await this.networkId(network)
+    const n = this.next++
+    const ip = `${this.v6prefix}:${(netId + 1).toString(16)}::${n.toString(16)}`
+    const b = (this.v4[2] << 8) + n * 4
+    const v4 = (k) => `${this.v4[0]}.${this.v4[1] + (b >> 16)}.${(b >> 8) & 255}.${(b & 255) + k}`
     const m = {
-      ip, netId, ifname: `${this.ifPrefix()}${n}`,
-      v4host: v4(1), v4guest: v4(2), egress: egress == null ? this.egressDefault : !!egress,
-    };
-    this.byIp.set(ip, m);
-    return m;
+      ip,
+      netId,
+      ifname: `${this.ifPrefix()}${n}`,
+      v4host: v4(1),
+      v4guest: v4(2),
+      egress: egress == null ? this.egressDefault : !!egress
+    }
+    this.byIp.set(ip, m)
+    return m
   }
 
   /* The hook runc runs once the machine's namespaces exist (its netns is
@@ -173,69 +177,69 @@ class Network {
      makes the veth pair into the container's netns and configures both
      ends. Reads runc's state (with the container's pid) on stdin; four
      processes in all, start time matters. */
-  upScript(ip) {
-    const m = this.byIp.get(ip);
+  upScript (ip) {
+    const m = this.byIp.get(ip)
     const sets = `add element inet ${this.table} net${m.netId} { "${m.ifname}" }; ` +
-      (m.egress ? '' : `add element inet ${this.table} noegress { "${m.ifname}" }; `);
+      (m.egress ? '' : `add element inet ${this.table} noegress { "${m.ifname}" }; `)
     const host = [
       `link add ${m.ifname} type veth peer name eth0 netns $pid`,
       `addr add fe80::1/64 dev ${m.ifname} nodad`,
       `addr add ${m.v4host}/30 dev ${m.ifname}`,
       `link set ${m.ifname} up`,
-      `route add ${ip}/128 dev ${m.ifname}`,
-    ];
+      `route add ${ip}/128 dev ${m.ifname}`
+    ]
     const inside = [
       'link set lo up',
       `addr add ${ip}/128 dev eth0 nodad`,
       `addr add ${m.v4guest}/30 dev eth0`,
       'link set eth0 up',
       'route add default via fe80::1 dev eth0',
-      `route add default via ${m.v4host} dev eth0`,
-    ];
+      `route add default via ${m.v4host} dev eth0`
+    ]
     return [
       'set -e',
       'read -r state || true',
-      'pid=${state#*\\"pid\\":}; pid=${pid%%[!0-9]*}',
+      'pid=${state#*\\"pid\\":}; pid=${pid%%[!0-9]*}', // eslint-disable-line no-template-curly-in-string -- shell, not JS
       '[ -n "$pid" ]',
       `${NFT} '${sets}'`,
       /* a veth of the previous boot may not be gone yet */
       `if [ -e /sys/class/net/${m.ifname} ]; then ${IP} link del ${m.ifname} || true; fi`,
       `printf '%s\\n' ${host.map((l) => `"${l}"`).join(' ')} | ${IP} -batch -`,
-      `printf '%s\\n' ${inside.map((l) => `"${l}"`).join(' ')} | nsenter -t "$pid" -n ${IP} -batch -`,
-    ].join('\n');
+      `printf '%s\\n' ${inside.map((l) => `"${l}"`).join(' ')} | nsenter -t "$pid" -n ${IP} -batch -`
+    ].join('\n')
   }
 
   /* Drops a machine's address: its set entries (and a veth left behind). */
-  release(ip) {
-    const m = this.byIp.get(ip);
-    if (!m) return Promise.resolve();
-    this.byIp.delete(ip);
-    const link = fs.existsSync(`/sys/class/net/${m.ifname}`) ? runTool(IP, ['link', 'del', m.ifname]).catch(() => {}) : Promise.resolve();
+  release (ip) {
+    const m = this.byIp.get(ip)
+    if (!m) return Promise.resolve()
+    this.byIp.delete(ip)
+    const link = fs.existsSync(`/sys/class/net/${m.ifname}`) ? runTool(IP, ['link', 'del', m.ifname]).catch(() => {}) : Promise.resolve()
     return link.then(() => runTool(NFT, ['-f', '-'], `delete element inet ${this.table} net${m.netId} { "${m.ifname}" }\n` +
-        (m.egress ? '' : `delete element inet ${this.table} noegress { "${m.ifname}" }\n`)).catch(() => {}));
+        (m.egress ? '' : `delete element inet ${this.table} noegress { "${m.ifname}" }\n`)).catch(() => {}))
   }
 
   /* Synchronous: runs from Host.destroy, also at process exit. */
-  destroySync() {
-    destroyTag(this.tag, process.pid);
+  destroySync () {
+    destroyTag(this.tag, process.pid)
   }
 }
 
 /* Removes everything of an instance's network, live or stale. */
-function destroyTag(tag, pid) {
+function destroyTag (tag, pid) {
   /* the machines' netns and veths went with their processes */
-  spawnSync(NFT, ['delete', 'table', 'inet', `fly_local_${tag}`], { stdio: 'ignore' });
-  forwardingOff(tag, pid);
+  spawnSync(NFT, ['delete', 'table', 'inet', `fly_local_${tag}`], { stdio: 'ignore' })
+  forwardingOff(tag, pid)
 }
 
 /* Tables and forwarding registrations of dead instances. */
-function sweepStale() {
-  let names = [];
-  try { names = fs.readdirSync(SHARED_DIR); } catch (_) { return; }
+function sweepStale () {
+  let names = []
+  try { names = fs.readdirSync(SHARED_DIR) } catch (_) { return }
   for (const n of names) {
-    const m = /^(\d+)-([0-9a-f]{4})$/.exec(n);
-    if (m && !pidAlive(Number(m[1]))) destroyTag(m[2], Number(m[1]));
+    const m = /^(\d+)-([0-9a-f]{4})$/.exec(n)
+    if (m && !pidAlive(Number(m[1]))) destroyTag(m[2], Number(m[1]))
   }
 }
 
-module.exports = { Network, sweepStale };
+module.exports = { Network, sweepStale }
