@@ -7,7 +7,9 @@
 # How the root is entered: `unshare` makes a private mount namespace and a PID
 # namespace; the root is bound onto itself and gets a new /proc, the host's
 # /sys (with its writable cgroup trees: v1 hierarchies and/or the v2 one) and
-# /dev, then `chroot`.  No user namespace: root inside has every capability,
+# /dev, then `pivot_root` into it (not `chroot`: the kernel refuses a user
+# namespace to a chrooted process, and fly-local's containers need one; the
+# host's tree is detached at once).  No user namespace: root inside has every capability,
 # so what bin/setup does inside (apt, a nested debootstrap, mounts, runc
 # containers, network namespaces, nftables) works as on a real machine.  It
 # shares the host's network namespace, which is how it reaches Debian's mirror
@@ -36,7 +38,7 @@ say() { echo "fresh-machine: $*"; }
 die() { echo "fresh-machine: $*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "run me as root"
-for tool in debootstrap unshare chroot git timeout; do
+for tool in debootstrap unshare pivot_root git timeout; do
   command -v "$tool" >/dev/null 2>&1 || PATH=$PATH:/usr/sbin:/sbin command -v "$tool" >/dev/null 2>&1 ||
     die "$tool is missing (apt-get install debootstrap util-linux coreutils git)"
 done
@@ -192,8 +194,16 @@ for b in $BINDS; do # src:dst[:ro]
   mount --bind "$src" "$root$dst"
   [ -z "$ro" ] || mount -o remount,bind,ro "$root$dst"
 done
+# The new root becomes the mount namespace's root; the host's is then
+# detached with the host's own umount (a minbase root may have none).
+cd "$root"
+mkdir -p .fresh-oldroot
+pivot_root . .fresh-oldroot
+cd /
+/.fresh-oldroot/usr/bin/umount -l /.fresh-oldroot
+rmdir /.fresh-oldroot
 set +e
-chroot "$root" /usr/bin/env -i HOME=/root USER=root LOGNAME=root SHELL=/bin/bash LANG=C.UTF-8 TERM=dumb CI=true \
+/usr/bin/env -i HOME=/root USER=root LOGNAME=root SHELL=/bin/bash LANG=C.UTF-8 TERM=dumb CI=true \
   PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
   NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt \
   /bin/bash -c "$INSIDE" inside "$@" &
