@@ -77,6 +77,25 @@ function hierarchies () {
   return names.map((n) => path.join(ROOT, n)).filter((d) => fs.existsSync(path.join(d, 'cgroup.procs')))
 }
 
+/* Kills every process left in an instance's cgroups (thawed first: a frozen
+   task does not die).  For a dead instance's leftovers, whatever made them:
+   a runtime whose state directory is gone cannot list them any more. */
+function killAll (name) {
+  for (const h of hierarchies()) killTree(path.join(h, name))
+}
+
+function killTree (dir) {
+  let entries = []
+  try { entries = fs.readdirSync(dir, { withFileTypes: true }) } catch (_) { return }
+  for (const e of entries) if (e.isDirectory()) killTree(path.join(dir, e.name))
+  for (const [file, thawed] of [['freezer.state', 'THAWED'], ['cgroup.freeze', '0']]) {
+    try { fs.writeFileSync(path.join(dir, file), thawed) } catch (_) { /* not this version */ }
+  }
+  for (const pid of (readQuiet(path.join(dir, 'cgroup.procs')) || '').split('\n').filter(Boolean)) {
+    try { process.kill(Number(pid), 'SIGKILL') } catch (_) { /* gone */ }
+  }
+}
+
 function removeAll (name) {
   for (const h of hierarchies()) removeTree(path.join(h, name))
 }
@@ -92,4 +111,4 @@ function topNames (re) {
   return [...out]
 }
 
-module.exports = { V2, missingControllers, hasFreezer, swapLimitable, pids, freeze, oomKills, removeAll, topNames }
+module.exports = { V2, missingControllers, hasFreezer, swapLimitable, pids, freeze, oomKills, killAll, removeAll, topNames }

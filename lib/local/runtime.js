@@ -65,8 +65,14 @@ function sweepStale () {
         spawnSync(RUNC, ['--root', root, 'delete', '--force', id], { stdio: 'ignore' })
       }
     }
+    /* whatever the runtime could not list (its state gone, another
+       runtime's) still sits in the instance's cgroups: kill it there before
+       the directory that names the instance goes */
+    cgroups.killAll(n)
     try { fs.rmSync(path.join(tmp, n), { recursive: true, force: true }) } catch (_) { /* busy */ }
   }
+  /* Only rmdir here: a cgroup without a state directory in our tmp may be a
+     live instance in another PID namespace (whose pid means nothing here). */
   for (const n of cgroups.topNames(/^fly-local-\d+-[0-9a-f]+$/)) {
     if (!pidAlive(Number(n.split('-')[2]))) cgroups.removeAll(n)
   }
