@@ -151,6 +151,37 @@ function untilAborted (signal, p) {
   })
 }
 
+// A machine boots in the background: long-poll until it is started (no
+// fixed sleeps), in slices, so that one that fails to boot or stops at once
+// is an error with its cause within a slice, not a time-out at
+// startTimeoutMs.  (One state per wait: what Fly's API is known to take.)
+const START_SLICE_S = 5
+const NOT_STARTING = new Set(['failed', 'stopped', 'suspended', 'destroying', 'destroyed'])
+
+async function waitStarted (config, app, machine, step) {
+  const deadline = Date.now() + config.startTimeoutMs
+  for (;;) {
+    const sliceS = Math.max(1, Math.min(START_SLICE_S, Math.ceil((deadline - Date.now()) / 1000)))
+    try {
+      await step(api.call(config, 'machine.wait', { app, machine }, {
+        query: { state: 'started', timeout: sliceS },
+        waitTotalMs: sliceS * 1000,
+        timeoutMs: sliceS * 1000 + 15000
+      }))
+      return
+    } catch (err) {
+      if (err.code !== 'FLY_TIMEOUT') throw err
+      const m = (await step(api.call(config, 'machine.get', { app, machine }))).body || {}
+      if (NOT_STARTING.has(m.state)) {
+        const ev = (m.events || []).find((e) => e.request && (e.request.error || e.request.exit_event))
+        const why = ev ? (ev.request.error || `exit code ${ev.request.exit_event.exit_code}`) : 'no cause reported'
+        throw flyError('FLY_MACHINE_FAILED', `machine ${machine} did not start: it is ${m.state} (${why})`, { state: m.state })
+      }
+      if (Date.now() >= deadline) throw err
+    }
+  }
+}
+
 // All or nothing: once the machine exists, any failure (and an abort at any
 // stage) destroys it before create rejects, and the error names it.
 async function create (ctx, options) {
@@ -170,12 +201,7 @@ async function create (ctx, options) {
     const created = await api.call(config, 'machine.create', { app }, { body, createId, createIdKey: CREATE_ID })
     machineId = created.body.id
     if (signal && signal.aborted) throw abortError(signal, 'create')
-    // Boots in the background: long-poll until started (no fixed sleeps).
-    await step(api.call(config, 'machine.wait', { app, machine: machineId }, {
-      query: { state: 'started', timeout: 60 },
-      waitTotalMs: config.startTimeoutMs,
-      timeoutMs: 75000
-    }))
+    await waitStarted(config, app, machineId, step)
     const got = await step(api.call(config, 'machine.get', { app, machine: machineId }))
     // The host key is the one generated above, whatever the reply says.
     const sb = new FlyMachine(ctx, { ...got.body, app }, hostFingerprint)

@@ -323,3 +323,17 @@ test('works as the provider of the computesdk singleton, streaming and files inc
     await sb.destroy()
   }
 })
+
+test('a machine that fails to boot is FLY_MACHINE_FAILED with its cause, within seconds, and is removed', async (t) => {
+  // fly-local's strict mode: an image name that is not built cannot boot.
+  process.env.FLY_LOCAL_STRICT_IMAGES = '1'
+  t.after(() => { delete process.env.FLY_LOCAL_STRICT_IMAGES })
+  const p = provider(srv, { startTimeoutMs: 60000 }) // the old wait would time out here instead
+  const err = await rejects(p.sandbox.create({ image: 'registry.example/not-built:1' }))
+  assert.equal(err.code, 'FLY_MACHINE_FAILED')
+  assert.equal(err.state, 'failed')
+  assert.match(err.message, /not-built:1" is not built/)
+  assert.ok(err.machineId)
+  const left = srv.machines().filter((m) => m.id === err.machineId && m.state !== 'destroyed')
+  assert.deepEqual(left, [], 'the failed machine was removed')
+})
