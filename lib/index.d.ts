@@ -162,7 +162,7 @@ export interface FlyError extends Error {
   flyError?: string
   requestId?: string
   path?: string
-  /** FLY_MACHINE_NOT_RUNNING: the machine's state. */
+  /** FLY_MACHINE_NOT_RUNNING, FLY_MACHINE_FAILED: the machine's state. */
   state?: string
   /** A failed or aborted create (whose machine was then destroyed), FLY_DESTROY_FAILED: the sandbox concerned. */
   sandboxId?: string
