@@ -35,7 +35,7 @@ fi
 
 status=0
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-  echo "setup-host.sh: node and npm are missing; install Node.js 20 first" >&2
+  echo "setup-host.sh: node and npm are missing; install Node.js 18 or later first (bin/setup does)" >&2
   exit 1
 fi
 for tool in /usr/bin/crun /usr/sbin/runc /usr/sbin/nft /usr/sbin/debootstrap /usr/bin/setpriv /usr/bin/unshare; do
