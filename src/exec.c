@@ -17,6 +17,8 @@ enum {
   X_OPEN,
   X_EXEC,
   X_IO,
+  X_CLOSED,    /* the server's EOF is in: waiting for its close (and the
+                  exit status it sends first) */
   X_CLOSE,
   X_FREE
 };
@@ -221,9 +223,23 @@ static int exec_step(fly_ssh_sess_t *s, fly_ssh_op_t *op, uint64_t now) {
       return r2 - 10;
     if (!(r1 == 1 && r2 == 1 && libssh2_channel_eof(x->ch)))
       return FLY_SSH_WAIT;
-    x->state = X_CLOSE;
+    x->state = X_CLOSED;
     s->progress = 1;
   }
+    /* fall through */
+  case X_CLOSED:
+    /* The server's EOF ended the reading above, but its exit-status (or
+     * exit-signal) comes later, when the command is reaped, and just before
+     * its close: wait for that close before closing our side or reading the
+     * status.  Read any earlier and libssh2 answers 0 for a status that has
+     * not arrived (seen under load: `exit 1` reported as 0). */
+    rc = libssh2_channel_wait_closed(x->ch);
+    if (rc == LIBSSH2_ERROR_EAGAIN)
+      return fly_ssh_blocked_out(s) ? FLY_SSH_OUT : FLY_SSH_WAIT;
+    if (rc != 0 && fly_ssh_rc_dead(s, rc))
+      return FLY_SSH_DEAD;
+    x->state = X_CLOSE;
+    s->progress = 1;
     /* fall through */
   case X_CLOSE:
     rc = libssh2_channel_close(x->ch);
@@ -276,6 +292,7 @@ static int exec_expire(fly_ssh_sess_t *s, fly_ssh_op_t *op) {
     return FLY_SSH_DONE;
   case X_IO:
   case X_CLOSE:
+  case X_CLOSED:
     /* The remote timeout did not end it: give up on our side. */
     x->timed_out = 1;
     x->exit_code = 124;

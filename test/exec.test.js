@@ -113,6 +113,16 @@ test('50 commands at once on one sandbox, each result matched', async () => {
   assert.equal(native.sshStats().connects, before, 'no new connection: the session was reused')
 })
 
+test('a command that closes its output before it exits gets its own exit status', async () => {
+  // The server's EOF comes when the output closes; the exit status only when
+  // the command ends.  Reading the status at EOF read 0 for every one here.
+  const results = await Promise.all([5, 0, 3, 137].map((code) =>
+    sb.runCommand(code === 137 ? 'exec >&- 2>&-; sleep 0.3; kill -9 $$' : `exec >&- 2>&-; sleep 0.3; exit ${code}`)))
+  assert.deepEqual(results.map((r) => r.exitCode), [5, 0, 3, 137])
+  const streamed = await sb.runCommand('echo out; exec >&- 2>&-; sleep 0.3; exit 4', { onStdout: () => {} })
+  assert.deepEqual([streamed.stdout, streamed.exitCode], ['out\n', 4])
+})
+
 test('streaming: chunks arrive while the command runs and add up to stdout', async () => {
   const fifo = `/tmp/fifo-${crypto.randomBytes(4).toString('hex')}`
   await sb.runCommand('mkfifo', [fifo])

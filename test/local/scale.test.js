@@ -14,7 +14,9 @@ function summary (ms) {
 }
 
 const app = `sc-${process.pid}`
-const fx = localFixture({ app, keys: ['key'] })
+// Destroyed machines stay readable long enough for the wait below to see
+// them in that state, even when 20 destroys on a loaded machine take a while.
+const fx = localFixture({ app, keys: ['key'], destroyedGraceMs: 60000 })
 const { api } = fx
 
 const launchTimed = async () => {
