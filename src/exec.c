@@ -143,6 +143,16 @@ static int exec_read(fly_ssh_sess_t *s, fly_exec_t *x, int stream) {
   }
 }
 
+/* The outcome of one closing call (wait_closed, close): a step result to
+ * return, or -1 to go on to the next state. */
+static int close_step(fly_ssh_sess_t *s, int rc) {
+  if (rc == LIBSSH2_ERROR_EAGAIN)
+    return fly_ssh_blocked_out(s) ? FLY_SSH_OUT : FLY_SSH_WAIT;
+  if (rc != 0 && fly_ssh_rc_dead(s, rc))
+    return FLY_SSH_DEAD;
+  return -1;
+}
+
 static int exec_step(fly_ssh_sess_t *s, fly_ssh_op_t *op, uint64_t now) {
   fly_exec_t *x = (fly_exec_t *)op;
   int rc;
@@ -233,20 +243,14 @@ static int exec_step(fly_ssh_sess_t *s, fly_ssh_op_t *op, uint64_t now) {
      * its close: wait for that close before closing our side or reading the
      * status.  Read any earlier and libssh2 answers 0 for a status that has
      * not arrived (seen under load: `exit 1` reported as 0). */
-    rc = libssh2_channel_wait_closed(x->ch);
-    if (rc == LIBSSH2_ERROR_EAGAIN)
-      return fly_ssh_blocked_out(s) ? FLY_SSH_OUT : FLY_SSH_WAIT;
-    if (rc != 0 && fly_ssh_rc_dead(s, rc))
-      return FLY_SSH_DEAD;
+    if ((rc = close_step(s, libssh2_channel_wait_closed(x->ch))) >= 0)
+      return rc;
     x->state = X_CLOSE;
     s->progress = 1;
     /* fall through */
   case X_CLOSE:
-    rc = libssh2_channel_close(x->ch);
-    if (rc == LIBSSH2_ERROR_EAGAIN)
-      return fly_ssh_blocked_out(s) ? FLY_SSH_OUT : FLY_SSH_WAIT;
-    if (rc != 0 && fly_ssh_rc_dead(s, rc))
-      return FLY_SSH_DEAD;
+    if ((rc = close_step(s, libssh2_channel_close(x->ch))) >= 0)
+      return rc;
     {
       char *sig = NULL;
       size_t siglen = 0;
