@@ -95,7 +95,9 @@ function runtimeSpec (opts) {
       /* a fresh sysfs needs a netns owned by the container's userns */
       { destination: '/sys', type: 'bind', source: '/sys', options: ['rbind', 'ro', ...nosuid, 'noexec'] },
       { destination: '/tmp', type: 'tmpfs', source: 'tmpfs', options: [...nosuid, 'mode=1777'] },
-      { destination: '/run', type: 'tmpfs', source: 'tmpfs', options: [...nosuid, 'mode=755'] }
+      { destination: '/run', type: 'tmpfs', source: 'tmpfs', options: [...nosuid, 'mode=755'] },
+      /* volumes (config.mounts) */
+      ...(opts.volumes || []).map((v) => ({ destination: v.destination, type: 'bind', source: v.source, options: ['bind', ...nosuid] }))
     ],
     linux: {
       uidMappings: [{ containerID: 0, hostID: ID_BASE, size: ID_COUNT }],

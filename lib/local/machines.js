@@ -126,7 +126,13 @@ class Machine extends EventEmitter {
     this.launching = false
     this.setState('starting')
     const guest = this.config.guest || {}
+    /* config.mounts: the volumes this boot mounts (volumes.js) */
+    let mounts = []
+    let mountError = null
+    try { mounts = this.store.volumes ? this.store.volumes.mountsFor(this) : [] } catch (e) { mountError = e.message }
     const run = new Run(this.host, {
+      mounts,
+      mountError,
       id: this.id,
       seq: ++this.seq,
       ip: this.privateIp,
@@ -398,7 +404,7 @@ class Store {
       name: app.name,
       status: count ? 'deployed' : 'pending',
       machine_count: count,
-      volume_count: 0,
+      volume_count: this.volumes ? this.volumes.count(app.name) : 0,
       network: app.network,
       organization: { name: app.org === 'personal' ? 'Personal' : app.org, slug: app.org }
     }
@@ -446,6 +452,8 @@ class Store {
       work.push(m.enqueue(() => m.destroyNow()).finally(() => this.orphans.delete(m)))
     }
     await Promise.allSettled(work)
+    /* as on Fly, the app's volumes go with it */
+    if (this.volumes) await this.volumes.destroyApp(app.name)
   }
 
   async destroyAll () {
