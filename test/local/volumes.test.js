@@ -222,6 +222,21 @@ test('files on the volume survive stop/start and restart; the root and /tmp rese
   }
 })
 
+test('a root-owned volume root (a fresh volume on Fly) is given to the user at boot, and only it', async () => {
+  const vol = await createVolume({ name: 'rootowned' })
+  const m = await launch(vol.id)
+  try {
+    const prep = await asRoot(m, 'cd /home/sandbox && touch rootfile && ln -s /etc/shadow shadow-link && chown 0:0 /home/sandbox && stat -c %U /home/sandbox')
+    assert.equal(prep.stdout, 'root\n', prep.stderr)
+    await restartVia(m, 'restart')
+    const r = await asUser(m, 'stat -c "%U %n" /home/sandbox /home/sandbox/rootfile /etc/shadow && stat -c "%U %n" -L /home/sandbox/shadow-link 2>&1; touch /home/sandbox/mine && echo wrote')
+    assert.match(r.stdout, /^sandbox \/home\/sandbox\nroot \/home\/sandbox\/rootfile\nroot \/etc\/shadow\n[\s\S]*wrote\n$/)
+  } finally {
+    await destroyMachine(m)
+    await deleteVolume(vol.id)
+  }
+})
+
 test('writes past size_gb fail with ENOSPC inside the machine', async (t) => {
   if (noLimit()) return t.skip(noLimit())
   const vol = await createVolume({ name: 'full' })
