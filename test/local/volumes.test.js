@@ -17,7 +17,7 @@ const fx = localFixture({ app })
 const { api } = fx
 const V = `/v1/apps/${app}/volumes`
 const M = `/v1/apps/${app}/machines`
-const noLimit = () => fx.srv.volumeBackend !== 'ext4' && 'volumes are plain directories on this host (no loop devices): no size limit'
+const noLimit = () => fx.srv.volumeBackend !== 'ext4' && 'volumes are plain directories here (no loop devices, or FLY_LOCAL_VOLUMES=directory): no size limit'
 
 async function createVolume (body) {
   const r = await api('POST', V, { name: 'data', size_gb: 1, ...body })
