@@ -33,6 +33,7 @@ const fsp = fs.promises
 const os = require('os')
 const path = require('path')
 const { ID_BASE } = require('./image')
+const cgroups = require('./cgroups')
 
 const GiB = 1024 * 1024 * 1024
 /* Fly's bounds for a volume's size */
@@ -426,6 +427,15 @@ class Volumes {
       if (vol.device) spawnSync('losetup', ['--detach', vol.device], { stdio: 'ignore', env: SYS_ENV })
       vol.device = null
     }
+    if (this.backend === 'directory') {
+      /* the machines may still run: kill them before anything walks the
+         trees they wrote, and walk with rm's no-follow traversal rather
+         than the host's recursive removal */
+      cgroups.killAll(this.host.tag)
+      for (const d of [this.dir, this.snapDir]) {
+        spawnSync('rm', ['-rf', '--one-file-system', '--', d], { stdio: 'ignore', env: SYS_ENV, timeout: TOOL_TIMEOUT_MS })
+      }
+    }
   }
 
   /* ---- mounts ---- */
@@ -437,10 +447,11 @@ class Volumes {
     const held = []
     for (const mt of mounts || []) {
       const vol = this.get(appName, mt.volume)
-      if (!vol || vol.state === 'destroyed' || vol.state === 'destroying') throw makeError(400, `invalid_argument: volume ${mt.volume} not found`)
+      if (!vol || vol.state !== 'created') throw makeError(400, `invalid_argument: volume ${mt.volume} not found`)
       if (vol.region !== region) throw makeError(400, `invalid_argument: volume ${vol.id} is in region ${vol.region}, the machine in ${region}`)
       if (vol.attachedMachineId && vol.attachedMachineId !== machineId) {
-        throw makeError(412, `failed_precondition: volume ${vol.id} is currently bound to machine: ${vol.attachedMachineId}`)
+        const who = vol.attachedMachineId.startsWith('claim-') ? 'a machine being created' : vol.attachedMachineId
+        throw makeError(412, `failed_precondition: volume ${vol.id} is currently bound to machine: ${who}`)
       }
       held.push(vol)
     }

@@ -368,6 +368,21 @@ test('links a sandbox plants in its volume reach nothing on the host, in the mac
   }
 })
 
+test('an app counts its volumes, and deleting the app deletes them', async () => {
+  const other = `${app}-gone`
+  assert.equal((await api('POST', '/v1/apps', { name: other, org_slug: 'personal' })).status, 201)
+  const vol = await api('POST', `/v1/apps/${other}/volumes`, { name: 'data', size_gb: 1 })
+  assert.equal(vol.status, 200, vol.text)
+  assert.equal((await api('GET', `/v1/apps/${other}`)).body.volume_count, 1)
+  const held = async () => (await run('losetup', ['--list', '--noheadings', '--raw', '--output', 'BACK-FILE'])).stdout.includes(`/${vol.body.id}.img`)
+  if (fx.srv.volumeBackend === 'ext4') assert.equal(await held(), true)
+  assert.equal((await api('DELETE', `/v1/apps/${other}`)).status, 202)
+  const deadline = Date.now() + 30000
+  while (fx.srv.volumeBackend === 'ext4' && await held() && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50))
+  assert.equal(await held(), false)
+  assert.equal((await api('GET', `/v1/apps/${other}/volumes/${vol.body.id}`)).status, 404)
+})
+
 /* loop devices backed by an image of fly-local instance dir */
 async function loopsUnder (dir) {
   const r = await run('losetup', ['--list', '--noheadings', '--raw', '--output', 'NAME,BACK-FILE'])
