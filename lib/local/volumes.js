@@ -362,8 +362,9 @@ class Volumes {
 
   /* Deletes an unattached volume: the loop device goes, then the image. */
   destroy (vol) {
+    /* at once: no machine may claim it while earlier operations finish */
+    vol.state = 'destroying'
     return this.locked(vol, async () => {
-      vol.state = 'destroying'
       await this.release(vol)
       vol.state = 'destroyed'
       vol.destroyedAt = Date.now()

@@ -9,6 +9,7 @@ const assert = require('node:assert/strict')
 const fs = require('fs')
 const os = require('os')
 const path = require('path')
+const { spawn } = require('child_process')
 const { localFixture, startLocal, client, assertSchema, run } = require('../helpers/local')
 
 const IMAGE = 'registry-1.docker.io/library/ubuntu:22.04'
@@ -419,4 +420,39 @@ test('stop() removes every volume, snapshot, loop device and mount it made', asy
   }
   const mounts = fs.readFileSync('/proc/mounts', 'utf8').split('\n').filter((l) => /fly-local-\d+-[0-9a-f]+\/(volumes|snapshots)/.test(l))
   assert.deepEqual(mounts, [])
+})
+
+test('the loop devices of a fly-local that was killed are detached by the next start', async (t) => {
+  if (noLimit()) return t.skip(noLimit())
+  const child = spawn(process.execPath, ['-e', `
+    const { start } = require(${JSON.stringify(require.resolve('../../lib/local'))});
+    (async () => {
+      const srv = await start({ quiet: true });
+      const h = { authorization: 'Bearer ' + srv.token, 'content-type': 'application/json' };
+      await fetch(srv.url + '/v1/apps', { method: 'POST', headers: h, body: JSON.stringify({ name: 'crash' }) });
+      const v = await (await fetch(srv.url + '/v1/apps/crash/volumes', { method: 'POST', headers: h, body: JSON.stringify({ name: 'data', size_gb: 1 }) })).json();
+      console.log(JSON.stringify(v));
+    })();
+  `], { stdio: ['ignore', 'pipe', 'inherit'] })
+  const exited = new Promise((resolve) => child.on('exit', resolve))
+  t.after(() => { child.kill('SIGKILL'); return exited })
+  const line = await new Promise((resolve, reject) => {
+    let buf = ''
+    child.stdout.on('data', (d) => {
+      buf += d
+      if (buf.includes('\n')) resolve(buf.split('\n')[0])
+    })
+    child.on('exit', () => reject(new Error('the emulator child exited early')))
+  })
+  const vol = JSON.parse(line)
+  assert.match(vol.id, /^vol_/, line)
+  const held = async () => (await run('losetup', ['--list', '--noheadings', '--raw', '--output', 'BACK-FILE'])).stdout.includes(`/${vol.id}.img`)
+  assert.equal(await held(), true)
+  child.kill('SIGKILL')
+  await exited
+  /* nothing detaches it but the next start's sweep */
+  assert.equal(await held(), true)
+  const next = await startLocal()
+  await next.stop()
+  assert.equal(await held(), false)
 })
