@@ -205,6 +205,33 @@ test('an attached volume: mounted at its path, deleting it is refused, a second 
   await deleteVolume(elsewhere.id)
 })
 
+test('an update that mounts another volume takes it and lets the old one go', async () => {
+  const a = await createVolume({ name: 'first' })
+  const b = await createVolume({ name: 'second' })
+  const m = await launch(a.id, '/data')
+  try {
+    assert.equal((await asRoot(m, 'echo in-a > /data/which')).exit_code, 0)
+    const cur = (await api('GET', `${M}/${m.id}`)).body
+    const up = await api('POST', `${M}/${m.id}`, { config: { ...cur.config, mounts: [{ volume: b.id, path: '/data' }] } })
+    assert.equal(up.status, 200, up.text)
+    await waitState(up.body, 'started')
+    await fx.srv.waitSsh(m.id, 60000)
+    const r = await asRoot(m, 'cat /data/which 2>&1; echo in-b > /data/which')
+    assert.match(r.stdout, /No such file/)
+    /* the old volume is free once the old boot is gone */
+    const deadline = Date.now() + 30000
+    while ((await api('GET', `${V}/${a.id}`)).body.attached_machine_id !== null && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    }
+    assert.equal((await api('GET', `${V}/${a.id}`)).body.attached_machine_id, null)
+    assert.equal((await api('GET', `${V}/${b.id}`)).body.attached_machine_id, m.id)
+    await deleteVolume(a.id)
+  } finally {
+    await destroyMachine(m)
+    await deleteVolume(b.id)
+  }
+})
+
 test('files on the volume survive stop/start, restart and a crash; the root and /tmp reset', async () => {
   const vol = await createVolume({ name: 'persist' })
   const m = await launch(vol.id)
