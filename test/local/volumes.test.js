@@ -450,7 +450,7 @@ test('stop() removes every volume, snapshot, loop device and mount it made', asy
 })
 
 test('the loop devices of a fly-local that was killed are detached by the next start', async (t) => {
-  if (noLimit()) return t.skip(noLimit())
+  if (fx.srv.volumeBackend !== 'ext4') return t.skip('volumes are plain directories here: no loop devices')
   const child = spawn(process.execPath, ['-e', `
     const { start } = require(${JSON.stringify(require.resolve('../../lib/local'))});
     (async () => {
