@@ -28,7 +28,6 @@ function tool (cmd, args, { timeoutMs = TOOL_TIMEOUT_MS, okCodes = [0] } = {}) {
   })
 }
 
-
 function pidAlive (pid) {
   try { process.kill(pid, 0); return true } catch (e) { return e.code === 'EPERM' }
 }
