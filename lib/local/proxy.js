@@ -16,7 +16,8 @@
 // Fly gives each app its own addresses; fly-local has one, 127.0.0.1, for
 // all: a public port another app on this server declares, or that something
 // else already holds on the host, makes the machine create/update fail with
-// 409 (status port_in_use), and the caller picks another port.
+// 409 (error text "aborted: public port <n> ..."), and the caller picks
+// another port.
 //
 // autostop ('stop' | true | 'suspend'): a started machine with no proxied
 // connection for autostopMs (FLY_LOCAL_AUTOSTOP_MS, default 5 min: Fly's
@@ -58,7 +59,7 @@ function autostopMode (config) {
 
 function portInUse (port, why) {
   return new HttpError(409, `aborted: public port ${port} ${why}; fly-local serves every app's public ports on ${HOST} ` +
-    '(Fly gives each app its own addresses): choose another port', { status: 'port_in_use' })
+    '(Fly gives each app its own addresses): choose another port')
 }
 
 const running = (m) => m.state === 'started' && m.run && m.run.started && !m.run.frozen
