@@ -62,6 +62,7 @@ function portInUse (port, why) {
     '(Fly gives each app its own addresses): choose another port')
 }
 
+const MOVING = ['starting', 'updating', 'restarting', 'replacing', 'suspending', 'stopping']
 const running = (m) => m.state === 'started' && m.run && m.run.started && !m.run.frozen
 
 class Proxy {
@@ -190,7 +191,9 @@ class Proxy {
         continue
       }
       const asleep = cands.filter((c) => c.svc.autostart === true && (c.m.state === 'suspended' || c.m.state === 'stopped'))
-      const waking = cands.some((c) => ['starting', 'updating', 'restarting', 'replacing'].includes(c.m.state) || c.m.launching)
+      /* moving: wait for where it lands (a machine being suspended or
+         stopped is woken once it is) */
+      const waking = cands.some((c) => MOVING.includes(c.m.state) || c.m.launching)
       if (!asleep.length && !waking) break
       if (!waking) {
         /* a suspended one resumes at once */
