@@ -130,6 +130,18 @@ class Machine extends EventEmitter {
     let mounts = []
     let mountError = null
     try { mounts = this.store.volumes ? this.store.volumes.mountsFor(this) : [] } catch (e) { mountError = e.message }
+    let apiSocket = null
+    if (this.store.apiSockets) {
+      try {
+        const dir = path.join(this.host.dir, this.id)
+        fs.mkdirSync(dir, { recursive: true, mode: 0o711 })
+        apiSocket = await this.store.apiSockets.open(this, dir)
+      } catch (e) {
+        this.setState('failed')
+        this.addEvent('exit', 'failed', 'flyd', { error: `cannot serve /.fly/api: ${e.message}` })
+        return
+      }
+    }
     const run = new Run(this.host, {
       mounts,
       mountError,
@@ -142,6 +154,7 @@ class Machine extends EventEmitter {
       memoryMb: guest.memory_mb || 256,
       cpus: guest.cpus || 1,
       image: this.config.image,
+      apiSocket,
       cgroups: this.host.machineCgroups(this.id)
     })
     this.run = run
@@ -233,6 +246,7 @@ class Machine extends EventEmitter {
       await run.exitPromise
       this.run = null
     }
+    if (this.store.apiSockets) this.store.apiSockets.close(this)
     this.host.releaseIp(this.privateIp)
     this.host.removeMachineCgroups(this.id)
     fs.rmSync(path.join(this.host.dir, this.id), { recursive: true, force: true })
@@ -244,10 +258,37 @@ class Machine extends EventEmitter {
     t.unref()
   }
 
-  async suspendNow () {
-    if (!this.run) return
+  /* The transitions that POST start, stop and suspend (and Fly's proxy,
+     proxy.js) begin once their checks passed: the state moves now, the
+     work is queued. */
+  requestStart () {
+    const prev = this.state
+    this.retries = 0
+    this.setState('starting')
+    if (prev === 'suspended') this.enqueue(() => this.resumeNow())
+    else this.enqueue(() => this.boot())
+  }
+
+  requestStop (signal, timeout) {
+    const p = this.stopParams(signal, timeout)
+    this.setState('stopping')
+    this.enqueue(() => this.stopNow(p.signal, p.timeoutMs))
+  }
+
+  requestSuspend () {
     this.setState('suspending')
-    this.run.freeze()
+    this.enqueue(() => this.suspendNow())
+  }
+
+  async suspendNow () {
+    const run = this.run
+    if (!run) return
+    this.setState('suspending')
+    run.freeze()
+    /* frozen first, so no process reacts before the machine is still;
+       then its TCP connections go, as on Fly */
+    if (!await run.cutTcp() && !this.store.quiet) process.stderr.write(`fly-local: machine ${this.id}: could not reset its TCP connections on suspend\n`)
+    if (this.run !== run) return
     this.setState('suspended')
     this.addEvent('suspend', 'suspended', 'user')
   }
