@@ -10,6 +10,18 @@
 #                                          sshd reads it in place)
 #   /etc/computesdk/ssh_host_ed25519_key   sshd's only host key
 #   /etc/computesdk/ssh_password           enables password login
+#
+# Idle and lifetime (environment, all optional):
+#   COMPUTESDK_SANDBOX_TIMEOUT_S  the sandbox lifetime in seconds
+#   COMPUTESDK_ON_TIMEOUT         destroy (default: the machine stops at the
+#                                 lifetime's end) | pause (it suspends itself)
+#   COMPUTESDK_IDLE_TIMEOUT_MS    suspend after this long with no inbound
+#                                 connection from outside the machine
+#   COMPUTESDK_IDLE_ACTION        suspend (default) | stop
+# Pausing and the idle timeout run in idle-watch (next to this script), a
+# root process asking Fly's in-machine API socket /.fly/api to suspend or
+# stop this machine, so they need no client alive; fly-local serves the
+# same socket.
 set -u
 [ -n "${SANDBOX_TRACE:-}" ] && { PS4='+ $EPOCHREALTIME '; set -x; }
 
@@ -140,6 +152,13 @@ sshd_pid=
 main_pid=
 stopping=
 
+watch_pid=
+WATCH=${BASH_SOURCE[0]%/*}/idle-watch
+start_watch() {
+  "$WATCH" &
+  watch_pid=$!
+}
+
 start_sshd() {
   /usr/sbin/sshd -D -e -f "$RUNDIR/sshd_config" &
   sshd_pid=$!
@@ -179,11 +198,15 @@ fi
 
 # A sandbox lifetime (the provider's create timeout): when it runs out the
 # main process ends, so the machine stops (and, with auto_destroy, goes).
+# With COMPUTESDK_ON_TIMEOUT=pause the idle watch suspends instead.
 lifetime_pid=
 case "${COMPUTESDK_SANDBOX_TIMEOUT_S:-}" in
   ''|*[!0-9]*) ;;
-  *) sleep "$COMPUTESDK_SANDBOX_TIMEOUT_S" & lifetime_pid=$! ;;
+  *) [ "${COMPUTESDK_ON_TIMEOUT:-}" = pause ] || { sleep "$COMPUTESDK_SANDBOX_TIMEOUT_S" & lifetime_pid=$!; } ;;
 esac
+if [ -n "${COMPUTESDK_IDLE_TIMEOUT_MS:-}" ] || [ "${COMPUTESDK_ON_TIMEOUT:-}" = pause ]; then
+  start_watch
+fi
 
 while :; do
   # done_pid stays unset when a trapped signal interrupts the wait (status
@@ -209,5 +232,14 @@ while :; do
   if [ "${done_pid:-}" = "$sshd_pid" ]; then
     log "sshd exited ($status), restarting"
     start_sshd
+  fi
+  # exit 0 is "nothing to watch"; anything else is restarted, paced
+  if [ -n "$watch_pid" ] && [ "${done_pid:-}" = "$watch_pid" ]; then
+    watch_pid=
+    if [ "$status" -ne 0 ]; then
+      log "idle-watch exited ($status), restarting"
+      sleep 1
+      start_watch
+    fi
   fi
 done

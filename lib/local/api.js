@@ -7,6 +7,7 @@ const fs = require('fs')
 const path = require('path')
 const ids = require('./ids')
 const { HttpError, E, JSON_BODY_LIMIT, send, authorised, readBody, parseJson } = require('./http')
+const { INTERNAL } = require('./api-socket')
 
 const ROUTES_DIR = path.join(__dirname, 'routes')
 
@@ -80,8 +81,9 @@ function createApi (ctx) {
       const fault = faults.take(req.method, pathname)
       if (fault && !fault.afterHandling && await applyFault(fault, res)) return
       const { route, params, methodSeen } = router.match(req.method, pathname)
-      /* the token is checked before a byte of the body is read */
-      if (!(route && route.opts.noAuth) && !authorised(req, token)) throw E.unauthorised()
+      /* the token is checked before a byte of the body is read; a machine's
+         own API socket (api-socket.js) is authenticated by who can reach it */
+      if (!(route && route.opts.noAuth) && !req[INTERNAL] && !authorised(req, token)) throw E.unauthorised()
       if (!route) throw methodSeen ? new HttpError(405, 'method not allowed') : new HttpError(404, 'not_found: no route for this path')
       const body = parseJson(await readBody(req, res, route.opts.maxBody || JSON_BODY_LIMIT))
       const out = await route.handler({ req, res, url, query: url.searchParams, params, body })

@@ -95,7 +95,9 @@ function runtimeSpec (opts) {
       /* a fresh sysfs needs a netns owned by the container's userns */
       { destination: '/sys', type: 'bind', source: '/sys', options: ['rbind', 'ro', ...nosuid, 'noexec'] },
       { destination: '/tmp', type: 'tmpfs', source: 'tmpfs', options: [...nosuid, 'mode=1777'] },
-      { destination: '/run', type: 'tmpfs', source: 'tmpfs', options: [...nosuid, 'mode=755'] }
+      { destination: '/run', type: 'tmpfs', source: 'tmpfs', options: [...nosuid, 'mode=755'] },
+      /* Fly's in-machine API socket (api-socket.js): root's, mode 0600 */
+      ...(opts.apiSocket ? [{ destination: '/.fly/api', type: 'bind', source: opts.apiSocket, options: ['bind', ...nosuid, 'noexec'] }] : [])
     ],
     linux: {
       uidMappings: [{ containerID: 0, hostID: ID_BASE, size: ID_COUNT }],

@@ -7,7 +7,7 @@
 //                by docker/provision.sh, the script the Fly Dockerfile runs;
 //                <hash> covers that script, the host CAs it copies in and
 //                this builder, so a rebuild with no change is a no-op;
-//   top-<hash>   /opt/computesdk (entrypoint.sh, sshd_config), cheap to make,
+//   top-<hash>   /opt/computesdk (entrypoint.sh, sshd_config, idle-watch), cheap to make,
 //                so editing the entrypoint does not rebuild the base.
 // Both are owned by the shifted ids (see ID_BASE): root inside a machine is
 // host uid ID_BASE, so the image's root-owned files are root's inside.
@@ -58,7 +58,7 @@ function computeBaseHash () {
     `base ${BUILDER_VERSION} ${NODE_SPEC.join(' ')} ${process.arch}`)
 }
 
-const TOP_FILES = [['entrypoint.sh', 0o755], ['sshd_config', 0o644]]
+const TOP_FILES = [['entrypoint.sh', 0o755], ['sshd_config', 0o644], ['idle-watch', 0o755]]
 
 let topHashCache = null
 function topHash () {

@@ -10,6 +10,7 @@ const { Host, waitSshBanner } = require('./runtime')
 const { Store, swapHostKey } = require('./machines')
 const { Faults } = require('./faults')
 const { createApi } = require('./api')
+const { ApiSockets } = require('./api-socket')
 
 function needsRoot () {
   const e = new Error('fly-local must run as root: its machines use Linux namespaces, overlayfs mounts and cgroups')
@@ -48,6 +49,8 @@ async function start (options = {}) {
     }
   }
   const handle = createApi(ctx)
+  /* every machine's /.fly/api */
+  store.apiSockets = new ApiSockets(handle)
   const server = http.createServer(handle)
   /* Expect: 100-continue: the API answers 100 only once the token passed */
   server.on('checkContinue', handle)
@@ -136,6 +139,7 @@ async function start (options = {}) {
           if (server.closeAllConnections) server.closeAllConnections()
           await Promise.allSettled([...pending])
           await store.destroyAll()
+          store.apiSockets.closeAll()
           host.destroy()
           process.off('exit', onExit)
         })()

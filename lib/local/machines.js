@@ -126,6 +126,12 @@ class Machine extends EventEmitter {
     this.launching = false
     this.setState('starting')
     const guest = this.config.guest || {}
+    let apiSocket = null
+    if (this.store.apiSockets) {
+      const dir = path.join(this.host.dir, this.id)
+      fs.mkdirSync(dir, { recursive: true, mode: 0o711 })
+      apiSocket = await this.store.apiSockets.open(this, dir)
+    }
     const run = new Run(this.host, {
       id: this.id,
       seq: ++this.seq,
@@ -136,6 +142,7 @@ class Machine extends EventEmitter {
       memoryMb: guest.memory_mb || 256,
       cpus: guest.cpus || 1,
       image: this.config.image,
+      apiSocket,
       cgroups: this.host.machineCgroups(this.id)
     })
     this.run = run
@@ -227,6 +234,7 @@ class Machine extends EventEmitter {
       await run.exitPromise
       this.run = null
     }
+    if (this.store.apiSockets) this.store.apiSockets.close(this)
     this.host.releaseIp(this.privateIp)
     this.host.removeMachineCgroups(this.id)
     fs.rmSync(path.join(this.host.dir, this.id), { recursive: true, force: true })
@@ -239,9 +247,14 @@ class Machine extends EventEmitter {
   }
 
   async suspendNow () {
-    if (!this.run) return
+    const run = this.run
+    if (!run) return
     this.setState('suspending')
-    this.run.freeze()
+    run.freeze()
+    /* frozen first, so no process reacts before the machine is still;
+       then its TCP connections go, as on Fly */
+    if (!await run.cutTcp() && !this.store.quiet) process.stderr.write(`fly-local: machine ${this.id}: could not reset its TCP connections on suspend\n`)
+    if (this.run !== run) return
     this.setState('suspended')
     this.addEvent('suspend', 'suspended', 'user')
   }

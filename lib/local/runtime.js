@@ -42,6 +42,8 @@ const RUNC = findRuntime(process.env.FLY_LOCAL_OCI_RUNTIME)
 const HIDE_UNIFIED = !cgroups.V2 && fs.existsSync('/sys/fs/cgroup/unified/cgroup.procs') ? 'umount -l /sys/fs/cgroup/unified; ' : ''
 const SYS_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 const EXEC_OUTPUT_CAP = 16 * 1024 * 1024
+const SS = fs.existsSync('/usr/bin/ss') ? '/usr/bin/ss' : '/usr/sbin/ss'
+const NSENTER = fs.existsSync('/usr/bin/nsenter') ? '/usr/bin/nsenter' : 'nsenter'
 const DEFAULT_PIDS = 2048
 
 function pidAlive (pid) {
@@ -283,6 +285,7 @@ class Run extends EventEmitter {
       hostname: opts.id,
       netScript: host.net.upScript(opts.ip),
       cgroupsPath: this.cgPath,
+      apiSocket: opts.apiSocket,
       limits: {
         memoryBytes: (opts.memoryMb || 256) * 1024 * 1024,
         cpus: opts.cpus || 1,
@@ -441,6 +444,18 @@ class Run extends EventEmitter {
       try { process.kill(p, 'SIGSTOP') } catch (_) { /* gone */ }
     }
     this.frozen = 'signals'
+  }
+
+  /* Resets every TCP connection of the machine, leaving its listeners, as a
+     Fly suspend drops them: clients see the reset and reconnect after the
+     resume. SOCK_DESTROY (`ss -K`, needs CONFIG_INET_DIAG_DESTROY) in the
+     machine's network namespace; resolves false when that failed. */
+  cutTcp () {
+    if (this.exited || !this.pid) return Promise.resolve(false)
+    return new Promise((resolve) => {
+      execFile(NSENTER, ['-t', String(this.pid), '-n', '--', SS, '-K', '-t', '-n', 'state', 'connected'],
+        { timeout: 10000, env: { PATH: SYS_PATH } }, (e) => resolve(!e))
+    })
   }
 
   thaw () {
