@@ -15,8 +15,10 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 here=$(cd "$(dirname "$0")" && pwd)
 
-# openssh-client: ssh-keygen and the tests' ssh; python3: the test helpers.
-PACKAGES="crun runc debootstrap nftables iproute2 util-linux openssh-client python3 ca-certificates"
+# openssh-client: ssh-keygen and the tests' ssh; python3: the test helpers;
+# e2fsprogs and util-linux: fly-local's volumes (mkfs.ext4, resize2fs, losetup,
+# fsfreeze, nsenter).
+PACKAGES="crun runc debootstrap nftables iproute2 util-linux e2fsprogs openssh-client python3 ca-certificates"
 
 missing=""
 for p in $PACKAGES; do

@@ -97,7 +97,9 @@ function runtimeSpec (opts) {
       { destination: '/tmp', type: 'tmpfs', source: 'tmpfs', options: [...nosuid, 'mode=1777'] },
       { destination: '/run', type: 'tmpfs', source: 'tmpfs', options: [...nosuid, 'mode=755'] },
       /* Fly's in-machine API socket (api-socket.js): root's, mode 0600 */
-      ...(opts.apiSocket ? [{ destination: '/.fly/api', type: 'bind', source: opts.apiSocket, options: ['bind', ...nosuid, 'noexec'] }] : [])
+      ...(opts.apiSocket ? [{ destination: '/.fly/api', type: 'bind', source: opts.apiSocket, options: ['bind', ...nosuid, 'noexec'] }] : []),
+      /* volumes (config.mounts) */
+      ...(opts.volumes || []).map((v) => ({ destination: v.destination, type: 'bind', source: v.source, options: ['bind', ...nosuid] }))
     ],
     linux: {
       uidMappings: [{ containerID: 0, hostID: ID_BASE, size: ID_COUNT }],

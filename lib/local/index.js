@@ -11,6 +11,7 @@ const { Store, swapHostKey } = require('./machines')
 const { Faults } = require('./faults')
 const { createApi } = require('./api')
 const { ApiSockets } = require('./api-socket')
+const { Volumes } = require('./volumes')
 
 function needsRoot () {
   const e = new Error('fly-local must run as root: its machines use Linux namespaces, overlayfs mounts and cgroups')
@@ -34,6 +35,12 @@ async function start (options = {}) {
 
   const host = await Host.create()
   const store = new Store({ host, quiet: opts.quiet, destroyedGraceMs: opts.destroyedGraceMs, region: opts.region })
+  try {
+    store.volumes = await Volumes.create({ host, store, quiet: opts.quiet, log: options.log })
+  } catch (e) {
+    host.destroy()
+    throw e
+  }
   const faults = new Faults()
   const stats = { connections: 0, requests: 0 }
   const pending = new Set()
@@ -60,7 +67,10 @@ async function start (options = {}) {
   server.on('connection', () => { stats.connections++ })
 
   /* Abrupt exits: machines die with us (PDEATHSIG); remove our files. */
-  const onExit = () => host.destroy()
+  const onExit = () => {
+    store.volumes.destroySync()
+    host.destroy()
+  }
   process.on('exit', onExit)
 
   try {
@@ -70,7 +80,7 @@ async function start (options = {}) {
     })
   } catch (e) {
     process.off('exit', onExit)
-    host.destroy()
+    onExit()
     throw e
   }
   const addr = server.address()
@@ -99,6 +109,8 @@ async function start (options = {}) {
     host: addr.address,
     port: addr.port,
     stats: () => ({ ...stats }),
+    /* 'ext4' (sized loop-mounted images) or 'directory' (no size limit) */
+    volumeBackend: store.volumes.backend,
     machines: () => store.allMachines().map((m) => ({
       app: m.app.name, network: m.app.network, id: m.id, state: m.state, pid: m.run ? m.run.pid : 0, private_ip: m.privateIp
     })),
@@ -140,6 +152,7 @@ async function start (options = {}) {
           await Promise.allSettled([...pending])
           await store.destroyAll()
           store.apiSockets.closeAll()
+          await store.volumes.destroyAll()
           host.destroy()
           process.off('exit', onExit)
         })()

@@ -83,6 +83,20 @@ function validateStopConfig (sc) {
   if (sc.timeout != null && parseDuration(sc.timeout) == null) throw E.bad(`invalid stop timeout ${JSON.stringify(sc.timeout)}`)
 }
 
+/* config.mounts: [{ volume, path }], one volume per machine as on Fly;
+   whether the volume can be mounted is the volumes' check (volumes.js). */
+function validateMounts (mounts) {
+  if (!Array.isArray(mounts)) throw E.bad('config.mounts must be an array')
+  if (mounts.length > 1) throw E.bad('a machine can mount only one volume')
+  for (const mt of mounts) {
+    if (!isObject(mt) || typeof mt.volume !== 'string' || !mt.volume) throw E.bad('mount volume is required')
+    if (typeof mt.path !== 'string' || !mt.path.startsWith('/') || mt.path === '/' ||
+        /[\0\n]/.test(mt.path) || mt.path.split('/').includes('..')) {
+      throw E.bad(`invalid mount path ${JSON.stringify(mt.path)}`)
+    }
+  }
+}
+
 /* Throws a 400 HttpError for the first problem found. */
 function validateConfig (config) {
   if (!isObject(config)) throw E.bad('config is required')
@@ -94,6 +108,7 @@ function validateConfig (config) {
   if (config.init != null) validateInit(config.init)
   if (config.restart != null) validateRestart(config.restart)
   if (config.stop_config != null) validateStopConfig(config.stop_config)
+  if (config.mounts != null) validateMounts(config.mounts)
 }
 
 /* A copy with the guest defaults filled in, as Fly echoes it back. */

@@ -132,7 +132,13 @@ class Machine extends EventEmitter {
       fs.mkdirSync(dir, { recursive: true, mode: 0o711 })
       apiSocket = await this.store.apiSockets.open(this, dir)
     }
+    /* config.mounts: the volumes this boot mounts (volumes.js) */
+    let mounts = []
+    let mountError = null
+    try { mounts = this.store.volumes ? this.store.volumes.mountsFor(this) : [] } catch (e) { mountError = e.message }
     const run = new Run(this.host, {
+      mounts,
+      mountError,
       id: this.id,
       seq: ++this.seq,
       ip: this.privateIp,
@@ -411,7 +417,7 @@ class Store {
       name: app.name,
       status: count ? 'deployed' : 'pending',
       machine_count: count,
-      volume_count: 0,
+      volume_count: this.volumes ? this.volumes.count(app.name) : 0,
       network: app.network,
       organization: { name: app.org === 'personal' ? 'Personal' : app.org, slug: app.org }
     }
@@ -459,6 +465,8 @@ class Store {
       work.push(m.enqueue(() => m.destroyNow()).finally(() => this.orphans.delete(m)))
     }
     await Promise.allSettled(work)
+    /* as on Fly, the app's volumes go with it */
+    if (this.volumes) await this.volumes.destroyApp(app.name)
   }
 
   async destroyAll () {

@@ -280,6 +280,7 @@ class Run extends EventEmitter {
     ]
     for (const f of files) writeIntoUpper(layers, upper, f.path, f.data, f.mode)
     const spec = runtimeSpec({
+      volumes: await this.prepareVolumes(),
       argv: opts.argv,
       env: opts.env,
       hostname: opts.id,
@@ -299,6 +300,33 @@ class Run extends EventEmitter {
     return `nosuid,nodev,lowerdir=${layers.join(':')},upperdir=${upper},workdir=${path.join(this.dir, 'work')}`
   }
 
+  /* Volume mounts (volumes.js): a loop device is mounted below the boot's
+     directory in its private mount namespace (start's script), a directory
+     volume is bound as it is; the container binds either at its path. */
+  async prepareVolumes () {
+    if (this.opts.mountError) throw new Error(this.opts.mountError)
+    const out = []
+    for (const [i, v] of (this.opts.mounts || []).entries()) {
+      let source = v.source
+      if (v.device) {
+        source = path.join(this.dir, 'vol', String(i))
+        await fsp.mkdir(source, { recursive: true, mode: 0o711 })
+      }
+      out.push({ source, destination: v.path })
+    }
+    return out
+  }
+
+  /* Where the host reaches a mounted volume of this boot: through the
+     runtime's process, whose root is the host's and whose mount namespace
+     is the boot's (never through the machine's own root, which the sandbox
+     can rearrange). */
+  volumeMountPath (i) {
+    const v = (this.opts.mounts || [])[i]
+    if (!v || !v.device || !this.child || !this.child.pid || this.exited) return null
+    return `/proc/${this.child.pid}/root${path.join(this.dir, 'vol', String(i))}`
+  }
+
   async start () {
     const { opts } = this
     let overlay
@@ -315,7 +343,13 @@ class Run extends EventEmitter {
     const logFd = fs.openSync(path.join(this.host.dir, opts.id, 'console.log'), 'a')
     /* setpriv: the runtime dies with fly-local, and tini (-p) with it; unshare:
        the overlay is mounted in a mount namespace of the machine's own */
-    const script = `${HIDE_UNIFIED}mount -t overlay overlay -o "$1" "$2/rootfs" && ` +
+    const q = (a) => `'${String(a).replace(/'/g, "'\\''")}'`
+    /* a volume extended while mounted where online resizing is refused
+       grows here, before it is mounted (e2fsck's 1 is "fixed") */
+    const volMounts = (opts.mounts || []).map((v, i) => !v.device ? ''
+      : (v.grow ? `{ e2fsck -f -p ${q(v.device)}; [ $? -le 1 ]; } && resize2fs ${q(v.device)} && ` : '') +
+        `mount -t ext4 -o nosuid,nodev ${q(v.device)} ${q(path.join(this.dir, 'vol', String(i)))} && `).join('')
+    const script = `${HIDE_UNIFIED}mount -t overlay overlay -o "$1" "$2/rootfs" && ${volMounts}` +
       'exec "$5" --root "$3" --log "$2/runc.log" run --bundle "$2" --pid-file "$2/pid" "$4"'
     const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', 'unshare', '--mount', '--propagation', 'private', '--',
       '/bin/sh', '-c', script, 'sh', overlay, this.dir, this.host.runcRoot, this.cid, RUNC], {

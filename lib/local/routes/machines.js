@@ -73,7 +73,22 @@ async function createMachine (store, { params, body }) {
   if (body.lease_ttl != null && !(Number.isInteger(body.lease_ttl) && body.lease_ttl > 0)) {
     throw E.bad('lease_ttl must be a positive number of seconds')
   }
-  const m = await store.createMachine(app, { ...body, config: normaliseConfig(body.config), region: body.region || undefined })
+  /* config.mounts: the volumes must be the app's, free, and in the
+     machine's region (a machine with no region goes to its volume's) */
+  const mounts = body.config.mounts || []
+  const first = mounts.length && store.volumes.get(app.name, mounts[0].volume)
+  const region = body.region || (first ? first.region : undefined)
+  const claim = store.volumes.claim(app.name, mounts, region || store.region, null, (st, msg) => new HttpError(st, msg))
+  const config = normaliseConfig(body.config)
+  if (config.mounts) config.mounts = store.volumes.normaliseMounts(app.name, config.mounts)
+  let m
+  try {
+    m = await store.createMachine(app, { ...body, config, region })
+  } catch (e) {
+    claim.release()
+    throw e
+  }
+  claim.commit(m.id)
   let nonce
   if (body.lease_ttl) {
     m.lease = newLease(body.lease_ttl)
@@ -109,7 +124,10 @@ function updateMachine (store, { req, params, body }) {
   validateConfig(body.config)
   if (body.region && body.region !== m.region) throw E.bad('cannot change the region of a machine')
   const wasStarted = m.state === 'started' || m.state === 'starting' || m.launching
+  const claim = store.volumes.claim(m.app.name, body.config.mounts || [], m.region, m.id, (st, msg) => new HttpError(st, msg))
+  claim.commit(m.id)
   m.config = normaliseConfig(body.config)
+  if (m.config.mounts) m.config.mounts = store.volumes.normaliseMounts(m.app.name, m.config.mounts)
   m.version = ids.ulid()
   m.versions.unshift({ version: m.version, user_config: m.config })
   m.imageRef = parseImage(m.config.image)
@@ -119,6 +137,8 @@ function updateMachine (store, { req, params, body }) {
   m.addEvent('update', 'updating', 'user')
   const json = m.toJSON({})
   m.enqueue(() => m.updateNow(wasStarted, !!body.skip_launch))
+  /* a volume this config dropped is free once the old boot is gone */
+  m.enqueue(() => store.volumes.detachUnused(m))
   return [200, json]
 }
 

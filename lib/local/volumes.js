@@ -1,0 +1,584 @@
+'use strict'
+// fly-local's Fly Volumes: persistent storage with a real size limit, and
+// snapshots of it.
+//
+// A volume is an ext4 filesystem in a sparse image file under the
+// instance's state directory, attached to a loop device for its whole life.
+// It is mounted (nosuid, nodev) in the private mount namespace of each boot
+// of the machine it is attached to, just before the container starts, and
+// bind-mounted at config.mounts[].path; the mount dies with that namespace,
+// so nothing of it is left on the host when a machine stops, crashes or
+// fly-local is killed. Writes past size_gb fail with ENOSPC inside the
+// machine. The filesystem's root belongs to the image's sandbox user as the
+// machine's user namespace maps it.
+//
+// Everything fly-local does to a volume from the host works on the image
+// file or the block device, never on the tree the sandbox writes: a
+// snapshot or a fork is a sparse copy of the image (taken under fsfreeze
+// while the machine runs), a delete detaches the loop device and unlinks
+// the image, an extend grows the file and then the filesystem. So no link
+// a sandbox plants in its volume is ever followed by the host's root.
+//
+// Without loop devices (some container hosts) a volume is a plain directory
+// with no size limit: one warning line at start, `backend: 'directory'`.
+// Its copies and removals then run as the machine's own root, in a user
+// namespace mapped like the machine's, so they have no more rights on the
+// host than the sandbox itself.
+const { execFile, spawnSync } = require('child_process')
+const crypto = require('crypto')
+const fs = require('fs')
+const fsp = fs.promises
+const os = require('os')
+const path = require('path')
+const { ID_BASE, ID_COUNT } = require('./image')
+
+const GiB = 1024 * 1024 * 1024
+/* Fly's bounds for a volume's size */
+const MAX_SIZE_GB = 500
+/* the image's sandbox user (docker/provision.sh: useradd -u 1000) */
+const SANDBOX_UID = 1000
+const DEFAULT_RETENTION_DAYS = 5
+/* every host-side tool run on a volume has a deadline */
+const TOOL_TIMEOUT_MS = 120000
+const SYS_ENV = { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', LANG: 'C' }
+
+function tool (cmd, args, { timeoutMs = TOOL_TIMEOUT_MS, okCodes = [0] } = {}) {
+  return new Promise((resolve, reject) => {
+    execFile(cmd, args, { env: SYS_ENV, timeout: timeoutMs, killSignal: 'SIGKILL', maxBuffer: 4 << 20, encoding: 'utf8' }, (err, stdout, stderr) => {
+      const code = err ? (typeof err.code === 'number' ? err.code : null) : 0
+      if (okCodes.includes(code)) return resolve(stdout)
+      const why = (stderr || (err && err.message) || '').trim().split('\n').pop()
+      reject(new Error(`${path.basename(cmd)} failed: ${why}${err && err.killed ? ' (timed out)' : ''}`))
+    })
+  })
+}
+
+function randomId (prefix, n, alphabet) {
+  const bytes = crypto.randomBytes(n)
+  let s = prefix
+  for (const b of bytes) s += alphabet[b % alphabet.length]
+  return s
+}
+const volumeId = () => randomId('vol_', 16, 'abcdefghijklmnopqrstuvwxyz0123456789')
+const snapshotId = () => randomId('vs_', 24, 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789')
+const zoneId = () => crypto.randomBytes(2).toString('hex')
+
+function pidAlive (pid) {
+  try { process.kill(pid, 0); return true } catch (e) { return e.code === 'EPERM' }
+}
+
+/* Loop devices whose image sits in the state directory of a fly-local
+   instance that died without stop(): detach them (their directories are
+   already gone, runtime.js sweeps those). */
+function sweepStaleLoops () {
+  const r = spawnSync('losetup', ['--list', '--noheadings', '--raw', '--output', 'NAME,BACK-FILE'], { encoding: 'utf8', env: SYS_ENV })
+  const tmp = os.tmpdir().replace(/\/+$/, '')
+  for (const line of String(r.stdout || '').split('\n')) {
+    const sp = line.indexOf(' ')
+    if (sp < 0) continue
+    const dev = line.slice(0, sp)
+    const back = line.slice(sp + 1)
+    if (!back.startsWith(`${tmp}/fly-local-`)) continue
+    const m = /^fly-local-(\d+)-[0-9a-f]+\/volumes\//.exec(back.slice(tmp.length + 1))
+    if (m && !pidAlive(Number(m[1]))) spawnSync('losetup', ['--detach', dev], { stdio: 'ignore', env: SYS_ENV })
+  }
+}
+
+/* Can this host attach a loop device? (a throwaway 1 MiB image) */
+function loopWorks (dir) {
+  const probe = path.join(dir, 'probe.img')
+  try {
+    fs.writeFileSync(probe, '')
+    fs.truncateSync(probe, 1024 * 1024)
+    const r = spawnSync('losetup', ['--find', '--show', probe], { encoding: 'utf8', env: SYS_ENV })
+    const dev = String(r.stdout || '').trim()
+    if (r.status !== 0 || !dev) return false
+    spawnSync('losetup', ['--detach', dev], { stdio: 'ignore', env: SYS_ENV })
+    const mkfs = spawnSync('mkfs.ext4', ['-V'], { stdio: 'ignore', env: SYS_ENV })
+    return mkfs.status === 0
+  } catch (_) {
+    return false
+  } finally {
+    fs.rmSync(probe, { force: true })
+  }
+}
+
+/* argv run as root of a user namespace mapped like every machine's
+   (container ids 0..65535 = host ids ID_BASE + n): the directory backend's
+   copies and removals, which walk a tree the sandbox wrote. */
+function asMachineRoot (argv) {
+  const map = `0:${ID_BASE}:${ID_COUNT}`
+  return ['unshare', ['--user', `--map-users=${map}`, `--map-groups=${map}`, '--setuid', '0', '--setgid', '0', '--', ...argv]]
+}
+
+class Volumes {
+  /* opts: { host, store, quiet, log } */
+  static async create ({ host, store, quiet = false, log }) {
+    sweepStaleLoops()
+    const v = new Volumes()
+    v.host = host
+    v.store = store
+    v.dir = path.join(host.dir, 'volumes')
+    v.snapDir = path.join(host.dir, 'snapshots')
+    /* 0711 like the state directory: the machine's user namespace must
+       reach a directory volume's bind source, and nothing is listable */
+    for (const d of [v.dir, v.snapDir]) {
+      await fsp.mkdir(d, { mode: 0o711 })
+      await fsp.chmod(d, 0o711)
+    }
+    v.volumes = new Map()
+    v.snapshots = new Map()
+    const forced = process.env.FLY_LOCAL_VOLUMES === 'directory'
+    v.backend = !forced && loopWorks(v.dir) ? 'ext4' : 'directory'
+    if (v.backend === 'directory') {
+      const why = forced ? 'FLY_LOCAL_VOLUMES=directory' : 'this host cannot attach loop devices or lacks mkfs.ext4'
+      const line = `fly-local: warning: volumes are plain directories without a size limit (${why})`
+      if (log) log(line)
+      else if (!quiet) process.stderr.write(`${line}\n`)
+    }
+    /* a destroyed machine lets go of its volume (which stays, `created`) */
+    store.events.on('state', ({ app, id, state }) => {
+      if (state !== 'destroyed') return
+      for (const vol of v.volumes.values()) {
+        if (vol.app === app && vol.attachedMachineId === id) vol.attachedMachineId = null
+      }
+    })
+    return v
+  }
+
+  /* ---- the model ---- */
+
+  get (appName, id) {
+    const vol = this.volumes.get(id)
+    return vol && vol.app === appName ? vol : null
+  }
+
+  list (appName) {
+    return [...this.volumes.values()].filter((v) => v.app === appName && v.state !== 'destroyed')
+      .sort((a, b) => a.createdAt - b.createdAt || (a.id < b.id ? -1 : 1))
+  }
+
+  count (appName) {
+    return this.list(appName).length
+  }
+
+  /* Creates a volume: empty, from snapshot `fromSnapshot`, or a fork of
+     volume `fromVolume` (its content now). */
+  async create (appName, { name, sizeGb, region, encrypted, fstype, snapshotRetention, autoBackup, fromSnapshot, fromVolume }) {
+    const vol = {
+      id: volumeId(),
+      app: appName,
+      name,
+      region,
+      zone: zoneId(),
+      sizeGb,
+      encrypted,
+      fstype,
+      snapshotRetention,
+      autoBackup,
+      createdAt: new Date(),
+      state: 'creating',
+      attachedMachineId: null,
+      image: null,
+      device: null,
+      dir: null,
+      lock: Promise.resolve()
+    }
+    this.volumes.set(vol.id, vol)
+    try {
+      if (this.backend === 'ext4') await this.makeImage(vol, fromSnapshot, fromVolume)
+      else await this.makeDir(vol, fromSnapshot, fromVolume)
+    } catch (e) {
+      this.volumes.delete(vol.id)
+      await this.release(vol).catch(() => {})
+      throw e
+    }
+    vol.state = 'created'
+    return vol
+  }
+
+  async makeImage (vol, fromSnapshot, fromVolume) {
+    vol.image = path.join(this.dir, `${vol.id}.img`)
+    const bytes = vol.sizeGb * GiB
+    if (fromSnapshot) {
+      await tool('cp', ['--sparse=always', '--reflink=auto', '--', fromSnapshot.image, vol.image])
+    } else if (fromVolume) {
+      await this.consistentCopy(fromVolume, vol.image)
+    } else {
+      /* O_EXCL: a fresh file of ours, never something already there */
+      const fh = await fsp.open(vol.image, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600)
+      try { await fh.truncate(bytes) } finally { await fh.close() }
+      const owner = `${ID_BASE + SANDBOX_UID}:${ID_BASE + SANDBOX_UID}`
+      await tool('mkfs.ext4', ['-q', '-F', '-m', '0', '-E', `root_owner=${owner},lazy_itable_init=0,lazy_journal_init=0`, vol.image])
+    }
+    await fsp.chmod(vol.image, 0o600)
+    const grow = (await fsp.stat(vol.image)).size < bytes
+    if (grow) await fsp.truncate(vol.image, bytes)
+    vol.device = (await tool('losetup', ['--find', '--show', '--', vol.image])).trim()
+    if (grow) await this.growOffline(vol)
+  }
+
+  async makeDir (vol, fromSnapshot, fromVolume) {
+    vol.dir = path.join(this.dir, `${vol.id}.d`)
+    await fsp.mkdir(vol.dir, { mode: 0o755 })
+    await fsp.chown(vol.dir, ID_BASE + SANDBOX_UID, ID_BASE + SANDBOX_UID)
+    await fsp.chmod(vol.dir, 0o755)
+    if (fromSnapshot) await this.copyTree(fromSnapshot.dir, vol.dir)
+    else if (fromVolume) await this.withQuiesced(fromVolume, () => this.copyTree(fromVolume.dir, vol.dir))
+  }
+
+  /* A copy of a directory volume's content, made as the machine's root. */
+  async copyTree (src, dst) {
+    const [cmd, args] = asMachineRoot(['cp', '-a', '--no-dereference', '--', `${src}/.`, `${dst}/`])
+    await tool(cmd, args)
+  }
+
+  /* Runs fn while nothing writes to the volume: when the machine it is
+     attached to runs, inside that machine's queue (no boot or stop in
+     between) with its filesystem frozen (or, for a directory, its
+     processes frozen). */
+  async withQuiesced (vol, fn) {
+    const m = this.machineOf(vol)
+    if (!m) return fn(null)
+    return m.enqueue(async () => {
+      const run = m.run
+      if (!run || !run.started || run.exited) return fn(null)
+      if (this.backend === 'directory') {
+        const wasFrozen = run.frozen
+        if (!wasFrozen) run.freeze()
+        try { return await fn(null) } finally { if (!wasFrozen) run.thaw() }
+      }
+      const mnt = run.volumeMountPath(0)
+      if (!mnt) return fn(null)
+      await tool('fsfreeze', ['--freeze', mnt])
+      try {
+        return await fn(mnt)
+      } finally {
+        await tool('fsfreeze', ['--unfreeze', mnt]).catch(() => {})
+      }
+    })
+  }
+
+  /* A point-in-time copy of vol's image at dst (sparse; a reflink where the
+     host's filesystem has them). */
+  consistentCopy (vol, dst) {
+    return this.withQuiesced(vol, () => tool('cp', ['--sparse=always', '--reflink=auto', '--', vol.image, dst]))
+  }
+
+  machineOf (vol) {
+    if (!vol.attachedMachineId) return null
+    const app = this.store.apps.get(vol.app)
+    const m = app && app.machines.get(vol.attachedMachineId)
+    return m && m.state !== 'destroyed' ? m : null
+  }
+
+  /* Grows the filesystem of an image no machine has mounted to the image's
+     size (e2fsck first: resize2fs insists on a freshly checked one). */
+  async growOffline (vol) {
+    await tool('e2fsck', ['-f', '-p', vol.device], { okCodes: [0, 1] })
+    await tool('resize2fs', [vol.device])
+  }
+
+  /* Serialise the operations on one volume. */
+  locked (vol, fn) {
+    const p = vol.lock.then(fn)
+    vol.lock = p.catch(() => {})
+    return p
+  }
+
+  /* Extend to sizeGb (larger only); { needsRestart }. */
+  extend (vol, sizeGb) {
+    return this.locked(vol, async () => {
+      if (this.backend === 'directory') {
+        vol.sizeGb = sizeGb
+        return { needsRestart: false }
+      }
+      const online = (run) => run && run.started && !run.exited && run.volumeMountPath(0)
+      const grow = async (run) => {
+        await fsp.truncate(vol.image, sizeGb * GiB)
+        await tool('losetup', ['--set-capacity', vol.device])
+        vol.sizeGb = sizeGb
+        if (!online(run)) {
+          await this.growOffline(vol)
+          return false
+        }
+        try {
+          /* online resize: resize2fs finds the mount in the boot's namespace */
+          await tool('nsenter', [`--mount=/proc/${run.child.pid}/ns/mnt`, '--', 'resize2fs', vol.device])
+          return false
+        } catch (e) {
+          /* it needs CAP_SYS_RESOURCE, which some hosts withhold from
+             root: the next boot grows it before mounting, as Fly's
+             needs_restart says */
+          vol.growAtBoot = true
+          return true
+        }
+      }
+      const m = this.machineOf(vol)
+      const needsRestart = m ? await m.enqueue(() => grow(m.run)) : await grow(null)
+      return { needsRestart }
+    })
+  }
+
+  /* A snapshot: a point-in-time copy of the volume, kept after the volume
+     is deleted (until fly-local stops). */
+  snapshot (vol) {
+    return this.locked(vol, async () => {
+      const snap = {
+        id: snapshotId(),
+        volumeId: vol.id,
+        app: vol.app,
+        createdAt: new Date(),
+        volumeSize: vol.sizeGb,
+        retentionDays: vol.snapshotRetention,
+        status: 'created',
+        image: null,
+        dir: null,
+        size: 0,
+        digest: ''
+      }
+      if (this.backend === 'ext4') {
+        snap.image = path.join(this.snapDir, `${snap.id}.img`)
+        await this.consistentCopy(vol, snap.image)
+        await fsp.chmod(snap.image, 0o600)
+        const st = await fsp.stat(snap.image)
+        snap.size = st.blocks * 512
+        snap.digest = await sha256File(snap.image)
+      } else {
+        snap.dir = path.join(this.snapDir, `${snap.id}.d`)
+        await fsp.mkdir(snap.dir, { mode: 0o755 })
+        await fsp.chown(snap.dir, ID_BASE + SANDBOX_UID, ID_BASE + SANDBOX_UID)
+        await this.withQuiesced(vol, () => this.copyTree(vol.dir, snap.dir))
+        const du = await tool(...asMachineRoot(['du', '-s', '-B1', '--', snap.dir])).catch(() => '0')
+        snap.size = Number(du.split(/\s/)[0]) || 0
+        snap.digest = crypto.createHash('sha256').update(`${snap.id}:${snap.size}`).digest('hex')
+      }
+      this.snapshots.set(snap.id, snap)
+      return snap
+    })
+  }
+
+  snapshotsOf (vol) {
+    return [...this.snapshots.values()].filter((s) => s.volumeId === vol.id)
+      .sort((a, b) => a.createdAt - b.createdAt || (a.id < b.id ? -1 : 1))
+  }
+
+  /* Deletes an unattached volume: the loop device goes, then the image. */
+  destroy (vol) {
+    return this.locked(vol, async () => {
+      vol.state = 'destroying'
+      await this.release(vol)
+      vol.state = 'destroyed'
+      vol.destroyedAt = Date.now()
+      const t = setTimeout(() => { if (this.volumes.get(vol.id) === vol) this.volumes.delete(vol.id) }, this.store.destroyedGraceMs)
+      t.unref()
+    })
+  }
+
+  /* Frees what a volume holds on the host. */
+  async release (vol) {
+    if (vol.device) {
+      await tool('losetup', ['--detach', vol.device]).catch(() => {})
+      vol.device = null
+    }
+    if (vol.image) {
+      await fsp.rm(vol.image, { force: true })
+      vol.image = null
+    }
+    if (vol.dir) {
+      await this.removeTree(vol.dir)
+      vol.dir = null
+    }
+  }
+
+  /* Empties a directory as the machine's root, then removes the (now empty)
+     directory itself, which rmdir never follows. */
+  async removeTree (dir) {
+    const [cmd, args] = asMachineRoot(['find', dir, '-mindepth', '1', '-delete'])
+    await tool(cmd, args).catch(() => {})
+    await fsp.rmdir(dir).catch(() => {})
+  }
+
+  async destroyApp (appName) {
+    const work = []
+    for (const vol of this.volumes.values()) {
+      if (vol.app !== appName || vol.state === 'destroyed') continue
+      vol.attachedMachineId = null
+      work.push(this.destroy(vol))
+    }
+    for (const snap of this.snapshots.values()) if (snap.app === appName) work.push(this.dropSnapshot(snap))
+    await Promise.allSettled(work)
+  }
+
+  async dropSnapshot (snap) {
+    this.snapshots.delete(snap.id)
+    if (snap.image) await fsp.rm(snap.image, { force: true })
+    if (snap.dir) await this.removeTree(snap.dir)
+  }
+
+  /* stop(): every volume and snapshot fly-local made (machines are gone). */
+  async destroyAll () {
+    const work = []
+    for (const vol of this.volumes.values()) work.push(vol.lock.then(() => this.release(vol)))
+    for (const snap of this.snapshots.values()) work.push(this.dropSnapshot(snap))
+    await Promise.allSettled(work)
+    this.volumes.clear()
+  }
+
+  /* The process is exiting: detach the loop devices now (the state
+     directory with the images goes with the host). */
+  destroySync () {
+    for (const vol of this.volumes.values()) {
+      if (vol.device) spawnSync('losetup', ['--detach', vol.device], { stdio: 'ignore', env: SYS_ENV })
+      vol.device = null
+    }
+    if (this.backend === 'directory') {
+      for (const d of [this.dir, this.snapDir]) {
+        const [cmd, args] = asMachineRoot(['find', d, '-mindepth', '2', '-delete'])
+        spawnSync(cmd, args, { stdio: 'ignore', env: SYS_ENV, timeout: TOOL_TIMEOUT_MS })
+      }
+    }
+  }
+
+  /* ---- mounts ---- */
+
+  /* Checks a machine's config.mounts against the app's volumes and holds
+     the volumes for it: { commit(machineId), release() }. Throws an
+     HttpError-like { status, message } through makeError. */
+  claim (appName, mounts, region, machineId, makeError) {
+    const held = []
+    for (const mt of mounts || []) {
+      const vol = this.get(appName, mt.volume)
+      if (!vol || vol.state === 'destroyed' || vol.state === 'destroying') throw makeError(400, `invalid_argument: volume ${mt.volume} not found`)
+      if (vol.region !== region) throw makeError(400, `invalid_argument: volume ${vol.id} is in region ${vol.region}, the machine in ${region}`)
+      if (vol.attachedMachineId && vol.attachedMachineId !== machineId) {
+        throw makeError(412, `failed_precondition: volume ${vol.id} is currently bound to machine: ${vol.attachedMachineId}`)
+      }
+      held.push(vol)
+    }
+    const token = `claim-${crypto.randomBytes(6).toString('hex')}`
+    for (const vol of held) if (!vol.attachedMachineId) vol.attachedMachineId = token
+    return {
+      volumes: held,
+      commit: (id) => {
+        for (const vol of held) if (vol.attachedMachineId === token) vol.attachedMachineId = id
+      },
+      release: () => {
+        for (const vol of held) if (vol.attachedMachineId === token) vol.attachedMachineId = null
+      }
+    }
+  }
+
+  /* Lets go of the volumes machine m holds and its config no longer mounts
+     (after an update, once the boot that mounted them is gone). */
+  detachUnused (m) {
+    const keep = new Set((m.config.mounts || []).map((mt) => mt.volume))
+    for (const vol of this.volumes.values()) {
+      if (vol.app === m.app.name && vol.attachedMachineId === m.id && !keep.has(vol.id)) vol.attachedMachineId = null
+    }
+  }
+
+  /* config.mounts as the machine echoes them: with the volume's name. */
+  normaliseMounts (appName, mounts) {
+    return mounts.map((mt) => {
+      const vol = this.get(appName, mt.volume)
+      return { ...mt, ...(vol && vol.name && !mt.name ? { name: vol.name } : {}) }
+    })
+  }
+
+  /* What a boot of machine m mounts: [{ device | source, path }]. */
+  mountsFor (m) {
+    const out = []
+    for (const mt of m.config.mounts || []) {
+      const vol = this.get(m.app.name, mt.volume)
+      if (!vol || vol.attachedMachineId !== m.id || !(vol.device || vol.dir)) {
+        throw new Error(`volume ${mt.volume} is not available to machine ${m.id}`)
+      }
+      out.push(vol.device ? { device: vol.device, path: mt.path, grow: !!vol.growAtBoot } : { source: vol.dir, path: mt.path })
+      vol.growAtBoot = false
+    }
+    return out
+  }
+
+  /* ---- JSON ---- */
+
+  async stats (vol) {
+    const bytesTotal = vol.sizeGb * GiB
+    if (this.backend !== 'ext4' || !vol.device) {
+      return { block_size: 4096, blocks: bytesTotal / 4096, blocks_free: bytesTotal / 4096, blocks_avail: bytesTotal / 4096, bytes_total: bytesTotal, bytes_used: 0 }
+    }
+    /* mounted: the live filesystem's figures; else the superblock's */
+    const m = this.machineOf(vol)
+    const mnt = m && m.run && m.run.started && !m.run.exited && m.run.volumeMountPath(0)
+    if (mnt) {
+      try {
+        const s = await fsp.statfs(mnt)
+        return {
+          block_size: s.bsize,
+          blocks: s.blocks,
+          blocks_free: s.bfree,
+          blocks_avail: s.bavail,
+          bytes_total: s.blocks * s.bsize,
+          bytes_used: (s.blocks - s.bfree) * s.bsize
+        }
+      } catch (_) { /* unmounted meanwhile */ }
+    }
+    try {
+      const out = await tool('dumpe2fs', ['-h', vol.device], { timeoutMs: 10000 })
+      const field = (name) => Number((new RegExp(`^${name}:\\s+(\\d+)`, 'm').exec(out) || [])[1] || 0)
+      const bs = field('Block size')
+      const blocks = field('Block count')
+      const free = field('Free blocks')
+      /* statfs counts the metadata's blocks as used too: the figure a
+         machine's df shows */
+      return { block_size: bs, blocks, blocks_free: free, blocks_avail: free, bytes_total: blocks * bs, bytes_used: (blocks - free) * bs }
+    } catch (_) {
+      return { block_size: 4096, blocks: bytesTotal / 4096, blocks_free: 0, blocks_avail: 0, bytes_total: bytesTotal, bytes_used: 0 }
+    }
+  }
+
+  async toJSON (vol, { summary = false } = {}) {
+    const o = {
+      id: vol.id,
+      name: vol.name,
+      state: vol.state,
+      size_gb: vol.sizeGb,
+      region: vol.region,
+      zone: vol.zone,
+      encrypted: vol.encrypted,
+      fstype: vol.fstype,
+      created_at: vol.createdAt.toISOString(),
+      attached_machine_id: vol.attachedMachineId && !vol.attachedMachineId.startsWith('claim-') ? vol.attachedMachineId : null,
+      attached_alloc_id: null,
+      snapshot_retention: vol.snapshotRetention,
+      auto_backup_enabled: vol.autoBackup,
+      host_status: 'ok'
+    }
+    if (!summary && vol.state !== 'destroyed') Object.assign(o, await this.stats(vol))
+    return o
+  }
+
+  snapshotJSON (snap) {
+    return {
+      id: snap.id,
+      created_at: snap.createdAt.toISOString(),
+      digest: snap.digest,
+      retention_days: snap.retentionDays,
+      size: snap.size,
+      status: snap.status,
+      volume_size: snap.volumeSize * GiB
+    }
+  }
+}
+
+function sha256File (file) {
+  return new Promise((resolve, reject) => {
+    const h = crypto.createHash('sha256')
+    fs.createReadStream(file, { highWaterMark: 1 << 20 })
+      .on('data', (d) => h.update(d))
+      .on('error', reject)
+      .on('end', () => resolve(h.digest('hex')))
+  })
+}
+
+module.exports = { Volumes, MAX_SIZE_GB, DEFAULT_RETENTION_DAYS, SANDBOX_UID, GiB }
