@@ -28,50 +28,32 @@ async function plan (ctx, o) {
   const hasFork = o.fromSandbox !== undefined && o.fromSandbox !== null
   if (hasSnap && hasFork) throw invalidArg('create: snapshotId and fromSandbox cannot be used together')
   const vol = given !== undefined ? given : config.volume
+  // From a snapshot or a fork, the size is the source's unless one is asked.
+  const size = given && given.sizeGb ? { size_gb: given.sizeGb } : {}
   if (hasSnap) {
+    // A snapshot outlives its volume, and restores anywhere in the org.
     const s = snapshotIds.parse(o.snapshotId)
-    if (s.app !== config.appName) {
-      throw invalidArg(`create: snapshot ${o.snapshotId} belongs to app ${s.app}, not ${config.appName}`)
-    }
-    const snap = await find(config, s)
-    const sizeGb = Math.max((vol && vol.sizeGb) || 1, Number(snap.volume_size) || 1)
-    return { size_gb: sizeGb, snapshot_id: s.snapshot }
+    return { ...size, snapshot_id: s.snapshot }
   }
   if (hasFork) {
     const { app, machine } = parseSandboxId(o.fromSandbox)
     if (app !== config.appName) throw invalidArg(`create: fromSandbox ${o.fromSandbox} is not in app ${config.appName}`)
-    let m
+    let m = null
     try {
       m = (await api.call(config, 'machine.get', { app, machine })).body
     } catch (err) {
-      if (err.code === 'FLY_NOT_FOUND') throw flyError('FLY_NOT_FOUND', `fromSandbox ${o.fromSandbox} does not exist`)
-      throw err
+      if (err.code !== 'FLY_NOT_FOUND') throw err
     }
-    const src = isGone(m) ? null : ((m.config && m.config.metadata) || {})[VOLUME]
     if (isGone(m)) throw flyError('FLY_NOT_FOUND', `fromSandbox ${o.fromSandbox} does not exist`)
+    const src = ((m.config && m.config.metadata) || {})[VOLUME]
     if (!src) {
       throw flyError('FLY_VOLUME_REQUIRED', `sandbox ${o.fromSandbox} has no workspace volume to fork; ` +
         'create it with volume: { sizeGb }')
     }
-    const srcVol = (await api.call(config, 'volume.get', { app, volume: src })).body || {}
-    const sizeGb = Math.max((vol && vol.sizeGb) || 1, Number(srcVol.size_gb) || 1)
-    return { size_gb: sizeGb, source_volume_id: src }
+    return { ...size, source_volume_id: src }
   }
   if (!vol) return null
   return { size_gb: vol.sizeGb }
-}
-
-async function find (config, s) {
-  let list
-  try {
-    list = (await api.call(config, 'volume.snapshots', { app: s.app, volume: s.volume })).body || []
-  } catch (err) {
-    if (err.code === 'FLY_NOT_FOUND') throw flyError('FLY_SNAPSHOT_NOT_FOUND', `snapshot ${s.id} does not exist`)
-    throw err
-  }
-  const snap = list.find((x) => x.id === s.snapshot)
-  if (!snap) throw flyError('FLY_SNAPSHOT_NOT_FOUND', `snapshot ${s.id} does not exist (or has expired)`)
-  return snap
 }
 
 // Makes the planned volume and mounts it in body (the machine create
