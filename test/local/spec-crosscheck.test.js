@@ -41,7 +41,11 @@ const SHARED = {
   ProcessStat: 'ProcessStat',
   Memory: 'main.memoryResponse',
   MetadataValue: 'metadataValueResponse',
-  Lease: 'Lease'
+  Lease: 'Lease',
+  MachineMount: 'fly.MachineMount',
+  Volume: 'Volume',
+  ExtendVolume: 'ExtendVolumeResponse',
+  VolumeSnapshot: 'VolumeSnapshot'
 }
 
 /* Fields fly-local serves that Fly's component does not list, and why. */
