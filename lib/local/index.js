@@ -12,6 +12,7 @@ const { Faults } = require('./faults')
 const { createApi } = require('./api')
 const { ApiSockets } = require('./api-socket')
 const { Volumes } = require('./volumes')
+const { Proxy } = require('./proxy')
 
 function needsRoot () {
   const e = new Error('fly-local must run as root: its machines use Linux namespaces, overlayfs mounts and cgroups')
@@ -58,6 +59,9 @@ async function start (options = {}) {
   const handle = createApi(ctx)
   /* every machine's /.fly/api */
   store.apiSockets = new ApiSockets(handle)
+  /* Fly proxy: the public ports of machine services */
+  const proxy = new Proxy(store, { autostopMs: opts.autostopMs, wakeMs: opts.proxyWakeMs, quiet: opts.quiet })
+  store.proxy = proxy
   const server = http.createServer(handle)
   /* Expect: 100-continue: the API answers 100 only once the token passed */
   server.on('checkContinue', handle)
@@ -80,6 +84,7 @@ async function start (options = {}) {
     })
   } catch (e) {
     process.off('exit', onExit)
+    proxy.close()
     onExit()
     throw e
   }
@@ -144,11 +149,14 @@ async function start (options = {}) {
       return pids.size
     },
     swapHostKey: (id) => swapHostKey(runningMachine(id)),
+    /* the proxy's open public ports on 127.0.0.1: [{ port, app }] */
+    publicPorts: () => proxy.ports(),
     stop () {
       if (!stopping) {
         stopping = (async () => {
           server.close()
           if (server.closeAllConnections) server.closeAllConnections()
+          proxy.close()
           await Promise.allSettled([...pending])
           await store.destroyAll()
           store.apiSockets.closeAll()

@@ -97,6 +97,44 @@ function validateMounts (mounts) {
   }
 }
 
+/* Fly proxy services (proxy.js serves their public ports on 127.0.0.1):
+   tcp only, one port each (no start_port/end_port ranges) in fly-local. */
+const MAX_PUBLIC_PORTS = 64
+const AUTOSTOP = [false, true, 'off', 'stop', 'suspend']
+
+function validPort (p) {
+  return Number.isInteger(p) && p >= 1 && p <= 65535
+}
+
+function validateServices (services) {
+  if (!Array.isArray(services)) throw E.bad('config.services must be an array')
+  let ports = 0
+  for (const [i, svc] of services.entries()) {
+    const at = `config.services[${i}]`
+    if (!isObject(svc)) throw E.bad(`${at} must be an object`)
+    if (svc.protocol !== 'tcp') {
+      throw E.bad(`${at}.protocol ${JSON.stringify(svc.protocol)}: fly-local's proxy serves tcp services only`)
+    }
+    if (!validPort(svc.internal_port)) throw E.bad(`${at}.internal_port must be a port number`)
+    if (svc.autostart != null && typeof svc.autostart !== 'boolean') throw E.bad(`${at}.autostart must be a boolean`)
+    if (svc.autostop != null && !AUTOSTOP.includes(svc.autostop)) throw E.bad(`${at}.autostop must be off, stop or suspend`)
+    if (svc.min_machines_running != null && !(Number.isInteger(svc.min_machines_running) && svc.min_machines_running >= 0)) {
+      throw E.bad(`${at}.min_machines_running must be a non-negative integer`)
+    }
+    if (svc.ports == null) continue
+    if (!Array.isArray(svc.ports)) throw E.bad(`${at}.ports must be an array`)
+    for (const [j, p] of svc.ports.entries()) {
+      if (!isObject(p)) throw E.bad(`${at}.ports[${j}] must be an object`)
+      if (p.start_port != null || p.end_port != null) throw E.bad(`${at}.ports[${j}]: fly-local's proxy does not serve port ranges`)
+      if (!validPort(p.port)) throw E.bad(`${at}.ports[${j}].port must be a port number`)
+      if (p.handlers != null && !(Array.isArray(p.handlers) && p.handlers.every((h) => typeof h === 'string'))) {
+        throw E.bad(`${at}.ports[${j}].handlers must be an array of strings`)
+      }
+      if (++ports > MAX_PUBLIC_PORTS) throw E.bad(`at most ${MAX_PUBLIC_PORTS} public ports per machine`)
+    }
+  }
+}
+
 /* Throws a 400 HttpError for the first problem found. */
 function validateConfig (config) {
   if (!isObject(config)) throw E.bad('config is required')
@@ -109,6 +147,7 @@ function validateConfig (config) {
   if (config.restart != null) validateRestart(config.restart)
   if (config.stop_config != null) validateStopConfig(config.stop_config)
   if (config.mounts != null) validateMounts(config.mounts)
+  if (config.services != null) validateServices(config.services)
 }
 
 /* A copy with the guest defaults filled in, as Fly echoes it back. */
@@ -116,6 +155,11 @@ function normaliseConfig (config) {
   const c = JSON.parse(JSON.stringify(config))
   c.guest = { cpu_kind: 'shared', cpus: 1, memory_mb: 256, ...(c.guest || {}) }
   if (!c.guest.memory_mb) c.guest.memory_mb = c.guest.cpu_kind === 'performance' ? 2048 * c.guest.cpus : 256
+  /* Fly answers autostop off and stop as the old booleans */
+  for (const svc of c.services || []) {
+    if (svc.autostop === 'off') svc.autostop = false
+    else if (svc.autostop === 'stop') svc.autostop = true
+  }
   return c
 }
 

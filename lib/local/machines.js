@@ -252,6 +252,28 @@ class Machine extends EventEmitter {
     t.unref()
   }
 
+  /* The transitions that POST start, stop and suspend (and Fly's proxy,
+     proxy.js) begin once their checks passed: the state moves now, the
+     work is queued. */
+  requestStart () {
+    const prev = this.state
+    this.retries = 0
+    this.setState('starting')
+    if (prev === 'suspended') this.enqueue(() => this.resumeNow())
+    else this.enqueue(() => this.boot())
+  }
+
+  requestStop (signal, timeout) {
+    const p = this.stopParams(signal, timeout)
+    this.setState('stopping')
+    this.enqueue(() => this.stopNow(p.signal, p.timeoutMs))
+  }
+
+  requestSuspend () {
+    this.setState('suspending')
+    this.enqueue(() => this.suspendNow())
+  }
+
   async suspendNow () {
     const run = this.run
     if (!run) return

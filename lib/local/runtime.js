@@ -120,6 +120,12 @@ class Host {
     return (await this.net.alloc(opts)).ip
   }
 
+  /* The machine's IPv4 address (egress, and Fly proxy's way in: proxy.js). */
+  guestV4 (ip) {
+    const m = this.net.byIp.get(ip)
+    return m ? m.v4guest : null
+  }
+
   releaseIp (ip) {
     this.net.release(ip)
   }

@@ -82,11 +82,16 @@ async function createMachine (store, { params, body }) {
   const config = normaliseConfig(body.config)
   if (config.mounts) config.mounts = store.volumes.normaliseMounts(app.name, config.mounts)
   let m
+  let done = () => {}
   try {
+    /* the public ports are bound before the machine exists (409 when taken) */
+    if (store.proxy) done = await store.proxy.claim(app.name, body.config)
     m = await store.createMachine(app, { ...body, config, region })
   } catch (e) {
     claim.release()
     throw e
+  } finally {
+    done()
   }
   claim.commit(m.id)
   let nonce
@@ -113,7 +118,22 @@ function getMachine (store, { params, query }) {
   return [200, m.toJSON({ includeLease: truthy(query.get('include_leases')) })]
 }
 
-function updateMachine (store, { req, params, body }) {
+/* The new config's public ports are bound first (409 when taken), then the
+   update applies at once, with every check. */
+async function updateMachine (store, rq) {
+  const m = findMachine(store, rq.params.app, rq.params.id)
+  if (m.state === 'destroyed' || m.state === 'destroying') throw E.notFound('machine')
+  if (!isObject(rq.body)) throw E.bad('invalid request body')
+  validateConfig(rq.body.config)
+  const done = store.proxy ? await store.proxy.claim(m.app.name, rq.body.config) : () => {}
+  try {
+    return applyUpdate(store, rq)
+  } finally {
+    done()
+  }
+}
+
+function applyUpdate (store, { req, params, body }) {
   const m = findMachine(store, params.app, params.id)
   if (m.state === 'destroyed' || m.state === 'destroying') throw E.notFound('machine')
   if (!isObject(body)) throw E.bad('invalid request body')
@@ -167,10 +187,7 @@ function startMachine (store, { req, params }) {
   if (prev === 'started' || prev === 'starting') return started
   if (prev === 'updating' || prev === 'replacing') throw E.precondition('machine getting replaced, refusing to start')
   if (!AT_REST.includes(prev)) throw E.precondition(`unable to start machine from current state: '${prev}'`)
-  m.retries = 0
-  m.setState('starting')
-  if (prev === 'suspended') m.enqueue(() => m.resumeNow())
-  else m.enqueue(() => m.boot())
+  m.requestStart()
   return started
 }
 
@@ -188,9 +205,7 @@ function stopMachine (store, { req, params, body }) {
   if (!['started', 'starting', 'suspended', 'stopping', 'updating'].includes(m.state)) {
     throw E.precondition(`unable to stop machine from current state: '${m.state}'`)
   }
-  const { signal, timeoutMs } = m.stopParams(b.signal, b.timeout)
-  m.setState('stopping')
-  m.enqueue(() => m.stopNow(signal, timeoutMs))
+  m.requestStop(b.signal, b.timeout)
   return [200, { ok: true }]
 }
 
@@ -199,8 +214,7 @@ function suspendMachine (store, { req, params }) {
   checkLease(m, req)
   if (m.state === 'suspended') return [200, { ok: true }]
   if (m.state !== 'started') throw E.precondition(`unable to suspend machine from current state: '${m.state}'`)
-  m.setState('suspending')
-  m.enqueue(() => m.suspendNow())
+  m.requestSuspend()
   return [200, { ok: true }]
 }
 
