@@ -14,6 +14,7 @@ test.after(() => srv && srv.stop())
 
 // Serves /home/sandbox on `port` (every address), detached.
 async function serve (sb, port, marker) {
+  await sb.filesystem.mkdir('/home/sandbox/www')
   await sb.filesystem.writeFile('/home/sandbox/www/index.html', marker)
   const r = await sb.runCommand(`cd /home/sandbox/www && python3 -m http.server ${port} --bind ::`, { background: true })
   assert.equal(r.exitCode, 0)
