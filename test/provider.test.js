@@ -97,7 +97,7 @@ test('getUrl gives a reachable URL on fly-local for an exposed port', async () =
   let ready
   const serving = new Promise((resolve) => { ready = resolve })
   const onOut = (d) => { if (/Serving HTTP/.test(d)) ready() }
-  const server = sb.runCommand('exec python3 -u -m http.server 8765 --bind "$FLY_PRIVATE_IP"',
+  const server = sb.runCommand('exec python3 -u -m http.server 8765 --bind 0.0.0.0',
     { onStdout: onOut, onStderr: onOut }).catch((e) => e)
   await serving
   const res = await fetch((await sb.getUrl({ port: 8765 })) + '/')
