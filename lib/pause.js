@@ -50,8 +50,10 @@ async function waitState (sb, state, { version, timeoutMs, code, also = [] }) {
     const query = { state, timeout: sliceS }
     if (version) query.version = version
     try {
-      await machineApi(sb, 'machine.wait', { query, waitTotalMs: sliceS * 1000, timeoutMs: sliceS * 1000 + 15000 })
-      return await current(sb)
+      const r = await machineApi(sb, 'machine.wait', { query, waitTotalMs: sliceS * 1000, timeoutMs: sliceS * 1000 + 15000 })
+      // The reply says which state it reached (no second read needed).
+      sb.state = (r.body && r.body.state) || state
+      return { state: sb.state }
     } catch (err) {
       if (err.code !== 'FLY_TIMEOUT') throw err
     }
@@ -103,7 +105,8 @@ async function pause (sb, options) {
     return markPaused(sb)
   }
   if (m.state === 'created' || m.state === 'starting' || m.state === 'restarting') {
-    m = await waitState(sb, 'started', { timeoutMs: config.startTimeoutMs, code: 'FLY_PAUSE_TIMEOUT' })
+    await waitState(sb, 'started', { timeoutMs: config.startTimeoutMs, code: 'FLY_PAUSE_TIMEOUT' })
+    m = await current(sb)
   }
   if (m.state === 'stopped' || m.state === 'stopping') {
     // At rest already (it exited, or is stopping): it is paused from now on.
