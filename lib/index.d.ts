@@ -68,7 +68,7 @@ export interface FlyConfig {
   idleAction?: 'suspend' | 'stop'
   /** false is idleAction 'stop'. */
   keepMemory?: boolean
-  /** What the lifetime `timeout` does: 'destroy' (default) or 'pause' (suspend, or stop with idleAction 'stop'; not destroyed). */
+  /** What the lifetime `timeout` does: 'destroy' (default) or 'pause' (the machine suspends itself and is not destroyed). */
   onTimeout?: 'pause' | 'destroy'
   /** Default workspace volume for every sandbox (false: none, the default). */
   volume?: FlyVolumeOptions | false
