@@ -61,6 +61,15 @@ ensure_user() {
     chown root:root "$INJECT" "$INJECT/authorized_keys" &&
       chmod go-w "$INJECT" "$INJECT/authorized_keys" || return 1
   fi
+  # A fresh volume mounted at the home has a root-owned root directory on
+  # Fly: give that one directory to the user. Only it: chown -h never
+  # follows a link and there is no -R, so nothing the user's code left in
+  # the home is touched. The path itself cannot be bent: /home is root's,
+  # so the user cannot rename or replace $HOME_DIR, and a mount root cannot
+  # be swapped for a link. ([ -O ]: owned by us, root; no fork.)
+  if [ -d "$HOME_DIR" ] && [ ! -L "$HOME_DIR" ] && [ -O "$HOME_DIR" ]; then
+    chown -h "$USER_NAME:$USER_NAME" "$HOME_DIR" || log "cannot give $HOME_DIR to $USER_NAME"
+  fi
   # The home belongs to the sandbox user (and may hold whatever its code
   # left there, on a volume): root never writes into it. Convenience
   # directories that are missing are made as the user.

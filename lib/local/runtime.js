@@ -306,18 +306,17 @@ class Run extends EventEmitter {
     return `nosuid,nodev,lowerdir=${layers.join(':')},upperdir=${upper},workdir=${path.join(this.dir, 'work')}`
   }
 
-  /* Volume mounts (volumes.js): a loop device is mounted below the boot's
-     directory in its private mount namespace (start's script), a directory
-     volume is bound as it is; the container binds either at its path. */
+  /* Volume mounts (volumes.js): a loop device (or a directory volume, bound)
+     is mounted nosuid,nodev below the boot's directory in its private mount
+     namespace (start's script); the container binds that at its path, and
+     a bind keeps the flags (the runtime's own remount with them does not
+     take inside the user namespace). */
   async prepareVolumes () {
     if (this.opts.mountError) throw new Error(this.opts.mountError)
     const out = []
     for (const [i, v] of (this.opts.mounts || []).entries()) {
-      let source = v.source
-      if (v.device) {
-        source = path.join(this.dir, 'vol', String(i))
-        await fsp.mkdir(source, { recursive: true, mode: 0o711 })
-      }
+      const source = path.join(this.dir, 'vol', String(i))
+      await fsp.mkdir(source, { recursive: true, mode: 0o711 })
       out.push({ source, destination: v.path })
     }
     return out
@@ -352,9 +351,12 @@ class Run extends EventEmitter {
     const q = (a) => `'${String(a).replace(/'/g, "'\\''")}'`
     /* a volume extended while mounted where online resizing is refused
        grows here, before it is mounted (e2fsck's 1 is "fixed") */
-    const volMounts = (opts.mounts || []).map((v, i) => !v.device ? ''
-      : (v.grow ? `{ e2fsck -f -p ${q(v.device)}; [ $? -le 1 ]; } && resize2fs ${q(v.device)} && ` : '') +
-        `mount -t ext4 -o nosuid,nodev ${q(v.device)} ${q(path.join(this.dir, 'vol', String(i)))} && `).join('')
+    const volMounts = (opts.mounts || []).map((v, i) => {
+      const at = q(path.join(this.dir, 'vol', String(i)))
+      if (!v.device) return `mount --bind ${q(v.source)} ${at} && mount -o remount,bind,nosuid,nodev ${at} && `
+      return (v.grow ? `{ e2fsck -f -p ${q(v.device)}; [ $? -le 1 ]; } && resize2fs ${q(v.device)} && ` : '') +
+        `mount -t ext4 -o nosuid,nodev ${q(v.device)} ${at} && `
+    }).join('')
     const script = `${HIDE_UNIFIED}mount -t overlay overlay -o "$1" "$2/rootfs" && ${volMounts}` +
       'exec "$5" --root "$3" --log "$2/runc.log" run --bundle "$2" --pid-file "$2/pid" "$4"'
     const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', 'unshare', '--mount', '--propagation', 'private', '--',

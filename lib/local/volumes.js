@@ -21,16 +21,18 @@
 //
 // Without loop devices (some container hosts) a volume is a plain directory
 // with no size limit: one warning line at start, `backend: 'directory'`.
-// Its copies and removals then run as the machine's own root, in a user
-// namespace mapped like the machine's, so they have no more rights on the
-// host than the sandbox itself.
+// Its copies (cp -a: links copied as links) and removals (rm's
+// fd-relative walk, which never follows a link) walk the tree as the
+// host's root, but only while no process of the sandbox can change it: the
+// volume is not attached, or its machine is stopped, or its machine's
+// cgroup is frozen for the copy (exec'd commands join that cgroup too).
 const { execFile, spawnSync } = require('child_process')
 const crypto = require('crypto')
 const fs = require('fs')
 const fsp = fs.promises
 const os = require('os')
 const path = require('path')
-const { ID_BASE, ID_COUNT } = require('./image')
+const { ID_BASE } = require('./image')
 
 const GiB = 1024 * 1024 * 1024
 /* Fly's bounds for a volume's size */
@@ -101,14 +103,6 @@ function loopWorks (dir) {
   } finally {
     fs.rmSync(probe, { force: true })
   }
-}
-
-/* argv run as root of a user namespace mapped like every machine's
-   (container ids 0..65535 = host ids ID_BASE + n): the directory backend's
-   copies and removals, which walk a tree the sandbox wrote. */
-function asMachineRoot (argv) {
-  const map = `0:${ID_BASE}:${ID_COUNT}`
-  return ['unshare', ['--user', `--map-users=${map}`, `--map-groups=${map}`, '--setuid', '0', '--setgid', '0', '--', ...argv]]
 }
 
 class Volumes {
@@ -227,10 +221,10 @@ class Volumes {
     else if (fromVolume) await this.withQuiesced(fromVolume, () => this.copyTree(fromVolume.dir, vol.dir))
   }
 
-  /* A copy of a directory volume's content, made as the machine's root. */
+  /* A copy of a directory volume's content (nothing of the sandbox runs:
+     see withQuiesced). */
   async copyTree (src, dst) {
-    const [cmd, args] = asMachineRoot(['cp', '-a', '--no-dereference', '--', `${src}/.`, `${dst}/`])
-    await tool(cmd, args)
+    await tool('cp', ['-a', '--no-dereference', '--one-file-system', '--', `${src}/.`, `${dst}/`])
   }
 
   /* Runs fn while nothing writes to the volume: when the machine it is
@@ -262,7 +256,9 @@ class Volumes {
   /* A point-in-time copy of vol's image at dst (sparse; a reflink where the
      host's filesystem has them). */
   consistentCopy (vol, dst) {
-    return this.withQuiesced(vol, () => tool('cp', ['--sparse=always', '--reflink=auto', '--', vol.image, dst]))
+    /* the filesystem stays frozen at most this long */
+    const timeoutMs = TOOL_TIMEOUT_MS + vol.sizeGb * 2000
+    return this.withQuiesced(vol, () => tool('cp', ['--sparse=always', '--reflink=auto', '--', vol.image, dst], { timeoutMs }))
   }
 
   machineOf (vol) {
@@ -343,13 +339,13 @@ class Volumes {
         await fsp.chmod(snap.image, 0o600)
         const st = await fsp.stat(snap.image)
         snap.size = st.blocks * 512
-        snap.digest = await sha256File(snap.image)
+        snap.digest = await sha256Image(snap.image)
       } else {
         snap.dir = path.join(this.snapDir, `${snap.id}.d`)
         await fsp.mkdir(snap.dir, { mode: 0o755 })
         await fsp.chown(snap.dir, ID_BASE + SANDBOX_UID, ID_BASE + SANDBOX_UID)
         await this.withQuiesced(vol, () => this.copyTree(vol.dir, snap.dir))
-        const du = await tool(...asMachineRoot(['du', '-s', '-B1', '--', snap.dir])).catch(() => '0')
+        const du = await tool('du', ['-s', '-P', '-B1', '--', snap.dir]).catch(() => '0')
         snap.size = Number(du.split(/\s/)[0]) || 0
         snap.digest = crypto.createHash('sha256').update(`${snap.id}:${snap.size}`).digest('hex')
       }
@@ -391,12 +387,10 @@ class Volumes {
     }
   }
 
-  /* Empties a directory as the machine's root, then removes the (now empty)
-     directory itself, which rmdir never follows. */
+  /* A directory volume or snapshot no machine has mounted: GNU rm walks it
+     with fd-relative, no-follow calls and stays on its filesystem. */
   async removeTree (dir) {
-    const [cmd, args] = asMachineRoot(['find', dir, '-mindepth', '1', '-delete'])
-    await tool(cmd, args).catch(() => {})
-    await fsp.rmdir(dir).catch(() => {})
+    await tool('rm', ['-rf', '--one-file-system', '--', dir]).catch(() => {})
   }
 
   async destroyApp (appName) {
@@ -431,12 +425,6 @@ class Volumes {
     for (const vol of this.volumes.values()) {
       if (vol.device) spawnSync('losetup', ['--detach', vol.device], { stdio: 'ignore', env: SYS_ENV })
       vol.device = null
-    }
-    if (this.backend === 'directory') {
-      for (const d of [this.dir, this.snapDir]) {
-        const [cmd, args] = asMachineRoot(['find', d, '-mindepth', '2', '-delete'])
-        spawnSync(cmd, args, { stdio: 'ignore', env: SYS_ENV, timeout: TOOL_TIMEOUT_MS })
-      }
     }
   }
 
@@ -569,6 +557,44 @@ class Volumes {
       volume_size: snap.volumeSize * GiB
     }
   }
+}
+
+/* sha256 over an image's data extents (offset, length, bytes), found with
+   SEEK_DATA/SEEK_HOLE so a mostly empty 1 GB image costs its data, not its
+   size; Node has no SEEK_DATA, Python's os.lseek has. Without python3, the
+   whole file. */
+const SPARSE_SHA256 = `
+import hashlib, os, sys
+h = hashlib.sha256()
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_NOFOLLOW)
+end = os.fstat(fd).st_size
+h.update(b'size %d' % end)
+pos = 0
+while pos < end:
+    try:
+        start = os.lseek(fd, pos, os.SEEK_DATA)
+    except OSError:
+        break
+    stop = os.lseek(fd, start, os.SEEK_HOLE)
+    h.update(b'extent %d %d' % (start, stop - start))
+    os.lseek(fd, start, os.SEEK_SET)
+    left = stop - start
+    while left > 0:
+        b = os.read(fd, min(left, 1 << 20))
+        if not b:
+            break
+        h.update(b)
+        left -= len(b)
+    pos = stop
+print(h.hexdigest())
+`
+
+async function sha256Image (file) {
+  try {
+    const out = (await tool('python3', ['-c', SPARSE_SHA256, file])).trim()
+    if (/^[0-9a-f]{64}$/.test(out)) return out
+  } catch (_) { /* no python3: the whole file */ }
+  return sha256File(file)
 }
 
 function sha256File (file) {

@@ -17,7 +17,7 @@ const fx = localFixture({ app })
 const { api } = fx
 const V = `/v1/apps/${app}/volumes`
 const M = `/v1/apps/${app}/machines`
-const noLimit = () => fx.srv.volumeBackend !== 'ext4' && 'volumes are plain directories on this host (no loop devices): no size limit'
+const noLimit = () => fx.srv.volumeBackend !== 'ext4' && 'volumes are plain directories here (no loop devices, or FLY_LOCAL_VOLUMES=directory): no size limit'
 
 async function createVolume (body) {
   const r = await api('POST', V, { name: 'data', size_gb: 1, ...body })
@@ -72,7 +72,12 @@ async function asRoot (m, script) {
 
 async function restartVia (m, verb) {
   const before = (await api('GET', `${M}/${m.id}`)).body
-  if (verb === 'stop-start') {
+  if (verb === 'crash') {
+    /* the main process dies (SIGKILL); restart policy no: the machine stops */
+    await api('POST', `${M}/${m.id}/exec`, { command: ['kill', '-9', '2'], timeout: 10 })
+    await waitState(before, 'stopped')
+    assert.equal((await api('POST', `${M}/${m.id}/start`)).status, 200)
+  } else if (verb === 'stop-start') {
     assert.equal((await api('POST', `${M}/${m.id}/stop`)).status, 200)
     await waitState(before, 'stopped')
     assert.equal((await api('POST', `${M}/${m.id}/start`)).status, 200)
@@ -199,14 +204,14 @@ test('an attached volume: mounted at its path, deleting it is refused, a second 
   await deleteVolume(elsewhere.id)
 })
 
-test('files on the volume survive stop/start and restart; the root and /tmp reset', async () => {
+test('files on the volume survive stop/start, restart and a crash; the root and /tmp reset', async () => {
   const vol = await createVolume({ name: 'persist' })
   const m = await launch(vol.id)
   try {
     const w = await asUser(m, 'echo kept > /home/sandbox/workspace/notes.txt && echo gone > /tmp/scratch')
     assert.equal(w.exit_code, 0, w.stderr)
     assert.equal((await asRoot(m, 'echo gone > /root-file')).exit_code, 0)
-    for (const verb of ['stop-start', 'restart']) {
+    for (const verb of ['stop-start', 'restart', 'crash']) {
       await restartVia(m, verb)
       const r = await asUser(m, 'cat /home/sandbox/workspace/notes.txt; ls /tmp/scratch /root-file 2>&1 | wc -l; ls -d /home/sandbox/.local/bin')
       assert.equal(r.exit_code, 0, r.stderr)
@@ -216,6 +221,21 @@ test('files on the volume survive stop/start and restart; the root and /tmp rese
       assert.equal(skel, '/home/sandbox/.local/bin')
       await asRoot(m, 'echo gone > /root-file && echo gone > /tmp/scratch')
     }
+  } finally {
+    await destroyMachine(m)
+    await deleteVolume(vol.id)
+  }
+})
+
+test('a root-owned volume root (a fresh volume on Fly) is given to the user at boot, and only it', async () => {
+  const vol = await createVolume({ name: 'rootowned' })
+  const m = await launch(vol.id)
+  try {
+    const prep = await asRoot(m, 'cd /home/sandbox && touch rootfile && ln -s /etc/shadow shadow-link && chown 0:0 /home/sandbox && stat -c %U /home/sandbox')
+    assert.equal(prep.stdout, 'root\n', prep.stderr)
+    await restartVia(m, 'restart')
+    const r = await asUser(m, 'stat -c "%U %n" /home/sandbox /home/sandbox/rootfile /etc/shadow && stat -c "%U %n" -L /home/sandbox/shadow-link 2>&1; touch /home/sandbox/mine && echo wrote')
+    assert.match(r.stdout, /^sandbox \/home\/sandbox\nroot \/home\/sandbox\/rootfile\nroot \/etc\/shadow\n[\s\S]*wrote\n$/)
   } finally {
     await destroyMachine(m)
     await deleteVolume(vol.id)
@@ -252,12 +272,15 @@ test('a snapshot of a running machine\'s volume restores into a new volume, afte
     const s = await api('POST', `${V}/${vol.id}/snapshots`)
     assert.equal(s.status, 200, s.text)
     /* written after the snapshot: not in it */
-    assert.equal((await asUser(m, 'echo "state 2" > /home/sandbox/workspace/s.txt')).exit_code, 0)
+    assert.equal((await asUser(m, 'echo "state 2" > /home/sandbox/workspace/s.txt && head -c 4194304 /dev/urandom > /home/sandbox/r && sync')).exit_code, 0)
+    assert.equal((await api('POST', `${V}/${vol.id}/snapshots`)).status, 200)
     const list = await api('GET', `${V}/${vol.id}/snapshots`)
     assert.equal(list.status, 200)
     assertSchema('VolumeSnapshotList', list.body)
-    assert.equal(list.body.length, 1)
-    const snap = list.body[0]
+    assert.equal(list.body.length, 2)
+    const [snap, later] = list.body
+    assert.notEqual(snap.digest, later.digest)
+    assert.ok(later.size >= snap.size + 4194304, `${snap.size} -> ${later.size}`)
     assert.equal(snap.status, 'created')
     assert.equal(snap.volume_size, 2 ** 30)
     assert.equal(snap.retention_days, 5)
