@@ -242,9 +242,17 @@ while :; do
     log "sshd exited ($status), restarting"
     start_sshd
   fi
-  # exit 0 is "nothing to watch"; anything else is restarted, paced
+  # exit 0 is "nothing to watch", 3 a lifetime it could not pause (end it
+  # as without pause); anything else is restarted, paced
   if [ -n "$watch_pid" ] && [ "${done_pid:-}" = "$watch_pid" ]; then
     watch_pid=
+    if [ "$status" -eq 3 ]; then
+      log "sandbox lifetime of ${COMPUTESDK_SANDBOX_TIMEOUT_S}s reached and it could not pause, stopping"
+      stopping=1
+      [ -n "$main_pid" ] && kill -TERM "$main_pid" 2>/dev/null
+      kill -TERM "$sshd_pid" 2>/dev/null
+      exit 0
+    fi
     if [ "$status" -ne 0 ]; then
       log "idle-watch exited ($status), restarting"
       sleep 1

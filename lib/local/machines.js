@@ -128,9 +128,15 @@ class Machine extends EventEmitter {
     const guest = this.config.guest || {}
     let apiSocket = null
     if (this.store.apiSockets) {
-      const dir = path.join(this.host.dir, this.id)
-      fs.mkdirSync(dir, { recursive: true, mode: 0o711 })
-      apiSocket = await this.store.apiSockets.open(this, dir)
+      try {
+        const dir = path.join(this.host.dir, this.id)
+        fs.mkdirSync(dir, { recursive: true, mode: 0o711 })
+        apiSocket = await this.store.apiSockets.open(this, dir)
+      } catch (e) {
+        this.setState('failed')
+        this.addEvent('exit', 'failed', 'flyd', { error: `cannot serve /.fly/api: ${e.message}` })
+        return
+      }
     }
     /* config.mounts: the volumes this boot mounts (volumes.js) */
     let mounts = []

@@ -16,7 +16,7 @@ const { api } = fx
 const launch = async (env = {}) => {
   const r = await api('POST', `/v1/apps/${app}/machines`, { config: { image: IMAGE, env, restart: { policy: 'no' } } })
   assert.equal(r.status, 200, JSON.stringify(r.body))
-  const w = await api('GET', `/v1/apps/${app}/machines/${r.body.id}/wait?state=started&timeout=30`)
+  const w = await api('GET', `/v1/apps/${app}/machines/${r.body.id}/wait?state=started&timeout=60`)
   assert.equal(w.status, 200, JSON.stringify(w.body))
   return r.body
 }
@@ -201,6 +201,20 @@ test('COMPUTESDK_ON_TIMEOUT=pause suspends at the lifetime\'s end, even while co
     assert.equal(got.body.state, 'suspended')
   } finally {
     if (sock) sock.destroy()
+    await destroy(m)
+  }
+})
+
+test('a lifetime that cannot be paused ends as without pause: the machine stops', async () => {
+  const m = await launch({ COMPUTESDK_SANDBOX_TIMEOUT_S: '2', COMPUTESDK_ON_TIMEOUT: 'pause' })
+  const id = fx.srv.faults.add({ method: 'POST', path: `/v1/apps/${app}/machines/${m.id}/suspend`, status: 503, times: 1000 })
+  try {
+    /* about 30 s of refused suspends, then the entrypoint stops it */
+    await waitFor(m, 'stopped', 120000)
+    const got = await api('GET', `/v1/apps/${app}/machines/${m.id}`)
+    assert.equal(got.body.state, 'stopped')
+  } finally {
+    fx.srv.faults.remove(id)
     await destroy(m)
   }
 })

@@ -13,7 +13,7 @@ const fx = localFixture({ app })
 const { api } = fx
 
 const wait = async (m, state) => {
-  const w = await api('GET', `/v1/apps/${app}/machines/${m.id}/wait?state=${state}&timeout=30`)
+  const w = await api('GET', `/v1/apps/${app}/machines/${m.id}/wait?state=${state}&timeout=60`)
   assert.equal(w.status, 200, JSON.stringify(w.body))
   assertSchema('WaitResult', w.body)
 }
