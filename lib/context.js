@@ -55,7 +55,7 @@ function makeContext (options) {
     resuming: new Map(),
     lastUse: new Recent(RECENT_LIMIT),
     inFlight: new Map(),
-    // sandboxId -> the volume its destroy could not remove yet.
+    // sandboxId -> { id, name } of the volume its destroy could not remove yet.
     orphanVolumes: new Recent(RECENT_LIMIT),
     // sandboxIds where this provider's key was authorized through exec
     // (lib/transport/ssh.js); a resume after a stop forgets it.

@@ -243,7 +243,7 @@ export interface FlyError extends Error {
   path?: string
   /** FLY_MACHINE_NOT_RUNNING, FLY_MACHINE_FAILED: the machine's state. */
   state?: string
-  /** FLY_MACHINE_NOT_RUNNING: the machine is at rest (suspended or stopped), which resume() undoes. */
+  /** FLY_MACHINE_NOT_RUNNING: the machine is paused (suspended, or stopped by pause() or the idle watch); resume() wakes it. */
   paused?: boolean
   /** FLY_PORT_NOT_EXPOSED: the port asked for and the ones the sandbox exposes. */
   port?: number

@@ -86,6 +86,11 @@ function machineRequest (ctx, o) {
   }
   const ports = checkPorts(o.ports)
   const userMetadata = stringMap(o.metadata, 'metadata')
+  // The provider's own keys say which volume destroy removes, which ports
+  // are the sandbox's, whether it is paused: never the caller's to set.
+  for (const k of Object.keys(userMetadata)) {
+    if (k.startsWith('computesdk_')) throw invalidArg(`create: metadata key ${JSON.stringify(k)} is reserved (computesdk_*)`)
+  }
 
   const client = clientKey(ctx)
   const host = native.keygen()
@@ -225,7 +230,7 @@ async function create (ctx, options) {
       }
     } else if (volumeId !== null) {
       err.volumeId = volumeId
-      await volumes.remove(config, app, volumeId).catch((e) => { err.destroyError = e })
+      await volumes.remove(config, app, volumeId, volumes.volumeName(createId)).catch((e) => { err.destroyError = e })
     }
     if (typeof err.message === 'string' && !err.message.startsWith('Failed to create')) {
       err.message = `Failed to create Fly.io sandbox: ${err.message}` +
@@ -282,12 +287,14 @@ async function destroy (ctx, sandboxId) {
   }
   const params = { app: ids.app, machine: ids.machine }
   state.destroyed.add(sandboxId)
-  let volumeId = state.orphanVolumes.get(sandboxId) || null
+  // { id, name }: the workspace volume, named after the machine's create id.
+  let volume = state.orphanVolumes.get(sandboxId) || null
   try {
     await transport.close(ctx, sandboxId)
     const m = (await api.call(config, 'machine.get', params)).body
-    if (m && !volumeId) volumeId = ((m.config && m.config.metadata) || {})[VOLUME] || null
-    if (isGone(m)) return await removeVolume(ctx, sandboxId, ids, volumeId)
+    const md = (m && m.config && m.config.metadata) || {}
+    if (!volume && md[VOLUME] && md[CREATE_ID]) volume = { id: md[VOLUME], name: volumes.volumeName(md[CREATE_ID]) }
+    if (isGone(m)) return await removeVolume(ctx, sandboxId, ids, volume)
     if (m.state === 'started' || m.state === 'starting') {
       await api.call(config, 'machine.stop', params, { body: { signal: 'SIGTERM', timeout: '5s' } })
       // Waiting for stopped needs the version; 408 after the bound is fine.
@@ -303,11 +310,11 @@ async function destroy (ctx, sandboxId) {
       if (err.code !== 'FLY_PRECONDITION') throw err
       await api.call(config, 'machine.delete', params, { query: { force: 'true' } })
     }
-    await removeVolume(ctx, sandboxId, ids, volumeId)
+    await removeVolume(ctx, sandboxId, ids, volume)
   } catch (err) {
     if (err.code === 'FLY_DESTROY_FAILED') throw err
     // Gone already (a volume whose removal failed before is finished now).
-    if (err.code === 'FLY_NOT_FOUND') return removeVolume(ctx, sandboxId, ids, volumeId)
+    if (err.code === 'FLY_NOT_FOUND') return removeVolume(ctx, sandboxId, ids, volume)
     // It still exists: calls on it are not refused as destroyed.
     state.destroyed.delete(sandboxId)
     throw flyError('FLY_DESTROY_FAILED', `could not destroy sandbox ${sandboxId}: ${err.message}`,
@@ -316,17 +323,18 @@ async function destroy (ctx, sandboxId) {
 }
 
 // After the machine: its workspace volume, once released (bounded
-// retries); nothing else.  A failure is FLY_DESTROY_FAILED naming the
-// volume, which a later destroy in this process removes.
-async function removeVolume (ctx, sandboxId, ids, volumeId) {
-  if (!volumeId) return
+// retries), and only a volume of the name create gave it; nothing else.
+// A failure is FLY_DESTROY_FAILED naming the volume, which a later destroy
+// in this process removes.
+async function removeVolume (ctx, sandboxId, ids, volume) {
+  if (!volume) return
   try {
-    await volumes.remove(ctx.config, ids.app, volumeId)
+    await volumes.remove(ctx.config, ids.app, volume.id, volume.name)
     ctx.state.orphanVolumes.delete(sandboxId)
   } catch (err) {
-    ctx.state.orphanVolumes.set(sandboxId, volumeId)
-    throw flyError('FLY_DESTROY_FAILED', `sandbox ${sandboxId} was removed but its volume ${volumeId} could not be: ${err.message}`,
-      { cause: err, sandboxId, machineId: ids.machine, volumeId })
+    ctx.state.orphanVolumes.set(sandboxId, volume)
+    throw flyError('FLY_DESTROY_FAILED', `sandbox ${sandboxId} was removed but its volume ${volume.id} could not be: ${err.message}`,
+      { cause: err, sandboxId, machineId: ids.machine, volumeId: volume.id })
   }
 }
 

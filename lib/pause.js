@@ -9,8 +9,10 @@
 // fly-local), and clears the flag.  Both are idempotent.
 //
 // Wake on use: every command and file call goes through awake() (the
-// transport is wrapped in context.js), and getUrl calls ensureAwake().  A
-// sandbox known or likely to be paused (its last known state, or no call
+// transport is wrapped in context.js), and getUrl calls ensureAwake().  Only
+// a paused machine is woken (suspended, or stopped with the flag, which the
+// idle watch sets too); one that crashed or that someone else stopped stays
+// FLY_MACHINE_NOT_RUNNING.  A sandbox known or likely to be paused (its last known state, or no call
 // for as long as its idleTimeout) is checked first; a connect that fails
 // because the machine is paused resumes it and the call is made again (a
 // failed connect never ran anything).  Concurrent calls share one resume.
@@ -20,7 +22,6 @@ const { PAUSED, IDLE_MS, AUTO_RESUME, isGone, isPausedMachine } = require('./mac
 
 const SLICE_S = 5
 const AT_REST = new Set(['stopped', 'suspended', 'failed', 'created'])
-const WAKEABLE = new Set(['suspended', 'suspending', 'stopped', 'stopping'])
 
 function machineApi (sb, op, extra, params) {
   return api.call(sb._ctx.config, op, { app: sb.appName, machine: sb.machineId, ...params }, extra)
@@ -208,9 +209,9 @@ function mayBePaused (sb) {
 }
 
 function notRunning (sb, m) {
-  const paused = WAKEABLE.has(m.state)
+  const paused = isPausedMachine(m)
   return flyError('FLY_MACHINE_NOT_RUNNING',
-    `sandbox ${sb.sandboxId} is ${isPausedMachine(m) ? 'paused' : m.state} (${m.state}), not running` +
+    `sandbox ${sb.sandboxId} is ${paused ? 'paused' : m.state} (${m.state}), not running` +
     (paused ? '; resume() it, or leave autoResume on' : ''), { state: m.state, paused })
 }
 
@@ -227,7 +228,9 @@ async function ensureAwake (sb) {
     return
   }
   if (m.state === 'starting' || m.state === 'restarting') return resume(sb)
-  if (!WAKEABLE.has(m.state) || !autoResume(sb)) throw notRunning(sb, m)
+  // Only a paused machine is woken: one that crashed or was stopped by
+  // someone else stays an error, as before.
+  if (!isPausedMachine(m) || !autoResume(sb)) throw notRunning(sb, m)
   await resume(sb)
 }
 
@@ -246,7 +249,7 @@ async function awake (sb, fn) {
       if (!(err.code === 'FLY_MACHINE_NOT_RUNNING' || err.code === 'FLY_PRECONDITION') || !autoResume(sb)) throw err
       if (err.code === 'FLY_MACHINE_NOT_RUNNING' && !err.paused) throw err
       const m = await current(sb)
-      if (m.state === 'started' || m.state === 'failed' || m.state === 'created') throw err
+      if (!isPausedMachine(m)) throw err
       await resume(sb)
       return await fn()
     }

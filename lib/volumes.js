@@ -80,13 +80,24 @@ async function make (ctx, want, body, createId) {
 
 async function removeNamed (config, app, name) {
   const list = (await api.call(config, 'volume.list', { app })).body || []
-  for (const v of list) if (v.name === name) await remove(config, app, v.id)
+  for (const v of list) if (v.name === name) await remove(config, app, v.id, name)
 }
 
 // Deletes a volume once no machine holds it: a destroyed machine releases
 // its volume shortly after the delete answers, so a refusal while it is
-// still attached is retried (bounded); a 404 is done.
-async function remove (config, app, volumeId, deadlineMs = 60000) {
+// still attached is retried (bounded); a 404 is done.  With `name`, a
+// volume of another name is left alone (it is not the one create made).
+async function remove (config, app, volumeId, name, deadlineMs = 60000) {
+  if (name !== undefined) {
+    let v
+    try {
+      v = (await api.call(config, 'volume.get', { app, volume: volumeId })).body
+    } catch (err) {
+      if (err.code === 'FLY_NOT_FOUND') return
+      throw err
+    }
+    if (!v || v.name !== name || v.state === 'destroyed' || v.state === 'destroying') return
+  }
   const until = Date.now() + deadlineMs
   let delay = 100
   for (;;) {

@@ -59,6 +59,12 @@ test('destroy removes the machine and its volume, and nothing else', async () =>
     const volA = (await a.getInfo()).metadata.volumeId
     const volB = (await b.getInfo()).metadata.volumeId
     assert.deepEqual((await volumesOf(app)).map((v) => v.id).sort(), [volA, volB, other.id].sort())
+    // Metadata that names another volume (set through the API) does not
+    // make destroy remove it: only the volume named after the create is.
+    assert.equal((await rejects(p.sandbox.create({ metadata: { computesdk_volume: other.id } }))).code, 'ERR_INVALID_ARG')
+    const [, machineB] = b.sandboxId.split(':')
+    await call(srv, 'machine.metadata.set', { app, machine: machineB, key: 'computesdk_volume' },
+      { body: JSON.stringify({ value: other.id }) })
     await a.destroy()
     assert.equal(await p.sandbox.getById(a.sandboxId), null)
     assert.deepEqual((await volumesOf(app)).map((v) => v.id).sort(), [volB, other.id].sort())
@@ -67,7 +73,10 @@ test('destroy removes the machine and its volume, and nothing else', async () =>
   } finally {
     await b.destroy()
   }
-  assert.deepEqual((await volumesOf(app)).map((v) => v.id), [other.id])
+  // b's own volume is left behind (its metadata no longer names it), other is untouched
+  const left = (await volumesOf(app)).map((v) => v.id)
+  assert.ok(left.includes(other.id))
+  assert.equal(left.length, 2)
 })
 
 test('a create that fails after its volume was made removes the volume too', async (t) => {

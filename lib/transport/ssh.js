@@ -121,8 +121,8 @@ async function whyUnreachable (sb, err) {
   }
   if (isGone(m)) return flyError('FLY_NOT_FOUND', `sandbox ${sb.sandboxId} no longer exists (${m ? m.state : 'gone'})`)
   if (m.state !== 'started') {
-    // paused: suspended or stopped, which a resume (lib/pause.js) undoes.
-    const paused = isPausedMachine(m) || m.state === 'stopped'
+    // paused: suspended or stopped by a pause, which lib/pause.js wakes.
+    const paused = isPausedMachine(m)
     return flyError('FLY_MACHINE_NOT_RUNNING', `sandbox ${sb.sandboxId} is ${isPausedMachine(m) ? 'paused' : m.state} ` +
       `(${m.state}), not running: ${err.message}`, { state: m.state, paused })
   }
