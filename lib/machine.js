@@ -168,7 +168,12 @@ async function getUrl (sb, options) {
   const protocol = (options.protocol || '').replace(/:$/, '')
   if (protocol && !/^(https?|wss?)$/.test(protocol)) throw invalidArg('getUrl: protocol must be http, https, ws or wss')
   const url = require('./ports').url(sb, port, protocol)
-  await require('./pause').ensureAwake(sb)
+  // A URL is an answer whatever the state (a request to it starts the
+  // machine anyway): with autoResume off, or a machine that is not paused
+  // but stopped, it is given as it is.
+  await require('./pause').ensureAwake(sb).catch((err) => {
+    if (err.code !== 'FLY_MACHINE_NOT_RUNNING') throw err
+  })
   return url
 }
 
