@@ -243,3 +243,26 @@ test('create options: idleTimeout, onTimeout and autoResume reach the machine', 
     await sb.destroy()
   }
 })
+
+test('idleTimeout: this provider\'s own idle SSH connection does not keep the sandbox awake', async () => {
+  const p = provider(srv)
+  const sb = await p.sandbox.create({ idleTimeout: 3000 })
+  try {
+    assert.equal((await sb.runCommand('echo before')).stdout, 'before\n')
+    const { app, machine } = ids(sb)
+    const deadline = Date.now() + 90000
+    for (;;) {
+      try {
+        await call(srv, 'machine.wait', { app, machine }, { query: q({ state: 'suspended', timeout: 20 }), waitTotalMs: 20000, timeoutMs: 40000 })
+        break
+      } catch (err) {
+        if (err.code !== 'FLY_TIMEOUT' || Date.now() > deadline) throw err
+      }
+    }
+    assert.equal((await sb.getInfo()).status, 'paused')
+    assert.equal((await sb.runCommand('echo after')).stdout, 'after\n')
+    assert.equal((await machineOf(sb)).state, 'started')
+  } finally {
+    await sb.destroy()
+  }
+})
