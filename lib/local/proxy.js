@@ -16,7 +16,8 @@
 // Fly gives each app its own addresses; fly-local has one, 127.0.0.1, for
 // all: a public port another app on this server declares, or that something
 // else already holds on the host, makes the machine create/update fail with
-// 409 (status port_in_use), and the caller picks another port.
+// 409 (error text "aborted: public port <n> ..."), and the caller picks
+// another port.
 //
 // autostop ('stop' | true | 'suspend'): a started machine with no proxied
 // connection for autostopMs (FLY_LOCAL_AUTOSTOP_MS, default 5 min: Fly's
@@ -58,9 +59,10 @@ function autostopMode (config) {
 
 function portInUse (port, why) {
   return new HttpError(409, `aborted: public port ${port} ${why}; fly-local serves every app's public ports on ${HOST} ` +
-    '(Fly gives each app its own addresses): choose another port', { status: 'port_in_use' })
+    '(Fly gives each app its own addresses): choose another port')
 }
 
+const MOVING = ['starting', 'updating', 'restarting', 'replacing', 'suspending', 'stopping']
 const running = (m) => m.state === 'started' && m.run && m.run.started && !m.run.frozen
 
 class Proxy {
@@ -189,7 +191,9 @@ class Proxy {
         continue
       }
       const asleep = cands.filter((c) => c.svc.autostart === true && (c.m.state === 'suspended' || c.m.state === 'stopped'))
-      const waking = cands.some((c) => ['starting', 'updating', 'restarting', 'replacing'].includes(c.m.state) || c.m.launching)
+      /* moving: wait for where it lands (a machine being suspended or
+         stopped is woken once it is) */
+      const waking = cands.some((c) => MOVING.includes(c.m.state) || c.m.launching)
       if (!asleep.length && !waking) break
       if (!waking) {
         /* a suspended one resumes at once */

@@ -136,6 +136,11 @@ test('idle machine suspends itself with no client; after a resume the watch goes
       `a=socket.create_connection(('${m.private_ip}',8000));b=socket.create_connection(('127.0.0.1',8000))\n` +
       'time.sleep(3600)" </dev/null >/dev/null 2>&1 & sleep 0.5; ss -Htn state established "sport = :8000" | wc -l')
     assert.equal(self.stdout.trim(), '2', self.stderr)
+    /* the watch is root's: the sandbox user can neither kill nor stop it */
+    const kill = await sh(m, 'p=$(pgrep -xf "/usr/bin/python3 -IS /opt/computesdk/idle-watch"); [ -n "$p" ] || exit 9; ' +
+      'runuser -u sandbox -- kill -KILL $p; a=$?; runuser -u sandbox -- kill -STOP $p; b=$?; ' +
+      'echo "$a $b $(stat -c "%U %a" /opt/computesdk/idle-watch) $(cut -d" " -f3 /proc/$p/stat)"')
+    assert.equal(kill.stdout.trim(), '1 1 root 755 S', kill.stderr)
     const w = await waitFor(m, 'suspended')
     assert.equal(w.state, 'suspended')
     const got = await api('GET', `/v1/apps/${app}/machines/${m.id}`)

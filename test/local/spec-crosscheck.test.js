@@ -28,6 +28,7 @@ const SHARED = {
   Init: 'fly.MachineInit',
   Restart: 'fly.MachineRestart',
   StopConfig: 'fly.StopConfig',
+  MachinePort: 'fly.MachinePort',
   MachineConfig: 'fly.MachineConfig',
   ImageRef: 'ImageRef',
   CheckStatus: 'CheckStatus',
