@@ -26,13 +26,12 @@
 // host's root, but only while no process of the sandbox can change it: the
 // volume is not attached, or its machine is stopped, or its machine's
 // cgroup is frozen for the copy (exec'd commands join that cgroup too).
-const { execFile, spawnSync } = require('child_process')
 const crypto = require('crypto')
-const fs = require('fs')
-const fsp = fs.promises
-const os = require('os')
+const fsp = require('fs').promises
 const path = require('path')
 const { ID_BASE } = require('./image')
+const cgroups = require('./cgroups')
+const host = require('./volume-host')
 
 const GiB = 1024 * 1024 * 1024
 /* Fly's bounds for a volume's size */
@@ -40,21 +39,6 @@ const MAX_SIZE_GB = 500
 /* the image's sandbox user (docker/provision.sh: useradd -u 1000) */
 const SANDBOX_UID = 1000
 const DEFAULT_RETENTION_DAYS = 5
-/* every host-side tool run on a volume has a deadline */
-const TOOL_TIMEOUT_MS = 120000
-const SYS_ENV = { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', LANG: 'C' }
-
-function tool (cmd, args, { timeoutMs = TOOL_TIMEOUT_MS, okCodes = [0] } = {}) {
-  return new Promise((resolve, reject) => {
-    execFile(cmd, args, { env: SYS_ENV, timeout: timeoutMs, killSignal: 'SIGKILL', maxBuffer: 4 << 20, encoding: 'utf8' }, (err, stdout, stderr) => {
-      const code = err ? (typeof err.code === 'number' ? err.code : null) : 0
-      if (okCodes.includes(code)) return resolve(stdout)
-      const why = (stderr || (err && err.message) || '').trim().split('\n').pop()
-      reject(new Error(`${path.basename(cmd)} failed: ${why}${err && err.killed ? ' (timed out)' : ''}`))
-    })
-  })
-}
-
 function randomId (prefix, n, alphabet) {
   const bytes = crypto.randomBytes(n)
   let s = prefix
@@ -65,55 +49,15 @@ const volumeId = () => randomId('vol_', 16, 'abcdefghijklmnopqrstuvwxyz012345678
 const snapshotId = () => randomId('vs_', 24, 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789')
 const zoneId = () => crypto.randomBytes(2).toString('hex')
 
-function pidAlive (pid) {
-  try { process.kill(pid, 0); return true } catch (e) { return e.code === 'EPERM' }
-}
-
-/* Loop devices whose image sits in the state directory of a fly-local
-   instance that died without stop(): detach them (their directories are
-   already gone, runtime.js sweeps those). */
-function sweepStaleLoops () {
-  const r = spawnSync('losetup', ['--list', '--noheadings', '--raw', '--output', 'NAME,BACK-FILE'], { encoding: 'utf8', env: SYS_ENV })
-  const tmp = os.tmpdir().replace(/\/+$/, '')
-  for (const line of String(r.stdout || '').split('\n')) {
-    const sp = line.indexOf(' ')
-    if (sp < 0) continue
-    const dev = line.slice(0, sp)
-    const back = line.slice(sp + 1)
-    if (!back.startsWith(`${tmp}/fly-local-`)) continue
-    const m = /^fly-local-(\d+)-[0-9a-f]+\/volumes\//.exec(back.slice(tmp.length + 1))
-    if (m && !pidAlive(Number(m[1]))) spawnSync('losetup', ['--detach', dev], { stdio: 'ignore', env: SYS_ENV })
-  }
-}
-
-/* Can this host attach a loop device? (a throwaway 1 MiB image) */
-function loopWorks (dir) {
-  const probe = path.join(dir, 'probe.img')
-  try {
-    fs.writeFileSync(probe, '')
-    fs.truncateSync(probe, 1024 * 1024)
-    const r = spawnSync('losetup', ['--find', '--show', probe], { encoding: 'utf8', env: SYS_ENV })
-    const dev = String(r.stdout || '').trim()
-    if (r.status !== 0 || !dev) return false
-    spawnSync('losetup', ['--detach', dev], { stdio: 'ignore', env: SYS_ENV })
-    const mkfs = spawnSync('mkfs.ext4', ['-V'], { stdio: 'ignore', env: SYS_ENV })
-    return mkfs.status === 0
-  } catch (_) {
-    return false
-  } finally {
-    fs.rmSync(probe, { force: true })
-  }
-}
-
 class Volumes {
   /* opts: { host, store, quiet, log } */
-  static async create ({ host, store, quiet = false, log }) {
-    sweepStaleLoops()
+  static async create ({ host: flyHost, store, quiet = false, log }) {
+    host.sweepStaleLoops()
     const v = new Volumes()
-    v.host = host
+    v.host = flyHost
     v.store = store
-    v.dir = path.join(host.dir, 'volumes')
-    v.snapDir = path.join(host.dir, 'snapshots')
+    v.dir = path.join(flyHost.dir, 'volumes')
+    v.snapDir = path.join(flyHost.dir, 'snapshots')
     /* 0711 like the state directory: the machine's user namespace must
        reach a directory volume's bind source, and nothing is listable */
     for (const d of [v.dir, v.snapDir]) {
@@ -123,7 +67,7 @@ class Volumes {
     v.volumes = new Map()
     v.snapshots = new Map()
     const forced = process.env.FLY_LOCAL_VOLUMES === 'directory'
-    v.backend = !forced && loopWorks(v.dir) ? 'ext4' : 'directory'
+    v.backend = !forced && host.loopWorks(v.dir) ? 'ext4' : 'directory'
     if (v.backend === 'directory') {
       const why = forced ? 'FLY_LOCAL_VOLUMES=directory' : 'this host cannot attach loop devices or lacks mkfs.ext4'
       const line = `fly-local: warning: volumes are plain directories without a size limit (${why})`
@@ -194,22 +138,14 @@ class Volumes {
   async makeImage (vol, fromSnapshot, fromVolume) {
     vol.image = path.join(this.dir, `${vol.id}.img`)
     const bytes = vol.sizeGb * GiB
-    if (fromSnapshot) {
-      await tool('cp', ['--sparse=always', '--reflink=auto', '--', fromSnapshot.image, vol.image])
-    } else if (fromVolume) {
-      await this.consistentCopy(fromVolume, vol.image)
-    } else {
-      /* O_EXCL: a fresh file of ours, never something already there */
-      const fh = await fsp.open(vol.image, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600)
-      try { await fh.truncate(bytes) } finally { await fh.close() }
-      const owner = `${ID_BASE + SANDBOX_UID}:${ID_BASE + SANDBOX_UID}`
-      await tool('mkfs.ext4', ['-q', '-F', '-m', '0', '-E', `root_owner=${owner},lazy_itable_init=0,lazy_journal_init=0`, vol.image])
-    }
+    if (fromSnapshot) await host.copyImage(fromSnapshot.image, vol.image)
+    else if (fromVolume) await this.consistentCopy(fromVolume, vol.image)
+    else await host.mkfsImage(vol.image, bytes, ID_BASE + SANDBOX_UID)
     await fsp.chmod(vol.image, 0o600)
     const grow = (await fsp.stat(vol.image)).size < bytes
     if (grow) await fsp.truncate(vol.image, bytes)
-    vol.device = (await tool('losetup', ['--find', '--show', '--', vol.image])).trim()
-    if (grow) await this.growOffline(vol)
+    vol.device = await host.attach(vol.image)
+    if (grow) await host.growOffline(vol.device)
   }
 
   async makeDir (vol, fromSnapshot, fromVolume) {
@@ -217,14 +153,8 @@ class Volumes {
     await fsp.mkdir(vol.dir, { mode: 0o755 })
     await fsp.chown(vol.dir, ID_BASE + SANDBOX_UID, ID_BASE + SANDBOX_UID)
     await fsp.chmod(vol.dir, 0o755)
-    if (fromSnapshot) await this.copyTree(fromSnapshot.dir, vol.dir)
-    else if (fromVolume) await this.withQuiesced(fromVolume, () => this.copyTree(fromVolume.dir, vol.dir))
-  }
-
-  /* A copy of a directory volume's content (nothing of the sandbox runs:
-     see withQuiesced). */
-  async copyTree (src, dst) {
-    await tool('cp', ['-a', '--no-dereference', '--one-file-system', '--', `${src}/.`, `${dst}/`])
+    if (fromSnapshot) await host.copyTree(fromSnapshot.dir, vol.dir)
+    else if (fromVolume) await this.withQuiesced(fromVolume, () => host.copyTree(fromVolume.dir, vol.dir))
   }
 
   /* Runs fn while nothing writes to the volume: when the machine it is
@@ -244,11 +174,11 @@ class Volumes {
       }
       const mnt = run.volumeMountPath(0)
       if (!mnt) return fn(null)
-      await tool('fsfreeze', ['--freeze', mnt])
+      await host.freeze(mnt, true)
       try {
         return await fn(mnt)
       } finally {
-        await tool('fsfreeze', ['--unfreeze', mnt]).catch(() => {})
+        await host.freeze(mnt, false).catch(() => {})
       }
     })
   }
@@ -257,8 +187,8 @@ class Volumes {
      host's filesystem has them). */
   consistentCopy (vol, dst) {
     /* the filesystem stays frozen at most this long */
-    const timeoutMs = TOOL_TIMEOUT_MS + vol.sizeGb * 2000
-    return this.withQuiesced(vol, () => tool('cp', ['--sparse=always', '--reflink=auto', '--', vol.image, dst], { timeoutMs }))
+    const timeoutMs = host.TOOL_TIMEOUT_MS + vol.sizeGb * 2000
+    return this.withQuiesced(vol, () => host.copyImage(vol.image, dst, timeoutMs))
   }
 
   machineOf (vol) {
@@ -266,13 +196,6 @@ class Volumes {
     const app = this.store.apps.get(vol.app)
     const m = app && app.machines.get(vol.attachedMachineId)
     return m && m.state !== 'destroyed' ? m : null
-  }
-
-  /* Grows the filesystem of an image no machine has mounted to the image's
-     size (e2fsck first: resize2fs insists on a freshly checked one). */
-  async growOffline (vol) {
-    await tool('e2fsck', ['-f', '-p', vol.device], { okCodes: [0, 1] })
-    await tool('resize2fs', [vol.device])
   }
 
   /* Serialise the operations on one volume. */
@@ -292,15 +215,14 @@ class Volumes {
       const online = (run) => run && run.started && !run.exited && run.volumeMountPath(0)
       const grow = async (run) => {
         await fsp.truncate(vol.image, sizeGb * GiB)
-        await tool('losetup', ['--set-capacity', vol.device])
+        await host.setCapacity(vol.device)
         vol.sizeGb = sizeGb
         if (!online(run)) {
-          await this.growOffline(vol)
+          await host.growOffline(vol.device)
           return false
         }
         try {
-          /* online resize: resize2fs finds the mount in the boot's namespace */
-          await tool('nsenter', [`--mount=/proc/${run.child.pid}/ns/mnt`, '--', 'resize2fs', vol.device])
+          await host.growOnline(run.child.pid, vol.device)
           return false
         } catch (e) {
           /* it needs CAP_SYS_RESOURCE, which some hosts withhold from
@@ -339,15 +261,14 @@ class Volumes {
         await fsp.chmod(snap.image, 0o600)
         const st = await fsp.stat(snap.image)
         snap.size = st.blocks * 512
-        snap.digest = await sha256Image(snap.image)
+        snap.digest = await host.sha256Image(snap.image)
       } else {
         snap.dir = path.join(this.snapDir, `${snap.id}.d`)
         await fsp.mkdir(snap.dir, { mode: 0o755 })
         await fsp.chown(snap.dir, ID_BASE + SANDBOX_UID, ID_BASE + SANDBOX_UID)
-        await this.withQuiesced(vol, () => this.copyTree(vol.dir, snap.dir))
-        const du = await tool('du', ['-s', '-P', '-B1', '--', snap.dir]).catch(() => '0')
-        snap.size = Number(du.split(/\s/)[0]) || 0
-        snap.digest = crypto.createHash('sha256').update(`${snap.id}:${snap.size}`).digest('hex')
+        await this.withQuiesced(vol, () => host.copyTree(vol.dir, snap.dir))
+        snap.size = await host.treeBytes(snap.dir)
+        snap.digest = await host.treeDigest(snap.dir)
       }
       this.snapshots.set(snap.id, snap)
       return snap
@@ -361,8 +282,9 @@ class Volumes {
 
   /* Deletes an unattached volume: the loop device goes, then the image. */
   destroy (vol) {
+    /* at once: no machine may claim it while earlier operations finish */
+    vol.state = 'destroying'
     return this.locked(vol, async () => {
-      vol.state = 'destroying'
       await this.release(vol)
       vol.state = 'destroyed'
       vol.destroyedAt = Date.now()
@@ -374,7 +296,7 @@ class Volumes {
   /* Frees what a volume holds on the host. */
   async release (vol) {
     if (vol.device) {
-      await tool('losetup', ['--detach', vol.device]).catch(() => {})
+      await host.detach(vol.device).catch(() => {})
       vol.device = null
     }
     if (vol.image) {
@@ -382,15 +304,9 @@ class Volumes {
       vol.image = null
     }
     if (vol.dir) {
-      await this.removeTree(vol.dir)
+      await host.removeTree(vol.dir)
       vol.dir = null
     }
-  }
-
-  /* A directory volume or snapshot no machine has mounted: GNU rm walks it
-     with fd-relative, no-follow calls and stays on its filesystem. */
-  async removeTree (dir) {
-    await tool('rm', ['-rf', '--one-file-system', '--', dir]).catch(() => {})
   }
 
   async destroyApp (appName) {
@@ -407,7 +323,7 @@ class Volumes {
   async dropSnapshot (snap) {
     this.snapshots.delete(snap.id)
     if (snap.image) await fsp.rm(snap.image, { force: true })
-    if (snap.dir) await this.removeTree(snap.dir)
+    if (snap.dir) await host.removeTree(snap.dir)
   }
 
   /* stop(): every volume and snapshot fly-local made (machines are gone). */
@@ -423,8 +339,15 @@ class Volumes {
      directory with the images goes with the host). */
   destroySync () {
     for (const vol of this.volumes.values()) {
-      if (vol.device) spawnSync('losetup', ['--detach', vol.device], { stdio: 'ignore', env: SYS_ENV })
+      if (vol.device) host.detachSync(vol.device)
       vol.device = null
+    }
+    if (this.backend === 'directory') {
+      /* the machines may still run: kill them before anything walks the
+         trees they wrote, and walk with rm's no-follow traversal rather
+         than the host's recursive removal */
+      cgroups.killAll(this.host.tag)
+      for (const d of [this.dir, this.snapDir]) host.removeTreeSync(d)
     }
   }
 
@@ -437,10 +360,11 @@ class Volumes {
     const held = []
     for (const mt of mounts || []) {
       const vol = this.get(appName, mt.volume)
-      if (!vol || vol.state === 'destroyed' || vol.state === 'destroying') throw makeError(400, `invalid_argument: volume ${mt.volume} not found`)
+      if (!vol || vol.state !== 'created') throw makeError(400, `invalid_argument: volume ${mt.volume} not found`)
       if (vol.region !== region) throw makeError(400, `invalid_argument: volume ${vol.id} is in region ${vol.region}, the machine in ${region}`)
       if (vol.attachedMachineId && vol.attachedMachineId !== machineId) {
-        throw makeError(412, `failed_precondition: volume ${vol.id} is currently bound to machine: ${vol.attachedMachineId}`)
+        const who = vol.attachedMachineId.startsWith('claim-') ? 'a machine being created' : vol.attachedMachineId
+        throw makeError(412, `failed_precondition: volume ${vol.id} is currently bound to machine: ${who}`)
       }
       held.push(vol)
     }
@@ -490,39 +414,17 @@ class Volumes {
 
   /* ---- JSON ---- */
 
+  /* mounted: the live filesystem's figures; else the superblock's */
   async stats (vol) {
     const bytesTotal = vol.sizeGb * GiB
     if (this.backend !== 'ext4' || !vol.device) {
-      return { block_size: 4096, blocks: bytesTotal / 4096, blocks_free: bytesTotal / 4096, blocks_avail: bytesTotal / 4096, bytes_total: bytesTotal, bytes_used: 0 }
+      const blocks = bytesTotal / 4096
+      return { block_size: 4096, blocks, blocks_free: blocks, blocks_avail: blocks, bytes_total: bytesTotal, bytes_used: 0 }
     }
-    /* mounted: the live filesystem's figures; else the superblock's */
     const m = this.machineOf(vol)
     const mnt = m && m.run && m.run.started && !m.run.exited && m.run.volumeMountPath(0)
-    if (mnt) {
-      try {
-        const s = await fsp.statfs(mnt)
-        return {
-          block_size: s.bsize,
-          blocks: s.blocks,
-          blocks_free: s.bfree,
-          blocks_avail: s.bavail,
-          bytes_total: s.blocks * s.bsize,
-          bytes_used: (s.blocks - s.bfree) * s.bsize
-        }
-      } catch (_) { /* unmounted meanwhile */ }
-    }
-    try {
-      const out = await tool('dumpe2fs', ['-h', vol.device], { timeoutMs: 10000 })
-      const field = (name) => Number((new RegExp(`^${name}:\\s+(\\d+)`, 'm').exec(out) || [])[1] || 0)
-      const bs = field('Block size')
-      const blocks = field('Block count')
-      const free = field('Free blocks')
-      /* statfs counts the metadata's blocks as used too: the figure a
-         machine's df shows */
-      return { block_size: bs, blocks, blocks_free: free, blocks_avail: free, bytes_total: blocks * bs, bytes_used: (blocks - free) * bs }
-    } catch (_) {
-      return { block_size: 4096, blocks: bytesTotal / 4096, blocks_free: 0, blocks_avail: 0, bytes_total: bytesTotal, bytes_used: 0 }
-    }
+    return (await host.figures(mnt, vol.device)) ||
+      { block_size: 4096, blocks: bytesTotal / 4096, blocks_free: 0, blocks_avail: 0, bytes_total: bytesTotal, bytes_used: 0 }
   }
 
   async toJSON (vol, { summary = false } = {}) {
@@ -557,54 +459,6 @@ class Volumes {
       volume_size: snap.volumeSize * GiB
     }
   }
-}
-
-/* sha256 over an image's data extents (offset, length, bytes), found with
-   SEEK_DATA/SEEK_HOLE so a mostly empty 1 GB image costs its data, not its
-   size; Node has no SEEK_DATA, Python's os.lseek has. Without python3, the
-   whole file. */
-const SPARSE_SHA256 = `
-import hashlib, os, sys
-h = hashlib.sha256()
-fd = os.open(sys.argv[1], os.O_RDONLY | os.O_NOFOLLOW)
-end = os.fstat(fd).st_size
-h.update(b'size %d' % end)
-pos = 0
-while pos < end:
-    try:
-        start = os.lseek(fd, pos, os.SEEK_DATA)
-    except OSError:
-        break
-    stop = os.lseek(fd, start, os.SEEK_HOLE)
-    h.update(b'extent %d %d' % (start, stop - start))
-    os.lseek(fd, start, os.SEEK_SET)
-    left = stop - start
-    while left > 0:
-        b = os.read(fd, min(left, 1 << 20))
-        if not b:
-            break
-        h.update(b)
-        left -= len(b)
-    pos = stop
-print(h.hexdigest())
-`
-
-async function sha256Image (file) {
-  try {
-    const out = (await tool('python3', ['-c', SPARSE_SHA256, file])).trim()
-    if (/^[0-9a-f]{64}$/.test(out)) return out
-  } catch (_) { /* no python3: the whole file */ }
-  return sha256File(file)
-}
-
-function sha256File (file) {
-  return new Promise((resolve, reject) => {
-    const h = crypto.createHash('sha256')
-    fs.createReadStream(file, { highWaterMark: 1 << 20 })
-      .on('data', (d) => h.update(d))
-      .on('error', reject)
-      .on('end', () => resolve(h.digest('hex')))
-  })
 }
 
 module.exports = { Volumes, MAX_SIZE_GB, DEFAULT_RETENTION_DAYS, SANDBOX_UID, GiB }

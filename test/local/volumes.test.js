@@ -9,6 +9,7 @@ const assert = require('node:assert/strict')
 const fs = require('fs')
 const os = require('os')
 const path = require('path')
+const { spawn } = require('child_process')
 const { localFixture, startLocal, client, assertSchema, run } = require('../helpers/local')
 
 const IMAGE = 'registry-1.docker.io/library/ubuntu:22.04'
@@ -204,6 +205,33 @@ test('an attached volume: mounted at its path, deleting it is refused, a second 
   await deleteVolume(elsewhere.id)
 })
 
+test('an update that mounts another volume takes it and lets the old one go', async () => {
+  const a = await createVolume({ name: 'first' })
+  const b = await createVolume({ name: 'second' })
+  const m = await launch(a.id, '/data')
+  try {
+    assert.equal((await asRoot(m, 'echo in-a > /data/which')).exit_code, 0)
+    const cur = (await api('GET', `${M}/${m.id}`)).body
+    const up = await api('POST', `${M}/${m.id}`, { config: { ...cur.config, mounts: [{ volume: b.id, path: '/data' }] } })
+    assert.equal(up.status, 200, up.text)
+    await waitState(up.body, 'started')
+    await fx.srv.waitSsh(m.id, 60000)
+    const r = await asRoot(m, 'cat /data/which 2>&1; echo in-b > /data/which')
+    assert.match(r.stdout, /No such file/)
+    /* the old volume is free once the old boot is gone */
+    const deadline = Date.now() + 30000
+    while ((await api('GET', `${V}/${a.id}`)).body.attached_machine_id !== null && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    }
+    assert.equal((await api('GET', `${V}/${a.id}`)).body.attached_machine_id, null)
+    assert.equal((await api('GET', `${V}/${b.id}`)).body.attached_machine_id, m.id)
+    await deleteVolume(a.id)
+  } finally {
+    await destroyMachine(m)
+    await deleteVolume(b.id)
+  }
+})
+
 test('files on the volume survive stop/start, restart and a crash; the root and /tmp reset', async () => {
   const vol = await createVolume({ name: 'persist' })
   const m = await launch(vol.id)
@@ -368,6 +396,21 @@ test('links a sandbox plants in its volume reach nothing on the host, in the mac
   }
 })
 
+test('an app counts its volumes, and deleting the app deletes them', async () => {
+  const other = `${app}-gone`
+  assert.equal((await api('POST', '/v1/apps', { name: other, org_slug: 'personal' })).status, 201)
+  const vol = await api('POST', `/v1/apps/${other}/volumes`, { name: 'data', size_gb: 1 })
+  assert.equal(vol.status, 200, vol.text)
+  assert.equal((await api('GET', `/v1/apps/${other}`)).body.volume_count, 1)
+  const held = async () => (await run('losetup', ['--list', '--noheadings', '--raw', '--output', 'BACK-FILE'])).stdout.includes(`/${vol.body.id}.img`)
+  if (fx.srv.volumeBackend === 'ext4') assert.equal(await held(), true)
+  assert.equal((await api('DELETE', `/v1/apps/${other}`)).status, 202)
+  const deadline = Date.now() + 30000
+  while (fx.srv.volumeBackend === 'ext4' && await held() && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50))
+  assert.equal(await held(), false)
+  assert.equal((await api('GET', `/v1/apps/${other}/volumes/${vol.body.id}`)).status, 404)
+})
+
 /* loop devices backed by an image of fly-local instance dir */
 async function loopsUnder (dir) {
   const r = await run('losetup', ['--list', '--noheadings', '--raw', '--output', 'NAME,BACK-FILE'])
@@ -404,4 +447,39 @@ test('stop() removes every volume, snapshot, loop device and mount it made', asy
   }
   const mounts = fs.readFileSync('/proc/mounts', 'utf8').split('\n').filter((l) => /fly-local-\d+-[0-9a-f]+\/(volumes|snapshots)/.test(l))
   assert.deepEqual(mounts, [])
+})
+
+test('the loop devices of a fly-local that was killed are detached by the next start', async (t) => {
+  if (fx.srv.volumeBackend !== 'ext4') return t.skip('volumes are plain directories here: no loop devices')
+  const child = spawn(process.execPath, ['-e', `
+    const { start } = require(${JSON.stringify(require.resolve('../../lib/local'))});
+    (async () => {
+      const srv = await start({ quiet: true });
+      const h = { authorization: 'Bearer ' + srv.token, 'content-type': 'application/json' };
+      await fetch(srv.url + '/v1/apps', { method: 'POST', headers: h, body: JSON.stringify({ name: 'crash' }) });
+      const v = await (await fetch(srv.url + '/v1/apps/crash/volumes', { method: 'POST', headers: h, body: JSON.stringify({ name: 'data', size_gb: 1 }) })).json();
+      console.log(JSON.stringify(v));
+    })();
+  `], { stdio: ['ignore', 'pipe', 'inherit'] })
+  const exited = new Promise((resolve) => child.on('exit', resolve))
+  t.after(() => { child.kill('SIGKILL'); return exited })
+  const line = await new Promise((resolve, reject) => {
+    let buf = ''
+    child.stdout.on('data', (d) => {
+      buf += d
+      if (buf.includes('\n')) resolve(buf.split('\n')[0])
+    })
+    child.on('exit', () => reject(new Error('the emulator child exited early')))
+  })
+  const vol = JSON.parse(line)
+  assert.match(vol.id, /^vol_/, line)
+  const held = async () => (await run('losetup', ['--list', '--noheadings', '--raw', '--output', 'BACK-FILE'])).stdout.includes(`/${vol.id}.img`)
+  assert.equal(await held(), true)
+  child.kill('SIGKILL')
+  await exited
+  /* nothing detaches it but the next start's sweep */
+  assert.equal(await held(), true)
+  const next = await startLocal()
+  await next.stop()
+  assert.equal(await held(), false)
 })
