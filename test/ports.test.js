@@ -84,3 +84,41 @@ test('getUrl on Fly is https://<app>.fly.dev:<public port>; bad ports are refuse
   assert.equal((await rejects(p.sandbox.create({ ports: [0] }))).code, 'ERR_INVALID_ARG')
   assert.equal((await rejects(p.sandbox.create({ ports: 'x' }))).code, 'ERR_INVALID_ARG')
 })
+
+test('a public port the API refuses as taken is picked again (at most 5 tries)', async () => {
+  const p = provider(srv)
+  const sb = await p.sandbox.create() // makes the app
+  try {
+    const app = sb.sandboxId.split(':')[0]
+    const config = sb.getInstance()._ctx.config
+    const tried = []
+    const body = { config: { metadata: {} } }
+    const r = await ports.createWith(config, app, body, [8000], async () => {
+      const pub = body.config.services[0].ports[0].port
+      tried.push(pub)
+      if (tried.length < 3) {
+        throw Object.assign(new Error('409'), { code: 'FLY_CONFLICT', flyError: `aborted: public port ${pub} is taken` })
+      }
+      return 'made'
+    })
+    assert.equal(r, 'made')
+    assert.equal(new Set(tried).size, 3, 'a new port each time')
+    assert.equal(body.config.metadata.computesdk_ports, `8000:${tried[2]}`)
+    let n = 0
+    const err = await rejects(ports.createWith(config, app, body, [8000], async () => {
+      n++
+      throw Object.assign(new Error('409'), { code: 'FLY_CONFLICT', flyError: 'aborted: public port taken' })
+    }))
+    assert.equal(err.code, 'FLY_CONFLICT')
+    assert.equal(n, 5)
+    // another refusal is not retried
+    n = 0
+    await rejects(ports.createWith(config, app, body, [8000], async () => {
+      n++
+      throw Object.assign(new Error('422'), { code: 'FLY_UNPROCESSABLE', flyError: 'invalid image' })
+    }))
+    assert.equal(n, 1)
+  } finally {
+    await sb.destroy()
+  }
+})
