@@ -6,7 +6,7 @@
 const { destroy } = require('./lifecycle')
 const { abortError } = require('./errors')
 
-function augment (psb) {
+function augment (psb, mgr) {
   if (psb === null || psb === undefined) return psb
   const machine = psb.getInstance()
   const generatedRun = psb.runCommand.bind(psb)
@@ -15,6 +15,11 @@ function augment (psb) {
     : generatedRun(command, argsOrOptions)
   psb.runCode = (code, runtime) => machine.runCode(code, runtime)
   psb.filesystem = machine.filesystem
+  // pause/resume as the coming ComputeSDK sandbox has them (kept when the
+  // generated sandbox has its own), and fork as a sandbox of this manager.
+  if (typeof psb.pause !== 'function') psb.pause = (options) => machine.pause(options)
+  if (typeof psb.resume !== 'function') psb.resume = () => machine.resume()
+  if (mgr) psb.fork = (options) => mgr.create({ ...(options || {}), fromSandbox: psb.sandboxId })
   return psb
 }
 
@@ -31,7 +36,7 @@ function withSeedExtras (provider, ctx) {
     const signal = options && options.signal
     if (signal && signal.aborted === true) throw abortError(signal, 'create')
     try {
-      return augment(await create(options))
+      return augment(await create(options), mgr)
     } catch (err) {
       const ours = options && ctx.state.creating.get(options)
       if (err.name !== 'AbortError' || !ours) throw err
@@ -43,8 +48,8 @@ function withSeedExtras (provider, ctx) {
         (e) => e.name === 'AbortError' ? e : abortError(signal, 'create'))
     }
   }
-  mgr.getById = async (sandboxId) => augment(await getById(sandboxId))
-  mgr.list = async () => (await list()).map(augment)
+  mgr.getById = async (sandboxId) => augment(await getById(sandboxId), mgr)
+  mgr.list = async () => (await list()).map((psb) => augment(psb, mgr))
   return provider
 }
 

@@ -42,6 +42,49 @@ function optInt (config, key, min, max) {
   return v
 }
 
+function optBool (config, key, dflt) {
+  const v = config[key]
+  if (v === undefined || v === null) return dflt
+  if (typeof v !== 'boolean') throw invalidArg(`fly(): ${key} must be a boolean`)
+  return v
+}
+
+// What an idle sandbox does: 'suspend' (memory kept) or 'stop' (only the
+// volume kept).  keepMemory: false is the same as idleAction: 'stop'.
+// Shared by fly() and create (where `o` is create's options).
+function idleAction (o, what) {
+  const v = o.idleAction
+  if (v !== undefined && v !== null) {
+    if (v !== 'suspend' && v !== 'stop') throw invalidArg(`${what}: idleAction must be 'suspend' or 'stop'`)
+    return v
+  }
+  if (o.keepMemory !== undefined && o.keepMemory !== null) {
+    if (typeof o.keepMemory !== 'boolean') throw invalidArg(`${what}: keepMemory must be a boolean`)
+    return o.keepMemory ? 'suspend' : 'stop'
+  }
+  return undefined
+}
+
+function onTimeout (o, what) {
+  const v = o.onTimeout
+  if (v === undefined || v === null) return undefined
+  if (v !== 'pause' && v !== 'destroy') throw invalidArg(`${what}: onTimeout must be 'pause' or 'destroy'`)
+  return v
+}
+
+// { sizeGb } -> a frozen copy; false/null -> none; undefined -> not given.
+function volumeOption (v, what) {
+  if (v === undefined) return undefined
+  if (v === null || v === false) return null
+  if (v === true) return Object.freeze({ sizeGb: 1 })
+  if (typeof v !== 'object') throw invalidArg(`${what}: volume must be { sizeGb } or false`)
+  const sizeGb = v.sizeGb === undefined ? 1 : v.sizeGb
+  if (!Number.isInteger(sizeGb) || sizeGb < 1 || sizeGb > 500) {
+    throw invalidArg(`${what}: volume.sizeGb must be an integer from 1 to 500`)
+  }
+  return Object.freeze({ sizeGb })
+}
+
 function resolveConfig (config) {
   if (config === undefined || config === null) config = {}
   if (typeof config !== 'object') throw invalidArg('fly(): config must be an object')
@@ -71,7 +114,13 @@ function resolveConfig (config) {
     maxFileBytes: optInt(config, 'maxFileBytes', 1, 2 ** 40) || DEFAULTS.maxFileBytes,
     maxEntries: optInt(config, 'maxEntries', 1, 10000000) || DEFAULTS.maxEntries,
     startTimeoutMs: optInt(config, 'startTimeoutMs', 1000, 3600000) || DEFAULTS.startTimeoutMs,
-    retry: undefined
+    retry: undefined,
+    // Pausing (lib/pause.js, lib/idle.js) and volumes (lib/volumes.js).
+    autoResume: optBool(config, 'autoResume', true),
+    idleTimeout: optInt(config, 'idleTimeout', 0, 7 * 24 * 3600 * 1000) || 0,
+    idleAction: idleAction(config, 'fly()'),
+    onTimeout: onTimeout(config, 'fly()'),
+    volume: volumeOption(config.volume, 'fly()')
   }
   if (!/^https?:\/\/[^\s/]+/.test(r.baseUrl)) {
     throw invalidArg('fly(): apiHostname must be an http:// or https:// URL')
@@ -104,4 +153,4 @@ function requireToken (config) {
   return config.token
 }
 
-module.exports = { resolveConfig, requireToken, DEFAULTS }
+module.exports = { resolveConfig, requireToken, DEFAULTS, idleAction, onTimeout, volumeOption }

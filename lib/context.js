@@ -6,6 +6,7 @@
 const { resolveConfig } = require('./config')
 const ssh = require('./transport/ssh')
 const execApi = require('./transport/exec-api')
+const { wakeful } = require('./pause')
 
 // Ids a provider has seen can come and go for as long as the process runs:
 // the tables about them keep the most recent ones only.
@@ -46,7 +47,19 @@ function makeContext (options) {
     sessions: new Recent(RECENT_LIMIT),
     // create's options object -> that create's promise, which settles only
     // once a failed or aborted create has removed its machine (compat.js).
-    creating: new WeakMap()
+    creating: new WeakMap(),
+    // Pausing (lib/pause.js): sandboxIds this provider paused, the resume
+    // in flight per sandbox (shared by concurrent calls), when each was
+    // last used and how many calls it has in flight (for its idle timeout).
+    paused: new Recent(RECENT_LIMIT),
+    resuming: new Map(),
+    lastUse: new Recent(RECENT_LIMIT),
+    inFlight: new Map(),
+    // sandboxId -> { id, name } of the volume its destroy could not remove yet.
+    orphanVolumes: new Recent(RECENT_LIMIT),
+    // sandboxIds where this provider's key was authorized through exec
+    // (lib/transport/ssh.js); a resume after a stop forgets it.
+    reauthorized: new Recent(RECENT_LIMIT)
   }
   const ctx = {}
   // Not enumerable: logging a provider or a sandbox (which show this object)
@@ -54,7 +67,8 @@ function makeContext (options) {
   Object.defineProperties(ctx, {
     config: { value: config },
     state: { value: state },
-    transport: { value: config.transport === 'exec' ? execApi : ssh }
+    // Every command and file call wakes a paused sandbox first.
+    transport: { value: wakeful(config.transport === 'exec' ? execApi : ssh) }
   })
   return Object.freeze(ctx)
 }

@@ -60,11 +60,42 @@ export interface FlyConfig {
   maxEntries?: number
   /** Retry policy of idempotent API calls (defaults: 500, 5000, 30000). */
   retry?: { baseMs?: number; maxMs?: number; totalMs?: number }
+  /** A command, file call or getUrl on a paused sandbox resumes it first (default true); false: FLY_MACHINE_NOT_RUNNING with `paused: true`. */
+  autoResume?: boolean
+  /** Default idle timeout in ms (0 = off): a sandbox with no inbound connection that long suspends (or stops) itself, with no provider process needed. */
+  idleTimeout?: number
+  /** What an idle sandbox does: 'suspend' (default; memory kept) or 'stop' (only the volume kept). */
+  idleAction?: 'suspend' | 'stop'
+  /** false is idleAction 'stop'. */
+  keepMemory?: boolean
+  /** What the lifetime `timeout` does: 'destroy' (default) or 'pause' (the machine suspends itself and is not destroyed). */
+  onTimeout?: 'pause' | 'destroy'
+  /** Default workspace volume for every sandbox (false: none, the default). */
+  volume?: FlyVolumeOptions | false
+}
+
+export interface FlyVolumeOptions {
+  /** Size in GB (1 to 500; default 1, or the source's size for a snapshot or a fork). */
+  sizeGb?: number
 }
 
 export interface FlyCreateOptions extends CreateSandboxOptions {
-  /** Ports to expose through Fly's proxy (Fly only). */
+  /** Ports to expose: each gets a public port of its own in the app (getUrl gives its URL; a request wakes a paused sandbox). */
   ports?: number[]
+  /** A Fly Volume of the sandbox's own at /home/sandbox (survives stops, restarts, crashes; removed by destroy); false: none. */
+  volume?: FlyVolumeOptions | false
+  /** Workspace volume restored from this snapshot ("app:volumeId:snapshotId", from provider.snapshot). */
+  snapshotId?: string
+  /** Workspace volume forked from this sandbox's volume (sandbox.fork() is the same). */
+  fromSandbox?: string
+  /** Idle timeout in ms (0 = off); see FlyConfig.idleTimeout. */
+  idleTimeout?: number
+  idleAction?: 'suspend' | 'stop'
+  /** false is idleAction 'stop'. */
+  keepMemory?: boolean
+  onTimeout?: 'pause' | 'destroy'
+  /** Recorded with the sandbox: every provider honours it for this sandbox. */
+  autoResume?: boolean
   /** Skip the SSH connect that create does before returning (default: connect). */
   waitForSsh?: boolean
   /**
@@ -111,6 +142,34 @@ export interface FlyFileSystem {
   remove(path: string): Promise<void>
 }
 
+export interface FlyPauseOptions {
+  /** true (default): suspend, keeping memory, processes and files; false: stop, keeping only the volume. */
+  keepMemory?: boolean
+}
+
+/** What getInfo() gives: SandboxInfo with 'paused' (suspended, or stopped by pause() or the idle watch). */
+export interface FlySandboxInfo extends Omit<SandboxInfo, 'status'> {
+  status: SandboxInfo['status'] | 'paused'
+}
+
+export interface FlySnapshot {
+  /** "appName:volumeId:snapshotId". */
+  id: string
+  provider: 'fly'
+  sandboxId: string | null
+  volumeId: string
+  createdAt: Date | null
+  /** Bytes. */
+  size: number
+  volumeSizeGb?: number
+  status?: string
+  retentionDays?: number
+  digest?: string
+  /** As given to create (Fly stores neither; list does not return them). */
+  name?: string
+  metadata?: Record<string, string>
+}
+
 /** The provider's own sandbox object (what getInstance() returns). */
 export declare class FlyMachine {
   readonly sandboxId: string
@@ -124,7 +183,15 @@ export declare class FlyMachine {
   createdAt: Date
   metadata: Record<string, string>
   hostKeyFingerprint: string | null
+  /** The workspace volume's id, or null. */
+  volumeId: string | null
   readonly filesystem: FlyFileSystem
+  /** Idempotent; resolves once the machine is suspended (or stopped). */
+  pause(options?: FlyPauseOptions): Promise<void>
+  /** Idempotent; resolves once the machine is started and answers over SSH. */
+  resume(): Promise<void>
+  /** A new sandbox whose workspace volume is forked from this one's. */
+  fork(options?: FlyCreateOptions): Promise<FlyMachine>
   runCommand(command: string, args: string[], options?: RunCommandOptions): Promise<CommandResult>
   runCommand(command: string, options?: FlyRunCommandOptions): Promise<CommandResult>
   runCode(code: string, runtime?: FlyRuntime): Promise<FlyCodeResult>
@@ -137,7 +204,11 @@ export interface FlySandbox extends Omit<ProviderSandbox<FlyMachine>, 'runComman
   /** Runs code as a file on the interpreter's stdin; without a runtime, a heuristic picks python or node. */
   runCode(code: string, runtime?: FlyRuntime): Promise<FlyCodeResult>
   readonly filesystem: FlyFileSystem
+  /** status is also 'paused' (typed as SandboxInfo until ComputeSDK's own has it: read it as FlySandboxInfo). */
   getInfo(): Promise<SandboxInfo>
+  pause(options?: FlyPauseOptions): Promise<void>
+  resume(): Promise<void>
+  fork(options?: FlyCreateOptions): Promise<FlySandbox>
 }
 
 export interface FlyProvider extends Omit<Provider<FlyMachine>, 'sandbox'> {
@@ -148,6 +219,14 @@ export interface FlyProvider extends Omit<Provider<FlyMachine>, 'sandbox'> {
     list(): Promise<FlySandbox[]>
     /** Idempotent (a gone machine is success); rejects with FLY_DESTROY_FAILED (`cause`) when the machine could not be removed. */
     destroy(sandboxId: string): Promise<void>
+  }
+  readonly snapshot: {
+    /** A snapshot of the sandbox's workspace volume (FLY_VOLUME_REQUIRED without one). */
+    create(sandboxId: string, options?: { name?: string; metadata?: Record<string, string> }): Promise<FlySnapshot>
+    /** Newest first: one sandbox's, or those of every sandbox of the provider's app. */
+    list(options?: { sandboxId?: string; limit?: number }): Promise<FlySnapshot[]>
+    /** Always FLY_SNAPSHOT_DELETE_UNSUPPORTED: Fly's API has no snapshot delete (they expire after snapshot_retention). */
+    delete(snapshotId: string): Promise<never>
   }
 }
 
@@ -164,6 +243,14 @@ export interface FlyError extends Error {
   path?: string
   /** FLY_MACHINE_NOT_RUNNING, FLY_MACHINE_FAILED: the machine's state. */
   state?: string
+  /** FLY_MACHINE_NOT_RUNNING: the machine is paused (suspended, or stopped by pause() or the idle watch); resume() wakes it. */
+  paused?: boolean
+  /** FLY_PORT_NOT_EXPOSED: the port asked for and the ones the sandbox exposes. */
+  port?: number
+  exposed?: number[]
+  /** FLY_DESTROY_FAILED after the machine went, or a failed create: the volume concerned. */
+  volumeId?: string
+  snapshotId?: string
   /** A failed or aborted create (whose machine was then destroyed), FLY_DESTROY_FAILED: the sandbox concerned. */
   sandboxId?: string
   machineId?: string

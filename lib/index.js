@@ -12,6 +12,8 @@ const lifecycle = require('./lifecycle')
 const { FlyMachine, getInfo, getUrl } = require('./machine')
 const exec = require('./exec')
 const { withSeedExtras } = require('./compat')
+const pause = require('./pause')
+const snapshots = require('./snapshots')
 
 const flyProvider = defineProvider({
   name: 'fly',
@@ -26,6 +28,9 @@ const flyProvider = defineProvider({
       getInfo,
       getUrl,
       getInstance: (sb) => sb,
+      // The coming ComputeSDK contract (pause/resume, status 'paused').
+      pause: (sb, options) => pause.pause(sb, options),
+      resume: (sb) => pause.resume(sb),
       filesystem: {
         readFile: (sb, path) => sb.filesystem.readFile(path),
         writeFile: (sb, path, content) => sb.filesystem.writeFile(path, content),
@@ -34,6 +39,11 @@ const flyProvider = defineProvider({
         exists: (sb, path) => sb.filesystem.exists(path),
         remove: (sb, path) => sb.filesystem.remove(path)
       }
+    },
+    snapshot: {
+      create: snapshots.create,
+      list: snapshots.list,
+      delete: snapshots.delete
     }
   }
 })

@@ -8,7 +8,10 @@ const { requireToken } = require('./config')
 const { flyError, invalidArg, abortError } = require('./errors')
 const { clientKey } = require('./keys')
 const { validEnvName } = require('./exec')
-const { FlyMachine, isGone, parseSandboxId, TAG, CREATE_ID, HOST_FP, FILES_DIR } = require('./machine')
+const { FlyMachine, isGone, parseSandboxId, TAG, CREATE_ID, HOST_FP, FILES_DIR, VOLUME } = require('./machine')
+const volumes = require('./volumes')
+const idle = require('./idle')
+const { checkPorts, createWith: createWithPorts } = require('./ports')
 
 function b64 (s) {
   return Buffer.from(s, 'utf8').toString('base64')
@@ -81,14 +84,13 @@ function machineRequest (ctx, o) {
   if (timeout !== undefined && timeout !== null && !(Number.isInteger(timeout) && timeout >= 0)) {
     throw invalidArg('create: timeout must be a non-negative integer of milliseconds')
   }
-  let services
-  if (Array.isArray(o.ports) && o.ports.length > 0) {
-    services = o.ports.map((p) => {
-      if (!Number.isInteger(p) || p < 1 || p > 65535) throw invalidArg('create: ports must be integers from 1 to 65535')
-      return { protocol: 'tcp', internal_port: p, ports: [{ port: p, handlers: ['tls', 'http'] }], autostart: true, autostop: 'off' }
-    })
-  }
+  const ports = checkPorts(o.ports)
   const userMetadata = stringMap(o.metadata, 'metadata')
+  // The provider's own keys say which volume destroy removes, which ports
+  // are the sandbox's, whether it is paused: never the caller's to set.
+  for (const k of Object.keys(userMetadata)) {
+    if (k.startsWith('computesdk_')) throw invalidArg(`create: metadata key ${JSON.stringify(k)} is reserved (computesdk_*)`)
+  }
 
   const client = clientKey(ctx)
   const host = native.keygen()
@@ -120,10 +122,10 @@ function machineRequest (ctx, o) {
     auto_destroy: !!timeout
   }
   if (timeout) machineConfig.env.COMPUTESDK_SANDBOX_TIMEOUT_S = String(Math.ceil(timeout / 1000))
-  if (services) machineConfig.services = services
+  idle.apply(config, o, machineConfig, timeout)
   const body = { region: o.region || config.region, config: machineConfig }
   if (o.name !== undefined) body.name = String(o.name)
-  return { body, createId, hostFingerprint: host.fingerprint }
+  return { body, createId, hostFingerprint: host.fingerprint, ports }
 }
 
 function checkSignal (signal) {
@@ -190,15 +192,22 @@ async function create (ctx, options) {
   const signal = checkSignal(o.signal)
   if (signal && signal.aborted) throw abortError(signal, 'create')
   requireToken(config)
-  const { body, createId, hostFingerprint } = machineRequest(ctx, o)
+  const { body, createId, hostFingerprint, ports } = machineRequest(ctx, o)
   const step = (p) => untilAborted(signal, p)
   const app = config.appName
   let machineId = null
+  let volumeId = null
   const run = async () => {
     await step(ensureApp(ctx))
+    // The workspace volume (lib/volumes.js) is made before the machine that
+    // mounts it; like the machine, not raced with the signal.
+    const want = await step(volumes.plan(ctx, o))
+    if (want) volumeId = await volumes.make(ctx, want, body, createId)
+    if (signal && signal.aborted) throw abortError(signal, 'create')
     // Not raced with the signal: the machine it makes must be known to be
     // removed, so an abort here takes effect when the reply is in.
-    const created = await api.call(config, 'machine.create', { app }, { body, createId, createIdKey: CREATE_ID })
+    const created = await createWithPorts(config, app, body, ports,
+      () => api.call(config, 'machine.create', { app }, { body, createId, createIdKey: CREATE_ID }))
     machineId = created.body.id
     if (signal && signal.aborted) throw abortError(signal, 'create')
     await waitStarted(config, app, machineId, step)
@@ -215,10 +224,13 @@ async function create (ctx, options) {
       err.machineId = machineId
       err.sandboxId = `${app}:${machineId}`
       try {
-        await destroy(ctx, err.sandboxId)
+        await destroy(ctx, err.sandboxId) // and its volume
       } catch (e) {
         err.destroyError = e
       }
+    } else if (volumeId !== null) {
+      err.volumeId = volumeId
+      await volumes.remove(config, app, volumeId, volumes.volumeName(createId)).catch((e) => { err.destroyError = e })
     }
     if (typeof err.message === 'string' && !err.message.startsWith('Failed to create')) {
       err.message = `Failed to create Fly.io sandbox: ${err.message}` +
@@ -275,10 +287,14 @@ async function destroy (ctx, sandboxId) {
   }
   const params = { app: ids.app, machine: ids.machine }
   state.destroyed.add(sandboxId)
+  // { id, name }: the workspace volume, named after the machine's create id.
+  let volume = state.orphanVolumes.get(sandboxId) || null
   try {
     await transport.close(ctx, sandboxId)
     const m = (await api.call(config, 'machine.get', params)).body
-    if (isGone(m)) return
+    const md = (m && m.config && m.config.metadata) || {}
+    if (!volume && md[VOLUME] && md[CREATE_ID]) volume = { id: md[VOLUME], name: volumes.volumeName(md[CREATE_ID]) }
+    if (isGone(m)) return await removeVolume(ctx, sandboxId, ids, volume)
     if (m.state === 'started' || m.state === 'starting') {
       await api.call(config, 'machine.stop', params, { body: { signal: 'SIGTERM', timeout: '5s' } })
       // Waiting for stopped needs the version; 408 after the bound is fine.
@@ -294,12 +310,31 @@ async function destroy (ctx, sandboxId) {
       if (err.code !== 'FLY_PRECONDITION') throw err
       await api.call(config, 'machine.delete', params, { query: { force: 'true' } })
     }
+    await removeVolume(ctx, sandboxId, ids, volume)
   } catch (err) {
-    if (err.code === 'FLY_NOT_FOUND') return
+    if (err.code === 'FLY_DESTROY_FAILED') throw err
+    // Gone already (a volume whose removal failed before is finished now).
+    if (err.code === 'FLY_NOT_FOUND') return removeVolume(ctx, sandboxId, ids, volume)
     // It still exists: calls on it are not refused as destroyed.
     state.destroyed.delete(sandboxId)
     throw flyError('FLY_DESTROY_FAILED', `could not destroy sandbox ${sandboxId}: ${err.message}`,
       { cause: err, sandboxId, machineId: ids.machine })
+  }
+}
+
+// After the machine: its workspace volume, once released (bounded
+// retries), and only a volume of the name create gave it; nothing else.
+// A failure is FLY_DESTROY_FAILED naming the volume, which a later destroy
+// in this process removes.
+async function removeVolume (ctx, sandboxId, ids, volume) {
+  if (!volume) return
+  try {
+    await volumes.remove(ctx.config, ids.app, volume.id, volume.name)
+    ctx.state.orphanVolumes.delete(sandboxId)
+  } catch (err) {
+    ctx.state.orphanVolumes.set(sandboxId, volume)
+    throw flyError('FLY_DESTROY_FAILED', `sandbox ${sandboxId} was removed but its volume ${volume.id} could not be: ${err.message}`,
+      { cause: err, sandboxId, machineId: ids.machine, volumeId: volume.id })
   }
 }
 

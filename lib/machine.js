@@ -11,6 +11,14 @@ const TAG = 'computesdk_provider'
 const CREATE_ID = 'computesdk_create_id'
 const HOST_FP = 'computesdk_host_key_fp'
 const FILES_DIR = '/etc/computesdk'
+// Set while paused by a stop ('1' from pause(), 'idle' from the idle watch
+// in the image); the idle timeout; autoResume chosen at create ('0'/'1');
+// the workspace volume's id; the exposed ports ("internal:public,...").
+const PAUSED = 'computesdk_paused'
+const IDLE_MS = 'computesdk_idle_timeout_ms'
+const AUTO_RESUME = 'computesdk_auto_resume'
+const VOLUME = 'computesdk_volume'
+const PORTS = 'computesdk_ports'
 
 // Machine states -> SandboxInfo.status.
 const RUNNING = new Set(['created', 'starting', 'started', 'restarting', 'updating', 'replacing'])
@@ -19,6 +27,14 @@ const STOPPED = new Set(['stopping', 'stopped', 'suspending', 'suspended', 'dest
 // A machine that no longer counts as a sandbox (getById gives null for it).
 function isGone (m) {
   return !m || m.state === 'destroyed' || m.state === 'destroying'
+}
+
+// Suspended, or stopped (or stopping) by a pause: status 'paused'.
+function isPausedMachine (m) {
+  if (!m) return false
+  if (m.state === 'suspended' || m.state === 'suspending') return true
+  const md = (m.config && m.config.metadata) || {}
+  return (m.state === 'stopped' || m.state === 'stopping') && md[PAUSED] !== undefined
 }
 
 function parseSandboxId (sandboxId) {
@@ -54,6 +70,9 @@ class FlyMachine {
     this.createdAt = m.created_at ? new Date(m.created_at) : new Date()
     this.metadata = { ...(cfg.metadata || {}) }
     this.hostKeyFingerprint = this._pinnedHostKey || this.metadata[HOST_FP] || null
+    this.volumeId = this.metadata[VOLUME] || null
+    // When this state was read (lib/pause.js: may it have paused since?).
+    Object.defineProperty(this, '_seenAt', { value: Date.now(), enumerable: false, configurable: true, writable: true })
   }
 
   get sandboxId () {
@@ -75,6 +94,22 @@ class FlyMachine {
     return exec.runCode(this, code, runtime)
   }
 
+  // Suspend (keepMemory, the default) or stop; see lib/pause.js.
+  pause (options) {
+    return require('./pause').pause(this, options)
+  }
+
+  // Start it again and return once it answers over SSH.
+  resume () {
+    return require('./pause').resume(this)
+  }
+
+  // A new sandbox whose workspace is a copy of this one's volume.
+  async fork (options) {
+    const r = await require('./lifecycle').create(this._ctx, { ...(options || {}), fromSandbox: this.sandboxId })
+    return r.sandbox
+  }
+
   get filesystem () {
     const fs = makeFilesystem(this)
     Object.defineProperty(this, 'filesystem', { value: fs, enumerable: false })
@@ -89,7 +124,8 @@ class FlyMachine {
       region: this.region,
       state: this.state,
       privateIp: this.privateIp,
-      image: this.image
+      image: this.image,
+      volumeId: this.volumeId
     }
   }
 }
@@ -98,7 +134,8 @@ async function getInfo (sb) {
   const r = await sb._api('machine.get')
   sb._update({ ...r.body, app: sb.appName })
   const st = sb.state
-  const status = RUNNING.has(st) ? 'running' : STOPPED.has(st) ? 'stopped' : 'error'
+  const status = isPausedMachine(r.body) ? 'paused' : RUNNING.has(st) ? 'running' : STOPPED.has(st) ? 'stopped' : 'error'
+  const volume = await require('./volumes').info(sb)
   const userMeta = {}
   for (const [k, v] of Object.entries(sb.metadata)) if (!k.startsWith('computesdk_')) userMeta[k] = v
   return {
@@ -115,30 +152,45 @@ async function getInfo (sb) {
       privateIp: sb.privateIp,
       image: sb.image,
       state: st,
-      name: sb.name
+      name: sb.name,
+      volumeId: sb.volumeId,
+      volume,
+      ports: require('./ports').exposed(sb)
     }
   }
 }
 
-// fly-local (an API on this host) runs machines that listen on their own
-// private address; Fly serves them through its proxy at <app>.fly.dev.
-function isLoopbackApi (config) {
-  const host = new URL(config.baseUrl).hostname
-  return host === 'localhost' || /^127\./.test(host) || host === '[::1]'
-}
-
+// Each exposed port has a public port of its own (lib/ports.js); a paused
+// sandbox is woken first (autoResume), as a request to the URL would.
 async function getUrl (sb, options) {
   const port = options && options.port
   if (!Number.isInteger(port) || port < 1 || port > 65535) throw invalidArg('getUrl: port must be an integer from 1 to 65535')
   const protocol = (options.protocol || '').replace(/:$/, '')
   if (protocol && !/^(https?|wss?)$/.test(protocol)) throw invalidArg('getUrl: protocol must be http, https, ws or wss')
-  if (sb.privateIp && isLoopbackApi(sb._ctx.config)) {
-    const host = sb.privateIp.includes(':') ? `[${sb.privateIp}]` : sb.privateIp
-    return `${protocol || 'http'}://${host}:${port}`
-  }
-  const scheme = protocol || 'https'
-  const dflt = (scheme === 'https' || scheme === 'wss') ? 443 : 80
-  return `${scheme}://${sb.appName}.fly.dev${port === dflt ? '' : ':' + port}`
+  const url = require('./ports').url(sb, port, protocol)
+  // A URL is an answer whatever the state (a request to it starts the
+  // machine anyway): with autoResume off, or a machine that is not paused
+  // but stopped, it is given as it is.
+  await require('./pause').ensureAwake(sb).catch((err) => {
+    if (err.code !== 'FLY_MACHINE_NOT_RUNNING') throw err
+  })
+  return url
 }
 
-module.exports = { FlyMachine, isGone, parseSandboxId, getInfo, getUrl, TAG, CREATE_ID, HOST_FP, FILES_DIR }
+module.exports = {
+  FlyMachine,
+  isGone,
+  isPausedMachine,
+  parseSandboxId,
+  getInfo,
+  getUrl,
+  TAG,
+  CREATE_ID,
+  HOST_FP,
+  FILES_DIR,
+  PAUSED,
+  IDLE_MS,
+  AUTO_RESUME,
+  VOLUME,
+  PORTS
+}

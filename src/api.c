@@ -83,6 +83,23 @@ static const fly_api_op_t api_ops[] = {
    "/v1/apps/{app}/machines/{machine}/lease", POLICY_ONCE},
   {"machine.lease.release", "DELETE",
    "/v1/apps/{app}/machines/{machine}/lease", POLICY_IDEMPOTENT},
+  {"volume.list", "GET", "/v1/apps/{app}/volumes", POLICY_IDEMPOTENT},
+  /* A replayed create would make a second volume: only what provably was
+   * not processed is repeated (the caller looks up by name after an
+   * ambiguous failure). */
+  {"volume.create", "POST", "/v1/apps/{app}/volumes", POLICY_ONCE},
+  {"volume.get", "GET", "/v1/apps/{app}/volumes/{volume}", POLICY_IDEMPOTENT},
+  {"volume.update", "PUT", "/v1/apps/{app}/volumes/{volume}",
+   POLICY_IDEMPOTENT},
+  {"volume.delete", "DELETE", "/v1/apps/{app}/volumes/{volume}",
+   POLICY_IDEMPOTENT},
+  /* Extending by a size is absolute (size_gb), so a replay is harmless. */
+  {"volume.extend", "PUT", "/v1/apps/{app}/volumes/{volume}/extend",
+   POLICY_IDEMPOTENT},
+  {"volume.snapshots", "GET", "/v1/apps/{app}/volumes/{volume}/snapshots",
+   POLICY_IDEMPOTENT},
+  {"volume.snapshot_create", "POST",
+   "/v1/apps/{app}/volumes/{volume}/snapshots", POLICY_ONCE},
 };
 
 typedef struct fly_api_s fly_api_t;
@@ -634,7 +651,7 @@ static int append_escaped(fly_buf_t *b, const char *s) {
   return rc;
 }
 
-/* The path of op with {app}/{machine}/{key} filled from params. */
+/* The path of op with {app}/{machine}/{volume}/{key} filled from params. */
 static int build_path(napi_env env, const fly_api_op_t *op, napi_value params,
                       fly_buf_t *out) {
   const char *p = op->path;

@@ -382,3 +382,27 @@ test('an API reply over 64 MiB is refused with FLY_RESPONSE_TOO_LARGE', async (t
   const err = await rejects(raw(s, 'regions'))
   assert.equal(err.code, 'FLY_RESPONSE_TOO_LARGE')
 })
+
+test('volumes: create, get, list, update, extend, snapshots, delete (replies match the schema)', async () => {
+  const { assertSchema } = require('./helpers/local')
+  const app = await newApp()
+  const v = (await call(srv, 'volume.create', { app }, { body: JSON.stringify({ name: 'api_vol', size_gb: 1, region: 'iad' }) })).body
+  assertSchema('Volume', v)
+  assert.match(v.id, /^vol_/)
+  assertSchema('Volume', (await call(srv, 'volume.get', { app, volume: v.id })).body)
+  const list = (await call(srv, 'volume.list', { app })).body
+  assertSchema('VolumeList', list)
+  assert.deepEqual(list.map((x) => x.id), [v.id])
+  const upd = (await call(srv, 'volume.update', { app, volume: v.id }, { body: JSON.stringify({ snapshot_retention: 7 }) })).body
+  assert.equal(upd.snapshot_retention, 7)
+  const ext = (await call(srv, 'volume.extend', { app, volume: v.id }, { body: JSON.stringify({ size_gb: 2 }) })).body
+  assertSchema('ExtendVolume', ext)
+  assert.equal(ext.volume.size_gb, 2)
+  assert.equal((await call(srv, 'volume.snapshot_create', { app, volume: v.id })).status, 200)
+  const snaps = (await call(srv, 'volume.snapshots', { app, volume: v.id })).body
+  assertSchema('VolumeSnapshotList', snaps)
+  assert.equal(snaps.length, 1)
+  assertSchema('Volume', (await call(srv, 'volume.delete', { app, volume: v.id })).body)
+  const gone = await rejects(call(srv, 'volume.snapshots', { app, volume: v.id }))
+  assert.equal(gone.code, 'FLY_NOT_FOUND')
+})

@@ -86,18 +86,18 @@ test('guest size and sandbox sizing options reach the machine', async () => {
   await sb.destroy()
 })
 
-test('getUrl gives a reachable URL on fly-local', async () => {
+test('getUrl gives a reachable URL on fly-local for an exposed port', async () => {
   const p = provider(srv)
-  const sb = await p.sandbox.create()
-  const ip = (await sb.getInfo()).metadata.privateIp
-  const host = ip.includes(':') ? `[${ip}]` : ip // an IPv6 private address is bracketed in a URL
-  assert.equal(await sb.getUrl({ port: 3000 }), `http://${host}:3000`)
-  assert.equal(await sb.getUrl({ port: 8080, protocol: 'ws' }), `ws://${host}:8080`)
+  const sb = await p.sandbox.create({ ports: [8765] })
+  const pub = Number((await sb.getInfo()).metadata.ports[8765])
+  assert.equal(await sb.getUrl({ port: 8765 }), `http://127.0.0.1:${pub}`)
+  assert.equal(await sb.getUrl({ port: 8765, protocol: 'ws' }), `ws://127.0.0.1:${pub}`)
+  assert.equal((await rejects(sb.getUrl({ port: 3000 }))).code, 'FLY_PORT_NOT_EXPOSED')
   // A server started in the sandbox answers at that URL once it says so.
   let ready
   const serving = new Promise((resolve) => { ready = resolve })
   const onOut = (d) => { if (/Serving HTTP/.test(d)) ready() }
-  const server = sb.runCommand('exec python3 -u -m http.server 8765 --bind "$FLY_PRIVATE_IP"',
+  const server = sb.runCommand('exec python3 -u -m http.server 8765 --bind 0.0.0.0',
     { onStdout: onOut, onStderr: onOut }).catch((e) => e)
   await serving
   const res = await fetch((await sb.getUrl({ port: 8765 })) + '/')

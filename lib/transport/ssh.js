@@ -9,7 +9,8 @@ const crypto = require('crypto')
 const native = require('../native')
 const { flyError } = require('../errors')
 const { clientKey } = require('../keys')
-const { HOST_FP, FILES_DIR, isGone } = require('../machine')
+const { HOST_FP, FILES_DIR, isGone, isPausedMachine } = require('../machine')
+const { sessionIdleMs } = require('../idle')
 
 // Runs as the machine's root through the exec endpoint: $1 is FILES_DIR
 // (under /etc, which only root can change), $2 the public key.  A key file
@@ -47,6 +48,10 @@ function target (sb) {
     opTimeoutMs: config.opTimeoutMs,
     keepaliveSec: config.keepaliveSec
   }
+  // A sandbox with an idle timeout: an unused connection closes soon, so
+  // that this provider does not keep it awake (reopened on the next call).
+  const idleMs = sessionIdleMs(sb)
+  if (idleMs !== undefined) t.idleTimeoutMs = idleMs
   if (config.sshPassword) t.password = config.sshPassword
   else t.privateKey = clientKey(sb._ctx).privateKey
   if (config.insecureSkipHostKeyCheck) {
@@ -86,8 +91,8 @@ async function withSession (sb, fn) {
     return await fn(session(sb))
   } catch (err) {
     if (err.code === 'SSH_CONNECT_FAILED' || err.code === 'SSH_TIMEOUT') throw await whyUnreachable(sb, err)
-    if (err.code !== 'SSH_AUTH_FAILED' || config.sshPassword || reauthorized.has(sb)) throw err
-    reauthorized.add(sb)
+    if (err.code !== 'SSH_AUTH_FAILED' || config.sshPassword || state.reauthorized.has(sb.sandboxId)) throw err
+    state.reauthorized.add(sb.sandboxId)
     const pub = clientKey(sb._ctx).publicKey
     // Appends to the root-owned key file sshd reads first (docker/
     // sshd_config); it is never a path the sandbox user controls, so
@@ -104,9 +109,6 @@ async function withSession (sb, fn) {
   }
 }
 
-// Sandbox objects whose key this provider has tried to authorize (once each).
-const reauthorized = new WeakSet()
-
 // An SSH connect that failed for good: a machine that is not running (or
 // no longer exists) is the likely reason, and a clearer error.
 async function whyUnreachable (sb, err) {
@@ -119,8 +121,10 @@ async function whyUnreachable (sb, err) {
   }
   if (isGone(m)) return flyError('FLY_NOT_FOUND', `sandbox ${sb.sandboxId} no longer exists (${m ? m.state : 'gone'})`)
   if (m.state !== 'started') {
-    return flyError('FLY_MACHINE_NOT_RUNNING', `sandbox ${sb.sandboxId} is ${m.state}, not running: ${err.message}`,
-      { state: m.state })
+    // paused: suspended or stopped by a pause, which lib/pause.js wakes.
+    const paused = isPausedMachine(m)
+    return flyError('FLY_MACHINE_NOT_RUNNING', `sandbox ${sb.sandboxId} is ${isPausedMachine(m) ? 'paused' : m.state} ` +
+      `(${m.state}), not running: ${err.message}`, { state: m.state, paused })
   }
   return err
 }
@@ -168,6 +172,7 @@ const files = {
 async function close (ctx, sandboxId) {
   const open = ctx.state.sessions.get(sandboxId)
   ctx.state.sessions.delete(sandboxId)
+  ctx.state.reauthorized.delete(sandboxId)
   if (open) await native.sshClose(open.handle).catch(() => {})
 }
 

@@ -1,0 +1,50 @@
+'use strict'
+// Idle auto-suspend and the lifetime's end, as create sets them up.  The
+// mechanism is inside the machine, so that it works with no provider
+// process alive: the image's idle watch (docker/) counts inbound TCP
+// connections and, after COMPUTESDK_IDLE_TIMEOUT_MS without one, suspends
+// (or stops, COMPUTESDK_IDLE_ACTION) its own machine through the Machines
+// API socket Fly gives every machine (/.fly/api).  COMPUTESDK_ON_TIMEOUT=
+// pause makes the lifetime `timeout` pause instead of ending the machine
+// (and the machine is then not auto_destroy).  So that an idle provider
+// does not hold the machine awake, its SSH connection to a sandbox with
+// an idle timeout closes after min(5 s, idleTimeout / 2) unused (ssh.js).
+const { invalidArg } = require('./errors')
+const { idleAction, onTimeout } = require('./config')
+const { IDLE_MS, AUTO_RESUME } = require('./machine')
+
+const MIN_IDLE_MS = 1000
+
+// Adds the env, metadata and auto_destroy for create's options `o` to the
+// machine config `mc` (its lifetime `timeout` already resolved).
+function apply (config, o, mc, timeout) {
+  let idle = o.idleTimeout !== undefined && o.idleTimeout !== null ? o.idleTimeout : config.idleTimeout
+  if (!Number.isInteger(idle) || idle < 0 || idle > 7 * 24 * 3600 * 1000) {
+    throw invalidArg('create: idleTimeout must be a non-negative integer of milliseconds')
+  }
+  if (idle > 0 && idle < MIN_IDLE_MS) idle = MIN_IDLE_MS
+  const action = idleAction(o, 'create') || config.idleAction || 'suspend'
+  const onEnd = onTimeout(o, 'create') || config.onTimeout || 'destroy'
+  if (o.autoResume !== undefined && o.autoResume !== null) {
+    if (typeof o.autoResume !== 'boolean') throw invalidArg('create: autoResume must be a boolean')
+    mc.metadata[AUTO_RESUME] = o.autoResume ? '1' : '0'
+  }
+  if (idle > 0) {
+    mc.env.COMPUTESDK_IDLE_TIMEOUT_MS = String(idle)
+    mc.metadata[IDLE_MS] = String(idle)
+  }
+  if (idle > 0 || (timeout && onEnd === 'pause')) mc.env.COMPUTESDK_IDLE_ACTION = action
+  if (timeout && onEnd === 'pause') {
+    mc.env.COMPUTESDK_ON_TIMEOUT = 'pause'
+    mc.metadata.computesdk_on_timeout = 'pause'
+    mc.auto_destroy = false
+  }
+}
+
+// How long the provider keeps an unused SSH connection to this sandbox.
+function sessionIdleMs (sb) {
+  const idle = Number(sb.metadata[IDLE_MS]) || 0
+  return idle > 0 ? Math.max(200, Math.min(5000, Math.floor(idle / 2))) : undefined
+}
+
+module.exports = { apply, sessionIdleMs }
