@@ -6,6 +6,7 @@
 const { resolveConfig } = require('./config')
 const ssh = require('./transport/ssh')
 const execApi = require('./transport/exec-api')
+const { Pool } = require('./pool')
 
 // Ids a provider has seen can come and go for as long as the process runs:
 // the tables about them keep the most recent ones only.
@@ -56,6 +57,8 @@ function makeContext (options) {
     state: { value: state },
     transport: { value: config.transport === 'exec' ? execApi : ssh }
   })
+  // The warm pool (lib/pool.js): create() claims from it when config.pool is set.
+  Object.defineProperty(ctx, 'pool', { value: new Pool(ctx) })
   return Object.freeze(ctx)
 }
 

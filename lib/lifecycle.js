@@ -196,6 +196,10 @@ async function create (ctx, options) {
   let machineId = null
   const run = async () => {
     await step(ensureApp(ctx))
+    // A suspended machine from the warm pool when the request fits one
+    // (lib/pool.js); otherwise a new machine.
+    const pooled = await ctx.pool.claim(body, o, step)
+    if (pooled) return pooled
     // Not raced with the signal: the machine it makes must be known to be
     // removed, so an abort here takes effect when the reply is in.
     const created = await api.call(config, 'machine.create', { app }, { body, createId, createIdKey: CREATE_ID })
@@ -303,4 +307,4 @@ async function destroy (ctx, sandboxId) {
   }
 }
 
-module.exports = { create, getById, list, destroy }
+module.exports = { create, getById, list, destroy, machineRequest, waitStarted, ensureApp }
