@@ -51,8 +51,10 @@ function isPoolMachine (m, key) {
 
 function shuffle (a) {
   for (let i = a.length - 1; i > 0; i--) {
-    const j = Math.floor(Math.random() * (i + 1));
-    [a[i], a[j]] = [a[j], a[i]]
+    const j = Math.floor(Math.random() * (i + 1))
+    const x = a[i]
+    a[i] = a[j]
+    a[j] = x
   }
   return a
 }
@@ -174,7 +176,8 @@ class Pool {
       return null
     }
     const listMs = now() - t0
-    for (const m of shuffle(ready.filter((m) => !this.claiming.has(m.id)))) {
+    for (const m of shuffle(ready)) {
+      if (this.claiming.has(m.id)) continue // another create of this process has it
       const got = await this.claimOne(m.id, body, o, step)
       if (got) {
         this.counts.claims++
