@@ -204,6 +204,7 @@ class Pool {
     let t = now()
     const lap = (name) => { const n = now(); times[name] = n - t; t = n }
     let nonce = null
+    let releasing = null
     let claimed = false
     this.claiming.add(id)
     try {
@@ -250,10 +251,10 @@ class Pool {
       lap('startMs')
       // The tag is gone: nobody else claims it now.  Release while it
       // resumes (destroy, if it must, needs the lease gone too).
-      const release = this.release(id, nonce)
+      releasing = this.release(id, nonce)
       nonce = null
       await lifecycle.waitStarted(config, params.app, id, step)
-      await release
+      await releasing
       lap('waitMs')
       let info = { ...m, state: 'started', config: { ...m.config, metadata } }
       if (started.migrated) info = (await step(api.call(config, 'machine.get', params))).body
@@ -276,6 +277,7 @@ class Pool {
         await this.release(id, nonce)
         nonce = null
       }
+      if (releasing) await releasing // destroy's calls would meet the lease
       if (claimed) {
         // Claimed but not usable: it is nobody's sandbox, remove it.
         await lifecycle.destroy(ctx, `${params.app}:${id}`).catch((e) => this.report(e, 'claimErrors'))

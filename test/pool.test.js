@@ -312,3 +312,31 @@ test('top-up errors are reported and counted, never unhandled', async (t) => {
   assert.deepEqual(await p.pool.fill(), { created: 1, ready: 1 })
   assert.equal(unhandled.length, 0, unhandled.map(String).join('; '))
 })
+
+test('an abort during a claim destroys the claimed machine and rejects with AbortError', async (t) => {
+  const app = appName('abort')
+  const p = poolProvider(app, 0)
+  const filler = poolProvider(app, 1)
+  t.after(() => filler.pool.drain())
+  await filler.pool.fill()
+  const [m] = await tagged(app, POOL, filler.pool.stats().key)
+  // The signal fires as the claimed machine starts resuming.
+  const ac = new AbortController()
+  const starting = new Promise((resolve) => {
+    srv.events.on('state', function onState (e) {
+      if (e.id === m.id && e.state === 'starting') {
+        srv.events.off('state', onState)
+        ac.abort(new Error('stop'))
+        resolve('starting')
+      }
+    })
+  })
+  const creating = p.sandbox.create({ signal: ac.signal })
+  assert.equal(await Promise.race([starting, creating.then(() => 'resolved', () => 'rejected')]), 'starting')
+  const err = await rejects(creating)
+  assert.equal(err.name, 'AbortError')
+  assert.equal(err.code, 'ABORT_ERR')
+  await assertGone(app, m.id)
+  assert.deepEqual(await p.sandbox.list(), [])
+  assert.equal(p.pool.stats().claims, 0)
+})
