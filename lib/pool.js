@@ -28,12 +28,13 @@ const OWN = new Set([CREATE_ID, HOST_FP, 'computesdk_ssh_user'])
 // Host-key pins of machines this process prepared, at most this many.
 const PINS_LIMIT = 1024
 // The SSH connection a machine was checked on is kept across its suspend
-// (unused for at most this long), so that a claim in this process runs its
-// first command without a new handshake.  After the resume it is probed
-// with a bound of CLAIM_PROBE_MS (plus the native grace of 3 s); one that
+// (unused for at most this long), with its SFTP channel open, so that a
+// claim in this process runs its first command without a new handshake.
+// After the resume it is probed with a stat on that channel (a round trip,
+// no process started in the machine), bounded by CLAIM_PROBE_MS; one that
 // did not survive is replaced by a fresh connection.
 const KEEP_MS = 30 * 60 * 1000
-const CLAIM_PROBE_MS = 1000
+const CLAIM_PROBE_MS = 3000
 
 const now = () => Number(process.hrtime.bigint()) / 1e6
 
@@ -262,7 +263,7 @@ class Pool {
       if (o.waitForSsh !== false) {
         const kept = ctx.state.sessions.has(sb.sandboxId)
         try {
-          await step(transport.check(sb, { timeoutMs: CLAIM_PROBE_MS }))
+          await step(kept ? transport.probe(sb, { timeoutMs: CLAIM_PROBE_MS }) : transport.check(sb))
         } catch (err) {
           if (!kept || err.name === 'AbortError') throw err
           await transport.close(ctx, sb.sandboxId)
@@ -390,6 +391,7 @@ class Pool {
       const m = (await api.call(config, 'machine.get', params)).body
       const sb = new FlyMachine(ctx, { ...m, app }, hostFingerprint)
       await transport.check(sb, { keepMs: KEEP_MS })
+      await transport.probe(sb) // opens the SFTP channel the claim's probe uses
       await api.call(config, 'machine.suspend', params)
       await api.call(config, 'machine.wait', params, {
         query: { state: 'suspended', version: m.instance_id || m.version, timeout: 60 },

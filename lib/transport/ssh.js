@@ -146,6 +146,14 @@ function check (sb, options) {
   return withSession(sb, (session) => native.sshExec({ session, command: 'true', ...(timeoutMs ? { timeoutMs } : {}) }), keepMs)
 }
 
+// The warm pool's liveness probe of a kept connection: a stat on its SFTP
+// channel (opened by the first call, then kept with the connection), a
+// round trip with no process started in the machine.  timeoutMs bounds it.
+function probe (sb, { timeoutMs, keepMs } = {}) {
+  return withSession(sb, (session) => native.sftp({ session, op: 'stat', path: '/', ...(timeoutMs ? { timeoutMs } : {}) }), keepMs)
+    .then(() => {})
+}
+
 function sftp (sb, op, path, extra) {
   return withSession(sb, (session) => native.sftp({ session, op, path, ...extra }))
 }
@@ -177,4 +185,4 @@ async function close (ctx, sandboxId) {
   if (open) await native.sshClose(open.handle).catch(() => {})
 }
 
-module.exports = { name: 'ssh', exec, check, files, close }
+module.exports = { name: 'ssh', exec, check, probe, files, close }
