@@ -139,11 +139,9 @@ function exec (sb, spec, { stdin, onChunk } = {}) {
 }
 
 // Create's check that the sandbox answers, with its host key verified.
-// options (the warm pool's): timeoutMs bounds the command (plus the native
-// grace), keepMs is the idle timeout of a connection this check opens.
-function check (sb, options) {
-  const { timeoutMs, keepMs } = options || {}
-  return withSession(sb, (session) => native.sshExec({ session, command: 'true', ...(timeoutMs ? { timeoutMs } : {}) }), keepMs)
+// keepMs (the warm pool's): the idle timeout of a connection it opens.
+function check (sb, { keepMs } = {}) {
+  return withSession(sb, (session) => native.sshExec({ session, command: 'true' }), keepMs)
 }
 
 // The warm pool's liveness probe of a kept connection: a stat on its SFTP
