@@ -4,6 +4,8 @@
 //   - Machines API call latency: the native client vs Node's fetch (undici),
 //     both with keep-alive, same server, same call.
 //   - create -> started and create -> SSH-ready, one at a time and 20 at once.
+//   - the warm pool (bench/pool.js): create -> first command with and without
+//     it, one at a time and 20 at once.
 //   - runCommand latency and throughput at 1 and 50 in flight: the native
 //     SSH session vs the OpenSSH client (a new connection per command, and
 //     a ControlMaster-multiplexed one).
@@ -21,6 +23,7 @@ const local = require('../lib/local')
 const native = require('../lib/native')
 const { fly } = require('..')
 const { runPeers } = require('./peers')
+const { runPool } = require('./pool')
 
 const N_API = Number(process.env.BENCH_API || 300)
 const N_CMD = Number(process.env.BENCH_CMD || 200)
@@ -129,6 +132,9 @@ async function main () {
     say(`| one at a time (5) | ${f(s1.median)} | ${f(r1.median)} | ${f(Math.max(...one.map((x) => x[1])))} |`)
     say(`| 20 at once | ${f(s20.median)} | ${f(r20.median)} | ${f(Math.max(...many.map((x) => x.ready)))} (all 20 ready in ${f(all20)} ms; ${running} running at once) |`)
     say('')
+
+    // ---- the warm pool
+    await runPool({ srv, say })
 
     // ---- runCommand
     const ip = (await sb0.getInfo()).metadata.privateIp

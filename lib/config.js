@@ -141,7 +141,35 @@ function resolveConfig (config) {
     }
     r.retry = Object.freeze({ baseMs: rt.baseMs, maxMs: rt.maxMs, totalMs: rt.totalMs })
   }
+  r.pool = poolConfig(config.pool, r)
   return Object.freeze(r)
+}
+
+const POOL_KEYS = new Set(['size', 'concurrency', 'onError'])
+
+// pool: { size, concurrency?, onError? } (lib/pool.js), or null: no pool.
+function poolConfig (p, r) {
+  if (p === undefined || p === null) return null
+  if (typeof p !== 'object' || Array.isArray(p)) throw invalidArg('fly(): pool must be an object')
+  for (const k of Object.keys(p)) {
+    if (!POOL_KEYS.has(k)) throw invalidArg(`fly(): pool.${k} is not an option (size, concurrency, onError)`)
+  }
+  if (!Number.isInteger(p.size) || p.size < 0 || p.size > 100) {
+    throw invalidArg('fly(): pool.size must be an integer from 0 to 100')
+  }
+  const concurrency = p.concurrency === undefined ? 2 : p.concurrency
+  if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 20) {
+    throw invalidArg('fly(): pool.concurrency must be an integer from 1 to 20')
+  }
+  if (p.onError !== undefined && typeof p.onError !== 'function') {
+    throw invalidArg('fly(): pool.onError must be a function')
+  }
+  // A pool machine holds the password it was made with; a claimer with
+  // another could not log in, and the pool key must not reveal it.
+  if (r.sshPassword && p.size > 0) {
+    throw invalidArg('fly(): pool needs key authentication (sshPassword is set); use sshPrivateKey')
+  }
+  return Object.freeze({ size: p.size, concurrency, onError: p.onError || null })
 }
 
 // A missing token is reported when a method needs it, not at fly().

@@ -7,6 +7,7 @@ const { resolveConfig } = require('./config')
 const ssh = require('./transport/ssh')
 const execApi = require('./transport/exec-api')
 const { wakeful } = require('./pause')
+const { Pool } = require('./pool')
 
 // Ids a provider has seen can come and go for as long as the process runs:
 // the tables about them keep the most recent ones only.
@@ -70,6 +71,8 @@ function makeContext (options) {
     // Every command and file call wakes a paused sandbox first.
     transport: { value: wakeful(config.transport === 'exec' ? execApi : ssh) }
   })
+  // The warm pool (lib/pool.js): create() claims from it when config.pool is set.
+  Object.defineProperty(ctx, 'pool', { value: new Pool(ctx) })
   return Object.freeze(ctx)
 }
 

@@ -72,11 +72,78 @@ export interface FlyConfig {
   onTimeout?: 'pause' | 'destroy'
   /** Default workspace volume for every sandbox (false: none, the default). */
   volume?: FlyVolumeOptions | false
+  /**
+   * A warm pool of suspended machines that create() claims (README, "Warm pool"). Pool machines
+   * always exist (and are billed for their storage) until `provider.pool.drain()`.
+   * Needs key authentication (not with sshPassword).
+   */
+  pool?: FlyPoolConfig
 }
 
 export interface FlyVolumeOptions {
   /** Size in GB (1 to 500; default 1, or the source's size for a snapshot or a fork). */
   sizeGb?: number
+}
+
+export interface FlyPoolConfig {
+  /** How many ready (suspended) machines to keep, 0 to 100. 0: claim what is there, never top up. */
+  size: number
+  /** Machines prepared at once while filling (default 2). */
+  concurrency?: number
+  /** Receives the background top-up's and claims' errors (which are also counted in stats()). */
+  onError?: (err: FlyError) => void
+}
+
+/** Where the last claim's time went, in ms. */
+export interface FlyPoolClaimTimes {
+  listMs: number
+  leaseMs: number
+  getMs: number
+  metadataMs: number
+  startMs: number
+  waitMs: number
+  sshMs: number
+  totalMs: number
+}
+
+export interface FlyPoolStats {
+  /** The configured size. */
+  size: number
+  /** The pool key in the machines' `computesdk_pool` metadata (null before first use). */
+  key: string | null
+  /** Ready machines at the last count (null: not counted yet). */
+  ready: number | null
+  /** A top-up is running in this process. */
+  filling: boolean
+  claims: number
+  /** Compatible creates that found no machine to claim. */
+  misses: number
+  /** Creates whose options the pool's machines do not have. */
+  incompatible: number
+  /** Machines this process prepared. */
+  created: number
+  claimErrors: number
+  fillErrors: number
+  errors: number
+  lastError: FlyError | null
+  lastClaim: FlyPoolClaimTimes | null
+}
+
+export interface FlyPool {
+  /** Fills the pool to its size; rejects with FLY_POOL_FILL_FAILED (`errors`, `cause`) when machines could not be made. */
+  fill(): Promise<{ created: number; ready: number | null }>
+  /** Same as fill(). */
+  warm(): Promise<{ created: number; ready: number | null }>
+  /**
+   * Destroys the pool's machines (with `{ all: true }` every pool machine of the app, whatever its
+   * options); one being claimed right now is skipped. Rejects with FLY_POOL_DRAIN_FAILED (`errors`).
+   */
+  drain(options?: { all?: boolean }): Promise<{ destroyed: number; skipped: number }>
+  /** Ready machines in the pool now (listed from the API). */
+  size(): Promise<number>
+  /** Resolves when no top-up runs in this process. */
+  settled(): Promise<void>
+  stats(): FlyPoolStats
 }
 
 export interface FlyCreateOptions extends CreateSandboxOptions {
@@ -213,6 +280,8 @@ export interface FlySandbox extends Omit<ProviderSandbox<FlyMachine>, 'runComman
 
 export interface FlyProvider extends Omit<Provider<FlyMachine>, 'sandbox'> {
   readonly name: 'fly' | string
+  /** The warm pool's controls (present without a pool too: size 0). */
+  readonly pool: FlyPool
   readonly sandbox: {
     create(options?: FlyCreateOptions): Promise<FlySandbox>
     getById(sandboxId: string): Promise<FlySandbox | null>
@@ -258,6 +327,8 @@ export interface FlyError extends Error {
   cause?: unknown
   /** A failed create whose machine could not be removed either: that error (the machine may be left). */
   destroyError?: FlyError
+  /** FLY_POOL_FILL_FAILED, FLY_POOL_DRAIN_FAILED: every error. */
+  errors?: FlyError[]
 }
 
 export default fly

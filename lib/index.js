@@ -50,7 +50,10 @@ const flyProvider = defineProvider({
 
 function fly (config) {
   const ctx = makeContext(config)
-  return withSeedExtras(flyProvider(ctx), ctx)
+  const provider = withSeedExtras(flyProvider(ctx), ctx)
+  // The warm pool's controls: fill/warm, drain, size, stats (lib/pool.js).
+  provider.pool = ctx.pool.api()
+  return provider
 }
 
 module.exports = { fly, FlyMachine, detectRuntime: exec.detectRuntime }

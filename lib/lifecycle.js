@@ -202,6 +202,13 @@ async function create (ctx, options) {
     // The workspace volume (lib/volumes.js) is made before the machine that
     // mounts it; like the machine, not raced with the signal.
     const want = await step(volumes.plan(ctx, o))
+    // A suspended machine from the warm pool when the request fits one
+    // (lib/pool.js: the same machine request); a volume or public ports
+    // are added after the request is built, so they never claim.
+    if (!want && !(ports && ports.length)) {
+      const pooled = await ctx.pool.claim(body, o, step)
+      if (pooled) return pooled
+    }
     if (want) volumeId = await volumes.make(ctx, want, body, createId)
     if (signal && signal.aborted) throw abortError(signal, 'create')
     // Not raced with the signal: the machine it makes must be known to be
@@ -338,4 +345,4 @@ async function removeVolume (ctx, sandboxId, ids, volume) {
   }
 }
 
-module.exports = { create, getById, list, destroy }
+module.exports = { create, getById, list, destroy, machineRequest, waitStarted, ensureApp }

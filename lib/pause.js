@@ -271,6 +271,7 @@ function wakeful (t) {
     raw: t,
     exec: (sb, ...args) => awake(sb, () => t.exec(sb, ...args)),
     check: t.check,
+    probe: t.probe,
     files: Object.freeze(files),
     close: t.close
   })

@@ -73,14 +73,23 @@ static const fly_api_op_t api_ops[] = {
    POLICY_IDEMPOTENT},
   {"machine.metadata.get", "GET",
    "/v1/apps/{app}/machines/{machine}/metadata", POLICY_IDEMPOTENT},
+  /* PATCH merges: keys not named stay, null or "" removes one.  Sending
+   * the same merge twice leaves the same metadata. */
+  {"machine.metadata.update", "PATCH",
+   "/v1/apps/{app}/machines/{machine}/metadata", POLICY_IDEMPOTENT},
   {"machine.metadata.set", "POST",
    "/v1/apps/{app}/machines/{machine}/metadata/{key}", POLICY_IDEMPOTENT},
   {"machine.metadata.delete", "DELETE",
    "/v1/apps/{app}/machines/{machine}/metadata/{key}", POLICY_IDEMPOTENT},
   {"machine.lease.get", "GET", "/v1/apps/{app}/machines/{machine}/lease",
    POLICY_IDEMPOTENT},
+  /* A replayed acquire that had taken the lease answers 409 (held, by a
+   * nonce the caller never saw), which callers treat as "taken": the lease
+   * lapses at its TTL.  So retrying it is safe, and it may reuse a
+   * keep-alive connection (a fresh TLS connection per claim is a round
+   * trip more on Fly). */
   {"machine.lease.acquire", "POST",
-   "/v1/apps/{app}/machines/{machine}/lease", POLICY_ONCE},
+   "/v1/apps/{app}/machines/{machine}/lease", POLICY_IDEMPOTENT},
   {"machine.lease.release", "DELETE",
    "/v1/apps/{app}/machines/{machine}/lease", POLICY_IDEMPOTENT},
   {"volume.list", "GET", "/v1/apps/{app}/volumes", POLICY_IDEMPOTENT},

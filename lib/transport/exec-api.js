@@ -94,6 +94,7 @@ const files = {
 
 // Nothing is kept open.
 const check = async () => {}
+const probe = async () => {}
 const close = async () => {}
 
-module.exports = { name: 'exec', exec, check, files, close }
+module.exports = { name: 'exec', exec, check, probe, files, close }

@@ -66,14 +66,17 @@ function target (sb) {
 }
 
 // The provider's handle for this sandbox, opened (or reopened) as needed.
-function session (sb) {
+// keep: how long an unused connection stays open (ms) when this call opens
+// the handle (the warm pool's: lib/pool.js); not part of the signature, so
+// later calls reuse that connection.
+function session (sb, keep) {
   const { sessions } = sb._ctx.state
   const t = target(sb)
   const sig = signature(t)
   const open = sessions.get(sb.sandboxId)
   if (open && open.sig === sig) return open.handle
   if (open) native.sshClose(open.handle).catch(() => {})
-  const handle = native.sshOpen(t)
+  const handle = native.sshOpen(keep ? { ...t, idleTimeoutMs: keep } : t)
   sessions.set(sb.sandboxId, { sig, handle })
   return handle
 }
@@ -82,13 +85,13 @@ function session (sb) {
 // (getById in another process, without the same sshPrivateKey) does not
 // know this instance's key yet: authorize it once through the Machines API
 // exec endpoint, which the API token already grants, and try again.
-async function withSession (sb, fn) {
+async function withSession (sb, fn, keep) {
   const { config, state } = sb._ctx
   if (state.destroyed.has(sb.sandboxId)) {
     throw flyError('FLY_NOT_FOUND', `sandbox ${sb.sandboxId} was destroyed`)
   }
   try {
-    return await fn(session(sb))
+    return await fn(session(sb, keep))
   } catch (err) {
     if (err.code === 'SSH_CONNECT_FAILED' || err.code === 'SSH_TIMEOUT') throw await whyUnreachable(sb, err)
     if (err.code !== 'SSH_AUTH_FAILED' || config.sshPassword || state.reauthorized.has(sb.sandboxId)) throw err
@@ -105,7 +108,7 @@ async function withSession (sb, fn) {
       err.message += `; authorizing this provider's key in ${FILES_DIR}/authorized_keys failed`
       throw err
     }
-    return fn(session(sb))
+    return fn(session(sb, keep))
   }
 }
 
@@ -140,8 +143,17 @@ function exec (sb, spec, { stdin, onChunk } = {}) {
 }
 
 // Create's check that the sandbox answers, with its host key verified.
-function check (sb) {
-  return withSession(sb, (session) => native.sshExec({ session, command: 'true' }))
+// keepMs (the warm pool's): the idle timeout of a connection it opens.
+function check (sb, { keepMs } = {}) {
+  return withSession(sb, (session) => native.sshExec({ session, command: 'true' }), keepMs)
+}
+
+// The warm pool's liveness probe of a kept connection: a stat on its SFTP
+// channel (opened by the first call, then kept with the connection), a
+// round trip with no process started in the machine.  timeoutMs bounds it.
+function probe (sb, { timeoutMs, keepMs } = {}) {
+  return withSession(sb, (session) => native.sftp({ session, op: 'stat', path: '/', ...(timeoutMs ? { timeoutMs } : {}) }), keepMs)
+    .then(() => {})
 }
 
 function sftp (sb, op, path, extra) {
@@ -176,4 +188,4 @@ async function close (ctx, sandboxId) {
   if (open) await native.sshClose(open.handle).catch(() => {})
 }
 
-module.exports = { name: 'ssh', exec, check, files, close }
+module.exports = { name: 'ssh', exec, check, probe, files, close }
