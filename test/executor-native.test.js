@@ -147,7 +147,11 @@ test('garbage frames: unknown kinds and malformed EXIT are refused, frames for o
   const rss = process.memoryUsage().rss
   const r = await run(flood, { command: 'true' })
   assert.deepStrictEqual([r.stdout.toString(), r.exitCode], ['mine\n', 7])
-  assert.ok(process.memoryUsage().rss - rss < 64 << 20, `rss grew ${(process.memoryUsage().rss - rss) >> 20} MiB`)
+  // (Under ASan freed memory waits in its 256 MiB quarantine, so RSS says
+  // nothing there about what is held; the plain build's run checks it.)
+  if (!/asan/.test(process.env.LD_PRELOAD || '')) {
+    assert.ok(process.memoryUsage().rss - rss < 64 << 20, `rss grew ${(process.memoryUsage().rss - rss) >> 20} MiB`)
+  }
   // Its own output past maxOutputBytes: the client's limit holds.
   const loud = session(fake('loud', [
     'hello()', 'i = start()', 'chunk = struct.pack(">IBI", 5 + 65536, 0x82, i) + b"z" * 65536',
