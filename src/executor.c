@@ -221,6 +221,7 @@ int fly_exr_submit(fly_ssh_sess_t *s, fly_exr_cmd_t *c,
     e->tx.base[at + FLY_FRAME_HDR] |= FLY_START_STDIN;
   c->in_unacked = 0;
   c->eof_sent = c->in == NULL;
+  c->heard = 0;
   c->next = e->cmds;
   e->cmds = c;
   c->linked = 1;
@@ -272,6 +273,8 @@ static int exr_frame(fly_ssh_sess_t *s, fly_exr_t *e, const fly_frame_t *f) {
     s->progress = 1;
     return 0;
   }
+  if ((c = exr_find(e, f->id)) != NULL)
+    c->heard = 1;
   switch (f->type) {
   case FLY_FRAME_STDOUT:
   case FLY_FRAME_STDERR:
