@@ -28,6 +28,8 @@
  *   EXIT   0x84  i32 code, u32 signal (0: none; code is then 128 + signal)
  *   FAILED 0x85  i32 errno, message (the command did not start)
  *   ACK    0x86  u32 stdin bytes consumed
+ *   RUNNING 0x87 (no payload) the command was spawned (not for background
+ *                ones: their EXIT 0 comes at once)
  *
  * Each command runs in its own process group (background ones in their own
  * session, detached: they outlive flyexec, as `setsid -f` does).  A timeout
@@ -72,7 +74,7 @@ extern char **environ;
 enum {
   T_START = 1, T_STDIN = 2, T_EOF = 3, T_KILL = 4,
   T_HELLO = 0x81, T_STDOUT = 0x82, T_STDERR = 0x83, T_EXIT = 0x84,
-  T_FAILED = 0x85, T_ACK = 0x86
+  T_FAILED = 0x85, T_ACK = 0x86, T_RUNNING = 0x87
 };
 enum { F_SHELL = 1, F_BACKGROUND = 2, F_STDIN = 4 };
 
@@ -666,6 +668,7 @@ static void start_cmd(uint32_t id, const unsigned char *payload, size_t n) {
   c->next = cmds;
   cmds = c;
   ncmds++;
+  send_frame(T_RUNNING, id, NULL, 0, NULL, 0);
   goto cleanup;
 
 nomem:

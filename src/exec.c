@@ -407,9 +407,9 @@ static int exec_expire(fly_ssh_sess_t *s, fly_ssh_op_t *op) {
 
   switch (x->state) {
   case X_EXR:
-    /* Nothing came back for it, not even the EXIT of the executor's own
-     * timeout: the sandbox stopped answering, as a channel open that never
-     * completes.  SSH_TIMEOUT, and the connection goes. */
+    /* Not even RUNNING came back: the sandbox stopped answering before
+     * the command started, as a channel open that never completes.
+     * SSH_TIMEOUT, and the connection goes. */
     if (!x->ec.heard) {
       fly_exr_release(s, &x->ec, 0);
       return FLY_SSH_DEAD;

@@ -311,6 +311,11 @@ static int exr_frame(fly_ssh_sess_t *s, fly_exr_t *e, const fly_frame_t *f) {
       c->vt->fail(s, c, "SSH_EXEC_FAILED", msg);
     }
     return 0;
+  case FLY_FRAME_RUNNING:
+    /* c->heard is all it says. */
+    if (f->len != 0)
+      break;
+    return 0;
   case FLY_FRAME_ACK:
     if (f->len != 4)
       break;

@@ -190,7 +190,7 @@ struct fly_exr_cmd_s {
   size_t in_off;
   size_t in_unacked;           /* sent and not yet consumed */
   int eof_sent;
-  int heard;                   /* a frame for it came back */
+  int heard;                   /* a frame for it came back (RUNNING) */
 };
 
 /* Whether op may run its command on the executor.  1: ready, go on with
