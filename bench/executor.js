@@ -3,7 +3,7 @@
 // The sandbox's cost per command with and without the executor
 // (docker/flyexec.c): the machine's cgroup CPU time (cpuacct.usage, or
 // cpu.stat's usage_usec on cgroup v2) across N sequential `true`
-// commands, and their latency p50, on one fly-local machine: first with
+// commands (shell form and argv form), and their latency p50, on one fly-local machine: first with
 // the executor, then with it removed (a new session takes a channel per
 // command).  Not a test; run as root: node bench/executor.js [N]
 const fs = require('fs')
@@ -22,13 +22,14 @@ function cgroupCpuNs (pid) {
   return Number(/usage_usec (\d+)/.exec(stat)[1]) * 1000
 }
 
-async function measure (sb, pid) {
-  for (let i = 0; i < 20; i++) await sb.runCommand('true') // warm: session, executor
+async function measure (sb, pid, args) {
+  const run = () => args ? sb.runCommand('true', args) : sb.runCommand('true')
+  for (let i = 0; i < 20; i++) await run() // warm: session, executor
   const ms = []
   const cpu0 = cgroupCpuNs(pid)
   for (let i = 0; i < N; i++) {
     const t = process.hrtime.bigint()
-    const r = await sb.runCommand('true')
+    const r = await run()
     ms.push(Number(process.hrtime.bigint() - t) / 1e6)
     if (r.exitCode !== 0) throw new Error('true failed')
   }
@@ -46,17 +47,21 @@ async function measure (sb, pid) {
     const pid = srv.machines().find((m) => m.id === machine).pid
     const comm = (await sb.runCommand('cat /proc/$PPID/comm')).stdout.trim()
     const withExr = await measure(sb, pid)
+    const withExrArgv = await measure(sb, pid, [])
     const [app] = sb.sandboxId.split(':')
     await native.api({ baseUrl: srv.url, token: srv.token, op: 'machine.exec', params: { app, machine },
       body: JSON.stringify({ command: ['rm', '/usr/local/libexec/computesdk/flyexec'] }) })
     await require('../lib/transport/ssh').close(sb.getInstance()._ctx, sb.sandboxId)
     const comm2 = (await sb.runCommand('cat /proc/$PPID/comm')).stdout.trim()
     const without = await measure(sb, pid)
+    const withoutArgv = await measure(sb, pid, [])
     const row = (name, r) => `| ${name} | ${r.cpuPerCmd.toFixed(2)} | ${r.p50.toFixed(2)} | ${r.p99.toFixed(2)} |`
     console.log(`${N} sequential runCommand('true') on one fly-local machine (parent: ${comm} / ${comm2})\n`)
     console.log('| path | sandbox CPU ms/cmd | p50 ms | p99 ms |\n|---|---|---|---|')
-    console.log(row('executor', withExr))
-    console.log(row('channel per command', without))
+    console.log(row("executor, 'true' (through $SHELL -c)", withExr))
+    console.log(row("channel per command, 'true'", without))
+    console.log(row("executor, argv ['true']", withExrArgv))
+    console.log(row("channel per command, argv ['true']", withoutArgv))
   } finally {
     await sb.destroy()
     await srv.stop()
