@@ -122,6 +122,14 @@ test('output before the hello (not an executor): the channel path is used', asyn
   assert.strictEqual(r.stdout.toString(), 'ok\n')
 })
 
+test('an executor that never says hello: after its deadline the commands take channels', async () => {
+  const s = session(fake('silent', 'time.sleep(60)'))
+  const t = Date.now()
+  const rs = await Promise.all([run(s, { command: 'echo a' }), run(s, { command: 'echo b' })])
+  assert.deepStrictEqual(rs.map((r) => r.stdout.toString()), ['a\n', 'b\n'])
+  assert.ok(Date.now() - t >= 10000, 'they waited for the hello deadline')
+})
+
 test('a frame over the bound fails the command with SSH_EXECUTOR_PROTOCOL; the next command starts a new executor', async () => {
   const s = session(fake('oversized', "hello()\ni = start()\nos.write(1, struct.pack('>IBI', 0x7fffffff, 0x82, i))\ntime.sleep(30)"))
   const rss = process.memoryUsage().rss
