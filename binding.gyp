@@ -8,6 +8,8 @@
         "src/buf.c",
         "src/error.c",
         "src/exec.c",
+        "src/executor.c",
+        "src/frame.c",
         "src/js.c",
         "src/keys.c",
         "src/loop.c",

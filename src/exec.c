@@ -1,13 +1,20 @@
-/* exec.c: one SSH channel per command (sshExec).
+/* exec.c: a command (sshExec), on the session's executor or on a channel
+ * of its own.
  *
- * The JS thread builds the remote command line (quote.c) and copies stdin;
- * the I/O thread opens a channel on its handle's session, runs the command,
- * writes stdin then EOF, reads stdout and stderr until EOF, waits for the
- * server's close and takes the exit status or signal.  A command that ends
- * early (output limit, client-side timeout) resolves at once and leaves its
- * channel to the session to close in the background. */
+ * The JS thread builds the remote command line (quote.c) and the
+ * executor's START payload (frame.c), and copies stdin.  On the I/O thread
+ * a command runs on the session's executor (executor.c) when the sandbox
+ * has one: its output, status or failure arrive through the callbacks
+ * below.  Otherwise (no executor in the image, or a command too long for
+ * one argument) it opens a channel on its handle's session, runs the
+ * command line, writes stdin then EOF, reads stdout and stderr until EOF,
+ * waits for the server's close and takes the exit status or signal.  A
+ * command that ends early (output limit, client-side timeout) resolves at
+ * once: its executor command is killed, or its channel left to the session
+ * to close in the background. */
 #include "ssh.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,8 +27,14 @@ enum {
   X_CLOSED,    /* the server's EOF is in: waiting for its close (and the
                   exit status it sends first) */
   X_CLOSE,
-  X_FREE
+  X_FREE,
+  X_EXR        /* running on the executor */
 };
+
+/* A START payload above this takes a channel: each of its strings then
+ * may be longer than one argument can be (Linux's 128 KiB), which the
+ * channel path's script-on-stdin handles. */
+#define FLY_EXEC_START_MAX (100u << 10)
 
 /* Grace after timeoutMs for the remote `timeout` wrapper to act. */
 #define FLY_EXEC_GRACE_MS 3000
@@ -31,7 +44,9 @@ typedef struct fly_exec_s {
   fly_ssh_op_t op;             /* first */
   /* Set on the JS thread, read-only after. */
   char *cmdline;
-  fly_buf_t in;
+  fly_buf_t in;                /* the channel path's script, then stdin */
+  size_t prefix_len;           /* bytes of in that are that script */
+  fly_buf_t start;             /* START payload; empty: channel only */
   uint64_t timeout_ms;
   uint64_t max_output;
   int streaming;
@@ -44,6 +59,10 @@ typedef struct fly_exec_s {
   uint64_t total;
   fly_buf_t out;
   fly_buf_t err;
+  fly_exr_cmd_t ec;            /* on the executor */
+  int on_exr;
+  int exr_done;                /* a frame settled it (result or error) */
+  int no_exr;                  /* this command takes a channel */
   /* The result. */
   int exit_code;
   char *signal;
@@ -72,6 +91,104 @@ static int signal_number(const char *name) {
       return signals[i].num;
   return 0;
 }
+
+static void exec_set_signal(fly_exec_t *x, int sig) {
+  size_t i;
+  for (i = 0; i < sizeof(signals) / sizeof(signals[0]); i++) {
+    if (signals[i].num == sig) {
+      size_t n = strlen(signals[i].name) + 4;
+      x->signal = malloc(n);
+      if (x->signal != NULL)
+        snprintf(x->signal, n, "SIG%s", signals[i].name);
+      break;
+    }
+  }
+  x->exit_code = 128 + sig;
+}
+
+/* ---- on the executor ----------------------------------------------------- */
+
+#define EXEC_OF(c) ((fly_exec_t *)((char *)(c)-offsetof(fly_exec_t, ec)))
+
+static void exr_settle(fly_ssh_sess_t *s, fly_exec_t *x) {
+  x->exr_done = 1;
+  s->progress = 1;
+}
+
+static void exr_on_data(fly_ssh_sess_t *s, fly_exr_cmd_t *c, int stream,
+                        const void *p, size_t n) {
+  fly_exec_t *x = EXEC_OF(c);
+
+  if ((uint64_t)n > x->max_output - x->total) {
+    /* What fits was kept (and delivered); the command is killed. */
+    if (x->streaming && x->max_output > x->total)
+      fly_loop_chunk(s->loop, &x->op.req, stream, p,
+                     (size_t)(x->max_output - x->total));
+    x->total = x->max_output;
+    fly_err_set(&x->op.req.err, "ERR_OUTPUT_LIMIT",
+                "command output exceeded maxOutputBytes (%llu bytes)",
+                (unsigned long long)x->max_output);
+    fly_exr_release(s, c, 1);
+    exr_settle(s, x);
+    return;
+  }
+  x->total += (uint64_t)n;
+  if (x->streaming ? fly_loop_chunk(s->loop, &x->op.req, stream, p, n) != 0
+                   : fly_buf_append(stream == 1 ? &x->out : &x->err, p,
+                                    n) != 0) {
+    fly_err_set(&x->op.req.err, "ERR_NO_MEMORY", "out of memory");
+    fly_exr_release(s, c, 1);
+    exr_settle(s, x);
+  }
+}
+
+static void exr_on_exit(fly_ssh_sess_t *s, fly_exr_cmd_t *c, int code,
+                        int sig) {
+  fly_exec_t *x = EXEC_OF(c);
+  x->exit_code = code;
+  if (sig > 0)
+    exec_set_signal(x, sig);
+  exr_settle(s, x);
+}
+
+static void exr_on_fail(fly_ssh_sess_t *s, fly_exr_cmd_t *c,
+                        const char *code, const char *msg) {
+  fly_exec_t *x = EXEC_OF(c);
+  if (x->op.req.err.code == NULL)
+    fly_err_set(&x->op.req.err, code, "%s", msg);
+  exr_settle(s, x);
+}
+
+static const fly_exr_cmd_vt_t exec_exr_vt = {exr_on_data, exr_on_exit,
+                                             exr_on_fail};
+
+/* The command on the executor: 1 when it went there (or failed: *verdict
+ * DONE), 0 when waiting (*verdict), -1 to take a channel. */
+static int exec_on_exr(fly_ssh_sess_t *s, fly_exec_t *x, uint64_t now,
+                       int *verdict) {
+  int r = fly_exr_acquire(s, &x->op, now, verdict);
+  if (r <= 0)
+    return r;
+  x->ec.vt = &exec_exr_vt;
+  x->ec.in = x->in.len > x->prefix_len ? &x->in : NULL;
+  x->ec.in_off = x->prefix_len;
+  if (fly_exr_submit(s, &x->ec, &x->start) != 0) {
+    fly_err_set(&x->op.req.err, "ERR_NO_MEMORY", "out of memory");
+    *verdict = FLY_SSH_DONE;
+    return 1;
+  }
+  /* Sent (or about to be): a dropped connection fails it, never reruns
+   * it.  Without a timeout a running command may run for ever. */
+  x->op.started = 1;
+  x->on_exr = 1;
+  if (x->timeout_ms == 0)
+    x->op.deadline = UINT64_MAX;
+  x->state = X_EXR;
+  *verdict = FLY_SSH_WAIT;
+  return 1;
+}
+
+/* ---- on a channel of its own --------------------------------------------- */
 
 /* The channel is no longer this op's to finish: the session closes it. */
 static void exec_release_channel(fly_ssh_sess_t *s, fly_exec_t *x) {
@@ -158,7 +275,16 @@ static int exec_step(fly_ssh_sess_t *s, fly_ssh_op_t *op, uint64_t now) {
   int rc;
 
   switch (x->state) {
+  case X_EXR:
+    return x->exr_done ? FLY_SSH_DONE : FLY_SSH_WAIT;
   case X_WAIT:
+    if (!x->no_exr) {
+      int verdict;
+      rc = exec_on_exr(s, x, now, &verdict);
+      if (rc >= 0)
+        return verdict;
+      x->no_exr = 1;
+    }
     if (!fly_ssh_chan_begin(s, op, now))
       return FLY_SSH_WAIT;
     x->state = X_OPEN;
@@ -257,13 +383,8 @@ static int exec_step(fly_ssh_sess_t *s, fly_ssh_op_t *op, uint64_t now) {
       x->exit_code = libssh2_channel_get_exit_status(x->ch);
       if (libssh2_channel_get_exit_signal(x->ch, &sig, &siglen, NULL, NULL,
                                           NULL, NULL) == 0 &&
-          sig != NULL && siglen > 0) {
-        size_t n = strlen(sig) + 4;
-        x->signal = malloc(n);
-        if (x->signal != NULL)
-          snprintf(x->signal, n, "SIG%s", sig);
-        x->exit_code = 128 + signal_number(sig);
-      }
+          sig != NULL && siglen > 0)
+        exec_set_signal(x, signal_number(sig));
       /* libssh2 allocated sig with the session's allocator (malloc). */
       free(sig);
     }
@@ -285,7 +406,23 @@ static int exec_expire(fly_ssh_sess_t *s, fly_ssh_op_t *op) {
   fly_exec_t *x = (fly_exec_t *)op;
 
   switch (x->state) {
+  case X_EXR:
+    /* Not even RUNNING came back: the sandbox stopped answering before
+     * the command started, as a channel open that never completes.
+     * SSH_TIMEOUT, and the connection goes. */
+    if (!x->ec.heard) {
+      fly_exr_release(s, &x->ec, 0);
+      return FLY_SSH_DEAD;
+    }
+    /* The executor's timeout did not end it: kill it and give up. */
+    x->timed_out = 1;
+    x->exit_code = 124;
+    fly_exr_release(s, &x->ec, 1);
+    return FLY_SSH_DONE;
   case X_WAIT:
+    /* Starting the executor's channel cannot be left half done. */
+    if (fly_exr_op_gone(s, op))
+      return FLY_SSH_DEAD;
     fly_err_set(&op->req.err, "SSH_TIMEOUT",
                 "ssh: no channel for the command within %llu ms",
                 (unsigned long long)fly_ssh_op_budget(op));
@@ -310,7 +447,12 @@ static int exec_expire(fly_ssh_sess_t *s, fly_ssh_op_t *op) {
 
 static int exec_drop(fly_ssh_sess_t *s, fly_ssh_op_t *op) {
   fly_exec_t *x = (fly_exec_t *)op;
-  (void)s;
+  if (x->on_exr) {
+    /* START may have reached the executor: never run it twice. */
+    fly_exr_release(s, &x->ec, 0);
+    return 0;
+  }
+  fly_exr_op_gone(s, op);
   /* libssh2_session_free frees the channel. */
   x->ch = NULL;
   if (x->state > X_OPEN)
@@ -343,6 +485,7 @@ static void exec_free(napi_env env, fly_req_t *req) {
   fly_ssh_op_free(env, &x->op);
   free(x->cmdline);
   fly_buf_free(&x->in);
+  fly_buf_free(&x->start);
   fly_buf_free(&x->out);
   fly_buf_free(&x->err);
   free(x->signal);
@@ -364,14 +507,17 @@ napi_value fly_napi_ssh_exec(napi_env env, napi_callback_info info) {
     return NULL;
   x->op.ovt = &exec_ovt;
   if (fly_ssh_op_init(env, opts, &x->op) != 0 ||
-      (x->cmdline = fly_js_cmd_build(env, opts, &x->timeout_ms, &x->in)) ==
-          NULL ||
+      (x->cmdline = fly_js_cmd_build_ex(env, opts, &x->timeout_ms, &x->in,
+                                        &x->start)) == NULL ||
+      (x->prefix_len = x->in.len, 0) != 0 ||
       fly_js_prop_bytes(env, opts, "stdin", &x->in) != 0 ||
       fly_js_prop_u64(env, opts, "maxOutputBytes", (uint64_t)64 << 20,
                       &x->max_output) != 0 ||
       fly_js_prop_func(env, opts, "onChunk", &x->op.req.on_chunk) != 0)
     goto fail;
   x->streaming = x->op.req.on_chunk != NULL;
+  if (x->start.len > FLY_EXEC_START_MAX)
+    x->no_exr = 1;
   /* The whole command settles by its timeout plus the grace (counted from
    * now); without one, starting it is bounded by the op timeout. */
   if (x->timeout_ms > 0)

@@ -253,6 +253,41 @@ char *fly_cmd_build(const fly_cmd_t *cmd, fly_err_t *e);
  * short.  Otherwise *prefix stays empty. */
 char *fly_cmd_build_stdin(const fly_cmd_t *cmd, size_t max_line,
                           fly_buf_t *prefix, fly_err_t *e);
+/* ------------------------------------------------------------------------ */
+/* Frames of the executor protocol (frame.c; docker/flyexec.c documents it). */
+
+#define FLY_FRAME_HDR 9               /* u32 len, u8 type, u32 id */
+#define FLY_FRAME_MAX (1u << 20)      /* the largest payload either way */
+
+enum {
+  FLY_FRAME_START = 1, FLY_FRAME_STDIN = 2, FLY_FRAME_EOF = 3,
+  FLY_FRAME_KILL = 4,
+  FLY_FRAME_HELLO = 0x81, FLY_FRAME_STDOUT = 0x82, FLY_FRAME_STDERR = 0x83,
+  FLY_FRAME_EXIT = 0x84, FLY_FRAME_FAILED = 0x85, FLY_FRAME_ACK = 0x86,
+  FLY_FRAME_RUNNING = 0x87
+};
+/* START flags (the payload's first byte). */
+enum { FLY_START_SHELL = 1, FLY_START_BACKGROUND = 2, FLY_START_STDIN = 4 };
+
+typedef struct fly_frame_s {
+  int type;
+  uint32_t id;
+  const unsigned char *data;  /* points into the parsed buffer */
+  size_t len;
+} fly_frame_t;
+
+/* One frame at the front of buf: its size (> 0) with *f set, 0 when more
+ * bytes are needed, -1 when its length is impossible (under 5, or a payload
+ * over max_payload), which is known from the first 4 bytes. */
+int fly_frame_parse(const void *buf, size_t len, size_t max_payload,
+                    fly_frame_t *f);
+/* Appends one frame (len <= FLY_FRAME_MAX); 0 or -1. */
+int fly_frame_put(fly_buf_t *b, int type, uint32_t id, const void *data,
+                  size_t len);
+/* Appends cmd as a START payload (flags without FLY_START_STDIN). */
+int fly_frame_start_payload(fly_buf_t *b, const fly_cmd_t *cmd);
+uint32_t fly_frame_get32(const void *p);
+
 #ifndef FLY_NO_NAPI
 /* JS thread: the command line from an options object's command/argv/cwd/
  * env/timeoutMs/background (ERR_INVALID_ARG thrown on bad input); caller
@@ -260,6 +295,9 @@ char *fly_cmd_build_stdin(const fly_cmd_t *cmd, size_t max_line,
  * argument's limit applies (buildCommand); else fly_cmd_build_stdin. */
 char *fly_js_cmd_build(napi_env env, napi_value opts, uint64_t *timeout_ms,
                        fly_buf_t *prefix);
+/* The same, and *start gets the command as an executor START payload. */
+char *fly_js_cmd_build_ex(napi_env env, napi_value opts, uint64_t *timeout_ms,
+                          fly_buf_t *prefix, fly_buf_t *start);
 napi_value fly_napi_build_command(napi_env env, napi_callback_info info);
 #endif
 

@@ -249,6 +249,11 @@ cleanup:
 
 char *fly_js_cmd_build(napi_env env, napi_value opts, uint64_t *timeout_ms,
                        fly_buf_t *prefix) {
+  return fly_js_cmd_build_ex(env, opts, timeout_ms, prefix, NULL);
+}
+
+char *fly_js_cmd_build_ex(napi_env env, napi_value opts, uint64_t *timeout_ms,
+                          fly_buf_t *prefix, fly_buf_t *start) {
   fly_cmd_t cmd;
   fly_err_t err;
   char *command = NULL, *cwd = NULL, *line = NULL;
@@ -297,6 +302,10 @@ char *fly_js_cmd_build(napi_env env, napi_value opts, uint64_t *timeout_ms,
     fly_throw_invalid(env, "the command line is %zu bytes; one argument is "
                       "limited to %d: pass large data on stdin or in a file",
                       strlen(line), FLY_MAX_ARG_STRLEN - 1);
+    free(line);
+    line = NULL;
+  } else if (start != NULL && fly_frame_start_payload(start, &cmd) != 0) {
+    fly_throw_nomem(env);
     free(line);
     line = NULL;
   } else if (timeout_ms != NULL) {

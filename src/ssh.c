@@ -51,6 +51,8 @@ enum {
 /* Defaults of the target's opTimeoutMs and idleTimeoutMs. */
 #define FLY_SSH_OP_TIMEOUT_MS 60000
 #define FLY_SSH_IDLE_TIMEOUT_MS 300000
+/* Where the sandbox image installs docker/flyexec.c. */
+#define FLY_SSH_EXECUTOR_PATH "/usr/local/libexec/computesdk/flyexec"
 /* Keepalives unanswered for this many intervals: the peer is gone. */
 #define FLY_SSH_KEEPALIVE_MISSES 2
 
@@ -88,6 +90,7 @@ void fly_ssh_target_unref(fly_ssh_target_t *t) {
   wipe_free(t->private_key);
   wipe_free(t->password);
   free(t->fingerprint);
+  free(t->executor);
   free(t);
 }
 
@@ -126,6 +129,40 @@ static fly_ssh_target_t *target_parse(napi_env env, napi_value tv) {
   if (port == 0 || port > 65535) {
     fly_throw_invalid(env, "target.port must be 1..65535");
     goto fail;
+  }
+  /* executor: the sandbox's command executor's path (docker/flyexec.c),
+   * false for none (a channel per command). */
+  {
+    napi_value v;
+    napi_valuetype vt = napi_undefined;
+    bool has = false;
+    FLY_NAPI_CALL(env, napi_has_named_property(env, tv, "executor", &has),
+                  (fly_ssh_target_unref(t), NULL));
+    if (has) {
+      FLY_NAPI_CALL(env, napi_get_named_property(env, tv, "executor", &v),
+                    (fly_ssh_target_unref(t), NULL));
+      FLY_NAPI_CALL(env, napi_typeof(env, v, &vt),
+                    (fly_ssh_target_unref(t), NULL));
+    }
+    if (vt == napi_boolean) {
+      bool on = true;
+      FLY_NAPI_CALL(env, napi_get_value_bool(env, v, &on),
+                    (fly_ssh_target_unref(t), NULL));
+      if (on) {
+        fly_throw_invalid(env, "target.executor must be a path or false");
+        goto fail;
+      }
+    } else if (fly_js_prop_str(env, tv, "executor", 0, &t->executor) != 0) {
+      goto fail;
+    } else if (t->executor == NULL &&
+               (t->executor = strdup(FLY_SSH_EXECUTOR_PATH)) == NULL) {
+      fly_throw_nomem(env);
+      goto fail;
+    }
+    if (t->executor != NULL && t->executor[0] != '/') {
+      fly_throw_invalid(env, "target.executor must be an absolute path");
+      goto fail;
+    }
   }
   t->port = (int)port;
   t->keepalive_sec = keepalive > 86400 ? 86400 : (unsigned)keepalive;
@@ -466,6 +503,7 @@ static void sess_close_conn(fly_ssh_sess_t *s, int graceful) {
   if (s->fd >= 0)
     close(s->fd);
   s->zombies = NULL;
+  fly_exr_reset(s);
   s->ls = NULL;
   s->sftp = NULL;
   s->fd = -1;
@@ -489,6 +527,7 @@ static void sess_disconnected(fly_ssh_sess_t *s, const char *why) {
 static void sess_free(fly_ssh_sess_t *s) {
   __atomic_sub_fetch(&fly_ssh_sessions, 1, __ATOMIC_RELAXED);
   sess_close_conn(s, 1);
+  fly_exr_free(s);
   fly_ssh_target_unref(s->target);
   free(s);
 }
@@ -1006,6 +1045,25 @@ static int sess_step_op(fly_ssh_sess_t *s, fly_ssh_op_t *op, uint64_t now) {
   }
 }
 
+/* Step the executor channel.  Returns 0 to go on, 1 when it blocked on
+ * output, -1 when the session died. */
+static int sess_step_exr(fly_ssh_sess_t *s, uint64_t now) {
+  int r = fly_exr_step(s, now);
+  if (r == FLY_SSH_OUT) {
+    s->blocked.kind = FLY_SSH_BLOCKED_EXECUTOR;
+    return 1;
+  }
+  if (s->blocked.kind == FLY_SSH_BLOCKED_EXECUTOR)
+    s->blocked.kind = FLY_SSH_BLOCKED_NONE;
+  if (r == FLY_SSH_DEAD) {
+    char *msg = NULL;
+    libssh2_session_last_error(s->ls, &msg, NULL, 0);
+    sess_disconnected(s, msg ? msg : "connection lost");
+    return -1;
+  }
+  return 0;
+}
+
 static void sess_ready_step(fly_ssh_sess_t *s, uint64_t now) {
   fly_ssh_op_t *op, *next;
   fly_ssh_zombie_t *z, *zn;
@@ -1035,9 +1093,16 @@ static void sess_ready_step(fly_ssh_sess_t *s, uint64_t now) {
     if (sess_step_op(s, s->blocked.u.op, now) != 0)
       return;
     break;
+  case FLY_SSH_BLOCKED_EXECUTOR:
+    if (sess_step_exr(s, now) != 0)
+      return;
+    break;
   case FLY_SSH_BLOCKED_NONE:
     break;
   }
+  /* The executor first: frames it reads settle its commands' ops below. */
+  if (sess_step_exr(s, now) != 0)
+    return;
   for (op = s->ops; op != NULL; op = next) {
     next = op->next;
     r = sess_step_op(s, op, now);
@@ -1161,6 +1226,8 @@ uint64_t fly_ssh_deadline(fly_loop_t *loop) {
         d = s->idle_since + s->target->idle_timeout_ms;
       if (s->chan_retry_at != 0 && s->chan_retry_at < d)
         d = s->chan_retry_at;
+      if (fly_exr_deadline(s) < d)
+        d = fly_exr_deadline(s);
       break;
     default:
       d = UINT64_MAX;

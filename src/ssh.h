@@ -25,6 +25,7 @@ typedef struct fly_ssh_target_s {
   char *password;
   char *fingerprint;
   int insecure;
+  char *executor;              /* the sandbox's executor, NULL: none */
   uint64_t connect_timeout_ms; /* TCP connect + handshake + auth */
   uint64_t op_timeout_ms;      /* channel opens and SFTP calls */
   uint64_t idle_timeout_ms;    /* close a connection unused this long */
@@ -32,6 +33,7 @@ typedef struct fly_ssh_target_s {
 } fly_ssh_target_t;
 
 typedef struct fly_ssh_sess_s fly_ssh_sess_t;
+typedef struct fly_exr_s fly_exr_t;
 typedef struct fly_ssh_op_s fly_ssh_op_t;
 
 /* What an op's step returns to the session. */
@@ -80,7 +82,8 @@ typedef enum {
   FLY_SSH_BLOCKED_NONE = 0,
   FLY_SSH_BLOCKED_OP,          /* u.op's step */
   FLY_SSH_BLOCKED_ZOMBIE,      /* u.zombie's channel free */
-  FLY_SSH_BLOCKED_KEEPALIVE    /* the session's keepalive */
+  FLY_SSH_BLOCKED_KEEPALIVE,   /* the session's keepalive */
+  FLY_SSH_BLOCKED_EXECUTOR     /* the executor channel's read or write */
 } fly_ssh_blocked_kind_t;
 
 typedef struct fly_ssh_blocked_s {
@@ -121,6 +124,7 @@ struct fly_ssh_sess_s {
   LIBSSH2_SFTP *sftp;
   fly_ssh_op_t *sftp_owner;    /* SFTP runs one op at a time */
 
+  fly_exr_t *exr;              /* the sandbox's executor (executor.c) */
   fly_ssh_zombie_t *zombies;   /* channels being closed after their op */
   int progress;                /* set by steps that may allow more work */
 };
@@ -161,5 +165,58 @@ void fly_ssh_zombie_add(fly_ssh_sess_t *s, LIBSSH2_CHANNEL *ch);
 /* Fill err from the session's last libssh2 error. */
 void fly_ssh_err_last(fly_ssh_sess_t *s, fly_err_t *e, const char *code,
                       const char *what);
+
+/* ---- the executor (executor.c) -------------------------------------------
+ * One channel per session runs docker/flyexec.c, which starts every command
+ * of the session; commands are multiplexed over it in frames (frame.c).
+ * exec.c's commands embed a fly_exr_cmd_t and get their output, status or
+ * failure through its callbacks, always from fly_exr_step. */
+typedef struct fly_exr_cmd_s fly_exr_cmd_t;
+typedef struct fly_exr_cmd_vt_s {
+  void (*data)(fly_ssh_sess_t *s, fly_exr_cmd_t *c, int stream,
+               const void *p, size_t n);
+  /* The command is off the executor's list when these run. */
+  void (*exit)(fly_ssh_sess_t *s, fly_exr_cmd_t *c, int code, int sig);
+  void (*fail)(fly_ssh_sess_t *s, fly_exr_cmd_t *c, const char *code,
+               const char *msg);
+} fly_exr_cmd_vt_t;
+
+struct fly_exr_cmd_s {
+  const fly_exr_cmd_vt_t *vt;
+  fly_exr_cmd_t *next;
+  uint32_t id;
+  int linked;                  /* on the executor's list */
+  const fly_buf_t *in;         /* stdin to send from in_off; NULL: none */
+  size_t in_off;
+  size_t in_unacked;           /* sent and not yet consumed */
+  int eof_sent;
+  int heard;                   /* a frame for it came back (RUNNING) */
+};
+
+/* Whether op may run its command on the executor.  1: ready, go on with
+ * fly_exr_submit; 0: not yet, return *verdict from the step (op may be the
+ * one starting the executor); -1: no executor on this connection, use a
+ * channel of its own. */
+int fly_exr_acquire(fly_ssh_sess_t *s, fly_ssh_op_t *op, uint64_t now,
+                    int *verdict);
+/* Queue START (payload from fly_frame_start_payload; stdin: the flag is
+ * set here when c->in is not NULL).  0, or -1 out of memory. */
+int fly_exr_submit(fly_ssh_sess_t *s, fly_exr_cmd_t *c, const fly_buf_t *start);
+/* The command's op is done with it: off the list; kill: SIGKILL its group
+ * (the op ended before the command did). */
+void fly_exr_release(fly_ssh_sess_t *s, fly_exr_cmd_t *c, int kill);
+/* op goes away: 1 when it was inside the executor channel's open or exec
+ * (the connection must then go too). */
+int fly_exr_op_gone(fly_ssh_sess_t *s, fly_ssh_op_t *op);
+/* ssh.c: step the executor channel (writes, reads, frames).  Returns
+ * FLY_SSH_WAIT, FLY_SSH_OUT (a half-done send: step only this) or
+ * FLY_SSH_DEAD. */
+int fly_exr_step(fly_ssh_sess_t *s, uint64_t now);
+/* ssh.c: the connection is going (its ops already failed): forget the
+ * channel without I/O. */
+void fly_exr_reset(fly_ssh_sess_t *s);
+void fly_exr_free(fly_ssh_sess_t *s);
+/* The earliest time the executor needs a step (its hello deadline). */
+uint64_t fly_exr_deadline(fly_ssh_sess_t *s);
 
 #endif /* FLY_SSH_H */

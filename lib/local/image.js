@@ -7,8 +7,10 @@
 //                by docker/provision.sh, the script the Fly Dockerfile runs;
 //                <hash> covers that script, the host CAs it copies in and
 //                this builder, so a rebuild with no change is a no-op;
-//   top-<hash>   /opt/computesdk (entrypoint.sh, sshd_config, idle-watch), cheap to make,
-//                so editing the entrypoint does not rebuild the base.
+//   top-<hash>   /opt/computesdk (entrypoint.sh, sshd_config, idle-watch) and the
+//                command executor (docker/flyexec.c, built static with the
+//                host's cc), cheap to make, so editing them does not rebuild
+//                the base.
 // Both are owned by the shifted ids (see ID_BASE): root inside a machine is
 // host uid ID_BASE, so the image's root-owned files are root's inside.
 //
@@ -59,11 +61,27 @@ function computeBaseHash () {
 }
 
 const TOP_FILES = [['entrypoint.sh', 0o755], ['sshd_config', 0o644], ['idle-watch', 0o755]]
+/* docker/flyexec.c, at the path the client starts it from (src/ssh.c). */
+const EXECUTOR_SRC = 'flyexec.c'
+const EXECUTOR_DIR = 'usr/local/libexec/computesdk'
 
 let topHashCache = null
 function topHash () {
-  if (!topHashCache) topHashCache = hashFiles(TOP_FILES.map(([n]) => path.join(DOCKER_DIR, n)), `top ${BUILDER_VERSION}`)
+  if (!topHashCache) {
+    topHashCache = hashFiles([...TOP_FILES.map(([n]) => n), EXECUTOR_SRC].map((n) => path.join(DOCKER_DIR, n)),
+      `top ${BUILDER_VERSION} ${process.arch}`)
+  }
   return topHashCache
+}
+
+/* The executor, static so it needs nothing from the image's libc. */
+function buildExecutor (root) {
+  const dir = path.join(root, EXECUTOR_DIR)
+  fs.mkdirSync(dir, { recursive: true, mode: 0o755 })
+  for (let d = dir; d !== root; d = path.dirname(d)) fs.chmodSync(d, 0o755)
+  const out = path.join(dir, 'flyexec')
+  run(process.env.CC || 'cc', ['-static', '-O2', '-o', out, path.join(DOCKER_DIR, EXECUTOR_SRC)])
+  fs.chmodSync(out, 0o755)
 }
 
 function baseDir () { return path.join(IMAGES_DIR, `base-${baseHash()}`) }
@@ -129,6 +147,7 @@ function ensureTop () {
     fs.chmodSync(dst, mode)
   }
   for (const d of ['rootfs', 'rootfs/opt', 'rootfs/opt/computesdk']) fs.chmodSync(path.join(tmp, d), 0o755)
+  buildExecutor(path.join(tmp, 'rootfs'))
   shiftTree(path.join(tmp, 'rootfs'))
   fs.writeFileSync(path.join(tmp, 'ready'), `${topHash()}\n`)
   try {

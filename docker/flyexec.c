@@ -1,0 +1,946 @@
+/* flyexec: the sandbox's command executor for @computesdk/fly.
+ *
+ * The client starts it once per SSH session over one exec channel
+ * (`exec /usr/local/libexec/computesdk/flyexec`, as the sandbox user) and
+ * then runs every command of that session through it, so a command costs
+ * one posix_spawn instead of an sshd session and a shell.  It inherits
+ * sshd's session environment (PATH, HOME, ...) and working directory.
+ *
+ * Protocol (both directions; integers big-endian):
+ *
+ *   u32 len     bytes after this field (type + id + payload), 5..5+1 MiB
+ *   u8  type
+ *   u32 id      the command, chosen by the client; 0 for HELLO
+ *   payload     len - 5 bytes
+ *
+ * client -> flyexec
+ *   START  1  u8 flags (1 shell, 2 background, 4 stdin), u32 timeout_ms,
+ *             str cwd (empty: none), u32 envc, envc x (str name, str value),
+ *             u32 argc, argc x str arg (shell: one arg, the command line);
+ *             str = u32 length + bytes
+ *   STDIN  2  bytes for the command's stdin (at most FX_STDIN_WINDOW
+ *             unacknowledged per command)
+ *   EOF    3  close the command's stdin
+ *   KILL   4  SIGKILL the command's process group
+ * flyexec -> client
+ *   HELLO  0x81  "flyexec\n", u32 version (1), u32 max payload
+ *   STDOUT 0x82  bytes        STDERR 0x83  bytes
+ *   EXIT   0x84  i32 code, u32 signal (0: none; code is then 128 + signal)
+ *   FAILED 0x85  i32 errno, message (the command did not start)
+ *   ACK    0x86  u32 stdin bytes consumed
+ *   RUNNING 0x87 (no payload) the command was spawned (not for background
+ *                ones: their EXIT 0 comes at once)
+ *
+ * Each command runs in its own process group (background ones in their own
+ * session, detached: they outlive flyexec, as `setsid -f` does).  A timeout
+ * is GNU `timeout -k 2`'s: SIGTERM (and SIGCONT) to the group, SIGKILL 2 s
+ * later, exit 124.  A command ends when its leader is reaped and both its
+ * output pipes are closed.  flyexec never blocks: every fd is non-blocking
+ * and poll()ed; output waiting for the channel is bounded (above
+ * FX_OUT_HIGH it stops reading the commands' pipes, so a client that does
+ * not read holds the commands back instead of growing memory).  When the
+ * channel closes (EOF on stdin, or a write error) it SIGKILLs the groups
+ * of its running commands and exits.
+ *
+ * Built static (cc -static -O2) so it runs in any Linux image. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+#define FX_VERSION 1
+#define FX_MAX_PAYLOAD (1u << 20)
+#define FX_HDR 9
+#define FX_READ 65536
+#define FX_OUT_HIGH (1u << 20)
+#define FX_STDIN_WINDOW (1u << 20)
+#define FX_MAX_CMDS 4096
+#define FX_KILL_AFTER_MS 2000
+
+enum {
+  T_START = 1, T_STDIN = 2, T_EOF = 3, T_KILL = 4,
+  T_HELLO = 0x81, T_STDOUT = 0x82, T_STDERR = 0x83, T_EXIT = 0x84,
+  T_FAILED = 0x85, T_ACK = 0x86, T_RUNNING = 0x87
+};
+enum { F_SHELL = 1, F_BACKGROUND = 2, F_STDIN = 4 };
+
+typedef struct {
+  char *base;
+  size_t off, len, cap;
+} fx_buf_t;
+
+typedef struct fx_cmd_s {
+  struct fx_cmd_s *next;
+  uint32_t id;
+  pid_t pid;              /* the leader, also the group id; 0 once reaped */
+  int out, err, in;       /* our pipe ends, -1 when closed */
+  fx_buf_t inbuf;         /* stdin waiting for the child */
+  int in_eof;             /* EOF asked: close in once inbuf is written */
+  int status;             /* wait status of the leader */
+  int reaped;
+  int timed_out;
+  uint64_t term_at;       /* the timeout's SIGTERM, 0 = none */
+  uint64_t kill_at;       /* the -k SIGKILL, 0 = none */
+} fx_cmd_t;
+
+static fx_buf_t rx, tx;
+static fx_cmd_t *cmds;
+static int ncmds;
+static int home_fd = -1;
+static int sig_fd = -1;
+
+static void die_closed(void);
+
+static uint64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void put32(unsigned char *p, uint32_t v) {
+  p[0] = (unsigned char)(v >> 24);
+  p[1] = (unsigned char)(v >> 16);
+  p[2] = (unsigned char)(v >> 8);
+  p[3] = (unsigned char)v;
+}
+
+static uint32_t get32(const unsigned char *p) {
+  return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) |
+         ((uint32_t)p[2] << 8) | (uint32_t)p[3];
+}
+
+static int buf_room(fx_buf_t *b, size_t extra) {
+  size_t cap;
+  char *p;
+  if (b->off > 0 && (b->off == b->len || b->off > b->cap / 2)) {
+    memmove(b->base, b->base + b->off, b->len - b->off);
+    b->len -= b->off;
+    b->off = 0;
+  }
+  if (b->len + extra <= b->cap)
+    return 0;
+  cap = b->cap ? b->cap : 4096;
+  while (cap < b->len + extra)
+    cap *= 2;
+  p = realloc(b->base, cap);
+  if (p == NULL)
+    return -1;
+  b->base = p;
+  b->cap = cap;
+  return 0;
+}
+
+static size_t buf_used(const fx_buf_t *b) { return b->len - b->off; }
+
+static void buf_free(fx_buf_t *b) {
+  free(b->base);
+  memset(b, 0, sizeof(*b));
+}
+
+/* Queue a frame for the client.  Out of memory is fatal: the client sees
+ * the channel close and fails the commands. */
+static void send_frame(int type, uint32_t id, const void *a, size_t alen,
+                       const void *b, size_t blen) {
+  unsigned char *p;
+  if (buf_room(&tx, FX_HDR + alen + blen) != 0)
+    die_closed();
+  p = (unsigned char *)tx.base + tx.len;
+  put32(p, (uint32_t)(5 + alen + blen));
+  p[4] = (unsigned char)type;
+  put32(p + 5, id);
+  if (alen > 0)
+    memcpy(p + FX_HDR, a, alen);
+  if (blen > 0)
+    memcpy(p + FX_HDR + alen, b, blen);
+  tx.len += FX_HDR + alen + blen;
+}
+
+static void send_exit(uint32_t id, int code, int sig) {
+  unsigned char p[8];
+  put32(p, (uint32_t)code);
+  put32(p + 4, (uint32_t)sig);
+  send_frame(T_EXIT, id, p, 8, NULL, 0);
+}
+
+static void send_failed(uint32_t id, int err, const char *msg) {
+  unsigned char p[4];
+  put32(p, (uint32_t)err);
+  send_frame(T_FAILED, id, p, 4, msg, strlen(msg));
+}
+
+static void send_ack(uint32_t id, size_t n) {
+  unsigned char p[4];
+  put32(p, (uint32_t)n);
+  send_frame(T_ACK, id, p, 4, NULL, 0);
+}
+
+/* Flush what the channel takes now.  A write error: the client is gone. */
+static void flush_tx(void) {
+  while (buf_used(&tx) > 0) {
+    ssize_t n = write(1, tx.base + tx.off, buf_used(&tx));
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      if (errno == EAGAIN)
+        return;
+      die_closed();
+    }
+    tx.off += (size_t)n;
+  }
+  tx.off = tx.len = 0;
+}
+
+static fx_cmd_t *cmd_find(uint32_t id) {
+  fx_cmd_t *c;
+  for (c = cmds; c != NULL; c = c->next)
+    if (c->id == id)
+      return c;
+  return NULL;
+}
+
+static void close_fd(int *fd) {
+  if (*fd >= 0) {
+    close(*fd);
+    *fd = -1;
+  }
+}
+
+static void cmd_free(fx_cmd_t *c) {
+  fx_cmd_t **pp;
+  for (pp = &cmds; *pp != NULL; pp = &(*pp)->next) {
+    if (*pp == c) {
+      *pp = c->next;
+      break;
+    }
+  }
+  close_fd(&c->out);
+  close_fd(&c->err);
+  close_fd(&c->in);
+  buf_free(&c->inbuf);
+  free(c);
+  ncmds--;
+}
+
+static void cmd_signal(fx_cmd_t *c, int sig) {
+  /* The group outlives a reaped leader while members hold the pipes. */
+  if (c->pid > 0)
+    kill(-c->pid, sig);
+}
+
+/* The channel is gone: stop every command of ours (not the background
+ * ones: they are not in the list) and leave. */
+static void die_closed(void) {
+  fx_cmd_t *c;
+  for (c = cmds; c != NULL; c = c->next)
+    cmd_signal(c, SIGKILL);
+  _exit(0);
+}
+
+/* Finished when the leader is reaped and its output pipes are closed. */
+static void cmd_check_done(fx_cmd_t *c) {
+  int code, sig = 0;
+  if (!c->reaped || c->out >= 0 || c->err >= 0)
+    return;
+  if (WIFEXITED(c->status)) {
+    code = WEXITSTATUS(c->status);
+  } else {
+    sig = WTERMSIG(c->status);
+    code = 128 + sig;
+  }
+  /* GNU timeout: 124 on expiry, but a command the -k KILL ended shows
+   * that (timeout itself dies of the group's SIGKILL). */
+  if (c->timed_out && sig != SIGKILL) {
+    code = 124;
+    sig = 0;
+  }
+  send_exit(c->id, code, sig);
+  cmd_free(c);
+}
+
+/* ---- starting a command -------------------------------------------------- */
+
+typedef struct {
+  const unsigned char *p;
+  size_t left;
+  int bad;
+} fx_rd_t;
+
+static uint32_t rd32(fx_rd_t *r) {
+  uint32_t v;
+  if (r->left < 4) {
+    r->bad = 1;
+    return 0;
+  }
+  v = get32(r->p);
+  r->p += 4;
+  r->left -= 4;
+  return v;
+}
+
+/* A string of the payload as a new C string (NUL bytes refused). */
+static char *rdstr(fx_rd_t *r) {
+  uint32_t n = rd32(r);
+  char *s;
+  if (r->bad || n > r->left || memchr(r->p, 0, n) != NULL) {
+    r->bad = 1;
+    return NULL;
+  }
+  s = malloc((size_t)n + 1);
+  if (s == NULL) {
+    r->bad = 1;
+    return NULL;
+  }
+  memcpy(s, r->p, n);
+  s[n] = '\0';
+  r->p += n;
+  r->left -= n;
+  return s;
+}
+
+static void strv_free(char **v) {
+  size_t i;
+  if (v == NULL)
+    return;
+  for (i = 0; v[i] != NULL; i++)
+    free(v[i]);
+  free(v);
+}
+
+/* environ with the command's variables set (replacing ones of the same
+ * name); the strings are the callers', who frees the vector. */
+static char **env_build(char **names, char **values, size_t n, char **own) {
+  size_t base = 0, i, j, k = 0;
+  char **env;
+  while (environ[base] != NULL)
+    base++;
+  env = calloc(base + n + 1, sizeof(char *));
+  if (env == NULL)
+    return NULL;
+  for (i = 0; i < base; i++) {
+    int overridden = 0;
+    for (j = 0; j < n && !overridden; j++) {
+      size_t l = strlen(names[j]);
+      overridden = strncmp(environ[i], names[j], l) == 0 &&
+                   environ[i][l] == '=';
+    }
+    if (!overridden)
+      env[k++] = environ[i];
+  }
+  for (j = 0; j < n; j++)
+    env[k++] = own[j];
+  env[k] = NULL;
+  (void)values;
+  return env;
+}
+
+static const char *env_get(char **env, const char *name) {
+  size_t l = strlen(name), i;
+  for (i = 0; env[i] != NULL; i++)
+    if (strncmp(env[i], name, l) == 0 && env[i][l] == '=')
+      return env[i] + l + 1;
+  return NULL;
+}
+
+/* PATH search as the shell does it, with the command's own PATH. */
+static char *path_find(const char *name, char **env) {
+  const char *path = env_get(env, "PATH"), *p, *e;
+  char full[PATH_MAX];
+  struct stat st;
+  if (path == NULL)
+    path = "/usr/local/bin:/usr/bin:/bin";
+  for (p = path;; p = e + 1) {
+    size_t dl;
+    e = strchr(p, ':');
+    if (e == NULL)
+      e = p + strlen(p);
+    dl = (size_t)(e - p);
+    if ((size_t)snprintf(full, sizeof(full), "%.*s%s%s", (int)dl, p,
+                         dl > 0 ? "/" : "", name) < sizeof(full) &&
+        stat(full, &st) == 0 && S_ISREG(st.st_mode) &&
+        access(full, X_OK) == 0)
+      return strdup(full);
+    if (*e == '\0')
+      return NULL;
+  }
+}
+
+static const char *shell_path(void) {
+  const char *sh = getenv("SHELL");
+  return sh != NULL && sh[0] == '/' ? sh : "/bin/sh";
+}
+
+static const char *shell_name(void) {
+  const char *sh = shell_path(), *b = strrchr(sh, '/');
+  return b ? b + 1 : sh;
+}
+
+/* The message the shell prints for a command or directory it cannot use,
+ * in bash's words when the shell is bash, else dash's. */
+static void shell_error(uint32_t id, const char *what, const char *why) {
+  char msg[512];
+  if (strcmp(shell_name(), "bash") == 0)
+    snprintf(msg, sizeof(msg), "bash: line 1: %s: %s\n", what, why);
+  else
+    snprintf(msg, sizeof(msg), "%s: 1: %s: %s\n", shell_name(), what, why);
+  send_frame(T_STDERR, id, msg, strlen(msg), NULL, 0);
+}
+
+static int nb_pipe(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
+
+static void start_cmd(uint32_t id, const unsigned char *payload, size_t n) {
+  fx_rd_t r = {payload, n, 0};
+  unsigned flags;
+  uint32_t timeout_ms, envc, argc, i;
+  char *cwd = NULL, **names = NULL, **values = NULL, **own = NULL;
+  char **argv = NULL, **env = NULL, *prog = NULL, tbuf[32];
+  char **spawn_argv = NULL, *wrapped = NULL;
+  int po[2] = {-1, -1}, pe[2] = {-1, -1}, pi[2] = {-1, -1}, devnull = -1;
+  posix_spawn_file_actions_t fa;
+  posix_spawnattr_t at;
+  sigset_t none, dflt;
+  pid_t pid;
+  int rc, in_dir = 0;
+  fx_cmd_t *c = NULL;
+
+  if (cmd_find(id) != NULL) {
+    send_failed(id, EEXIST, "flyexec: command id in use");
+    return;
+  }
+  if (ncmds >= FX_MAX_CMDS) {
+    send_failed(id, EAGAIN, "flyexec: too many commands");
+    return;
+  }
+  if (r.left < 1) {
+    send_failed(id, EINVAL, "flyexec: bad START");
+    return;
+  }
+  flags = r.p[0];
+  r.p++;
+  r.left--;
+  timeout_ms = rd32(&r);
+  cwd = rdstr(&r);
+  envc = rd32(&r);
+  if (!r.bad && envc <= r.left / 8) {
+    names = calloc((size_t)envc + 4, sizeof(char *));
+    values = calloc((size_t)envc + 4, sizeof(char *));
+    own = calloc((size_t)envc + 4, sizeof(char *));
+    if (names == NULL || values == NULL || own == NULL)
+      r.bad = 1;
+    for (i = 0; i < envc && !r.bad; i++) {
+      names[i] = rdstr(&r);
+      values[i] = rdstr(&r);
+      if (!r.bad) {
+        size_t l = strlen(names[i]) + strlen(values[i]) + 2;
+        own[i] = malloc(l);
+        if (own[i] == NULL || names[i][0] == '\0' ||
+            strchr(names[i], '=') != NULL)
+          r.bad = 1;
+        else
+          snprintf(own[i], l, "%s=%s", names[i], values[i]);
+      }
+    }
+  } else {
+    r.bad = 1;
+  }
+  argc = rd32(&r);
+  if (!r.bad && argc >= 1 && argc <= r.left / 4) {
+    argv = calloc((size_t)argc + 1, sizeof(char *));
+    if (argv == NULL)
+      r.bad = 1;
+    for (i = 0; i < argc && !r.bad; i++)
+      argv[i] = rdstr(&r);
+  } else {
+    r.bad = 1;
+  }
+  if (r.bad || ((flags & F_SHELL) && argc != 1)) {
+    send_failed(id, EINVAL, "flyexec: bad START");
+    goto cleanup;
+  }
+  env = env_build(names, values, envc, own);
+  if (env == NULL) {
+    send_failed(id, ENOMEM, "flyexec: out of memory");
+    goto cleanup;
+  }
+
+  /* cwd: as `cd -- cwd || exit 1` did, relative to the session's home. */
+  if (cwd[0] != '\0') {
+    if (chdir(cwd) != 0) {
+      int e = errno;
+      if (!(flags & F_BACKGROUND)) {
+        char what[PATH_MAX + 8];
+        snprintf(what, sizeof(what), "cd: %s", cwd);
+        shell_error(id, what, strerror(e));
+        send_exit(id, 1, 0);
+      } else {
+        send_exit(id, 0, 0);
+      }
+      goto cleanup;
+    }
+    in_dir = 1;
+  }
+
+  /* What to run: the shell with the command line, or argv itself; under
+   * timeout(1) for a background command (flyexec does not watch it). */
+  {
+    size_t na = 0, k = 0;
+    const char *sh = shell_path();
+    if (flags & F_SHELL) {
+      prog = strdup(sh);
+    } else if (strchr(argv[0], '/') != NULL) {
+      prog = strdup(argv[0]);
+    } else if ((prog = path_find(argv[0], env)) == NULL) {
+      if (flags & F_BACKGROUND) {
+        send_exit(id, 0, 0);
+      } else {
+        shell_error(id, argv[0],
+                    strcmp(shell_name(), "bash") == 0 ? "command not found"
+                                                      : "not found");
+        send_exit(id, 127, 0);
+      }
+      goto cleanup;
+    }
+    if (prog == NULL)
+      goto nomem;
+    na = argc + 8;
+    spawn_argv = calloc(na, sizeof(char *));
+    if (spawn_argv == NULL)
+      goto nomem;
+    if ((flags & F_BACKGROUND) && timeout_ms > 0) {
+      char *tp = path_find("timeout", env);
+      if (tp == NULL) {
+        send_exit(id, 0, 0);
+        goto cleanup;
+      }
+      snprintf(tbuf, sizeof(tbuf), "%u.%03us", timeout_ms / 1000,
+               timeout_ms % 1000);
+      spawn_argv[k++] = "timeout";
+      spawn_argv[k++] = "-k";
+      spawn_argv[k++] = "2";
+      spawn_argv[k++] = tbuf;
+      /* timeout runs the command by the path we found */
+      spawn_argv[k++] = prog;
+      prog = tp;
+      wrapped = spawn_argv[k - 1];
+      if (flags & F_SHELL) {
+        spawn_argv[k++] = "-c";
+        spawn_argv[k++] = argv[0];
+      } else {
+        for (i = 1; i < argc; i++)
+          spawn_argv[k++] = argv[i];
+      }
+    } else if (flags & F_SHELL) {
+      spawn_argv[k++] = (char *)shell_name();
+      spawn_argv[k++] = "-c";
+      spawn_argv[k++] = argv[0];
+    } else {
+      for (i = 0; i < argc; i++)
+        spawn_argv[k++] = argv[i];
+    }
+    spawn_argv[k] = NULL;
+  }
+
+  /* argv: what bash exports to a program it runs, as the shell that ran
+   * argv did (the shell of a shell command sets these itself). */
+  if (!(flags & (F_SHELL | F_BACKGROUND)) && strcmp(shell_name(), "bash") == 0) {
+    char cwdbuf[PATH_MAX], **nenv;
+    const char *pwd = NULL;
+    uint32_t k = envc;
+    if (cwd[0] == '/')
+      pwd = cwd;
+    else if (cwd[0] != '\0' && getcwd(cwdbuf, sizeof(cwdbuf)) != NULL)
+      pwd = cwdbuf;
+    if (asprintf(&own[k], "_=%s", prog) < 0 || (names[k] = strdup("_")) == NULL)
+      goto nomem;
+    k++;
+    if (pwd != NULL) {
+      if (asprintf(&own[k], "PWD=%s", pwd) < 0 ||
+          (names[k] = strdup("PWD")) == NULL)
+        goto nomem;
+      k++;
+    }
+    nenv = env_build(names, values, k, own);
+    if (nenv == NULL)
+      goto nomem;
+    free(env);
+    env = nenv;
+  }
+
+  posix_spawn_file_actions_init(&fa);
+  posix_spawnattr_init(&at);
+  sigemptyset(&none);
+  sigemptyset(&dflt);
+  sigaddset(&dflt, SIGPIPE);
+  sigaddset(&dflt, SIGCHLD);
+  posix_spawnattr_setsigmask(&at, &none);
+  posix_spawnattr_setsigdefault(&at, &dflt);
+  if (flags & F_BACKGROUND) {
+    posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK |
+                                      POSIX_SPAWN_SETSIGDEF);
+    devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (devnull < 0)
+      goto spawn_failed_errno;
+    posix_spawn_file_actions_adddup2(&fa, devnull, 0);
+    posix_spawn_file_actions_adddup2(&fa, devnull, 1);
+    posix_spawn_file_actions_adddup2(&fa, devnull, 2);
+  } else {
+    posix_spawnattr_setpgroup(&at, 0);
+    posix_spawnattr_setflags(&at, POSIX_SPAWN_SETPGROUP |
+                                      POSIX_SPAWN_SETSIGMASK |
+                                      POSIX_SPAWN_SETSIGDEF);
+    if (nb_pipe(po) != 0 || nb_pipe(pe) != 0)
+      goto spawn_failed_errno;
+    if (flags & F_STDIN) {
+      if (nb_pipe(pi) != 0)
+        goto spawn_failed_errno;
+      posix_spawn_file_actions_adddup2(&fa, pi[0], 0);
+    } else {
+      devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+      if (devnull < 0)
+        goto spawn_failed_errno;
+      posix_spawn_file_actions_adddup2(&fa, devnull, 0);
+    }
+    posix_spawn_file_actions_adddup2(&fa, po[1], 1);
+    posix_spawn_file_actions_adddup2(&fa, pe[1], 2);
+  }
+  rc = posix_spawn(&pid, prog, &fa, &at, spawn_argv, env);
+  if (rc == ENOEXEC && !(flags & F_SHELL)) {
+    /* A script without #!: the shell runs it, as it would have. */
+    char **sv = calloc((size_t)argc + 2, sizeof(char *));
+    if (sv != NULL) {
+      sv[0] = (char *)shell_name();
+      sv[1] = prog;
+      for (i = 1; i < argc; i++)
+        sv[i + 1] = argv[i];
+      rc = posix_spawn(&pid, shell_path(), &fa, &at, sv, env);
+      free(sv);
+    }
+  }
+  posix_spawn_file_actions_destroy(&fa);
+  posix_spawnattr_destroy(&at);
+  if (rc != 0) {
+    errno = rc;
+    if (!(flags & F_SHELL) && !(flags & F_BACKGROUND) &&
+        (rc == ENOENT || rc == EACCES || rc == ENOTDIR || rc == EISDIR)) {
+      /* What the shell says (and exits with) for a path it cannot run. */
+      shell_error(id, argv[0], strerror(rc));
+      send_exit(id, rc == ENOENT || rc == ENOTDIR ? 127 : 126, 0);
+      goto cleanup;
+    }
+    goto spawn_failed_errno;
+  }
+  if (flags & F_BACKGROUND) {
+    /* Detached: reaped by the SIGCHLD loop if it ends while we live, by
+     * init after. */
+    send_exit(id, 0, 0);
+    goto cleanup;
+  }
+  c = calloc(1, sizeof(*c));
+  if (c == NULL) {
+    kill(-pid, SIGKILL);
+    goto nomem;
+  }
+  c->id = id;
+  c->pid = pid;
+  c->out = po[0];
+  c->err = pe[0];
+  c->in = pi[1];
+  po[0] = pe[0] = pi[1] = -1;
+  fcntl(c->out, F_SETFL, O_NONBLOCK);
+  fcntl(c->err, F_SETFL, O_NONBLOCK);
+  if (c->in >= 0)
+    fcntl(c->in, F_SETFL, O_NONBLOCK);
+  if (timeout_ms > 0)
+    c->term_at = now_ms() + timeout_ms;
+  c->next = cmds;
+  cmds = c;
+  ncmds++;
+  send_frame(T_RUNNING, id, NULL, 0, NULL, 0);
+  goto cleanup;
+
+nomem:
+  send_failed(id, ENOMEM, "flyexec: out of memory");
+  goto cleanup;
+spawn_failed_errno : {
+  char msg[256];
+  int e = errno;
+  snprintf(msg, sizeof(msg), "flyexec: starting %s: %s",
+           prog ? prog : "the command", strerror(e));
+  send_failed(id, e, msg);
+}
+cleanup:
+  if (in_dir && fchdir(home_fd) != 0)
+    die_closed();
+  if (devnull >= 0)
+    close(devnull);
+  close_fd(&po[0]);
+  close_fd(&po[1]);
+  close_fd(&pe[0]);
+  close_fd(&pe[1]);
+  close_fd(&pi[0]);
+  close_fd(&pi[1]);
+  free(cwd);
+  if (names)
+    strv_free(names);
+  if (values)
+    strv_free(values);
+  if (own)
+    strv_free(own);
+  strv_free(argv);
+  free(env);
+  free(prog);
+  free(wrapped);
+  free(spawn_argv);
+}
+
+/* ---- frames from the client ---------------------------------------------- */
+
+static void on_frame(int type, uint32_t id, const unsigned char *p,
+                     size_t n) {
+  fx_cmd_t *c = type == T_START ? NULL : cmd_find(id);
+
+  switch (type) {
+  case T_START:
+    start_cmd(id, p, n);
+    return;
+  case T_STDIN:
+    if (c == NULL) {
+      /* Ended already: the bytes are consumed all the same. */
+      send_ack(id, n);
+      return;
+    }
+    if (c->in < 0) {
+      send_ack(id, n);
+      return;
+    }
+    if (buf_used(&c->inbuf) + n > FX_STDIN_WINDOW)
+      die_closed(); /* the client broke the window: protocol error */
+    if (buf_room(&c->inbuf, n) != 0)
+      die_closed();
+    memcpy(c->inbuf.base + c->inbuf.len, p, n);
+    c->inbuf.len += n;
+    return;
+  case T_EOF:
+    if (c != NULL) {
+      c->in_eof = 1;
+      if (buf_used(&c->inbuf) == 0)
+        close_fd(&c->in);
+    }
+    return;
+  case T_KILL:
+    if (c != NULL)
+      cmd_signal(c, SIGKILL);
+    return;
+  default:
+    die_closed();
+  }
+}
+
+static void read_rx(void) {
+  for (;;) {
+    ssize_t n;
+    if (buf_room(&rx, FX_READ) != 0)
+      die_closed();
+    n = read(0, rx.base + rx.len, rx.cap - rx.len);
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      if (errno == EAGAIN)
+        break;
+      die_closed();
+    }
+    if (n == 0)
+      die_closed();
+    rx.len += (size_t)n;
+    /* Whole frames out; a partial one waits (bounded by the size check). */
+    while (buf_used(&rx) >= FX_HDR) {
+      const unsigned char *h = (const unsigned char *)rx.base + rx.off;
+      uint32_t len = get32(h);
+      if (len < 5 || len - 5 > FX_MAX_PAYLOAD + 64)
+        die_closed();
+      if (buf_used(&rx) < 4 + (size_t)len)
+        break;
+      rx.off += 4 + (size_t)len;
+      on_frame(h[4], get32(h + 5), h + FX_HDR, len - 5);
+    }
+    /* Stop reading input while output waits: the channel is backed up. */
+    if (buf_used(&tx) > FX_OUT_HIGH)
+      break;
+  }
+}
+
+/* ---- commands' pipes and exits ------------------------------------------- */
+
+static void read_pipe(fx_cmd_t *c, int *fd, int type) {
+  unsigned char *h;
+  ssize_t n;
+  if (buf_room(&tx, FX_HDR + FX_READ) != 0)
+    die_closed();
+  h = (unsigned char *)tx.base + tx.len;
+  do
+    n = read(*fd, h + FX_HDR, FX_READ);
+  while (n < 0 && errno == EINTR);
+  if (n < 0 && errno == EAGAIN)
+    return;
+  if (n <= 0) {
+    close_fd(fd);
+    return;
+  }
+  put32(h, (uint32_t)(5 + n));
+  h[4] = (unsigned char)type;
+  put32(h + 5, c->id);
+  tx.len += FX_HDR + (size_t)n;
+}
+
+static void write_stdin(fx_cmd_t *c) {
+  while (buf_used(&c->inbuf) > 0) {
+    ssize_t n = write(c->in, c->inbuf.base + c->inbuf.off,
+                      buf_used(&c->inbuf));
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0 && errno == EAGAIN)
+      return;
+    if (n < 0) {
+      /* The command closed its stdin: what is left is dropped. */
+      send_ack(c->id, buf_used(&c->inbuf));
+      c->inbuf.off = c->inbuf.len = 0;
+      close_fd(&c->in);
+      return;
+    }
+    c->inbuf.off += (size_t)n;
+    send_ack(c->id, (size_t)n);
+  }
+  c->inbuf.off = c->inbuf.len = 0;
+  if (c->in_eof)
+    close_fd(&c->in);
+}
+
+static void reap(void) {
+  struct signalfd_siginfo si;
+  int status;
+  pid_t pid;
+  while (read(sig_fd, &si, sizeof(si)) > 0)
+    ;
+  while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+    fx_cmd_t *c;
+    for (c = cmds; c != NULL; c = c->next) {
+      if (c->pid == pid && !c->reaped) {
+        c->reaped = 1;
+        c->status = status;
+        break;
+      }
+    }
+  }
+}
+
+static void timers(uint64_t now) {
+  fx_cmd_t *c;
+  for (c = cmds; c != NULL; c = c->next) {
+    if (c->term_at != 0 && now >= c->term_at) {
+      c->term_at = 0;
+      c->timed_out = 1;
+      cmd_signal(c, SIGTERM);
+      cmd_signal(c, SIGCONT);
+      c->kill_at = now + FX_KILL_AFTER_MS;
+    }
+    if (c->kill_at != 0 && now >= c->kill_at) {
+      c->kill_at = 0;
+      cmd_signal(c, SIGKILL);
+    }
+  }
+}
+
+int main(void) {
+  sigset_t mask;
+  unsigned char hello[16];
+  struct pollfd *pfd = NULL;
+  size_t pcap = 0;
+
+  signal(SIGPIPE, SIG_IGN);
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGCHLD);
+  sigprocmask(SIG_BLOCK, &mask, NULL);
+  sig_fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+  home_fd = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (sig_fd < 0 || home_fd < 0)
+    return 1;
+  /* bash's exec set $_ to our path (and undid its own SHLVL count, so
+   * SHLVL is sshd's): the commands' shells set $_ themselves. */
+  unsetenv("_");
+  fcntl(0, F_SETFL, fcntl(0, F_GETFL) | O_NONBLOCK);
+  fcntl(1, F_SETFL, fcntl(1, F_GETFL) | O_NONBLOCK);
+
+  memcpy(hello, "flyexec\n", 8);
+  put32(hello + 8, FX_VERSION);
+  put32(hello + 12, FX_MAX_PAYLOAD);
+  send_frame(T_HELLO, 0, hello, 16, NULL, 0);
+
+  for (;;) {
+    fx_cmd_t *c, *cn;
+    size_t n = 0, need = 3 + 3 * (size_t)ncmds;
+    int timeout = -1, backed_up = buf_used(&tx) > FX_OUT_HIGH;
+    uint64_t now = now_ms(), next = UINT64_MAX;
+
+    if (need > pcap) {
+      struct pollfd *np = realloc(pfd, need * sizeof(*pfd));
+      if (np == NULL)
+        die_closed();
+      pfd = np;
+      pcap = need;
+    }
+    pfd[n++] = (struct pollfd){0, backed_up ? 0 : POLLIN, 0};
+    pfd[n++] = (struct pollfd){1, buf_used(&tx) > 0 ? POLLOUT : 0, 0};
+    pfd[n++] = (struct pollfd){sig_fd, POLLIN, 0};
+    for (c = cmds; c != NULL; c = c->next) {
+      pfd[n++] = (struct pollfd){c->out, backed_up ? 0 : POLLIN, 0};
+      pfd[n++] = (struct pollfd){c->err, backed_up ? 0 : POLLIN, 0};
+      pfd[n++] = (struct pollfd){c->in, buf_used(&c->inbuf) ? POLLOUT : 0, 0};
+      if (c->term_at != 0 && c->term_at < next)
+        next = c->term_at;
+      if (c->kill_at != 0 && c->kill_at < next)
+        next = c->kill_at;
+    }
+    if (next != UINT64_MAX)
+      timeout = next <= now ? 0 : (int)(next - now > 60000 ? 60000 : next - now);
+    if (poll(pfd, n, timeout) < 0 && errno != EINTR)
+      die_closed();
+    if (pfd[1].revents & (POLLOUT | POLLERR | POLLHUP))
+      flush_tx();
+    if (pfd[2].revents & POLLIN)
+      reap();
+    /* The command list below is the one polled: new commands from the
+     * frames read after it are polled next turn. */
+    n = 3;
+    for (c = cmds; c != NULL; c = cn) {
+      cn = c->next;
+      if (c->out >= 0 && (pfd[n].revents & (POLLIN | POLLHUP | POLLERR)))
+        read_pipe(c, &c->out, T_STDOUT);
+      if (c->err >= 0 && (pfd[n + 1].revents & (POLLIN | POLLHUP | POLLERR)))
+        read_pipe(c, &c->err, T_STDERR);
+      if (c->in >= 0 && (pfd[n + 2].revents & (POLLOUT | POLLERR | POLLHUP)))
+        write_stdin(c);
+      n += 3;
+    }
+    timers(now_ms());
+    for (c = cmds; c != NULL; c = cn) {
+      cn = c->next;
+      cmd_check_done(c);
+    }
+    if (pfd[0].revents & (POLLIN | POLLHUP | POLLERR))
+      read_rx();
+    flush_tx();
+  }
+}
