@@ -402,18 +402,23 @@ static void exr_pull_stdin(fly_ssh_sess_t *s, fly_exr_t *e) {
 
 /* Returns FLY_SSH_WAIT to go on, another verdict to end the step, or -1
  * when the channel was failed (no verdict: the session goes on). */
+/* A channel call that would block: it must be repeated first (kind) when
+ * libssh2 is waiting to send, else the session just waits for input. */
+static int exr_again(fly_ssh_sess_t *s, fly_exr_t *e, int kind) {
+  if (fly_ssh_blocked_out(s)) {
+    e->blocked = kind;
+    return FLY_SSH_OUT;
+  }
+  e->blocked = B_NONE;
+  return FLY_SSH_WAIT;
+}
+
 static int exr_write(fly_ssh_sess_t *s, fly_exr_t *e) {
   while (e->tx_off < e->tx.len) {
     ssize_t n = libssh2_channel_write(e->ch, e->tx.base + e->tx_off,
                                       e->tx.len - e->tx_off);
-    if (n == LIBSSH2_ERROR_EAGAIN) {
-      if (fly_ssh_blocked_out(s)) {
-        e->blocked = B_WRITE;
-        return FLY_SSH_OUT;
-      }
-      e->blocked = B_NONE;
-      return FLY_SSH_WAIT;
-    }
+    if (n == LIBSSH2_ERROR_EAGAIN)
+      return exr_again(s, e, B_WRITE);
     e->blocked = B_NONE;
     if (n < 0) {
       if (fly_ssh_rc_dead(s, (int)n))
@@ -456,14 +461,8 @@ static int exr_read(fly_ssh_sess_t *s, fly_exr_t *e, int stream) {
     n = libssh2_channel_read_ex(e->ch,
                                 stream == 1 ? 0 : SSH_EXTENDED_DATA_STDERR,
                                 dst, room);
-    if (n == LIBSSH2_ERROR_EAGAIN) {
-      if (fly_ssh_blocked_out(s)) {
-        e->blocked = stream == 1 ? B_READ_OUT : B_READ_ERR;
-        return FLY_SSH_OUT;
-      }
-      e->blocked = B_NONE;
-      return FLY_SSH_WAIT;
-    }
+    if (n == LIBSSH2_ERROR_EAGAIN)
+      return exr_again(s, e, stream == 1 ? B_READ_OUT : B_READ_ERR);
     e->blocked = B_NONE;
     if (n < 0) {
       if (fly_ssh_rc_dead(s, (int)n))

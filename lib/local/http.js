@@ -138,6 +138,30 @@ function checkLease (m, req) {
   }
 }
 
+/* Fly's list paging: ?cursor= (the base64url id of the last item seen)
+   and ?limit= (1..1000); a cut list carries fly-next-cursor. */
+function paginate (items, query) {
+  let list = items
+  const headers = {}
+  const cursor = query.get('cursor')
+  if (cursor) {
+    const after = Buffer.from(cursor, 'base64url').toString()
+    const i = list.findIndex((x) => x.id === after)
+    if (i < 0) throw E.bad('invalid cursor')
+    list = list.slice(i + 1)
+  }
+  const limitRaw = query.get('limit')
+  if (limitRaw != null) {
+    const limit = Number(limitRaw)
+    if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw E.bad('limit must be between 1 and 1000')
+    if (list.length > limit) {
+      list = list.slice(0, limit)
+      headers['fly-next-cursor'] = Buffer.from(list[list.length - 1].id).toString('base64url')
+    }
+  }
+  return { list, headers }
+}
+
 module.exports = {
   HttpError,
   E,
@@ -145,6 +169,7 @@ module.exports = {
   PAYLOAD_BODY_LIMIT,
   isObject,
   truthy,
+  paginate,
   isoSeconds,
   listParam,
   send,

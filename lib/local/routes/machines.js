@@ -7,7 +7,7 @@ const fs = require('fs')
 const ids = require('../ids')
 const {
   E, HttpError, PAYLOAD_BODY_LIMIT, isObject, truthy, listParam,
-  findApp, findMachine, liveMachine, checkLease
+  findApp, findMachine, liveMachine, checkLease, paginate
 } = require('../http')
 const { parseDuration, signalName, parseImage, SIGNALS, STOP_SIGNALS } = require('../machines')
 const { validateConfig, normaliseConfig } = require('../machine-config')
@@ -40,23 +40,9 @@ function listMachines (store, { params, query }) {
     return meta.every(([k, v]) => md[k] === v)
   })
   list.sort((a, b) => a.createdAt - b.createdAt || (a.id < b.id ? -1 : 1))
-  const headers = {}
-  const cursor = query.get('cursor')
-  if (cursor) {
-    const after = Buffer.from(cursor, 'base64url').toString()
-    const i = list.findIndex((m) => m.id === after)
-    if (i < 0) throw E.bad('invalid cursor')
-    list = list.slice(i + 1)
-  }
-  const limitRaw = query.get('limit')
-  if (limitRaw != null) {
-    const limit = Number(limitRaw)
-    if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw E.bad('limit must be between 1 and 1000')
-    if (list.length > limit) {
-      list = list.slice(0, limit)
-      headers['fly-next-cursor'] = Buffer.from(list[list.length - 1].id).toString('base64url')
-    }
-  }
+  const page = paginate(list, query)
+  list = page.list
+  const headers = page.headers
   const summary = truthy(query.get('summary'))
   const includeLease = truthy(query.get('include_leases'))
   return [200, list.map((m) => m.toJSON({ summary, includeLease })), headers]

@@ -3,7 +3,7 @@
 // snapshot_id, or a fork of another volume with source_volume_id), get,
 // update, destroy, extend, and a volume's snapshots (list, create). The
 // storage itself is ../volumes.js.
-const { E, isObject, truthy, findApp } = require('../http')
+const { E, isObject, truthy, findApp, paginate } = require('../http')
 const { MAX_SIZE_GB, DEFAULT_RETENTION_DAYS } = require('../volumes')
 const { REGION_CODES } = require('./platform')
 
@@ -39,23 +39,9 @@ function retentionArg (v, dflt) {
 async function listVolumes (store, { params, query }) {
   const app = findApp(store, params.app)
   let list = store.volumes.list(app.name)
-  const headers = {}
-  const cursor = query.get('cursor')
-  if (cursor) {
-    const after = Buffer.from(cursor, 'base64url').toString()
-    const i = list.findIndex((v) => v.id === after)
-    if (i < 0) throw E.bad('invalid cursor')
-    list = list.slice(i + 1)
-  }
-  const limitRaw = query.get('limit')
-  if (limitRaw != null) {
-    const limit = Number(limitRaw)
-    if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw E.bad('limit must be between 1 and 1000')
-    if (list.length > limit) {
-      list = list.slice(0, limit)
-      headers['fly-next-cursor'] = Buffer.from(list[list.length - 1].id).toString('base64url')
-    }
-  }
+  const page = paginate(list, query)
+  list = page.list
+  const headers = page.headers
   const summary = truthy(query.get('summary'))
   return [200, await Promise.all(list.map((v) => store.volumes.toJSON(v, { summary }))), headers]
 }
