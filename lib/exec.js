@@ -72,6 +72,10 @@ function commandSpec (command, options) {
   return spec
 }
 
+// A transport's output as text: a string already (ASCII output the native
+// side handed over as it is), or bytes to decode.
+const text = (x) => (typeof x === 'string' ? x : x.toString('utf8'))
+
 // Runs a command spec on the provider's transport; stream carries the
 // onStdout/onStderr callbacks.  Streamed output is decoded chunk by chunk
 // and the result's stdout/stderr are exactly what the callbacks were given.
@@ -81,21 +85,24 @@ async function execute (sb, spec, stdin, stream) {
   const { transport } = sb._ctx
   if (!stream) {
     const r = await transport.exec(sb, spec, { stdin })
-    return { stdout: r.stdout.toString('utf8'), stderr: r.stderr.toString('utf8'), exitCode: r.exitCode }
+    return { stdout: text(r.stdout), stderr: text(r.stderr), exitCode: r.exitCode }
   }
   const dec = [null, new StringDecoder('utf8'), new StringDecoder('utf8')]
-  const parts = [null, [], []]
+  // Appended with +, which V8 keeps as a rope (nothing copied): a join
+  // would copy every byte into one fresh string on the JS thread even when
+  // nobody reads it.
+  const out = [null, '', '']
   const cbs = [null, stream.onStdout, stream.onStderr]
-  const emit = (i, text) => {
-    if (text === '') return
-    parts[i].push(text)
-    if (typeof cbs[i] === 'function') cbs[i](text)
+  const emit = (i, s) => {
+    if (s === '') return
+    out[i] += s
+    if (typeof cbs[i] === 'function') cbs[i](s)
   }
   const onChunk = (i, chunk) => emit(i, dec[i].write(chunk))
   const r = await transport.exec(sb, spec, { stdin, onChunk })
   emit(1, dec[1].end())
   emit(2, dec[2].end())
-  return { stdout: parts[1].join(''), stderr: parts[2].join(''), exitCode: r.exitCode }
+  return { stdout: out[1], stderr: out[2], exitCode: r.exitCode }
 }
 
 // runCommand and streamCommand share this.

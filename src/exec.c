@@ -35,6 +35,7 @@ typedef struct fly_exec_s {
   uint64_t timeout_ms;
   uint64_t max_output;
   int streaming;
+  int text;                    /* stdout/stderr as strings where ASCII */
   /* I/O thread. */
   int state;
   LIBSSH2_CHANNEL *ch;
@@ -45,6 +46,7 @@ typedef struct fly_exec_s {
   fly_buf_t out;
   fly_buf_t err;
   /* The result. */
+  int out_ascii, err_ascii;    /* text: set on the I/O thread at the end */
   int exit_code;
   char *signal;
   int timed_out;
@@ -332,8 +334,12 @@ static napi_value exec_result(napi_env env, fly_req_t *req) {
   FLY_NAPI_CALL(env, napi_create_object(env, &obj), NULL);
   fly_js_set_int(env, obj, "exitCode", x->exit_code);
   fly_js_set_str(env, obj, "signal", x->signal); /* NULL -> null */
-  fly_js_set_value(env, obj, "stdout", fly_js_buffer_from(env, &x->out));
-  fly_js_set_value(env, obj, "stderr", fly_js_buffer_from(env, &x->err));
+  fly_js_set_value(env, obj, "stdout",
+                   x->text ? fly_js_text_from(env, &x->out, x->out_ascii)
+                           : fly_js_buffer_from(env, &x->out));
+  fly_js_set_value(env, obj, "stderr",
+                   x->text ? fly_js_text_from(env, &x->err, x->err_ascii)
+                           : fly_js_buffer_from(env, &x->err));
   fly_js_set_bool(env, obj, "timedOut", x->timed_out);
   return obj;
 }
@@ -348,11 +354,24 @@ static void exec_free(napi_env env, fly_req_t *req) {
   free(x->signal);
 }
 
-static const fly_req_vt_t exec_vt = {exec_start, exec_result, exec_free};
+/* I/O thread: whether the output is ASCII, so that the JS thread can take
+ * it as a string without decoding it. */
+static void exec_finish(fly_req_t *req) {
+  fly_exec_t *x = (fly_exec_t *)req;
+  if (x->text) {
+    x->out_ascii = fly_bytes_ascii(x->out.base, x->out.len);
+    x->err_ascii = fly_bytes_ascii(x->err.base, x->err.len);
+  }
+}
+
+static const fly_req_vt_t exec_vt = {exec_start, exec_result, exec_free,
+                                     exec_finish};
 
 /* sshExec({ session, command | argv, cwd?, env?, timeoutMs?,
- *           background?, stdin?, maxOutputBytes?, onChunk? })
- *   -> Promise<{ exitCode, signal, stdout, stderr, timedOut }> */
+ *           background?, stdin?, maxOutputBytes?, onChunk?, text? })
+ *   -> Promise<{ exitCode, signal, stdout, stderr, timedOut }>
+ * stdout/stderr are Buffers; with text: true, strings where the bytes are
+ * ASCII (taken in place), Buffers otherwise. */
 napi_value fly_napi_ssh_exec(napi_env env, napi_callback_info info) {
   napi_value opts;
   fly_exec_t *x;
@@ -369,7 +388,8 @@ napi_value fly_napi_ssh_exec(napi_env env, napi_callback_info info) {
       fly_js_prop_bytes(env, opts, "stdin", &x->in) != 0 ||
       fly_js_prop_u64(env, opts, "maxOutputBytes", (uint64_t)64 << 20,
                       &x->max_output) != 0 ||
-      fly_js_prop_func(env, opts, "onChunk", &x->op.req.on_chunk) != 0)
+      fly_js_prop_func(env, opts, "onChunk", &x->op.req.on_chunk) != 0 ||
+      fly_js_prop_bool(env, opts, "text", 0, &x->text) != 0)
     goto fail;
   x->streaming = x->op.req.on_chunk != NULL;
   /* The whole command settles by its timeout plus the grace (counted from

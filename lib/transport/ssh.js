@@ -127,11 +127,14 @@ async function whyUnreachable (sb, err) {
 
 // spec: what native.buildCommand takes.  onChunk(stream, Buffer), when
 // given, receives the output as it arrives (stream 1 stdout, 2 stderr) and
-// the result's stdout/stderr are then empty.
+// the result's stdout/stderr are then empty.  Otherwise stdout/stderr are
+// strings when the output is ASCII (the native side hands its bytes to V8
+// as they are, nothing decoded on this thread), Buffers when not.
 function exec (sb, spec, { stdin, onChunk } = {}) {
   const req = { ...spec, maxOutputBytes: sb._ctx.config.maxOutputBytes }
   if (stdin !== undefined) req.stdin = stdin
   if (onChunk) req.onChunk = onChunk
+  else req.text = true
   return withSession(sb, (session) => native.sshExec({ ...req, session }))
 }
 
