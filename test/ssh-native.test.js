@@ -124,6 +124,54 @@ test('streaming chunks add up and arrive before completion', async () => {
   assert.ok(beforeEnd >= 4, 'chunks came before the promise settled')
 })
 
+test('streamed output: 24 MiB in order, in chunks of at most 64 KiB, both streams whole', async () => {
+  const chunks = { 1: [], 2: [] }
+  let biggest = 0
+  const r = await exec({
+    // stdout and stderr interleaved, then a large stdout that arrives in
+    // many packets per loop turn (coalesced into bounded messages).
+    command: 'for i in $(seq 1 50); do echo out$i; echo err$i >&2; done; ' +
+      'head -c 25165824 /dev/urandom | base64 -w 0; echo; seq 1 1000 >&2',
+    maxOutputBytes: 64 << 20,
+    onChunk: (stream, chunk) => {
+      biggest = Math.max(biggest, chunk.length)
+      chunks[stream].push(Buffer.from(chunk))
+    }
+  })
+  assert.strictEqual(r.exitCode, 0)
+  assert.ok(biggest <= 65536, `a chunk of ${biggest} bytes`)
+  const out = Buffer.concat(chunks[1]).toString()
+  const lines = out.split('\n')
+  assert.deepStrictEqual(lines.slice(0, 50), Array.from({ length: 50 }, (_, i) => `out${i + 1}`))
+  assert.strictEqual(lines[50].length, 33554432, 'the base64 line whole')
+  assert.match(lines[50], /^[A-Za-z0-9+/]+$/)
+  const err = Buffer.concat(chunks[2]).toString()
+  assert.strictEqual(err, Array.from({ length: 50 }, (_, i) => `err${i + 1}\n`).join('') +
+    Array.from({ length: 1000 }, (_, i) => `${i + 1}\n`).join(''))
+})
+
+test('text: ASCII output comes as strings, taken whole; other bytes as Buffers', async () => {
+  // Large ASCII (an external string), small ASCII (copied), on both streams.
+  let r = await exec({ command: 'head -c 3000000 /dev/zero | tr "\\0" x; echo -n tail; echo small >&2', text: true, maxOutputBytes: 8 << 20 })
+  assert.strictEqual(typeof r.stdout, 'string')
+  assert.strictEqual(r.stdout.length, 3000004)
+  assert.strictEqual(r.stdout, 'x'.repeat(3000000) + 'tail')
+  assert.strictEqual(r.stderr, 'small\n')
+  // A byte >= 0x80 anywhere: a Buffer with the exact bytes.
+  r = await exec({ command: 'head -c 100000 /dev/zero | tr "\\0" a; printf "\\303\\251\\377"; printf "\\377" >&2', text: true })
+  assert.ok(Buffer.isBuffer(r.stdout))
+  assert.strictEqual(r.stdout.length, 100003)
+  assert.ok(r.stdout.subarray(100000).equals(Buffer.from([0xc3, 0xa9, 0xff])))
+  assert.ok(Buffer.isBuffer(r.stderr) && r.stderr.equals(Buffer.from([0xff])))
+  // Empty output is an empty string; without text, Buffers as before.
+  r = await exec({ command: 'true', text: true })
+  assert.strictEqual(r.stdout, '')
+  assert.strictEqual(r.stderr, '')
+  r = await exec({ command: 'echo hi' })
+  assert.ok(Buffer.isBuffer(r.stdout) && r.stdout.toString() === 'hi\n')
+  assert.throws(() => native.sshExec({ session, command: 'true', text: 'yes' }), { code: 'ERR_INVALID_ARG' })
+})
+
 test('timeout kills the remote command', async () => {
   const marker = `sleep 30${Math.floor(Math.random() * 1000)}`
   const t0 = Date.now()
