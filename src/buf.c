@@ -201,32 +201,3 @@ char *fly_buf_take(fly_buf_t *b, size_t *len, size_t *cap, int *mapped) {
   b->mapped = 0;
   return p;
 }
-
-int fly_bytes_ascii(const void *data, size_t len) {
-  const unsigned char *p = data;
-  uint64_t acc = 0, w;
-  size_t i = 0;
-
-  /* Eight bytes at a time; OR-ing first and testing once per 4 KiB keeps
-   * the loop at memory speed. */
-  while (i + 4096 <= len) {
-    size_t j;
-    for (j = 0; j < 4096; j += 8) {
-      memcpy(&w, p + i + j, 8);
-      acc |= w;
-    }
-    if (acc & UINT64_C(0x8080808080808080))
-      return 0;
-    i += 4096;
-  }
-  for (; i + 8 <= len; i += 8) {
-    memcpy(&w, p + i, 8);
-    acc |= w;
-  }
-  if (acc & UINT64_C(0x8080808080808080))
-    return 0;
-  for (; i < len; i++)
-    if (p[i] & 0x80)
-      return 0;
-  return 1;
-}

@@ -46,7 +46,7 @@ typedef struct fly_exec_s {
   fly_buf_t out;
   fly_buf_t err;
   /* The result. */
-  int out_ascii, err_ascii;    /* text: set on the I/O thread at the end */
+  int out_form, err_form;      /* text: FLY_TEXT_*, set at the end */
   int exit_code;
   char *signal;
   int timed_out;
@@ -335,10 +335,10 @@ static napi_value exec_result(napi_env env, fly_req_t *req) {
   fly_js_set_int(env, obj, "exitCode", x->exit_code);
   fly_js_set_str(env, obj, "signal", x->signal); /* NULL -> null */
   fly_js_set_value(env, obj, "stdout",
-                   x->text ? fly_js_text_from(env, &x->out, x->out_ascii)
+                   x->text ? fly_js_text_from(env, &x->out, x->out_form)
                            : fly_js_buffer_from(env, &x->out));
   fly_js_set_value(env, obj, "stderr",
-                   x->text ? fly_js_text_from(env, &x->err, x->err_ascii)
+                   x->text ? fly_js_text_from(env, &x->err, x->err_form)
                            : fly_js_buffer_from(env, &x->err));
   fly_js_set_bool(env, obj, "timedOut", x->timed_out);
   return obj;
@@ -354,13 +354,12 @@ static void exec_free(napi_env env, fly_req_t *req) {
   free(x->signal);
 }
 
-/* I/O thread: whether the output is ASCII, so that the JS thread can take
- * it as a string without decoding it. */
+/* I/O thread: the output as text JS can take without decoding it. */
 static void exec_finish(fly_req_t *req) {
   fly_exec_t *x = (fly_exec_t *)req;
   if (x->text) {
-    x->out_ascii = fly_bytes_ascii(x->out.base, x->out.len);
-    x->err_ascii = fly_bytes_ascii(x->err.base, x->err.len);
+    x->out_form = fly_text_prepare(&x->out);
+    x->err_form = fly_text_prepare(&x->err);
   }
 }
 
@@ -370,8 +369,9 @@ static const fly_req_vt_t exec_vt = {exec_start, exec_result, exec_free,
 /* sshExec({ session, command | argv, cwd?, env?, timeoutMs?,
  *           background?, stdin?, maxOutputBytes?, onChunk?, text? })
  *   -> Promise<{ exitCode, signal, stdout, stderr, timedOut }>
- * stdout/stderr are Buffers; with text: true, strings where the bytes are
- * ASCII (taken in place), Buffers otherwise. */
+ * stdout/stderr are Buffers; with text: true, strings (ASCII taken in
+ * place, other UTF-8 from 64 KiB decoded on the I/O thread), or Buffers for
+ * smaller non-ASCII output, which JS decodes. */
 napi_value fly_napi_ssh_exec(napi_env env, napi_callback_info info) {
   napi_value opts;
   fly_exec_t *x;

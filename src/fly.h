@@ -63,9 +63,23 @@ char *fly_buf_steal(fly_buf_t *b, size_t *len);
  * the buffer. */
 char *fly_buf_take(fly_buf_t *b, size_t *len, size_t *cap, int *mapped);
 void fly_buf_release(void *base, size_t cap, int mapped);
+
+/* ------------------------------------------------------------------------ */
+/* Text for JS (text.c). */
+
 /* 1 when every byte is below 0x80: the UTF-8 text is then its own Latin-1
  * form, which V8 can use as a string in place. */
 int fly_bytes_ascii(const void *data, size_t len);
+/* UTF-8 bytes -> UTF-16 units (host order) in out (len counts bytes), as
+ * the WHATWG decoder does it (ill-formed subsequences -> U+FFFD).  0, or
+ * -1 when out of memory. */
+int fly_utf8_to_utf16(const void *data, size_t len, fly_buf_t *out);
+/* The form in which b's UTF-8 goes to JS: FLY_TEXT_LATIN1 (all ASCII, b
+ * unchanged), FLY_TEXT_UTF16 (b now holds the UTF-16 decoding) or
+ * FLY_TEXT_BYTES (small, or out of memory: b unchanged, JS decodes). */
+enum { FLY_TEXT_BYTES = 0, FLY_TEXT_LATIN1, FLY_TEXT_UTF16 };
+#define FLY_TEXT_DECODE_MIN ((size_t)64 << 10)
+int fly_text_prepare(fly_buf_t *b);
 
 /* ------------------------------------------------------------------------ */
 /* Errors (error.c).  code is a static string such as "FLY_NOT_FOUND"; NULL
@@ -347,12 +361,13 @@ void fly_js_set_value(napi_env env, napi_value obj, const char *name,
 /* A Buffer that takes ownership of buf's bytes (no copy); NULL with an
  * exception pending (buf emptied) when it cannot be made. */
 napi_value fly_js_buffer_from(napi_env env, fly_buf_t *buf);
-/* The text of buf for JS: when ascii (fly_bytes_ascii, computed on the I/O
- * thread) a string that uses buf's bytes in place (an external Latin-1
- * string: nothing copied or decoded on the JS thread); otherwise, or where
- * the runtime has no external strings, a Buffer (fly_js_buffer_from) for JS
- * to decode.  Empties buf; NULL with an exception pending on failure. */
-napi_value fly_js_text_from(napi_env env, fly_buf_t *buf, int ascii);
+/* The text of buf for JS in the form fly_text_prepare chose on the I/O
+ * thread: FLY_TEXT_LATIN1/UTF16, a string that uses buf's bytes in place
+ * (an external string: nothing copied or decoded on the JS thread; a copy
+ * where the runtime has no external strings); FLY_TEXT_BYTES, a Buffer
+ * (fly_js_buffer_from) for JS to decode.  Empties buf; NULL with an
+ * exception pending on failure. */
+napi_value fly_js_text_from(napi_env env, fly_buf_t *buf, int form);
 
 /* Every napi_* call is checked with FLY_NAPI_CALL (or an explicit status
  * test), or cast to (void) where its status is ignored on purpose, with the

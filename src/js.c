@@ -447,69 +447,83 @@ napi_value fly_js_buffer_from(napi_env env, fly_buf_t *buf) {
   return v;
 }
 
-/* node_api_create_external_string_latin1 (Node-API 10; experimental in
- * Node 20) is looked up at run time, so one build loads on every Node the
- * package supports and uses it where it exists. */
-typedef napi_status (*ext_latin1_fn)(napi_env env, char *str, size_t length,
+/* node_api_create_external_string_latin1/_utf16 (Node-API 10;
+ * experimental in Node 20) are looked up at run time, so one build loads on
+ * every Node the package supports and uses them where they exist. */
+typedef napi_status (*ext_string_fn)(napi_env env, void *str, size_t length,
                                      void (*fin)(napi_env, void *, void *),
                                      void *hint, napi_value *result,
                                      bool *copied);
-static ext_latin1_fn ext_latin1;
+static ext_string_fn ext_latin1, ext_utf16;
 static pthread_once_t ext_once = PTHREAD_ONCE_INIT;
 
 static void ext_lookup(void) {
   void *f = dlsym(RTLD_DEFAULT, "node_api_create_external_string_latin1");
   memcpy(&ext_latin1, &f, sizeof(f));
+  f = dlsym(RTLD_DEFAULT, "node_api_create_external_string_utf16");
+  memcpy(&ext_utf16, &f, sizeof(f));
 }
 
 /* Below this a copy is as cheap as the bookkeeping of an external string;
- * above FLY_TEXT_MAX V8 cannot make a string (its String::kMaxLength is
- * 2^29 - 24) and the Buffer path reports that. */
+ * above FLY_TEXT_MAX characters V8 cannot make a string (its
+ * String::kMaxLength is 2^29 - 24). */
 #define FLY_TEXT_EXTERNAL_MIN 4096
 #define FLY_TEXT_MAX (((size_t)1 << 29) - 24)
 
-napi_value fly_js_text_from(napi_env env, fly_buf_t *buf, int ascii) {
+static void buf_forget(fly_buf_t *buf) {
+  buf->base = NULL;
+  buf->len = buf->cap = 0;
+  buf->mapped = 0;
+}
+
+napi_value fly_js_text_from(napi_env env, fly_buf_t *buf, int form) {
   napi_value v;
   bool copied = false;
   char *base = buf->base;
+  size_t chars = form == FLY_TEXT_UTF16 ? buf->len / 2 : buf->len;
+  ext_string_fn make;
+  napi_status st;
 
-  if (!ascii || buf->len > FLY_TEXT_MAX)
-    return fly_js_buffer_from(env, buf);
-  if (buf->len < FLY_TEXT_EXTERNAL_MIN) {
-    FLY_NAPI_CALL(env,
-                  napi_create_string_latin1(env, buf->len ? base : "",
-                                            buf->len, &v),
-                  NULL);
+  if (form == FLY_TEXT_BYTES || chars > FLY_TEXT_MAX)
+    return fly_js_buffer_from(env, buf); /* JS decodes, or reports */
+  if (chars < FLY_TEXT_EXTERNAL_MIN) {
+    st = chars == 0 ? napi_create_string_latin1(env, "", 0, &v)
+         : form == FLY_TEXT_UTF16
+             ? napi_create_string_utf16(env, (const char16_t *)(void *)base,
+                                        chars, &v)
+             : napi_create_string_latin1(env, base, chars, &v);
+    FLY_NAPI_CALL(env, st, NULL);
     fly_buf_free(buf);
     return v;
   }
   pthread_once(&ext_once, ext_lookup);
-  if (ext_latin1 == NULL)
-    return fly_js_buffer_from(env, buf);
+  make = form == FLY_TEXT_UTF16 ? ext_utf16 : ext_latin1;
+  if (make == NULL) {
+    /* No external strings: one copy, still nothing decoded here. */
+    st = form == FLY_TEXT_UTF16
+             ? napi_create_string_utf16(env, (const char16_t *)(void *)base,
+                                        chars, &v)
+             : napi_create_string_latin1(env, base, chars, &v);
+    FLY_NAPI_CALL(env, st, NULL);
+    fly_buf_free(buf);
+    return v;
+  }
   ext_freed = NULL;
   /* The string owns the bytes from here (or Node copied them and has
    * already called free_external). */
-  if (ext_latin1(env, base, buf->len, free_external,
-                 buf->mapped ? (void *)(uintptr_t)buf->cap : NULL, &v,
-                 &copied) == napi_ok) {
-    buf->base = NULL;
-    buf->len = buf->cap = 0;
-    buf->mapped = 0;
+  if (make(env, base, chars, free_external,
+           buf->mapped ? (void *)(uintptr_t)buf->cap : NULL, &v,
+           &copied) == napi_ok) {
+    buf_forget(buf);
     return v;
   }
   if (ext_freed == base) {
-    buf->base = NULL;
-    buf->len = buf->cap = 0;
-    buf->mapped = 0;
+    buf_forget(buf);
     fly_napi_throw_last(env);
     return NULL;
   }
-  /* Not made and not freed: the bytes are still ours, as a Buffer. */
-  {
-    bool pending = false;
-    napi_value exc;
-    if (napi_is_exception_pending(env, &pending) == napi_ok && pending)
-      (void)napi_get_and_clear_last_exception(env, &exc); /* replaced */
-  }
-  return fly_js_buffer_from(env, buf);
+  /* Not made and not freed: the bytes are still ours. */
+  fly_napi_throw_last(env);
+  fly_buf_free(buf);
+  return NULL;
 }

@@ -350,6 +350,9 @@ static int run_read(fly_ssh_sess_t *s, fly_sftp_t *x) {
       x->data.len += (size_t)n;
       x->data.base[x->data.len] = '\0';
       s->progress = 1;
+      /* Longer than its stat said (it grew): big slices again. */
+      if (x->data.len > x->expect)
+        x->expect = 0;
       if (!x->has_length && x->data.len > x->max_bytes) {
         fly_buf_free(&x->data);
         return fail_open(s, x, too_large(x));

@@ -150,18 +150,17 @@ test('streamed output: 24 MiB in order, in chunks of at most 64 KiB, both stream
     Array.from({ length: 1000 }, (_, i) => `${i + 1}\n`).join(''))
 })
 
-test('text: ASCII output comes as strings, taken whole; other bytes as Buffers', async () => {
+test('text: ASCII output comes as strings, taken whole; small non-ASCII as Buffers', async () => {
   // Large ASCII (an external string), small ASCII (copied), on both streams.
   let r = await exec({ command: 'head -c 3000000 /dev/zero | tr "\\0" x; echo -n tail; echo small >&2', text: true, maxOutputBytes: 8 << 20 })
   assert.strictEqual(typeof r.stdout, 'string')
   assert.strictEqual(r.stdout.length, 3000004)
   assert.strictEqual(r.stdout, 'x'.repeat(3000000) + 'tail')
   assert.strictEqual(r.stderr, 'small\n')
-  // A byte >= 0x80 anywhere: a Buffer with the exact bytes.
+  // Non-ASCII: from 64 KiB decoded natively into a string (é, and U+FFFD
+  // for the stray byte); smaller, a Buffer with the exact bytes.
   r = await exec({ command: 'head -c 100000 /dev/zero | tr "\\0" a; printf "\\303\\251\\377"; printf "\\377" >&2', text: true })
-  assert.ok(Buffer.isBuffer(r.stdout))
-  assert.strictEqual(r.stdout.length, 100003)
-  assert.ok(r.stdout.subarray(100000).equals(Buffer.from([0xc3, 0xa9, 0xff])))
+  assert.strictEqual(r.stdout, 'a'.repeat(100000) + 'é\ufffd')
   assert.ok(Buffer.isBuffer(r.stderr) && r.stderr.equals(Buffer.from([0xff])))
   // Empty output is an empty string; without text, Buffers as before.
   r = await exec({ command: 'true', text: true })
@@ -170,6 +169,30 @@ test('text: ASCII output comes as strings, taken whole; other bytes as Buffers',
   r = await exec({ command: 'echo hi' })
   assert.ok(Buffer.isBuffer(r.stdout) && r.stdout.toString() === 'hi\n')
   assert.throws(() => native.sshExec({ session, command: 'true', text: 'yes' }), { code: 'ERR_INVALID_ARG' })
+})
+
+test('text: non-ASCII output decodes exactly as Buffer#toString does, ill-formed bytes included', async () => {
+  // Random bytes biased to the ranges that matter (continuations, lead
+  // bytes, overlongs, surrogates, beyond U+10FFFF) and real characters,
+  // 64 KiB and up so that the native side decodes them.
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fly-text-'))
+  try {
+    const pieces = [0x80, 0xbf, 0xc0, 0xc2, 0xdf, 0xe0, 0xed, 0xef, 0xf0, 0xf4, 0xf5, 0xff, 0x41, 0x0a]
+    for (let seed = 0; seed < 4; seed++) {
+      const n = (64 << 10) + seed * 40000
+      const r = crypto.randomBytes(n)
+      for (let i = 0; i < n; i++) if (r[i] & 1) r[i] = pieces[r[i] % pieces.length]
+      const chars = Buffer.from('é€😀 text\n'.repeat(1000))
+      const data = Buffer.concat([chars, r, chars, Buffer.from([0xe2, 0x82])])
+      const f = path.join(dir, `t${seed}`)
+      fs.writeFileSync(f, data)
+      const out = await exec({ argv: ['cat', f], text: true })
+      assert.strictEqual(typeof out.stdout, 'string')
+      assert.ok(out.stdout === data.toString('utf8'), `seed ${seed}: the decoding differs`)
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true })
+  }
 })
 
 test('timeout kills the remote command', async () => {
