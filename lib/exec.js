@@ -98,7 +98,9 @@ async function execute (sb, spec, stdin, stream) {
     out[i] += s
     if (typeof cbs[i] === 'function') cbs[i](s)
   }
-  const onChunk = (i, chunk) => emit(i, dec[i].write(chunk))
+  // A transport gives strings (SSH: decoded natively, characters whole) or
+  // Buffers (the exec transport).
+  const onChunk = (i, chunk) => emit(i, typeof chunk === 'string' ? chunk : dec[i].write(chunk))
   const r = await transport.exec(sb, spec, { stdin, onChunk })
   emit(1, dec[1].end())
   emit(2, dec[2].end())

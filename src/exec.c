@@ -392,6 +392,7 @@ napi_value fly_napi_ssh_exec(napi_env env, napi_callback_info info) {
       fly_js_prop_bool(env, opts, "text", 0, &x->text) != 0)
     goto fail;
   x->streaming = x->op.req.on_chunk != NULL;
+  x->op.req.chunk_text = x->text;
   /* The whole command settles by its timeout plus the grace (counted from
    * now); without one, starting it is bounded by the op timeout. */
   if (x->timeout_ms > 0)

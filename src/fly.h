@@ -74,6 +74,10 @@ int fly_bytes_ascii(const void *data, size_t len);
  * the WHATWG decoder does it (ill-formed subsequences -> U+FFFD).  0, or
  * -1 when out of memory. */
 int fly_utf8_to_utf16(const void *data, size_t len, fly_buf_t *out);
+/* How many bytes at the end of data are the start of a character that the
+ * next bytes may complete (0-3): a stream decoded in pieces holds those
+ * back so that each piece decodes as the whole would. */
+size_t fly_utf8_tail(const void *data, size_t len);
 /* The form in which b's UTF-8 goes to JS: FLY_TEXT_LATIN1 (all ASCII, b
  * unchanged), FLY_TEXT_UTF16 (b now holds the UTF-16 decoding) or
  * FLY_TEXT_BYTES (small, or out of memory: b unchanged, JS decodes). */
@@ -152,6 +156,11 @@ struct fly_req_s {
    * loop's list of requests that have one. */
   void *pending;
   fly_req_t *pend_prev, *pend_next;
+  /* Set before submit: chunks go to on_chunk as strings.  I/O thread: the
+   * unfinished character held back from each stream's last chunk. */
+  int chunk_text;
+  unsigned char carry[3][4];
+  size_t carry_len[3];
 };
 
 /* JS thread: init a request of type vt (zeroed first). */

@@ -114,6 +114,46 @@ int fly_utf8_to_utf16(const void *data, size_t len, fly_buf_t *out) {
   return 0;
 }
 
+size_t fly_utf8_tail(const void *data, size_t len) {
+  const unsigned char *p = data;
+  size_t k;
+
+  for (k = 1; k <= 3 && k <= len; k++) {
+    unsigned char c = p[len - k], lo = 0x80, hi = 0xBF;
+    size_t need, i;
+    if (c >= 0x80 && c <= 0xBF)
+      continue; /* a continuation: look further back for its lead */
+    if (c >= 0xC2 && c <= 0xDF)
+      need = 2;
+    else if (c >= 0xE0 && c <= 0xEF)
+      need = 3;
+    else if (c >= 0xF0 && c <= 0xF4)
+      need = 4;
+    else
+      return 0; /* ASCII or never a lead: nothing is waiting */
+    if (need <= k)
+      return 0; /* complete (or already ill-formed) */
+    if (c == 0xE0)
+      lo = 0xA0;
+    else if (c == 0xED)
+      hi = 0x9F;
+    else if (c == 0xF0)
+      lo = 0x90;
+    else if (c == 0xF4)
+      hi = 0x8F;
+    /* Held back only if what follows can still become a character. */
+    for (i = 1; i < k; i++) {
+      unsigned char d = p[len - k + i];
+      if (d < lo || d > hi)
+        return 0;
+      lo = 0x80;
+      hi = 0xBF;
+    }
+    return k;
+  }
+  return 0;
+}
+
 int fly_text_prepare(fly_buf_t *b) {
   fly_buf_t u = {0};
 

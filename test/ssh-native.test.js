@@ -195,6 +195,26 @@ test('text: non-ASCII output decodes exactly as Buffer#toString does, ill-formed
   }
 })
 
+test('text with onChunk: chunks are strings, characters cut between writes arrive whole, as Buffer#toString decodes the whole', async () => {
+  const pieces = ['\\303', '\\251\\342\\202', '\\254 \\377\\360\\237', '\\230\\200 \\355\\240\\200 end\\342\\202']
+  const bytes = Buffer.from([0xc3, 0xa9, 0xe2, 0x82, 0xac, 0x20, 0xff, 0xf0, 0x9f, 0x98, 0x80, 0x20,
+    0xed, 0xa0, 0x80, 0x20, 0x65, 0x6e, 0x64, 0xe2, 0x82])
+  const got = { 1: [], 2: [] }
+  const r = await exec({
+    command: pieces.map((p) => `printf '${p}'; printf '${p}' >&2; sleep 0.2`).join('; '),
+    text: true,
+    onChunk: (stream, chunk) => got[stream].push(chunk)
+  })
+  assert.strictEqual(r.exitCode, 0)
+  for (const s of [1, 2]) {
+    assert.ok(got[s].length >= 2, `stream ${s} came in ${got[s].length} chunk(s)`)
+    assert.ok(got[s].every((c) => typeof c === 'string'))
+    assert.strictEqual(got[s].join(''), bytes.toString('utf8'), `stream ${s}`)
+  }
+  // The é cut after its first byte came whole in one chunk.
+  assert.ok(got[1].some((c) => c.includes('é')))
+})
+
 test('timeout kills the remote command', async () => {
   const marker = `sleep 30${Math.floor(Math.random() * 1000)}`
   const t0 = Date.now()

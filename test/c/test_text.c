@@ -63,9 +63,26 @@ TEST(prepare_picks_the_form) {
   fly_buf_free(&b);
 }
 
+TEST(utf8_tail) {
+  CHECK(fly_utf8_tail("", 0) == 0);
+  CHECK(fly_utf8_tail("abc", 3) == 0);
+  CHECK(fly_utf8_tail("a\xc3", 2) == 1);
+  CHECK(fly_utf8_tail("a\xc3\xa9", 3) == 0);           /* complete */
+  CHECK(fly_utf8_tail("\xe2\x82", 2) == 2);
+  CHECK(fly_utf8_tail("\xf0\x9f\x98", 3) == 3);
+  CHECK(fly_utf8_tail("\xf0\x9f\x98\x80", 4) == 0);   /* complete */
+  CHECK(fly_utf8_tail("\xe0\x80", 2) == 0);            /* ill-formed already */
+  CHECK(fly_utf8_tail("\xed\xa0", 2) == 0);            /* a surrogate */
+  CHECK(fly_utf8_tail("\xf4\x90", 2) == 0);            /* past U+10FFFF */
+  CHECK(fly_utf8_tail("\x80\x80\x80", 3) == 0);        /* no lead */
+  CHECK(fly_utf8_tail("\xff", 1) == 0);
+  CHECK(fly_utf8_tail("\xc3\xa9\xe2", 3) == 1);
+}
+
 int main(void) {
   RUN(well_formed);
   RUN(ill_formed);
   RUN(prepare_picks_the_form);
+  RUN(utf8_tail);
   return h_done();
 }
