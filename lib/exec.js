@@ -1,8 +1,9 @@
 'use strict'
 // Running commands and code in a sandbox, on the provider's transport
-// (lib/transport/).  Output stays bytes until here; it is decoded as UTF-8
-// at this edge, with a StringDecoder per stream so that a character split
-// across chunks is never mangled.
+// (lib/transport/).  The SSH transport hands over output as text already
+// (decoded natively, a character split across chunks held back until it
+// is whole); bytes (the exec transport, small non-ASCII results) are
+// decoded as UTF-8 here, with a StringDecoder per stream.
 const { StringDecoder } = require('string_decoder')
 const { invalidArg } = require('./errors')
 
