@@ -88,24 +88,32 @@ async function execute (sb, spec, stdin, stream) {
     const r = await transport.exec(sb, spec, { stdin })
     return { stdout: text(r.stdout), stderr: text(r.stderr), exitCode: r.exitCode }
   }
+  // A transport streams strings and returns the whole output as well (SSH:
+  // decoded natively, characters whole, the whole kept outside the JS
+  // heap), or streams Buffers and returns nothing (the exec transport):
+  // those are decoded here and kept, appended with + (a rope: nothing
+  // copied).
   const dec = [null, new StringDecoder('utf8'), new StringDecoder('utf8')]
-  // Appended with +, which V8 keeps as a rope (nothing copied): a join
-  // would copy every byte into one fresh string on the JS thread even when
-  // nobody reads it.
-  const out = [null, '', '']
+  const kept = [null, '', '']
+  let bytes = false
   const cbs = [null, stream.onStdout, stream.onStderr]
   const emit = (i, s) => {
-    if (s === '') return
-    out[i] += s
-    if (typeof cbs[i] === 'function') cbs[i](s)
+    if (s !== '' && typeof cbs[i] === 'function') cbs[i](s)
   }
-  // A transport gives strings (SSH: decoded natively, characters whole) or
-  // Buffers (the exec transport).
-  const onChunk = (i, chunk) => emit(i, typeof chunk === 'string' ? chunk : dec[i].write(chunk))
+  const keep = (i, s) => {
+    kept[i] += s
+    emit(i, s)
+  }
+  const onChunk = (i, chunk) => {
+    if (typeof chunk === 'string') return emit(i, chunk)
+    bytes = true
+    keep(i, dec[i].write(chunk))
+  }
   const r = await transport.exec(sb, spec, { stdin, onChunk })
-  emit(1, dec[1].end())
-  emit(2, dec[2].end())
-  return { stdout: out[1], stderr: out[2], exitCode: r.exitCode }
+  if (!bytes) return { stdout: text(r.stdout), stderr: text(r.stderr), exitCode: r.exitCode }
+  keep(1, dec[1].end())
+  keep(2, dec[2].end())
+  return { stdout: kept[1], stderr: kept[2], exitCode: r.exitCode }
 }
 
 // runCommand and streamCommand share this.

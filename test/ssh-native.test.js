@@ -211,6 +211,10 @@ test('text with onChunk: chunks are strings, characters cut between writes arriv
     assert.ok(got[s].every((c) => typeof c === 'string'))
     assert.strictEqual(got[s].join(''), bytes.toString('utf8'), `stream ${s}`)
   }
+  // The result holds the whole output too (small non-ASCII: bytes), equal
+  // to what the chunks added up to.
+  assert.ok(Buffer.isBuffer(r.stdout) && r.stdout.equals(bytes))
+  assert.ok(Buffer.isBuffer(r.stderr) && r.stderr.equals(bytes))
   // The é cut after its first byte came whole in one chunk.
   assert.ok(got[1].some((c) => c.includes('é')))
 })
