@@ -35,7 +35,7 @@ typedef struct fly_exec_s {
   uint64_t timeout_ms;
   uint64_t max_output;
   int streaming;
-  int text;                    /* stdout/stderr as strings where ASCII */
+  int text;                    /* output as text (chunks and result) */
   /* I/O thread. */
   int state;
   LIBSSH2_CHANNEL *ch;
