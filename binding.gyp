@@ -15,7 +15,8 @@
         "src/loop.c",
         "src/quote.c",
         "src/sftp.c",
-        "src/ssh.c"
+        "src/ssh.c",
+        "src/text.c"
       ],
       "defines": ["NAPI_VERSION=8"],
       "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-fvisibility=hidden"],

@@ -21,9 +21,42 @@ function quantile (xs, p) {
   return s[Math.min(s.length - 1, Math.floor(p * s.length))]
 }
 
-// CPU ticks (user+system, with reaped children) of every process in the
-// sandbox's PID namespace: what the sandbox spent, whatever its runtime.
-function sandboxTicks () {
+// CPU the sandbox spent, in ms: its cgroup's cpuacct.usage (v1) or
+// cpu.stat usage_usec (v2), which counts every process of the machine,
+// sshd's forks included, whatever its runtime.  Without a cgroup, the CPU
+// ticks of every process in its PID namespace (reaped children included).
+const CG_ROOT = '/sys/fs/cgroup'
+function cgroupCpuFile () {
+  if (!cfg.initPid) return null
+  let lines
+  try { lines = fs.readFileSync(`/proc/${cfg.initPid}/cgroup`, 'utf8').split('\n') } catch { return null }
+  for (const l of lines) {
+    const [, ctrls, p] = l.split(':')
+    if (ctrls === undefined) continue
+    if (ctrls.split(',').includes('cpuacct')) {
+      const dir = fs.existsSync(path.join(CG_ROOT, 'cpuacct')) ? 'cpuacct' : ctrls
+      const f = path.join(CG_ROOT, dir, p, 'cpuacct.usage')
+      if (fs.existsSync(f)) return { f, v2: false }
+    }
+    if (ctrls === '') {
+      const f = path.join(CG_ROOT, p, 'cpu.stat')
+      if (fs.existsSync(f)) return { f, v2: true }
+    }
+  }
+  return null
+}
+const CG_CPU = cgroupCpuFile()
+const TICK_MS = 10 // USER_HZ = 100 on Linux
+
+function sandboxCpuMs () {
+  if (CG_CPU) {
+    try {
+      const s = fs.readFileSync(CG_CPU.f, 'utf8')
+      if (!CG_CPU.v2) return Number(s.trim()) / 1e6
+      const m = /usage_usec (\d+)/.exec(s)
+      if (m) return Number(m[1]) / 1e3
+    } catch { /* the machine went away */ }
+  }
   if (!cfg.initPid) return NaN
   let ns
   try { ns = fs.readlinkSync(`/proc/${cfg.initPid}/ns/pid`) } catch { return NaN }
@@ -37,15 +70,19 @@ function sandboxTicks () {
       total += Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])
     } catch { /* exited meanwhile */ }
   }
-  return total
+  return total * TICK_MS
 }
-const TICK_MS = 10 // USER_HZ = 100 on Linux
+
+// BENCH_PHASES (comma-separated: seq, inflight, stdout, sftp1KiB, sftp1MiB,
+// sftp100MiB) runs a subset; all by default.
+const PHASES = cfg.phases ? new Set(cfg.phases) : null
+const want = (name) => !PHASES || PHASES.has(name)
 
 // Runs fn while measuring wall time, event-loop delay, client and sandbox CPU.
 async function phase (fn) {
   const eld = monitorEventLoopDelay({ resolution: 1 })
   const cpu0 = process.cpuUsage()
-  const sb0 = sandboxTicks()
+  const sb0 = sandboxCpuMs()
   eld.enable()
   const t = now()
   const value = await fn()
@@ -57,7 +94,7 @@ async function phase (fn) {
     value,
     eldP99: eld.percentile(99) / 1e6,
     clientCpuMs: (cpu.user + cpu.system) / 1000,
-    sandboxCpuMs: (sandboxTicks() - sb0) * TICK_MS
+    sandboxCpuMs: sandboxCpuMs() - sb0
   }
 }
 
@@ -150,39 +187,46 @@ async function main () {
   out.connectMs = now() - t
 
   for (let i = 0; i < 20; i++) await c.run('true')
-  const lat = []
-  const seq = await phase(async () => {
-    for (let i = 0; i < N_SEQ; i++) {
-      const t0 = now()
-      await c.run('true')
-      lat.push(now() - t0)
-    }
-  })
-  out.seqP50 = quantile(lat, 0.5)
-  out.seqP99 = quantile(lat, 0.99)
-  out.seqEldP99 = seq.eldP99
-  out.clientCpuPerCmd = seq.clientCpuMs / N_SEQ
-  out.sandboxCpuPerCmd = seq.sandboxCpuMs / N_SEQ
-
-  for (const width of [1, 10, 50]) {
-    const total = width === 1 ? 200 : width * 10
-    const r = await phase(() => inFlight(total, width, () => c.run('true')))
-    out[`cmdsPerSec${width}`] = total / (r.ms / 1000)
-    out[`eldP99At${width}`] = r.eldP99
+  if (want('seq')) {
+    const lat = []
+    const seq = await phase(async () => {
+      for (let i = 0; i < N_SEQ; i++) {
+        const t0 = now()
+        await c.run('true')
+        lat.push(now() - t0)
+      }
+    })
+    out.seqP50 = quantile(lat, 0.5)
+    out.seqP99 = quantile(lat, 0.99)
+    out.seqEldP99 = seq.eldP99
+    out.clientCpuPerCmd = seq.clientCpuMs / N_SEQ
+    out.sandboxCpuPerCmd = seq.sandboxCpuMs / N_SEQ
   }
 
-  const bytes = 32 * MiB
-  const cmd = `head -c ${bytes} /dev/zero`
-  const asString = await phase(() => c.run(cmd))
-  if (asString.value.length !== bytes) throw new Error(`stdout: ${asString.value.length} of ${bytes}`)
-  out.stdoutStringMiBs = 32 / (asString.ms / 1000)
-  out.stdoutStringEldP99 = asString.eldP99
-  const streamed = await phase(() => c.stream(cmd))
-  if (streamed.value !== bytes) throw new Error(`streamed: ${streamed.value} of ${bytes}`)
-  out.stdoutStreamMiBs = 32 / (streamed.ms / 1000)
-  out.stdoutStreamEldP99 = streamed.eldP99
+  if (want('inflight')) {
+    for (const width of [1, 10, 50]) {
+      const total = width === 1 ? 200 : width * 10
+      const r = await phase(() => inFlight(total, width, () => c.run('true')))
+      out[`cmdsPerSec${width}`] = total / (r.ms / 1000)
+      out[`eldP99At${width}`] = r.eldP99
+    }
+  }
+
+  if (want('stdout')) {
+    const bytes = 32 * MiB
+    const cmd = `head -c ${bytes} /dev/zero`
+    const asString = await phase(() => c.run(cmd))
+    if (asString.value.length !== bytes) throw new Error(`stdout: ${asString.value.length} of ${bytes}`)
+    out.stdoutStringMiBs = 32 / (asString.ms / 1000)
+    out.stdoutStringEldP99 = asString.eldP99
+    const streamed = await phase(() => c.stream(cmd))
+    if (streamed.value !== bytes) throw new Error(`streamed: ${streamed.value} of ${bytes}`)
+    out.stdoutStreamMiBs = 32 / (streamed.ms / 1000)
+    out.stdoutStreamEldP99 = streamed.eldP99
+  }
 
   for (const [label, size, reps] of [['1KiB', 1024, 50], ['1MiB', MiB, 10], ['100MiB', 100 * MiB, 1]]) {
+    if (!want(`sftp${label}`)) continue
     const data = crypto.randomBytes(size)
     const remote = `/tmp/bench-${cfg.client}-${label}`
     await c.put(remote, data)
@@ -192,7 +236,10 @@ async function main () {
     if (!back.equals(data)) throw new Error(`${label} round trip differs`)
     out[`up${label}MiBs`] = (size * reps / MiB) / (up.ms / 1000)
     out[`down${label}MiBs`] = (size * reps / MiB) / (down.ms / 1000)
-    out[`sftp${label}EldP99`] = Math.max(up.eldP99, down.eldP99)
+    out[`up${label}EldP99`] = up.eldP99
+    out[`down${label}EldP99`] = down.eldP99
+    out[`up${label}CpuMs`] = up.clientCpuMs / reps
+    out[`down${label}CpuMs`] = down.clientCpuMs / reps
   }
   out.maxRssMiB = process.resourceUsage().maxRSS / 1024
   c.close()

@@ -8,6 +8,8 @@ const fs = require('fs')
 const path = require('path')
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS || 6)
+// A subset of the round's phases (peer-round.js), e.g. BENCH_PHASES=sftp100MiB.
+const PHASES = process.env.BENCH_PHASES ? process.env.BENCH_PHASES.split(',') : undefined
 
 // [key, label, unit, better: 'lower' | 'higher', goal ratio text]
 const ROWS = [
@@ -28,9 +30,19 @@ const ROWS = [
   ['up100MiBMiBs', 'SFTP upload 100 MiB', 'MiB/s', 'higher', '≥ 1.5'],
   ['down100MiBMiBs', 'SFTP download 100 MiB', 'MiB/s', 'higher', '≥ 1.5'],
   ['seqEldP99', 'event-loop delay p99, sequential commands', 'ms', 'lower', 'project ≤ 2 ms'],
+  ['eldP99At1', 'event-loop delay p99, 1 in flight', 'ms', 'lower', 'project ≤ 2 ms'],
+  ['eldP99At10', 'event-loop delay p99, 10 in flight', 'ms', 'lower', 'project ≤ 2 ms'],
   ['eldP99At50', 'event-loop delay p99, 50 in flight', 'ms', 'lower', 'project ≤ 2 ms'],
-  ['stdoutStringEldP99', 'event-loop delay p99, 32 MiB stdout', 'ms', 'lower', 'project ≤ 2 ms'],
-  ['sftp100MiBEldP99', 'event-loop delay p99, 100 MiB SFTP', 'ms', 'lower', 'project ≤ 2 ms'],
+  ['stdoutStringEldP99', 'event-loop delay p99, 32 MiB stdout as a string', 'ms', 'lower', 'project ≤ 2 ms'],
+  ['stdoutStreamEldP99', 'event-loop delay p99, 32 MiB stdout streamed', 'ms', 'lower', 'project ≤ 2 ms'],
+  ['up1KiBEldP99', 'event-loop delay p99, SFTP upload 1 KiB', 'ms', 'lower', 'project ≤ 2 ms'],
+  ['down1KiBEldP99', 'event-loop delay p99, SFTP download 1 KiB', 'ms', 'lower', 'project ≤ 2 ms'],
+  ['up1MiBEldP99', 'event-loop delay p99, SFTP upload 1 MiB', 'ms', 'lower', 'project ≤ 2 ms'],
+  ['down1MiBEldP99', 'event-loop delay p99, SFTP download 1 MiB', 'ms', 'lower', 'project ≤ 2 ms'],
+  ['up100MiBEldP99', 'event-loop delay p99, SFTP upload 100 MiB', 'ms', 'lower', 'project ≤ 2 ms'],
+  ['down100MiBEldP99', 'event-loop delay p99, SFTP download 100 MiB', 'ms', 'lower', 'project ≤ 2 ms'],
+  ['up100MiBCpuMs', 'client CPU, SFTP upload 100 MiB', 'ms', 'lower', ''],
+  ['down100MiBCpuMs', 'client CPU, SFTP download 100 MiB', 'ms', 'lower', ''],
   ['maxRssMiB', 'peak RSS of the round', 'MiB', 'lower', '']
 ]
 
@@ -74,7 +86,8 @@ async function runPeers ({ srv, sb, keyFile, hostFingerprint, log }) {
     user: 'sandbox',
     keyFile,
     hostFingerprint,
-    initPid: info ? info.pid : 0
+    initPid: info ? info.pid : 0,
+    phases: PHASES
   }
   const results = { fly: [], ssh2: [] }
   for (let r = 0; r < ROUNDS; r++) {
@@ -95,6 +108,7 @@ async function runPeers ({ srv, sb, keyFile, hostFingerprint, log }) {
   for (const [key, label, unit, , goal] of ROWS) {
     const a = median(results.fly.map((x) => x[key]))
     const b = median(results.ssh2.map((x) => x[key]))
+    if (!Number.isFinite(a) && !Number.isFinite(b)) continue // a phase not run
     table[key] = { fly: a, ssh2: b, ratio: a / b }
     lines.push(`| ${label} | ${unit} | ${f(a)} | ${f(b)} | ${f(a / b)} | ${goal} |`)
   }
@@ -102,3 +116,34 @@ async function runPeers ({ srv, sb, keyFile, hostFingerprint, log }) {
 }
 
 module.exports = { runPeers }
+
+// `node bench/peers.js` (root): only this table, on a fresh fly-local and
+// sandbox; BENCH_ROUNDS and BENCH_PHASES choose how much.  npm run bench
+// runs it as part of the whole bench.
+if (require.main === module) {
+  (async () => {
+    const os = require('os')
+    const local = require('../lib/local')
+    const native = require('../lib/native')
+    const { fly } = require('..')
+    const srv = await local.start({ quiet: true })
+    const key = native.keygen()
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'fly-peers-'))
+    const keyFile = path.join(tmp, 'id')
+    fs.writeFileSync(keyFile, key.privateKey, { mode: 0o600 })
+    let sb
+    try {
+      const p = fly({ apiToken: srv.token, apiHostname: srv.url, appName: 'peers-' + process.pid, sshPrivateKey: key.privateKey })
+      sb = await p.sandbox.create()
+      const load0 = os.loadavg()[0]
+      const r = await runPeers({ srv, sb, keyFile, hostFingerprint: sb.getInstance().hostKeyFingerprint, log: console.error })
+      console.log(`load average (1 min) ${load0.toFixed(2)} before, ${os.loadavg()[0].toFixed(2)} after\n`)
+      for (const l of r.lines) console.log(l)
+      if (process.env.BENCH_RAW) fs.writeFileSync(process.env.BENCH_RAW, JSON.stringify(r.raw, null, 1))
+    } finally {
+      if (sb) await sb.destroy()
+      await srv.stop()
+      fs.rmSync(tmp, { recursive: true, force: true })
+    }
+  })().catch((err) => { console.error(err); process.exit(1) })
+}

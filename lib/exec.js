@@ -1,8 +1,9 @@
 'use strict'
 // Running commands and code in a sandbox, on the provider's transport
-// (lib/transport/).  Output stays bytes until here; it is decoded as UTF-8
-// at this edge, with a StringDecoder per stream so that a character split
-// across chunks is never mangled.
+// (lib/transport/).  The SSH transport hands over output as text already
+// (decoded natively, a character split across chunks held back until it
+// is whole); bytes (the exec transport, small non-ASCII results) are
+// decoded as UTF-8 here, with a StringDecoder per stream.
 const { StringDecoder } = require('string_decoder')
 const { invalidArg } = require('./errors')
 
@@ -72,6 +73,10 @@ function commandSpec (command, options) {
   return spec
 }
 
+// A transport's output as text: a string already (ASCII output the native
+// side handed over as it is), or bytes to decode.
+const text = (x) => (typeof x === 'string' ? x : x.toString('utf8'))
+
 // Runs a command spec on the provider's transport; stream carries the
 // onStdout/onStderr callbacks.  Streamed output is decoded chunk by chunk
 // and the result's stdout/stderr are exactly what the callbacks were given.
@@ -81,21 +86,34 @@ async function execute (sb, spec, stdin, stream) {
   const { transport } = sb._ctx
   if (!stream) {
     const r = await transport.exec(sb, spec, { stdin })
-    return { stdout: r.stdout.toString('utf8'), stderr: r.stderr.toString('utf8'), exitCode: r.exitCode }
+    return { stdout: text(r.stdout), stderr: text(r.stderr), exitCode: r.exitCode }
   }
+  // A transport streams strings and returns the whole output as well (SSH:
+  // decoded natively, characters whole, the whole kept outside the JS
+  // heap), or streams Buffers and returns nothing (the exec transport):
+  // those are decoded here and kept, appended with + (a rope: nothing
+  // copied).
   const dec = [null, new StringDecoder('utf8'), new StringDecoder('utf8')]
-  const parts = [null, [], []]
+  const kept = [null, '', '']
+  let bytes = false
   const cbs = [null, stream.onStdout, stream.onStderr]
-  const emit = (i, text) => {
-    if (text === '') return
-    parts[i].push(text)
-    if (typeof cbs[i] === 'function') cbs[i](text)
+  const emit = (i, s) => {
+    if (s !== '' && typeof cbs[i] === 'function') cbs[i](s)
   }
-  const onChunk = (i, chunk) => emit(i, dec[i].write(chunk))
+  const keep = (i, s) => {
+    kept[i] += s
+    emit(i, s)
+  }
+  const onChunk = (i, chunk) => {
+    if (typeof chunk === 'string') return emit(i, chunk)
+    bytes = true
+    keep(i, dec[i].write(chunk))
+  }
   const r = await transport.exec(sb, spec, { stdin, onChunk })
-  emit(1, dec[1].end())
-  emit(2, dec[2].end())
-  return { stdout: parts[1].join(''), stderr: parts[2].join(''), exitCode: r.exitCode }
+  if (!bytes) return { stdout: text(r.stdout), stderr: text(r.stderr), exitCode: r.exitCode }
+  keep(1, dec[1].end())
+  keep(2, dec[2].end())
+  return { stdout: kept[1], stderr: kept[2], exitCode: r.exitCode }
 }
 
 // runCommand and streamCommand share this.

@@ -647,7 +647,7 @@ static void api_start(fly_loop_t *loop, fly_req_t *req) {
   begin_transfer(loop, a);
 }
 
-static const fly_req_vt_t api_vt = {api_start, api_result, api_free};
+static const fly_req_vt_t api_vt = {api_start, api_result, api_free, NULL};
 
 /* Appends s URL-escaped. */
 static int append_escaped(fly_buf_t *b, const char *s) {

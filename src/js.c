@@ -3,8 +3,14 @@
  * Every reader copies what it reads into C memory, because requests cross
  * to the I/O thread and JS values must never be touched there.  Each returns
  * 0, or -1 with an ERR_INVALID_ARG exception pending. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* RTLD_DEFAULT */
+#endif
 #include "fly.h"
 
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -395,19 +401,21 @@ void fly_js_set_value(napi_env env, napi_value obj, const char *name,
 /* free_external records the last pointer it freed: when
  * napi_create_external_buffer fails, Node may already have called it (a
  * length over buffer.constants.MAX_LENGTH) or not (a runtime without
- * external buffers), and only this tells the two apart.  JS thread only. */
+ * external buffers), and only this tells the two apart.  JS thread only.
+ * The hint is the size of a mapped block (fly_buf_take), or NULL for
+ * malloc'ed bytes. */
 static void *ext_freed;
 
 static void free_external(napi_env env, void *data, void *hint) {
   (void)env;
-  (void)hint;
   ext_freed = data;
-  free(data);
+  fly_buf_release(data, (size_t)(uintptr_t)hint, hint != NULL);
 }
 
 napi_value fly_js_buffer_from(napi_env env, fly_buf_t *buf) {
   napi_value v;
-  size_t len = 0;
+  size_t len = 0, cap = 0;
+  int mapped = 0;
   char *data;
   void *p;
 
@@ -417,10 +425,12 @@ napi_value fly_js_buffer_from(napi_env env, fly_buf_t *buf) {
     FLY_NAPI_CALL(env, napi_create_buffer(env, 0, &p, &v), NULL);
     return v;
   }
-  data = fly_buf_steal(buf, &len);
+  /* Handed over as it is, mapped or not: no copy on the JS thread. */
+  data = fly_buf_take(buf, &len, &cap, &mapped);
   ext_freed = NULL;
-  if (napi_create_external_buffer(env, len, data, free_external, NULL, &v) ==
-      napi_ok)
+  if (napi_create_external_buffer(env, len, data, free_external,
+                                  mapped ? (void *)(uintptr_t)cap : NULL,
+                                  &v) == napi_ok)
     return v;
   if (ext_freed == data) {
     /* Node freed it (and threw ERR_BUFFER_TOO_LARGE): never touch it. */
@@ -429,10 +439,91 @@ napi_value fly_js_buffer_from(napi_env env, fly_buf_t *buf) {
   }
   /* Some runtimes forbid external buffers; fall back to a copy. */
   if (napi_create_buffer_copy(env, len, data, &p, &v) != napi_ok) {
-    free(data);
+    fly_buf_release(data, cap, mapped);
     fly_napi_throw_last(env);
     return NULL;
   }
-  free(data);
+  fly_buf_release(data, cap, mapped);
   return v;
+}
+
+/* node_api_create_external_string_latin1/_utf16 (Node-API 10;
+ * experimental in Node 20) are looked up at run time, so one build loads on
+ * every Node the package supports and uses them where they exist. */
+typedef napi_status (*ext_string_fn)(napi_env env, void *str, size_t length,
+                                     void (*fin)(napi_env, void *, void *),
+                                     void *hint, napi_value *result,
+                                     bool *copied);
+static ext_string_fn ext_latin1, ext_utf16;
+static pthread_once_t ext_once = PTHREAD_ONCE_INIT;
+
+static void ext_lookup(void) {
+  void *f = dlsym(RTLD_DEFAULT, "node_api_create_external_string_latin1");
+  memcpy(&ext_latin1, &f, sizeof(f));
+  f = dlsym(RTLD_DEFAULT, "node_api_create_external_string_utf16");
+  memcpy(&ext_utf16, &f, sizeof(f));
+}
+
+/* Below this a copy is as cheap as the bookkeeping of an external string;
+ * above FLY_TEXT_MAX characters V8 cannot make a string (its
+ * String::kMaxLength is 2^29 - 24). */
+#define FLY_TEXT_EXTERNAL_MIN 4096
+#define FLY_TEXT_MAX (((size_t)1 << 29) - 24)
+
+static void buf_forget(fly_buf_t *buf) {
+  buf->base = NULL;
+  buf->len = buf->cap = 0;
+  buf->mapped = 0;
+}
+
+napi_value fly_js_text_from(napi_env env, fly_buf_t *buf, int form) {
+  napi_value v;
+  bool copied = false;
+  char *base = buf->base;
+  size_t chars = form == FLY_TEXT_UTF16 ? buf->len / 2 : buf->len;
+  ext_string_fn make;
+  napi_status st;
+
+  if (form == FLY_TEXT_BYTES || chars > FLY_TEXT_MAX)
+    return fly_js_buffer_from(env, buf); /* JS decodes, or reports */
+  if (chars < FLY_TEXT_EXTERNAL_MIN) {
+    st = chars == 0 ? napi_create_string_latin1(env, "", 0, &v)
+         : form == FLY_TEXT_UTF16
+             ? napi_create_string_utf16(env, (const char16_t *)(void *)base,
+                                        chars, &v)
+             : napi_create_string_latin1(env, base, chars, &v);
+    FLY_NAPI_CALL(env, st, NULL);
+    fly_buf_free(buf);
+    return v;
+  }
+  pthread_once(&ext_once, ext_lookup);
+  make = form == FLY_TEXT_UTF16 ? ext_utf16 : ext_latin1;
+  if (make == NULL) {
+    /* No external strings: one copy, still nothing decoded here. */
+    st = form == FLY_TEXT_UTF16
+             ? napi_create_string_utf16(env, (const char16_t *)(void *)base,
+                                        chars, &v)
+             : napi_create_string_latin1(env, base, chars, &v);
+    FLY_NAPI_CALL(env, st, NULL);
+    fly_buf_free(buf);
+    return v;
+  }
+  ext_freed = NULL;
+  /* The string owns the bytes from here (or Node copied them and has
+   * already called free_external). */
+  if (make(env, base, chars, free_external,
+           buf->mapped ? (void *)(uintptr_t)buf->cap : NULL, &v,
+           &copied) == napi_ok) {
+    buf_forget(buf);
+    return v;
+  }
+  if (ext_freed == base) {
+    buf_forget(buf);
+    fly_napi_throw_last(env);
+    return NULL;
+  }
+  /* Not made and not freed: the bytes are still ours. */
+  fly_napi_throw_last(env);
+  fly_buf_free(buf);
+  return NULL;
 }

@@ -37,12 +37,20 @@ enum {
   P_RM_RMDIR
 };
 
-/* Bytes handed to one libssh2 read/write call.  libssh2 keeps that much in
- * flight; reads gain from big slices, but 1.10's write bookkeeping slows
- * down with many outstanding packets (measured: 256 KiB ~120 MiB/s, 4 MiB
- * ~18 MiB/s on loopback). */
+/* Bytes handed to one libssh2 read/write call, which is how libssh2 1.10
+ * pipelines: a read keeps 4x its buffer (at most 8 MiB) of FXP_READ
+ * requests of 30,000 bytes outstanding, a write keeps its whole buffer in
+ * flight as FXP_WRITEs of 30,000 bytes.  A write over OpenSSH's 2 MiB
+ * channel window stalls: libssh2 1.10 tries to send before it reads acks,
+ * so a full window keeps it from seeing them (measured: 4 MiB slices ~18
+ * MiB/s on loopback); 1 MiB keeps ~35 writes in flight, about what
+ * OpenSSH's sftp keeps (64 x 32 KiB). */
 #define FLY_SFTP_READ_SLICE (4u << 20)
-#define FLY_SFTP_WRITE_SLICE (256u << 10)
+#define FLY_SFTP_WRITE_SLICE (1u << 20)
+/* The smallest read request libssh2 makes (its MAX_SFTP_READ_SIZE). */
+#define FLY_SFTP_READ_REQ 30000u
+/* Room for the read that finds the end of a file of known size. */
+#define FLY_SFTP_EOF_PROBE 4096u
 /* Defaults of maxFileBytes (read) and maxEntries (readdir, remove). */
 #define FLY_SFTP_MAX_FILE_BYTES ((uint64_t)256 << 20)
 #define FLY_SFTP_MAX_ENTRIES 100000
@@ -80,6 +88,7 @@ typedef struct fly_sftp_s {
   uint64_t max_bytes;          /* read: maxFileBytes */
   uint64_t max_entries;        /* readdir: maxEntries; remove: per listing */
   /* I/O thread. */
+  uint64_t expect;             /* read: bytes the stat promised, capped */
   int phase;
   LIBSSH2_SFTP_HANDLE *h;
   size_t off;
@@ -287,7 +296,10 @@ static int run_read(fly_ssh_sess_t *s, fly_sftp_t *x) {
      * beyond what may be kept. */
     if (sized > want)
       sized = want;
-    if (sized > 0 && fly_buf_reserve(&x->data, (size_t)sized + 1) != 0)
+    x->expect = sized;
+    /* The file and the read that finds its end, without a regrowth. */
+    if (sized > 0 && fly_buf_reserve(&x->data, (size_t)sized +
+                                                   FLY_SFTP_EOF_PROBE) != 0)
       return fail_code(x, "ERR_NO_MEMORY", x->path, "out of memory");
     x->phase = P_OPEN;
     s->progress = 1;
@@ -313,6 +325,19 @@ static int run_read(fly_ssh_sess_t *s, fly_sftp_t *x) {
       room = x->data.cap - x->data.len - 1;
       if (room > FLY_SFTP_READ_SLICE)
         room = FLY_SFTP_READ_SLICE;
+      if (x->data.len < x->expect) {
+        /* libssh2 asks for 4x the buffer: a quarter of what the stat says
+         * is left keeps the requests within the file (each one past its
+         * end is a wasted round of the server's), and all of it in
+         * flight until the last 120 KB. */
+        uint64_t quarter = (x->expect - x->data.len) / 4;
+        if (quarter < FLY_SFTP_READ_REQ)
+          quarter = FLY_SFTP_READ_REQ;
+        if (room > quarter)
+          room = (size_t)quarter;
+      } else if (x->expect > 0 && room > FLY_SFTP_EOF_PROBE) {
+        room = FLY_SFTP_EOF_PROBE; /* one request to see the end */
+      }
       if (room > left)
         room = (size_t)left;
       n = libssh2_sftp_read(x->h, x->data.base + x->data.len, room);
@@ -325,6 +350,9 @@ static int run_read(fly_ssh_sess_t *s, fly_sftp_t *x) {
       x->data.len += (size_t)n;
       x->data.base[x->data.len] = '\0';
       s->progress = 1;
+      /* Longer than its stat said (it grew): big slices again. */
+      if (x->data.len > x->expect)
+        x->expect = 0;
       if (!x->has_length && x->data.len > x->max_bytes) {
         fly_buf_free(&x->data);
         return fail_open(s, x, too_large(x));
@@ -966,7 +994,7 @@ static void sftp_free(napi_env env, fly_req_t *req) {
   free(x->stack);
 }
 
-static const fly_req_vt_t sftp_vt = {sftp_start, sftp_result, sftp_free};
+static const fly_req_vt_t sftp_vt = {sftp_start, sftp_result, sftp_free, NULL};
 
 /* offset: a number (ranged read or write); absent -> 0, not ranged. */
 static int opt_offset(napi_env env, napi_value opts, fly_sftp_t *x) {

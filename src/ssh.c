@@ -1287,7 +1287,7 @@ static void close_free(napi_env env, fly_req_t *req) {
   fly_ssh_target_unref(c->target);
 }
 
-static const fly_req_vt_t close_vt = {close_start, NULL, close_free};
+static const fly_req_vt_t close_vt = {close_start, NULL, close_free, NULL};
 
 /* Takes t (a reference).  promise NULL: detached (a finalizer). */
 static int close_submit(napi_env env, fly_ssh_target_t *t,

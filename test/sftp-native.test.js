@@ -60,6 +60,78 @@ test('64 MiB up and down', async () => {
   fs.unlinkSync(p)
 })
 
+test('100 MiB up and down intact; ranged reads of it across the read-ahead', async () => {
+  const data = crypto.randomBytes(100 << 20)
+  const p = path.join(root, 'big100')
+  await sftp('write', p, { data })
+  assert.strictEqual(sha(fs.readFileSync(p)), sha(data))
+  const back = await sftp('read', p)
+  assert.strictEqual(back.length, data.length)
+  assert.strictEqual(sha(back), sha(data))
+  // Ranges that start and end inside read requests, one that runs past
+  // the end, one of nothing.
+  for (const [offset, length] of [[7, 30000], [(1 << 20) + 7, (30 << 20) + 3],
+    [(100 << 20) - 5, 1 << 20], [50 << 20, 0]]) {
+    const part = await sftp('read', p, { offset, length })
+    assert.ok(part.equals(data.subarray(offset, offset + length)), `offset ${offset} length ${length}`)
+  }
+  fs.unlinkSync(p)
+})
+
+test('a file longer than its stat says: ranged reads get what was asked, whole reads stop at maxFileBytes mid-stream', async () => {
+  // /dev/zero stats as empty and never ends.
+  const part = await sftp('read', '/dev/zero', { offset: 12345, length: (3 << 20) + 1 })
+  assert.strictEqual(part.length, (3 << 20) + 1)
+  assert.ok(part.equals(Buffer.alloc((3 << 20) + 1)))
+  await assert.rejects(sftp('read', '/dev/zero', { maxFileBytes: 5 << 20 }),
+    (e) => e.code === 'ERR_FILE_TOO_LARGE' && e.path === '/dev/zero')
+  // The session is fine after.
+  assert.strictEqual((await sftp('read', path.join(root, 'str'))).toString(), 'a')
+})
+
+test('a server that freezes mid-download: the read fails by its deadline with SSH_TIMEOUT; thawed, the next works', async (t) => {
+  const own = await startSshd()
+  const h = native.sshOpen(own.target())
+  t.after(async () => {
+    own.thaw()
+    await native.sshClose(h)
+    await own.stop()
+  })
+  // The bytes the server's processes have read: progress of the download.
+  const readBytes = () => {
+    let n = 0
+    for (const pid of own.pids()) {
+      try {
+        n += Number(/rchar: (\d+)/.exec(fs.readFileSync(`/proc/${pid}/io`, 'utf8'))[1])
+      } catch {}
+    }
+    return n
+  }
+  await native.sftp({ session: h, op: 'stat', path: '/' })
+  const from = readBytes()
+  let settled = false
+  const download = native.sftp({ session: h, op: 'read', path: '/dev/zero', length: 255 << 20, timeoutMs: 3000 })
+  download.then(() => { settled = true }, () => { settled = true })
+  // Wait for the pipeline to be under way (8 MiB read by the server), then
+  // stop the server: requests are in flight and nothing answers.
+  while (readBytes() - from < 8 << 20) {
+    assert.ok(!settled, 'the download ended before the server was frozen')
+    await new Promise((resolve) => setImmediate(resolve))
+  }
+  own.freeze()
+  // A hang is a failure: the guard rejects long after the 3 s deadline.
+  let guard
+  const late = new Promise((resolve, reject) => {
+    guard = setTimeout(() => reject(new Error('the frozen download had not settled after 60 s')), 60000)
+  })
+  const e = await Promise.race([download.then(() => null, (err) => err), late]).finally(() => clearTimeout(guard))
+  assert.ok(e, 'the download resolved under a frozen server')
+  assert.strictEqual(e.code, 'SSH_TIMEOUT', e.message)
+  own.thaw()
+  const st = await native.sftp({ session: h, op: 'stat', path: '/' })
+  assert.strictEqual(st.type, 'directory')
+})
+
 test('awkward names', async () => {
   const names = ['with space', "quo'te", 'dq"uote', 'new\nline', 'ünï €', '-leading-dash', '$(x)`y`']
   for (const n of names) {

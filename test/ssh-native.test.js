@@ -124,6 +124,101 @@ test('streaming chunks add up and arrive before completion', async () => {
   assert.ok(beforeEnd >= 4, 'chunks came before the promise settled')
 })
 
+test('streamed output: 24 MiB in order, in chunks of at most 64 KiB, both streams whole', async () => {
+  const chunks = { 1: [], 2: [] }
+  let biggest = 0
+  const r = await exec({
+    // stdout and stderr interleaved, then a large stdout that arrives in
+    // many packets per loop turn (coalesced into bounded messages).
+    command: 'for i in $(seq 1 50); do echo out$i; echo err$i >&2; done; ' +
+      'head -c 25165824 /dev/urandom | base64 -w 0; echo; seq 1 1000 >&2',
+    maxOutputBytes: 64 << 20,
+    onChunk: (stream, chunk) => {
+      biggest = Math.max(biggest, chunk.length)
+      chunks[stream].push(Buffer.from(chunk))
+    }
+  })
+  assert.strictEqual(r.exitCode, 0)
+  assert.ok(biggest <= 65536, `a chunk of ${biggest} bytes`)
+  const out = Buffer.concat(chunks[1]).toString()
+  const lines = out.split('\n')
+  assert.deepStrictEqual(lines.slice(0, 50), Array.from({ length: 50 }, (_, i) => `out${i + 1}`))
+  assert.strictEqual(lines[50].length, 33554432, 'the base64 line whole')
+  assert.match(lines[50], /^[A-Za-z0-9+/]+$/)
+  const err = Buffer.concat(chunks[2]).toString()
+  assert.strictEqual(err, Array.from({ length: 50 }, (_, i) => `err${i + 1}\n`).join('') +
+    Array.from({ length: 1000 }, (_, i) => `${i + 1}\n`).join(''))
+})
+
+test('text: ASCII output comes as strings, taken whole; small non-ASCII as Buffers', async () => {
+  // Large ASCII (an external string), small ASCII (copied), on both streams.
+  let r = await exec({ command: 'head -c 3000000 /dev/zero | tr "\\0" x; echo -n tail; echo small >&2', text: true, maxOutputBytes: 8 << 20 })
+  assert.strictEqual(typeof r.stdout, 'string')
+  assert.strictEqual(r.stdout.length, 3000004)
+  assert.strictEqual(r.stdout, 'x'.repeat(3000000) + 'tail')
+  assert.strictEqual(r.stderr, 'small\n')
+  // Non-ASCII: from 64 KiB decoded natively into a string (é, and U+FFFD
+  // for the stray byte); smaller, a Buffer with the exact bytes.
+  r = await exec({ command: 'head -c 100000 /dev/zero | tr "\\0" a; printf "\\303\\251\\377"; printf "\\377" >&2', text: true })
+  assert.strictEqual(r.stdout, 'a'.repeat(100000) + 'é\ufffd')
+  assert.ok(Buffer.isBuffer(r.stderr) && r.stderr.equals(Buffer.from([0xff])))
+  // Empty output is an empty string; without text, Buffers as before.
+  r = await exec({ command: 'true', text: true })
+  assert.strictEqual(r.stdout, '')
+  assert.strictEqual(r.stderr, '')
+  r = await exec({ command: 'echo hi' })
+  assert.ok(Buffer.isBuffer(r.stdout) && r.stdout.toString() === 'hi\n')
+  assert.throws(() => native.sshExec({ session, command: 'true', text: 'yes' }), { code: 'ERR_INVALID_ARG' })
+})
+
+test('text: non-ASCII output decodes exactly as Buffer#toString does, ill-formed bytes included', async () => {
+  // Random bytes biased to the ranges that matter (continuations, lead
+  // bytes, overlongs, surrogates, beyond U+10FFFF) and real characters,
+  // 64 KiB and up so that the native side decodes them.
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fly-text-'))
+  try {
+    const pieces = [0x80, 0xbf, 0xc0, 0xc2, 0xdf, 0xe0, 0xed, 0xef, 0xf0, 0xf4, 0xf5, 0xff, 0x41, 0x0a]
+    for (let seed = 0; seed < 4; seed++) {
+      const n = (64 << 10) + seed * 40000
+      const r = crypto.randomBytes(n)
+      for (let i = 0; i < n; i++) if (r[i] & 1) r[i] = pieces[r[i] % pieces.length]
+      const chars = Buffer.from('é€😀 text\n'.repeat(1000))
+      const data = Buffer.concat([chars, r, chars, Buffer.from([0xe2, 0x82])])
+      const f = path.join(dir, `t${seed}`)
+      fs.writeFileSync(f, data)
+      const out = await exec({ argv: ['cat', f], text: true })
+      assert.strictEqual(typeof out.stdout, 'string')
+      assert.ok(out.stdout === data.toString('utf8'), `seed ${seed}: the decoding differs`)
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true })
+  }
+})
+
+test('text with onChunk: chunks are strings, characters cut between writes arrive whole, as Buffer#toString decodes the whole', async () => {
+  const pieces = ['\\303', '\\251\\342\\202', '\\254 \\377\\360\\237', '\\230\\200 \\355\\240\\200 end\\342\\202']
+  const bytes = Buffer.from([0xc3, 0xa9, 0xe2, 0x82, 0xac, 0x20, 0xff, 0xf0, 0x9f, 0x98, 0x80, 0x20,
+    0xed, 0xa0, 0x80, 0x20, 0x65, 0x6e, 0x64, 0xe2, 0x82])
+  const got = { 1: [], 2: [] }
+  const r = await exec({
+    command: pieces.map((p) => `printf '${p}'; printf '${p}' >&2; sleep 0.2`).join('; '),
+    text: true,
+    onChunk: (stream, chunk) => got[stream].push(chunk)
+  })
+  assert.strictEqual(r.exitCode, 0)
+  for (const s of [1, 2]) {
+    assert.ok(got[s].length >= 2, `stream ${s} came in ${got[s].length} chunk(s)`)
+    assert.ok(got[s].every((c) => typeof c === 'string'))
+    assert.strictEqual(got[s].join(''), bytes.toString('utf8'), `stream ${s}`)
+  }
+  // The result holds the whole output too (small non-ASCII: bytes), equal
+  // to what the chunks added up to.
+  assert.ok(Buffer.isBuffer(r.stdout) && r.stdout.equals(bytes))
+  assert.ok(Buffer.isBuffer(r.stderr) && r.stderr.equals(bytes))
+  // The é cut after its first byte came whole in one chunk.
+  assert.ok(got[1].some((c) => c.includes('é')))
+})
+
 test('timeout kills the remote command', async () => {
   const marker = `sleep 30${Math.floor(Math.random() * 1000)}`
   const t0 = Date.now()

@@ -132,11 +132,14 @@ async function whyUnreachable (sb, err) {
   return err
 }
 
-// spec: what native.buildCommand takes.  onChunk(stream, Buffer), when
-// given, receives the output as it arrives (stream 1 stdout, 2 stderr) and
-// the result's stdout/stderr are then empty.
+// spec: what native.buildCommand takes.  onChunk(stream, string), when
+// given, receives the output as it arrives (stream 1 stdout, 2 stderr;
+// a character cut between chunks is held back until it is whole).  The
+// result's stdout/stderr are the whole output, streamed or not: strings
+// (ASCII handed to V8 as it is, other large output decoded on the I/O
+// thread), or Buffers for small non-ASCII output.
 function exec (sb, spec, { stdin, onChunk } = {}) {
-  const req = { ...spec, maxOutputBytes: sb._ctx.config.maxOutputBytes }
+  const req = { ...spec, maxOutputBytes: sb._ctx.config.maxOutputBytes, text: true }
   if (stdin !== undefined) req.stdin = stdin
   if (onChunk) req.onChunk = onChunk
   return withSession(sb, (session) => native.sshExec({ ...req, session }))

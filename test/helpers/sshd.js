@@ -137,6 +137,10 @@ async function startSshd (opts = {}) {
         try { process.kill(pid, 'SIGKILL') } catch {}
       }
     },
+    // The listener's pid and its connections'.
+    pids () {
+      return [proc.pid, ...descendants(proc.pid)]
+    },
     // How many connection processes the listener has now.
     connections () {
       return descendants(proc.pid).length
