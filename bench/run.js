@@ -142,7 +142,7 @@ async function main () {
       '-o', 'LogLevel=ERROR', '-o', 'BatchMode=yes']
     const ctl = path.join(tmp, 'ctl')
     const master = spawn('ssh', [...sshBase, '-o', 'ControlMaster=yes', '-o', `ControlPath=${ctl}`, '-N', `sandbox@${ip}`], { stdio: 'ignore' })
-    const mux = [...sshBase, '-o', `ControlPath=${ctl}`, `sandbox@${ip}`]
+    const mux = [...sshBase, '-o', `ControlPath=${ctl}`, ip.includes(":") ? `sandbox@[${ip}]` : `sandbox@${ip}`]
     for (let i = 0; i < 200 && !fs.existsSync(ctl); i++) await sb0.runCommand('true')
     for (let i = 0; i < 10; i++) await sb0.runCommand('true')
     const cmdNat = await timeEach(N_CMD, () => sb0.runCommand('true'))
@@ -176,7 +176,7 @@ async function main () {
     if (!back.equals(data)) throw new Error('SFTP round trip mismatch')
     const opts = ['-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'LogLevel=ERROR', '-o', 'BatchMode=yes']
     // Through the ControlMaster connection: no connect cost in the timing.
-    const sftpArgs = ['-q', '-b', '-', '-i', keyFile, '-P', '2222', ...opts, '-o', `ControlPath=${ctl}`, `sandbox@${ip}`]
+    const sftpArgs = ['-q', '-b', '-', '-i', keyFile, '-P', '2222', ...opts, '-o', `ControlPath=${ctl}`, ip.includes(':') ? `sandbox@[${ip}]` : `sandbox@${ip}`]
     t = now()
     await sh('sftp', sftpArgs, `put ${local20} /tmp/up2.bin\n`)
     const cliUp = 20 / ((now() - t) / 1000)
