@@ -486,21 +486,16 @@ napi_value fly_js_text_from(napi_env env, fly_buf_t *buf, int form) {
 
   if (form == FLY_TEXT_BYTES || chars > FLY_TEXT_MAX)
     return fly_js_buffer_from(env, buf); /* JS decodes, or reports */
-  if (chars < FLY_TEXT_EXTERNAL_MIN) {
+  make = NULL;
+  if (chars >= FLY_TEXT_EXTERNAL_MIN) {
+    pthread_once(&ext_once, ext_lookup);
+    make = form == FLY_TEXT_UTF16 ? ext_utf16 : ext_latin1;
+  }
+  if (make == NULL) {
+    /* Small, or no external strings (older Node): one copy, still
+     * nothing decoded here. */
     st = chars == 0 ? napi_create_string_latin1(env, "", 0, &v)
          : form == FLY_TEXT_UTF16
-             ? napi_create_string_utf16(env, (const char16_t *)(void *)base,
-                                        chars, &v)
-             : napi_create_string_latin1(env, base, chars, &v);
-    FLY_NAPI_CALL(env, st, NULL);
-    fly_buf_free(buf);
-    return v;
-  }
-  pthread_once(&ext_once, ext_lookup);
-  make = form == FLY_TEXT_UTF16 ? ext_utf16 : ext_latin1;
-  if (make == NULL) {
-    /* No external strings: one copy, still nothing decoded here. */
-    st = form == FLY_TEXT_UTF16
              ? napi_create_string_utf16(env, (const char16_t *)(void *)base,
                                         chars, &v)
              : napi_create_string_latin1(env, base, chars, &v);
