@@ -6,7 +6,7 @@
 const test = require('node:test')
 const assert = require('node:assert/strict')
 const crypto = require('crypto')
-const { startLocal, provider, call, rejects, closeSessions } = require('./helpers/fly')
+const { startLocal, provider, call, rejects, closeSessions, sandboxIds } = require('./helpers/fly')
 
 let srv, p, sb
 test.before(async () => {
@@ -20,8 +20,7 @@ test.after(async () => {
 })
 
 async function asRoot (s, script) {
-  const [app, machine] = s.sandboxId.split(':')
-  const r = await call(srv, 'machine.exec', { app, machine }, { body: JSON.stringify({ command: ['sh', '-c', script] }) })
+  const r = await call(srv, 'machine.exec', sandboxIds(s), { body: JSON.stringify({ command: ['sh', '-c', script] }) })
   return r.body
 }
 

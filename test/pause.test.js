@@ -7,17 +7,13 @@ const test = require('node:test')
 const assert = require('node:assert/strict')
 const path = require('path')
 const { spawn } = require('child_process')
-const { startLocal, startProxy, provider, call, q, rejects } = require('./helpers/fly')
+const { startLocal, startProxy, provider, call, q, rejects, sandboxIds } = require('./helpers/fly')
 
 let srv
 test.before(async () => { srv = await startLocal() })
 test.after(() => srv && srv.stop())
 
-const ids = (sb) => {
-  const [app, machine] = sb.sandboxId.split(':')
-  return { app, machine }
-}
-const machineOf = async (sb) => (await call(srv, 'machine.get', ids(sb))).body
+const machineOf = async (sb) => (await call(srv, 'machine.get', sandboxIds(sb))).body
 
 // A python3 process holding a random value in memory, answering
 // "<pid> <value>" to every connection on 127.0.0.1:7000 inside the sandbox.
@@ -108,7 +104,7 @@ test('a paused sandbox resumes on a command from a second provider (getById)', a
   try {
     const before = await startHolder(sb)
     await sb.pause()
-    const p2 = provider(srv, { appName: ids(sb).app })
+    const p2 = provider(srv, { appName: sandboxIds(sb).app })
     const other = await p2.sandbox.getById(sb.sandboxId)
     assert.equal((await other.getInfo()).status, 'paused')
     assert.equal(await ask(other), before)
@@ -135,7 +131,7 @@ test('autoResume: false gives FLY_MACHINE_NOT_RUNNING (paused) until resume()', 
     const sb2 = await provider(srv).sandbox.create()
     try {
       await sb2.pause()
-      const p2 = provider(srv, { appName: ids(sb2).app, autoResume: false })
+      const p2 = provider(srv, { appName: sandboxIds(sb2).app, autoResume: false })
       const other = await p2.sandbox.getById(sb2.sandboxId)
       assert.equal((await rejects(other.runCommand('true'))).code, 'FLY_MACHINE_NOT_RUNNING')
     } finally {
@@ -249,7 +245,7 @@ test('idleTimeout: this provider\'s own idle SSH connection does not keep the sa
   const sb = await p.sandbox.create({ idleTimeout: 3000 })
   try {
     assert.equal((await sb.runCommand('echo before')).stdout, 'before\n')
-    const { app, machine } = ids(sb)
+    const { app, machine } = sandboxIds(sb)
     const deadline = Date.now() + 90000
     for (;;) {
       try {

@@ -5,7 +5,7 @@
 // on its own URL, and a request to a paused sandbox's URL wakes it.
 const test = require('node:test')
 const assert = require('node:assert/strict')
-const { startLocal, provider, call, rejects } = require('./helpers/fly')
+const { startLocal, provider, call, rejects, sandboxIds } = require('./helpers/fly')
 const ports = require('../lib/ports')
 
 let srv
@@ -33,9 +33,8 @@ test('two sandboxes exposing the same port each answer on their own URL; a pause
   const a = await p.sandbox.create({ ports: [8000] })
   const b = await p.sandbox.create({ ports: [8000, 9000] })
   try {
-    const [app] = a.sandboxId.split(':')
-    const ma = (await call(srv, 'machine.get', { app, machine: a.sandboxId.split(':')[1] })).body
-    const mb = (await call(srv, 'machine.get', { app, machine: b.sandboxId.split(':')[1] })).body
+    const ma = (await call(srv, 'machine.get', sandboxIds(a))).body
+    const mb = (await call(srv, 'machine.get', sandboxIds(b))).body
     const pubA = ma.config.services[0].ports[0].port
     const pubB = mb.config.services.map((s) => s.ports[0].port)
     assert.equal(ma.config.services[0].internal_port, 8000)
@@ -89,7 +88,7 @@ test('a public port the API refuses as taken is picked again (at most 5 tries)',
   const p = provider(srv)
   const sb = await p.sandbox.create() // makes the app
   try {
-    const app = sb.sandboxId.split(':')[0]
+    const { app } = sandboxIds(sb)
     const config = sb.getInstance()._ctx.config
     const tried = []
     const body = { config: { metadata: {} } }

@@ -5,23 +5,19 @@
 // else; a failed create leaves no volume.
 const test = require('node:test')
 const assert = require('node:assert/strict')
-const { startLocal, startProxy, provider, call, rejects } = require('./helpers/fly')
+const { startLocal, startProxy, provider, call, rejects, sandboxIds } = require('./helpers/fly')
 
 let srv
 test.before(async () => { srv = await startLocal() })
 test.after(() => srv && srv.stop())
 
-const ids = (sb) => {
-  const [app, machine] = sb.sandboxId.split(':')
-  return { app, machine }
-}
 const volumesOf = async (app) => (await call(srv, 'volume.list', { app })).body.filter((v) => v.state !== 'destroyed')
 
 test('a volume at /home/sandbox survives pause({ keepMemory: false }) while /tmp is reset', async () => {
   const p = provider(srv)
   const sb = await p.sandbox.create({ volume: { sizeGb: 1 } })
   try {
-    const { app, machine } = ids(sb)
+    const { app, machine } = sandboxIds(sb)
     const m = (await call(srv, 'machine.get', { app, machine })).body
     const volId = m.config.metadata.computesdk_volume
     assert.match(volId, /^vol_/)
@@ -52,7 +48,7 @@ test('destroy removes the machine and its volume, and nothing else', async () =>
   const p = provider(srv)
   const a = await p.sandbox.create({ volume: { sizeGb: 1 } })
   const b = await p.sandbox.create({ volume: { sizeGb: 1 } })
-  const { app } = ids(a)
+  const { app } = sandboxIds(a)
   // a volume of someone else's in the same app
   const other = (await call(srv, 'volume.create', { app }, { body: JSON.stringify({ name: 'someone_else', size_gb: 1, region: 'iad' }) })).body
   try {

@@ -25,6 +25,12 @@ function provider (srv, extra) {
 }
 
 // A raw Machines API call through the native client.
+// A sandbox's { app, machine }, from its id (appName:machineId).
+function sandboxIds (sb) {
+  const [app, machine] = sb.sandboxId.split(':')
+  return { app, machine }
+}
+
 function call (srv, op, params, extra) {
   return native.api({ baseUrl: srv.url, token: srv.token, op, params: params || {}, retry: FAST_RETRY, ...extra })
 }
@@ -90,4 +96,4 @@ function closeSessions (sandbox) {
   return require('../../lib/transport/ssh').close(m._ctx, m.sandboxId)
 }
 
-module.exports = { startLocal, startProxy, closeSessions, provider, call, q, appName, rejects, FAST_RETRY, native }
+module.exports = { startLocal, startProxy, closeSessions, provider, call, sandboxIds, q, appName, rejects, FAST_RETRY, native }

@@ -76,6 +76,23 @@ const connectRefused = (port) => new Promise((resolve) => {
   s.once('error', (e) => resolve(e.code === 'ECONNREFUSED'))
 })
 
+/* The machine m's state changes while a connection to public port p stays
+   open for ms (a window in which nothing should happen: no event to wait
+   for); the connection is closed after. */
+async function statesWhileConnected (p, m, ms) {
+  const sock = await new Promise((resolve, reject) => {
+    const s = net.connect({ host: '127.0.0.1', port: p }, () => resolve(s))
+    s.once('error', reject)
+  })
+  const seen = []
+  const on = (e) => { if (e.id === m.id) seen.push(e.state) }
+  fx.srv.events.on('state', on)
+  await new Promise((resolve) => setTimeout(resolve, ms))
+  fx.srv.events.off('state', on)
+  sock.destroy()
+  return seen
+}
+
 test('two machines of one app exposing one internal port on two public ports each answer on their own', async () => {
   const [p1, p2] = [await freePort(), await freePort()]
   const m1 = await launch({ services: [service(p1, { autostart: true })] })
@@ -183,17 +200,7 @@ test('autostop suspends a machine with no proxied connection; an open one keeps 
     await wait(m, 'suspended')
     /* woken by a request; then held by an open connection */
     assert.deepEqual(await get(p), { status: 200, text: m.id })
-    const sock = await new Promise((resolve, reject) => {
-      const s = net.connect({ host: '127.0.0.1', port: p }, () => resolve(s))
-      s.once('error', reject)
-    })
-    const seen = []
-    const on = (e) => { if (e.id === m.id) seen.push(e.state) }
-    fx.srv.events.on('state', on)
-    await new Promise((resolve) => setTimeout(resolve, 3 * AUTOSTOP_MS))
-    fx.srv.events.off('state', on)
-    assert.deepEqual(seen, [])
-    sock.destroy()
+    assert.deepEqual(await statesWhileConnected(p, m, 3 * AUTOSTOP_MS), [])
     await wait(m, 'suspended')
   } finally {
     await destroy(m)
@@ -222,17 +229,7 @@ test('a proxied connection is activity for the idle watch; once idle, a request 
   const m = await launch({ init: { cmd: SERVE }, env: { COMPUTESDK_IDLE_TIMEOUT_MS: '3000' }, services: [service(p, { autostart: true })] })
   try {
     assert.deepEqual(await get(p), { status: 200, text: m.id })
-    const sock = await new Promise((resolve, reject) => {
-      const s = net.connect({ host: '127.0.0.1', port: p }, () => resolve(s))
-      s.once('error', reject)
-    })
-    const seen = []
-    const on = (e) => { if (e.id === m.id) seen.push(e.state) }
-    fx.srv.events.on('state', on)
-    await new Promise((resolve) => setTimeout(resolve, 9000))
-    fx.srv.events.off('state', on)
-    assert.deepEqual(seen, [])
-    sock.destroy()
+    assert.deepEqual(await statesWhileConnected(p, m, 9000), [])
     /* the idle watch inside suspends it, no client involved */
     await wait(m, 'suspended')
     assert.deepEqual(await get(p), { status: 200, text: m.id })
