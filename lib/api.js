@@ -31,4 +31,25 @@ function toQuery (q) {
   return out
 }
 
-module.exports = { call }
+// One long-poll of the API's /wait for query.state, at most WAIT_SLICE_S
+// and never much past `deadline`: the reply's body when the machine got
+// there, null when the slice ran out (callers read the machine between
+// slices, so that one that went elsewhere answers within a slice).
+const WAIT_SLICE_S = 5
+
+async function waitSlice (config, params, query, deadline, step = (p) => p) {
+  const sliceS = Math.max(1, Math.min(WAIT_SLICE_S, Math.ceil((deadline - Date.now()) / 1000)))
+  try {
+    const r = await step(call(config, 'machine.wait', params, {
+      query: { ...query, timeout: sliceS },
+      waitTotalMs: sliceS * 1000,
+      timeoutMs: sliceS * 1000 + 15000
+    }))
+    return r.body || {}
+  } catch (err) {
+    if (err.code !== 'FLY_TIMEOUT') throw err
+    return null
+  }
+}
+
+module.exports = { call, waitSlice }

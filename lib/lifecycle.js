@@ -157,29 +157,21 @@ function untilAborted (signal, p) {
 // fixed sleeps), in slices, so that one that fails to boot or stops at once
 // is an error with its cause within a slice, not a time-out at
 // startTimeoutMs.  (One state per wait: what Fly's API is known to take.)
-const START_SLICE_S = 5
 const NOT_STARTING = new Set(['failed', 'stopped', 'suspended', 'destroying', 'destroyed'])
 
 async function waitStarted (config, app, machine, step) {
   const deadline = Date.now() + config.startTimeoutMs
   for (;;) {
-    const sliceS = Math.max(1, Math.min(START_SLICE_S, Math.ceil((deadline - Date.now()) / 1000)))
-    try {
-      await step(api.call(config, 'machine.wait', { app, machine }, {
-        query: { state: 'started', timeout: sliceS },
-        waitTotalMs: sliceS * 1000,
-        timeoutMs: sliceS * 1000 + 15000
-      }))
-      return
-    } catch (err) {
-      if (err.code !== 'FLY_TIMEOUT') throw err
-      const m = (await step(api.call(config, 'machine.get', { app, machine }))).body || {}
-      if (NOT_STARTING.has(m.state)) {
-        const ev = (m.events || []).find((e) => e.request && (e.request.error || e.request.exit_event))
-        const why = ev ? (ev.request.error || `exit code ${ev.request.exit_event.exit_code}`) : 'no cause reported'
-        throw flyError('FLY_MACHINE_FAILED', `machine ${machine} did not start: it is ${m.state} (${why})`, { state: m.state })
-      }
-      if (Date.now() >= deadline) throw err
+    if (await api.waitSlice(config, { app, machine }, { state: 'started' }, deadline, step)) return
+    const m = (await step(api.call(config, 'machine.get', { app, machine }))).body || {}
+    if (NOT_STARTING.has(m.state)) {
+      const ev = (m.events || []).find((e) => e.request && (e.request.error || e.request.exit_event))
+      const why = ev ? (ev.request.error || `exit code ${ev.request.exit_event.exit_code}`) : 'no cause reported'
+      throw flyError('FLY_MACHINE_FAILED', `machine ${machine} did not start: it is ${m.state} (${why})`, { state: m.state })
+    }
+    if (Date.now() >= deadline) {
+      throw flyError('FLY_TIMEOUT', `machine ${machine} did not start within ${config.startTimeoutMs} ms (it is ${m.state})`,
+        { state: m.state })
     }
   }
 }

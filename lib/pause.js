@@ -20,7 +20,6 @@ const api = require('./api')
 const { flyError, invalidArg } = require('./errors')
 const { PAUSED, IDLE_MS, AUTO_RESUME, isGone, isPausedMachine } = require('./machine')
 
-const SLICE_S = 5
 const AT_REST = new Set(['stopped', 'suspended', 'failed', 'created'])
 
 function machineApi (sb, op, extra, params) {
@@ -46,17 +45,13 @@ async function current (sb) {
 // Resolves with the machine; rejects at `timeoutMs` with `code`.
 async function waitState (sb, state, { version, timeoutMs, code, also = [] }) {
   const deadline = Date.now() + timeoutMs
+  const params = { app: sb.appName, machine: sb.machineId }
   for (;;) {
-    const sliceS = Math.max(1, Math.min(SLICE_S, Math.ceil((deadline - Date.now()) / 1000)))
-    const query = { state, timeout: sliceS }
-    if (version) query.version = version
-    try {
-      const r = await machineApi(sb, 'machine.wait', { query, waitTotalMs: sliceS * 1000, timeoutMs: sliceS * 1000 + 15000 })
+    const got = await api.waitSlice(sb._ctx.config, params, version ? { state, version } : { state }, deadline)
+    if (got) {
       // The reply says which state it reached (no second read needed).
-      sb.state = (r.body && r.body.state) || state
+      sb.state = got.state || state
       return { state: sb.state }
-    } catch (err) {
-      if (err.code !== 'FLY_TIMEOUT') throw err
     }
     const m = await current(sb)
     if (m.state === state || also.includes(m.state)) return m
