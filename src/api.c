@@ -6,8 +6,8 @@
  * with cJSON here and turned into plain JS values in call_js.
  *
  * Retries: 408, 429, 5xx and connection failures are retried for
- * idempotent operations, with exponential backoff and jitter (Retry-After
- * wins when the server sends it), inside a total time bound.  A create is never blindly retried: it is
+ * idempotent operations, with exponential backoff and jitter (a longer
+ * Retry-After wins), never sooner than a floor, inside a total time bound.  A create is never blindly retried: it is
  * repeated only when it provably never reached the server (connect failed)
  * or was refused unprocessed (429), and after an ambiguous failure the
  * machine is first looked up by the client-generated id in its metadata. */
@@ -30,6 +30,14 @@ enum {
 /* Retry-After beyond a day is read as a day (it only has to exceed any
  * total bound); replies beyond FLY_API_MAX_REPLY are refused. */
 #define FLY_API_RETRY_AFTER_MAX_S 86400
+
+/* No attempt follows another sooner than this, whatever the server says
+ * (Retry-After: 0) or the caller configured (baseMs: 0): Fly rate-limits
+ * per action per machine at about 1/s, and a storm of instant replies must
+ * not become a storm of requests.  A long poll that comes back 408 sooner
+ * than FLY_API_WAIT_MIN_MS was no long poll: it is backed off too. */
+#define FLY_API_RETRY_FLOOR_MS 100
+#define FLY_API_WAIT_MIN_MS 1000
 #define FLY_API_MAX_REPLY ((size_t)64 << 20)
 
 typedef struct fly_api_op_s {
@@ -129,7 +137,7 @@ struct fly_api_s {
   uint64_t attempt_timeout_ms, total_ms, base_ms, max_ms, wait_total_ms;
 
   /* I/O thread. */
-  uint64_t started_at, due_at;
+  uint64_t started_at, due_at, attempt_at;
   int attempts;
   int lookup;          /* the current transfer is the create look-up */
   CURL *easy;
@@ -302,6 +310,7 @@ static void begin_transfer(fly_loop_t *loop, fly_api_t *a) {
   a->errbuf[0] = '\0';
   a->status = 0;
   a->attempts++;
+  a->attempt_at = fly_now_ms();
 
   curl_easy_setopt(e, CURLOPT_PRIVATE, a);
   curl_easy_setopt(e, CURLOPT_URL, a->lookup ? a->lookup_url : a->url);
@@ -347,31 +356,49 @@ static void begin_transfer(fly_loop_t *loop, fly_api_t *a) {
   st->active = a;
 }
 
+static uint64_t next_random(fly_api_state_t *st) {
+  st->rng ^= st->rng << 13;
+  st->rng ^= st->rng >> 7;
+  st->rng ^= st->rng << 17;
+  return st->rng;
+}
+
+/* The delay before the next attempt: exponential from base_ms, capped at
+ * max_ms, jittered in [d/2, d] so clients that failed together do not
+ * retry together.  A Retry-After longer than that replaces it (plus up to a
+ * tenth more, at most a second, for the same reason); nothing is shorter
+ * than the floor. */
 static uint64_t backoff_ms(fly_api_state_t *st, fly_api_t *a) {
-  uint64_t d = a->base_ms;
+  uint64_t d = a->base_ms, delay;
   int i;
 
   for (i = 1; i < a->attempts && d < a->max_ms; i++)
     d *= 2;
   if (d > a->max_ms)
     d = a->max_ms;
-  /* Jitter in [d/2, d]: clients that failed together do not retry
-   * together. */
-  st->rng ^= st->rng << 13;
-  st->rng ^= st->rng >> 7;
-  st->rng ^= st->rng << 17;
-  return d / 2 + (d > 1 ? st->rng % (d / 2 + 1) : 0);
+  delay = d / 2 + (d > 1 ? next_random(st) % (d / 2 + 1) : 0);
+  if (a->retry_after_ms >= 0 && (uint64_t)a->retry_after_ms > delay) {
+    uint64_t j = (uint64_t)a->retry_after_ms / 10;
+    delay = (uint64_t)a->retry_after_ms;
+    if (j > 1000)
+      j = 1000;
+    delay += j > 0 ? next_random(st) % (j + 1) : 0;
+  }
+  if (delay < FLY_API_RETRY_FLOOR_MS)
+    delay = FLY_API_RETRY_FLOOR_MS +
+            next_random(st) % (FLY_API_RETRY_FLOOR_MS / 2 + 1);
+  return delay;
 }
 
-/* Schedule another transfer, or give up (with the error already set) when
- * the total bound would be passed. */
-static void retry_later(fly_loop_t *loop, fly_api_t *a, int lookup) {
+/* Schedule another transfer after the backoff, or give up (with the error
+ * already set) when that would pass `bound` ms from the call's start. */
+static void retry_later(fly_loop_t *loop, fly_api_t *a, int lookup,
+                        uint64_t bound) {
   fly_api_state_t *st = api_state(loop);
   uint64_t now = fly_now_ms(), delay;
 
-  delay = a->retry_after_ms >= 0 ? (uint64_t)a->retry_after_ms
-                                 : backoff_ms(st, a);
-  if (now + delay - a->started_at > a->total_ms) {
+  delay = backoff_ms(st, a);
+  if (now + delay - a->started_at > bound) {
     size_t n = strlen(a->req.err.message);
     snprintf(a->req.err.message + n, sizeof(a->req.err.message) - n,
              " (gave up after %d attempts in %llu ms)", a->attempts,
@@ -402,7 +429,7 @@ static void on_lookup_done(fly_loop_t *loop, fly_api_t *a, CURLcode rc) {
 
   if (rc != CURLE_OK || a->status != 200) {
     /* Keep the create's own error if the look-up fails too. */
-    retry_later(loop, a, 1);
+    retry_later(loop, a, 1, a->total_ms);
     return;
   }
   list = cJSON_ParseWithLength(a->resp.base, a->resp.len);
@@ -434,7 +461,7 @@ static void on_lookup_done(fly_loop_t *loop, fly_api_t *a, CURLcode rc) {
   }
   cJSON_Delete(list);
   /* Provably not created: the create can be sent again. */
-  retry_later(loop, a, 0);
+  retry_later(loop, a, 0, a->total_ms);
 }
 
 void fly_api_on_done(fly_loop_t *loop, CURL *easy, CURLcode rc) {
@@ -477,14 +504,15 @@ void fly_api_on_done(fly_loop_t *loop, CURL *easy, CURLcode rc) {
     set_http_error(a);
 
   /* A long poll that ran out is not a failure yet: ask again, at once,
-   * until the caller's bound. */
+   * until the caller's bound; one that came back at once is backed off. */
   if (policy == POLICY_WAIT && rc == CURLE_OK && a->status == 408) {
-    if (fly_now_ms() - a->started_at < a->wait_total_ms) {
-      a->retry_after_ms = 0;
+    uint64_t now = fly_now_ms();
+    if (now - a->attempt_at >= FLY_API_WAIT_MIN_MS &&
+        now - a->started_at < a->wait_total_ms) {
       a->attempts = 0;
       begin_transfer(loop, a);
     } else {
-      finish(loop, a);
+      retry_later(loop, a, 0, a->wait_total_ms);
     }
     return;
   }
@@ -497,13 +525,12 @@ void fly_api_on_done(fly_loop_t *loop, CURL *easy, CURLcode rc) {
   if (policy == POLICY_IDEMPOTENT || policy == POLICY_WAIT ||
       (rc != CURLE_OK && never_sent(rc)) ||
       (rc == CURLE_OK && a->status == 429)) {
-    retry_later(loop, a, 0);
+    retry_later(loop, a, 0, a->total_ms);
     return;
   }
   if (policy == POLICY_CREATE && a->lookup_url != NULL) {
     /* Ambiguous: the machine may exist.  Look before sending again. */
-    a->retry_after_ms = 0;
-    retry_later(loop, a, 1);
+    retry_later(loop, a, 1, a->total_ms);
     return;
   }
   finish(loop, a);

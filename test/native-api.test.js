@@ -194,6 +194,45 @@ test('Retry-After is honoured', async () => {
   assert.ok(Date.now() - t0 >= 950, `retried after ${Date.now() - t0} ms`)
 })
 
+// Fly rate-limits per action per machine (about 1/s, burst 3): a server
+// that answers at once with Retry-After: 0 must not get a request storm.
+// With the default policy (500 ms doubling, jitter in [d/2, d]) the
+// attempts start at 0 and at least 0.25, 0.75, 1.75 and 3.75 s later, and
+// the next would be past 5 s: five requests at most.
+test('a 429 storm with Retry-After: 0 is met with the backoff floor, within the total bound', async () => {
+  const app = await newApp()
+  const id = srv.faults.add({ path: `/v1/apps/${app}`, method: 'GET', status: 429, retryAfter: 0, times: Infinity })
+  const t0 = Date.now()
+  const err = await rejects(call(srv, 'app.get', { app }, { retry: { totalMs: 5000 } }))
+  const elapsed = Date.now() - t0
+  const hits = srv.faults.list().find((r) => r.id === id).hits
+  srv.faults.remove(id)
+  assert.equal(err.code, 'FLY_RATE_LIMITED')
+  assert.match(err.message, /gave up after \d+ attempts/)
+  assert.ok(hits >= 2 && hits <= 5, `${hits} requests in ${elapsed} ms`)
+  assert.ok(elapsed < 5000 + 2000, `gave up after ${elapsed} ms`)
+})
+
+// The floor holds against the caller's own settings too: with baseMs 0 no
+// attempt follows another sooner than 100 ms.
+test('no retry policy, nor an instant 408 long poll, retries sooner than 100 ms', async () => {
+  const app = await newApp()
+  const id = srv.faults.add({ path: `/v1/apps/${app}`, method: 'GET', status: 503, retryAfter: 0, times: Infinity })
+  let t0 = Date.now()
+  await rejects(call(srv, 'app.get', { app }, { retry: { baseMs: 0, maxMs: 0, totalMs: 2000 } }))
+  let hits = srv.faults.list().find((r) => r.id === id).hits
+  srv.faults.remove(id)
+  assert.ok(hits >= 2 && hits <= 1 + 2000 / 100, `${hits} requests in ${Date.now() - t0} ms`)
+
+  const m = await newMachine(app)
+  const w = srv.faults.add({ path: new RegExp(`/machines/${m.id}/wait$`), status: 408, times: Infinity })
+  t0 = Date.now()
+  await rejects(call(srv, 'machine.wait', { app, machine: m.id }, { query: q({ state: 'destroyed', timeout: 1 }), waitTotalMs: 2000 }))
+  hits = srv.faults.list().find((r) => r.id === w).hits
+  srv.faults.remove(w)
+  assert.ok(hits >= 2 && hits <= 1 + 2000 / 100, `${hits} long polls in ${Date.now() - t0} ms`)
+})
+
 test('retries stop at the total bound', async () => {
   const app = await newApp()
   const id = srv.faults.add({ path: `/v1/apps/${app}`, status: 503, times: 1000 })
