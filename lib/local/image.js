@@ -8,9 +8,9 @@
 //                <hash> covers that script, the host CAs it copies in and
 //                this builder, so a rebuild with no change is a no-op;
 //   top-<hash>   /opt/computesdk (entrypoint.sh, sshd_config, idle-watch) and the
-//                command executor (docker/flyexec.c, built static with the
-//                host's cc), cheap to make, so editing them does not rebuild
-//                the base.
+//                command executor (docker/flyexec.c) and the edge bridge
+//                (docker/flyedge.c), built static with the host's cc, cheap
+//                to make, so editing them does not rebuild the base.
 // Both are owned by the shifted ids (see ID_BASE): root inside a machine is
 // host uid ID_BASE, so the image's root-owned files are root's inside.
 //
@@ -61,14 +61,17 @@ function computeBaseHash () {
 }
 
 const TOP_FILES = [['entrypoint.sh', 0o755], ['sshd_config', 0o644], ['idle-watch', 0o755]]
-/* docker/flyexec.c, at the path the client starts it from (src/ssh.c). */
+/* docker/flyexec.c, at the path the client starts it from (src/ssh.c), and
+   docker/flyedge.c beside it (the entrypoint starts it, as root). Both
+   static; the bridge with libcrypto.a (libssl-dev) for SHA-1/SHA-256. */
 const EXECUTOR_SRC = 'flyexec.c'
+const BRIDGE_SRC = 'flyedge.c'
 const EXECUTOR_DIR = 'usr/local/libexec/computesdk'
 
 let topHashCache = null
 function topHash () {
   if (!topHashCache) {
-    topHashCache = hashFiles([...TOP_FILES.map(([n]) => n), EXECUTOR_SRC].map((n) => path.join(DOCKER_DIR, n)),
+    topHashCache = hashFiles([...TOP_FILES.map(([n]) => n), EXECUTOR_SRC, BRIDGE_SRC].map((n) => path.join(DOCKER_DIR, n)),
       `top ${BUILDER_VERSION} ${process.arch}`)
   }
   return topHashCache
@@ -82,6 +85,9 @@ function buildExecutor (root) {
   const out = path.join(dir, 'flyexec')
   run(process.env.CC || 'cc', ['-static', '-O2', '-o', out, path.join(DOCKER_DIR, EXECUTOR_SRC)])
   fs.chmodSync(out, 0o755)
+  const bridge = path.join(dir, 'flyedge')
+  run(process.env.CC || 'cc', ['-static', '-O2', '-o', bridge, path.join(DOCKER_DIR, BRIDGE_SRC), '-lcrypto', '-lpthread'])
+  fs.chmodSync(bridge, 0o755)
 }
 
 function baseDir () { return path.join(IMAGES_DIR, `base-${baseHash()}`) }

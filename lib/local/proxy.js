@@ -180,29 +180,45 @@ class Proxy {
   /* Picks (or wakes) a machine and forwards; closes the client when none
      runs by the deadline. */
   async route (l, client, deadline) {
-    while (!client.destroyed && !this.closed && Date.now() < deadline) {
-      const cands = this.candidates(l)
-      const up = cands.filter((c) => running(c.m))
+    const got = await this.reach(() => this.candidates(l), deadline, () => client.destroyed, l)
+    if (!got) return client.destroy()
+    this.track(got.m, client, got.up)
+    client.pipe(got.up)
+    got.up.pipe(client)
+    client.resume()
+  }
+
+  /* A connection to a running machine among cands() (round robin through
+     rr.next), waking one whose service has autostart when none runs:
+     { m, up }, or null when none is reachable by the deadline (or gone()).
+     Shared with the edge (edge.js). */
+  async reach (cands, deadline, gone, rr = {}) {
+    while (!gone() && !this.closed && Date.now() < deadline) {
+      const all = cands()
+      const up = all.filter((c) => running(c.m))
       if (up.length) {
-        const c = up[l.next++ % up.length]
-        if (await this.forward(c, client, deadline)) return
+        const i = rr.next || 0
+        rr.next = i + 1
+        const c = up[i % up.length]
+        const sock = await this.connect(c, deadline)
+        if (sock) return { m: c.m, up: sock }
         /* refused (the service is not listening yet) or unreachable */
         await new Promise((resolve) => setTimeout(resolve, 100))
         continue
       }
-      const asleep = cands.filter((c) => c.svc.autostart === true && (c.m.state === 'suspended' || c.m.state === 'stopped'))
+      const asleep = all.filter((c) => c.svc.autostart === true && (c.m.state === 'suspended' || c.m.state === 'stopped'))
       /* moving: wait for where it lands (a machine being suspended or
          stopped is woken once it is) */
-      const waking = cands.some((c) => MOVING.includes(c.m.state) || c.m.launching)
+      const waking = all.some((c) => MOVING.includes(c.m.state) || c.m.launching)
       if (!asleep.length && !waking) break
       if (!waking) {
         /* a suspended one resumes at once */
         asleep.sort((a, b) => (a.m.state === 'suspended' ? 0 : 1) - (b.m.state === 'suspended' ? 0 : 1))
         asleep[0].m.requestStart()
       }
-      await this.untilStateChange(cands.map((c) => c.m), deadline)
+      await this.untilStateChange(all.map((c) => c.m), deadline)
     }
-    client.destroy()
+    return null
   }
 
   untilStateChange (machines, deadline) {
@@ -217,24 +233,20 @@ class Proxy {
     })
   }
 
-  /* Connects to the machine and pipes both ways; false when the connection
-     could not be made. */
-  forward ({ m, internal }, client, deadline) {
+  /* A TCP connection to the machine's service, or null when it could not
+     be made. */
+  connect ({ m, internal }, deadline) {
     return new Promise((resolve) => {
       const host = m.host.guestV4(m.privateIp)
-      if (!host) return resolve(false)
+      if (!host) return resolve(null)
       const up = net.connect({ host, port: internal, allowHalfOpen: true })
       const timer = setTimeout(() => up.destroy(new Error('connect timeout')),
         Math.max(1, Math.min(CONNECT_TIMEOUT_MS, deadline - Date.now())))
-      up.once('error', () => { clearTimeout(timer); up.destroy(); resolve(false) })
+      up.once('error', () => { clearTimeout(timer); up.destroy(); resolve(null) })
       up.once('connect', () => {
         clearTimeout(timer)
         up.removeAllListeners('error')
-        this.track(m, client, up)
-        client.pipe(up)
-        up.pipe(client)
-        client.resume()
-        resolve(true)
+        resolve(up)
       })
     })
   }
