@@ -257,18 +257,22 @@ static void client_to_ssh(conn_t *c, const unsigned char *pre, size_t npre) {
     int op, masked;
     unsigned char mask[4];
 
-    /* the header: 2 bytes, then its extended length and mask */
-    while (have < hl) {
-      ssize_t r = recv(c->client, buf + have, sizeof(buf) - have, 0);
+    /* the header: 2 bytes, then its extended length and mask (bytes of
+     * it may have come with the previous frame) */
+    for (;;) {
+      ssize_t r;
+      if (have >= 2) {
+        size_t ext = (buf[1] & 0x7f) == 126 ? 2 : (buf[1] & 0x7f) == 127 ? 8 : 0;
+        hl = 2 + ext + ((buf[1] & 0x80) ? 4 : 0);
+      }
+      if (have >= hl)
+        break;
+      r = recv(c->client, buf + have, sizeof(buf) - have, 0);
       if (r < 0 && errno == EINTR)
         continue;
       if (r <= 0)
         return;
       have += (size_t)r;
-      if (have >= 2) {
-        size_t ext = (buf[1] & 0x7f) == 126 ? 2 : (buf[1] & 0x7f) == 127 ? 8 : 0;
-        hl = 2 + ext + ((buf[1] & 0x80) ? 4 : 0);
-      }
     }
     memcpy(h, buf, hl);
     op = h[0] & 0x0f;

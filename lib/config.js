@@ -120,13 +120,32 @@ function resolveConfig (config) {
     idleTimeout: optInt(config, 'idleTimeout', 0, 7 * 24 * 3600 * 1000) || 0,
     idleAction: idleAction(config, 'fly()'),
     onTimeout: onTimeout(config, 'fly()'),
-    volume: volumeOption(config.volume, 'fly()')
+    volume: volumeOption(config.volume, 'fly()'),
+    // How SSH reaches a machine (lib/edge.js): 'private' (its 6PN address),
+    // 'edge' (Fly's proxy at edgeUrl), or learned once when not set.
+    reach: optString(config, 'reach'),
+    edgeUrl: optString(config, 'edgeUrl', 'FLY_EDGE_URL'),
+    edgeCa: optString(config, 'edgeCa')
   }
   if (!/^https?:\/\/[^\s/]+/.test(r.baseUrl)) {
     throw invalidArg('fly(): apiHostname must be an http:// or https:// URL')
   }
   if (!APP_NAME.test(r.appName)) {
     throw invalidArg('fly(): appName must be lowercase letters, digits and dashes (at most 63)')
+  }
+  if (r.reach !== undefined && r.reach !== 'private' && r.reach !== 'edge') {
+    throw invalidArg("fly(): reach must be 'private' or 'edge'")
+  }
+  if (r.edgeUrl !== undefined) {
+    let u = null
+    try { u = new URL(r.edgeUrl) } catch (_) { /* below */ }
+    if (!u || u.protocol !== 'https:' || (u.pathname !== '/' && u.pathname !== '') || u.search || u.username || u.password) {
+      throw invalidArg('fly(): edgeUrl must be an https:// URL with no path (https://<app>.fly.dev by default)')
+    }
+    r.edgeUrl = u.origin
+  }
+  if (r.edgeCa !== undefined && !/-----BEGIN CERTIFICATE-----/.test(r.edgeCa)) {
+    throw invalidArg('fly(): edgeCa must be PEM certificates')
   }
   if (r.transport !== 'ssh' && r.transport !== 'exec') {
     throw invalidArg("fly(): transport must be 'ssh' or 'exec'")

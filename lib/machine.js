@@ -19,6 +19,9 @@ const IDLE_MS = 'computesdk_idle_timeout_ms'
 const AUTO_RESUME = 'computesdk_auto_resume'
 const VOLUME = 'computesdk_volume'
 const PORTS = 'computesdk_ports'
+// The sandbox's edge token (lib/edge.js): the bridge in the image lets a
+// WebSocket that holds it through to sshd.
+const EDGE_TOKEN = 'computesdk_edge_token'
 
 // Machine states -> SandboxInfo.status.
 const RUNNING = new Set(['created', 'starting', 'started', 'restarting', 'updating', 'replacing'])
@@ -69,6 +72,11 @@ class FlyMachine {
     this.image = cfg.image || null
     this.createdAt = m.created_at ? new Date(m.created_at) : new Date()
     this.metadata = { ...(cfg.metadata || {}) }
+    // The edge token is a credential: kept off the enumerable metadata, so
+    // that logging a sandbox does not print it.
+    const edgeToken = this.metadata[EDGE_TOKEN]
+    delete this.metadata[EDGE_TOKEN]
+    Object.defineProperty(this, '_edgeToken', { value: edgeToken || null, enumerable: false, configurable: true, writable: true })
     this.hostKeyFingerprint = this._pinnedHostKey || this.metadata[HOST_FP] || null
     this.volumeId = this.metadata[VOLUME] || null
     // When this state was read (lib/pause.js: may it have paused since?).
@@ -191,6 +199,6 @@ module.exports = {
   PAUSED,
   IDLE_MS,
   AUTO_RESUME,
+  EDGE_TOKEN,
   VOLUME,
-  PORTS
-}
+  PORTS }

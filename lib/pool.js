@@ -11,7 +11,7 @@
 const crypto = require('crypto')
 const api = require('./api')
 const { flyError, abortError } = require('./errors')
-const { FlyMachine, isGone, TAG, CREATE_ID, HOST_FP } = require('./machine')
+const { FlyMachine, isGone, TAG, CREATE_ID, HOST_FP, EDGE_TOKEN } = require('./machine')
 const lifecycle = require('./lifecycle')
 
 // Metadata keys: a ready (suspended, claimable) machine carries POOL, one
@@ -24,7 +24,7 @@ const FILLING = 'computesdk_pool_filling'
 const LEASE_TTL_S = 15
 // What a claim does not take from the create request: the pool machine
 // keeps its own create id, host key pin and SSH user.
-const OWN = new Set([CREATE_ID, HOST_FP, 'computesdk_ssh_user'])
+const OWN = new Set([CREATE_ID, HOST_FP, EDGE_TOKEN, 'computesdk_ssh_user'])
 // Host-key pins of machines this process prepared, at most this many.
 const PINS_LIMIT = 1024
 // The SSH connection a machine was checked on is kept across its suspend

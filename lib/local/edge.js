@@ -137,7 +137,7 @@ class Edge {
     for (const m of app.machines.values()) {
       if (m.state === 'destroyed' || m.state === 'destroying' || m.cordoned) continue
       if (instance && m.id !== instance) continue
-      const p = publicPorts(m.config).find((x) => x.port === 443 && ((x.svc.ports || []).some((q) => q.port === 443 && (q.handlers || []).includes('http'))))
+      const p = publicPorts(m.config).find((x) => x.port === 443 && x.http)
       if (p) out.push({ m, internal: p.internal, svc: p.svc })
     }
     return out
@@ -147,6 +147,7 @@ class Edge {
     this.sockets.add(socket)
     socket.on('close', () => this.sockets.delete(socket))
     socket.on('error', () => {})
+    socket.setNoDelay(true)
     const answer = (status, text) => reply(socket, status, text, res)
     try {
       const f = this.faults.take()

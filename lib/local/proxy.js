@@ -37,16 +37,24 @@ function envMs (name, dflt) {
   return Number.isInteger(n) && n > 0 ? n : dflt
 }
 
-/* [{ port, internal, svc }] of a machine config's public ports. */
+/* [{ port, internal, svc, http }] of a machine config's public ports. */
 function publicPorts (config) {
   const out = []
   for (const svc of (config && config.services) || []) {
     if (svc.protocol !== 'tcp') continue
     for (const p of svc.ports || []) {
-      if (Number.isInteger(p.port)) out.push({ port: p.port, internal: svc.internal_port, svc })
+      if (Number.isInteger(p.port)) {
+        out.push({ port: p.port, internal: svc.internal_port, svc, http: (p.handlers || []).includes('http') })
+      }
     }
   }
   return out
+}
+
+/* The ports this TCP proxy serves: 443 with the http handler is the edge's
+   (edge.js), which every app shares as Fly's shared IPv4 is shared. */
+function tcpPorts (config) {
+  return publicPorts(config).filter((p) => !(p.port === 443 && p.http))
 }
 
 function autostopMode (config) {
@@ -96,7 +104,7 @@ class Proxy {
      ones; throws a 409 HttpError for a port it cannot have. Returns done(),
      to call once the machine holds (or failed to take) the config. */
   async claim (appName, config) {
-    const ports = [...new Set(publicPorts(config).map((p) => p.port))]
+    const ports = [...new Set(tcpPorts(config).map((p) => p.port))]
     const held = []
     const done = () => {
       for (const l of held) l.pending--
@@ -146,7 +154,7 @@ class Proxy {
     const out = []
     for (const m of app.machines.values()) {
       if (m.state === 'destroyed' || m.state === 'destroying' || m.cordoned) continue
-      const p = publicPorts(m.config).find((x) => x.port === l.port)
+      const p = tcpPorts(m.config).find((x) => x.port === l.port)
       if (p) out.push({ m, internal: p.internal, svc: p.svc })
     }
     return out
@@ -246,6 +254,8 @@ class Proxy {
       up.once('connect', () => {
         clearTimeout(timer)
         up.removeAllListeners('error')
+        /* small writes (an SSH packet) go at once, as the client's do */
+        up.setNoDelay(true)
         resolve(up)
       })
     })
