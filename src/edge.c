@@ -697,6 +697,24 @@ static void ws_msg(wslay_event_context_ptr ctx,
   }
 }
 
+/* wslay stopped reading without a close from the peer or an end of TLS:
+ * it refused what came (a frame over EDGE_MSG_MAX: 1009; anything else
+ * that is no frame: 1002) and queued its own close, which goes out now so
+ * that its code says which.  1 when so (failed). */
+static int ws_refused(fly_edge_t *e) {
+  if (e->eof || wslay_event_get_read_enabled(e->ws) ||
+      wslay_event_get_close_received(e->ws))
+    return 0;
+  (void)wslay_event_send(e->ws); /* into tx: it cannot block */
+  if (wslay_event_get_status_code_sent(e->ws) == WSLAY_CODE_MESSAGE_TOO_BIG)
+    edge_fail(e, "FLY_EDGE_PROTOCOL", 0,
+              "edge: a WebSocket message over %zu bytes", EDGE_MSG_MAX);
+  else
+    edge_fail(e, "FLY_EDGE_PROTOCOL", 0,
+              "edge: bytes that are not a WebSocket frame");
+  return 1;
+}
+
 static int ws_start(fly_edge_t *e) {
   static const struct wslay_event_callbacks cb = {
       ws_recv, ws_send, ws_mask, NULL, NULL, NULL, ws_msg};
@@ -723,15 +741,19 @@ static int pump(fly_edge_t *e) {
       m.msg = buf;
       m.msg_length = (size_t)n;
       if (wslay_event_queue_msg(e->ws, &m) != 0) {
-        edge_fail(e, "ERR_NO_MEMORY", 0, "out of memory");
+        /* a close is queued (ours or the peer's): no more messages */
+        if (!ws_refused(e))
+          edge_fail(e, "SSH_DISCONNECTED", 0, "the edge closed the WebSocket");
         return 1;
       }
       progress = 1;
     }
     if (wslay_event_want_write(e->ws)) {
       size_t before = wslay_event_get_queued_msg_length(e->ws);
-      if (wslay_event_send(e->ws) != 0) {
-        edge_fail(e, "ERR_NO_MEMORY", 0, "out of memory");
+      int rc = wslay_event_send(e->ws);
+      if (rc != 0 && rc != WSLAY_ERR_NO_MORE_MSG) {
+        edge_fail(e, rc == WSLAY_ERR_NOMEM ? "ERR_NO_MEMORY" : "SSH_DISCONNECTED",
+                  0, "the edge connection was lost (WebSocket send %d)", rc);
         return 1;
       }
       if (wslay_event_get_queued_msg_length(e->ws) != before)
@@ -750,20 +772,8 @@ static int pump(fly_edge_t *e) {
     if (wslay_event_get_read_enabled(e->ws)) {
       size_t before = e->rx.len;
       int rc = wslay_event_recv(e->ws);
-      if (e->state != E_OPEN)
+      if (e->state != E_OPEN || ws_refused(e))
         return 1;
-      if (wslay_event_get_close_sent(e->ws) &&
-          !wslay_event_get_close_received(e->ws)) {
-        /* wslay refused a frame and queued its close */
-        unsigned code = wslay_event_get_status_code_sent(e->ws);
-        edge_fail(e, "FLY_EDGE_PROTOCOL", 0,
-                  code == WSLAY_CODE_MESSAGE_TOO_BIG
-                      ? "edge: a WebSocket message over %zu bytes"
-                      : "edge: not a WebSocket frame (close %u)",
-                  code == WSLAY_CODE_MESSAGE_TOO_BIG ? EDGE_MSG_MAX
-                                                     : (size_t)code);
-        return 1;
-      }
       if (rc != 0 && !e->eof) {
         edge_fail(e, "FLY_EDGE_PROTOCOL", 0, "edge: WebSocket error %d", rc);
         return 1;

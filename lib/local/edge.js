@@ -64,12 +64,14 @@ function makeCerts (host) {
      { stall: 'request' }   never answer (the TLS handshake completes)
      { after: 'garbage' }   after the machine's 101, send bytes that are no
                             WebSocket frame and stop forwarding
-     { after: 'oversized' } after the 101, a frame header claiming 2^40 bytes
+     { after: 'oversized' } after the 101, a frame claiming 2^40 bytes (and
+                            the first 64 KiB of it)
      { after: 'stall' }     after the 101, forward nothing more either way
      { after: 'close', bytes } close once `bytes` went to the client after
                             the 101 (default 0)
    closeAll() drops every connection the edge holds (a restart of Fly's
-   proxy, say). */
+   proxy, say); stallAll() stops forwarding on every open one (both ways),
+   leaving it open (a proxy that hangs). */
 class EdgeFaults {
   constructor () { this.spec = null }
   set (spec) {
@@ -103,6 +105,8 @@ class Edge {
     this.wakeMs = wakeMs || DEFAULT_WAKE_MS
     this.faults = new EdgeFaults()
     this.sockets = new Set()
+    /* upgraded connections being piped: [client, machine] */
+    this.pairs = new Set()
     this.server = null
     this.ca = null
   }
@@ -194,6 +198,9 @@ class Edge {
     this.sockets.add(up)
     up.on('close', () => this.sockets.delete(up))
     if (!f || !f.after) {
+      const pair = [socket, up]
+      this.pairs.add(pair)
+      up.on('close', () => this.pairs.delete(pair))
       socket.pipe(up)
       up.pipe(socket)
       return
@@ -219,7 +226,7 @@ class Edge {
         }
         if (f.after === 'oversized') {
           up.off('data', onData)
-          socket.write(Buffer.from([0x82, 0x7f, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00]))
+          socket.write(Buffer.concat([Buffer.from([0x82, 0x7f, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00]), Buffer.alloc(65536, 0x41)]))
           return
         }
         if (f.after === 'stall') {
@@ -238,6 +245,16 @@ class Edge {
       if (d.length) socket.write(d)
     }
     up.on('data', onData)
+  }
+
+  stallAll () {
+    for (const [client, up] of this.pairs) {
+      client.unpipe(up)
+      up.unpipe(client)
+      client.pause()
+      up.pause()
+    }
+    this.pairs.clear()
   }
 
   closeAll () {

@@ -127,10 +127,10 @@ async function start (options = {}) {
     host: addr.address,
     port: addr.port,
     /* the edge: https://<host>:<port>, its CA (PEM), its fault hooks
-       ({ fault(spec), closeAll() }, edge.js) */
+       ({ fault(spec), closeAll(), stallAll() }, edge.js) */
     edgeUrl: `https://${hostPart}:${edgeAddr.port}`,
     edgeCa: edge.ca,
-    edge: { fault: (spec) => edge.faults.set(spec), closeAll: () => edge.closeAll() },
+    edge: { fault: (spec) => edge.faults.set(spec), closeAll: () => edge.closeAll(), stallAll: () => edge.stallAll() },
     stats: () => ({ ...stats }),
     /* 'ext4' (sized loop-mounted images) or 'directory' (no size limit) */
     volumeBackend: store.volumes.backend,
