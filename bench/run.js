@@ -13,6 +13,8 @@
 //     while moving 64 MiB.
 //   - The project against ssh2 (bench/peers.js): latency, throughput, CPU
 //     on both sides, stdout, SFTP, event-loop delay, RSS; a ratio table.
+//   - The edge path against the private path, and ssh2 over the same edge
+//     (bench/edge.js).
 // Writes the numbers to stdout as Markdown; bench/RESULTS.md records a run.
 const { spawn } = require('child_process')
 const fs = require('fs')
@@ -24,6 +26,7 @@ const native = require('../lib/native')
 const { fly } = require('..')
 const { runPeers } = require('./peers')
 const { runPool } = require('./pool')
+const { runEdge } = require('./edge')
 
 const N_API = Number(process.env.BENCH_API || 300)
 const N_CMD = Number(process.env.BENCH_CMD || 200)
@@ -135,6 +138,9 @@ async function main () {
 
     // ---- the warm pool
     await runPool({ srv, say })
+
+    // ---- the edge path
+    await runEdge({ srv, say })
 
     // ---- runCommand
     const ip = (await sb0.getInfo()).metadata.privateIp
