@@ -78,6 +78,16 @@ export interface FlyConfig {
    * Needs key authentication (not with sshPassword).
    */
   pool?: FlyPoolConfig
+  /**
+   * How SSH reaches a machine: 'private' (its 6PN address; create then adds no edge token,
+   * service or public addresses) or 'edge' (Fly's public edge at `edgeUrl`). Unset: learned once
+   * per provider (README, "Configuration").
+   */
+  reach?: 'private' | 'edge'
+  /** The edge's URL (env FLY_EDGE_URL; default `https://<appName>.fly.dev`); fly-local: `srv.edgeUrl`. */
+  edgeUrl?: string
+  /** PEM certificates to trust for the edge instead of the system's CAs; fly-local: `srv.edgeCa`. */
+  edgeCa?: string
 }
 
 export interface FlyVolumeOptions {
