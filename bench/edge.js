@@ -16,36 +16,10 @@ const net = require('net')
 const local = require('../lib/local')
 const native = require('../lib/native')
 const { fly } = require('..')
+const { stats, f, now, timeEach, throughput } = require('./measure')
 
 const N_CMD = Number(process.env.BENCH_CMD || 200)
 const N_CREATE = Number(process.env.BENCH_CREATE || 5)
-
-function stats (ms) {
-  const s = [...ms].sort((a, b) => a - b)
-  const q = (p) => s[Math.min(s.length - 1, Math.floor(p * s.length))]
-  return { n: s.length, p50: q(0.5), p99: q(0.99) }
-}
-const f = (x) => (x === undefined ? '' : x.toFixed(2))
-const now = () => Number(process.hrtime.bigint()) / 1e6
-
-async function timeEach (n, fn) {
-  const out = []
-  for (let i = 0; i < n; i++) {
-    const t = now()
-    await fn(i)
-    out.push(now() - t)
-  }
-  return stats(out)
-}
-
-async function throughput (total, inflight, fn) {
-  let next = 0
-  const t = now()
-  await Promise.all(Array.from({ length: inflight }, async () => {
-    while (next < total) { next++; await fn() }
-  }))
-  return total / ((now() - t) / 1000)
-}
 
 // The project's figures for one provider.
 async function measure (p, label) {
@@ -149,12 +123,12 @@ async function runEdge ({ srv, say }) {
   say('')
   say('| path | create → first command p50 ms | sequential `true` p50 ms | p99 ms | cmds/s, 50 in flight | 20 MiB up MiB/s | 20 MiB down MiB/s |')
   say('|---|---|---|---|---|---|---|')
-  say(`| private (TCP to sshd) | ${f(a.create.p50)} | ${f(a.seq.p50)} | ${f(a.seq.p99)} | ${f(a.at50)} | ${f(a.up)} | ${f(a.down)} |`)
-  say(`| edge (TLS + WebSocket, bridge) | ${f(b.create.p50)} | ${f(b.seq.p50)} | ${f(b.seq.p99)} | ${f(b.at50)} | ${f(b.up)} | ${f(b.down)} |`)
-  say(`| ratio edge / private | ${f(b.create.p50 / a.create.p50)} | ${f(b.seq.p50 / a.seq.p50)} | ${f(b.seq.p99 / a.seq.p99)} | ${f(b.at50 / a.at50)} | ${f(b.up / a.up)} | ${f(b.down / a.down)} |`)
-  say(`| ssh2 over TCP | | ${f(s2tcp.seq.p50)} | ${f(s2tcp.seq.p99)} | ${f(s2tcp.at50)} | | |`)
-  say(`| ssh2 over the same edge (tls + ws) | | ${f(s2edge.seq.p50)} | ${f(s2edge.seq.p99)} | ${f(s2edge.at50)} | | |`)
-  say(`| ratio project / ssh2, edge | | ${f(b.seq.p50 / s2edge.seq.p50)} | ${f(b.seq.p99 / s2edge.seq.p99)} | ${s2edge.at50 ? f(b.at50 / s2edge.at50) : ''} | | |`)
+  say(`| private (TCP to sshd) | ${f(a.create.median)} | ${f(a.seq.median)} | ${f(a.seq.p99)} | ${f(a.at50)} | ${f(a.up)} | ${f(a.down)} |`)
+  say(`| edge (TLS + WebSocket, bridge) | ${f(b.create.median)} | ${f(b.seq.median)} | ${f(b.seq.p99)} | ${f(b.at50)} | ${f(b.up)} | ${f(b.down)} |`)
+  say(`| ratio edge / private | ${f(b.create.median / a.create.median)} | ${f(b.seq.median / a.seq.median)} | ${f(b.seq.p99 / a.seq.p99)} | ${f(b.at50 / a.at50)} | ${f(b.up / a.up)} | ${f(b.down / a.down)} |`)
+  say(`| ssh2 over TCP | | ${f(s2tcp.seq.median)} | ${f(s2tcp.seq.p99)} | ${f(s2tcp.at50)} | | |`)
+  say(`| ssh2 over the same edge (tls + ws) | | ${f(s2edge.seq.median)} | ${f(s2edge.seq.p99)} | ${f(s2edge.at50)} | | |`)
+  say(`| ratio project / ssh2, edge | | ${f(b.seq.median / s2edge.seq.median)} | ${f(b.seq.p99 / s2edge.seq.p99)} | ${s2edge.at50 ? f(b.at50 / s2edge.at50) : ''} | | |`)
   say('')
 }
 

@@ -64,13 +64,13 @@ async function assign (config, app, body, ports, extraUsed, base) {
   const used = await taken(config, app)
   for (const p of extraUsed || []) used.add(p)
   const pub = pick(used, ports.length)
-  body.config.services = [...base, ...ports.map((p, i) => ({
+  body.config.services = [...ports.map((p, i) => ({
     protocol: 'tcp',
     internal_port: p,
     ports: [{ port: pub[i], handlers: ['tls', 'http'] }],
     autostart: true,
     autostop: 'off'
-  }))]
+  })), ...base]
   body.config.metadata[PORTS] = ports.map((p, i) => `${p}:${pub[i]}`).join(',')
   return pub
 }

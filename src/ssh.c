@@ -874,6 +874,18 @@ static void sess_connect_begin(fly_ssh_sess_t *s, uint64_t now) {
   sess_tcp_start(s, now);
 }
 
+/* The socket is connected (TCP, or the edge's WebSocket is open): a
+ * libssh2 session on it.  0, or -1 when that failed (handled). */
+static int sess_to_handshake(fly_ssh_sess_t *s, uint64_t now) {
+  if (sess_session_init(s) != 0) {
+    sess_connect_failed(s, now, 0, "ERR_NO_MEMORY", "out of memory");
+    return -1;
+  }
+  s->state = S_HANDSHAKE;
+  s->progress = 1;
+  return 0;
+}
+
 /* Advance a connection that is not READY yet. */
 static void sess_connect_step(fly_ssh_sess_t *s, uint64_t now) {
   int rc;
@@ -898,12 +910,8 @@ static void sess_connect_step(fly_ssh_sess_t *s, uint64_t now) {
                             "edge: timed out");
       return;
     }
-    if (sess_session_init(s) != 0) {
-      sess_connect_failed(s, now, 0, "ERR_NO_MEMORY", "out of memory");
+    if (sess_to_handshake(s, now) != 0)
       return;
-    }
-    s->state = S_HANDSHAKE;
-    s->progress = 1;
   }
   if (s->state == S_CONNECTING) {
     struct pollfd p = {s->fd, POLLOUT, 0};
@@ -923,12 +931,8 @@ static void sess_connect_step(fly_ssh_sess_t *s, uint64_t now) {
                           strerror(err));
       return;
     }
-    if (sess_session_init(s) != 0) {
-      sess_connect_failed(s, now, 0, "ERR_NO_MEMORY", "out of memory");
+    if (sess_to_handshake(s, now) != 0)
       return;
-    }
-    s->state = S_HANDSHAKE;
-    s->progress = 1;
   }
   if (s->state == S_HANDSHAKE) {
     rc = libssh2_session_handshake(s->ls, s->fd);
