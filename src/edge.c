@@ -72,6 +72,7 @@ struct fly_edge_s {
   int fd;                    /* TCP to the edge */
   struct gaicb *gai;         /* a name being resolved */
   struct addrinfo *ai;       /* numeric: ours to free */
+  const struct addrinfo *next_ai; /* the addresses not tried yet */
   SSL_CTX *ctx;
   SSL *ssl;
   int want_write;            /* the last TLS call wanted the socket writable */
@@ -246,6 +247,7 @@ static int is_ip(const char *h) {
 static void tcp_start(fly_edge_t *e, const struct addrinfo *ai) {
   int one = 1;
   unsigned ms;
+  e->next_ai = ai->ai_next;
   e->fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (e->fd < 0) {
     edge_fail(e, "SSH_CONNECT_FAILED", 1, "edge socket: %s", strerror(errno));
@@ -259,8 +261,14 @@ static void tcp_start(fly_edge_t *e, const struct addrinfo *ai) {
   setsockopt(e->fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof(ms));
   if (connect(e->fd, ai->ai_addr, ai->ai_addrlen) != 0 &&
       errno != EINPROGRESS) {
-    edge_fail(e, "SSH_CONNECT_FAILED", 1, "edge connect: %s",
-              strerror(errno));
+    int err = errno;
+    close(e->fd);
+    e->fd = -1;
+    if (e->next_ai != NULL) {
+      tcp_start(e, e->next_ai);
+      return;
+    }
+    edge_fail(e, "SSH_CONNECT_FAILED", 1, "edge connect: %s", strerror(err));
     return;
   }
   e->state = E_CONNECT;
@@ -512,6 +520,13 @@ static void connect_step(fly_edge_t *e) {
       return;
     if (getsockopt(e->fd, SOL_SOCKET, SO_ERROR, &err, &elen) != 0)
       err = errno;
+    if (err != 0 && e->next_ai != NULL) {
+      /* a name's next address (IPv6 then IPv4, say) */
+      close(e->fd);
+      e->fd = -1;
+      tcp_start(e, e->next_ai);
+      return;
+    }
     if (err != 0) {
       edge_fail(e, "SSH_CONNECT_FAILED", 1, "edge connect: %s",
                 strerror(err));

@@ -206,6 +206,16 @@ test('edge: faults are typed errors, deadlines hold, the next call reconnects', 
     assert.ok(!err.message.includes(again.getInstance()._edgeToken))
   })
 
+  await t.test('a host name (resolved off the I/O thread) whose certificate does not name it: FLY_EDGE_TLS', async () => {
+    const port = new URL(srv.edgeUrl).port
+    const other = provider(srv, { appName: sb.sandboxId.split(':')[0], reach: 'edge', edgeUrl: `https://localhost:${port}`, edgeCa: srv.edgeCa, connectTimeoutMs })
+    const again = await other.sandbox.getById(sb.sandboxId)
+    const { err, ms } = await timed(() => again.runCommand('true'))
+    assert.equal(err.code, 'FLY_EDGE_TLS')
+    assert.match(err.message, /hostname mismatch/)
+    assert.ok(ms < connectTimeoutMs, `${ms} ms`)
+  })
+
   await t.test('a TCP peer that never speaks TLS: SSH_CONNECT_FAILED by the connect deadline', async () => {
     const server = net.createServer(() => {})
     const held = new Set()
