@@ -133,7 +133,9 @@ test('fly-local from outside the private network: the seed usage through the edg
   const addrs = (await sb.runCommand('hostname -I')).stdout.trim().split(/\s+/)
   assert.ok(addrs.length >= 1)
   await out.addRoute('100.0.0.0/8')
-  for (const a of addrs.filter((x) => !x.includes(':'))) {
+  await out.addRoute6('fdaa::/16')
+  assert.ok(addrs.some((x) => x.includes(':')) && addrs.some((x) => !x.includes(':')), addrs.join(' '))
+  for (const a of addrs) {
     const probe = await out.exec(process.execPath, ['-e', `
       const s = require('net').connect({ host: ${JSON.stringify(a)}, port: 2222 })
       const t = setTimeout(() => { console.log('timeout'); process.exit(0) }, 2000)

@@ -57,7 +57,14 @@ async function outsideNetwork (t) {
     nsAddr,
     // cmd run inside the namespace
     exec: (cmd, args, opts) => run(IP, ['netns', 'exec', ns, cmd, ...args], opts),
-    addRoute: (dst) => must(['-n', ns, 'route', 'add', dst, 'via', hostAddr])
+    addRoute: (dst) => must(['-n', ns, 'route', 'add', dst, 'via', hostAddr]),
+    // an IPv6 pair on the veth (a random ULA /64) and a route to dst by it
+    async addRoute6 (dst) {
+      const pfx = `fd${crypto.randomBytes(1).toString('hex')}:${crypto.randomBytes(2).toString('hex')}:${crypto.randomBytes(2).toString('hex')}`
+      await must(['-6', 'addr', 'add', `${pfx}::1/64`, 'dev', hostIf, 'nodad'])
+      await must(['-n', ns, '-6', 'addr', 'add', `${pfx}::2/64`, 'dev', nsIf, 'nodad'])
+      await must(['-n', ns, '-6', 'route', 'add', dst, 'via', `${pfx}::1`])
+    }
   }
 }
 
