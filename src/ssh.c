@@ -708,6 +708,7 @@ static void sess_tcp_start(fly_ssh_sess_t *s, uint64_t now) {
   char port[16];
   int rc, fd, one = 1;
 
+  s->fail_status = 0;
   if (s->target->edge_host != NULL) {
     /* libssh2 gets one end of a socketpair; edge.c carries the rest */
     s->edge = fly_edge_new(s->target, &fd);

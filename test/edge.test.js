@@ -229,6 +229,17 @@ test('edge: faults are typed errors, deadlines hold, the next call reconnects', 
     assert.ok(ms >= connectTimeoutMs - 100 && ms < connectTimeoutMs + 1500, `${ms} ms`)
   })
 
+  await t.test('a destroyed sandbox through the edge: FLY_NOT_FOUND, as on the private path', async () => {
+    const other = await p.sandbox.create()
+    await other.runCommand('true')
+    const { app, machine } = sandboxIds(other)
+    // removed behind the provider's back (another process, say)
+    await fetch(`${srv.url}/v1/apps/${app}/machines/${machine}?force=true`, { method: 'DELETE', headers: { authorization: `Bearer ${srv.token}` } })
+    srv.edge.closeAll()
+    const { err } = await timed(() => other.runCommand('true'))
+    assert.equal(err.code, 'FLY_NOT_FOUND')
+  })
+
   await t.test('streaming and files still work after all that', async () => {
     const chunks = []
     const r = await sb.runCommand('for i in 1 2 3; do echo $i; sleep 0.05; done', { onStdout: (d) => chunks.push(d) })

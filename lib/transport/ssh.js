@@ -99,7 +99,7 @@ async function withSession (sb, fn, keep) {
   try {
     return await fn(session(sb, keep, via))
   } catch (err) {
-    if (err.code === 'SSH_CONNECT_FAILED' || err.code === 'SSH_TIMEOUT') throw await whyUnreachable(sb, err)
+    if (err.code === 'SSH_CONNECT_FAILED' || err.code === 'SSH_TIMEOUT' || edgeGone(err)) throw await whyUnreachable(sb, err)
     if (err.code !== 'SSH_AUTH_FAILED' || config.sshPassword || state.reauthorized.has(sb.sandboxId)) throw err
     state.reauthorized.add(sb.sandboxId)
     const pub = clientKey(sb._ctx).publicKey
@@ -116,6 +116,13 @@ async function withSession (sb, fn, keep) {
     }
     return fn(session(sb, keep, via))
   }
+}
+
+// The edge's answers when it has no machine to give the upgrade to (404:
+// no such instance; 502-504: none it could reach): the machine's state says
+// why, as for a failed direct connect.
+function edgeGone (err) {
+  return err.code === 'FLY_EDGE_REFUSED' && [404, 502, 503, 504].includes(err.status)
 }
 
 // An SSH connect that failed for good: a machine that is not running (or
