@@ -256,6 +256,19 @@ test('edge: reach is learned once (private from the host), autostart wakes a pau
   const sb = await p.sandbox.create()
   assert.equal(await sb.getInstance()._ctx.state.reach, 'private')
 
+  // the app's addresses: made once, whoever creates next finds them
+  const appName = sb.sandboxId.split(':')[0]
+  await provider(srv, { appName }).sandbox.create()
+  await p.sandbox.create()
+  const ips = await (await fetch(`${srv.url}/v1/apps/${appName}/ip_assignments`, { headers: { authorization: `Bearer ${srv.token}` } })).json()
+  assert.deepEqual(ips.ips.map((x) => x.shared).sort(), [false, true])
+  // reach: 'private' makes none of it: no token, no 443 service
+  const priv = await provider(srv, { appName, reach: 'private' }).sandbox.create()
+  const m = await (await fetch(`${srv.url}/v1/apps/${appName}/machines/${sandboxIds(priv).machine}`, { headers: { authorization: `Bearer ${srv.token}` } })).json()
+  assert.equal(m.config.metadata.computesdk_edge_token, undefined)
+  assert.ok(!(m.config.services || []).some((x) => x.ports.some((q) => q.port === 443)))
+  assert.ok(!(m.config.files || []).some((f) => f.guest_path.includes('edge_token')))
+
   // paused, then woken by the edge's autostart when an upgrade arrives
   const { app, machine } = sandboxIds(sb)
   await sb.pause()
