@@ -17,9 +17,10 @@
  *
  * Bounds: the upgrade reply's head is at most 8 KiB; a WebSocket message at
  * most 1 MiB (wslay closes with 1009 above that); bytes waiting for libssh2
- * at most ~1.25 MiB (reading from TLS stops at 256 KiB); bytes queued
- * towards the edge at most 256 KiB plus one read.  The token lives in the
- * target and, until sent, in the request buffer, which is wiped. */
+ * at most ~1.25 MiB (reading from TLS stops at 256 KiB); towards the edge,
+ * at most 256 KiB queued in wslay plus one 64 KiB read, and 256 KiB of
+ * frames waiting for TLS.  The token lives in the target and, until sent,
+ * in the request buffer, which is wiped. */
 #define _GNU_SOURCE
 #include "ssh.h"
 
