@@ -278,3 +278,24 @@ test('edge: reach is learned once (private from the host), autostart wakes a pau
   assert.equal(srv.machines().find((m) => m.id === machine).state, 'started')
   assert.equal((await sb.runCommand('echo awake')).stdout, 'awake\n')
 })
+
+test('edge: a command through the edge keeps an idle-timeout sandbox awake; unused, it suspends itself', async (t) => {
+  const srv = await startLocal(t)
+  const p = provider(srv, { reach: 'edge', edgeUrl: srv.edgeUrl, edgeCa: srv.edgeCa })
+  const sb = await p.sandbox.create({ idleTimeout: 1500 })
+  const { machine } = sandboxIds(sb)
+  const state = () => srv.machines().find((m) => m.id === machine).state
+  // the bridge's inbound connection is what the idle watch counts
+  const r = await sb.runCommand('sleep 4; echo still here')
+  assert.equal(r.stdout, 'still here\n')
+  assert.equal(state(), 'started')
+  // then nothing: the provider closes its unused connection, the machine
+  // suspends itself (the first transition is the answer, within a bound)
+  const got = await new Promise((resolve) => {
+    const done = (s) => { clearTimeout(timer); srv.events.off('state', on); resolve(s) }
+    const on = (e) => { if (e.id === machine && e.state !== 'started') done(e.state) }
+    const timer = setTimeout(() => done(state()), 30000)
+    srv.events.on('state', on)
+  })
+  assert.ok(['suspending', 'suspended'].includes(got), got)
+})
