@@ -224,7 +224,9 @@ class Proxy {
         asleep.sort((a, b) => (a.m.state === 'suspended' ? 0 : 1) - (b.m.state === 'suspended' ? 0 : 1))
         asleep[0].m.requestStart()
       }
-      await this.untilStateChange(all.map((c) => c.m), deadline)
+      /* a transition that happened between the look above and the
+         listeners below is seen at the next look, 250 ms on at most */
+      await this.untilStateChange(all.map((c) => c.m), Math.min(deadline, Date.now() + 250))
     }
     return null
   }
