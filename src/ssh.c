@@ -872,6 +872,7 @@ static void sess_connect_begin(fly_ssh_sess_t *s, uint64_t now) {
   s->connect_deadline = now + s->target->connect_timeout_ms;
   s->retry_delay = FLY_SSH_RETRY_MIN_MS;
   s->last_connect_error[0] = '\0';
+  s->refused_status = 0;
   sess_tcp_start(s, now);
 }
 
@@ -902,13 +903,26 @@ static void sess_connect_step(fly_ssh_sess_t *s, uint64_t now) {
     fly_edge_step(s->edge);
     if (fly_edge_failed(s->edge, &code, &msg, &status, &retry)) {
       s->fail_status = status;
+      if (retry && strcmp(code, "FLY_EDGE_REFUSED") == 0)
+        s->refused_status = status;
       sess_connect_failed(s, now, retry, code, "%s", msg);
       return;
     }
     if (!fly_edge_open(s->edge)) {
-      if (now >= s->connect_deadline)
+      if (now < s->connect_deadline)
+        return;
+      /* out of time during an attempt after the edge had refused for want
+       * of a ready machine: that is the reason to give */
+      if (s->refused_status != 0) {
+        s->fail_status = s->refused_status;
+        sess_connect_failed(s, now, 0, "FLY_EDGE_REFUSED",
+                            "edge refused the upgrade: HTTP %d until the "
+                            "connect deadline",
+                            s->refused_status);
+      } else {
         sess_connect_failed(s, now, 1, "SSH_CONNECT_FAILED",
                             "edge: timed out");
+      }
       return;
     }
     if (sess_to_handshake(s, now) != 0)

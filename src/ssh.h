@@ -135,6 +135,7 @@ struct fly_ssh_sess_s {
   int fd;
   fly_edge_t *edge;            /* the edge path, while connected through it */
   int fail_status;             /* an edge refusal's HTTP status, for errors */
+  int refused_status;          /* an earlier attempt's 502-504, or 0 */
   LIBSSH2_SESSION *ls;
   uint64_t connect_deadline;
   uint64_t retry_at;

@@ -109,6 +109,8 @@ test('edge: faults are typed errors, deadlines hold, the next call reconnects', 
     reach: 'edge', edgeUrl: srv.edgeUrl, edgeCa: srv.edgeCa, connectTimeoutMs, opTimeoutMs: 4000, keepaliveSec: 1
   })
   const sb = await p.sandbox.create()
+  // a subtest that failed half way leaves no fault to the next
+  t.beforeEach(() => srv.edge.fault(null))
   // whatever the fault did, the next call works
   const healthy = async () => {
     srv.edge.fault(null)
