@@ -8,11 +8,13 @@
 // same edge (a node TLS socket + a `ws` client as its sock) and over TCP.
 //   - create -> first command (5 each, one at a time)
 //   - sequential runCommand('true') p50 / p99
+//   (these two interleaved: one private call, one edge call, and so on)
 //   - cmds/s with 50 in flight
 //   - 20 MiB upload and download (SFTP)
 // Run: node bench/edge.js (or as part of npm run bench). Prints Markdown.
 const crypto = require('crypto')
 const net = require('net')
+const { spawn } = require('child_process')
 const local = require('../lib/local')
 const native = require('../lib/native')
 const { fly } = require('..')
@@ -21,30 +23,34 @@ const { stats, f, now, timeEach, throughput } = require('./measure')
 const N_CMD = Number(process.env.BENCH_CMD || 200)
 const N_CREATE = Number(process.env.BENCH_CREATE || 5)
 
-// The project's figures for one provider.
-async function measure (p, label) {
-  const creates = []
+// The project's figures for the providers, interleaved (one private call,
+// one edge call, ...) so that a change of load on the machine falls on both
+// paths alike.
+async function measure (providers) {
+  const out = providers.map(() => ({ creates: [], seq: [] }))
+  const time = async (fn) => { const t = now(); await fn(); return now() - t }
   for (let i = 0; i < N_CREATE; i++) {
-    const t = now()
-    const sb = await p.sandbox.create()
-    await sb.runCommand('true')
-    creates.push(now() - t)
-    await sb.destroy()
+    for (const [k, p] of providers.entries()) {
+      let sb
+      out[k].creates.push(await time(async () => { sb = await p.sandbox.create(); await sb.runCommand('true') }))
+      await sb.destroy()
+    }
   }
-  const sb = await p.sandbox.create()
-  for (let i = 0; i < 20; i++) await sb.runCommand('true')
-  const seq = await timeEach(N_CMD, () => sb.runCommand('true'))
-  const at50 = await throughput(N_CMD * 2, 50, () => sb.runCommand('true'))
+  const sbs = await Promise.all(providers.map((p) => p.sandbox.create()))
+  for (let i = 0; i < 20; i++) for (const sb of sbs) await sb.runCommand('true')
+  for (let i = 0; i < N_CMD; i++) {
+    for (const [k, sb] of sbs.entries()) out[k].seq.push(await time(() => sb.runCommand('true')))
+  }
+  for (const [k, sb] of sbs.entries()) out[k].at50 = await throughput(N_CMD * 2, 50, () => sb.runCommand('true'))
   const data = crypto.randomBytes(20 << 20)
-  await sb.filesystem.writeFile('/tmp/warm', 'x')
-  let t = now()
-  await sb.filesystem.writeFile('/tmp/up.bin', data)
-  const up = 20 / ((now() - t) / 1000)
-  t = now()
-  const back = await sb.filesystem.readFile('/tmp/up.bin', { encoding: null })
-  const down = 20 / ((now() - t) / 1000)
-  if (!back.equals(data)) throw new Error(`${label}: 20 MiB round trip mismatch`)
-  return { sb, create: stats(creates), seq, at50, up, down }
+  for (const sb of sbs) await sb.filesystem.writeFile('/tmp/warm', 'x')
+  for (const [k, sb] of sbs.entries()) out[k].up = 20 / (await time(() => sb.filesystem.writeFile('/tmp/up.bin', data)) / 1000)
+  for (const [k, sb] of sbs.entries()) {
+    let back
+    out[k].down = 20 / (await time(async () => { back = await sb.filesystem.readFile('/tmp/up.bin', { encoding: null }) }) / 1000)
+    if (!back.equals(data)) throw new Error('20 MiB round trip mismatch')
+  }
+  return out.map((o, k) => ({ sb: sbs[k], create: stats(o.creates), seq: stats(o.seq), at50: o.at50, up: o.up, down: o.down }))
 }
 
 // ssh2 on one sock factory: sequential p50/p99 and 50 in flight.
@@ -111,8 +117,7 @@ async function runEdge ({ srv, say }) {
   const base = { apiToken: srv.token, apiHostname: srv.url, appName, sshPrivateKey: key.privateKey }
   const priv = fly({ ...base, reach: 'private' })
   const edge = fly({ ...base, reach: 'edge', edgeUrl: srv.edgeUrl, edgeCa: srv.edgeCa })
-  const a = await measure(priv, 'private')
-  const b = await measure(edge, 'edge')
+  const [a, b] = await measure([priv, edge])
   const m = b.sb.getInstance()
   const fp = m.hostKeyFingerprint
   const s2edge = await ssh2Figures({ sock: () => edgeSock(srv, b.sb), privateKey: key.privateKey, fingerprint: fp })
@@ -132,11 +137,39 @@ async function runEdge ({ srv, say }) {
   say('')
 }
 
-module.exports = { runEdge }
+module.exports = { runEdge, startApart }
+
+// fly-local in a process of its own, as Fly's proxy is no part of the
+// client's: its edge's TLS and piping then do not run on the measured
+// process's JS thread. { url, token, edgeUrl, edgeCa, stop() }.
+function startApart () {
+  const script = `
+    const { start } = require(${JSON.stringify(require.resolve('../lib/local'))})
+    start({ quiet: true }).then((srv) => {
+      process.stdout.write(JSON.stringify({ url: srv.url, token: srv.token, edgeUrl: srv.edgeUrl, edgeCa: srv.edgeCa }) + '\\n')
+      const bye = () => srv.stop().then(() => process.exit(0))
+      process.on('SIGTERM', bye)
+      process.stdin.on('end', bye)
+      process.stdin.resume()
+    }, (e) => { console.error(e); process.exit(1) })`
+  const child = spawn(process.execPath, ['-e', script], { stdio: ['pipe', 'pipe', 'inherit'] })
+  return new Promise((resolve, reject) => {
+    let buf = ''
+    child.stdout.on('data', (d) => {
+      buf += d
+      const nl = buf.indexOf('\n')
+      if (nl < 0) return
+      const srv = JSON.parse(buf.slice(0, nl))
+      srv.stop = () => new Promise((done) => { child.once('exit', done); child.stdin.end() })
+      resolve(srv)
+    })
+    child.once('exit', (code) => reject(new Error(`fly-local exited ${code}`)))
+  })
+}
 
 if (require.main === module) {
   (async () => {
-    const srv = await local.start({ quiet: true })
+    const srv = process.env.BENCH_SAME_PROCESS ? await local.start({ quiet: true }) : await startApart()
     try {
       await runEdge({ srv, say: console.log })
     } finally {

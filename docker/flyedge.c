@@ -56,10 +56,10 @@
 static const char *token_file = "/etc/computesdk/edge_token_sha256";
 static int ssh_port = 2222;
 
-static int write_all(int fd, const void *p, size_t n) {
+static int write_more(int fd, const void *p, size_t n, int more) {
   const char *c = p;
   while (n > 0) {
-    ssize_t w = send(fd, c, n, MSG_NOSIGNAL);
+    ssize_t w = send(fd, c, n, MSG_NOSIGNAL | (more ? MSG_MORE : 0));
     if (w < 0 && errno == EINTR)
       continue;
     if (w <= 0)
@@ -68,6 +68,10 @@ static int write_all(int fd, const void *p, size_t n) {
     n -= (size_t)w;
   }
   return 0;
+}
+
+static int write_all(int fd, const void *p, size_t n) {
+  return write_more(fd, p, n, 0);
 }
 
 static void reply(int fd, const char *status) {
@@ -198,7 +202,8 @@ static int send_frame(conn_t *c, int op, const void *p, size_t n) {
     hl = 10;
   }
   pthread_mutex_lock(&c->wmu);
-  rc = write_all(c->client, h, hl);
+  /* the header waits for its payload: one segment, not two */
+  rc = write_more(c->client, h, hl, n > 0);
   if (rc == 0 && n > 0)
     rc = write_all(c->client, p, n);
   pthread_mutex_unlock(&c->wmu);

@@ -119,6 +119,8 @@ class Edge {
     server.headersTimeout = HEADERS_TIMEOUT_MS
     server.requestTimeout = HEADERS_TIMEOUT_MS
     server.on('connection', (s) => {
+      /* the TCP socket under the TLS one: small writes go at once */
+      s.setNoDelay(true)
       this.sockets.add(s)
       s.on('close', () => this.sockets.delete(s))
       s.on('error', () => {})
