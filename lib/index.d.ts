@@ -193,6 +193,10 @@ export type FlyRuntime = 'python' | 'node'
 export interface FlyReadOptions {
   /** 'utf8' (default) returns a string; null or 'buffer' returns the exact bytes as a Buffer. */
   encoding?: BufferEncoding | 'buffer' | null
+  /** Read from this byte offset (default 0). */
+  offset?: number
+  /** Read at most this many bytes (at most maxFileBytes); with it a larger file is no error. */
+  length?: number
 }
 
 export interface FlyFileSystem {

@@ -162,6 +162,19 @@ test('maxFileBytes and maxEntries bound what a sandbox can make readFile and rea
   assert.equal(await small.filesystem.readFile('/tmp/lim/ten'), '0123456789')
   const big = await rejects(small.filesystem.readFile('/tmp/lim/eleven'))
   assert.equal(big.code, 'ERR_FILE_TOO_LARGE')
+  // The error's advice works: the file in ranges of at most maxFileBytes,
+  // on both transports.
+  assert.match(big.message, /readFile\(path, \{ offset, length \}\)/)
+  const ex = await provider(srv, { appName, maxFileBytes: 10, transport: 'exec' }).sandbox.getById(sb.sandboxId)
+  for (const s of [small, ex]) {
+    const parts = [await s.filesystem.readFile('/tmp/lim/eleven', { length: 10 }), await s.filesystem.readFile('/tmp/lim/eleven', { offset: 10, length: 10 })]
+    assert.deepEqual(parts, ['0123456789', '0'])
+    assert.equal((await s.filesystem.readFile('/tmp/lim/eleven', { offset: 3, length: 2, encoding: null })).toString(), '34')
+    assert.equal((await rejects(s.filesystem.readFile('/tmp/lim/eleven'))).code, 'ERR_FILE_TOO_LARGE')
+    assert.equal((await rejects(s.filesystem.readFile('/tmp/lim/eleven', { length: 11 }))).code, 'ERR_INVALID_ARG')
+    assert.equal((await rejects(s.filesystem.readFile('/tmp/lim/eleven', { offset: -1 }))).code, 'ERR_INVALID_ARG')
+    assert.equal((await rejects(s.filesystem.readFile('/tmp/lim/missing', { length: 2 }))).code, 'SFTP_NO_SUCH_FILE')
+  }
   assert.equal((await small.filesystem.readdir('/tmp/lim')).length, 3)
   await sb.runCommand('touch /tmp/lim/b')
   const many = await rejects(small.filesystem.readdir('/tmp/lim'))

@@ -167,7 +167,7 @@ function sftp (sb, op, path, extra) {
 const limits = (sb) => ({ maxEntries: sb._ctx.config.maxEntries })
 
 const files = {
-  read: (sb, path) => sftp(sb, 'read', path, { maxFileBytes: sb._ctx.config.maxFileBytes }),
+  read: (sb, path, range) => sftp(sb, 'read', path, { maxFileBytes: sb._ctx.config.maxFileBytes, ...range }),
   write: (sb, path, data) => sftp(sb, 'write', path, { data }).then(() => {}),
   mkdir: (sb, path) => sftp(sb, 'mkdir', path, { recursive: true }).then(() => {}),
   async readdir (sb, path) {
