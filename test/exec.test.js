@@ -293,8 +293,9 @@ test('exec transport: same result shape through the Machines API', async () => {
   const c = await s.runCode('console.log(6 * 7)', 'node')
   assert.equal(c.stdout, '42\n')
   // as the sandbox user, like SSH
-  const who = await s.runCommand('id -un; echo "$HOME"')
-  assert.equal(who.stdout, 'sandbox\n/home/sandbox\n')
+  const who = await s.runCommand('id -un; echo "$HOME"; pwd')
+  assert.equal(who.stdout, 'sandbox\n/home/sandbox\n/home/sandbox\n')
+  assert.equal((await sb.runCommand('pwd')).stdout, '/home/sandbox\n', 'SSH starts there too')
   const killed = await s.runCommand('kill -9 $$')
   assert.equal(killed.exitCode, 137)
   const chunks = []

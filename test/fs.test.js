@@ -144,15 +144,16 @@ test('through the ComputeSDK wrapper and on the exec transport', async () => {
 test('exec transport: readdir takes any path as a path, even "-delete"', async () => {
   const [appName, machine] = sb.sandboxId.split(':')
   const efs = (await provider(srv, { appName, transport: 'exec' }).sandbox.getById(sb.sandboxId)).filesystem
-  // Relative to the exec endpoint's working directory, "/", where only root
-  // can make it.
+  // Relative to the sandbox user's home, where commands start on both
+  // transports.
   const made = await call(srv, 'machine.exec', { app: appName, machine }, {
-    body: JSON.stringify({ command: ['sh', '-c', 'mkdir -p /-delete /"(" && touch /-delete/keep /"("/kept && chown -R sandbox /-delete /"("'] })
+    body: JSON.stringify({ command: ['runuser', '-u', 'sandbox', '--', 'sh', '-c', 'cd && mkdir -p ./-delete ./"(" && touch ./-delete/keep ./"("/kept'] })
   })
   assert.equal(made.body.exit_code, 0, made.body.stderr)
   assert.deepEqual((await efs.readdir('-delete')).map((e) => e.name), ['keep'])
   assert.deepEqual((await efs.readdir('(')).map((e) => e.name), ['kept'])
-  assert.equal(await efs.exists('/-delete/keep'), true, 'nothing was deleted')
+  assert.equal(await efs.exists('/home/sandbox/-delete/keep'), true, 'nothing was deleted')
+  assert.deepEqual((await sb.filesystem.readdir('-delete')).map((e) => e.name), ['keep'], 'SFTP resolves it the same')
 })
 
 test('maxFileBytes and maxEntries bound what a sandbox can make readFile and readdir return', async () => {

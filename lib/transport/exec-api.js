@@ -15,7 +15,9 @@ const { flyError, invalidArg } = require('../errors')
 const NO_USER = 'computesdk-exec:'
 const AS_USER = `command -v runuser >/dev/null 2>&1 || { echo "${NO_USER} runuser is missing in the image" >&2; exit 125; }; ` +
   `id -u "$1" >/dev/null 2>&1 || { echo "${NO_USER} no user $1 in the image" >&2; exit 125; }; ` +
-  'exec runuser -u "$1" -- sh -c "$2"'
+  // In the user's home, as an SSH login starts (runuser sets HOME, not the
+  // directory), so a relative path means the same on both transports.
+  'exec runuser -u "$1" -- sh -c \'cd "$HOME" 2>/dev/null; exec sh -c "$1"\' sh "$2"'
 
 // A signal name or number from the reply -> its number (Node's table).
 function signalNumber (s) {
