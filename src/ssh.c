@@ -560,7 +560,6 @@ void fly_ssh_op_start(fly_loop_t *loop, fly_ssh_op_t *op) {
   fly_ssh_state_t *st = state_get(loop, 1);
   fly_ssh_sess_t *s;
   fly_ssh_op_t **pp;
-  uint64_t base;
 
   if (st == NULL)
     goto nomem;
@@ -577,12 +576,11 @@ void fly_ssh_op_start(fly_loop_t *loop, fly_ssh_op_t *op) {
     s->next = st->sessions;
     st->sessions = s;
   }
-  /* The deadline counts from when JS asked; an op that has to wait for a
-   * connection gets the connect timeout on top. */
-  base = op->asked_at;
-  if (s->state != S_READY)
-    base += op->target->connect_timeout_ms;
-  op->deadline = base + fly_ssh_op_budget(op);
+  /* The deadline counts from when JS asked and bounds everything the call
+   * does, (re)connecting included: an op that has to wait for a connection
+   * fails at its own deadline even while connect attempts go on (they stop
+   * at the connect timeout). */
+  op->deadline = op->asked_at + fly_ssh_op_budget(op);
   for (pp = &s->ops; *pp != NULL; pp = &(*pp)->next)
     ;
   op->next = NULL;
