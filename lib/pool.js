@@ -19,6 +19,11 @@ const lifecycle = require('./lifecycle')
 // TAG, so list() does not show pool machines as sandboxes.
 const POOL = 'computesdk_pool'
 const FILLING = 'computesdk_pool_filling'
+// A machine drain() has taken out of the pool but not yet destroyed: no
+// claim takes it, and a drain that failed half-way leaves it findable by
+// the next drain (which on Fly would otherwise be storage billed forever).
+const DRAINING = 'computesdk_pool_draining'
+const POOL_TAGS = [POOL, FILLING, DRAINING]
 // A claim writes the tag within half of this after taking the lease, or
 // gives the machine up: the lease must not lapse before the tag is gone.
 const LEASE_TTL_S = 15
@@ -447,35 +452,50 @@ class Pool {
     try {
       if (this.run) await this.run.promise
       const key = all ? null : this.key()
-      const mine = (m) => {
+      // The pool key a machine of this drain carries (ready, being
+      // prepared, or left by an earlier drain), or undefined.
+      const keyOf = (m) => {
         const md = (m.config && m.config.metadata) || {}
-        if (isGone(m) || md[TAG] !== undefined) return false
-        return key === null ? (md[POOL] !== undefined || md[FILLING] !== undefined) : (md[POOL] === key || md[FILLING] === key)
+        if (isGone(m) || md[TAG] !== undefined) return undefined
+        const k = POOL_TAGS.map((t) => md[t]).find((v) => v !== undefined)
+        return key === null || k === key ? k : undefined
       }
+      const seen = new Set()
       const ms = (key === null
         ? await this.list({})
-        : (await Promise.all([this.list({ [`metadata.${POOL}`]: key }), this.list({ [`metadata.${FILLING}`]: key })])).flat()
-      ).filter(mine)
+        : (await Promise.all(POOL_TAGS.map((t) => this.list({ [`metadata.${t}`]: key })))).flat()
+      ).filter((m) => keyOf(m) !== undefined && !seen.has(m.id) && seen.add(m.id))
       let skipped = 0
       const outcomes = await limited(4, ms.map((m) => async () => {
         const params = this.params(m.id)
         let nonce
-        try {
-          nonce = (await api.call(config, 'machine.lease.acquire', params, { body: { ttl: LEASE_TTL_S, description: 'computesdk pool drain' } })).body.data.nonce
-        } catch (err) {
-          if (err.code === 'FLY_NOT_FOUND') return false
-          if (err.code === 'FLY_CONFLICT') { skipped++; return false }
-          throw err
+        // A machine an earlier drain took out of the pool is nobody's to
+        // claim: a lease on it is that drain's, left when its release
+        // failed, and lapses within LEASE_TTL_S, so wait that out.
+        const until = keyOf(m) !== undefined && m.config.metadata[DRAINING] !== undefined
+          ? Date.now() + (LEASE_TTL_S + 2) * 1000
+          : 0
+        for (let delay = 500; nonce === undefined; delay = Math.min(delay * 2, 4000)) {
+          try {
+            nonce = (await api.call(config, 'machine.lease.acquire', params, { body: { ttl: LEASE_TTL_S, description: 'computesdk pool drain' } })).body.data.nonce
+          } catch (err) {
+            if (err.code === 'FLY_NOT_FOUND') return false
+            if (err.code !== 'FLY_CONFLICT') throw err
+            if (Date.now() + delay > until) { skipped++; return false }
+            await new Promise((resolve) => setTimeout(resolve, delay))
+          }
         }
         let ours
         try {
           const cur = (await api.call(config, 'machine.get', params)).body
-          ours = mine(cur)
-          if (ours) await api.call(config, 'machine.metadata.update', params, { body: { metadata: { [POOL]: null, [FILLING]: null } } })
+          ours = keyOf(cur)
+          if (ours !== undefined) {
+            await api.call(config, 'machine.metadata.update', params, { body: { metadata: { [POOL]: null, [FILLING]: null, [DRAINING]: ours } } })
+          }
         } finally {
           await this.release(m.id, nonce)
         }
-        if (!ours) return false
+        if (ours === undefined) return false
         this.pins.delete(m.id)
         await lifecycle.destroy(this.ctx, `${config.appName}:${m.id}`)
         return true
@@ -531,4 +551,4 @@ class Pool {
   }
 }
 
-module.exports = { Pool, POOL, FILLING, LEASE_TTL_S }
+module.exports = { Pool, POOL, FILLING, DRAINING, LEASE_TTL_S }
