@@ -1,12 +1,13 @@
 'use strict'
 // The Machines API calls the provider makes, on the native client.
 const native = require('./native')
-const { requireToken } = require('./config')
+const { apiTarget } = require('./target')
 
 function call (config, op, params, extra) {
+  const { baseUrl, token } = apiTarget(config)
   const req = {
-    baseUrl: config.baseUrl,
-    token: requireToken(config),
+    baseUrl,
+    token,
     op,
     params: params || {}
   }

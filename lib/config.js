@@ -2,7 +2,8 @@
 // Resolves a FlyConfig (plus environment fallbacks) once, into the frozen
 // settings every method reads.  Type errors are thrown at once; a missing
 // token is reported when a method needs it, as ComputeSDK providers do.
-const { flyError, invalidArg } = require('./errors')
+const { invalidArg } = require('./errors')
+const { apiTarget } = require('./target')
 
 const DEFAULTS = {
   apiHostname: 'https://api.machines.dev',
@@ -96,6 +97,10 @@ function resolveConfig (config) {
     region: optString(config, 'region', 'FLY_REGION') || DEFAULTS.region,
     image: optString(config, 'image', 'FLY_IMAGE') || DEFAULTS.image,
     baseUrl: (optString(config, 'apiHostname', 'FLY_API_HOSTNAME') || DEFAULTS.apiHostname).replace(/\/+$/, ''),
+    // Neither a token nor a hostname: the fly-local running on this host
+    // (lib/target.js).
+    localDefault: optString(config, 'apiToken', 'FLY_API_TOKEN') === undefined &&
+      optString(config, 'apiHostname', 'FLY_API_HOSTNAME') === undefined,
     cpus: optInt(config, 'cpus', 1, 16) || DEFAULTS.cpus,
     memoryMb: optInt(config, 'memoryMb', 256, 131072) || DEFAULTS.memoryMb,
     cpuKind: optString(config, 'cpuKind') || DEFAULTS.cpuKind,
@@ -172,13 +177,10 @@ function poolConfig (p, r) {
   return Object.freeze({ size: p.size, concurrency, onError: p.onError || null })
 }
 
-// A missing token is reported when a method needs it, not at fly().
+// A missing token is reported when a method needs it, not at fly(); the
+// token is the configured one or the local fly-local's (lib/target.js).
 function requireToken (config) {
-  if (!config.token) {
-    throw flyError('FLY_UNAUTHORIZED', 'Missing Fly.io API token. Provide apiToken in config or set the ' +
-      'FLY_API_TOKEN environment variable (or start fly-local and pass its token).')
-  }
-  return config.token
+  return apiTarget(config).token
 }
 
 module.exports = { resolveConfig, requireToken, DEFAULTS, idleAction, onTimeout, volumeOption }

@@ -10,7 +10,10 @@ import type {
 } from '@computesdk/provider'
 
 export interface FlyConfig {
-  /** Fly API token (`fly tokens create ...`); falls back to FLY_API_TOKEN. Bearer and FlyV1 tokens both work. */
+  /**
+   * Fly API token (`fly tokens create ...`); falls back to FLY_API_TOKEN. Bearer and FlyV1 tokens both work.
+   * With neither a token nor apiHostname, the fly-local running on this host (registered by `npx fly-local`) is used.
+   */
   apiToken?: string
   /** The Fly app that holds the sandboxes; falls back to FLY_APP_NAME, then 'computesdk'. Created when missing. */
   appName?: string

@@ -116,7 +116,10 @@ function resolve (ref) {
   }
   const base = path.join(baseDir(), 'rootfs')
   if (!fs.existsSync(path.join(baseDir(), 'ready'))) {
-    throw new ImageError(`image ${DEFAULT_IMAGE} is not built for this definition of docker/; run bin/setup (or node lib/local/image.js build)`)
+    // The command by its full path: from a dependency, bin/setup means
+    // nothing in the user's own project.
+    throw new ImageError(`image ${DEFAULT_IMAGE} is not built on this host for this version of the package; ` +
+      `build it once, as root, with: ${path.join(DOCKER_DIR, 'setup-host.sh')} (a few minutes)`)
   }
   return [ensureTop(), base]
 }
