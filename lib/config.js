@@ -4,6 +4,7 @@
 // token is reported when a method needs it, as ComputeSDK providers do.
 const { invalidArg } = require('./errors')
 const { apiTarget } = require('./target')
+const { checkKeys } = require('./options')
 
 const DEFAULTS = {
   apiHostname: 'https://api.machines.dev',
@@ -86,9 +87,29 @@ function volumeOption (v, what) {
   return Object.freeze({ sizeGb })
 }
 
+// Every key fly() takes; anything else is ERR_INVALID_ARG (lib/options.js).
+// memory is create's name for the guest's MB, and fly()'s too; memoryMb is
+// the older name, still taken.
+const FLY_KEYS = new Set(['apiToken', 'appName', 'org', 'region', 'image', 'apiHostname', 'cpus',
+  'memory', 'memoryMb', 'cpuKind', 'transport', 'sshUser', 'sshPassword', 'sshPrivateKey', 'sshHost', 'sshPort',
+  'insecureSkipHostKeyCheck', 'timeout', 'maxOutputBytes', 'connectTimeoutMs', 'opTimeoutMs', 'keepaliveSec',
+  'maxFileBytes', 'maxEntries', 'startTimeoutMs', 'retry', 'autoResume', 'idleTimeout', 'idleAction',
+  'keepMemory', 'onTimeout', 'volume', 'pool'])
+
+// memory, or its older name memoryMb (not both, unless equal).
+function memoryOption (config) {
+  const a = optInt(config, 'memory', 256, 131072)
+  const b = optInt(config, 'memoryMb', 256, 131072)
+  if (a !== undefined && b !== undefined && a !== b) {
+    throw invalidArg('fly(): memory and memoryMb are one setting (MB); give one')
+  }
+  return a !== undefined ? a : b
+}
+
 function resolveConfig (config) {
   if (config === undefined || config === null) config = {}
   if (typeof config !== 'object') throw invalidArg('fly(): config must be an object')
+  checkKeys(config, FLY_KEYS, 'fly()')
 
   const r = {
     token: optString(config, 'apiToken', 'FLY_API_TOKEN'),
@@ -102,7 +123,7 @@ function resolveConfig (config) {
     localDefault: optString(config, 'apiToken', 'FLY_API_TOKEN') === undefined &&
       optString(config, 'apiHostname', 'FLY_API_HOSTNAME') === undefined,
     cpus: optInt(config, 'cpus', 1, 16) || DEFAULTS.cpus,
-    memoryMb: optInt(config, 'memoryMb', 256, 131072) || DEFAULTS.memoryMb,
+    memoryMb: memoryOption(config) || DEFAULTS.memoryMb,
     cpuKind: optString(config, 'cpuKind') || DEFAULTS.cpuKind,
     transport: optString(config, 'transport') || 'ssh',
     sshUser: optString(config, 'sshUser') || DEFAULTS.sshUser,

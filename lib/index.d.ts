@@ -27,7 +27,9 @@ export interface FlyConfig {
   apiHostname?: string
   /** Guest vCPUs (default 1). */
   cpus?: number
-  /** Guest memory in MB (default 512). */
+  /** Guest memory in MB (default 512); the same name as create's. */
+  memory?: number
+  /** The older name of `memory` (give one of the two). */
   memoryMb?: number
   /** 'shared' (default) or 'performance'. */
   cpuKind?: string

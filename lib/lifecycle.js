@@ -8,6 +8,7 @@ const { requireToken } = require('./config')
 const { flyError, invalidArg, abortError } = require('./errors')
 const { clientKey } = require('./keys')
 const { validEnvName } = require('./exec')
+const { checkKeys } = require('./options')
 const { FlyMachine, isGone, parseSandboxId, TAG, CREATE_ID, HOST_FP, FILES_DIR, VOLUME } = require('./machine')
 const volumes = require('./volumes')
 const idle = require('./idle')
@@ -64,10 +65,21 @@ function stringMap (obj, what) {
   return out
 }
 
+// Every key create() takes.  Besides this provider's, ComputeSDK's
+// CreateSandboxOptions names (its resource aliases, namespace, directory,
+// ...) are taken so that code written for another provider runs; those
+// with no meaning on Fly are ignored, as README says.
+const CREATE_KEYS = new Set(['templateId', 'image', 'cpus', 'vcpus', 'cpu', 'memory', 'memoryMb', 'memoryMiB',
+  'memMiB', 'envs', 'timeout', 'ports', 'metadata', 'runtime', 'name', 'region', 'signal', 'waitForSsh', 'volume',
+  'snapshotId', 'fromSandbox', 'idleTimeout', 'idleAction', 'keepMemory', 'autoResume', 'onTimeout',
+  'provider', 'namespace', 'directory', 'cpuLimit', 'diskMiB', 'resources', 'launch_parameters',
+  'deploymentPlan', 'size', 'vmTier'])
+
 // Validates create's options and builds the POST /machines body, with the
 // keys the machine gets.  Throws ERR_INVALID_ARG before anything is sent.
 function machineRequest (ctx, o) {
   const { config } = ctx
+  checkKeys(o, CREATE_KEYS, 'create')
   for (const k of ['templateId', 'image']) {
     if (o[k] !== undefined && o[k] !== null && (typeof o[k] !== 'string' || o[k] === '')) {
       throw invalidArg(`create: ${k} must be a non-empty string`)

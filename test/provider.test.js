@@ -157,6 +157,32 @@ test('invalid config and options are typed errors', async () => {
   assert.deepEqual(await p.sandbox.list(), [])
 })
 
+test('unknown options are refused, naming the nearest known one; memory is one name for one thing', async () => {
+  const typo = (() => { try { fly({ memroy: 1024 }) } catch (e) { return e } })()
+  assert.equal(typo.code, 'ERR_INVALID_ARG')
+  assert.match(typo.message, /unknown option "memroy"; did you mean "memory"\?/)
+  const other = (() => { try { fly({ apiKey: 'x' }) } catch (e) { return e } })()
+  assert.match(other.message, /unknown option "apiKey"; did you mean "apiToken"\?/)
+  assert.throws(() => fly({ memory: 1024, memoryMb: 512 }), (e) => e.code === 'ERR_INVALID_ARG')
+
+  // fly({ memory }) is the guest size, as create's memory is.
+  const p = provider(srv, { memory: 1024 })
+  const sb = await p.sandbox.create()
+  try {
+    const [app, machine] = sb.sandboxId.split(':')
+    assert.equal((await call(srv, 'machine.get', { app, machine })).body.config.guest.memory_mb, 1024)
+  } finally {
+    await sb.destroy()
+  }
+  const err = await rejects(p.sandbox.create({ envs: {}, enviroment: { A: '1' } }))
+  assert.equal(err.code, 'ERR_INVALID_ARG')
+  assert.match(err.message, /unknown option "enviroment"/)
+  // Another provider's CreateSandboxOptions names are taken (ComputeSDK's contract).
+  const ok = await p.sandbox.create({ namespace: 'n', directory: '/d', provider: 'fly' })
+  await ok.destroy()
+  assert.deepEqual(await p.sandbox.list(), [])
+})
+
 test('create: an already aborted signal throws at once and sends nothing', async (t) => {
   const seen = []
   const proxy = await startProxy(t, srv, { onRequest: (method, path) => seen.push(`${method} ${path}`) })
