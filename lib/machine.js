@@ -2,7 +2,7 @@
 // A sandbox's data: FlyMachine (what getInstance() returns), the metadata
 // keys the provider sets, sandboxId parsing, getInfo and getUrl.
 const api = require('./api')
-const { invalidArg } = require('./errors')
+const { flyError, invalidArg } = require('./errors')
 const exec = require('./exec')
 const { makeFilesystem } = require('./fs')
 
@@ -132,6 +132,9 @@ class FlyMachine {
 
 async function getInfo (sb) {
   const r = await sb._api('machine.get')
+  // Fly lists a destroyed machine for a while: it is no sandbox any more,
+  // as every other call after destroy() says.
+  if (isGone(r.body)) throw flyError('FLY_NOT_FOUND', `sandbox ${sb.sandboxId} does not exist (it was destroyed)`, { status: 404 })
   sb._update({ ...r.body, app: sb.appName })
   const st = sb.state
   const status = isPausedMachine(r.body) ? 'paused' : RUNNING.has(st) ? 'running' : STOPPED.has(st) ? 'stopped' : 'error'

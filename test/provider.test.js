@@ -50,6 +50,12 @@ test('create returns a started sandbox; getInfo, list, getById, destroy', async 
   await sb.destroy()
   assert.equal(await p.sandbox.getById(sb.sandboxId), null)
   assert.deepEqual(await p.sandbox.list(), [])
+  // Every call on a destroyed sandbox says so, getInfo too (the API still
+  // lists the machine, destroyed, for a while).
+  for (const s of [sb, again]) {
+    const gone = await rejects(s.getInfo())
+    assert.equal(gone.code, 'FLY_NOT_FOUND')
+  }
   // idempotent, never throws
   await sb.destroy()
   await p.sandbox.destroy(sb.sandboxId)
