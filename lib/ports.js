@@ -10,7 +10,7 @@
 // in the machine's metadata (PORTS, "internal:public,...").
 const crypto = require('crypto')
 const api = require('./api')
-const { apiTarget } = require('./target')
+const { apiBaseUrl } = require('./target')
 const { flyError, invalidArg } = require('./errors')
 const { PORTS } = require('./machine')
 
@@ -113,7 +113,7 @@ function exposed (sb) {
 // fly-local (an API on this host) serves each public port on loopback, as
 // Fly's proxy serves it at <app>.fly.dev.
 function isLoopbackApi (config) {
-  const host = new URL(apiTarget(config).baseUrl).hostname
+  const host = new URL(apiBaseUrl(config)).hostname
   return host === 'localhost' || /^127\./.test(host) || host === '[::1]'
 }
 

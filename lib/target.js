@@ -40,4 +40,12 @@ function apiTarget (config) {
   return { baseUrl: url.replace(/\/+$/, ''), token }
 }
 
-module.exports = { apiTarget }
+// The API's URL, for what it tells (fly-local or Fly), never throwing: a
+// URL can be formed without a token.
+function apiBaseUrl (config) {
+  if (config.token || !config.localDefault) return config.baseUrl
+  const r = registry.read()
+  return r.instance ? r.instance.url.replace(/\/+$/, '') : config.baseUrl
+}
+
+module.exports = { apiTarget, apiBaseUrl }
