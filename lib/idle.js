@@ -11,7 +11,7 @@
 // an idle timeout closes after min(5 s, idleTimeout / 2) unused (ssh.js).
 const { invalidArg } = require('./errors')
 const { idleAction, onTimeout } = require('./config')
-const { IDLE_MS, AUTO_RESUME } = require('./machine')
+const { IDLE_MS, AUTO_RESUME, ON_TIMEOUT } = require('./metadata')
 
 const MIN_IDLE_MS = 1000
 
@@ -36,7 +36,7 @@ function apply (config, o, mc, timeout) {
   if (idle > 0 || (timeout && onEnd === 'pause')) mc.env.COMPUTESDK_IDLE_ACTION = action
   if (timeout && onEnd === 'pause') {
     mc.env.COMPUTESDK_ON_TIMEOUT = 'pause'
-    mc.metadata.computesdk_on_timeout = 'pause'
+    mc.metadata[ON_TIMEOUT] = 'pause'
     mc.auto_destroy = false
   }
 }

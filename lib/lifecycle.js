@@ -9,7 +9,10 @@ const { flyError, invalidArg, abortError } = require('./errors')
 const { clientKey } = require('./keys')
 const { validEnvName } = require('./exec')
 const { checkKeys } = require('./options')
-const { FlyMachine, isGone, parseSandboxId, TAG, CREATE_ID, HOST_FP, FILES_DIR, VOLUME } = require('./machine')
+const { FlyMachine, parseSandboxId } = require('./machine')
+const {
+  RESERVED_PREFIX, TAG, CREATE_ID, HOST_FP, SSH_USER, RUNTIME, TIMEOUT_MS, FILES_DIR, VOLUME, metadataOf, isGone
+} = require('./metadata')
 const volumes = require('./volumes')
 const idle = require('./idle')
 const { checkPorts, createWith: createWithPorts } = require('./ports')
@@ -101,7 +104,7 @@ function machineRequest (ctx, o) {
   // The provider's own keys say which volume destroy removes, which ports
   // are the sandbox's, whether it is paused: never the caller's to set.
   for (const k of Object.keys(userMetadata)) {
-    if (k.startsWith('computesdk_')) throw invalidArg(`create: metadata key ${JSON.stringify(k)} is reserved (computesdk_*)`)
+    if (k.startsWith(RESERVED_PREFIX)) throw invalidArg(`create: metadata key ${JSON.stringify(k)} is reserved (computesdk_*)`)
   }
 
   const client = clientKey(ctx)
@@ -112,10 +115,10 @@ function machineRequest (ctx, o) {
     [TAG]: 'fly',
     [CREATE_ID]: createId,
     [HOST_FP]: host.fingerprint,
-    computesdk_ssh_user: config.sshUser
+    [SSH_USER]: config.sshUser
   }
-  if (o.runtime) metadata.computesdk_runtime = String(o.runtime)
-  if (timeout) metadata.computesdk_timeout_ms = String(timeout)
+  if (o.runtime) metadata[RUNTIME] = String(o.runtime)
+  if (timeout) metadata[TIMEOUT_MS] = String(timeout)
 
   const files = [
     { guest_path: `${FILES_DIR}/authorized_keys`, raw_value: b64(client.publicKey + '\n'), mode: 0o644 },
@@ -172,20 +175,18 @@ function untilAborted (signal, p) {
 const NOT_STARTING = new Set(['failed', 'stopped', 'suspended', 'destroying', 'destroyed'])
 
 async function waitStarted (config, app, machine, step) {
-  const deadline = Date.now() + config.startTimeoutMs
-  for (;;) {
-    if (await api.waitSlice(config, { app, machine }, { state: 'started' }, deadline, step)) return
-    const m = (await step(api.call(config, 'machine.get', { app, machine }))).body || {}
-    if (NOT_STARTING.has(m.state)) {
+  await api.waitState(config, { app, machine }, 'started', {
+    timeoutMs: config.startTimeoutMs,
+    step,
+    seen: (m) => {
+      if (!NOT_STARTING.has(m.state)) return false
       const ev = (m.events || []).find((e) => e.request && (e.request.error || e.request.exit_event))
       const why = ev ? (ev.request.error || `exit code ${ev.request.exit_event.exit_code}`) : 'no cause reported'
       throw flyError('FLY_MACHINE_FAILED', `machine ${machine} did not start: it is ${m.state} (${why})`, { state: m.state })
-    }
-    if (Date.now() >= deadline) {
-      throw flyError('FLY_TIMEOUT', `machine ${machine} did not start within ${config.startTimeoutMs} ms (it is ${m.state})`,
-        { state: m.state })
-    }
-  }
+    },
+    timeout: (m) => flyError('FLY_TIMEOUT', `machine ${machine} did not start within ${config.startTimeoutMs} ms (it is ${m.state})`,
+      { state: m.state })
+  })
 }
 
 // All or nothing: once the machine exists, any failure (and an abort at any
@@ -222,9 +223,9 @@ async function create (ctx, options) {
     machineId = created.body.id
     if (signal && signal.aborted) throw abortError(signal, 'create')
     await waitStarted(config, app, machineId, step)
-    const got = await step(api.call(config, 'machine.get', { app, machine: machineId }))
+    const got = await api.getMachine(config, { app, machine: machineId }, { step, required: true })
     // The host key is the one generated above, whatever the reply says.
-    const sb = new FlyMachine(ctx, { ...got.body, app }, hostFingerprint)
+    const sb = new FlyMachine(ctx, { ...got, app }, hostFingerprint)
     // Connect now (retrying while sshd starts) so that the sandbox is known
     // to answer, with its host key checked, before create returns.
     if (o.waitForSsh !== false) await step(transport.check(sb))
@@ -255,15 +256,9 @@ async function create (ctx, options) {
 
 async function getById (ctx, sandboxId) {
   const { app, machine } = parseSandboxId(sandboxId)
-  let r
-  try {
-    r = await api.call(ctx.config, 'machine.get', { app, machine })
-  } catch (err) {
-    if (err.code === 'FLY_NOT_FOUND') return null
-    throw err
-  }
-  if (isGone(r.body)) return null
-  const sb = new FlyMachine(ctx, { ...r.body, app })
+  const m = await api.getMachine(ctx.config, { app, machine })
+  if (isGone(m)) return null
+  const sb = new FlyMachine(ctx, { ...m, app })
   return { sandbox: sb, sandboxId: sb.sandboxId }
 }
 
@@ -302,18 +297,16 @@ async function destroy (ctx, sandboxId) {
   let volume = state.orphanVolumes.get(sandboxId) || null
   try {
     await transport.close(ctx, sandboxId)
-    const m = (await api.call(config, 'machine.get', params)).body
-    const md = (m && m.config && m.config.metadata) || {}
+    const m = await api.getMachine(config, params, { required: true })
+    const md = metadataOf(m)
     if (!volume && md[VOLUME] && md[CREATE_ID]) volume = { id: md[VOLUME], name: volumes.volumeName(md[CREATE_ID]) }
     if (isGone(m)) return await removeVolume(ctx, sandboxId, ids, volume)
     if (m.state === 'started' || m.state === 'starting') {
       await api.call(config, 'machine.stop', params, { body: { signal: 'SIGTERM', timeout: '5s' } })
-      // Waiting for stopped needs the version; 408 after the bound is fine.
-      await api.call(config, 'machine.wait', params, {
-        query: { state: 'stopped', version: m.instance_id || m.version, timeout: 10 },
-        waitTotalMs: 10000,
-        timeoutMs: 25000
-      }).catch(() => {})
+      // Waiting for stopped needs the version; not stopped within the
+      // bound is fine (the delete below is forced then).
+      await api.waitState(config, params, 'stopped', { version: m.instance_id || m.version, timeoutMs: 10000 })
+        .catch(() => {})
     }
     try {
       await api.call(config, 'machine.delete', params)

@@ -12,7 +12,7 @@ const crypto = require('crypto')
 const api = require('./api')
 const { apiBaseUrl } = require('./target')
 const { flyError, invalidArg } = require('./errors')
-const { PORTS } = require('./machine')
+const { PORTS } = require('./metadata')
 
 const RANGE = [20000, 59999]
 const ATTEMPTS = 5

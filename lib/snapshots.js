@@ -8,7 +8,8 @@
 const api = require('./api')
 const { flyError, invalidArg } = require('./errors')
 const { requireToken } = require('./config')
-const { TAG, VOLUME, parseSandboxId, isGone } = require('./machine')
+const { parseSandboxId } = require('./machine')
+const { TAG, VOLUME, metadataOf, isGone } = require('./metadata')
 
 const PART = /^[A-Za-z0-9_]{1,64}$/
 const APP = /^[a-z0-9][a-z0-9-]{0,62}$/
@@ -40,15 +41,9 @@ function shape (app, volumeId, s, sandboxId, extra) {
 
 async function volumeOf (config, sandboxId) {
   const { app, machine } = parseSandboxId(sandboxId)
-  let m
-  try {
-    m = (await api.call(config, 'machine.get', { app, machine })).body
-  } catch (err) {
-    if (err.code === 'FLY_NOT_FOUND') throw flyError('FLY_NOT_FOUND', `sandbox ${sandboxId} does not exist`)
-    throw err
-  }
+  const m = await api.getMachine(config, { app, machine })
   if (isGone(m)) throw flyError('FLY_NOT_FOUND', `sandbox ${sandboxId} does not exist`)
-  const vol = ((m.config && m.config.metadata) || {})[VOLUME]
+  const vol = metadataOf(m)[VOLUME]
   if (!vol) {
     throw flyError('FLY_VOLUME_REQUIRED', `sandbox ${sandboxId} has no workspace volume; snapshots need one ` +
       '(create the sandbox with volume: { sizeGb })', { sandboxId })
@@ -106,7 +101,7 @@ async function list (ctx, options) {
       if (err.code !== 'FLY_NOT_FOUND') throw err
     }
     for (const m of machines) {
-      const vol = !isGone(m) && ((m.config && m.config.metadata) || {})[VOLUME]
+      const vol = !isGone(m) && metadataOf(m)[VOLUME]
       if (vol) sources.push({ app: config.appName, volume: vol, sandboxId: `${config.appName}:${m.id}` })
     }
   }

@@ -112,5 +112,6 @@ const files = {
 const check = async () => {}
 const probe = async () => {}
 const close = async () => {}
+const kept = () => false
 
-module.exports = { name: 'exec', exec, check, probe, files, close }
+module.exports = { name: 'exec', exec, check, probe, files, close, kept }

@@ -9,7 +9,8 @@ const crypto = require('crypto')
 const native = require('../native')
 const { flyError } = require('../errors')
 const { clientKey } = require('../keys')
-const { HOST_FP, FILES_DIR, isGone, isPausedMachine } = require('../machine')
+const api = require('../api')
+const { HOST_FP, FILES_DIR, isGone, isPausedMachine } = require('../metadata')
 const { sessionIdleMs } = require('../idle')
 
 // Runs as the machine's root through the exec endpoint: $1 is FILES_DIR
@@ -117,12 +118,11 @@ async function withSession (sb, fn, keep) {
 async function whyUnreachable (sb, err) {
   let m
   try {
-    m = (await sb._api('machine.get')).body
-  } catch (e) {
-    if (e.code === 'FLY_NOT_FOUND') return flyError('FLY_NOT_FOUND', `sandbox ${sb.sandboxId} no longer exists`)
+    m = await api.getMachine(sb._ctx.config, sb._params)
+  } catch {
     return err
   }
-  if (isGone(m)) return flyError('FLY_NOT_FOUND', `sandbox ${sb.sandboxId} no longer exists (${m ? m.state : 'gone'})`)
+  if (isGone(m)) return flyError('FLY_NOT_FOUND', `sandbox ${sb.sandboxId} no longer exists${m ? ` (${m.state})` : ''}`)
   if (m.state !== 'started') {
     // paused: suspended or stopped by a pause, which lib/pause.js wakes.
     const paused = isPausedMachine(m)
@@ -191,4 +191,10 @@ async function close (ctx, sandboxId) {
   if (open) await native.sshClose(open.handle).catch(() => {})
 }
 
-module.exports = { name: 'ssh', exec, check, probe, files, close }
+// Whether this provider keeps a connection to the sandbox open (the warm
+// pool probes a kept one rather than connecting anew).
+function kept (ctx, sandboxId) {
+  return ctx.state.sessions.has(sandboxId)
+}
+
+module.exports = { name: 'ssh', exec, check, probe, files, close, kept }
