@@ -61,14 +61,16 @@ function computeBaseHash () {
 }
 
 const TOP_FILES = [['entrypoint.sh', 0o755], ['sshd_config', 0o644], ['idle-watch', 0o755]]
-/* docker/flyexec.c, at the path the client starts it from (src/ssh.c). */
+/* docker/flyexec.c, at the path the client starts it from (src/ssh.c); it
+   includes docker/flyexec_proto.h (found beside it), which the hash covers. */
 const EXECUTOR_SRC = 'flyexec.c'
+const EXECUTOR_HDR = 'flyexec_proto.h'
 const EXECUTOR_DIR = 'usr/local/libexec/computesdk'
 
 let topHashCache = null
 function topHash () {
   if (!topHashCache) {
-    topHashCache = hashFiles([...TOP_FILES.map(([n]) => n), EXECUTOR_SRC].map((n) => path.join(DOCKER_DIR, n)),
+    topHashCache = hashFiles([...TOP_FILES.map(([n]) => n), EXECUTOR_SRC, EXECUTOR_HDR].map((n) => path.join(DOCKER_DIR, n)),
       `top ${BUILDER_VERSION} ${process.arch}`)
   }
   return topHashCache
