@@ -662,6 +662,9 @@ static void api_free(napi_env env, fly_req_t *req) {
   free(a->create_id);
   free(a->create_key);
   free(a->body);
+  /* The first header is Authorization: the token. */
+  for (struct curl_slist *h = a->headers; h != NULL; h = h->next)
+    fly_wipe(h->data, strlen(h->data));
   curl_slist_free_all(a->headers);
   fly_buf_free(&a->resp);
   free(a->request_id);
@@ -815,7 +818,7 @@ static char *auth_header(const char *token) {
              strchr(t, ',') != NULL;
   if (fly_buf_printf(&b, "Authorization: %s %s", macaroon ? "FlyV1" : "Bearer",
                      t) != 0) {
-    fly_buf_free(&b);
+    fly_buf_wipe_free(&b);
     return NULL;
   }
   return fly_buf_steal(&b, NULL);
@@ -834,13 +837,6 @@ static const fly_api_op_t *find_op(const char *name) {
     if (strcmp(api_ops[i].name, name) == 0)
       return &api_ops[i];
   return NULL;
-}
-
-static void wipe_free(char *s) {
-  if (s != NULL) {
-    memset(s, 0, strlen(s));
-    free(s);
-  }
 }
 
 static int add_header(struct curl_slist **h, const char *line) {
@@ -971,8 +967,8 @@ nomem:
   fly_throw_nomem(env);
 cleanup:
   /* The token lives on only inside the header list. */
-  wipe_free(auth);
-  wipe_free(token);
+  fly_secret_free(auth);
+  fly_secret_free(token);
   free(base);
   free(opname);
   free(nonce);

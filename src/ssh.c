@@ -74,21 +74,13 @@ static fly_ssh_state_t *state_get(fly_loop_t *loop, int create) {
 
 /* ---- targets ------------------------------------------------------------- */
 
-static void wipe_free(char *p) {
-  /* Do not leave key material in freed heap. */
-  if (p != NULL) {
-    memset(p, 0, strlen(p));
-    free(p);
-  }
-}
-
 void fly_ssh_target_unref(fly_ssh_target_t *t) {
   if (t == NULL || __atomic_sub_fetch(&t->refs, 1, __ATOMIC_ACQ_REL) != 0)
     return;
   free(t->host);
   free(t->user);
-  wipe_free(t->private_key);
-  wipe_free(t->password);
+  fly_secret_free(t->private_key); /* no key material left in freed heap */
+  fly_secret_free(t->password);
   free(t->fingerprint);
   free(t->executor);
   free(t);
