@@ -5,10 +5,10 @@ const { apiTarget } = require('./target')
 const { flyError } = require('./errors')
 
 function call (config, op, params, extra) {
-  const { baseUrl, token } = apiTarget(config)
+  const { apiHostname, apiToken } = apiTarget(config)
   const req = {
-    baseUrl,
-    token,
+    apiHostname,
+    apiToken,
     op,
     params: params || {}
   }

@@ -27,6 +27,16 @@ const DEFAULTS = {
 }
 
 const APP_NAME = /^[a-z0-9][a-z0-9-]{0,62}$/
+const WEEK_MS = 7 * 24 * 3600 * 1000
+
+// The ranges of the options fly() and create both take (create's value
+// wins): one rule for each, whichever gives it.
+const RANGES = Object.freeze({
+  cpus: [1, 16],
+  memoryMb: [256, 131072],
+  timeout: [0, WEEK_MS],
+  idleTimeout: [0, WEEK_MS]
+})
 
 function optString (config, key, envName) {
   const v = config[key] !== undefined ? config[key] : (envName ? process.env[envName] : undefined)
@@ -35,19 +45,21 @@ function optString (config, key, envName) {
   return v
 }
 
-function optInt (config, key, min, max) {
+// config[key] (fly()'s config, or create's options with what: 'create'),
+// checked; undefined when not given.
+function optInt (config, key, min, max, what = 'fly()') {
   const v = config[key]
   if (v === undefined || v === null) return undefined
   if (!Number.isInteger(v) || v < min || v > max) {
-    throw invalidArg(`fly(): ${key} must be an integer from ${min} to ${max}`)
+    throw invalidArg(`${what}: ${key} must be an integer from ${min} to ${max}`)
   }
   return v
 }
 
-function optBool (config, key, dflt) {
+function optBool (config, key, dflt, what = 'fly()') {
   const v = config[key]
   if (v === undefined || v === null) return dflt
-  if (typeof v !== 'boolean') throw invalidArg(`fly(): ${key} must be a boolean`)
+  if (typeof v !== 'boolean') throw invalidArg(`${what}: ${key} must be a boolean`)
   return v
 }
 
@@ -98,8 +110,8 @@ const FLY_KEYS = new Set(['apiToken', 'appName', 'org', 'region', 'image', 'apiH
 
 // memory, or its older name memoryMb (not both, unless equal).
 function memoryOption (config) {
-  const a = optInt(config, 'memory', 256, 131072)
-  const b = optInt(config, 'memoryMb', 256, 131072)
+  const a = optInt(config, 'memory', ...RANGES.memoryMb)
+  const b = optInt(config, 'memoryMb', ...RANGES.memoryMb)
   if (a !== undefined && b !== undefined && a !== b) {
     throw invalidArg('fly(): memory and memoryMb are one setting (MB); give one')
   }
@@ -112,17 +124,17 @@ function resolveConfig (config) {
   checkKeys(config, FLY_KEYS, 'fly()')
 
   const r = {
-    token: optString(config, 'apiToken', 'FLY_API_TOKEN'),
+    apiToken: optString(config, 'apiToken', 'FLY_API_TOKEN'),
     appName: optString(config, 'appName', 'FLY_APP_NAME') || DEFAULTS.appName,
     org: optString(config, 'org', 'FLY_ORG') || DEFAULTS.org,
     region: optString(config, 'region', 'FLY_REGION') || DEFAULTS.region,
     image: optString(config, 'image', 'FLY_IMAGE') || DEFAULTS.image,
-    baseUrl: (optString(config, 'apiHostname', 'FLY_API_HOSTNAME') || DEFAULTS.apiHostname).replace(/\/+$/, ''),
+    apiHostname: (optString(config, 'apiHostname', 'FLY_API_HOSTNAME') || DEFAULTS.apiHostname).replace(/\/+$/, ''),
     // Neither a token nor a hostname: the fly-local running on this host
     // (lib/target.js).
     localDefault: optString(config, 'apiToken', 'FLY_API_TOKEN') === undefined &&
       optString(config, 'apiHostname', 'FLY_API_HOSTNAME') === undefined,
-    cpus: optInt(config, 'cpus', 1, 16) || DEFAULTS.cpus,
+    cpus: optInt(config, 'cpus', ...RANGES.cpus) || DEFAULTS.cpus,
     memoryMb: memoryOption(config) || DEFAULTS.memoryMb,
     cpuKind: optString(config, 'cpuKind') || DEFAULTS.cpuKind,
     transport: optString(config, 'transport') || 'ssh',
@@ -132,7 +144,7 @@ function resolveConfig (config) {
     sshHost: optString(config, 'sshHost'),
     sshPort: optInt(config, 'sshPort', 1, 65535) || DEFAULTS.sshPort,
     insecureSkipHostKeyCheck: config.insecureSkipHostKeyCheck === true,
-    timeout: optInt(config, 'timeout', 0, 7 * 24 * 3600 * 1000),
+    timeout: optInt(config, 'timeout', ...RANGES.timeout),
     maxOutputBytes: optInt(config, 'maxOutputBytes', 1, 2 ** 31) || DEFAULTS.maxOutputBytes,
     connectTimeoutMs: optInt(config, 'connectTimeoutMs', 100, 600000) || DEFAULTS.connectTimeoutMs,
     opTimeoutMs: optInt(config, 'opTimeoutMs', 100, 3600000) || DEFAULTS.opTimeoutMs,
@@ -143,12 +155,12 @@ function resolveConfig (config) {
     retry: undefined,
     // Pausing (lib/pause.js, lib/idle.js) and volumes (lib/volumes.js).
     autoResume: optBool(config, 'autoResume', true),
-    idleTimeout: optInt(config, 'idleTimeout', 0, 7 * 24 * 3600 * 1000) || 0,
+    idleTimeout: optInt(config, 'idleTimeout', ...RANGES.idleTimeout) || 0,
     idleAction: idleAction(config, 'fly()'),
     onTimeout: onTimeout(config, 'fly()'),
     volume: volumeOption(config.volume, 'fly()')
   }
-  if (!/^https?:\/\/[^\s/]+/.test(r.baseUrl)) {
+  if (!/^https?:\/\/[^\s/]+/.test(r.apiHostname)) {
     throw invalidArg('fly(): apiHostname must be an http:// or https:// URL')
   }
   if (!APP_NAME.test(r.appName)) {
@@ -201,7 +213,7 @@ function poolConfig (p, r) {
 // A missing token is reported when a method needs it, not at fly(); the
 // token is the configured one or the local fly-local's (lib/target.js).
 function requireToken (config) {
-  return apiTarget(config).token
+  return apiTarget(config).apiToken
 }
 
-module.exports = { resolveConfig, requireToken, DEFAULTS, idleAction, onTimeout, volumeOption }
+module.exports = { resolveConfig, requireToken, DEFAULTS, RANGES, optInt, optBool, idleAction, onTimeout, volumeOption }

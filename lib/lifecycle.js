@@ -4,7 +4,7 @@
 const crypto = require('crypto')
 const native = require('./native')
 const api = require('./api')
-const { requireToken } = require('./config')
+const { requireToken, RANGES, optInt } = require('./config')
 const { flyError, invalidArg, abortError } = require('./errors')
 const { clientKey } = require('./keys')
 const { validEnvName } = require('./exec')
@@ -45,14 +45,12 @@ function ensureApp (ctx) {
   return state.appReady
 }
 
+// The first of keys (an option and its aliases) given, checked as fly()
+// checks the option (RANGES[keys[0]]).
 function pickInt (options, keys) {
   for (const k of keys) {
-    const v = options[k]
-    if (v !== undefined && v !== null) {
-      const n = Number(v)
-      if (!Number.isInteger(n) || n <= 0) throw invalidArg(`create: ${k} must be a positive integer`)
-      return n
-    }
+    const v = optInt(options, k, ...RANGES[keys[0]], 'create')
+    if (v !== undefined) return v
   }
   return undefined
 }
@@ -95,10 +93,7 @@ function machineRequest (ctx, o) {
   for (const k of Object.keys(envs)) {
     if (!validEnvName(k)) throw invalidArg(`create: invalid environment variable name ${JSON.stringify(k)}`)
   }
-  const timeout = o.timeout !== undefined ? o.timeout : config.timeout
-  if (timeout !== undefined && timeout !== null && !(Number.isInteger(timeout) && timeout >= 0)) {
-    throw invalidArg('create: timeout must be a non-negative integer of milliseconds')
-  }
+  const timeout = o.timeout !== undefined ? optInt(o, 'timeout', ...RANGES.timeout, 'create') : config.timeout
   const ports = checkPorts(o.ports)
   const userMetadata = stringMap(o.metadata, 'metadata')
   // The provider's own keys say which volume destroy removes, which ports

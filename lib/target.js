@@ -17,11 +17,11 @@ function noToken (config, why) {
     "with require('@computesdk/fly/local').start().")
 }
 
-// { baseUrl, token } for config; throws FLY_UNAUTHORIZED naming the ways
-// forward when there is neither.
+// { apiHostname, apiToken } for config (the names native.api takes);
+// throws FLY_UNAUTHORIZED naming the ways forward when there is neither.
 function apiTarget (config) {
-  if (config.token) return { baseUrl: config.baseUrl, token: config.token }
-  if (!config.localDefault) throw noToken(config, `${config.baseUrl} was given without a token`)
+  if (config.apiToken) return { apiHostname: config.apiHostname, apiToken: config.apiToken }
+  if (!config.localDefault) throw noToken(config, `${config.apiHostname} was given without a token`)
   const r = registry.read()
   if (!r.instance) {
     const why = {
@@ -37,15 +37,15 @@ function apiTarget (config) {
     announced = url
     console.error(`@computesdk/fly: no FLY_API_TOKEN; using fly-local at ${url} (registered in ${r.file})`)
   }
-  return { baseUrl: url.replace(/\/+$/, ''), token }
+  return { apiHostname: url.replace(/\/+$/, ''), apiToken: token }
 }
 
 // The API's URL, for what it tells (fly-local or Fly), never throwing: a
 // URL can be formed without a token.
 function apiBaseUrl (config) {
-  if (config.token || !config.localDefault) return config.baseUrl
+  if (config.apiToken || !config.localDefault) return config.apiHostname
   const r = registry.read()
-  return r.instance ? r.instance.url.replace(/\/+$/, '') : config.baseUrl
+  return r.instance ? r.instance.url.replace(/\/+$/, '') : config.apiHostname
 }
 
 module.exports = { apiTarget, apiBaseUrl }

@@ -847,7 +847,7 @@ static int add_header(struct curl_slist **h, const char *line) {
   return 0;
 }
 
-/* api({ baseUrl, token, op, params?, query?, body?, leaseNonce?, timeoutMs?,
+/* api({ apiHostname, apiToken, op, params?, query?, body?, leaseNonce?, timeoutMs?,
  *       waitTotalMs?, retry?: { baseMs, maxMs, totalMs }, createId?,
  *       createIdKey? }) -> Promise<{ status, body, requestId }> */
 napi_value fly_napi_api(napi_env env, napi_callback_info info) {
@@ -866,8 +866,8 @@ napi_value fly_napi_api(napi_env env, napi_callback_info info) {
   if (a == NULL)
     return NULL;
 
-  if (fly_js_prop_str(env, opts, "baseUrl", 1, &base) != 0 ||
-      fly_js_prop_str(env, opts, "token", 1, &token) != 0 ||
+  if (fly_js_prop_str(env, opts, "apiHostname", 1, &base) != 0 ||
+      fly_js_prop_str(env, opts, "apiToken", 1, &token) != 0 ||
       fly_js_prop_str(env, opts, "op", 1, &opname) != 0 ||
       fly_js_prop_str(env, opts, "leaseNonce", 0, &nonce) != 0 ||
       fly_js_prop_str(env, opts, "createId", 0, &create_id) != 0 ||
@@ -884,7 +884,7 @@ napi_value fly_napi_api(napi_env env, napi_callback_info info) {
     goto cleanup;
   }
   if (strncmp(base, "http://", 7) != 0 && strncmp(base, "https://", 8) != 0) {
-    fly_throw_invalid(env, "baseUrl must be an http:// or https:// URL");
+    fly_throw_invalid(env, "apiHostname must be an http:// or https:// URL");
     goto cleanup;
   }
   if (!valid_header_value(token) || (nonce && !valid_header_value(nonce))) {

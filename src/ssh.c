@@ -109,7 +109,7 @@ static fly_ssh_target_t *target_parse(napi_env env, napi_value tv) {
       fly_js_prop_str(env, tv, "password", 0, &t->password) != 0 ||
       fly_js_prop_str(env, tv, "hostKeyFingerprint", 0, &t->fingerprint) !=
           0 ||
-      fly_js_prop_bool(env, tv, "insecureHostKey", 0, &t->insecure) != 0 ||
+      fly_js_prop_bool(env, tv, "insecureSkipHostKeyCheck", 0, &t->insecure) != 0 ||
       fly_js_prop_u64(env, tv, "connectTimeoutMs", 15000,
                       &t->connect_timeout_ms) != 0 ||
       fly_js_prop_u64(env, tv, "opTimeoutMs", FLY_SSH_OP_TIMEOUT_MS,
@@ -168,7 +168,7 @@ static fly_ssh_target_t *target_parse(napi_env env, napi_value tv) {
   }
   if (t->fingerprint == NULL && !t->insecure) {
     fly_throw_invalid(env, "target.hostKeyFingerprint is required unless "
-                           "target.insecureHostKey is true");
+                           "target.insecureSkipHostKeyCheck is true");
     goto fail;
   }
   if (t->host[0] == '\0' || t->user[0] == '\0') {

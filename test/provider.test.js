@@ -156,7 +156,10 @@ test('invalid config and options are typed errors', async () => {
     assert.throws(() => fly(bad), (e) => e.code === 'ERR_INVALID_ARG', JSON.stringify(bad))
   }
   const p = provider(srv)
-  for (const opts of [{ envs: { 'BAD-NAME': 'x' } }, { cpus: -1 }, { timeout: 'soon' }, { image: '' }, { signal: 'soon' }]) {
+  // One rule per option, whether fly() or create gives it (lib/config.js RANGES).
+  for (const opts of [{ envs: { 'BAD-NAME': 'x' } }, { cpus: -1 }, { timeout: 'soon' }, { image: '' }, { signal: 'soon' },
+    { cpus: 17 }, { vcpus: 17 }, { memory: 128 }, { memoryMb: 131073 }, { timeout: 8 * 24 * 3600 * 1000 },
+    { idleTimeout: -1 }, { autoResume: 'yes' }]) {
     const err = await rejects(p.sandbox.create(opts))
     assert.equal(err.code, 'ERR_INVALID_ARG', JSON.stringify(opts))
   }

@@ -34,7 +34,7 @@ const KEY_SECRET = crypto.randomBytes(32)
 function signature (t) {
   const h = crypto.createHmac('sha256', KEY_SECRET)
   h.update(JSON.stringify([t.user, t.host, t.port, t.password !== undefined ? 'password' : 'key',
-    t.password !== undefined ? t.password : t.privateKey, t.insecureHostKey ? 'insecure' : t.hostKeyFingerprint]))
+    t.password !== undefined ? t.password : t.privateKey, t.insecureSkipHostKeyCheck ? 'insecure' : t.hostKeyFingerprint]))
   return h.digest('hex')
 }
 
@@ -56,7 +56,7 @@ function target (sb) {
   if (config.sshPassword) t.password = config.sshPassword
   else t.privateKey = clientKey(sb._ctx).privateKey
   if (config.insecureSkipHostKeyCheck) {
-    t.insecureHostKey = true
+    t.insecureSkipHostKeyCheck = true
   } else if (sb.hostKeyFingerprint) {
     t.hostKeyFingerprint = sb.hostKeyFingerprint
   } else {
