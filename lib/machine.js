@@ -4,7 +4,7 @@
 // pause.js and lifecycle.js, which need this module); getInfo and getUrl
 // are in lib/info.js.
 const api = require('./api')
-const { flyError, invalidArg } = require('./errors')
+const { invalidArg } = require('./errors')
 const exec = require('./exec')
 const { makeFilesystem } = require('./fs')
 const { HOST_FP, VOLUME } = require('./metadata')
