@@ -39,6 +39,10 @@ const DRAINING = 'computesdk_pool_draining'
 // Where injected files go in the machine (root-owned; docker/sshd_config).
 const FILES_DIR = '/etc/computesdk'
 
+// The names of the volumes the provider makes (Fly: letters, digits and
+// underscores, at most 30): found by it again after their sandbox is gone.
+const VOLUME_PREFIX = 'cs_'
+
 // A machine's metadata ({} for none, or no machine).
 function metadataOf (m) {
   return (m && m.config && m.config.metadata) || {}
@@ -68,6 +72,7 @@ function statusOf (m) {
 
 module.exports = {
   RESERVED_PREFIX,
+  VOLUME_PREFIX,
   TAG,
   CREATE_ID,
   HOST_FP,

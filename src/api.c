@@ -101,6 +101,9 @@ static const fly_api_op_t api_ops[] = {
   {"machine.lease.release", "DELETE",
    "/v1/apps/{app}/machines/{machine}/lease", POLICY_IDEMPOTENT},
   {"volume.list", "GET", "/v1/apps/{app}/volumes", POLICY_IDEMPOTENT},
+  /* Every volume of an org, deleted ones with include_deleted: how the
+   * snapshots of a destroyed sandbox are found again. */
+  {"volume.org_list", "GET", "/v1/orgs/{org}/volumes", POLICY_IDEMPOTENT},
   /* A replayed create would make a second volume: only what provably was
    * not processed is repeated (the caller looks up by name after an
    * ambiguous failure). */
