@@ -12,75 +12,10 @@ const crypto = require('crypto')
 const dgram = require('dgram')
 const net = require('net')
 const { startLocal, provider, sandboxIds } = require('./helpers/fly')
+const { serve, probe } = require('./helpers/net')
 
 const PORT = 20000 + crypto.randomInt(10000)
 let srv, pA, sbA, sbB, sbC
-
-/* TCP (answers "hi") and UDP (echoes) on [::] (and 0.0.0.0), as the
-   sandbox user; says it is ready through a fifo the starter reads. */
-const SERVE = `import socket, sys, threading
-port, fifo = int(sys.argv[1]), sys.argv[2]
-def sock(kind):
-    s = socket.socket(socket.AF_INET6, kind)
-    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(('::', port))
-    return s
-t, u = sock(socket.SOCK_STREAM), sock(socket.SOCK_DGRAM)
-t.listen(64)
-def tcp():
-    while True:
-        c = t.accept()[0]
-        c.sendall(b'hi')
-        c.close()
-threading.Thread(target=tcp, daemon=True).start()
-open(fifo, 'w').close()
-while True:
-    d, a = u.recvfrom(512)
-    u.sendto(b'echo:' + d, a)
-`
-
-/* Probes [[host, port]] on TCP and UDP at once, each bounded by 2 s:
-   { 'tcp host port': 'ok' | error name, 'udp host port': ... }. */
-const PROBE = `import json, socket, sys, threading
-out = {}
-def tcp(h, p):
-    k = 'tcp %s %s' % (h, p)
-    try:
-        s = socket.create_connection((h, p), timeout=2)
-        out[k] = 'ok' if s.recv(2) == b'hi' else 'silent'
-        s.close()
-    except OSError as e:
-        out[k] = type(e).__name__
-def udp(h, p):
-    k = 'udp %s %s' % (h, p)
-    try:
-        fam, _, _, _, addr = socket.getaddrinfo(h, p, type=socket.SOCK_DGRAM)[0]
-        s = socket.socket(fam, socket.SOCK_DGRAM)
-        s.settimeout(2)
-        for _ in range(3):
-            s.sendto(b'probe', addr)
-        out[k] = 'ok' if s.recvfrom(512)[0].startswith(b'echo:') else 'silent'
-    except OSError as e:
-        out[k] = type(e).__name__
-ts = [threading.Thread(target=f, args=(h, p)) for h, p in json.loads(sys.argv[1]) for f in (tcp, udp)]
-for t in ts: t.start()
-for t in ts: t.join()
-print(json.dumps(out))
-`
-
-async function serve (sb) {
-  const fifo = `/tmp/serve-${crypto.randomBytes(4).toString('hex')}`
-  const r = await sb.runCommand('sh', ['-c', 'mkfifo "$3" && { setsid python3 -c "$1" "$2" "$3" </dev/null >/dev/null 2>&1 & } && timeout 20 cat "$3"',
-    'sh', SERVE, String(PORT), fifo])
-  assert.equal(r.exitCode, 0, r.stderr)
-}
-
-async function probe (sb, targets) {
-  const r = await sb.runCommand('python3', ['-c', PROBE, JSON.stringify(targets)])
-  assert.equal(r.exitCode, 0, r.stderr)
-  return JSON.parse(r.stdout)
-}
 
 /* Every address the sandbox has but loopback (link-local ones scoped to
    the prober's eth0, its only link). */
@@ -122,7 +57,7 @@ test.before(async () => {
   srv = await startLocal()
   pA = provider(srv)
   ;[sbA, sbB, sbC] = await Promise.all([pA.sandbox.create(), pA.sandbox.create(), provider(srv).sandbox.create()])
-  await Promise.all([serve(sbB), serve(sbC)])
+  await Promise.all([serve(sbB, PORT), serve(sbC, PORT)])
 })
 
 test.after(async () => {

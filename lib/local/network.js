@@ -134,7 +134,9 @@ class Network {
     const r = crypto.randomBytes(4)
     n.v6prefix = `fdaa:0:${r.readUInt16BE(0).toString(16)}`
     /* 100.64.0.0/10, one /18 per instance (4096 /30s) */
-    const block = r.readUInt16BE(2) % 256
+    let block = r.readUInt16BE(2) % 256
+    /* 100.100.64.0/18 holds Alibaba's metadata address, 100.100.100.200 */
+    if (block === 145) block = 146
     n.v4 = [100, 64 + (block >> 2), (block & 3) << 6]
     n.egressDefault = egress
     n.allowPrivateEgress = !!allowPrivateEgress
