@@ -11,6 +11,13 @@
 #   /etc/computesdk/ssh_host_ed25519_key   sshd's only host key
 #   /etc/computesdk/ssh_password           enables password login
 #
+# Network (environment): the in-guest firewall guest-firewall.nft (next to
+# this script) keeps other machines of the org's private network out and
+# this one's code from reaching them; it is loaded before anything else
+# runs and a machine where it cannot be loaded does not start. Not loaded:
+#   COMPUTESDK_TENANT    the machine is in a tenant's app with its own network
+#   FLY_LOCAL_FIREWALL=host  fly-local, which enforces the same on its host
+#
 # Idle and lifetime (environment, all optional):
 #   COMPUTESDK_SANDBOX_TIMEOUT_S  the sandbox lifetime in seconds
 #   COMPUTESDK_ON_TIMEOUT         destroy (default: the machine stops at the
@@ -43,6 +50,13 @@ log() { echo "entrypoint: $*" >&2; }
 
 # Reads a whole (small, text) file into the named variable without a fork.
 slurp() { IFS= read -r -d '' "$1" < "$2" || true; }
+
+GUARD=${BASH_SOURCE[0]%/*}/guest-firewall.nft
+guard_network() {
+  [ -n "${COMPUTESDK_TENANT:-}" ] && return 0
+  [ "${FLY_LOCAL_FIREWALL:-}" = host ] && return 0
+  /usr/sbin/nft -f "$GUARD"
+}
 
 ensure_user() {
   local passwd
@@ -191,6 +205,7 @@ for sig in TERM INT HUP QUIT USR1 USR2; do
   trap "on_signal $sig" "$sig"
 done
 
+guard_network || { log "cannot load the network guard $GUARD"; exit 1; }
 ensure_user || { log "cannot set up user $USER_NAME"; exit 1; }
 ensure_hostkey || { log "cannot set up the host key"; exit 1; }
 set_password || { log "cannot set the password"; exit 1; }

@@ -11,8 +11,10 @@ const assert = require('node:assert/strict')
 const crypto = require('crypto')
 const dgram = require('dgram')
 const net = require('net')
+const path = require('path')
+const { execFileSync, spawn } = require('child_process')
 const { startLocal, provider, sandboxIds } = require('./helpers/fly')
-const { serve, probe } = require('./helpers/net')
+const { serve, probe, SERVE, PROBE } = require('./helpers/net')
 
 const PORT = 20000 + crypto.randomInt(10000)
 let srv, pA, sbA, sbB, sbC
@@ -83,4 +85,65 @@ test('a sandbox reaches no other sandbox, in its app or another, on any address,
   for (const [k, v] of Object.entries(res)) assert.notEqual(v, 'ok', `${k} reachable from another sandbox`)
   /* the provider still runs commands in both */
   for (const sb of [sbB, sbC]) assert.equal((await sb.runCommand('echo', ['alive'])).stdout.trim(), 'alive')
+})
+
+/* On Fly the same policy is the image's in-guest firewall, loaded by the
+   entrypoint as root (docker/guest-firewall.nft). Here it is loaded into a
+   network namespace standing in for a machine (G) on a 6PN link to a peer
+   (P, which also holds Fly's resolver address fdaa::3). */
+test('the image\'s guest firewall: no 6PN peer either way but DNS, sshd and root\'s ports; the user cannot undo it', async (t) => {
+  const tag = crypto.randomBytes(2).toString('hex')
+  const [g, p] = [`fl-gw-g-${tag}`, `fl-gw-p-${tag}`]
+  const [gIp, pIp] = [`fdaa:0:${tag}::2`, `fdaa:0:${tag}::1`]
+  const sh = (cmd) => execFileSync('sh', ['-c', cmd], { encoding: 'utf8' })
+  const procs = []
+  t.after(() => {
+    for (const c of procs) c.kill('SIGKILL')
+    sh(`ip netns del ${g} 2>/dev/null; ip netns del ${p} 2>/dev/null; true`)
+  })
+  sh([`ip netns add ${g}`, `ip netns add ${p}`,
+    `ip -n ${g} link add eth0 type veth peer name eth0 netns ${p}`,
+    `ip -n ${g} link set lo up`, `ip -n ${p} link set lo up`,
+    `ip -n ${g} addr add ${gIp}/64 dev eth0 nodad`, `ip -n ${p} addr add ${pIp}/64 dev eth0 nodad`,
+    `ip -n ${p} addr add fdaa::3/128 dev lo`,
+    `ip -n ${g} link set eth0 up`, `ip -n ${p} link set eth0 up`,
+    `ip -n ${g} -6 route add fdaa::3/128 via ${pIp}`].join(' && '))
+  const serveIn = (ns, port, host = '::') => {
+    const fifo = `/tmp/fl-gw-${tag}-${ns}-${port}`
+    execFileSync('mkfifo', [fifo])
+    procs.push(spawn('ip', ['netns', 'exec', ns, '/usr/bin/python3', '-c', SERVE, String(port), fifo, host], { stdio: 'ignore' }))
+    execFileSync('timeout', ['10', 'cat', fifo])
+    require('fs').rmSync(fifo)
+  }
+  for (const port of [2222, 80, 8080]) serveIn(g, port)
+  serveIn(p, 8080)
+  /* a resolver answers from its own address */
+  serveIn(p, 53, 'fdaa::3')
+  /* the guest's code runs as an unprivileged user (nobody here) */
+  const probeFrom = (ns, targets, asUser) => JSON.parse(execFileSync('ip', ['netns', 'exec', ns,
+    ...(asUser ? ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups'] : []),
+    '/usr/bin/python3', '-c', PROBE, JSON.stringify(targets)], { encoding: 'utf8' }))
+  const out = [[pIp, 8080], ['fdaa::3', 53]]
+  const inbound = [[gIp, 2222], [gIp, 80], [gIp, 8080]]
+  const all = (o) => Object.values(o).every((v) => v === 'ok')
+  assert.ok(all(probeFrom(g, out, true)), 'open before the firewall')
+  assert.ok(all(probeFrom(p, inbound)), 'open before the firewall')
+
+  sh(`ip netns exec ${g} nft -f ${path.join(__dirname, '..', 'docker', 'guest-firewall.nft')}`)
+  /* loading it again (a restart of the entrypoint) replaces it */
+  sh(`ip netns exec ${g} nft -f ${path.join(__dirname, '..', 'docker', 'guest-firewall.nft')}`)
+  const res0 = probeFrom(g, out, true)
+  assert.equal(res0['tcp fdaa::3 53'], 'ok')
+  assert.equal(res0['udp fdaa::3 53'], 'ok')
+  /* rejected at once (EACCES), not left to time out */
+  assert.equal(res0[`tcp ${pIp} 8080`], 'PermissionError')
+  assert.equal(res0[`udp ${pIp} 8080`], 'PermissionError')
+  const res = probeFrom(p, inbound)
+  assert.equal(res[`tcp ${gIp} 2222`], 'ok')
+  assert.equal(res[`tcp ${gIp} 80`], 'ok')
+  for (const k of [`tcp ${gIp} 8080`, `udp ${gIp} 8080`, `udp ${gIp} 2222`, `udp ${gIp} 80`]) assert.notEqual(res[k], 'ok', k)
+  /* the user has no CAP_NET_ADMIN: the table stays */
+  assert.throws(() => execFileSync('ip', ['netns', 'exec', g, 'setpriv', '--reuid=65534', '--regid=65534', '--clear-groups',
+    'nft', 'delete', 'table', 'inet', 'computesdk_guard'], { stdio: 'pipe' }), /Operation not permitted/)
+  assert.match(sh(`ip netns exec ${g} nft list tables`), /computesdk_guard/)
 })

@@ -4,15 +4,17 @@
 const assert = require('node:assert/strict')
 const crypto = require('crypto')
 
-/* TCP (answers "hi") and UDP (echoes) on [::] (and 0.0.0.0), as the
-   sandbox user; says it is ready through a fifo the starter reads. */
+/* TCP (answers "hi") and UDP (echoes) on [::] (and 0.0.0.0) or the address
+   in argv[3], as the sandbox user; says it is ready through a fifo the
+   starter reads. */
 const SERVE = `import socket, sys, threading
 port, fifo = int(sys.argv[1]), sys.argv[2]
+host = sys.argv[3] if len(sys.argv) > 3 else '::'
 def sock(kind):
     s = socket.socket(socket.AF_INET6, kind)
     s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(('::', port))
+    s.bind((host, port))
     return s
 t, u = sock(socket.SOCK_STREAM), sock(socket.SOCK_DGRAM)
 t.listen(1024)
@@ -72,4 +74,4 @@ async function probe (sb, targets) {
   return JSON.parse(r.stdout)
 }
 
-module.exports = { serve, probe }
+module.exports = { serve, probe, SERVE, PROBE }
