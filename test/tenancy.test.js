@@ -87,6 +87,34 @@ test('a sandbox reaches no other sandbox, in its app or another, on any address,
   for (const sb of [sbB, sbC]) assert.equal((await sb.runCommand('echo', ['alive'])).stdout.trim(), 'alive')
 })
 
+test('a tenant\'s sandboxes reach each other and no one else; its app goes with its last sandbox', async () => {
+  const tenant = `acme${crypto.randomBytes(2).toString('hex')}`
+  const pT = provider(srv, { tenant })
+  const [t1, t2] = await Promise.all([pT.sandbox.create(), pT.sandbox.create()])
+  const app = sandboxIds(t1).app
+  assert.match(app, new RegExp(`-t-${tenant}$`))
+  await serve(t2, PORT)
+  const fromT1 = await probe(t1, [[privateIp(t2), PORT], [privateIp(sbB), PORT]])
+  assert.equal(fromT1[`tcp ${privateIp(t2)} ${PORT}`], 'ok')
+  assert.equal(fromT1[`udp ${privateIp(t2)} ${PORT}`], 'ok')
+  assert.notEqual(fromT1[`tcp ${privateIp(sbB)} ${PORT}`], 'ok')
+  assert.notEqual(fromT1[`udp ${privateIp(sbB)} ${PORT}`], 'ok')
+  for (const v of Object.values(await probe(sbA, [[privateIp(t2), PORT]]))) assert.notEqual(v, 'ok')
+  /* list and getById see the tenant's sandboxes */
+  assert.deepEqual((await pT.sandbox.list()).map((x) => x.sandboxId).sort(), [t1.sandboxId, t2.sandboxId].sort())
+  assert.equal((await pT.sandbox.getById(t2.sandboxId)).sandboxId, t2.sandboxId)
+  const appStatus = async () => (await fetch(`${srv.url}/v1/apps/${app}`, { headers: { authorization: `Bearer ${srv.token}` } })).status
+  await t1.destroy()
+  assert.equal(await appStatus(), 200)
+  await t2.destroy()
+  assert.equal(await appStatus(), 404)
+  /* and comes back with the next one */
+  const t3 = await pT.sandbox.create()
+  assert.equal(await appStatus(), 200)
+  await t3.destroy()
+  assert.equal(await appStatus(), 404)
+})
+
 /* On Fly the same policy is the image's in-guest firewall, loaded by the
    entrypoint as root (docker/guest-firewall.nft). Here it is loaded into a
    network namespace standing in for a machine (G) on a 6PN link to a peer
