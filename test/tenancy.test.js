@@ -115,6 +115,25 @@ test('a tenant\'s sandboxes reach each other and no one else; its app goes with 
   assert.equal(await appStatus(), 404)
 })
 
+test('a tenant\'s volumes, forks and snapshots stay in its app, and go with it', async () => {
+  const pT = provider(srv, { tenant: `fork${crypto.randomBytes(2).toString('hex')}` })
+  const src = await pT.sandbox.create({ volume: { sizeGb: 1 } })
+  const app = sandboxIds(src).app
+  await src.filesystem.writeFile('/home/sandbox/state.txt', 'base\n')
+  await src.runCommand('sync')
+  const snap = await pT.snapshot.create(src.sandboxId)
+  assert.equal(snap.id.split(':')[0], app)
+  const fork = await src.fork()
+  assert.equal(sandboxIds(fork).app, app)
+  assert.equal(await fork.filesystem.readFile('/home/sandbox/state.txt'), 'base\n')
+  await serve(fork, PORT)
+  assert.equal((await probe(src, [[privateIp(fork), PORT]]))[`tcp ${privateIp(fork)} ${PORT}`], 'ok')
+  await fork.destroy()
+  await src.destroy()
+  const r = await fetch(`${srv.url}/v1/apps/${app}`, { headers: { authorization: `Bearer ${srv.token}` } })
+  assert.equal(r.status, 404)
+})
+
 /* On Fly the same policy is the image's in-guest firewall, loaded by the
    entrypoint as root (docker/guest-firewall.nft). Here it is loaded into a
    network namespace standing in for a machine (G) on a 6PN link to a peer
