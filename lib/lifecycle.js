@@ -357,6 +357,9 @@ async function removeVolume (ctx, sandboxId, ids, volume) {
   }
 }
 
+// a volume whose delete was answered may still be on its way out
+const VOLUME_GONE = new Set(['destroying', 'destroyed', 'pending_destroy'])
+
 // A tenant's app (config.tenant) goes with its last machine and volume, as
 // create made it; not while a create of this provider is under way (one
 // elsewhere that loses the race makes the app again). A failure is
@@ -368,7 +371,7 @@ async function removeTenantApp (ctx, sandboxId, app) {
     const machines = (await api.call(config, 'machine.list', { app })).body || []
     if (machines.some((m) => !isGone(m))) return
     const vols = (await api.call(config, 'volume.list', { app })).body || []
-    if (vols.some((v) => v.state !== 'destroyed' && v.state !== 'pending_destroy')) return
+    if (vols.some((v) => !VOLUME_GONE.has(v.state))) return
     state.appReady = null
     await api.call(config, 'app.delete', { app })
   } catch (err) {
