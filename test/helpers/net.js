@@ -32,14 +32,15 @@ while True:
 `
 
 /* Probes [[host, port]] on TCP and UDP at once, each bounded by 2 s:
-   { 'tcp host port': 'ok' | error name, 'udp host port': ... }. */
+   { 'tcp host port': 'ok' (our server) | 'connected' (another one, sshd
+   say) | error name, 'udp host port': 'ok' | 'answered' | error name }. */
 const PROBE = `import json, socket, sys, threading
 out = {}
 def tcp(h, p):
     k = 'tcp %s %s' % (h, p)
     try:
         s = socket.create_connection((h, p), timeout=2)
-        out[k] = 'ok' if s.recv(2) == b'hi' else 'silent'
+        out[k] = 'ok' if s.recv(2) == b'hi' else 'connected'
         s.close()
     except OSError as e:
         out[k] = type(e).__name__
@@ -51,7 +52,7 @@ def udp(h, p):
         s.settimeout(2)
         for _ in range(3):
             s.sendto(b'probe', addr)
-        out[k] = 'ok' if s.recvfrom(512)[0].startswith(b'echo:') else 'silent'
+        out[k] = 'ok' if s.recvfrom(512)[0].startswith(b'echo:') else 'answered'
     except OSError as e:
         out[k] = type(e).__name__
 ts = [threading.Thread(target=f, args=(h, p)) for h, p in json.loads(sys.argv[1]) for f in (tcp, udp)]
@@ -74,4 +75,12 @@ async function probe (sb, targets) {
   return JSON.parse(r.stdout)
 }
 
-module.exports = { serve, probe, SERVE, PROBE }
+/* Asserts every probe result is a failure (an error name, nothing that
+   connected or answered). */
+function assertUnreached (results, what) {
+  for (const [k, v] of Object.entries(results)) {
+    assert.ok(!['ok', 'connected', 'answered'].includes(v), `${k} reached (${v}) ${what || ''}`)
+  }
+}
+
+module.exports = { serve, probe, assertUnreached, SERVE, PROBE }
