@@ -362,11 +362,13 @@ const VOLUME_GONE = new Set(['destroying', 'destroyed', 'pending_destroy'])
 
 // A tenant's app (config.tenant) goes with its last machine and volume, as
 // create made it; not while a create of this provider is under way (one
-// elsewhere that loses the race makes the app again). A failure is
+// elsewhere that loses the race makes the app again); the warm pool's
+// machines keep it, and its drain destroys them this way. A failure is
 // FLY_DESTROY_FAILED naming the app; destroying the sandbox again retries.
 async function removeTenantApp (ctx, sandboxId, app) {
   const { config, state } = ctx
-  if (!config.tenant || app !== config.appName || state.creates > 0) return
+  // a pool top-up is a create too (lib/pool.js)
+  if (!config.tenant || app !== config.appName || state.creates > 0 || (ctx.pool && ctx.pool.run)) return
   try {
     const machines = (await api.call(config, 'machine.list', { app })).body || []
     if (machines.some((m) => !isGone(m))) return

@@ -133,6 +133,22 @@ test('a tenant\'s volumes, forks and snapshots stay in its app, and go with it',
   assert.equal(r.status, 404)
 })
 
+test('a tenant\'s warm pool fills and serves its app; the drain takes the app with the last machine', async () => {
+  const pT = provider(srv, { tenant: `pool${crypto.randomBytes(2).toString('hex')}`, pool: { size: 1 } })
+  await pT.pool.fill()
+  const sb = await pT.sandbox.create()
+  assert.notEqual(pT.pool.stats().lastClaim, null, 'claimed from the pool')
+  const app = sandboxIds(sb).app
+  assert.match(app, /-t-pool/)
+  assert.match((await sb.runCommand('printenv', ['COMPUTESDK_TENANT'])).stdout, /^pool[0-9a-f]{4}\n$/)
+  await pT.pool.settled()
+  await sb.destroy()
+  const status = async () => (await fetch(`${srv.url}/v1/apps/${app}`, { headers: { authorization: `Bearer ${srv.token}` } })).status
+  assert.equal(await status(), 200, 'the pool\'s machine keeps the app')
+  await pT.pool.drain()
+  assert.equal(await status(), 404)
+})
+
 /* On Fly the same policy is the image's in-guest firewall, loaded by the
    entrypoint as root (docker/guest-firewall.nft). Here it is loaded into a
    network namespace standing in for a machine (G) on a 6PN link to a peer
