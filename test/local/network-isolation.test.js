@@ -204,3 +204,10 @@ print(json.dumps(out))`])
     `import socket; s = socket.create_connection(('${ipOf(srv, t2)}', ${PORT}), timeout=3); print(s.recv(2).decode())`])
   assert.equal(again.stdout.trim(), 'hi', again.stderr)
 })
+
+test('start() checks the network options', async () => {
+  const { start } = require('../../lib/local')
+  await assert.rejects(start({ quiet: true, flowsMax: 0 }), /flowsMax/)
+  await assert.rejects(start({ quiet: true, flowsMax: 1.5 }), /flowsMax/)
+  await assert.rejects(start({ quiet: true, allowPrivateEgress: 'yes' }), /allowPrivateEgress/)
+})
