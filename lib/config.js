@@ -106,7 +106,7 @@ const FLY_KEYS = new Set(['apiToken', 'appName', 'org', 'region', 'image', 'apiH
   'memory', 'memoryMb', 'cpuKind', 'transport', 'sshUser', 'sshPassword', 'sshPrivateKey', 'sshHost', 'sshPort',
   'insecureSkipHostKeyCheck', 'timeout', 'maxOutputBytes', 'connectTimeoutMs', 'opTimeoutMs', 'keepaliveSec',
   'maxFileBytes', 'maxEntries', 'startTimeoutMs', 'retry', 'autoResume', 'idleTimeout', 'idleAction',
-  'keepMemory', 'onTimeout', 'volume', 'pool'])
+  'keepMemory', 'onTimeout', 'volume', 'pool', 'tenant'])
 
 // memory, or its older name memoryMb (not both, unless equal).
 function memoryOption (config) {
