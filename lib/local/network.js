@@ -13,15 +13,17 @@
 //   input    nothing from a machine reaches the host itself (its loopback,
 //            its addresses, the fly-local API) except replies to flows the
 //            host opened;
-//   forward  machines of the org's default network reach no other machine
-//            (what the sandbox image's in-guest firewall does on Fly); the
-//            machines of an app created with its own `network` reach each
-//            other and no one else; egress (NAT) only for machines that
-//            have it, never to metadata services (169.254.0.0/16,
-//            100.100.100.200, fd00:ec2::254, fe80::/10) and, unless
-//            allowPrivateEgress, not to private ranges (RFC 1918, CGNAT,
-//            ULA) but for the host's DNS resolvers on port 53; each
-//            machine holds at most flowsMax tracked flows at once;
+//   forward  traffic into a machine belongs to a flow the host or a
+//            machine that passed the source check opened (a conntrack
+//            mark bit); machines of the org's default network reach no
+//            other machine (what the sandbox image's in-guest firewall
+//            does on Fly); the machines of an app created with its own
+//            `network` reach each other and no one else; egress (NAT)
+//            only for machines that have it, never to metadata services
+//            (169.254.0.0/16, 100.100.100.200, fd00:ec2::254, fe80::/10)
+//            and, unless allowPrivateEgress, not to private ranges (RFC
+//            1918, CGNAT, ULA) but for the host's DNS resolvers on port
+//            53; each machine holds at most flowsMax tracked flows at once;
 //   nat      masquerade of egress.
 // Addresses come from a counter, never from probing: nothing a sandbox does
 // can make a later allocation fail.
@@ -104,6 +106,12 @@ const METADATA6 = ['fe80::/10', 'fd00:ec2::254']
    egress unless allowPrivateEgress: RFC 1918, RFC 6598, RFC 4193. */
 const PRIVATE4 = ['10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16', '100.64.0.0/10']
 const PRIVATE6 = ['fc00::/7']
+/* A bit of the conntrack mark: the flow was opened by a fly-local machine
+   whose source was checked. Traffic into a machine in an established flow
+   must carry it: a flow that a spoofing source elsewhere (a LAN peer that
+   routes through this host, an older fly-local) opened in a machine's name
+   gets no replies into it. */
+const CHECKED = '0x00100000'
 /* tracked flows a machine may hold at once (FLY_LOCAL_FLOWS_MAX) */
 const DEFAULT_FLOWS_MAX = 1024
 
@@ -185,13 +193,14 @@ class Network {
   chain forward {
     type filter hook forward priority -5; policy accept;
     iifname ${ifs} jump from_machine
-    oifname ${ifs} ct state established,related accept
+    oifname ${ifs} ct state established,related ct mark and ${CHECKED} != 0 accept
     oifname ${ifs} drop
   }
   chain from_machine {
     ct state established,related accept
     ct state != new drop
     add @flows { iifname ct count over ${this.flowsMax} } jump over_limit
+    ct mark set ct mark or ${CHECKED}
     oifname ${ifs} jump peers
     oifname ${ifs} drop
     iifname @noegress drop

@@ -26,6 +26,9 @@ const veth = `flni${tag}`
 const HOST6 = `fd5e:${tag}::1`
 const METADATA = ['100.100.100.200', `169.254.${x}.${y}`, 'fd00:ec2::254']
 const PRIVATE = [`10.${x}.${y}.1`, `172.31.${x}.1`, `192.168.${x}.1`, `fd5e:${tag}:1::1`]
+/* a LAN peer that routes through the host and forges sources */
+const lanNs = `fl-nl-${tag}`
+const lanVeth = `flnl${tag}`
 const sh = (cmd) => execFileSync('sh', ['-c', cmd], { encoding: 'utf8' })
 
 let srv, srv2, t1, t2, c, d, hostUdp, outside
@@ -47,7 +50,11 @@ function makeOutside () {
     `ip -n ${ns} addr add 198.18.${x}.2/30 dev eth0`, `ip -n ${ns} addr add fd5e:${tag}::2/64 dev eth0 nodad`,
     `ip -n ${ns} route add default via 198.18.${x}.1`, `ip -n ${ns} -6 route add default via ${HOST6}`,
     ...adds.map((a) => `ip -n ${ns} addr add ${a}/${a.includes(':') ? 128 : 32} dev lo`),
-    ...adds.map((a) => a.includes(':') ? `ip -6 route add ${a}/128 via fd5e:${tag}::2` : `ip route add ${a}/32 via 198.18.${x}.2`)
+    ...adds.map((a) => a.includes(':') ? `ip -6 route add ${a}/128 via fd5e:${tag}::2` : `ip route add ${a}/32 via 198.18.${x}.2`),
+    `ip netns add ${lanNs}`, `ip link add ${lanVeth} type veth peer name eth0 netns ${lanNs}`,
+    `ip addr add fd5e:${tag}:2::1/64 dev ${lanVeth} nodad`, `ip link set ${lanVeth} up`,
+    `ip -n ${lanNs} link set lo up`, `ip -n ${lanNs} addr add fd5e:${tag}:2::2/64 dev eth0 nodad`, `ip -n ${lanNs} link set eth0 up`,
+    `ip -n ${lanNs} -6 route add default via fd5e:${tag}:2::1`
   ].join(' && '))
   outside = spawn('ip', ['netns', 'exec', ns, 'python3', '-c',
     'import socket\ns = socket.create_server(("::", 80), family=socket.AF_INET6, dualstack_ipv6=True)\nprint("ready", flush=True)\n' +
@@ -62,7 +69,7 @@ function makeOutside () {
 function removeOutside () {
   if (outside) outside.kill('SIGKILL')
   /* the routes go with the veth */
-  sh(`ip netns del ${ns} 2>/dev/null; ip link del ${veth} 2>/dev/null; true`)
+  sh(`ip netns del ${ns} 2>/dev/null; ip link del ${veth} 2>/dev/null; ip netns del ${lanNs} 2>/dev/null; ip link del ${lanVeth} 2>/dev/null; true`)
 }
 
 test.before(async () => {
@@ -112,7 +119,7 @@ for _ in range(3):
 const ASK = `import json, socket, sys
 peer, pport, port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-s.bind(('::', port))
+s.bind((sys.argv[4] if len(sys.argv) > 4 else '::', port))
 s.settimeout(3)
 for _ in range(3):
     s.sendto(b'ping', (peer, pport))
@@ -144,6 +151,25 @@ test('forged sources get no two-way UDP: with the host, an app on its own networ
   ])
   assert.deepEqual(results, ['none', 'none', 'none'])
   assert.deepEqual(hostHeard, [])
+})
+
+test('a flow opened in a machine\'s name elsewhere (a LAN peer forging its source) gets nothing into it', async () => {
+  /* the LAN peer opens M:PORT -> S:q as if M had; S then "replies" to M,
+     whose echo server would answer */
+  const m = ipOf(srv, c)
+  const s = PRIVATE[3]
+  const q = PORT + 4
+  execFileSync('ip', ['netns', 'exec', lanNs, '/usr/bin/python3', '-c', FORGE, m, String(PORT), s, String(q)])
+  const out = execFileSync('ip', ['netns', 'exec', ns, '/usr/bin/python3', '-c', ASK, m, String(PORT), String(q), s], { encoding: 'utf8' })
+  assert.equal(JSON.parse(out), 'none')
+  /* the echo server answers (the host reaches it): 'none' is the network */
+  const r = await new Promise((resolve, reject) => {
+    const u = dgram.createSocket('udp6')
+    const timer = setTimeout(() => { u.close(); reject(new Error('no echo')) }, 5000)
+    u.once('message', (msg) => { clearTimeout(timer); u.close(); resolve(msg.toString()) })
+    u.send('host', PORT, m)
+  })
+  assert.equal(r, 'echo:host')
 })
 
 /* TCP to [[host, port]] from a sandbox: { host: 'ok' | error name }. */
