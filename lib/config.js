@@ -106,7 +106,7 @@ const FLY_KEYS = new Set(['apiToken', 'appName', 'org', 'region', 'image', 'apiH
   'memory', 'memoryMb', 'cpuKind', 'transport', 'sshUser', 'sshPassword', 'sshPrivateKey', 'sshHost', 'sshPort',
   'insecureSkipHostKeyCheck', 'timeout', 'maxOutputBytes', 'connectTimeoutMs', 'opTimeoutMs', 'keepaliveSec',
   'maxFileBytes', 'maxEntries', 'startTimeoutMs', 'retry', 'autoResume', 'idleTimeout', 'idleAction',
-  'keepMemory', 'onTimeout', 'volume', 'pool'])
+  'keepMemory', 'onTimeout', 'volume', 'pool', 'tenant'])
 
 // memory, or its older name memoryMb (not both, unless equal).
 function memoryOption (config) {
@@ -166,6 +166,14 @@ function resolveConfig (config) {
   if (!APP_NAME.test(r.appName)) {
     throw invalidArg('fly(): appName must be lowercase letters, digits and dashes (at most 63)')
   }
+  // A tenant's sandboxes share an app of their own on its own private
+  // network, <appName>-t-<tenant>: they reach each other and no one else.
+  r.tenant = optString(config, 'tenant')
+  if (r.tenant !== undefined) {
+    if (!TENANT.test(r.tenant)) throw invalidArg('fly(): tenant must be lowercase letters, digits and dashes (at most 30)')
+    r.appName = `${r.appName}-t-${r.tenant}`
+    if (!APP_NAME.test(r.appName)) throw invalidArg(`fly(): appName and tenant make ${r.appName}, longer than an app name may be (63)`)
+  }
   if (r.transport !== 'ssh' && r.transport !== 'exec') {
     throw invalidArg("fly(): transport must be 'ssh' or 'exec'")
   }
@@ -182,6 +190,8 @@ function resolveConfig (config) {
   r.pool = poolConfig(config.pool, r)
   return Object.freeze(r)
 }
+
+const TENANT = /^[a-z0-9](?:[a-z0-9-]{0,28}[a-z0-9])?$/
 
 const POOL_KEYS = new Set(['size', 'concurrency', 'onError'])
 

@@ -17,6 +17,14 @@ export interface FlyConfig {
   apiToken?: string
   /** The Fly app that holds the sandboxes; falls back to FLY_APP_NAME, then 'computesdk'. Created when missing. */
   appName?: string
+  /**
+   * A tenant whose sandboxes share a network: they go in an app of their
+   * own, `<appName>-t-<tenant>`, created on its own private network (made on
+   * first create, removed with its last sandbox). Without it no sandbox
+   * reaches another (the image's in-guest firewall). Lowercase letters,
+   * digits and dashes, at most 30.
+   */
+  tenant?: string
   /** Organization slug used when the app has to be created; FLY_ORG, then 'personal'. */
   org?: string
   /** Region for new machines; FLY_REGION, then 'iad'. */

@@ -60,7 +60,7 @@ function computeBaseHash () {
     `base ${BUILDER_VERSION} ${NODE_SPEC.join(' ')} ${process.arch}`)
 }
 
-const TOP_FILES = [['entrypoint.sh', 0o755], ['sshd_config', 0o644], ['idle-watch', 0o755]]
+const TOP_FILES = [['entrypoint.sh', 0o755], ['sshd_config', 0o644], ['idle-watch', 0o755], ['guest-firewall.nft', 0o644]]
 /* docker/flyexec.c, at the path the client starts it from (src/ssh.c); it
    includes docker/flyexec_proto.h (found beside it), which the hash covers. */
 const EXECUTOR_SRC = 'flyexec.c'
