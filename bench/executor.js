@@ -49,7 +49,7 @@ async function measure (sb, pid, args) {
     const withExr = await measure(sb, pid)
     const withExrArgv = await measure(sb, pid, [])
     const [app] = sb.sandboxId.split(':')
-    await native.api({ baseUrl: srv.url, token: srv.token, op: 'machine.exec', params: { app, machine },
+    await native.api({ apiHostname: srv.url, apiToken: srv.token, op: 'machine.exec', params: { app, machine },
       body: JSON.stringify({ command: ['rm', '/usr/local/libexec/computesdk/flyexec'] }) })
     await require('../lib/transport/ssh').close(sb.getInstance()._ctx, sb.sandboxId)
     const comm2 = (await sb.runCommand('cat /proc/$PPID/comm')).stdout.trim()

@@ -62,7 +62,7 @@ async function main () {
     // ---- API latency
     const sb0 = await p.sandbox.create()
     const [app, machine] = sb0.sandboxId.split(':')
-    const req = { baseUrl: srv.url, token: srv.token, op: 'machine.get', params: { app, machine } }
+    const req = { apiHostname: srv.url, apiToken: srv.token, op: 'machine.get', params: { app, machine } }
     const url = `${srv.url}/v1/apps/${app}/machines/${machine}`
     const headers = { authorization: `Bearer ${srv.token}` }
     for (let i = 0; i < 20; i++) { await native.api(req); await (await fetch(url, { headers })).json() }

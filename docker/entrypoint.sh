@@ -15,6 +15,13 @@
 #                                          lets a WebSocket holding it reach
 #                                          sshd (no file: it refuses all)
 #
+# Network (environment): the in-guest firewall guest-firewall.nft (next to
+# this script) keeps other machines of the org's private network out and
+# this one's code from reaching them; it is loaded before anything else
+# runs and a machine where it cannot be loaded does not start. Not loaded:
+#   COMPUTESDK_TENANT    the machine is in a tenant's app with its own network
+#   FLY_LOCAL_FIREWALL=host  fly-local, which enforces the same on its host
+#
 # Idle and lifetime (environment, all optional):
 #   COMPUTESDK_SANDBOX_TIMEOUT_S  the sandbox lifetime in seconds
 #   COMPUTESDK_ON_TIMEOUT         destroy (default: the machine stops at the
@@ -47,6 +54,20 @@ log() { echo "entrypoint: $*" >&2; }
 
 # Reads a whole (small, text) file into the named variable without a fork.
 slurp() { IFS= read -r -d '' "$1" < "$2" || true; }
+
+# Loading takes ~15 ms (nft's own start): it runs beside the user and key
+# set-up, and sshd starts only once it is in.
+GUARD=${BASH_SOURCE[0]%/*}/guest-firewall.nft
+guard_pid=
+guard_start() {
+  [ -n "${COMPUTESDK_TENANT:-}" ] && return 0
+  [ "${FLY_LOCAL_FIREWALL:-}" = host ] && return 0
+  /usr/sbin/nft -f "$GUARD" &
+  guard_pid=$!
+}
+guard_wait() {
+  [ -z "$guard_pid" ] || wait "$guard_pid"
+}
 
 ensure_user() {
   local passwd
@@ -206,11 +227,13 @@ for sig in TERM INT HUP QUIT USR1 USR2; do
   trap "on_signal $sig" "$sig"
 done
 
+guard_start
 ensure_user || { log "cannot set up user $USER_NAME"; exit 1; }
 ensure_hostkey || { log "cannot set up the host key"; exit 1; }
 set_password || { log "cannot set the password"; exit 1; }
 write_profile
 write_sshd_config || exit 1
+guard_wait || { log "cannot load the network guard $GUARD"; exit 1; }
 
 start_sshd
 start_edge

@@ -6,7 +6,8 @@
  * one posix_spawn instead of an sshd session and a shell.  It inherits
  * sshd's session environment (PATH, HOME, ...) and working directory.
  *
- * Protocol (both directions; integers big-endian):
+ * Protocol (both directions; integers big-endian; the numbers and limits
+ * are flyexec_proto.h's, which the client includes too):
  *
  *   u32 len     bytes after this field (type + id + payload), 5..5+1 MiB
  *   u8  type
@@ -18,7 +19,7 @@
  *             str cwd (empty: none), u32 envc, envc x (str name, str value),
  *             u32 argc, argc x str arg (shell: one arg, the command line);
  *             str = u32 length + bytes
- *   STDIN  2  bytes for the command's stdin (at most FX_STDIN_WINDOW
+ *   STDIN  2  bytes for the command's stdin (at most FLY_EXEC_STDIN_WINDOW
  *             unacknowledged per command)
  *   EOF    3  close the command's stdin
  *   KILL   4  SIGKILL the command's process group
@@ -60,23 +61,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "flyexec_proto.h"
+
 extern char **environ;
 
-#define FX_VERSION 1
-#define FX_MAX_PAYLOAD (1u << 20)
-#define FX_HDR 9
 #define FX_READ 65536
 #define FX_OUT_HIGH (1u << 20)
-#define FX_STDIN_WINDOW (1u << 20)
 #define FX_MAX_CMDS 4096
 #define FX_KILL_AFTER_MS 2000
-
-enum {
-  T_START = 1, T_STDIN = 2, T_EOF = 3, T_KILL = 4,
-  T_HELLO = 0x81, T_STDOUT = 0x82, T_STDERR = 0x83, T_EXIT = 0x84,
-  T_FAILED = 0x85, T_ACK = 0x86, T_RUNNING = 0x87
-};
-enum { F_SHELL = 1, F_BACKGROUND = 2, F_STDIN = 4 };
 
 typedef struct {
   char *base;
@@ -156,36 +148,36 @@ static void buf_free(fx_buf_t *b) {
 static void send_frame(int type, uint32_t id, const void *a, size_t alen,
                        const void *b, size_t blen) {
   unsigned char *p;
-  if (buf_room(&tx, FX_HDR + alen + blen) != 0)
+  if (buf_room(&tx, FLY_FRAME_HDR + alen + blen) != 0)
     die_closed();
   p = (unsigned char *)tx.base + tx.len;
   put32(p, (uint32_t)(5 + alen + blen));
   p[4] = (unsigned char)type;
   put32(p + 5, id);
   if (alen > 0)
-    memcpy(p + FX_HDR, a, alen);
+    memcpy(p + FLY_FRAME_HDR, a, alen);
   if (blen > 0)
-    memcpy(p + FX_HDR + alen, b, blen);
-  tx.len += FX_HDR + alen + blen;
+    memcpy(p + FLY_FRAME_HDR + alen, b, blen);
+  tx.len += FLY_FRAME_HDR + alen + blen;
 }
 
 static void send_exit(uint32_t id, int code, int sig) {
   unsigned char p[8];
   put32(p, (uint32_t)code);
   put32(p + 4, (uint32_t)sig);
-  send_frame(T_EXIT, id, p, 8, NULL, 0);
+  send_frame(FLY_FRAME_EXIT, id, p, 8, NULL, 0);
 }
 
 static void send_failed(uint32_t id, int err, const char *msg) {
   unsigned char p[4];
   put32(p, (uint32_t)err);
-  send_frame(T_FAILED, id, p, 4, msg, strlen(msg));
+  send_frame(FLY_FRAME_FAILED, id, p, 4, msg, strlen(msg));
 }
 
 static void send_ack(uint32_t id, size_t n) {
   unsigned char p[4];
   put32(p, (uint32_t)n);
-  send_frame(T_ACK, id, p, 4, NULL, 0);
+  send_frame(FLY_FRAME_ACK, id, p, 4, NULL, 0);
 }
 
 /* Flush what the channel takes now.  A write error: the client is gone. */
@@ -396,7 +388,7 @@ static void shell_error(uint32_t id, const char *what, const char *why) {
     snprintf(msg, sizeof(msg), "bash: line 1: %s: %s\n", what, why);
   else
     snprintf(msg, sizeof(msg), "%s: 1: %s: %s\n", shell_name(), what, why);
-  send_frame(T_STDERR, id, msg, strlen(msg), NULL, 0);
+  send_frame(FLY_FRAME_STDERR, id, msg, strlen(msg), NULL, 0);
 }
 
 static int nb_pipe(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
@@ -466,7 +458,7 @@ static void start_cmd(uint32_t id, const unsigned char *payload, size_t n) {
   } else {
     r.bad = 1;
   }
-  if (r.bad || ((flags & F_SHELL) && argc != 1)) {
+  if (r.bad || ((flags & FLY_START_SHELL) && argc != 1)) {
     send_failed(id, EINVAL, "flyexec: bad START");
     goto cleanup;
   }
@@ -480,7 +472,7 @@ static void start_cmd(uint32_t id, const unsigned char *payload, size_t n) {
   if (cwd[0] != '\0') {
     if (chdir(cwd) != 0) {
       int e = errno;
-      if (!(flags & F_BACKGROUND)) {
+      if (!(flags & FLY_START_BACKGROUND)) {
         char what[PATH_MAX + 8];
         snprintf(what, sizeof(what), "cd: %s", cwd);
         shell_error(id, what, strerror(e));
@@ -498,12 +490,12 @@ static void start_cmd(uint32_t id, const unsigned char *payload, size_t n) {
   {
     size_t na = 0, k = 0;
     const char *sh = shell_path();
-    if (flags & F_SHELL) {
+    if (flags & FLY_START_SHELL) {
       prog = strdup(sh);
     } else if (strchr(argv[0], '/') != NULL) {
       prog = strdup(argv[0]);
     } else if ((prog = path_find(argv[0], env)) == NULL) {
-      if (flags & F_BACKGROUND) {
+      if (flags & FLY_START_BACKGROUND) {
         send_exit(id, 0, 0);
       } else {
         shell_error(id, argv[0],
@@ -519,7 +511,7 @@ static void start_cmd(uint32_t id, const unsigned char *payload, size_t n) {
     spawn_argv = calloc(na, sizeof(char *));
     if (spawn_argv == NULL)
       goto nomem;
-    if ((flags & F_BACKGROUND) && timeout_ms > 0) {
+    if ((flags & FLY_START_BACKGROUND) && timeout_ms > 0) {
       char *tp = path_find("timeout", env);
       if (tp == NULL) {
         send_exit(id, 0, 0);
@@ -535,14 +527,14 @@ static void start_cmd(uint32_t id, const unsigned char *payload, size_t n) {
       spawn_argv[k++] = prog;
       prog = tp;
       wrapped = spawn_argv[k - 1];
-      if (flags & F_SHELL) {
+      if (flags & FLY_START_SHELL) {
         spawn_argv[k++] = "-c";
         spawn_argv[k++] = argv[0];
       } else {
         for (i = 1; i < argc; i++)
           spawn_argv[k++] = argv[i];
       }
-    } else if (flags & F_SHELL) {
+    } else if (flags & FLY_START_SHELL) {
       spawn_argv[k++] = (char *)shell_name();
       spawn_argv[k++] = "-c";
       spawn_argv[k++] = argv[0];
@@ -555,7 +547,7 @@ static void start_cmd(uint32_t id, const unsigned char *payload, size_t n) {
 
   /* argv: what bash exports to a program it runs, as the shell that ran
    * argv did (the shell of a shell command sets these itself). */
-  if (!(flags & (F_SHELL | F_BACKGROUND)) && strcmp(shell_name(), "bash") == 0) {
+  if (!(flags & (FLY_START_SHELL | FLY_START_BACKGROUND)) && strcmp(shell_name(), "bash") == 0) {
     char cwdbuf[PATH_MAX], **nenv;
     const char *pwd = NULL;
     uint32_t k = envc;
@@ -587,7 +579,7 @@ static void start_cmd(uint32_t id, const unsigned char *payload, size_t n) {
   sigaddset(&dflt, SIGCHLD);
   posix_spawnattr_setsigmask(&at, &none);
   posix_spawnattr_setsigdefault(&at, &dflt);
-  if (flags & F_BACKGROUND) {
+  if (flags & FLY_START_BACKGROUND) {
     posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK |
                                       POSIX_SPAWN_SETSIGDEF);
     devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
@@ -603,7 +595,7 @@ static void start_cmd(uint32_t id, const unsigned char *payload, size_t n) {
                                       POSIX_SPAWN_SETSIGDEF);
     if (nb_pipe(po) != 0 || nb_pipe(pe) != 0)
       goto spawn_failed_errno;
-    if (flags & F_STDIN) {
+    if (flags & FLY_START_STDIN) {
       if (nb_pipe(pi) != 0)
         goto spawn_failed_errno;
       posix_spawn_file_actions_adddup2(&fa, pi[0], 0);
@@ -617,7 +609,7 @@ static void start_cmd(uint32_t id, const unsigned char *payload, size_t n) {
     posix_spawn_file_actions_adddup2(&fa, pe[1], 2);
   }
   rc = posix_spawn(&pid, prog, &fa, &at, spawn_argv, env);
-  if (rc == ENOEXEC && !(flags & F_SHELL)) {
+  if (rc == ENOEXEC && !(flags & FLY_START_SHELL)) {
     /* A script without #!: the shell runs it, as it would have. */
     char **sv = calloc((size_t)argc + 2, sizeof(char *));
     if (sv != NULL) {
@@ -633,7 +625,7 @@ static void start_cmd(uint32_t id, const unsigned char *payload, size_t n) {
   posix_spawnattr_destroy(&at);
   if (rc != 0) {
     errno = rc;
-    if (!(flags & F_SHELL) && !(flags & F_BACKGROUND) &&
+    if (!(flags & FLY_START_SHELL) && !(flags & FLY_START_BACKGROUND) &&
         (rc == ENOENT || rc == EACCES || rc == ENOTDIR || rc == EISDIR)) {
       /* What the shell says (and exits with) for a path it cannot run. */
       shell_error(id, argv[0], strerror(rc));
@@ -642,7 +634,7 @@ static void start_cmd(uint32_t id, const unsigned char *payload, size_t n) {
     }
     goto spawn_failed_errno;
   }
-  if (flags & F_BACKGROUND) {
+  if (flags & FLY_START_BACKGROUND) {
     /* Detached: reaped by the SIGCHLD loop if it ends while we live, by
      * init after. */
     send_exit(id, 0, 0);
@@ -668,7 +660,7 @@ static void start_cmd(uint32_t id, const unsigned char *payload, size_t n) {
   c->next = cmds;
   cmds = c;
   ncmds++;
-  send_frame(T_RUNNING, id, NULL, 0, NULL, 0);
+  send_frame(FLY_FRAME_RUNNING, id, NULL, 0, NULL, 0);
   goto cleanup;
 
 nomem:
@@ -710,13 +702,13 @@ cleanup:
 
 static void on_frame(int type, uint32_t id, const unsigned char *p,
                      size_t n) {
-  fx_cmd_t *c = type == T_START ? NULL : cmd_find(id);
+  fx_cmd_t *c = type == FLY_FRAME_START ? NULL : cmd_find(id);
 
   switch (type) {
-  case T_START:
+  case FLY_FRAME_START:
     start_cmd(id, p, n);
     return;
-  case T_STDIN:
+  case FLY_FRAME_STDIN:
     if (c == NULL) {
       /* Ended already: the bytes are consumed all the same. */
       send_ack(id, n);
@@ -726,21 +718,21 @@ static void on_frame(int type, uint32_t id, const unsigned char *p,
       send_ack(id, n);
       return;
     }
-    if (buf_used(&c->inbuf) + n > FX_STDIN_WINDOW)
+    if (buf_used(&c->inbuf) + n > FLY_EXEC_STDIN_WINDOW)
       die_closed(); /* the client broke the window: protocol error */
     if (buf_room(&c->inbuf, n) != 0)
       die_closed();
     memcpy(c->inbuf.base + c->inbuf.len, p, n);
     c->inbuf.len += n;
     return;
-  case T_EOF:
+  case FLY_FRAME_EOF:
     if (c != NULL) {
       c->in_eof = 1;
       if (buf_used(&c->inbuf) == 0)
         close_fd(&c->in);
     }
     return;
-  case T_KILL:
+  case FLY_FRAME_KILL:
     if (c != NULL)
       cmd_signal(c, SIGKILL);
     return;
@@ -766,15 +758,15 @@ static void read_rx(void) {
       die_closed();
     rx.len += (size_t)n;
     /* Whole frames out; a partial one waits (bounded by the size check). */
-    while (buf_used(&rx) >= FX_HDR) {
+    while (buf_used(&rx) >= FLY_FRAME_HDR) {
       const unsigned char *h = (const unsigned char *)rx.base + rx.off;
       uint32_t len = get32(h);
-      if (len < 5 || len - 5 > FX_MAX_PAYLOAD + 64)
+      if (len < 5 || len - 5 > FLY_FRAME_MAX + 64)
         die_closed();
       if (buf_used(&rx) < 4 + (size_t)len)
         break;
       rx.off += 4 + (size_t)len;
-      on_frame(h[4], get32(h + 5), h + FX_HDR, len - 5);
+      on_frame(h[4], get32(h + 5), h + FLY_FRAME_HDR, len - 5);
     }
     /* Stop reading input while output waits: the channel is backed up. */
     if (buf_used(&tx) > FX_OUT_HIGH)
@@ -787,11 +779,11 @@ static void read_rx(void) {
 static void read_pipe(fx_cmd_t *c, int *fd, int type) {
   unsigned char *h;
   ssize_t n;
-  if (buf_room(&tx, FX_HDR + FX_READ) != 0)
+  if (buf_room(&tx, FLY_FRAME_HDR + FX_READ) != 0)
     die_closed();
   h = (unsigned char *)tx.base + tx.len;
   do
-    n = read(*fd, h + FX_HDR, FX_READ);
+    n = read(*fd, h + FLY_FRAME_HDR, FX_READ);
   while (n < 0 && errno == EINTR);
   if (n < 0 && errno == EAGAIN)
     return;
@@ -802,7 +794,7 @@ static void read_pipe(fx_cmd_t *c, int *fd, int type) {
   put32(h, (uint32_t)(5 + n));
   h[4] = (unsigned char)type;
   put32(h + 5, c->id);
-  tx.len += FX_HDR + (size_t)n;
+  tx.len += FLY_FRAME_HDR + (size_t)n;
 }
 
 static void write_stdin(fx_cmd_t *c) {
@@ -865,7 +857,7 @@ static void timers(uint64_t now) {
 
 int main(void) {
   sigset_t mask;
-  unsigned char hello[16];
+  unsigned char hello[FLY_EXEC_HELLO_LEN];
   struct pollfd *pfd = NULL;
   size_t pcap = 0;
 
@@ -883,10 +875,10 @@ int main(void) {
   fcntl(0, F_SETFL, fcntl(0, F_GETFL) | O_NONBLOCK);
   fcntl(1, F_SETFL, fcntl(1, F_GETFL) | O_NONBLOCK);
 
-  memcpy(hello, "flyexec\n", 8);
-  put32(hello + 8, FX_VERSION);
-  put32(hello + 12, FX_MAX_PAYLOAD);
-  send_frame(T_HELLO, 0, hello, 16, NULL, 0);
+  memcpy(hello, FLY_EXEC_MAGIC, FLY_EXEC_MAGIC_LEN);
+  put32(hello + FLY_EXEC_MAGIC_LEN, FLY_EXEC_VERSION);
+  put32(hello + FLY_EXEC_MAGIC_LEN + 4, FLY_FRAME_MAX);
+  send_frame(FLY_FRAME_HELLO, 0, hello, FLY_EXEC_HELLO_LEN, NULL, 0);
 
   for (;;) {
     fx_cmd_t *c, *cn;
@@ -927,9 +919,9 @@ int main(void) {
     for (c = cmds; c != NULL; c = cn) {
       cn = c->next;
       if (c->out >= 0 && (pfd[n].revents & (POLLIN | POLLHUP | POLLERR)))
-        read_pipe(c, &c->out, T_STDOUT);
+        read_pipe(c, &c->out, FLY_FRAME_STDOUT);
       if (c->err >= 0 && (pfd[n + 1].revents & (POLLIN | POLLHUP | POLLERR)))
-        read_pipe(c, &c->err, T_STDERR);
+        read_pipe(c, &c->err, FLY_FRAME_STDERR);
       if (c->in >= 0 && (pfd[n + 2].revents & (POLLOUT | POLLERR | POLLHUP)))
         write_stdin(c);
       n += 3;

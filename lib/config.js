@@ -2,7 +2,9 @@
 // Resolves a FlyConfig (plus environment fallbacks) once, into the frozen
 // settings every method reads.  Type errors are thrown at once; a missing
 // token is reported when a method needs it, as ComputeSDK providers do.
-const { flyError, invalidArg } = require('./errors')
+const { invalidArg } = require('./errors')
+const { apiTarget } = require('./target')
+const { checkKeys } = require('./options')
 
 const DEFAULTS = {
   apiHostname: 'https://api.machines.dev',
@@ -25,6 +27,16 @@ const DEFAULTS = {
 }
 
 const APP_NAME = /^[a-z0-9][a-z0-9-]{0,62}$/
+const WEEK_MS = 7 * 24 * 3600 * 1000
+
+// The ranges of the options fly() and create both take (create's value
+// wins): one rule for each, whichever gives it.
+const RANGES = Object.freeze({
+  cpus: [1, 16],
+  memoryMb: [256, 131072],
+  timeout: [0, WEEK_MS],
+  idleTimeout: [0, WEEK_MS]
+})
 
 function optString (config, key, envName) {
   const v = config[key] !== undefined ? config[key] : (envName ? process.env[envName] : undefined)
@@ -33,19 +45,21 @@ function optString (config, key, envName) {
   return v
 }
 
-function optInt (config, key, min, max) {
+// config[key] (fly()'s config, or create's options with what: 'create'),
+// checked; undefined when not given.
+function optInt (config, key, min, max, what = 'fly()') {
   const v = config[key]
   if (v === undefined || v === null) return undefined
   if (!Number.isInteger(v) || v < min || v > max) {
-    throw invalidArg(`fly(): ${key} must be an integer from ${min} to ${max}`)
+    throw invalidArg(`${what}: ${key} must be an integer from ${min} to ${max}`)
   }
   return v
 }
 
-function optBool (config, key, dflt) {
+function optBool (config, key, dflt, what = 'fly()') {
   const v = config[key]
   if (v === undefined || v === null) return dflt
-  if (typeof v !== 'boolean') throw invalidArg(`fly(): ${key} must be a boolean`)
+  if (typeof v !== 'boolean') throw invalidArg(`${what}: ${key} must be a boolean`)
   return v
 }
 
@@ -85,19 +99,43 @@ function volumeOption (v, what) {
   return Object.freeze({ sizeGb })
 }
 
+// Every key fly() takes; anything else is ERR_INVALID_ARG (lib/options.js).
+// memory is create's name for the guest's MB, and fly()'s too; memoryMb is
+// the older name, still taken.
+const FLY_KEYS = new Set(['apiToken', 'appName', 'org', 'region', 'image', 'apiHostname', 'cpus',
+  'memory', 'memoryMb', 'cpuKind', 'transport', 'sshUser', 'sshPassword', 'sshPrivateKey', 'sshHost', 'sshPort',
+  'insecureSkipHostKeyCheck', 'timeout', 'maxOutputBytes', 'connectTimeoutMs', 'opTimeoutMs', 'keepaliveSec',
+  'maxFileBytes', 'maxEntries', 'startTimeoutMs', 'retry', 'autoResume', 'idleTimeout', 'idleAction',
+  'keepMemory', 'onTimeout', 'volume', 'pool', 'tenant', 'reach', 'edgeUrl', 'edgeCa'])
+
+// memory, or its older name memoryMb (not both, unless equal).
+function memoryOption (config) {
+  const a = optInt(config, 'memory', ...RANGES.memoryMb)
+  const b = optInt(config, 'memoryMb', ...RANGES.memoryMb)
+  if (a !== undefined && b !== undefined && a !== b) {
+    throw invalidArg('fly(): memory and memoryMb are one setting (MB); give one')
+  }
+  return a !== undefined ? a : b
+}
+
 function resolveConfig (config) {
   if (config === undefined || config === null) config = {}
   if (typeof config !== 'object') throw invalidArg('fly(): config must be an object')
+  checkKeys(config, FLY_KEYS, 'fly()')
 
   const r = {
-    token: optString(config, 'apiToken', 'FLY_API_TOKEN'),
+    apiToken: optString(config, 'apiToken', 'FLY_API_TOKEN'),
     appName: optString(config, 'appName', 'FLY_APP_NAME') || DEFAULTS.appName,
     org: optString(config, 'org', 'FLY_ORG') || DEFAULTS.org,
     region: optString(config, 'region', 'FLY_REGION') || DEFAULTS.region,
     image: optString(config, 'image', 'FLY_IMAGE') || DEFAULTS.image,
-    baseUrl: (optString(config, 'apiHostname', 'FLY_API_HOSTNAME') || DEFAULTS.apiHostname).replace(/\/+$/, ''),
-    cpus: optInt(config, 'cpus', 1, 16) || DEFAULTS.cpus,
-    memoryMb: optInt(config, 'memoryMb', 256, 131072) || DEFAULTS.memoryMb,
+    apiHostname: (optString(config, 'apiHostname', 'FLY_API_HOSTNAME') || DEFAULTS.apiHostname).replace(/\/+$/, ''),
+    // Neither a token nor a hostname: the fly-local running on this host
+    // (lib/target.js).
+    localDefault: optString(config, 'apiToken', 'FLY_API_TOKEN') === undefined &&
+      optString(config, 'apiHostname', 'FLY_API_HOSTNAME') === undefined,
+    cpus: optInt(config, 'cpus', ...RANGES.cpus) || DEFAULTS.cpus,
+    memoryMb: memoryOption(config) || DEFAULTS.memoryMb,
     cpuKind: optString(config, 'cpuKind') || DEFAULTS.cpuKind,
     transport: optString(config, 'transport') || 'ssh',
     sshUser: optString(config, 'sshUser') || DEFAULTS.sshUser,
@@ -106,7 +144,7 @@ function resolveConfig (config) {
     sshHost: optString(config, 'sshHost'),
     sshPort: optInt(config, 'sshPort', 1, 65535) || DEFAULTS.sshPort,
     insecureSkipHostKeyCheck: config.insecureSkipHostKeyCheck === true,
-    timeout: optInt(config, 'timeout', 0, 7 * 24 * 3600 * 1000),
+    timeout: optInt(config, 'timeout', ...RANGES.timeout),
     maxOutputBytes: optInt(config, 'maxOutputBytes', 1, 2 ** 31) || DEFAULTS.maxOutputBytes,
     connectTimeoutMs: optInt(config, 'connectTimeoutMs', 100, 600000) || DEFAULTS.connectTimeoutMs,
     opTimeoutMs: optInt(config, 'opTimeoutMs', 100, 3600000) || DEFAULTS.opTimeoutMs,
@@ -117,7 +155,7 @@ function resolveConfig (config) {
     retry: undefined,
     // Pausing (lib/pause.js, lib/idle.js) and volumes (lib/volumes.js).
     autoResume: optBool(config, 'autoResume', true),
-    idleTimeout: optInt(config, 'idleTimeout', 0, 7 * 24 * 3600 * 1000) || 0,
+    idleTimeout: optInt(config, 'idleTimeout', ...RANGES.idleTimeout) || 0,
     idleAction: idleAction(config, 'fly()'),
     onTimeout: onTimeout(config, 'fly()'),
     volume: volumeOption(config.volume, 'fly()'),
@@ -127,7 +165,7 @@ function resolveConfig (config) {
     edgeUrl: optString(config, 'edgeUrl', 'FLY_EDGE_URL'),
     edgeCa: optString(config, 'edgeCa')
   }
-  if (!/^https?:\/\/[^\s/]+/.test(r.baseUrl)) {
+  if (!/^https?:\/\/[^\s/]+/.test(r.apiHostname)) {
     throw invalidArg('fly(): apiHostname must be an http:// or https:// URL')
   }
   if (!APP_NAME.test(r.appName)) {
@@ -147,6 +185,14 @@ function resolveConfig (config) {
   if (r.edgeCa !== undefined && !/-----BEGIN CERTIFICATE-----/.test(r.edgeCa)) {
     throw invalidArg('fly(): edgeCa must be PEM certificates')
   }
+  // A tenant's sandboxes share an app of their own on its own private
+  // network, <appName>-t-<tenant>: they reach each other and no one else.
+  r.tenant = optString(config, 'tenant')
+  if (r.tenant !== undefined) {
+    if (!TENANT.test(r.tenant)) throw invalidArg('fly(): tenant must be lowercase letters, digits and dashes (at most 30)')
+    r.appName = `${r.appName}-t-${r.tenant}`
+    if (!APP_NAME.test(r.appName)) throw invalidArg(`fly(): appName and tenant make ${r.appName}, longer than an app name may be (63)`)
+  }
   if (r.transport !== 'ssh' && r.transport !== 'exec') {
     throw invalidArg("fly(): transport must be 'ssh' or 'exec'")
   }
@@ -163,6 +209,8 @@ function resolveConfig (config) {
   r.pool = poolConfig(config.pool, r)
   return Object.freeze(r)
 }
+
+const TENANT = /^[a-z0-9](?:[a-z0-9-]{0,28}[a-z0-9])?$/
 
 const POOL_KEYS = new Set(['size', 'concurrency', 'onError'])
 
@@ -191,13 +239,10 @@ function poolConfig (p, r) {
   return Object.freeze({ size: p.size, concurrency, onError: p.onError || null })
 }
 
-// A missing token is reported when a method needs it, not at fly().
+// A missing token is reported when a method needs it, not at fly(); the
+// token is the configured one or the local fly-local's (lib/target.js).
 function requireToken (config) {
-  if (!config.token) {
-    throw flyError('FLY_UNAUTHORIZED', 'Missing Fly.io API token. Provide apiToken in config or set the ' +
-      'FLY_API_TOKEN environment variable (or start fly-local and pass its token).')
-  }
-  return config.token
+  return apiTarget(config).apiToken
 }
 
-module.exports = { resolveConfig, requireToken, DEFAULTS, idleAction, onTimeout, volumeOption }
+module.exports = { resolveConfig, requireToken, DEFAULTS, RANGES, optInt, optBool, idleAction, onTimeout, volumeOption }

@@ -24,7 +24,7 @@ const dgram = require('dgram')
 const net = require('net')
 const api = require('./api')
 const { flyError } = require('./errors')
-const { EDGE_TOKEN, FILES_DIR } = require('./machine')
+const { EDGE_TOKEN, FILES_DIR } = require('./metadata')
 
 const EDGE_PORT = 444
 const EDGE_PATH = '/.computesdk/ssh'

@@ -1,11 +1,9 @@
 'use strict'
-// Running commands and code in a sandbox, on the provider's transport
-// (lib/transport/).  The SSH transport hands over output as text already
-// (decoded natively, a character split across chunks held back until it
-// is whole); bytes (the exec transport, small non-ASCII results) are
-// decoded as UTF-8 here, with a StringDecoder per stream.
-const { StringDecoder } = require('string_decoder')
+// Running commands and code in a sandbox: their options checked and made
+// into a command spec, each run as a Process (lib/process.js) on the
+// provider's transport (lib/transport/).
 const { invalidArg } = require('./errors')
+const { Process } = require('./process')
 
 // The documented guess when runCode gets no runtime: a shebang decides;
 // otherwise the runtime with more telltale constructs wins (ties go to
@@ -73,56 +71,12 @@ function commandSpec (command, options) {
   return spec
 }
 
-// A transport's output as text: a string already (ASCII output the native
-// side handed over as it is), or bytes to decode.
-const text = (x) => (typeof x === 'string' ? x : x.toString('utf8'))
-
-// Runs a command spec on the provider's transport; stream carries the
-// onStdout/onStderr callbacks.  Streamed output is decoded chunk by chunk
-// and the result's stdout/stderr are exactly what the callbacks were given.
-// maxOutputBytes is the transport's to enforce (in C for SSH), as the
-// bytes arrive.
-async function execute (sb, spec, stdin, stream) {
-  const { transport } = sb._ctx
-  if (!stream) {
-    const r = await transport.exec(sb, spec, { stdin })
-    return { stdout: text(r.stdout), stderr: text(r.stderr), exitCode: r.exitCode }
-  }
-  // A transport streams strings and returns the whole output as well (SSH:
-  // decoded natively, characters whole, the whole kept outside the JS
-  // heap), or streams Buffers and returns nothing (the exec transport):
-  // those are decoded here and kept, appended with + (a rope: nothing
-  // copied).
-  const dec = [null, new StringDecoder('utf8'), new StringDecoder('utf8')]
-  const kept = [null, '', '']
-  let bytes = false
-  const cbs = [null, stream.onStdout, stream.onStderr]
-  const emit = (i, s) => {
-    if (s !== '' && typeof cbs[i] === 'function') cbs[i](s)
-  }
-  const keep = (i, s) => {
-    kept[i] += s
-    emit(i, s)
-  }
-  const onChunk = (i, chunk) => {
-    if (typeof chunk === 'string') return emit(i, chunk)
-    bytes = true
-    keep(i, dec[i].write(chunk))
-  }
-  const r = await transport.exec(sb, spec, { stdin, onChunk })
-  if (!bytes) return { stdout: text(r.stdout), stderr: text(r.stderr), exitCode: r.exitCode }
-  keep(1, dec[1].end())
-  keep(2, dec[2].end())
-  return { stdout: kept[1], stderr: kept[2], exitCode: r.exitCode }
-}
-
-// runCommand and streamCommand share this.
+// runCommand and streamCommand share this; stream carries the
+// onStdout/onStderr callbacks (null: the whole output at the end).
 async function run (sb, command, options, stream) {
   const spec = commandSpec(command, options)
   if (stream && spec.background) throw invalidArg('runCommand: streaming callbacks cannot be used with background')
-  const started = Date.now()
-  const r = await execute(sb, spec, undefined, stream)
-  return { stdout: r.stdout, stderr: r.stderr, exitCode: r.exitCode, durationMs: Date.now() - started }
+  return new Process(sb, spec, { stream }).wait()
 }
 
 async function runCode (sb, code, runtime) {
@@ -131,11 +85,9 @@ async function runCode (sb, code, runtime) {
   const language = runtime === undefined || runtime === null ? detectRuntime(text) : String(runtime).toLowerCase()
   const argv = INTERPRETERS[language]
   if (!argv) throw invalidArg(`runCode: unsupported runtime ${JSON.stringify(runtime)} (use 'python' or 'node')`)
-  const spec = { argv }
-  const started = Date.now()
   // The code is the interpreter's stdin: data, never part of a command line.
-  const r = await execute(sb, spec, code)
-  const durationMs = Date.now() - started
+  const r = await new Process(sb, { argv }, { stdin: code }).wait()
+  const durationMs = r.durationMs
   const lang = argv[0] === 'node' ? 'node' : 'python'
   return {
     stdout: r.stdout,

@@ -17,13 +17,26 @@ function toBytes (content) {
   throw invalidArg('writeFile: content must be a string or a Buffer')
 }
 
+// readFile's { offset, length }: a range of the file (length at most
+// maxFileBytes), or undefined for the whole file.
+function readRange (options) {
+  if (!options || (options.offset === undefined && options.length === undefined)) return undefined
+  const range = {}
+  for (const k of ['offset', 'length']) {
+    if (options[k] === undefined) continue
+    if (!Number.isSafeInteger(options[k]) || options[k] < 0) throw invalidArg(`readFile: ${k} must be a non-negative integer`)
+    range[k] = options[k]
+  }
+  return range
+}
+
 function makeFilesystem (sb) {
   const files = () => sb._ctx.transport.files
   return {
     async readFile (path, options) {
       checkPath(path, 'readFile')
       const enc = options && Object.prototype.hasOwnProperty.call(options, 'encoding') ? options.encoding : 'utf8'
-      const buf = await files().read(sb, path)
+      const buf = await files().read(sb, path, readRange(options))
       return enc === null || enc === 'buffer' ? buf : buf.toString(enc)
     },
     async writeFile (path, content) {

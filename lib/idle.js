@@ -9,26 +9,21 @@
 // (and the machine is then not auto_destroy).  So that an idle provider
 // does not hold the machine awake, its SSH connection to a sandbox with
 // an idle timeout closes after min(5 s, idleTimeout / 2) unused (ssh.js).
-const { invalidArg } = require('./errors')
-const { idleAction, onTimeout } = require('./config')
-const { IDLE_MS, AUTO_RESUME } = require('./machine')
+const { idleAction, onTimeout, RANGES, optInt, optBool } = require('./config')
+const { IDLE_MS, AUTO_RESUME, ON_TIMEOUT } = require('./metadata')
 
 const MIN_IDLE_MS = 1000
 
 // Adds the env, metadata and auto_destroy for create's options `o` to the
 // machine config `mc` (its lifetime `timeout` already resolved).
 function apply (config, o, mc, timeout) {
-  let idle = o.idleTimeout !== undefined && o.idleTimeout !== null ? o.idleTimeout : config.idleTimeout
-  if (!Number.isInteger(idle) || idle < 0 || idle > 7 * 24 * 3600 * 1000) {
-    throw invalidArg('create: idleTimeout must be a non-negative integer of milliseconds')
-  }
+  let idle = optInt(o, 'idleTimeout', ...RANGES.idleTimeout, 'create')
+  if (idle === undefined) idle = config.idleTimeout
   if (idle > 0 && idle < MIN_IDLE_MS) idle = MIN_IDLE_MS
   const action = idleAction(o, 'create') || config.idleAction || 'suspend'
   const onEnd = onTimeout(o, 'create') || config.onTimeout || 'destroy'
-  if (o.autoResume !== undefined && o.autoResume !== null) {
-    if (typeof o.autoResume !== 'boolean') throw invalidArg('create: autoResume must be a boolean')
-    mc.metadata[AUTO_RESUME] = o.autoResume ? '1' : '0'
-  }
+  const autoResume = optBool(o, 'autoResume', undefined, 'create')
+  if (autoResume !== undefined) mc.metadata[AUTO_RESUME] = autoResume ? '1' : '0'
   if (idle > 0) {
     mc.env.COMPUTESDK_IDLE_TIMEOUT_MS = String(idle)
     mc.metadata[IDLE_MS] = String(idle)
@@ -36,7 +31,7 @@ function apply (config, o, mc, timeout) {
   if (idle > 0 || (timeout && onEnd === 'pause')) mc.env.COMPUTESDK_IDLE_ACTION = action
   if (timeout && onEnd === 'pause') {
     mc.env.COMPUTESDK_ON_TIMEOUT = 'pause'
-    mc.metadata.computesdk_on_timeout = 'pause'
+    mc.metadata[ON_TIMEOUT] = 'pause'
     mc.auto_destroy = false
   }
 }

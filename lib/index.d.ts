@@ -10,10 +10,21 @@ import type {
 } from '@computesdk/provider'
 
 export interface FlyConfig {
-  /** Fly API token (`fly tokens create ...`); falls back to FLY_API_TOKEN. Bearer and FlyV1 tokens both work. */
+  /**
+   * Fly API token (`fly tokens create ...`); falls back to FLY_API_TOKEN. Bearer and FlyV1 tokens both work.
+   * With neither a token nor apiHostname, the fly-local running on this host (registered by `npx fly-local`) is used.
+   */
   apiToken?: string
   /** The Fly app that holds the sandboxes; falls back to FLY_APP_NAME, then 'computesdk'. Created when missing. */
   appName?: string
+  /**
+   * A tenant whose sandboxes share a network: they go in an app of their
+   * own, `<appName>-t-<tenant>`, created on its own private network (made on
+   * first create, removed with its last sandbox). Without it no sandbox
+   * reaches another (the image's in-guest firewall). Lowercase letters,
+   * digits and dashes, at most 30.
+   */
+  tenant?: string
   /** Organization slug used when the app has to be created; FLY_ORG, then 'personal'. */
   org?: string
   /** Region for new machines; FLY_REGION, then 'iad'. */
@@ -24,7 +35,9 @@ export interface FlyConfig {
   apiHostname?: string
   /** Guest vCPUs (default 1). */
   cpus?: number
-  /** Guest memory in MB (default 512). */
+  /** Guest memory in MB (default 512); the same name as create's. */
+  memory?: number
+  /** The older name of `memory` (give one of the two). */
   memoryMb?: number
   /** 'shared' (default) or 'performance'. */
   cpuKind?: string
@@ -203,6 +216,10 @@ export type FlyRuntime = 'python' | 'node'
 export interface FlyReadOptions {
   /** 'utf8' (default) returns a string; null or 'buffer' returns the exact bytes as a Buffer. */
   encoding?: BufferEncoding | 'buffer' | null
+  /** Read from this byte offset (default 0). */
+  offset?: number
+  /** Read at most this many bytes (at most maxFileBytes); with it a larger file is no error. */
+  length?: number
 }
 
 export interface FlyFileSystem {

@@ -9,11 +9,30 @@
 const { defineProvider } = require('@computesdk/provider')
 const { makeContext } = require('./context')
 const lifecycle = require('./lifecycle')
-const { FlyMachine, getInfo, getUrl } = require('./machine')
+const { FlyMachine } = require('./machine')
+const { getInfo, getUrl } = require('./info')
 const exec = require('./exec')
 const { withSeedExtras } = require('./compat')
 const pause = require('./pause')
 const snapshots = require('./snapshots')
+
+// The sandbox's own pause/resume/fork (getInstance()), installed here at
+// the top: machine.js is below pause.js and lifecycle.js, which use it.
+for (const [name, value] of Object.entries({
+  // Suspend (keepMemory, the default) or stop; see lib/pause.js.
+  pause (options) {
+    return pause.pause(this, options)
+  },
+  // Start it again and return once it answers over SSH.
+  resume () {
+    return pause.resume(this)
+  },
+  // A new sandbox whose workspace is a copy of this one's volume.
+  async fork (options) {
+    const r = await lifecycle.create(this._ctx, { ...(options || {}), fromSandbox: this.sandboxId })
+    return r.sandbox
+  }
+})) Object.defineProperty(FlyMachine.prototype, name, { value, writable: true, configurable: true })
 
 const flyProvider = defineProvider({
   name: 'fly',

@@ -4,11 +4,15 @@
 const crypto = require('crypto')
 const native = require('./native')
 const api = require('./api')
-const { requireToken } = require('./config')
+const { requireToken, RANGES, optInt } = require('./config')
 const { flyError, invalidArg, abortError } = require('./errors')
 const { clientKey } = require('./keys')
 const { validEnvName } = require('./exec')
-const { FlyMachine, isGone, parseSandboxId, TAG, CREATE_ID, HOST_FP, FILES_DIR, VOLUME } = require('./machine')
+const { checkKeys } = require('./options')
+const { FlyMachine, parseSandboxId } = require('./machine')
+const {
+  RESERVED_PREFIX, TAG, CREATE_ID, HOST_FP, SSH_USER, RUNTIME, TIMEOUT_MS, FILES_DIR, VOLUME, metadataOf, isGone
+} = require('./metadata')
 const volumes = require('./volumes')
 const idle = require('./idle')
 const { checkPorts, createWith: createWithPorts } = require('./ports')
@@ -30,9 +34,10 @@ function ensureApp (ctx) {
         if (err.code !== 'FLY_NOT_FOUND') throw err
       }
       try {
-        await api.call(config, 'app.create', null, {
-          body: { app_name: config.appName, name: config.appName, org_slug: config.org }
-        })
+        const body = { app_name: config.appName, name: config.appName, org_slug: config.org }
+        // a tenant's app is on its own network (named as the app)
+        if (config.tenant) body.network = config.appName
+        await api.call(config, 'app.create', null, { body })
       } catch (err) {
         if (err.code !== 'FLY_UNPROCESSABLE') throw err // 422: taken, i.e. it exists now
       }
@@ -42,14 +47,14 @@ function ensureApp (ctx) {
   return state.appReady
 }
 
+const GUARD_ENVS = new Set(['COMPUTESDK_TENANT', 'FLY_LOCAL_FIREWALL'])
+
+// The first of keys (an option and its aliases) given, checked as fly()
+// checks the option (RANGES[keys[0]]).
 function pickInt (options, keys) {
   for (const k of keys) {
-    const v = options[k]
-    if (v !== undefined && v !== null) {
-      const n = Number(v)
-      if (!Number.isInteger(n) || n <= 0) throw invalidArg(`create: ${k} must be a positive integer`)
-      return n
-    }
+    const v = optInt(options, k, ...RANGES[keys[0]], 'create')
+    if (v !== undefined) return v
   }
   return undefined
 }
@@ -65,10 +70,21 @@ function stringMap (obj, what) {
   return out
 }
 
+// Every key create() takes.  Besides this provider's, ComputeSDK's
+// CreateSandboxOptions names (its resource aliases, namespace, directory,
+// ...) are taken so that code written for another provider runs; those
+// with no meaning on Fly are ignored, as README says.
+const CREATE_KEYS = new Set(['templateId', 'image', 'cpus', 'vcpus', 'cpu', 'memory', 'memoryMb', 'memoryMiB',
+  'memMiB', 'envs', 'timeout', 'ports', 'metadata', 'runtime', 'name', 'region', 'signal', 'waitForSsh', 'volume',
+  'snapshotId', 'fromSandbox', 'idleTimeout', 'idleAction', 'keepMemory', 'autoResume', 'onTimeout',
+  'provider', 'namespace', 'directory', 'cpuLimit', 'diskMiB', 'resources', 'launch_parameters',
+  'deploymentPlan', 'size', 'vmTier'])
+
 // Validates create's options and builds the POST /machines body, with the
 // keys the machine gets.  Throws ERR_INVALID_ARG before anything is sent.
 function machineRequest (ctx, o) {
   const { config } = ctx
+  checkKeys(o, CREATE_KEYS, 'create')
   for (const k of ['templateId', 'image']) {
     if (o[k] !== undefined && o[k] !== null && (typeof o[k] !== 'string' || o[k] === '')) {
       throw invalidArg(`create: ${k} must be a non-empty string`)
@@ -80,17 +96,16 @@ function machineRequest (ctx, o) {
   const envs = stringMap(o.envs, 'envs')
   for (const k of Object.keys(envs)) {
     if (!validEnvName(k)) throw invalidArg(`create: invalid environment variable name ${JSON.stringify(k)}`)
+    // they turn the image's in-guest firewall off (docker/entrypoint.sh)
+    if (GUARD_ENVS.has(k)) throw invalidArg(`create: environment variable ${k} is reserved`)
   }
-  const timeout = o.timeout !== undefined ? o.timeout : config.timeout
-  if (timeout !== undefined && timeout !== null && !(Number.isInteger(timeout) && timeout >= 0)) {
-    throw invalidArg('create: timeout must be a non-negative integer of milliseconds')
-  }
+  const timeout = o.timeout !== undefined ? optInt(o, 'timeout', ...RANGES.timeout, 'create') : config.timeout
   const ports = checkPorts(o.ports)
   const userMetadata = stringMap(o.metadata, 'metadata')
   // The provider's own keys say which volume destroy removes, which ports
   // are the sandbox's, whether it is paused: never the caller's to set.
   for (const k of Object.keys(userMetadata)) {
-    if (k.startsWith('computesdk_')) throw invalidArg(`create: metadata key ${JSON.stringify(k)} is reserved (computesdk_*)`)
+    if (k.startsWith(RESERVED_PREFIX)) throw invalidArg(`create: metadata key ${JSON.stringify(k)} is reserved (computesdk_*)`)
   }
 
   const client = clientKey(ctx)
@@ -101,10 +116,10 @@ function machineRequest (ctx, o) {
     [TAG]: 'fly',
     [CREATE_ID]: createId,
     [HOST_FP]: host.fingerprint,
-    computesdk_ssh_user: config.sshUser
+    [SSH_USER]: config.sshUser
   }
-  if (o.runtime) metadata.computesdk_runtime = String(o.runtime)
-  if (timeout) metadata.computesdk_timeout_ms = String(timeout)
+  if (o.runtime) metadata[RUNTIME] = String(o.runtime)
+  if (timeout) metadata[TIMEOUT_MS] = String(timeout)
 
   const files = [
     { guest_path: `${FILES_DIR}/authorized_keys`, raw_value: b64(client.publicKey + '\n'), mode: 0o644 },
@@ -123,6 +138,8 @@ function machineRequest (ctx, o) {
     auto_destroy: !!timeout
   }
   if (timeout) machineConfig.env.COMPUTESDK_SANDBOX_TIMEOUT_S = String(Math.ceil(timeout / 1000))
+  // on its own network the org's 6PN is out of reach already
+  if (config.tenant) machineConfig.env.COMPUTESDK_TENANT = config.tenant
   idle.apply(config, o, machineConfig, timeout)
   edge.apply(config, machineConfig)
   const body = { region: o.region || config.region, config: machineConfig }
@@ -162,20 +179,18 @@ function untilAborted (signal, p) {
 const NOT_STARTING = new Set(['failed', 'stopped', 'suspended', 'destroying', 'destroyed'])
 
 async function waitStarted (config, app, machine, step) {
-  const deadline = Date.now() + config.startTimeoutMs
-  for (;;) {
-    if (await api.waitSlice(config, { app, machine }, { state: 'started' }, deadline, step)) return
-    const m = (await step(api.call(config, 'machine.get', { app, machine }))).body || {}
-    if (NOT_STARTING.has(m.state)) {
+  await api.waitState(config, { app, machine }, 'started', {
+    timeoutMs: config.startTimeoutMs,
+    step,
+    seen: (m) => {
+      if (!NOT_STARTING.has(m.state)) return false
       const ev = (m.events || []).find((e) => e.request && (e.request.error || e.request.exit_event))
       const why = ev ? (ev.request.error || `exit code ${ev.request.exit_event.exit_code}`) : 'no cause reported'
       throw flyError('FLY_MACHINE_FAILED', `machine ${machine} did not start: it is ${m.state} (${why})`, { state: m.state })
-    }
-    if (Date.now() >= deadline) {
-      throw flyError('FLY_TIMEOUT', `machine ${machine} did not start within ${config.startTimeoutMs} ms (it is ${m.state})`,
-        { state: m.state })
-    }
-  }
+    },
+    timeout: (m) => flyError('FLY_TIMEOUT', `machine ${machine} did not start within ${config.startTimeoutMs} ms (it is ${m.state})`,
+      { state: m.state })
+  })
 }
 
 // All or nothing: once the machine exists, any failure (and an abort at any
@@ -209,20 +224,29 @@ async function create (ctx, options) {
     if (signal && signal.aborted) throw abortError(signal, 'create')
     // Not raced with the signal: the machine it makes must be known to be
     // removed, so an abort here takes effect when the reply is in.
-    const created = await createWithPorts(config, app, body, ports,
+    const make = () => createWithPorts(config, app, body, ports,
       () => api.call(config, 'machine.create', { app }, { body, createId, createIdKey: CREATE_ID }))
+    // A tenant's app removed (with its last sandbox, by another process)
+    // since ensureApp: made again, once.
+    const created = await make().catch(async (err) => {
+      if (!config.tenant || err.code !== 'FLY_NOT_FOUND' || want) throw err
+      state.appReady = null
+      await ensureApp(ctx)
+      return make()
+    })
     machineId = created.body.id
     if (signal && signal.aborted) throw abortError(signal, 'create')
     await waitStarted(config, app, machineId, step)
-    const got = await step(api.call(config, 'machine.get', { app, machine: machineId }))
+    const got = await api.getMachine(config, { app, machine: machineId }, { step, required: true })
     // The host key is the one generated above, whatever the reply says.
-    const sb = new FlyMachine(ctx, { ...got.body, app }, hostFingerprint)
+    const sb = new FlyMachine(ctx, { ...got, app }, hostFingerprint)
     // Connect now (retrying while sshd starts) so that the sandbox is known
     // to answer, with its host key checked, before create returns.
     if (o.waitForSsh !== false) await step(transport.check(sb))
     return { sandbox: sb, sandboxId: sb.sandboxId }
   }
-  const done = run().catch(async (err) => {
+  state.creates++
+  const done = run().finally(() => { state.creates-- }).catch(async (err) => {
     if (machineId !== null) {
       err.machineId = machineId
       err.sandboxId = `${app}:${machineId}`
@@ -247,15 +271,9 @@ async function create (ctx, options) {
 
 async function getById (ctx, sandboxId) {
   const { app, machine } = parseSandboxId(sandboxId)
-  let r
-  try {
-    r = await api.call(ctx.config, 'machine.get', { app, machine })
-  } catch (err) {
-    if (err.code === 'FLY_NOT_FOUND') return null
-    throw err
-  }
-  if (isGone(r.body)) return null
-  const sb = new FlyMachine(ctx, { ...r.body, app })
+  const m = await api.getMachine(ctx.config, { app, machine })
+  if (isGone(m)) return null
+  const sb = new FlyMachine(ctx, { ...m, app })
   return { sandbox: sb, sandboxId: sb.sandboxId }
 }
 
@@ -294,18 +312,16 @@ async function destroy (ctx, sandboxId) {
   let volume = state.orphanVolumes.get(sandboxId) || null
   try {
     await transport.close(ctx, sandboxId)
-    const m = (await api.call(config, 'machine.get', params)).body
-    const md = (m && m.config && m.config.metadata) || {}
+    const m = await api.getMachine(config, params, { required: true })
+    const md = metadataOf(m)
     if (!volume && md[VOLUME] && md[CREATE_ID]) volume = { id: md[VOLUME], name: volumes.volumeName(md[CREATE_ID]) }
     if (isGone(m)) return await removeVolume(ctx, sandboxId, ids, volume)
     if (m.state === 'started' || m.state === 'starting') {
       await api.call(config, 'machine.stop', params, { body: { signal: 'SIGTERM', timeout: '5s' } })
-      // Waiting for stopped needs the version; 408 after the bound is fine.
-      await api.call(config, 'machine.wait', params, {
-        query: { state: 'stopped', version: m.instance_id || m.version, timeout: 10 },
-        waitTotalMs: 10000,
-        timeoutMs: 25000
-      }).catch(() => {})
+      // Waiting for stopped needs the version; not stopped within the
+      // bound is fine (the delete below is forced then).
+      await api.waitState(config, params, 'stopped', { version: m.instance_id || m.version, timeoutMs: 10000 })
+        .catch(() => {})
     }
     try {
       await api.call(config, 'machine.delete', params)
@@ -314,10 +330,14 @@ async function destroy (ctx, sandboxId) {
       await api.call(config, 'machine.delete', params, { query: { force: 'true' } })
     }
     await removeVolume(ctx, sandboxId, ids, volume)
+    await removeTenantApp(ctx, sandboxId, ids.app)
   } catch (err) {
     if (err.code === 'FLY_DESTROY_FAILED') throw err
     // Gone already (a volume whose removal failed before is finished now).
-    if (err.code === 'FLY_NOT_FOUND') return removeVolume(ctx, sandboxId, ids, volume)
+    if (err.code === 'FLY_NOT_FOUND') {
+      await removeVolume(ctx, sandboxId, ids, volume)
+      return removeTenantApp(ctx, sandboxId, ids.app)
+    }
     // It still exists: calls on it are not refused as destroyed.
     state.destroyed.delete(sandboxId)
     throw flyError('FLY_DESTROY_FAILED', `could not destroy sandbox ${sandboxId}: ${err.message}`,
@@ -338,6 +358,32 @@ async function removeVolume (ctx, sandboxId, ids, volume) {
     ctx.state.orphanVolumes.set(sandboxId, volume)
     throw flyError('FLY_DESTROY_FAILED', `sandbox ${sandboxId} was removed but its volume ${volume.id} could not be: ${err.message}`,
       { cause: err, sandboxId, machineId: ids.machine, volumeId: volume.id })
+  }
+}
+
+// a volume whose delete was answered may still be on its way out
+const VOLUME_GONE = new Set(['destroying', 'destroyed', 'pending_destroy'])
+
+// A tenant's app (config.tenant) goes with its last machine and volume, as
+// create made it; not while a create of this provider is under way (one
+// elsewhere that loses the race makes the app again); the warm pool's
+// machines keep it, and its drain destroys them this way. A failure is
+// FLY_DESTROY_FAILED naming the app; destroying the sandbox again retries.
+async function removeTenantApp (ctx, sandboxId, app) {
+  const { config, state } = ctx
+  // a pool top-up is a create too (lib/pool.js)
+  if (!config.tenant || app !== config.appName || state.creates > 0 || (ctx.pool && ctx.pool.run)) return
+  try {
+    const machines = (await api.call(config, 'machine.list', { app })).body || []
+    if (machines.some((m) => !isGone(m))) return
+    const vols = (await api.call(config, 'volume.list', { app })).body || []
+    if (vols.some((v) => !VOLUME_GONE.has(v.state))) return
+    state.appReady = null
+    await api.call(config, 'app.delete', { app })
+  } catch (err) {
+    if (err.code === 'FLY_NOT_FOUND') return
+    throw flyError('FLY_DESTROY_FAILED', `sandbox ${sandboxId} was removed but its tenant's app ${app} could not be: ${err.message}`,
+      { cause: err, sandboxId, app })
   }
 }
 

@@ -98,10 +98,18 @@ for (const file of candidates) {
 }
 
 if (binding === null) {
+  // As a dependency (under node_modules) the fix is a rebuild from the
+  // user's project, after approving the install script where npm blocks
+  // it; in a clone of this repository it is the install there.
+  const asDependency = __dirname.split(path.sep).includes('node_modules')
+  const how = asDependency
+    ? 'From your project run `npm rebuild @computesdk/fly` (if npm blocks dependencies\' install scripts, ' +
+      'first `npm install-scripts approve @computesdk/fly`, or add it to `allowScripts` in package.json)'
+    : 'Run `npm install` (or `npm run build`) in this checkout'
   const err = new Error('@computesdk/fly: the native addon is not built (' +
-    (firstError ? firstError.message : 'build/Release/fly.node is missing') +
-    '). Run `npm install` (or `npm run build`) in the package; it needs the Debian packages ' +
-    'libcurl4-openssl-dev libssh2-1-dev libcjson-dev libssl-dev pkg-config and a C compiler.')
+    (firstError ? firstError.message : 'build/Release/fly.node is missing') + '). ' + how +
+    '; the build needs the Debian packages libcurl4-openssl-dev libssh2-1-dev libcjson-dev libssl-dev ' +
+    'pkg-config and a C compiler.')
   err.code = 'FLY_NATIVE_MISSING'
   throw err
 }

@@ -18,51 +18,42 @@
 // failed connect never ran anything).  Concurrent calls share one resume.
 const api = require('./api')
 const { flyError, invalidArg } = require('./errors')
-const { PAUSED, IDLE_MS, AUTO_RESUME, isGone, isPausedMachine } = require('./machine')
+const { PAUSED, IDLE_MS, AUTO_RESUME, isGone, isPausedMachine } = require('./metadata')
 
 const AT_REST = new Set(['stopped', 'suspended', 'failed', 'created'])
 
 function machineApi (sb, op, extra, params) {
-  return api.call(sb._ctx.config, op, { app: sb.appName, machine: sb.machineId, ...params }, extra)
+  return api.call(sb._ctx.config, op, { ...sb._params, ...params }, extra)
 }
 
 async function current (sb) {
-  let m
-  try {
-    m = (await machineApi(sb, 'machine.get')).body
-  } catch (err) {
-    if (err.code === 'FLY_NOT_FOUND') throw flyError('FLY_NOT_FOUND', `sandbox ${sb.sandboxId} no longer exists`)
-    throw err
-  }
-  if (isGone(m)) throw flyError('FLY_NOT_FOUND', `sandbox ${sb.sandboxId} no longer exists (${m ? m.state : 'gone'})`)
+  const m = await api.getMachine(sb._ctx.config, sb._params)
+  if (isGone(m)) throw flyError('FLY_NOT_FOUND', `sandbox ${sb.sandboxId} no longer exists${m ? ` (${m.state})` : ''}`)
   sb._update({ ...m, app: sb.appName })
   return m
 }
 
-// Long-polls (the API's /wait, in slices) until the machine is in `state`;
-// between slices it is read again, so that one that went elsewhere (a
-// suspend that fell back to a stop, a crash) answers within a slice.
-// Resolves with the machine; rejects at `timeoutMs` with `code`.
+// Waits (lib/api.js waitState) until the machine is in `state` or one of
+// `also`, read through current() between slices.  Resolves with the
+// machine (or { state }); rejects at `timeoutMs` with `code`, and at once
+// when the machine failed.
 async function waitState (sb, state, { version, timeoutMs, code, also = [] }) {
-  const deadline = Date.now() + timeoutMs
-  const params = { app: sb.appName, machine: sb.machineId }
-  for (;;) {
-    const got = await api.waitSlice(sb._ctx.config, params, version ? { state, version } : { state }, deadline)
-    if (got) {
-      // The reply says which state it reached (no second read needed).
-      sb.state = got.state || state
-      return { state: sb.state }
-    }
-    const m = await current(sb)
-    if (m.state === state || also.includes(m.state)) return m
-    if (m.state === 'failed') {
-      throw flyError('FLY_MACHINE_FAILED', `sandbox ${sb.sandboxId} failed while waiting for ${state}`, { state: m.state })
-    }
-    if (Date.now() >= deadline) {
-      throw flyError(code, `sandbox ${sb.sandboxId} did not become ${state} within ${timeoutMs} ms (it is ${m.state})`,
-        { state: m.state })
-    }
-  }
+  const m = await api.waitState(sb._ctx.config, sb._params, state, {
+    version,
+    timeoutMs,
+    read: () => current(sb),
+    seen: (m) => {
+      if (also.includes(m.state)) return true
+      if (m.state === 'failed') {
+        throw flyError('FLY_MACHINE_FAILED', `sandbox ${sb.sandboxId} failed while waiting for ${state}`, { state: m.state })
+      }
+      return false
+    },
+    timeout: (m) => flyError(code, `sandbox ${sb.sandboxId} did not become ${state} within ${timeoutMs} ms (it is ${m.state})`,
+      { state: m.state })
+  })
+  sb.state = m.state
+  return m
 }
 
 function setPausedFlag (sb, value) {
@@ -256,20 +247,25 @@ async function awake (sb, fn) {
   }
 }
 
-// The transport with every command and file call made through awake();
-// `raw` is the transport itself (resume's own check uses it).
+// The transport's calls that manage the connection rather than use the
+// sandbox: they never wake it (create's check comes before any use, close
+// is pause's own, kept asks about this process only).
+const CONTROL = new Set(['check', 'probe', 'close', 'kept'])
+
+// The transport with every other call (each function of its interface,
+// nested ones such as files.read too) made through awake(); `raw` is the
+// transport itself (resume's own check uses it).
 function wakeful (t) {
-  const files = {}
-  for (const [k, f] of Object.entries(t.files)) files[k] = (sb, ...args) => awake(sb, () => f(sb, ...args))
-  return Object.freeze({
-    name: t.name,
-    raw: t,
-    exec: (sb, ...args) => awake(sb, () => t.exec(sb, ...args)),
-    check: t.check,
-    probe: t.probe,
-    files: Object.freeze(files),
-    close: t.close
-  })
+  const wrap = (obj, top) => {
+    const out = {}
+    for (const [k, v] of Object.entries(obj)) {
+      if (typeof v === 'function') out[k] = top && CONTROL.has(k) ? v : (sb, ...args) => awake(sb, () => v(sb, ...args))
+      else if (v !== null && typeof v === 'object') out[k] = wrap(v, false)
+      else out[k] = v
+    }
+    return Object.freeze(out)
+  }
+  return Object.freeze({ ...wrap(t, true), raw: t })
 }
 
 module.exports = { pause, resume, ensureAwake, awake, wakeful, waitState, autoResume }

@@ -11,20 +11,17 @@
 const crypto = require('crypto')
 const api = require('./api')
 const { flyError, abortError } = require('./errors')
-const { FlyMachine, isGone, TAG, CREATE_ID, HOST_FP, EDGE_TOKEN } = require('./machine')
+const { FlyMachine } = require('./machine')
+const { TAG, CREATE_ID, HOST_FP, SSH_USER, EDGE_TOKEN, POOL, FILLING, DRAINING, metadataOf, isGone } = require('./metadata')
 const lifecycle = require('./lifecycle')
 
-// Metadata keys: a ready (suspended, claimable) machine carries POOL, one
-// still being prepared FILLING; both hold the pool key.  Neither carries
-// TAG, so list() does not show pool machines as sandboxes.
-const POOL = 'computesdk_pool'
-const FILLING = 'computesdk_pool_filling'
+const POOL_TAGS = [POOL, FILLING, DRAINING]
 // A claim writes the tag within half of this after taking the lease, or
 // gives the machine up: the lease must not lapse before the tag is gone.
 const LEASE_TTL_S = 15
 // What a claim does not take from the create request: the pool machine
 // keeps its own create id, host key pin and SSH user.
-const OWN = new Set([CREATE_ID, HOST_FP, EDGE_TOKEN, 'computesdk_ssh_user'])
+const OWN = new Set([CREATE_ID, HOST_FP, EDGE_TOKEN, SSH_USER])
 // Host-key pins of machines this process prepared, at most this many.
 const PINS_LIMIT = 1024
 // The SSH connection a machine was checked on is kept across its suspend
@@ -46,7 +43,7 @@ function shape (body) {
 }
 
 function isPoolMachine (m, key) {
-  const md = (m && m.config && m.config.metadata) || {}
+  const md = metadataOf(m)
   return !isGone(m) && md[POOL] === key && md[TAG] === undefined
 }
 
@@ -224,7 +221,7 @@ class Pool {
       const leasedAt = Date.now()
       lap('leaseMs')
       if (signal && signal.aborted) throw abortError(signal, 'create')
-      const m = (await api.call(config, 'machine.get', params)).body
+      const m = await api.getMachine(config, params, { required: true })
       lap('getMs')
       if (!isPoolMachine(m, key) || m.state !== 'suspended') return null
       if (Date.now() - leasedAt > LEASE_TTL_S * 500) return null
@@ -258,10 +255,10 @@ class Pool {
       await releasing
       lap('waitMs')
       let info = { ...m, state: 'started', config: { ...m.config, metadata } }
-      if (started.migrated) info = (await step(api.call(config, 'machine.get', params))).body
+      if (started.migrated) info = await api.getMachine(config, params, { step, required: true })
       const sb = new FlyMachine(ctx, { ...info, app: params.app }, this.pins.get(id) || metadata[HOST_FP])
       if (o.waitForSsh !== false) {
-        const kept = ctx.state.sessions.has(sb.sandboxId)
+        const kept = transport.kept(ctx, sb.sandboxId)
         try {
           await step(kept ? transport.probe(sb, { timeoutMs: CLAIM_PROBE_MS }) : transport.check(sb))
         } catch (err) {
@@ -388,16 +385,12 @@ class Pool {
       id = created.body.id
       const params = this.params(id)
       await lifecycle.waitStarted(config, app, id, (p) => p)
-      const m = (await api.call(config, 'machine.get', params)).body
+      const m = await api.getMachine(config, params, { required: true })
       const sb = new FlyMachine(ctx, { ...m, app }, hostFingerprint)
       await transport.check(sb, { keepMs: KEEP_MS })
       await transport.probe(sb) // opens the SFTP channel the claim's probe uses
       await api.call(config, 'machine.suspend', params)
-      await api.call(config, 'machine.wait', params, {
-        query: { state: 'suspended', version: m.instance_id || m.version, timeout: 60 },
-        waitTotalMs: 60000,
-        timeoutMs: 75000
-      })
+      await api.waitState(config, params, 'suspended', { version: m.instance_id || m.version, timeoutMs: 60000 })
       this.pins.set(id, hostFingerprint)
       if (this.pins.size > PINS_LIMIT) this.pins.delete(this.pins.keys().next().value)
       await api.call(config, 'machine.metadata.update', params, { body: { metadata: { [FILLING]: null, [POOL]: this.key() } } })
@@ -447,35 +440,50 @@ class Pool {
     try {
       if (this.run) await this.run.promise
       const key = all ? null : this.key()
-      const mine = (m) => {
-        const md = (m.config && m.config.metadata) || {}
-        if (isGone(m) || md[TAG] !== undefined) return false
-        return key === null ? (md[POOL] !== undefined || md[FILLING] !== undefined) : (md[POOL] === key || md[FILLING] === key)
+      // The pool key a machine of this drain carries (ready, being
+      // prepared, or left by an earlier drain), or undefined.
+      const keyOf = (m) => {
+        const md = metadataOf(m)
+        if (isGone(m) || md[TAG] !== undefined) return undefined
+        const k = POOL_TAGS.map((t) => md[t]).find((v) => v !== undefined)
+        return key === null || k === key ? k : undefined
       }
+      const seen = new Set()
       const ms = (key === null
         ? await this.list({})
-        : (await Promise.all([this.list({ [`metadata.${POOL}`]: key }), this.list({ [`metadata.${FILLING}`]: key })])).flat()
-      ).filter(mine)
+        : (await Promise.all(POOL_TAGS.map((t) => this.list({ [`metadata.${t}`]: key })))).flat()
+      ).filter((m) => keyOf(m) !== undefined && !seen.has(m.id) && seen.add(m.id))
       let skipped = 0
       const outcomes = await limited(4, ms.map((m) => async () => {
         const params = this.params(m.id)
         let nonce
-        try {
-          nonce = (await api.call(config, 'machine.lease.acquire', params, { body: { ttl: LEASE_TTL_S, description: 'computesdk pool drain' } })).body.data.nonce
-        } catch (err) {
-          if (err.code === 'FLY_NOT_FOUND') return false
-          if (err.code === 'FLY_CONFLICT') { skipped++; return false }
-          throw err
+        // A machine an earlier drain took out of the pool is nobody's to
+        // claim: a lease on it is that drain's, left when its release
+        // failed, and lapses within LEASE_TTL_S, so wait that out.
+        const until = keyOf(m) !== undefined && m.config.metadata[DRAINING] !== undefined
+          ? Date.now() + (LEASE_TTL_S + 2) * 1000
+          : 0
+        for (let delay = 500; nonce === undefined; delay = Math.min(delay * 2, 4000)) {
+          try {
+            nonce = (await api.call(config, 'machine.lease.acquire', params, { body: { ttl: LEASE_TTL_S, description: 'computesdk pool drain' } })).body.data.nonce
+          } catch (err) {
+            if (err.code === 'FLY_NOT_FOUND') return false
+            if (err.code !== 'FLY_CONFLICT') throw err
+            if (Date.now() + delay > until) { skipped++; return false }
+            await new Promise((resolve) => setTimeout(resolve, delay))
+          }
         }
         let ours
         try {
-          const cur = (await api.call(config, 'machine.get', params)).body
-          ours = mine(cur)
-          if (ours) await api.call(config, 'machine.metadata.update', params, { body: { metadata: { [POOL]: null, [FILLING]: null } } })
+          const cur = await api.getMachine(config, params, { required: true })
+          ours = keyOf(cur)
+          if (ours !== undefined) {
+            await api.call(config, 'machine.metadata.update', params, { body: { metadata: { [POOL]: null, [FILLING]: null, [DRAINING]: ours } } })
+          }
         } finally {
           await this.release(m.id, nonce)
         }
-        if (!ours) return false
+        if (ours === undefined) return false
         this.pins.delete(m.id)
         await lifecycle.destroy(this.ctx, `${config.appName}:${m.id}`)
         return true
@@ -531,4 +539,4 @@ class Pool {
   }
 }
 
-module.exports = { Pool, POOL, FILLING, LEASE_TTL_S }
+module.exports = { Pool, LEASE_TTL_S }

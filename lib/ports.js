@@ -10,8 +10,9 @@
 // in the machine's metadata (PORTS, "internal:public,...").
 const crypto = require('crypto')
 const api = require('./api')
+const { apiBaseUrl } = require('./target')
 const { flyError, invalidArg } = require('./errors')
-const { PORTS } = require('./machine')
+const { PORTS } = require('./metadata')
 
 const RANGE = [20000, 59999]
 const ATTEMPTS = 5
@@ -114,7 +115,7 @@ function exposed (sb) {
 // fly-local (an API on this host) serves each public port on loopback, as
 // Fly's proxy serves it at <app>.fly.dev.
 function isLoopbackApi (config) {
-  const host = new URL(config.baseUrl).hostname
+  const host = new URL(apiBaseUrl(config)).hostname
   return host === 'localhost' || /^127\./.test(host) || host === '[::1]'
 }
 

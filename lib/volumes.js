@@ -8,15 +8,14 @@
 const api = require('./api')
 const { flyError, invalidArg } = require('./errors')
 const { volumeOption } = require('./config')
-const { VOLUME, parseSandboxId, isGone } = require('./machine')
+const { parseSandboxId } = require('./machine')
+const { VOLUME, VOLUME_PREFIX, metadataOf, isGone } = require('./metadata')
 const snapshotIds = require('./snapshots')
 
 const WORKSPACE = '/home/sandbox'
-// Fly volume names: letters, digits and underscores, at most 30.
-const NAME_PREFIX = 'cs_'
 
 function volumeName (createId) {
-  return NAME_PREFIX + createId.slice(0, 24)
+  return VOLUME_PREFIX + createId.slice(0, 24)
 }
 
 // What create asks for: null (no volume) or { sizeGb, snapshot_id?,
@@ -38,14 +37,9 @@ async function plan (ctx, o) {
   if (hasFork) {
     const { app, machine } = parseSandboxId(o.fromSandbox)
     if (app !== config.appName) throw invalidArg(`create: fromSandbox ${o.fromSandbox} is not in app ${config.appName}`)
-    let m = null
-    try {
-      m = (await api.call(config, 'machine.get', { app, machine })).body
-    } catch (err) {
-      if (err.code !== 'FLY_NOT_FOUND') throw err
-    }
+    const m = await api.getMachine(config, { app, machine })
     if (isGone(m)) throw flyError('FLY_NOT_FOUND', `fromSandbox ${o.fromSandbox} does not exist`)
-    const src = ((m.config && m.config.metadata) || {})[VOLUME]
+    const src = metadataOf(m)[VOLUME]
     if (!src) {
       throw flyError('FLY_VOLUME_REQUIRED', `sandbox ${o.fromSandbox} has no workspace volume to fork; ` +
         'create it with volume: { sizeGb }')
@@ -127,4 +121,4 @@ async function info (sb) {
   }
 }
 
-module.exports = { plan, make, remove, info, volumeName, WORKSPACE, NAME_PREFIX }
+module.exports = { plan, make, remove, info, volumeName, WORKSPACE }

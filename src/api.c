@@ -105,6 +105,9 @@ static const fly_api_op_t api_ops[] = {
   {"machine.lease.release", "DELETE",
    "/v1/apps/{app}/machines/{machine}/lease", POLICY_IDEMPOTENT},
   {"volume.list", "GET", "/v1/apps/{app}/volumes", POLICY_IDEMPOTENT},
+  /* Every volume of an org, deleted ones with include_deleted: how the
+   * snapshots of a destroyed sandbox are found again. */
+  {"volume.org_list", "GET", "/v1/orgs/{org}/volumes", POLICY_IDEMPOTENT},
   /* A replayed create would make a second volume: only what provably was
    * not processed is repeated (the caller looks up by name after an
    * ambiguous failure). */
@@ -666,6 +669,9 @@ static void api_free(napi_env env, fly_req_t *req) {
   free(a->create_id);
   free(a->create_key);
   free(a->body);
+  /* The first header is Authorization: the token. */
+  for (struct curl_slist *h = a->headers; h != NULL; h = h->next)
+    fly_wipe(h->data, strlen(h->data));
   curl_slist_free_all(a->headers);
   fly_buf_free(&a->resp);
   free(a->request_id);
@@ -819,7 +825,7 @@ static char *auth_header(const char *token) {
              strchr(t, ',') != NULL;
   if (fly_buf_printf(&b, "Authorization: %s %s", macaroon ? "FlyV1" : "Bearer",
                      t) != 0) {
-    fly_buf_free(&b);
+    fly_buf_wipe_free(&b);
     return NULL;
   }
   return fly_buf_steal(&b, NULL);
@@ -840,13 +846,6 @@ static const fly_api_op_t *find_op(const char *name) {
   return NULL;
 }
 
-static void wipe_free(char *s) {
-  if (s != NULL) {
-    memset(s, 0, strlen(s));
-    free(s);
-  }
-}
-
 static int add_header(struct curl_slist **h, const char *line) {
   struct curl_slist *n = curl_slist_append(*h, line);
   if (n == NULL)
@@ -855,7 +854,7 @@ static int add_header(struct curl_slist **h, const char *line) {
   return 0;
 }
 
-/* api({ baseUrl, token, op, params?, query?, body?, leaseNonce?, timeoutMs?,
+/* api({ apiHostname, apiToken, op, params?, query?, body?, leaseNonce?, timeoutMs?,
  *       waitTotalMs?, retry?: { baseMs, maxMs, totalMs }, createId?,
  *       createIdKey? }) -> Promise<{ status, body, requestId }> */
 napi_value fly_napi_api(napi_env env, napi_callback_info info) {
@@ -874,8 +873,8 @@ napi_value fly_napi_api(napi_env env, napi_callback_info info) {
   if (a == NULL)
     return NULL;
 
-  if (fly_js_prop_str(env, opts, "baseUrl", 1, &base) != 0 ||
-      fly_js_prop_str(env, opts, "token", 1, &token) != 0 ||
+  if (fly_js_prop_str(env, opts, "apiHostname", 1, &base) != 0 ||
+      fly_js_prop_str(env, opts, "apiToken", 1, &token) != 0 ||
       fly_js_prop_str(env, opts, "op", 1, &opname) != 0 ||
       fly_js_prop_str(env, opts, "leaseNonce", 0, &nonce) != 0 ||
       fly_js_prop_str(env, opts, "createId", 0, &create_id) != 0 ||
@@ -892,7 +891,7 @@ napi_value fly_napi_api(napi_env env, napi_callback_info info) {
     goto cleanup;
   }
   if (strncmp(base, "http://", 7) != 0 && strncmp(base, "https://", 8) != 0) {
-    fly_throw_invalid(env, "baseUrl must be an http:// or https:// URL");
+    fly_throw_invalid(env, "apiHostname must be an http:// or https:// URL");
     goto cleanup;
   }
   if (!valid_header_value(token) || (nonce && !valid_header_value(nonce))) {
@@ -975,8 +974,8 @@ nomem:
   fly_throw_nomem(env);
 cleanup:
   /* The token lives on only inside the header list. */
-  wipe_free(auth);
-  wipe_free(token);
+  fly_secret_free(auth);
+  fly_secret_free(token);
   free(base);
   free(opname);
   free(nonce);

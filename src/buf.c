@@ -16,6 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/crypto.h>
+
 #if defined(__linux__)
 #include <sys/mman.h>
 #include <unistd.h>
@@ -158,6 +160,23 @@ void fly_buf_free(fly_buf_t *b) {
   b->len = 0;
   b->cap = 0;
   b->mapped = 0;
+}
+
+void fly_wipe(void *p, size_t n) {
+  if (p != NULL && n > 0)
+    OPENSSL_cleanse(p, n);
+}
+
+void fly_secret_free(char *s) {
+  if (s != NULL) {
+    fly_wipe(s, strlen(s));
+    free(s);
+  }
+}
+
+void fly_buf_wipe_free(fly_buf_t *b) {
+  fly_wipe(b->base, b->cap);
+  fly_buf_free(b);
 }
 
 char *fly_buf_steal(fly_buf_t *b, size_t *len) {

@@ -216,9 +216,7 @@ void fly_edge_free(fly_edge_t *e) {
     close(e->fd);
   if (e->sp >= 0)
     close(e->sp);
-  if (e->req.base != NULL)
-    OPENSSL_cleanse(e->req.base, e->req.cap);
-  fly_buf_free(&e->req);
+  fly_buf_wipe_free(&e->req); /* it may still hold the token */
   fly_buf_free(&e->rx);
   fly_buf_free(&e->tx);
   free(e->pre);
@@ -564,8 +562,7 @@ static void connect_step(fly_edge_t *e) {
       }
       e->req_off += (size_t)rc;
     }
-    OPENSSL_cleanse(e->req.base, e->req.cap);
-    fly_buf_free(&e->req);
+    fly_buf_wipe_free(&e->req); /* the token is sent: gone */
     e->state = E_RESPONSE;
   }
   if (e->state == E_RESPONSE) {

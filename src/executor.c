@@ -26,12 +26,9 @@
 
 #define FLY_EXR_HELLO_MS 10000
 #define FLY_EXR_READ 65536
-/* stdin in flight per command (the executor buffers at most this). */
-#define FLY_EXR_STDIN_WINDOW (1u << 20)
 #define FLY_EXR_STDIN_CHUNK 65536
 /* Pull more stdin into the send buffer only below this. */
 #define FLY_EXR_TX_LOW (256u << 10)
-#define FLY_EXR_MAGIC "flyexec\n"
 
 enum {
   E_NONE = 0,    /* no executor: the next command starts one */
@@ -263,9 +260,10 @@ static int exr_frame(fly_ssh_sess_t *s, fly_exr_t *e, const fly_frame_t *f) {
     /* The first frame must be a HELLO of a version we speak; anything
      * else (a shell startup file's output, another program) means no
      * executor. */
-    if (f->type != FLY_FRAME_HELLO || f->id != 0 || f->len < 16 ||
-        memcmp(f->data, FLY_EXR_MAGIC, 8) != 0 ||
-        fly_frame_get32(f->data + 8) != 1) {
+    if (f->type != FLY_FRAME_HELLO || f->id != 0 ||
+        f->len < FLY_EXEC_HELLO_LEN ||
+        memcmp(f->data, FLY_EXEC_MAGIC, FLY_EXEC_MAGIC_LEN) != 0 ||
+        fly_frame_get32(f->data + FLY_EXEC_MAGIC_LEN) != FLY_EXEC_VERSION) {
       exr_unavailable(s, e);
       return -1;
     }
@@ -384,12 +382,12 @@ static void exr_pull_stdin(fly_ssh_sess_t *s, fly_exr_t *e) {
         c->eof_sent = 1;
         break;
       }
-      if (c->in_unacked >= FLY_EXR_STDIN_WINDOW)
+      if (c->in_unacked >= FLY_EXEC_STDIN_WINDOW)
         break;
       if (n > FLY_EXR_STDIN_CHUNK)
         n = FLY_EXR_STDIN_CHUNK;
-      if (n > FLY_EXR_STDIN_WINDOW - c->in_unacked)
-        n = FLY_EXR_STDIN_WINDOW - c->in_unacked;
+      if (n > FLY_EXEC_STDIN_WINDOW - c->in_unacked)
+        n = FLY_EXEC_STDIN_WINDOW - c->in_unacked;
       if (fly_frame_put(&e->tx, FLY_FRAME_STDIN, c->id,
                         c->in->base + c->in_off, n) != 0)
         return;

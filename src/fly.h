@@ -64,6 +64,15 @@ char *fly_buf_steal(fly_buf_t *b, size_t *len);
 char *fly_buf_take(fly_buf_t *b, size_t *len, size_t *cap, int *mapped);
 void fly_buf_release(void *base, size_t cap, int mapped);
 
+/* Secrets (API token, private key, password) are wiped before their memory
+ * goes back, with OPENSSL_cleanse: a plain memset right before free() is a
+ * dead store the compiler may drop.  The one way to do it (buf.c). */
+void fly_wipe(void *p, size_t n);
+/* Wipes a NUL-terminated secret and frees it; NULL is fine. */
+void fly_secret_free(char *s);
+/* Wipes a buffer's whole block (it may have held a secret) and frees it. */
+void fly_buf_wipe_free(fly_buf_t *b);
+
 /* ------------------------------------------------------------------------ */
 /* Text for JS (text.c). */
 
@@ -308,20 +317,10 @@ char *fly_cmd_build(const fly_cmd_t *cmd, fly_err_t *e);
 char *fly_cmd_build_stdin(const fly_cmd_t *cmd, size_t max_line,
                           fly_buf_t *prefix, fly_err_t *e);
 /* ------------------------------------------------------------------------ */
-/* Frames of the executor protocol (frame.c; docker/flyexec.c documents it). */
-
-#define FLY_FRAME_HDR 9               /* u32 len, u8 type, u32 id */
-#define FLY_FRAME_MAX (1u << 20)      /* the largest payload either way */
-
-enum {
-  FLY_FRAME_START = 1, FLY_FRAME_STDIN = 2, FLY_FRAME_EOF = 3,
-  FLY_FRAME_KILL = 4,
-  FLY_FRAME_HELLO = 0x81, FLY_FRAME_STDOUT = 0x82, FLY_FRAME_STDERR = 0x83,
-  FLY_FRAME_EXIT = 0x84, FLY_FRAME_FAILED = 0x85, FLY_FRAME_ACK = 0x86,
-  FLY_FRAME_RUNNING = 0x87
-};
-/* START flags (the payload's first byte). */
-enum { FLY_START_SHELL = 1, FLY_START_BACKGROUND = 2, FLY_START_STDIN = 4 };
+/* Frames of the executor protocol (frame.c): the frame types, flags and
+ * limits are docker/flyexec_proto.h's, shared with the executor itself
+ * (docker/flyexec.c, which documents the payloads). */
+#include "../docker/flyexec_proto.h"
 
 typedef struct fly_frame_s {
   int type;

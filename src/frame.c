@@ -1,5 +1,6 @@
-/* frame.c: the executor protocol's frames (docker/flyexec.c documents the
- * protocol; ARCHITECTURE.md summarises it).
+/* frame.c: the executor protocol's frames (docker/flyexec_proto.h defines
+ * its numbers and limits for both ends, docker/flyexec.c documents the
+ * payloads; ARCHITECTURE.md summarises it).
  *
  *   u32 len (bytes after it: type + id + payload), u8 type, u32 id, payload
  *

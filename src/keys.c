@@ -52,13 +52,6 @@ static int keys_put_str(fly_buf_t *b, const void *data, size_t len) {
   return fly_buf_append(b, data, len);
 }
 
-/* Frees a buffer that may hold private bytes. */
-static void keys_buf_wipe(fly_buf_t *b) {
-  if (b->base != NULL)
-    OPENSSL_cleanse(b->base, b->cap);
-  fly_buf_free(b);
-}
-
 /* Sizes a buffer before private bytes go in: growing it later would leave
  * copies of them in memory that realloc freed without wiping. */
 static int keys_buf_presize(fly_buf_t *b, size_t n) {
@@ -71,13 +64,6 @@ static int keys_buf_presize(fly_buf_t *b, size_t n) {
   free(zero);
   b->len = 0;
   return rc;
-}
-
-static void keys_str_wipe(char *s) {
-  if (s != NULL) {
-    OPENSSL_cleanse(s, strlen(s));
-    free(s);
-  }
 }
 
 /* Standard base64 with padding; caller frees. */
@@ -196,9 +182,9 @@ static char *keys_armour(const fly_buf_t *bin) {
   out = fly_buf_steal(&pem, NULL);
 
 cleanup:
-  OPENSSL_cleanse(b64, n);
+  fly_wipe(b64, n);
   free(b64);
-  keys_buf_wipe(&pem);
+  fly_buf_wipe_free(&pem);
   return out;
 }
 
@@ -267,9 +253,9 @@ nomem:
 cleanup:
   if (rc != 0)
     fly_keypair_free(kp);
-  OPENSSL_cleanse(seed, sizeof(seed));
-  keys_buf_wipe(&priv);
-  keys_buf_wipe(&bin);
+  fly_wipe(seed, sizeof(seed));
+  fly_buf_wipe_free(&priv);
+  fly_buf_wipe_free(&bin);
   fly_buf_free(&pubblob);
   EVP_PKEY_free(pkey);
   return rc;
@@ -278,7 +264,7 @@ cleanup:
 void fly_keypair_free(fly_keypair_t *kp) {
   if (kp == NULL)
     return;
-  keys_str_wipe(kp->private_openssh);
+  fly_secret_free(kp->private_openssh);
   free(kp->public_openssh);
   free(kp->fingerprint);
   memset(kp, 0, sizeof(*kp));
@@ -489,7 +475,7 @@ cleanup:
   if (rc != 0)
     fly_keypair_free(kp);
   if (bin != NULL) {
-    OPENSSL_cleanse(bin, (size_t)(end - body) * 3 / 4 + 1);
+    fly_wipe(bin, (size_t)(end - body) * 3 / 4 + 1);
     free(bin);
   }
   EVP_PKEY_free(pkey);
@@ -615,7 +601,7 @@ napi_value fly_napi_key_info(napi_env env, napi_callback_info info) {
   fly_keypair_free(&kp);
 
 cleanup:
-  OPENSSL_cleanse(text, len + 1);
+  fly_wipe(text, len + 1);
   free(text);
   fly_err_clear(&err);
   return result;

@@ -278,6 +278,28 @@ char *fly_js_cmd_build_ex(napi_env env, napi_value opts, uint64_t *timeout_ms,
     fly_throw_invalid(env, "exactly one of command and argv is required");
     goto cleanup;
   }
+  /* Each argument and each NAME=value reaches execve(2) as one string,
+   * which Linux limits to MAX_ARG_STRLEN: refuse a longer one here, the
+   * same on every transport, rather than let the program fail to start
+   * with E2BIG (126) from a wrapper the user never wrote. */
+  {
+    size_t i;
+    for (i = 0; i < nargv; i++)
+      if (strlen(argv[i]) >= FLY_MAX_ARG_STRLEN) {
+        fly_throw_invalid(env, "argument %zu is %zu bytes; Linux limits one "
+                          "argument to %d: pass large data on stdin or in a "
+                          "file", i, strlen(argv[i]), FLY_MAX_ARG_STRLEN - 1);
+        goto cleanup;
+      }
+    for (i = 0; i < nenv; i++)
+      if (strlen(names[i]) + 1 + strlen(values[i]) >= FLY_MAX_ARG_STRLEN) {
+        fly_throw_invalid(env, "env %s is %zu bytes; Linux limits one "
+                          "NAME=value to %d: pass large data on stdin or in "
+                          "a file", names[i], strlen(values[i]),
+                          FLY_MAX_ARG_STRLEN - 1);
+        goto cleanup;
+      }
+  }
   cmd.command = command;
   cmd.argv = (const char *const *)argv;
   cmd.argc = nargv;

@@ -265,7 +265,8 @@ static int too_many(fly_sftp_t *x, const char *path) {
 static int too_large(fly_sftp_t *x) {
   fly_err_set(&x->op.req.err, "ERR_FILE_TOO_LARGE",
               "sftp read '%s': more than maxFileBytes (%llu bytes); read it "
-              "in ranges (offset, length)",
+              "in ranges with readFile(path, { offset, length }) or raise "
+              "maxFileBytes",
               x->path, (unsigned long long)x->max_bytes);
   fly_err_set_path(&x->op.req.err, x->path);
   return FLY_SSH_DONE;

@@ -75,27 +75,19 @@ static fly_ssh_state_t *state_get(fly_loop_t *loop, int create) {
 
 /* ---- targets ------------------------------------------------------------- */
 
-static void wipe_free(char *p) {
-  /* Do not leave key material in freed heap. */
-  if (p != NULL) {
-    memset(p, 0, strlen(p));
-    free(p);
-  }
-}
-
 void fly_ssh_target_unref(fly_ssh_target_t *t) {
   if (t == NULL || __atomic_sub_fetch(&t->refs, 1, __ATOMIC_ACQ_REL) != 0)
     return;
   free(t->host);
   free(t->user);
-  wipe_free(t->private_key);
-  wipe_free(t->password);
+  fly_secret_free(t->private_key); /* no key material left in freed heap */
+  fly_secret_free(t->password);
   free(t->fingerprint);
   free(t->executor);
   free(t->edge_host);
   free(t->edge_authority);
   free(t->edge_instance);
-  wipe_free(t->edge_token);
+  fly_secret_free(t->edge_token);
   free(t->edge_ca);
   free(t->edge_path);
   free(t);
@@ -189,7 +181,7 @@ static fly_ssh_target_t *target_parse(napi_env env, napi_value tv) {
       fly_js_prop_str(env, tv, "password", 0, &t->password) != 0 ||
       fly_js_prop_str(env, tv, "hostKeyFingerprint", 0, &t->fingerprint) !=
           0 ||
-      fly_js_prop_bool(env, tv, "insecureHostKey", 0, &t->insecure) != 0 ||
+      fly_js_prop_bool(env, tv, "insecureSkipHostKeyCheck", 0, &t->insecure) != 0 ||
       fly_js_prop_u64(env, tv, "connectTimeoutMs", 15000,
                       &t->connect_timeout_ms) != 0 ||
       fly_js_prop_u64(env, tv, "opTimeoutMs", FLY_SSH_OP_TIMEOUT_MS,
@@ -250,7 +242,7 @@ static fly_ssh_target_t *target_parse(napi_env env, napi_value tv) {
   }
   if (t->fingerprint == NULL && !t->insecure) {
     fly_throw_invalid(env, "target.hostKeyFingerprint is required unless "
-                           "target.insecureHostKey is true");
+                           "target.insecureSkipHostKeyCheck is true");
     goto fail;
   }
   if (t->host[0] == '\0' || t->user[0] == '\0') {
@@ -639,7 +631,6 @@ void fly_ssh_op_start(fly_loop_t *loop, fly_ssh_op_t *op) {
   fly_ssh_state_t *st = state_get(loop, 1);
   fly_ssh_sess_t *s;
   fly_ssh_op_t **pp;
-  uint64_t base;
 
   if (st == NULL)
     goto nomem;
@@ -656,12 +647,11 @@ void fly_ssh_op_start(fly_loop_t *loop, fly_ssh_op_t *op) {
     s->next = st->sessions;
     st->sessions = s;
   }
-  /* The deadline counts from when JS asked; an op that has to wait for a
-   * connection gets the connect timeout on top. */
-  base = op->asked_at;
-  if (s->state != S_READY)
-    base += op->target->connect_timeout_ms;
-  op->deadline = base + fly_ssh_op_budget(op);
+  /* The deadline counts from when JS asked and bounds everything the call
+   * does, (re)connecting included: an op that has to wait for a connection
+   * fails at its own deadline even while connect attempts go on (they stop
+   * at the connect timeout). */
+  op->deadline = op->asked_at + fly_ssh_op_budget(op);
   for (pp = &s->ops; *pp != NULL; pp = &(*pp)->next)
     ;
   op->next = NULL;

@@ -293,8 +293,9 @@ test('exec transport: same result shape through the Machines API', async () => {
   const c = await s.runCode('console.log(6 * 7)', 'node')
   assert.equal(c.stdout, '42\n')
   // as the sandbox user, like SSH
-  const who = await s.runCommand('id -un; echo "$HOME"')
-  assert.equal(who.stdout, 'sandbox\n/home/sandbox\n')
+  const who = await s.runCommand('id -un; echo "$HOME"; pwd')
+  assert.equal(who.stdout, 'sandbox\n/home/sandbox\n/home/sandbox\n')
+  assert.equal((await sb.runCommand('pwd')).stdout, '/home/sandbox\n', 'SSH starts there too')
   const killed = await s.runCommand('kill -9 $$')
   assert.equal(killed.exitCode, 137)
   const chunks = []
@@ -327,10 +328,26 @@ test('a command line of any length runs, with env and cwd; the same data through
   const r = await sb.runCommand(`echo ${big} | wc -c; echo "$V"; pwd`, { env: { V: 'v1' }, cwd: '/tmp' })
   assert.equal(r.stdout, `${big.length + 1}\nv1\n/tmp\n`)
   assert.equal(r.exitCode, 0)
-  const args = await sb.runCommand('printf', ['%s', big])
-  assert.equal(args.stdout, big)
+  // One argument just under Linux's MAX_ARG_STRLEN reaches a program.
+  const most = 'y'.repeat(128 * 1024 - 1)
+  const args = await sb.runCommand('/usr/bin/printf', ['%s', most])
+  assert.deepEqual([args.exitCode, args.stdout.length], [0, most.length])
   const c = await sb.runCode(`print(len("${big}"))`, 'python')
   assert.equal(c.stdout, `${big.length}\n`)
+})
+
+test('an argument or env value longer than one execve string is ERR_INVALID_ARG up front, the same on both transports', async () => {
+  const appName = sb.sandboxId.split(':')[0]
+  const ex = await provider(srv, { appName, transport: 'exec' }).sandbox.getById(sb.sandboxId)
+  const big = 'z'.repeat(128 * 1024)
+  for (const s of [sb, ex]) {
+    const arg = await rejects(s.runCommand('/usr/bin/printf', ['%s', big]))
+    assert.equal(arg.code, 'ERR_INVALID_ARG')
+    assert.match(arg.message, /argument 2 is 131072 bytes; Linux limits one argument to 131071/)
+    const env = await rejects(s.runCommand('true', { env: { BIG: big } }))
+    assert.equal(env.code, 'ERR_INVALID_ARG')
+    assert.match(env.message, /env BIG is 131072 bytes/)
+  }
 })
 
 test('sessions are never shared across credentials: a wrong password fails, not rides on another session', async () => {

@@ -18,7 +18,8 @@ const { startLocal, provider, call, q, closeSessions, FAST_RETRY } = require('./
 
 // The deadlines this suite's providers work to.  A command's deadline is its
 // timeout plus the native exec's 3 s grace for the remote `timeout` wrapper;
-// a call that has to (re)connect first gets CONNECT_MS on top; a dead peer
+// a call that has to (re)connect first fails by CONNECT_MS when that comes
+// first, and by its own deadline when that does; a dead peer
 // under a command without a timeout is noticed when two keepalives (sent
 // every 15 s, the native default) go unanswered; SFTP calls have the native
 // 60 s bound; API calls retry for FAST_RETRY.totalMs.
@@ -177,6 +178,22 @@ describe('faults', { concurrency: true }, () => {
       assert.equal((await within(CONNECT_MS + GRACE_MS, sb.runCommand('echo back'))).stdout, 'back\n')
       await sb.filesystem.writeFile('/tmp/thawed', 'ok')
       assert.equal(await sb.filesystem.readFile('/tmp/thawed'), 'ok')
+    })
+
+    test('opTimeoutMs bounds a call that must connect first: a frozen sshd fails it by opTimeoutMs, not connectTimeoutMs', async () => {
+      const { app, machine } = ids(sb)
+      const quick = await provider(srv, { appName: app, opTimeoutMs: 2000, connectTimeoutMs: 30000 }).sandbox.getById(sb.sandboxId)
+      await srv.freezeSshd(machine)
+      try {
+        const [e1, e2] = await Promise.all([
+          failsWithin(2000 + GRACE_MS, quick.runCommand('echo hi'), 'a command that must connect'),
+          failsWithin(2000 + GRACE_MS, quick.filesystem.readFile('/etc/hostname'), 'a readFile that must connect')
+        ])
+        for (const e of [e1, e2]) assert.equal(e.code, 'SSH_TIMEOUT', e.message)
+      } finally {
+        await srv.thawSshd(machine)
+      }
+      assert.equal((await within(2000 + GRACE_MS, quick.runCommand('echo back'))).stdout, 'back\n')
     })
 
     test('sshd frozen mid-command: the command ends at its timeout as timed out (124), the next by its own deadline; thawed, all works', async () => {

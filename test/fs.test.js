@@ -144,15 +144,16 @@ test('through the ComputeSDK wrapper and on the exec transport', async () => {
 test('exec transport: readdir takes any path as a path, even "-delete"', async () => {
   const [appName, machine] = sb.sandboxId.split(':')
   const efs = (await provider(srv, { appName, transport: 'exec' }).sandbox.getById(sb.sandboxId)).filesystem
-  // Relative to the exec endpoint's working directory, "/", where only root
-  // can make it.
+  // Relative to the sandbox user's home, where commands start on both
+  // transports.
   const made = await call(srv, 'machine.exec', { app: appName, machine }, {
-    body: JSON.stringify({ command: ['sh', '-c', 'mkdir -p /-delete /"(" && touch /-delete/keep /"("/kept && chown -R sandbox /-delete /"("'] })
+    body: JSON.stringify({ command: ['runuser', '-u', 'sandbox', '--', 'sh', '-c', 'cd && mkdir -p ./-delete ./"(" && touch ./-delete/keep ./"("/kept'] })
   })
   assert.equal(made.body.exit_code, 0, made.body.stderr)
   assert.deepEqual((await efs.readdir('-delete')).map((e) => e.name), ['keep'])
   assert.deepEqual((await efs.readdir('(')).map((e) => e.name), ['kept'])
-  assert.equal(await efs.exists('/-delete/keep'), true, 'nothing was deleted')
+  assert.equal(await efs.exists('/home/sandbox/-delete/keep'), true, 'nothing was deleted')
+  assert.deepEqual((await sb.filesystem.readdir('-delete')).map((e) => e.name), ['keep'], 'SFTP resolves it the same')
 })
 
 test('maxFileBytes and maxEntries bound what a sandbox can make readFile and readdir return', async () => {
@@ -162,6 +163,19 @@ test('maxFileBytes and maxEntries bound what a sandbox can make readFile and rea
   assert.equal(await small.filesystem.readFile('/tmp/lim/ten'), '0123456789')
   const big = await rejects(small.filesystem.readFile('/tmp/lim/eleven'))
   assert.equal(big.code, 'ERR_FILE_TOO_LARGE')
+  // The error's advice works: the file in ranges of at most maxFileBytes,
+  // on both transports.
+  assert.match(big.message, /readFile\(path, \{ offset, length \}\)/)
+  const ex = await provider(srv, { appName, maxFileBytes: 10, transport: 'exec' }).sandbox.getById(sb.sandboxId)
+  for (const s of [small, ex]) {
+    const parts = [await s.filesystem.readFile('/tmp/lim/eleven', { length: 10 }), await s.filesystem.readFile('/tmp/lim/eleven', { offset: 10, length: 10 })]
+    assert.deepEqual(parts, ['0123456789', '0'])
+    assert.equal((await s.filesystem.readFile('/tmp/lim/eleven', { offset: 3, length: 2, encoding: null })).toString(), '34')
+    assert.equal((await rejects(s.filesystem.readFile('/tmp/lim/eleven'))).code, 'ERR_FILE_TOO_LARGE')
+    assert.equal((await rejects(s.filesystem.readFile('/tmp/lim/eleven', { length: 11 }))).code, 'ERR_INVALID_ARG')
+    assert.equal((await rejects(s.filesystem.readFile('/tmp/lim/eleven', { offset: -1 }))).code, 'ERR_INVALID_ARG')
+    assert.equal((await rejects(s.filesystem.readFile('/tmp/lim/missing', { length: 2 }))).code, 'SFTP_NO_SUCH_FILE')
+  }
   assert.equal((await small.filesystem.readdir('/tmp/lim')).length, 3)
   await sb.runCommand('touch /tmp/lim/b')
   const many = await rejects(small.filesystem.readdir('/tmp/lim'))

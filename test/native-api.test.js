@@ -141,7 +141,7 @@ test('regions need no auth and list codes', async () => {
 test('status codes map to stable error codes', async () => {
   const app = await newApp()
   // 401: wrong token
-  const e401 = await rejects(require('./helpers/fly').native.api({ baseUrl: srv.url, token: 'not-the-token', op: 'app.get', params: { app } }))
+  const e401 = await rejects(require('./helpers/fly').native.api({ apiHostname: srv.url, apiToken: 'not-the-token', op: 'app.get', params: { app } }))
   assert.equal(e401.code, 'FLY_UNAUTHORIZED')
   assert.equal(e401.status, 401)
   // 403, injected
@@ -168,7 +168,7 @@ test('status codes map to stable error codes', async () => {
   assert.equal(e400.code, 'FLY_BAD_REQUEST')
   // connection refused: FLY_NETWORK after the bounded retries
   const dead = await rejects(require('./helpers/fly').native.api({
-    baseUrl: 'http://127.0.0.1:1', token: 't', op: 'app.get', params: { app }, retry: { baseMs: 5, maxMs: 10, totalMs: 100 }
+    apiHostname: 'http://127.0.0.1:1', apiToken: 't', op: 'app.get', params: { app }, retry: { baseMs: 5, maxMs: 10, totalMs: 100 }
   }))
   assert.equal(dead.code, 'FLY_NETWORK')
 })
@@ -298,8 +298,8 @@ test('the token never appears in errors', async () => {
   const secret = 'fm2_SECRETtoken' + 'x'.repeat(20)
   const errs = []
   for (const token of [secret, 'FlyV1 ' + secret, 'Bearer ' + secret]) {
-    errs.push(await rejects(native.api({ baseUrl: srv.url, token, op: 'app.get', params: { app: 'x' } })))
-    errs.push(await rejects(native.api({ baseUrl: 'http://127.0.0.1:1', token, op: 'app.get', params: { app: 'x' }, retry: { totalMs: 0 } })))
+    errs.push(await rejects(native.api({ apiHostname: srv.url, apiToken: token, op: 'app.get', params: { app: 'x' } })))
+    errs.push(await rejects(native.api({ apiHostname: 'http://127.0.0.1:1', apiToken: token, op: 'app.get', params: { app: 'x' }, retry: { totalMs: 0 } })))
   }
   for (const e of errs) {
     const all = [e.message, e.stack, JSON.stringify(e), String(e.flyError), require('util').inspect(e)].join('\n')
@@ -310,21 +310,21 @@ test('the token never appears in errors', async () => {
 test('Bearer and FlyV1 prefixes are normalised', async () => {
   const { native } = require('./helpers/fly')
   for (const token of [srv.token, 'Bearer ' + srv.token, 'FlyV1 ' + srv.token, '  bearer ' + srv.token]) {
-    const r = await native.api({ baseUrl: srv.url, token, op: 'app.list', query: q({ org_slug: 'personal' }) })
+    const r = await native.api({ apiHostname: srv.url, apiToken: token, op: 'app.list', query: q({ org_slug: 'personal' }) })
     assert.equal(r.status, 200)
   }
 })
 
 test('bad arguments throw synchronously with ERR_INVALID_ARG', () => {
   const { native } = require('./helpers/fly')
-  const base = { baseUrl: srv.url, token: 't' }
+  const base = { apiHostname: srv.url, apiToken: 't' }
   const cases = [
     [undefined],
     [{ ...base, op: 'nope' }],
     [{ ...base, op: 'app.get' }],
     [{ ...base, op: 'app.get', params: { app: '' } }],
-    [{ baseUrl: 'ftp://x', token: 't', op: 'regions' }],
-    [{ ...base, token: 'a\r\nX-Evil: 1', op: 'regions' }],
+    [{ apiHostname: 'ftp://x', apiToken: 't', op: 'regions' }],
+    [{ ...base, apiToken: 'a\r\nX-Evil: 1', op: 'regions' }],
     [{ ...base, op: 'regions', query: { a: 1 } }]
   ]
   for (const args of cases) {
@@ -373,7 +373,7 @@ async function rawServer (handler) {
   return { url: `http://127.0.0.1:${s.address().port}`, seen, close: () => new Promise((resolve) => s.close(resolve)) }
 }
 
-const raw = (s, op, extra) => native.api({ baseUrl: s.url, token: 't', op, retry: { baseMs: 10, maxMs: 50, totalMs: 3000 }, ...extra })
+const raw = (s, op, extra) => native.api({ apiHostname: s.url, apiToken: 't', op, retry: { baseMs: 10, maxMs: 50, totalMs: 3000 }, ...extra })
 
 test('a Retry-After too large for any integer gives up at once instead of overflowing', async (t) => {
   const s = await rawServer((req, res) => {

@@ -148,6 +148,32 @@ test('fill, claim, top-up, drain', async (t) => {
   assert.equal(await p.pool.size(), 0)
 })
 
+test('a drain that fails half-way leaves every machine findable, and a later drain({ all: true }) removes them', async (t) => {
+  const app = appName('pool')
+  const p = poolProvider(app, 2)
+  await p.pool.fill()
+  const ids = (await tagged(app, POOL, p.pool.stats().key)).map((m) => m.id).sort()
+  assert.equal(ids.length, 2)
+  // Every DELETE of the app's machines fails for the first drain (after its
+  // retries): the machines' and the drain's own lease releases.
+  const fault = srv.faults.add({ method: 'DELETE', path: new RegExp(`^/v1/apps/${app}/machines/`), status: 500, times: Infinity })
+  let removed = false
+  t.after(() => { if (!removed) srv.faults.remove(fault) })
+  const err = await rejects(p.pool.drain())
+  assert.equal(err.code, 'FLY_POOL_DRAIN_FAILED')
+  srv.faults.remove(fault)
+  removed = true
+  // Still there, neither claimable nor lost: another process's drain of
+  // every pool finds both and removes them.
+  const left = (await call(srv, 'machine.list', { app })).body.filter((m) => m.state !== 'destroyed' && m.state !== 'destroying')
+  assert.deepEqual(left.map((m) => m.id).sort(), ids)
+  for (const m of left) assert.equal(m.config.metadata[POOL], undefined, 'no claim can take it')
+  const other = poolProvider(app, 0)
+  const again = await other.pool.drain({ all: true })
+  assert.equal(again.destroyed, 2)
+  for (const id of ids) await assertGone(app, id)
+})
+
 test('two processes racing for a pool of one: exactly one claims it', async (t) => {
   const app = appName('race')
   const filler = poolProvider(app, 1)

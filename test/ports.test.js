@@ -78,7 +78,7 @@ test('two sandboxes exposing the same port each answer on their own URL; a pause
 })
 
 test('getUrl on Fly is https://<app>.fly.dev:<public port>; bad ports are refused at create', async () => {
-  const sb = { sandboxId: 'myapp:123', appName: 'myapp', metadata: { computesdk_ports: '3000:23456' }, _ctx: { config: { baseUrl: 'https://api.machines.dev' } } }
+  const sb = { sandboxId: 'myapp:123', appName: 'myapp', metadata: { computesdk_ports: '3000:23456' }, _ctx: { config: { apiHostname: 'https://api.machines.dev' } } }
   assert.equal(ports.url(sb, 3000, ''), 'https://myapp.fly.dev:23456')
   assert.equal(ports.url(sb, 3000, 'wss'), 'wss://myapp.fly.dev:23456')
   assert.throws(() => ports.url(sb, 80, ''), (e) => e.code === 'FLY_PORT_NOT_EXPOSED')

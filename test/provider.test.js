@@ -50,6 +50,12 @@ test('create returns a started sandbox; getInfo, list, getById, destroy', async 
   await sb.destroy()
   assert.equal(await p.sandbox.getById(sb.sandboxId), null)
   assert.deepEqual(await p.sandbox.list(), [])
+  // Every call on a destroyed sandbox says so, getInfo too (the API still
+  // lists the machine, destroyed, for a while).
+  for (const s of [sb, again]) {
+    const gone = await rejects(s.getInfo())
+    assert.equal(gone.code, 'FLY_NOT_FOUND')
+  }
   // idempotent, never throws
   await sb.destroy()
   await p.sandbox.destroy(sb.sandboxId)
@@ -150,10 +156,39 @@ test('invalid config and options are typed errors', async () => {
     assert.throws(() => fly(bad), (e) => e.code === 'ERR_INVALID_ARG', JSON.stringify(bad))
   }
   const p = provider(srv)
-  for (const opts of [{ envs: { 'BAD-NAME': 'x' } }, { cpus: -1 }, { timeout: 'soon' }, { image: '' }, { signal: 'soon' }]) {
+  // One rule per option, whether fly() or create gives it (lib/config.js RANGES).
+  for (const opts of [{ envs: { 'BAD-NAME': 'x' } }, { cpus: -1 }, { timeout: 'soon' }, { image: '' }, { signal: 'soon' },
+    { cpus: 17 }, { vcpus: 17 }, { memory: 128 }, { memoryMb: 131073 }, { timeout: 8 * 24 * 3600 * 1000 },
+    { idleTimeout: -1 }, { autoResume: 'yes' }]) {
     const err = await rejects(p.sandbox.create(opts))
     assert.equal(err.code, 'ERR_INVALID_ARG', JSON.stringify(opts))
   }
+  assert.deepEqual(await p.sandbox.list(), [])
+})
+
+test('unknown options are refused, naming the nearest known one; memory is one name for one thing', async () => {
+  const typo = (() => { try { fly({ memroy: 1024 }) } catch (e) { return e } })()
+  assert.equal(typo.code, 'ERR_INVALID_ARG')
+  assert.match(typo.message, /unknown option "memroy"; did you mean "memory"\?/)
+  const other = (() => { try { fly({ apiKey: 'x' }) } catch (e) { return e } })()
+  assert.match(other.message, /unknown option "apiKey"; did you mean "apiToken"\?/)
+  assert.throws(() => fly({ memory: 1024, memoryMb: 512 }), (e) => e.code === 'ERR_INVALID_ARG')
+
+  // fly({ memory }) is the guest size, as create's memory is.
+  const p = provider(srv, { memory: 1024 })
+  const sb = await p.sandbox.create()
+  try {
+    const [app, machine] = sb.sandboxId.split(':')
+    assert.equal((await call(srv, 'machine.get', { app, machine })).body.config.guest.memory_mb, 1024)
+  } finally {
+    await sb.destroy()
+  }
+  const err = await rejects(p.sandbox.create({ envs: {}, enviroment: { A: '1' } }))
+  assert.equal(err.code, 'ERR_INVALID_ARG')
+  assert.match(err.message, /unknown option "enviroment"/)
+  // Another provider's CreateSandboxOptions names are taken (ComputeSDK's contract).
+  const ok = await p.sandbox.create({ namespace: 'n', directory: '/d', provider: 'fly' })
+  await ok.destroy()
   assert.deepEqual(await p.sandbox.list(), [])
 })
 

@@ -67,6 +67,23 @@ test('the addon this package built loads in the Node that built it', () => {
   assert.equal(r.status, 0, r.stderr)
 })
 
+test('an unbuilt addon is FLY_NATIVE_MISSING naming the fix for where the package is: a rebuild from the project as a dependency, npm install in a clone', (t) => {
+  const dir = tmpdir(t)
+  for (const where of [path.join(dir, 'app', 'node_modules', '@computesdk', 'fly'), path.join(dir, 'clone')]) {
+    fs.mkdirSync(path.join(where, 'lib'), { recursive: true })
+    fs.copyFileSync(path.join(root, 'lib', 'native.js'), path.join(where, 'lib', 'native.js'))
+    const r = spawnSync(process.execPath, ['-e', `try { require(${JSON.stringify(path.join(where, 'lib', 'native.js'))}) } catch (e) { console.log(e.code + ' ' + e.message) }`], { encoding: 'utf8' })
+    assert.match(r.stdout, /^FLY_NATIVE_MISSING /)
+    if (where.includes('node_modules')) {
+      assert.match(r.stdout, /npm rebuild @computesdk\/fly/)
+      assert.match(r.stdout, /npm install-scripts approve @computesdk\/fly/)
+    } else {
+      assert.match(r.stdout, /Run `npm install`/)
+      assert.doesNotMatch(r.stdout, /npm rebuild/)
+    }
+  }
+})
+
 test('bin/check-deps names the fix, and downloads nothing, when this Node\'s headers are missing', (t) => {
   // A Node whose prefix has no include/node, as a bare binary would be.
   const dir = tmpdir(t)

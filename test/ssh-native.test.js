@@ -257,8 +257,8 @@ test('host key mismatch is refused', async () => {
   await native.sshClose(h)
 })
 
-test('insecureHostKey skips the pin', async () => {
-  const h = native.sshOpen(sshd.target({ hostKeyFingerprint: undefined, insecureHostKey: true }))
+test('insecureSkipHostKeyCheck skips the pin', async () => {
+  const h = native.sshOpen(sshd.target({ hostKeyFingerprint: undefined, insecureSkipHostKeyCheck: true }))
   const r = await native.sshExec({ session: h, command: 'echo x' })
   assert.strictEqual(r.stdout.toString(), 'x\n')
   await native.sshClose(h)

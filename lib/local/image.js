@@ -60,18 +60,20 @@ function computeBaseHash () {
     `base ${BUILDER_VERSION} ${NODE_SPEC.join(' ')} ${process.arch}`)
 }
 
-const TOP_FILES = [['entrypoint.sh', 0o755], ['sshd_config', 0o644], ['idle-watch', 0o755]]
-/* docker/flyexec.c, at the path the client starts it from (src/ssh.c), and
-   docker/flyedge.c beside it (the entrypoint starts it, as root). Both
-   static; the bridge with libcrypto.a (libssl-dev) for SHA-1/SHA-256. */
+const TOP_FILES = [['entrypoint.sh', 0o755], ['sshd_config', 0o644], ['idle-watch', 0o755], ['guest-firewall.nft', 0o644]]
+/* docker/flyexec.c, at the path the client starts it from (src/ssh.c); it
+   includes docker/flyexec_proto.h (found beside it), which the hash covers.
+   docker/flyedge.c beside it (the entrypoint starts it, as root), static
+   with libcrypto.a (libssl-dev) for SHA-1/SHA-256. */
 const EXECUTOR_SRC = 'flyexec.c'
+const EXECUTOR_HDR = 'flyexec_proto.h'
 const BRIDGE_SRC = 'flyedge.c'
 const EXECUTOR_DIR = 'usr/local/libexec/computesdk'
 
 let topHashCache = null
 function topHash () {
   if (!topHashCache) {
-    topHashCache = hashFiles([...TOP_FILES.map(([n]) => n), EXECUTOR_SRC, BRIDGE_SRC].map((n) => path.join(DOCKER_DIR, n)),
+    topHashCache = hashFiles([...TOP_FILES.map(([n]) => n), EXECUTOR_SRC, EXECUTOR_HDR, BRIDGE_SRC].map((n) => path.join(DOCKER_DIR, n)),
       `top ${BUILDER_VERSION} ${process.arch}`)
   }
   return topHashCache
@@ -122,9 +124,37 @@ function resolve (ref) {
   }
   const base = path.join(baseDir(), 'rootfs')
   if (!fs.existsSync(path.join(baseDir(), 'ready'))) {
-    throw new ImageError(`image ${DEFAULT_IMAGE} is not built for this definition of docker/; run bin/setup (or node lib/local/image.js build)`)
+    // The command by its full path: from a dependency, bin/setup means
+    // nothing in the user's own project.
+    throw new ImageError(`image ${DEFAULT_IMAGE} is not built on this host for this version of the package; ` +
+      `build it once, as root, with: ${path.join(DOCKER_DIR, 'setup-host.sh')} (a few minutes)`)
   }
+  markUsed(baseDir())
   return [ensureTop(), base]
+}
+
+/* Layers another definition of docker/ uses (another version of this
+   package on the host, another checkout) are kept while they are in use:
+   each boot stamps its base (at most hourly), and a build removes only
+   other definitions' layers unused for PRUNE_AFTER_MS. */
+const PRUNE_AFTER_MS = 7 * 24 * 3600 * 1000
+const stamped = new Map()
+function markUsed (dir) {
+  const now = Date.now()
+  if (now - (stamped.get(dir) || 0) < 3600 * 1000) return
+  stamped.set(dir, now)
+  try {
+    fs.writeFileSync(path.join(dir, 'used'), `${new Date(now).toISOString()}\n`)
+  } catch {} // a read-only store: pruning then goes by the build's time
+}
+
+function lastUsed (dir) {
+  for (const f of ['used', 'ready', '.']) {
+    try {
+      return fs.statSync(path.join(dir, f)).mtimeMs
+    } catch {}
+  }
+  return 0
 }
 
 /* Shift a tree's ownership into the machines' id range (lchown clears
@@ -281,11 +311,14 @@ async function build ({ say = console.log } = {}) {
     throw e
   }
   ensureTop()
-  /* older definitions' layers go (a running instance keeps its mounts) */
+  /* other definitions' layers go once unused for a while (a running
+     instance keeps its mounts; see markUsed) */
   const keep = new Set([dir, topDir()])
   for (const n of fs.readdirSync(IMAGES_DIR)) {
     const p = path.join(IMAGES_DIR, n)
-    if (/^(base|top)-[0-9a-f]+$/.test(n) && !keep.has(p)) fs.rmSync(p, { recursive: true, force: true })
+    if (/^(base|top)-[0-9a-f]+$/.test(n) && !keep.has(p) && Date.now() - lastUsed(p) > PRUNE_AFTER_MS) {
+      fs.rmSync(p, { recursive: true, force: true })
+    }
   }
   const size = run('du', ['-sm', dir]).stdout.toString().split('\t')[0]
   say(`fly-local image: built ${DEFAULT_IMAGE} in ${Math.round((Date.now() - t0) / 1000)} s, ${size} MB`)

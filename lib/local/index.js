@@ -14,11 +14,24 @@ const { Volumes } = require('./volumes')
 const { ApiSockets } = require('./api-socket')
 const { Proxy } = require('./proxy')
 const { Edge } = require('./edge')
+const { DEFAULT_FLOWS_MAX } = require('./network')
 
 function needsRoot () {
   const e = new Error('fly-local must run as root: its machines use Linux namespaces, overlayfs mounts and cgroups')
   e.code = 'FLY_LOCAL_NEEDS_ROOT'
   return e
+}
+
+/* The machines' network policy from start's options, else the environment:
+   allowPrivateEgress (FLY_LOCAL_ALLOW_PRIVATE_EGRESS=1) opens the host's
+   private ranges to egress; flowsMax (FLY_LOCAL_FLOWS_MAX) caps each
+   machine's tracked flows. */
+function networkOptions (opts) {
+  const allow = opts.allowPrivateEgress != null ? opts.allowPrivateEgress : process.env.FLY_LOCAL_ALLOW_PRIVATE_EGRESS === '1'
+  if (typeof allow !== 'boolean') throw new TypeError('start: allowPrivateEgress must be a boolean')
+  const flows = opts.flowsMax != null ? opts.flowsMax : process.env.FLY_LOCAL_FLOWS_MAX ? Number(process.env.FLY_LOCAL_FLOWS_MAX) : DEFAULT_FLOWS_MAX
+  if (!Number.isInteger(flows) || flows <= 0) throw new TypeError('start: flowsMax (FLY_LOCAL_FLOWS_MAX) must be a positive integer')
+  return { allowPrivateEgress: allow, flowsMax: flows }
 }
 
 /* Starts an emulator; resolves once it listens. */
@@ -35,7 +48,7 @@ async function start (options = {}) {
   }
   const token = opts.token || `fl_${crypto.randomBytes(24).toString('base64url')}`
 
-  const host = await Host.create()
+  const host = await Host.create(networkOptions(opts))
   const store = new Store({ host, quiet: opts.quiet, destroyedGraceMs: opts.destroyedGraceMs, region: opts.region })
   try {
     store.volumes = await Volumes.create({ host, store, quiet: opts.quiet, log: options.log })

@@ -6,7 +6,7 @@
 // root, so every command first drops to the sandbox user.
 const os = require('os')
 const native = require('../native')
-const { flyError } = require('../errors')
+const { flyError, invalidArg } = require('../errors')
 
 // Drop to the sandbox user (as SSH would log in), so files and processes
 // belong to the same user whichever transport made them.  Without runuser
@@ -15,7 +15,9 @@ const { flyError } = require('../errors')
 const NO_USER = 'computesdk-exec:'
 const AS_USER = `command -v runuser >/dev/null 2>&1 || { echo "${NO_USER} runuser is missing in the image" >&2; exit 125; }; ` +
   `id -u "$1" >/dev/null 2>&1 || { echo "${NO_USER} no user $1 in the image" >&2; exit 125; }; ` +
-  'exec runuser -u "$1" -- sh -c "$2"'
+  // In the user's home, as an SSH login starts (runuser sets HOME, not the
+  // directory), so a relative path means the same on both transports.
+  'exec runuser -u "$1" -- sh -c \'cd "$HOME" 2>/dev/null; exec sh -c "$1"\' sh "$2"'
 
 // A signal name or number from the reply -> its number (Node's table).
 function signalNumber (s) {
@@ -73,7 +75,21 @@ async function run (sb, argv, stdin, path) {
 }
 
 const files = {
-  read: async (sb, path) => Buffer.from(await run(sb, ['base64', '-w0', '--', path], undefined, path), 'base64'),
+  read: async (sb, path, range) => {
+    const max = sb._ctx.config.maxFileBytes
+    if (range && range.length > max) throw invalidArg(`readFile: length must be at most maxFileBytes (${max})`)
+    // dd reads the range (or the whole file) and at most one byte past
+    // maxFileBytes, so an oversized file is told apart without reading it.
+    const count = range && range.length !== undefined ? range.length : max + 1
+    const argv = ['bash', '-o', 'pipefail', '-c', 'dd if="$1" iflag=skip_bytes,count_bytes skip="$2" count="$3" bs=1M status=none | base64 -w0',
+      'bash', path, String((range && range.offset) || 0), String(count)]
+    const buf = Buffer.from(await run(sb, argv, undefined, path), 'base64')
+    if (!(range && range.length !== undefined) && buf.length > max) {
+      throw flyError('ERR_FILE_TOO_LARGE', `read '${path}': more than maxFileBytes (${max} bytes); ` +
+        'read it in ranges with readFile(path, { offset, length }) or raise maxFileBytes', { path })
+    }
+    return buf
+  },
   write: async (sb, path, data) => {
     await run(sb, ['sh', '-c', 'base64 -d > "$1"', 'sh', path], data.toString('base64'), path)
   },
@@ -96,5 +112,6 @@ const files = {
 const check = async () => {}
 const probe = async () => {}
 const close = async () => {}
+const kept = () => false
 
-module.exports = { name: 'exec', exec, check, probe, files, close }
+module.exports = { name: 'exec', exec, check, probe, files, close, kept }

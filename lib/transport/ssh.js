@@ -9,7 +9,8 @@ const crypto = require('crypto')
 const native = require('../native')
 const { flyError } = require('../errors')
 const { clientKey } = require('../keys')
-const { HOST_FP, FILES_DIR, isGone, isPausedMachine } = require('../machine')
+const api = require('../api')
+const { HOST_FP, FILES_DIR, isGone, isPausedMachine } = require('../metadata')
 const { sessionIdleMs } = require('../idle')
 const edge = require('../edge')
 
@@ -34,7 +35,7 @@ const KEY_SECRET = crypto.randomBytes(32)
 function signature (t) {
   const h = crypto.createHmac('sha256', KEY_SECRET)
   h.update(JSON.stringify([t.user, t.host, t.port, t.password !== undefined ? 'password' : 'key',
-    t.password !== undefined ? t.password : t.privateKey, t.insecureHostKey ? 'insecure' : t.hostKeyFingerprint,
+    t.password !== undefined ? t.password : t.privateKey, t.insecureSkipHostKeyCheck ? 'insecure' : t.hostKeyFingerprint,
     t.edge || null]))
   return h.digest('hex')
 }
@@ -60,7 +61,7 @@ function target (sb, via) {
   if (config.sshPassword) t.password = config.sshPassword
   else t.privateKey = clientKey(sb._ctx).privateKey
   if (config.insecureSkipHostKeyCheck) {
-    t.insecureHostKey = true
+    t.insecureSkipHostKeyCheck = true
   } else if (sb.hostKeyFingerprint) {
     t.hostKeyFingerprint = sb.hostKeyFingerprint
   } else {
@@ -130,12 +131,11 @@ function edgeGone (err) {
 async function whyUnreachable (sb, err) {
   let m
   try {
-    m = (await sb._api('machine.get')).body
-  } catch (e) {
-    if (e.code === 'FLY_NOT_FOUND') return flyError('FLY_NOT_FOUND', `sandbox ${sb.sandboxId} no longer exists`)
+    m = await api.getMachine(sb._ctx.config, sb._params)
+  } catch {
     return err
   }
-  if (isGone(m)) return flyError('FLY_NOT_FOUND', `sandbox ${sb.sandboxId} no longer exists (${m ? m.state : 'gone'})`)
+  if (isGone(m)) return flyError('FLY_NOT_FOUND', `sandbox ${sb.sandboxId} no longer exists${m ? ` (${m.state})` : ''}`)
   if (m.state !== 'started') {
     // paused: suspended or stopped by a pause, which lib/pause.js wakes.
     const paused = isPausedMachine(m)
@@ -180,7 +180,7 @@ function sftp (sb, op, path, extra) {
 const limits = (sb) => ({ maxEntries: sb._ctx.config.maxEntries })
 
 const files = {
-  read: (sb, path) => sftp(sb, 'read', path, { maxFileBytes: sb._ctx.config.maxFileBytes }),
+  read: (sb, path, range) => sftp(sb, 'read', path, { maxFileBytes: sb._ctx.config.maxFileBytes, ...range }),
   write: (sb, path, data) => sftp(sb, 'write', path, { data }).then(() => {}),
   mkdir: (sb, path) => sftp(sb, 'mkdir', path, { recursive: true }).then(() => {}),
   async readdir (sb, path) {
@@ -204,4 +204,10 @@ async function close (ctx, sandboxId) {
   if (open) await native.sshClose(open.handle).catch(() => {})
 }
 
-module.exports = { name: 'ssh', exec, check, probe, files, close }
+// Whether this provider keeps a connection to the sandbox open (the warm
+// pool probes a kept one rather than connecting anew).
+function kept (ctx, sandboxId) {
+  return ctx.state.sessions.has(sandboxId)
+}
+
+module.exports = { name: 'ssh', exec, check, probe, files, close, kept }

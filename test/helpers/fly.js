@@ -32,7 +32,7 @@ function sandboxIds (sb) {
 }
 
 function call (srv, op, params, extra) {
-  return native.api({ baseUrl: srv.url, token: srv.token, op, params: params || {}, retry: FAST_RETRY, ...extra })
+  return native.api({ apiHostname: srv.url, apiToken: srv.token, op, params: params || {}, retry: FAST_RETRY, ...extra })
 }
 
 function q (obj) {

@@ -47,6 +47,8 @@ const SHARED = {
   Volume: 'Volume',
   ExtendVolume: 'ExtendVolumeResponse',
   VolumeSnapshot: 'VolumeSnapshot',
+  OrgVolume: 'OrgVolume',
+  OrgVolumes: 'OrgVolumesResponse',
   IPAssignment: 'IPAssignment',
   IPAssignmentList: 'listIPAssignmentsResponse',
   AssignedIP: 'AssignIPResponse'
