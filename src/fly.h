@@ -255,6 +255,7 @@ void fly_ssh_shutdown(fly_loop_t *loop);
 #ifndef FLY_NO_NAPI
 napi_value fly_napi_ssh_exec(napi_env env, napi_callback_info info);
 napi_value fly_napi_sftp(napi_env env, napi_callback_info info);
+napi_value fly_napi_sftp_batch(napi_env env, napi_callback_info info);
 napi_value fly_napi_ssh_close(napi_env env, napi_callback_info info);
 /* sshOpen(target) -> handle (sync), the session of sshExec/sftp/sshClose. */
 napi_value fly_napi_ssh_open(napi_env env, napi_callback_info info);

@@ -432,6 +432,8 @@ static void op_unlink(fly_ssh_sess_t *s, fly_ssh_op_t *op) {
     s->opener = NULL;
   if (s->sftp_owner == op)
     s->sftp_owner = NULL;
+  if (s->batch_owner == op)
+    s->batch_owner = NULL;
   if (s->blocked.kind == FLY_SSH_BLOCKED_OP && s->blocked.u.op == op)
     s->blocked.kind = FLY_SSH_BLOCKED_NONE;
 }
@@ -496,6 +498,7 @@ static void sess_close_conn(fly_ssh_sess_t *s, int graceful) {
     close(s->fd);
   s->zombies = NULL;
   fly_exr_reset(s);
+  fly_batch_chan_reset(s);
   s->ls = NULL;
   s->sftp = NULL;
   s->fd = -1;
@@ -506,6 +509,7 @@ static void sess_close_conn(fly_ssh_sess_t *s, int graceful) {
   s->opener = NULL;
   s->blocked.kind = FLY_SSH_BLOCKED_NONE;
   s->sftp_owner = NULL;
+  s->batch_owner = NULL;
   s->state = S_IDLE;
 }
 
@@ -520,6 +524,7 @@ static void sess_free(fly_ssh_sess_t *s) {
   __atomic_sub_fetch(&fly_ssh_sessions, 1, __ATOMIC_RELAXED);
   sess_close_conn(s, 1);
   fly_exr_free(s);
+  fly_batch_chan_free(s);
   fly_ssh_target_unref(s->target);
   free(s);
 }

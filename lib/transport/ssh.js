@@ -163,12 +163,37 @@ function sftp (sb, op, path, extra) {
   return withSession(sb, (session) => native.sftp({ session, op, path, ...extra }))
 }
 
+// A batch's deadline: opTimeoutMs, and as much again per 1,000 files.
+const batchMs = (sb, n) => sb._ctx.config.opTimeoutMs * (1 + Math.floor(n / 1000))
+
 // The limits on what a sandbox can make the provider hold (enforced in C).
 const limits = (sb) => ({ maxEntries: sb._ctx.config.maxEntries })
 
+// Many files over the batch SFTP channel (src/sftp_batch.c), pipelined;
+// per file { path } or { path, data } or { path, code, message }.
+function batch (sb, op, list, extra) {
+  return withSession(sb, (session) => native.sftpBatch({ session, op, ...list, ...extra }))
+}
+
+function fileError (op, r) {
+  return flyError(r.code, `sftp ${op} '${r.path}': ${r.message}`, { path: r.path })
+}
+
 const files = {
   read: (sb, path, range) => sftp(sb, 'read', path, { maxFileBytes: sb._ctx.config.maxFileBytes, ...range }),
-  write: (sb, path, data) => sftp(sb, 'write', path, { data }).then(() => {}),
+  // A whole file is replaced atomically (a temporary beside it, renamed
+  // over it with posix-rename); at an offset or appended, in place.  A
+  // server without posix-rename@openssh.com gets the in-place write.
+  async write (sb, path, data, where) {
+    if (where) return sftp(sb, 'write', path, { data, ...where }).then(() => {})
+    const [r] = await batch(sb, 'write', { files: [{ path, data }] })
+    if (r.code === 'SFTP_UNSUPPORTED') return sftp(sb, 'write', path, { data }).then(() => {})
+    if (r.code) throw fileError('write', r)
+  },
+  writeMany: async (sb, list) => (await batch(sb, 'write', { files: list }, { parents: true, timeoutMs: batchMs(sb, list.length) }))
+    .map((r) => r.code ? { ...r, message: fileError('write', r).message } : r),
+  readMany: async (sb, paths) => (await batch(sb, 'read', { paths }, { maxFileBytes: sb._ctx.config.maxFileBytes, timeoutMs: batchMs(sb, paths.length) }))
+    .map((r) => r.code ? { ...r, message: fileError('read', r).message } : r),
   mkdir: (sb, path) => sftp(sb, 'mkdir', path, { recursive: true }).then(() => {}),
   async readdir (sb, path) {
     const entries = await sftp(sb, 'readdir', path, limits(sb))

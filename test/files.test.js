@@ -1,0 +1,146 @@
+'use strict'
+// Files as users move them: writeFiles/readFiles (src/sftp_batch.c),
+// atomic writeFile, streams, watch, against a fly-local machine.
+const test = require('node:test')
+const assert = require('node:assert/strict')
+const crypto = require('crypto')
+const { startLocal, provider, rejects } = require('./helpers/fly')
+
+let srv, sb, fs
+test.before(async () => {
+  srv = await startLocal()
+  sb = await provider(srv).sandbox.create()
+  fs = sb.filesystem
+})
+test.after(async () => {
+  if (sb) await sb.destroy()
+  if (srv) await srv.stop()
+})
+
+const base = '/home/sandbox/files-test'
+const sha = (b) => crypto.createHash('sha256').update(b).digest('hex')
+
+test('writeFiles: 2,000 files with their parents, all match; readFiles reads them back', async () => {
+  const list = Array.from({ length: 2000 }, (_, i) => ({
+    path: `${base}/many/d${i % 40}/sub/f${i}.txt`,
+    data: i % 7 === 0 ? crypto.randomBytes(i * 13) : `file ${i}\n`.repeat(i % 50)
+  }))
+  const res = await fs.writeFiles(list)
+  assert.equal(res.length, 2000)
+  assert.deepEqual(res.filter((r) => !r.ok), [])
+  assert.deepEqual(res.map((r) => r.path), list.map((f) => f.path))
+  // What the sandbox has, checked by the sandbox.
+  const want = list.map((f) => `${sha(Buffer.from(f.data))}  ${f.path}`).sort().join('\n')
+  const got = await sb.runCommand(`cd ${base}/many && find . -type f | sort | sed 's|^\\./|${base}/many/|' | xargs sha256sum | sort`)
+  assert.equal(got.stdout.trim().split('\n').sort().join('\n'), want)
+  // No temporary is left behind.
+  assert.equal((await sb.runCommand(`find ${base}/many -name '*.fly-*' | wc -l`)).stdout.trim(), '0')
+  const back = await fs.readFiles(list.map((f) => f.path))
+  assert.equal(back.length, 2000)
+  for (const [i, r] of back.entries()) assert.ok(Buffer.from(list[i].data).equals(r.data), `file ${i}`)
+  const text = await fs.readFiles([list[1].path], { encoding: 'utf8' })
+  assert.equal(text[0].data, list[1].data)
+})
+
+test('writeFiles: a file that cannot be written is reported, the others are written', async () => {
+  await fs.writeFile(`${base}/plain`, 'p')
+  const res = await fs.writeFiles([
+    { path: `${base}/ok1`, data: 'one' },
+    { path: '/etc/computesdk-denied', data: 'x' },   // root's directory
+    { path: `${base}/plain/child`, data: 'x' },       // under a file
+    { path: `${base}`, data: 'x' },                   // a directory
+    { path: `${base}/ok2`, data: Buffer.from('two') }
+  ])
+  assert.deepEqual(res.map((r) => r.ok), [true, false, false, false, true])
+  assert.equal(res[1].error.code, 'SFTP_PERMISSION_DENIED')
+  assert.equal(res[1].error.path, '/etc/computesdk-denied')
+  assert.match(res[2].error.code, /^SFTP_/)
+  assert.equal(res[3].error.code, 'SFTP_IS_A_DIRECTORY')
+  assert.equal(await fs.readFile(`${base}/ok1`), 'one')
+  assert.equal(await fs.readFile(`${base}/ok2`), 'two')
+  assert.equal(await fs.readFile(`${base}/plain`), 'p')
+  const reads = await fs.readFiles([`${base}/ok1`, `${base}/missing`, `${base}/ok2`])
+  assert.equal(reads[0].data.toString(), 'one')
+  assert.equal(reads[1].error.code, 'SFTP_NO_SUCH_FILE')
+  assert.equal(reads[1].error.path, `${base}/missing`)
+  assert.equal(reads[2].data.toString(), 'two')
+  await assert.rejects(fs.writeFiles([{ path: '', data: 'x' }]), (e) => e.code === 'ERR_INVALID_ARG')
+  await assert.rejects(fs.writeFiles([{ path: `${base}/x`, data: 42 }]), (e) => e.code === 'ERR_INVALID_ARG')
+  await assert.rejects(fs.readFiles('nope'), (e) => e.code === 'ERR_INVALID_ARG')
+  assert.deepEqual(await fs.writeFiles([]), [])
+})
+
+test('writeFile replaces atomically: a reader never sees a torn file; the mode is kept; offset/append stay in place', async () => {
+  const p = `${base}/atomic`
+  const A = Buffer.alloc(3 << 20, 'a')
+  const B = Buffer.alloc(3 << 20, 'b')
+  await fs.writeFile(p, A)
+  await sb.runCommand('chmod', ['600', p])
+  // The reader runs in the sandbox, reading the file whole in a loop, and
+  // counts contents that are neither all a's nor all b's (or not 3 MiB).
+  const reader = sb.runCommand('python3', ['-c', `
+import time, sys
+p = sys.argv[1]; torn = 0; seen = set(); n = 0
+end = time.time() + 60
+while time.time() < end:
+    with open(p, 'rb') as f: d = f.read()
+    n += 1
+    if len(d) != 3 << 20 or d.count(d[:1]) != len(d): torn += 1
+    else: seen.add(d[:1])
+    try:
+        open(p + '.stop').close(); break
+    except FileNotFoundError: pass
+print(torn, n, sorted(x.decode() for x in seen))
+`, p])
+  for (let i = 0; i < 30; i++) await Promise.all([fs.writeFile(p, i % 2 ? A : B), fs.writeFile(p, i % 2 ? B : A)])
+  await fs.writeFile(`${p}.stop`, '')
+  const r = await reader
+  const [torn, n, seen] = r.stdout.trim().split(' ', 3)
+  assert.equal(torn, '0', `torn reads: ${r.stdout} ${r.stderr}`)
+  assert.ok(Number(n) > 10, `the reader read ${n} times`)
+  assert.match(seen, /a/)
+  assert.equal((await sb.runCommand('stat', ['-c', '%a %U', p])).stdout.trim(), '600 sandbox')
+  assert.equal((await sb.runCommand(`ls -a ${base} | grep -c fly- || true`)).stdout.trim(), '0')
+  // In place: an offset write and an append.
+  await fs.writeFile(`${base}/inplace`, 'hello world')
+  await fs.writeFile(`${base}/inplace`, 'W', { offset: 6 })
+  await fs.writeFile(`${base}/inplace`, '!', { append: true })
+  assert.equal(await fs.readFile(`${base}/inplace`), 'hello World!')
+  await assert.rejects(fs.writeFile(p, 'x', { offset: -1 }), (e) => e.code === 'ERR_INVALID_ARG')
+})
+
+test('writeFile that fails leaves the old file and no temporary', async () => {
+  const dir = `${base}/full`
+  await fs.mkdir(dir)
+  await fs.writeFile(`${dir}/keep`, 'old')
+  // A directory the user may read but not write: the temporary cannot be
+  // made, so nothing changes.
+  await sb.runCommand('chmod', ['555', dir])
+  const err = await rejects(fs.writeFile(`${dir}/keep`, 'new'))
+  assert.equal(err.code, 'SFTP_PERMISSION_DENIED')
+  assert.equal(err.path, `${dir}/keep`)
+  await sb.runCommand('chmod', ['755', dir])
+  assert.equal(await fs.readFile(`${dir}/keep`), 'old')
+  assert.deepEqual((await fs.readdir(dir)).map((e) => e.name), ['keep'])
+})
+
+test('exec transport: writeFiles, readFiles and an atomic writeFile, one exec request per file', async () => {
+  const ex = await provider(srv, { appName: sb.sandboxId.split(':')[0], transport: 'exec' }).sandbox.getById(sb.sandboxId)
+  const res = await ex.filesystem.writeFiles([
+    { path: `${base}/ex/a/one`, data: 'one' },
+    { path: '/etc/computesdk-denied', data: 'x' },
+    { path: `${base}/ex/two`, data: Buffer.from([0, 1, 2]) }
+  ])
+  assert.deepEqual(res.map((r) => r.ok), [true, false, true])
+  assert.equal(res[1].error.code, 'SFTP_PERMISSION_DENIED')
+  await sb.runCommand('chmod', ['640', `${base}/ex/two`])
+  await ex.filesystem.writeFile(`${base}/ex/two`, 'replaced')
+  assert.equal((await sb.runCommand('stat', ['-c', '%a', `${base}/ex/two`])).stdout.trim(), '640')
+  await ex.filesystem.writeFile(`${base}/ex/two`, '!', { append: true })
+  await ex.filesystem.writeFile(`${base}/ex/two`, 'R', { offset: 0 })
+  const back = await ex.filesystem.readFiles([`${base}/ex/a/one`, `${base}/ex/two`, `${base}/ex/none`])
+  assert.equal(back[0].data.toString(), 'one')
+  assert.equal(back[1].data.toString(), 'Replaced!')
+  assert.equal(back[2].error.code, 'SFTP_NO_SUCH_FILE')
+  assert.equal((await sb.runCommand(`ls -a ${base}/ex | grep -c fly- || true`)).stdout.trim(), '0')
+})
