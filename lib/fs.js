@@ -3,6 +3,7 @@
 // session, or small shell programs through the Machines API).  File
 // contents are bytes end to end; strings are written as UTF-8 exactly.
 const { invalidArg, flyError } = require('./errors')
+const { readStream, writeStream } = require('./streams')
 
 function checkPath (path, what) {
   if (typeof path !== 'string' || path === '') throw invalidArg(`${what}: path must be a non-empty string`)
@@ -92,6 +93,17 @@ function makeFilesystem (sb) {
         if (w.error) return { path: r.path, error: w.error }
         return { path: r.path, data: enc && enc !== 'buffer' ? r.data.toString(enc) : r.data }
       })
+    },
+    // Node streams with back-pressure both ways and bounded memory
+    // (lib/streams.js); end is inclusive, as in fs.createReadStream.
+    createReadStream (path, options) {
+      checkPath(path, 'createReadStream')
+      return readStream((offset, length) => files().read(sb, path, { offset, length }), path, options)
+    },
+    // flags 'w' (create or empty, then write in place) or 'a' (append).
+    createWriteStream (path, options) {
+      checkPath(path, 'createWriteStream')
+      return writeStream((data, where) => files().write(sb, path, data, where), path, options)
     },
     async mkdir (path) {
       checkPath(path, 'mkdir')

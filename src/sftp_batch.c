@@ -41,7 +41,8 @@ enum {
   FXP_STAT = 17, FXP_STATUS = 101, FXP_HANDLE = 102, FXP_DATA = 103,
   FXP_ATTRS = 105, FXP_EXTENDED = 200
 };
-enum { PF_READ = 1, PF_WRITE = 2, PF_CREAT = 8, PF_TRUNC = 0x10, PF_EXCL = 0x20 };
+enum { PF_READ = 1, PF_WRITE = 2, PF_APPEND = 4, PF_CREAT = 8, PF_TRUNC = 0x10,
+       PF_EXCL = 0x20 };
 enum { A_SIZE = 1, A_UIDGID = 2, A_PERM = 4, A_TIME = 8, A_EXT = 0x80000000u };
 enum { FX_OK = 0, FX_EOF = 1, FX_NO_SUCH_FILE = 2 };
 
@@ -65,6 +66,12 @@ enum { FX_OK = 0, FX_EOF = 1, FX_NO_SUCH_FILE = 2 };
 #define FLY_BATCH_DEPTH 64
 
 enum { C_NONE = 0, C_SUBSYS, C_INIT, C_READY };
+
+/* How a write lands: replacing the file atomically (the default), or in
+ * place at an offset, appended, or after truncating (a write stream's). */
+enum { WH_ATOMIC = 0, WH_OFFSET, WH_APPEND, WH_TRUNC };
+static const char *const where_names[] = {"atomic", "offset", "append",
+                                          "truncate"};
 
 struct fly_batch_chan_s {
   int state;
@@ -96,6 +103,8 @@ typedef struct fly_batch_file_s {
   size_t len;
   napi_ref pin;
   fly_buf_t copy;
+  int where;                   /* write: WH_* */
+  uint64_t at;                 /* write: WH_OFFSET's offset */
   int started, done;
   int waiting;                 /* requests of this file in flight */
   int stat_wait, open_wait, mkdirs_sent;
@@ -311,7 +320,7 @@ static int req_handle(fly_ssh_sess_t *s, fly_batch_t *x, int type, int kind,
       (add32(&c->pend, A_PERM) || add32(&c->pend, f->mode)))
     return -1;
   if (type == FXP_WRITE &&
-      (add64(&c->pend, off) || addstr(&c->pend, f->data + off, len)))
+      (add64(&c->pend, f->at + off) || addstr(&c->pend, f->data + off, len)))
     return -1;
   if (type == FXP_READ && (add64(&c->pend, off) || add32(&c->pend, len)))
     return -1;
@@ -384,7 +393,7 @@ static int tmp_name(fly_batch_file_t *f) {
  * follows says whether the directory is there now. */
 static int send_mkdirs(fly_ssh_sess_t *s, fly_batch_t *x, size_t i) {
   fly_batch_file_t *f = &x->files[i];
-  char *p = strdup(f->tmp);
+  char *p = strdup(f->tmp ? f->tmp : f->path);
   size_t k, len;
   int rc = 0, made = 0;
   if (p == NULL)
@@ -401,6 +410,16 @@ static int send_mkdirs(fly_ssh_sess_t *s, fly_batch_t *x, size_t i) {
   }
   free(p);
   return rc;
+}
+
+/* The OPEN of a write: the temporary, created exclusively; or in place. */
+static int send_open(fly_ssh_sess_t *s, fly_batch_t *x, size_t i) {
+  fly_batch_file_t *f = &x->files[i];
+  static const uint32_t flags[] = {
+      PF_WRITE | PF_CREAT | PF_EXCL | PF_TRUNC, PF_WRITE | PF_CREAT,
+      PF_WRITE | PF_CREAT | PF_APPEND, PF_WRITE | PF_CREAT | PF_TRUNC};
+  return req_paths(s, x, FXP_OPEN, RQ_OPEN, i, f->tmp ? f->tmp : f->path,
+                   NULL, flags[f->where], 1, 0644);
 }
 
 /* Send whatever file i can send now.  0; 1: no free request slot (the
@@ -422,15 +441,17 @@ static int file_advance(fly_ssh_sess_t *s, fly_batch_t *x, size_t i) {
       return req_paths(s, x, FXP_OPEN, RQ_OPEN, i, f->path, NULL, PF_READ, 0,
                        0);
     }
+    f->open_wait = 1;
+    if (f->where != WH_ATOMIC)
+      return send_open(s, x, i) ? -1 : 0;
     if (tmp_name(f) != 0) {
       file_fail(f, "ERR_NO_MEMORY", NULL, "out of memory");
       f->done = 1;
       return 0;
     }
-    f->stat_wait = f->open_wait = 1;
+    f->stat_wait = 1;
     if (req_paths(s, x, FXP_STAT, RQ_STAT, i, f->path, NULL, 0, 0, 0) ||
-        req_paths(s, x, FXP_OPEN, RQ_OPEN, i, f->tmp, NULL,
-                  PF_WRITE | PF_CREAT | PF_EXCL | PF_TRUNC, 1, 0644))
+        send_open(s, x, i))
       return -1;
     return 0;
   }
@@ -495,6 +516,10 @@ static int file_advance(fly_ssh_sess_t *s, fly_batch_t *x, size_t i) {
       return 1;
     f->close_sent = 1;
     return req_handle(s, x, FXP_CLOSE, RQ_CLOSE, i, 0, 0);
+  }
+  if (f->closed && f->waiting == 0 && f->where != WH_ATOMIC) {
+    f->done = 1; /* in place: written once closed */
+    return 0;
   }
   if (f->closed && f->waiting == 0 && !f->rename_sent) {
     if (!c->posix_rename) {
@@ -609,7 +634,7 @@ static int on_reply(fly_batch_t *x, int type, uint32_t id, fly_batch_rd_t *r) {
       memcpy(f->handle, p, len);
       f->handle_len = len;
       f->have_handle = 1;
-      f->created = !x->reading;
+      f->created = !x->reading && f->where == WH_ATOMIC;
       f->open_wait = 0;
     } else if (type != FXP_STATUS || st == FX_OK) {
       return -1;
@@ -619,8 +644,8 @@ static int on_reply(fly_batch_t *x, int type, uint32_t id, fly_batch_rd_t *r) {
       f->open_wait = 2;
     } else {
       f->open_wait = 0;
-      file_fail_status(f, x->reading ? NULL : "creating the temporary file",
-                       st);
+      file_fail_status(f, x->reading || f->tmp == NULL
+                              ? NULL : "creating the temporary file", st);
     }
     break;
   case RQ_MKDIR:
@@ -878,9 +903,7 @@ static int batch_step(fly_ssh_sess_t *s, fly_ssh_op_t *op, uint64_t now) {
     for (i = x->first; i < x->next; i++) {
       fly_batch_file_t *f = &x->files[i];
       if (f->open_wait == 2 && slots_free(x, FLY_BATCH_DEPTH + 1)) {
-        if (send_mkdirs(s, x, i) != 0 ||
-            req_paths(s, x, FXP_OPEN, RQ_OPEN, i, f->tmp, NULL,
-                      PF_WRITE | PF_CREAT | PF_EXCL | PF_TRUNC, 1, 0644) != 0)
+        if (send_mkdirs(s, x, i) != 0 || send_open(s, x, i) != 0)
           return fail_nomem(s, x);
         f->open_wait = 1;
       }
@@ -1038,10 +1061,27 @@ napi_value fly_napi_sftp_batch(napi_env env, napi_callback_info info) {
     if (x->reading) {
       if (fly_js_str(env, el, "path", &f->path) != 0)
         goto fail;
-    } else if (fly_js_prop_str(env, el, "path", 1, &f->path) != 0 ||
-               fly_js_prop_pin(env, el, "data", &f->pin, &f->copy, &f->data,
-                               &f->len) != 0) {
-      goto fail;
+    } else {
+      char *wh = NULL;
+      size_t k;
+      if (fly_js_prop_str(env, el, "path", 1, &f->path) != 0 ||
+          fly_js_prop_pin(env, el, "data", &f->pin, &f->copy, &f->data,
+                          &f->len) != 0 ||
+          fly_js_prop_str(env, el, "where", 0, &wh) != 0 ||
+          fly_js_prop_u64(env, el, "offset", 0, &f->at) != 0) {
+        free(wh);
+        goto fail;
+      }
+      f->where = -1;
+      for (k = 0; k < 4; k++)
+        if (wh == NULL ? k == 0 : strcmp(wh, where_names[k]) == 0)
+          f->where = (int)k;
+      free(wh);
+      if (f->where < 0) {
+        fly_throw_invalid(env, "where must be atomic, offset, append or "
+                               "truncate");
+        goto fail;
+      }
     }
     if (f->path[0] == '\0' || strlen(f->path) > FLY_BATCH_PATH_MAX ||
         (!x->reading && f->path[strlen(f->path) - 1] == '/')) {

@@ -6,18 +6,19 @@ const assert = require('node:assert/strict')
 const crypto = require('crypto')
 const { startLocal, provider, rejects } = require('./helpers/fly')
 
+const base = '/home/sandbox/files-test'
 let srv, sb, fs
 test.before(async () => {
   srv = await startLocal()
   sb = await provider(srv).sandbox.create()
   fs = sb.filesystem
+  await fs.mkdir(base)
 })
 test.after(async () => {
   if (sb) await sb.destroy()
   if (srv) await srv.stop()
 })
 
-const base = '/home/sandbox/files-test'
 const sha = (b) => crypto.createHash('sha256').update(b).digest('hex')
 
 test('writeFiles: 2,000 files with their parents, all match; readFiles reads them back', async () => {
@@ -143,4 +144,75 @@ test('exec transport: writeFiles, readFiles and an atomic writeFile, one exec re
   assert.equal(back[1].data.toString(), 'Replaced!')
   assert.equal(back[2].error.code, 'SFTP_NO_SUCH_FILE')
   assert.equal((await sb.runCommand(`ls -a ${base}/ex | grep -c fly- || true`)).stdout.trim(), '0')
+})
+
+// The stream test's child: the provider in a process of its own, so its
+// RSS is the provider's alone.  It streams the sandbox's file back into the
+// sandbox, hashing on the way, and reports the hash and its peak RSS growth.
+const STREAM_CHILD = `
+const { fly } = require(process.argv[1])
+const crypto = require('crypto')
+const { pipeline, Transform } = require('stream')
+;(async () => {
+  const [url, token, id, src, dst] = process.argv.slice(2)
+  const provider = fly({ apiHostname: url, apiToken: token, appName: id.split(':')[0] })
+  const sb = await provider.sandbox.getById(id)
+  await sb.filesystem.exists('/')          // connected: the baseline
+  global.gc && global.gc()
+  const base = process.memoryUsage().rss
+  let peak = base
+  const timer = setInterval(() => { peak = Math.max(peak, process.memoryUsage().rss) }, 20)
+  const h = crypto.createHash('sha256')
+  let n = 0
+  const tap = new Transform({ transform (c, _e, cb) { h.update(c); n += c.length; cb(null, c) } })
+  const t0 = Date.now()
+  await new Promise((resolve, reject) => pipeline(sb.filesystem.createReadStream(src), tap,
+    sb.filesystem.createWriteStream(dst), (e) => e ? reject(e) : resolve()))
+  clearInterval(timer)
+  peak = Math.max(peak, process.memoryUsage().rss)
+  process.stdout.write(JSON.stringify({ sha: h.digest('hex'), bytes: n, growth: peak - base, ms: Date.now() - t0 }))
+  process.exit(0)
+})().catch((e) => { console.error(e); process.exit(1) })
+`
+
+test('streams: a 1 GiB round trip matches its sha256 with the provider RSS growing < 64 MiB', { timeout: 600000 }, async (t) => {
+  const { execFile } = require('child_process')
+  const path = require('path')
+  const src = `${base}/big.bin`
+  const dst = `${base}/big.copy`
+  const gen = await sb.runCommand(`head -c 1G /dev/urandom > ${src} && sha256sum ${src}`, { timeout: 300000 })
+  assert.equal(gen.exitCode, 0, gen.stderr)
+  const want = gen.stdout.split(' ')[0]
+  const out = await new Promise((resolve, reject) => execFile(process.execPath,
+    ['-e', STREAM_CHILD, path.join(__dirname, '..'), srv.url, srv.token, sb.sandboxId, src, dst],
+    { maxBuffer: 1 << 20, timeout: 540000 }, (err, stdout, stderr) => err ? reject(new Error(`${err.message}\n${stderr}`)) : resolve(stdout)))
+  const r = JSON.parse(out)
+  assert.equal(r.bytes, 1 << 30)
+  assert.equal(r.sha, want)
+  assert.ok(r.growth < 64 << 20, `RSS grew by ${(r.growth / 1048576).toFixed(1)} MiB`)
+  const copy = await sb.runCommand(`sha256sum ${dst} | cut -d' ' -f1; rm -f ${src} ${dst}`, { timeout: 300000 })
+  assert.equal(copy.stdout.trim(), want)
+  t.diagnostic(`1 GiB through the streams in ${r.ms} ms (${(1024 / (r.ms / 1000)).toFixed(0)} MiB/s), RSS +${(r.growth / 1048576).toFixed(1)} MiB`)
+})
+
+test('streams: ranges, an empty file, append, errors', async () => {
+  const p = `${base}/range`
+  await fs.writeFile(p, '0123456789')
+  const collect = async (s) => { const parts = []; for await (const c of s) parts.push(c); return Buffer.concat(parts).toString() }
+  assert.equal(await collect(fs.createReadStream(p, { start: 2, end: 5 })), '2345')
+  assert.equal(await collect(fs.createReadStream(p, { start: 8 })), '89')
+  assert.equal(await collect(fs.createReadStream(p, { highWaterMark: 3 })), '0123456789')
+  await fs.writeFile(`${base}/empty`, '')
+  assert.equal(await collect(fs.createReadStream(`${base}/empty`)), '')
+  const { pipeline } = require('stream/promises')
+  const { Readable } = require('stream')
+  await pipeline(Readable.from([Buffer.from('ab'), Buffer.from('cd')]), fs.createWriteStream(p, { flags: 'a', highWaterMark: 3 }))
+  assert.equal(await fs.readFile(p), '0123456789abcd')
+  await pipeline(Readable.from([Buffer.from('new')]), fs.createWriteStream(p))
+  assert.equal(await fs.readFile(p), 'new')
+  await pipeline(Readable.from([]), fs.createWriteStream(`${base}/made-empty`))
+  assert.equal(await fs.readFile(`${base}/made-empty`), '')
+  await assert.rejects(collect(fs.createReadStream(`${base}/nope`)), (e) => e.code === 'SFTP_NO_SUCH_FILE')
+  assert.throws(() => fs.createReadStream(p, { start: -1 }), (e) => e.code === 'ERR_INVALID_ARG')
+  assert.throws(() => fs.createWriteStream(p, { flags: 'r+' }), (e) => e.code === 'ERR_INVALID_ARG')
 })

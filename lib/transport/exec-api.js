@@ -93,10 +93,12 @@ const files = {
   // A whole file: a temporary beside it (mktemp: created exclusively), the
   // target's mode, then mv (rename(2)) over it, so a reader sees the old or
   // the new file; a failed write removes the temporary.  At an offset or
-  // appended: in place (dd conv=notrunc / >>).  parents: mkdir -p first.
+  // appended or truncated first (a write stream's): in place (dd
+  // conv=notrunc, >>, >).  parents: mkdir -p first.
   write: async (sb, path, data, where, parents) => {
     let script
     if (where && where.append) script = 'base64 -d >> "$1"'
+    else if (where && where.truncate) script = 'base64 -d > "$1"'
     else if (where) script = 'base64 -d | dd of="$1" oflag=seek_bytes seek="$2" conv=notrunc bs=1M status=none'
     else {
       script = (parents ? 'mkdir -p -- "$(dirname -- "$1")" || exit 1; ' : '') +

@@ -182,12 +182,19 @@ function fileError (op, r) {
 const files = {
   read: (sb, path, range) => sftp(sb, 'read', path, { maxFileBytes: sb._ctx.config.maxFileBytes, ...range }),
   // A whole file is replaced atomically (a temporary beside it, renamed
-  // over it with posix-rename); at an offset or appended, in place.  A
-  // server without posix-rename@openssh.com gets the in-place write.
+  // over it with posix-rename); at an offset, appended, or truncated first
+  // (where: { offset } | { append } | { truncate }), in place.  Both on
+  // the batch channel, so a write stream's pieces go on while a read
+  // stream's use the other SFTP channel.  A server without
+  // posix-rename@openssh.com gets the in-place write.
   async write (sb, path, data, where) {
-    if (where) return sftp(sb, 'write', path, { data, ...where }).then(() => {})
-    const [r] = await batch(sb, 'write', { files: [{ path, data }] })
-    if (r.code === 'SFTP_UNSUPPORTED') return sftp(sb, 'write', path, { data }).then(() => {})
+    const file = { path, data }
+    if (where) {
+      file.where = where.append ? 'append' : where.truncate ? 'truncate' : 'offset'
+      if (file.where === 'offset') file.offset = where.offset
+    }
+    const [r] = await batch(sb, 'write', { files: [file] })
+    if (r.code === 'SFTP_UNSUPPORTED' && !where) return sftp(sb, 'write', path, { data }).then(() => {})
     if (r.code) throw fileError('write', r)
   },
   writeMany: async (sb, list) => (await batch(sb, 'write', { files: list }, { parents: true, timeoutMs: batchMs(sb, list.length) }))
