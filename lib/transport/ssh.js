@@ -138,8 +138,12 @@ async function whyUnreachable (sb, err) {
 // result's stdout/stderr are the whole output, streamed or not: strings
 // (ASCII handed to V8 as it is, other large output decoded on the I/O
 // thread), or Buffers for small non-ASCII output.
-function exec (sb, spec, { stdin, onChunk } = {}) {
-  const req = { ...spec, maxOutputBytes: sb._ctx.config.maxOutputBytes, text: true }
+// keep: false (with onChunk) when the caller has what it needs from the
+// chunks: the output is then not kept for the result (a long-running
+// command, such as filesystem.watch's watcher, holds no memory for it),
+// and the chunks are Buffers.
+function exec (sb, spec, { stdin, onChunk, keep = true } = {}) {
+  const req = { ...spec, maxOutputBytes: sb._ctx.config.maxOutputBytes, text: keep || !onChunk }
   if (stdin !== undefined) req.stdin = stdin
   if (onChunk) req.onChunk = onChunk
   return withSession(sb, (session) => native.sshExec({ ...req, session }))
