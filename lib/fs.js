@@ -4,6 +4,7 @@
 // contents are bytes end to end; strings are written as UTF-8 exactly.
 const { invalidArg, flyError } = require('./errors')
 const { readStream, writeStream } = require('./streams')
+const { watch } = require('./watch')
 
 function checkPath (path, what) {
   if (typeof path !== 'string' || path === '') throw invalidArg(`${what}: path must be a non-empty string`)
@@ -104,6 +105,11 @@ function makeFilesystem (sb) {
     createWriteStream (path, options) {
       checkPath(path, 'createWriteStream')
       return writeStream((data, where) => files().write(sb, path, data, where), path, options)
+    },
+    // inotify events of path (lib/watch.js): resolves with { stop(), stats }
+    // once the watch is in place.
+    watch (path, onEvent, options) {
+      return watch(sb, path, onEvent, options)
     },
     async mkdir (path) {
       checkPath(path, 'mkdir')

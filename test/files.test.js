@@ -216,3 +216,115 @@ test('streams: ranges, an empty file, append, errors', async () => {
   assert.throws(() => fs.createReadStream(p, { start: -1 }), (e) => e.code === 'ERR_INVALID_ARG')
   assert.throws(() => fs.createWriteStream(p, { flags: 'r+' }), (e) => e.code === 'ERR_INVALID_ARG')
 })
+
+// Collects a watch's events; until(pred) waits for them (with a deadline).
+function collector () {
+  const events = []
+  const waiters = []
+  const on = (ev) => {
+    events.push(ev)
+    for (const w of [...waiters]) if (w.pred(events)) { waiters.splice(waiters.indexOf(w), 1); w.resolve() }
+  }
+  const until = (pred, ms = 30000) => new Promise((resolve, reject) => {
+    if (pred(events)) return resolve()
+    const w = { pred, resolve: () => { clearTimeout(w.t); resolve() } }
+    w.t = setTimeout(() => reject(new Error(`timed out; events: ${JSON.stringify(events.slice(-20))}`)), ms)
+    waiters.push(w)
+  })
+  return { events, on, until }
+}
+
+test('watch: a file created, written, renamed and removed by a command, in order', async () => {
+  const dir = `${base}/w1`
+  await fs.mkdir(dir)
+  const c = collector()
+  const w = await fs.watch(dir, c.on)
+  try {
+    await sb.runCommand(`cd ${dir} && echo a > f && echo b >> f && mv f g && rm g`)
+    await c.until((evs) => evs.some((e) => e.type === 'remove'))
+    const seq = c.events.filter((e, i, a) => i === 0 || e.type !== a[i - 1].type)
+    assert.deepEqual(seq.map((e) => e.type), ['create', 'write', 'rename', 'remove'])
+    assert.equal(seq[0].path, `${dir}/f`)
+    assert.equal(seq[1].path, `${dir}/f`)
+    assert.deepEqual([seq[2].oldPath, seq[2].path], [`${dir}/f`, `${dir}/g`])
+    assert.equal(seq[3].path, `${dir}/g`)
+  } finally {
+    await w.stop()
+  }
+  // Stopped: the watcher is gone from the sandbox.
+  assert.equal((await sb.runCommand('pgrep -c flywatch || true')).stdout.trim(), '0')
+  await assert.rejects(fs.watch(`${base}/no-such-dir`, () => {}), (e) => e.code === 'SFTP_NO_SUCH_FILE')
+  await assert.rejects(fs.watch(dir, 'nope'), (e) => e.code === 'ERR_INVALID_ARG')
+})
+
+test('watch: recursive sees a new subdirectory\'s files', async () => {
+  const dir = `${base}/w2`
+  await fs.mkdir(`${dir}/old`)
+  const c = collector()
+  const w = await fs.watch(dir, c.on, { recursive: true })
+  try {
+    await sb.runCommand(`mkdir -p ${dir}/new/deeper && echo x > ${dir}/new/deeper/file && echo y > ${dir}/old/file2`)
+    await c.until((evs) => evs.some((e) => e.path === `${dir}/new/deeper/file`) && evs.some((e) => e.path === `${dir}/old/file2`))
+    assert.ok(c.events.some((e) => e.type === 'create' && e.path === `${dir}/new/deeper/file`))
+    assert.ok(c.events.some((e) => e.type === 'create' && e.path === `${dir}/new`))
+  } finally {
+    await w.stop()
+  }
+})
+
+test('watch: a flood of 100,000 events gives overflow, with bounded memory on both sides', { timeout: 300000 }, async () => {
+  const dir = `${base}/w3`
+  await fs.mkdir(dir)
+  // A consumer slower than the flood (1 ms an event): the queue fills to
+  // its bound.
+  let overflowed = null
+  let seen = 0
+  const w = await fs.watch(dir, async (ev) => {
+    seen++
+    if (ev.type === 'overflow' && !overflowed) overflowed = ev
+    await new Promise((resolve) => setTimeout(resolve, 1))
+  }, { maxQueued: 2000 })
+  try {
+    const r = await sb.runCommand('python3', ['-c', `
+import os, sys
+d = sys.argv[1]
+for i in range(100000):
+    os.close(os.open(os.path.join(d, 'f%d' % i), os.O_CREAT | os.O_WRONLY, 0o644))
+pid = os.popen('pgrep flywatch').read().split()[0]
+print([l for l in open('/proc/%s/status' % pid) if l.startswith('VmHWM')][0].split()[1])
+`, dir], { timeout: 240000 })
+    assert.equal(r.exitCode, 0, r.stderr)
+    const end = Date.now() + 60000
+    while (!overflowed && Date.now() < end) await new Promise((resolve) => setTimeout(resolve, 50))
+    assert.ok(overflowed, `no overflow after ${seen} events`)
+    const hwmKb = Number(r.stdout.trim())
+    assert.ok(hwmKb < 16 * 1024, `the watcher's peak RSS: ${hwmKb} KiB`)
+    assert.ok(w.stats.maxQueued <= 2001, `queued at most ${w.stats.maxQueued}`)
+    assert.ok(w.stats.dropped > 0 || overflowed.reason === 'kernel')
+  } finally {
+    await w.stop()
+  }
+  await sb.runCommand(`rm -rf ${dir}`, { timeout: 120000 })
+})
+
+test('watch: survives a pause and resume (restarted, saying events may have been missed)', { timeout: 180000 }, async () => {
+  const dir = `${base}/w4`
+  await fs.mkdir(dir)
+  const c = collector()
+  const w = await fs.watch(dir, c.on)
+  try {
+    await sb.pause()
+    await sb.resume()
+    await c.until((evs) => evs.some((e) => e.type === 'overflow' && e.reason === 'restart'), 60000)
+    await sb.runCommand(`echo z > ${dir}/after`)
+    await c.until((evs) => evs.some((e) => e.type === 'create' && e.path === `${dir}/after`))
+    assert.equal(w.stats.restarts, 1)
+  } finally {
+    await w.stop()
+  }
+})
+
+test('watch: the exec transport says it cannot', async () => {
+  const ex = await provider(srv, { appName: sb.sandboxId.split(':')[0], transport: 'exec' }).sandbox.getById(sb.sandboxId)
+  await assert.rejects(ex.filesystem.watch(base, () => {}), (e) => e.code === 'FLY_UNSUPPORTED')
+})
