@@ -116,6 +116,7 @@ typedef struct fly_batch_file_s {
       renamed, remove_sent, created;
   uint64_t next_off;           /* write: bytes sent; read: next to ask */
   uint64_t eof_at;             /* read: where the file ended */
+  uint32_t reads_out;          /* read: READs in flight */
   fly_buf_t out;               /* read: the bytes */
   const char *code;            /* set: this file failed */
   char msg[200];
@@ -478,8 +479,12 @@ static int file_advance(fly_ssh_sess_t *s, fly_batch_t *x, size_t i) {
     return 0;
   }
   if (x->reading) {
+    /* One READ at a time until the file proves longer than one (most are
+     * small: a READ past the end costs the server as much as one inside),
+     * then one more per piece received, up to the window. */
     while (f->next_off < f->eof_at && f->next_off <= x->max_bytes &&
-           x->inflight < FLY_BATCH_WINDOW) {
+           x->inflight < FLY_BATCH_WINDOW &&
+           f->reads_out < 1 + f->out.len / FLY_BATCH_CHUNK) {
       uint64_t want = x->max_bytes + 1 - f->next_off;
       uint32_t len = want > FLY_BATCH_CHUNK ? FLY_BATCH_CHUNK : (uint32_t)want;
       if (!slots_free(x, 1))
@@ -487,6 +492,7 @@ static int file_advance(fly_ssh_sess_t *s, fly_batch_t *x, size_t i) {
       if (req_handle(s, x, FXP_READ, RQ_READ, i, f->next_off, len) != 0)
         return -1;
       f->next_off += len;
+      f->reads_out++;
       x->inflight += len;
     }
     return 0;
@@ -678,6 +684,7 @@ static int on_reply(fly_batch_t *x, int type, uint32_t id, fly_batch_rd_t *r) {
       file_fail_status(f, "replacing the file", st);
     break;
   case RQ_READ:
+    f->reads_out--;
     if (type == FXP_STATUS) {
       if (st == FX_EOF) {
         if (q.off < f->eof_at)
