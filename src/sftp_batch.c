@@ -185,11 +185,6 @@ static void put32(unsigned char *p, uint32_t v) {
   p[3] = (unsigned char)v;
 }
 
-static uint32_t get32(const unsigned char *p) {
-  return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) |
-         ((uint32_t)p[2] << 8) | p[3];
-}
-
 static int add32(fly_buf_t *b, uint32_t v) {
   unsigned char p[4];
   put32(p, v);
@@ -558,7 +553,7 @@ static uint32_t rd32(fly_batch_rd_t *r) {
     r->bad = 1;
     return 0;
   }
-  v = get32(r->p);
+  v = fly_frame_get32(r->p);
   r->p += 4;
   r->n -= 4;
   return v;
@@ -739,7 +734,7 @@ static int chan_pump(fly_ssh_sess_t *s, fly_batch_t *x, int *got) {
     /* Whole packets first. */
     while (have >= 5) {
       const unsigned char *p = (const unsigned char *)c->rx.base + c->rx_off;
-      uint32_t plen = get32(p);
+      uint32_t plen = fly_frame_get32(p);
       fly_batch_rd_t r;
       int type;
       if (plen < 1 || plen > FLY_BATCH_MAX_PKT)
