@@ -38,21 +38,43 @@ test('getMetrics: the machine\'s own limits, its memory and disk', async () => {
   assert.ok(m.cpuPercent >= 0 && m.cpuPercent <= 100)
 })
 
-test('getMetrics: a CPU-bound loop shows near its cpus; a 200 MiB allocation shows in memory', async () => {
-  const before = await sb.getMetrics()
-  // Busy for up to 60 s; killed below.
-  await sb.runCommand('timeout 60 python3 -c "while True: pass" >/dev/null 2>&1 & echo $! > /tmp/busy.pid', { background: true })
-  const busy = await until((m) => m.cpuPercent > 70)
-  await sb.runCommand('pkill -f "while True: pass" || true')
-  assert.ok(busy.cpuPercent > 70, `a busy loop on 1 cpu: ${busy.cpuPercent}%`)
+test('getMetrics: a CPU-bound loop shows as the share of its cpus it gets', async () => {
   const idle = await until((m) => m.cpuPercent < 30)
-  assert.ok(idle.cpuPercent < 30, `after it: ${idle.cpuPercent}%`)
-  // 200 MiB, touched, held for up to 60 s.
-  await sb.runCommand('timeout 60 python3 -c "import time; b = bytearray(200 << 20); open(\'/tmp/alloc.ready\', \'w\').close(); time.sleep(60)" >/dev/null 2>&1 &', { background: true })
+  // The loop measures what it gets itself (CPU time over wall time, for 6
+  // s): on a loaded host that is less than a whole CPU, and getMetrics must
+  // say what it really got, not what it asked for.
+  let done = false
+  const busy = sb.runCommand('python3', ['-c', `
+import time
+t0 = time.time(); c0 = time.process_time()
+while time.time() - t0 < 6: pass
+print((time.process_time() - c0) / (time.time() - t0))
+`]).finally(() => { done = true })
+  const readings = []
+  await new Promise((resolve) => setTimeout(resolve, 500))
+  while (!done) {
+    const m = await sb.getMetrics()
+    if (!done) readings.push(m.cpuPercent)
+  }
+  const r = await busy
+  const got = Number(r.stdout) * 100
+  readings.sort((x, y) => x - y)
+  const median = readings[Math.floor(readings.length / 2)]
+  assert.ok(readings.length >= 3, `${readings.length} readings`)
+  assert.ok(Math.abs(median - got) < 25, `getMetrics said ${median}% (of ${readings.join(', ')}); the loop got ${got.toFixed(1)}% of its one cpu`)
+  assert.ok(median > idle.cpuPercent, `busy ${median}% vs idle ${idle.cpuPercent}%`)
+})
+
+test('getMetrics: a 200 MiB allocation shows in memory', async () => {
+  const before = await sb.getMetrics()
+  // 200 MiB, touched, held for up to 60 s (killed below).
+  await sb.runCommand('timeout 60 python3 -c "import time; b = bytearray(200 << 20); time.sleep(60)" >/dev/null 2>&1 &', { background: true })
   const held = await until((m) => m.memoryUsedBytes - before.memoryUsedBytes > 190 * MiB)
   await sb.runCommand('pkill -f "bytearray" || true')
   assert.ok(held.memoryUsedBytes - before.memoryUsedBytes > 190 * MiB,
     `memory went from ${before.memoryUsedBytes} to ${held.memoryUsedBytes}`)
+  const after = await until((m) => m.memoryUsedBytes - before.memoryUsedBytes < 100 * MiB)
+  assert.ok(after.memoryUsedBytes - before.memoryUsedBytes < 100 * MiB, 'and goes when it is freed')
 })
 
 test('getMetrics({ since }): the samples the sampler keeps, every 5 s', async () => {
