@@ -90,3 +90,46 @@ test('the batch channel and the libssh2 SFTP channel run at once', async () => {
   assert.ok(read.equals(data))
   assert.strictEqual(written.filter((r) => r.code).length, 0)
 })
+
+// A hostile SFTP server: it answers INIT, then replies to the first
+// request with a reply to no request of ours ('stray') or a packet longer
+// than any server sends ('huge').  The batch fails with SFTP_PROTOCOL, the
+// connection survives, and the next batch (which opens a new channel, and
+// meets the same server) fails the same way rather than hanging or
+// allocating what the server claims.
+test('a hostile sftp server: a stray reply or an oversized packet is SFTP_PROTOCOL', async () => {
+  const fake = path.join(root, 'fake-sftp.py')
+  fs.writeFileSync(fake, `
+import sys, struct
+r, w = sys.stdin.buffer, sys.stdout.buffer
+def take():
+    h = r.read(5)
+    if len(h) < 5: sys.exit(0)
+    n, t = struct.unpack('>IB', h)
+    return t, r.read(n - 1)
+def send(t, body):
+    w.write(struct.pack('>IB', len(body) + 1, t) + body); w.flush()
+take()
+send(2, struct.pack('>I', 3))
+take()
+if sys.argv[1] == 'stray':
+    send(101, struct.pack('>II', 0x7abcdef, 0) + struct.pack('>I', 0) * 2)
+else:
+    w.write(struct.pack('>I', 0x7fffffff) + b'x' * 64); w.flush()
+while r.read(65536): pass
+`)
+  for (const mode of ['stray', 'huge']) {
+    const bad = await startSshd({ sftp: `/usr/bin/python3 ${fake} ${mode}` })
+    const s = native.sshOpen(bad.target())
+    try {
+      for (let i = 0; i < 2; i++) {
+        await assert.rejects(native.sftpBatch({ session: s, op: 'read', paths: ['/etc/hostname'] }), (e) => e.code === 'SFTP_PROTOCOL', mode)
+      }
+      const r = await native.sshExec({ session: s, command: 'echo alive' })
+      assert.strictEqual(r.stdout.toString(), 'alive\n')
+    } finally {
+      await native.sshClose(s)
+      await bad.stop()
+    }
+  }
+})
