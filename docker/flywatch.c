@@ -125,6 +125,8 @@ static void add_dir(const char *path, int report) {
     return;
   }
   wd = inotify_add_watch(ifd, path, MASK | IN_ONLYDIR);
+  if (wd < 0 && nwatches == 0)
+    fprintf(stderr, "flywatch: %s: %s\n", path, strerror(errno)); /* the root */
   if (wd < 0 || wd >= FLY_WATCH_MAX) {
     if (wd >= 0)
       inotify_rm_watch(ifd, wd);
@@ -198,10 +200,8 @@ int main(int argc, char **argv) {
   }
   if (S_ISDIR(st.st_mode)) {
     add_dir(root, 0);
-    if (paths[0] == NULL && nwatches == 0) {
-      fprintf(stderr, "flywatch: %s: cannot watch\n", root);
-      return 1;
-    }
+    if (nwatches == 0)
+      return 1; /* add_dir said why */
   } else {
     root_wd = inotify_add_watch(ifd, root, MASK);
     if (root_wd < 0 || root_wd >= FLY_WATCH_MAX) {

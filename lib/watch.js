@@ -100,10 +100,13 @@ async function watch (sb, path, onEvent, options = {}) {
   // One run of the watcher: resolves ready() at its ready line, and when
   // it ends.  First run through the wakeful transport (a paused sandbox is
   // woken); restarts through the raw one (a paused sandbox is not).
+  let stderr = ''
   const run = (t, onReady) => {
     let partial = []
     let size = 0
     const onChunk = (stream, chunk) => {
+      // Its stderr says why it could not start (kept to 1 KiB).
+      if (stream === 2 && stderr.length < 1024) stderr += chunk.toString('utf8').slice(0, 1024 - stderr.length)
       if (stream !== 1 || stopped) return
       let start = 0
       for (;;) {
@@ -168,7 +171,9 @@ async function watch (sb, path, onEvent, options = {}) {
   if (!(await first.ready)) {
     const r = await first.done
     if (r.exitCode === 127) throw flyError('FLY_WATCH_UNSUPPORTED', `watch: the image has no watcher (${WATCHER}); rebuild it from docker/`)
-    throw flyError('SFTP_NO_SUCH_FILE', `watch '${path}': the watcher exited with ${r.exitCode} (no such path?)`, { path })
+    const why = stderr.trim()
+    const code = /No such file/i.test(why) ? 'SFTP_NO_SUCH_FILE' : /Permission denied/i.test(why) ? 'SFTP_PERMISSION_DENIED' : 'FLY_WATCH_FAILED'
+    throw flyError(code, `watch '${path}': ${why || `the watcher exited with ${r.exitCode}`}`, { path })
   }
   // Later ends: start again through the raw transport (a paused sandbox is
   // not woken: the attempts fail until it runs again), backing off, and

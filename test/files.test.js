@@ -328,3 +328,7 @@ test('watch: the exec transport says it cannot', async () => {
   const ex = await provider(srv, { appName: sb.sandboxId.split(':')[0], transport: 'exec' }).sandbox.getById(sb.sandboxId)
   await assert.rejects(ex.filesystem.watch(base, () => {}), (e) => e.code === 'FLY_UNSUPPORTED')
 })
+
+test('watch: a path the sandbox user cannot read is SFTP_PERMISSION_DENIED', async () => {
+  await assert.rejects(fs.watch('/root', () => {}), (e) => e.code === 'SFTP_PERMISSION_DENIED' && e.path === '/root')
+})
