@@ -18,9 +18,12 @@
  * FSETSTAT to the target's mode, the WRITEs, CLOSE, and posix-rename over
  * the target.  A missing parent is made (MKDIR of each ancestor, then the
  * OPEN again).  Any failure closes and removes the temporary and leaves the
- * target as it was; the other files go on.  A read (readFiles) is OPEN and
- * a window of READs until the end of the file, under maxFileBytes per file
- * and for the batch's total.
+ * target as it was; the other files go on.  A write stream's pieces and
+ * writeFile's offset/append go in place instead (OPEN of the file itself,
+ * WRITEs, CLOSE).  A read (readFiles) is OPEN and READs until the end of the
+ * file (a short DATA is the end: OpenSSH's server reads a regular file with
+ * one read(2) per request), under maxFileBytes per file and for the
+ * batch's total.
  *
  * What comes back is the sandbox's: a packet longer than FLY_BATCH_MAX_PKT,
  * a reply to no request of ours, or a malformed one ends the channel (the
@@ -348,10 +351,10 @@ static void file_fail(fly_batch_file_t *f, const char *code, const char *what,
   if (f->code != NULL)
     return; /* the first failure is the one reported */
   f->code = code;
-  snprintf(f->msg, sizeof(f->msg), "%s", text);
-  (void)what;
   if (what != NULL)
     snprintf(f->msg, sizeof(f->msg), "%s: %s", what, text);
+  else
+    snprintf(f->msg, sizeof(f->msg), "%s", text);
 }
 
 static void file_fail_status(fly_batch_file_t *f, const char *what,
