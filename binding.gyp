@@ -16,6 +16,7 @@
         "src/loop.c",
         "src/quote.c",
         "src/sftp.c",
+        "src/sftp_batch.c",
         "src/ssh.c",
         "src/text.c"
       ],

@@ -204,6 +204,15 @@ start_edge() {
   edge_pid=$!
 }
 
+# The metrics sampler (sandbox.getMetrics({ since })): a root process
+# keeping a sample every 5 s for the last hour in a bounded ring, written to
+# /run/computesdk-metrics (root's). Not restarted: getMetrics() works
+# without it, only the history is then empty.
+METRICS=/usr/local/libexec/computesdk/flymetrics
+start_metrics() {
+  [ -x "$METRICS" ] && "$METRICS" daemon &
+}
+
 start_sshd() {
   /usr/sbin/sshd -D -e -f "$RUNDIR/sshd_config" &
   sshd_pid=$!
@@ -237,6 +246,7 @@ guard_wait || { log "cannot load the network guard $GUARD"; exit 1; }
 
 start_sshd
 start_edge
+start_metrics
 if [ $# -gt 0 ]; then
   # Background jobs of a script start with SIGINT/SIGQUIT ignored; the
   # workload must see the stop signal, so restore them.

@@ -7,6 +7,7 @@ const api = require('./api')
 const { invalidArg } = require('./errors')
 const exec = require('./exec')
 const { makeFilesystem } = require('./fs')
+const metrics = require('./metrics')
 const { HOST_FP, VOLUME, EDGE_TOKEN } = require('./metadata')
 
 function parseSandboxId (sandboxId) {
@@ -74,6 +75,12 @@ class FlyMachine {
 
   runCode (code, runtime) {
     return exec.runCode(this, code, runtime)
+  }
+
+  // CPU, memory and disk use, measured inside the sandbox (lib/metrics.js):
+  // now, or the samples kept since options.since.
+  getMetrics (options) {
+    return metrics.getMetrics(this, options)
   }
 
   get filesystem () {

@@ -506,6 +506,8 @@ static void op_unlink(fly_ssh_sess_t *s, fly_ssh_op_t *op) {
     s->opener = NULL;
   if (s->sftp_owner == op)
     s->sftp_owner = NULL;
+  if (s->batch_owner == op)
+    s->batch_owner = NULL;
   if (s->blocked.kind == FLY_SSH_BLOCKED_OP && s->blocked.u.op == op)
     s->blocked.kind = FLY_SSH_BLOCKED_NONE;
 }
@@ -575,6 +577,7 @@ static void sess_close_conn(fly_ssh_sess_t *s, int graceful) {
   s->edge = NULL;
   s->zombies = NULL;
   fly_exr_reset(s);
+  fly_batch_chan_reset(s);
   s->ls = NULL;
   s->sftp = NULL;
   s->fd = -1;
@@ -585,6 +588,7 @@ static void sess_close_conn(fly_ssh_sess_t *s, int graceful) {
   s->opener = NULL;
   s->blocked.kind = FLY_SSH_BLOCKED_NONE;
   s->sftp_owner = NULL;
+  s->batch_owner = NULL;
   s->state = S_IDLE;
 }
 
@@ -599,6 +603,7 @@ static void sess_free(fly_ssh_sess_t *s) {
   __atomic_sub_fetch(&fly_ssh_sessions, 1, __ATOMIC_RELAXED);
   sess_close_conn(s, 1);
   fly_exr_free(s);
+  fly_batch_chan_free(s);
   fly_ssh_target_unref(s->target);
   free(s);
 }

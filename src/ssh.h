@@ -67,6 +67,7 @@ uint64_t fly_edge_deadline(const fly_edge_t *e, uint64_t now);
 
 typedef struct fly_ssh_sess_s fly_ssh_sess_t;
 typedef struct fly_exr_s fly_exr_t;
+typedef struct fly_batch_chan_s fly_batch_chan_t;
 typedef struct fly_ssh_op_s fly_ssh_op_t;
 
 /* What an op's step returns to the session. */
@@ -159,6 +160,8 @@ struct fly_ssh_sess_s {
 
   LIBSSH2_SFTP *sftp;
   fly_ssh_op_t *sftp_owner;    /* SFTP runs one op at a time */
+  fly_batch_chan_t *batch;     /* the batch SFTP channel (sftp_batch.c) */
+  fly_ssh_op_t *batch_owner;   /* one batch op at a time uses it */
 
   fly_exr_t *exr;              /* the sandbox's executor (executor.c) */
   fly_ssh_zombie_t *zombies;   /* channels being closed after their op */
@@ -254,5 +257,11 @@ void fly_exr_reset(fly_ssh_sess_t *s);
 void fly_exr_free(fly_ssh_sess_t *s);
 /* The earliest time the executor needs a step (its hello deadline). */
 uint64_t fly_exr_deadline(fly_ssh_sess_t *s);
+
+/* ---- the batch SFTP channel (sftp_batch.c) ------------------------------
+ * ssh.c: the connection is going: forget the channel without I/O; and
+ * free what is left with the session. */
+void fly_batch_chan_reset(fly_ssh_sess_t *s);
+void fly_batch_chan_free(fly_ssh_sess_t *s);
 
 #endif /* FLY_SSH_H */

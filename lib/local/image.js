@@ -69,11 +69,15 @@ const EXECUTOR_SRC = 'flyexec.c'
 const EXECUTOR_HDR = 'flyexec_proto.h'
 const BRIDGE_SRC = 'flyedge.c'
 const EXECUTOR_DIR = 'usr/local/libexec/computesdk'
+/* The sandbox's other small programs, built the same way beside it: the
+   metrics sampler (sandbox.getMetrics) and the inotify watcher
+   (filesystem.watch), docker/<name>.c each. */
+const PROGRAMS = ['flymetrics', 'flywatch']
 
 let topHashCache = null
 function topHash () {
   if (!topHashCache) {
-    topHashCache = hashFiles([...TOP_FILES.map(([n]) => n), EXECUTOR_SRC, EXECUTOR_HDR, BRIDGE_SRC].map((n) => path.join(DOCKER_DIR, n)),
+    topHashCache = hashFiles([...TOP_FILES.map(([n]) => n), EXECUTOR_SRC, EXECUTOR_HDR, BRIDGE_SRC, ...PROGRAMS.map((n) => `${n}.c`)].map((n) => path.join(DOCKER_DIR, n)),
       `top ${BUILDER_VERSION} ${process.arch}`)
   }
   return topHashCache
@@ -90,6 +94,10 @@ function buildExecutor (root) {
   const bridge = path.join(dir, 'flyedge')
   run(process.env.CC || 'cc', ['-static', '-O2', '-o', bridge, path.join(DOCKER_DIR, BRIDGE_SRC), '-lcrypto', '-lpthread'])
   fs.chmodSync(bridge, 0o755)
+  for (const n of PROGRAMS) {
+    run(process.env.CC || 'cc', ['-static', '-O2', '-o', path.join(dir, n), path.join(DOCKER_DIR, `${n}.c`)])
+    fs.chmodSync(path.join(dir, n), 0o755)
+  }
 }
 
 function baseDir () { return path.join(IMAGES_DIR, `base-${baseHash()}`) }

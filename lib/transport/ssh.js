@@ -151,8 +151,12 @@ async function whyUnreachable (sb, err) {
 // result's stdout/stderr are the whole output, streamed or not: strings
 // (ASCII handed to V8 as it is, other large output decoded on the I/O
 // thread), or Buffers for small non-ASCII output.
-function exec (sb, spec, { stdin, onChunk } = {}) {
-  const req = { ...spec, maxOutputBytes: sb._ctx.config.maxOutputBytes, text: true }
+// keep: false (with onChunk) when the caller has what it needs from the
+// chunks: the output is then not kept for the result (a long-running
+// command, such as filesystem.watch's watcher, holds no memory for it),
+// and the chunks are Buffers.
+function exec (sb, spec, { stdin, onChunk, keep = true } = {}) {
+  const req = { ...spec, maxOutputBytes: sb._ctx.config.maxOutputBytes, text: keep || !onChunk }
   if (stdin !== undefined) req.stdin = stdin
   if (onChunk) req.onChunk = onChunk
   return withSession(sb, (session) => native.sshExec({ ...req, session }))
@@ -176,12 +180,44 @@ function sftp (sb, op, path, extra) {
   return withSession(sb, (session) => native.sftp({ session, op, path, ...extra }))
 }
 
+// A batch's deadline: opTimeoutMs, and as much again per 1,000 files.
+const batchMs = (sb, n) => sb._ctx.config.opTimeoutMs * (1 + Math.floor(n / 1000))
+
 // The limits on what a sandbox can make the provider hold (enforced in C).
 const limits = (sb) => ({ maxEntries: sb._ctx.config.maxEntries })
 
+// Many files over the batch SFTP channel (src/sftp_batch.c), pipelined;
+// per file { path } or { path, data } or { path, code, message }.
+function batch (sb, op, list, extra) {
+  return withSession(sb, (session) => native.sftpBatch({ session, op, ...list, ...extra }))
+}
+
+function fileError (op, r) {
+  return flyError(r.code, `sftp ${op} '${r.path}': ${r.message}`, { path: r.path })
+}
+
 const files = {
   read: (sb, path, range) => sftp(sb, 'read', path, { maxFileBytes: sb._ctx.config.maxFileBytes, ...range }),
-  write: (sb, path, data) => sftp(sb, 'write', path, { data }).then(() => {}),
+  // A whole file is replaced atomically (a temporary beside it, renamed
+  // over it with posix-rename); at an offset, appended, or truncated first
+  // (where: { offset } | { append } | { truncate }), in place.  Both on
+  // the batch channel, so a write stream's pieces go on while a read
+  // stream's use the other SFTP channel.  A server without
+  // posix-rename@openssh.com gets the in-place write.
+  async write (sb, path, data, where) {
+    const file = { path, data }
+    if (where) {
+      file.where = where.append ? 'append' : where.truncate ? 'truncate' : 'offset'
+      if (file.where === 'offset') file.offset = where.offset
+    }
+    const [r] = await batch(sb, 'write', { files: [file] })
+    if (r.code === 'SFTP_UNSUPPORTED' && !where) return sftp(sb, 'write', path, { data }).then(() => {})
+    if (r.code) throw fileError('write', r)
+  },
+  writeMany: async (sb, list) => (await batch(sb, 'write', { files: list }, { parents: true, timeoutMs: batchMs(sb, list.length) }))
+    .map((r) => r.code ? { ...r, message: fileError('write', r).message } : r),
+  readMany: async (sb, paths) => (await batch(sb, 'read', { paths }, { maxFileBytes: sb._ctx.config.maxFileBytes, timeoutMs: batchMs(sb, paths.length) }))
+    .map((r) => r.code ? { ...r, message: fileError('read', r).message } : r),
   mkdir: (sb, path) => sftp(sb, 'mkdir', path, { recursive: true }).then(() => {}),
   async readdir (sb, path) {
     const entries = await sftp(sb, 'readdir', path, limits(sb))
