@@ -8,8 +8,8 @@
 //                <hash> covers that script, the host CAs it copies in and
 //                this builder, so a rebuild with no change is a no-op;
 //   top-<hash>   /opt/computesdk (entrypoint.sh, sshd_config, idle-watch) and the
-//                command executor (docker/flyexec.c, built static with the
-//                host's cc), cheap to make, so editing them does not rebuild
+//                command executor and process daemon (docker/flyexec.c,
+//                docker/flyproc.c, built static with the host's cc), cheap to make, so editing them does not rebuild
 //                the base.
 // Both are owned by the shifted ids (see ID_BASE): root inside a machine is
 // host uid ID_BASE, so the image's root-owned files are root's inside.
@@ -61,29 +61,33 @@ function computeBaseHash () {
 }
 
 const TOP_FILES = [['entrypoint.sh', 0o755], ['sshd_config', 0o644], ['idle-watch', 0o755]]
-/* docker/flyexec.c, at the path the client starts it from (src/ssh.c); it
-   includes docker/flyexec_proto.h (found beside it), which the hash covers. */
-const EXECUTOR_SRC = 'flyexec.c'
+/* docker/flyexec.c and docker/flyproc.c (the process daemon), at the paths
+   the client starts them from (src/ssh.c, lib/commands.js); both include
+   docker/flyexec_proto.h (found beside them), which the hash covers. */
+const EXECUTABLES = [['flyexec.c', 'flyexec'], ['flyproc.c', 'flyproc']]
 const EXECUTOR_HDR = 'flyexec_proto.h'
 const EXECUTOR_DIR = 'usr/local/libexec/computesdk'
 
 let topHashCache = null
 function topHash () {
   if (!topHashCache) {
-    topHashCache = hashFiles([...TOP_FILES.map(([n]) => n), EXECUTOR_SRC, EXECUTOR_HDR].map((n) => path.join(DOCKER_DIR, n)),
+    topHashCache = hashFiles([...TOP_FILES.map(([n]) => n), ...EXECUTABLES.map(([src]) => src), EXECUTOR_HDR].map((n) => path.join(DOCKER_DIR, n)),
       `top ${BUILDER_VERSION} ${process.arch}`)
   }
   return topHashCache
 }
 
-/* The executor, static so it needs nothing from the image's libc. */
+/* The executor and the process daemon, static so they need nothing from
+   the image's libc. */
 function buildExecutor (root) {
   const dir = path.join(root, EXECUTOR_DIR)
   fs.mkdirSync(dir, { recursive: true, mode: 0o755 })
   for (let d = dir; d !== root; d = path.dirname(d)) fs.chmodSync(d, 0o755)
-  const out = path.join(dir, 'flyexec')
-  run(process.env.CC || 'cc', ['-static', '-O2', '-o', out, path.join(DOCKER_DIR, EXECUTOR_SRC)])
-  fs.chmodSync(out, 0o755)
+  for (const [src, name] of EXECUTABLES) {
+    const out = path.join(dir, name)
+    run(process.env.CC || 'cc', ['-static', '-O2', '-o', out, path.join(DOCKER_DIR, src)])
+    fs.chmodSync(out, 0o755)
+  }
 }
 
 function baseDir () { return path.join(IMAGES_DIR, `base-${baseHash()}`) }

@@ -138,8 +138,13 @@ async function whyUnreachable (sb, err) {
 // result's stdout/stderr are the whole output, streamed or not: strings
 // (ASCII handed to V8 as it is, other large output decoded on the I/O
 // thread), or Buffers for small non-ASCII output.
-function exec (sb, spec, { stdin, onChunk } = {}) {
-  const req = { ...spec, maxOutputBytes: sb._ctx.config.maxOutputBytes, text: true }
+// bytes (the process handles' relay, lib/commands.js): onChunk gets Buffers
+// as they come and nothing is kept or counted against maxOutputBytes (the
+// relay's output is a stream of frames the caller bounds).
+function exec (sb, spec, { stdin, onChunk, bytes } = {}) {
+  const req = bytes
+    ? { ...spec, maxOutputBytes: Number.MAX_SAFE_INTEGER, text: false }
+    : { ...spec, maxOutputBytes: sb._ctx.config.maxOutputBytes, text: true }
   if (stdin !== undefined) req.stdin = stdin
   if (onChunk) req.onChunk = onChunk
   return withSession(sb, (session) => native.sshExec({ ...req, session }))
