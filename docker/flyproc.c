@@ -82,6 +82,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -97,7 +98,7 @@ extern char **environ;
 
 #define FP_DIR_RUN "/run/flyproc"
 #define FP_MAX_PROCS 1024
-#define FP_MAX_CLIENTS 256
+#define FP_MAX_CLIENTS 1024
 #define FP_RING_MIN 4096u
 #define FP_RING_MAX (1u << 20)
 #define FP_RING_TOTAL ((size_t)256 << 20)
@@ -840,10 +841,10 @@ static void on_request(fp_client_t *c, int type, uint32_t tag,
   case FP_STDIN:
     if ((p = want_proc(c, tag, &r, &key)) == NULL)
       break;
-    if (p->in < 0 && !(p->flags & FP_F_PTY)) {
-      send_error(c, tag, "PROCESS_STDIN_CLOSED", "flyproc: the process's stdin is closed");
-    } else if (p->ended) {
+    if (p->ended) {
       send_error(c, tag, "PROCESS_NOT_RUNNING", "flyproc: the process has ended");
+    } else if (p->in < 0 && !(p->flags & FP_F_PTY)) {
+      send_error(c, tag, "PROCESS_STDIN_CLOSED", "flyproc: the process's stdin is closed");
     } else if (buf_used(&p->inbuf) + r.left > FLY_EXEC_STDIN_WINDOW) {
       send_error(c, tag, "PROCESS_STDIN_FULL",
                  "flyproc: the process is not reading its input (1 MiB waiting)");
@@ -1071,9 +1072,32 @@ static void accept_clients(void) {
     fp_client_t *c;
     if (fd < 0)
       return;
-    if (nclients >= FP_MAX_CLIENTS ||
-        getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) != 0 ||
-        cr.uid != getuid() || (c = calloc(1, sizeof(*c))) == NULL) {
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) != 0 ||
+        cr.uid != getuid()) {
+      close(fd);
+      continue;
+    }
+    if (nclients >= FP_MAX_CLIENTS) {
+      /* Said, not just closed: the client's error is PROCESS_LIMIT. */
+      static const char code[] = "PROCESS_LIMIT";
+      static const char msg[] = "flyproc: too many connections to the daemon";
+      unsigned char f[FLY_FRAME_HDR + 8 + sizeof(code) + sizeof(msg)];
+      size_t k = FLY_FRAME_HDR;
+      put32(f + k, sizeof(code) - 1);
+      memcpy(f + k + 4, code, sizeof(code) - 1);
+      k += 4 + sizeof(code) - 1;
+      put32(f + k, sizeof(msg) - 1);
+      memcpy(f + k + 4, msg, sizeof(msg) - 1);
+      k += 4 + sizeof(msg) - 1;
+      put32(f, (uint32_t)(k - 4));
+      f[4] = FP_ERROR;
+      put32(f + 5, 0);
+      if (send(fd, f, k, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+        (void)0;
+      close(fd);
+      continue;
+    }
+    if ((c = calloc(1, sizeof(*c))) == NULL) {
       close(fd);
       continue;
     }
@@ -1221,6 +1245,14 @@ static int daemon_main(void) {
   umask(022);
   if (home != NULL && chdir(home) != 0 && chdir("/") != 0)
     return 1;
+  {
+    /* Processes' pipes and clients: as many descriptors as allowed. */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+      rl.rlim_cur = rl.rlim_max;
+      setrlimit(RLIMIT_NOFILE, &rl);
+    }
+  }
   signal(SIGPIPE, SIG_IGN);
   signal(SIGHUP, SIG_IGN);
   sigemptyset(&mask);
