@@ -38,8 +38,10 @@
  *   SIGNAL 0x13  str key, u32 signal             -> OK u8 delivered | ERROR
  *   RESIZE 0x14  str key, u32 cols, u32 rows     -> OK | ERROR
  *   LIST   0x15  str key (empty: all)            -> INFO..., OK | ERROR
- *   ATTACH 0x16  str key, u64 from_out, u64 from_err
+ *   ATTACH 0x16  str key, u64 from_out, u64 from_err, [str token]
  *                -> INFO, DATA..., EXIT (then the daemon closes) | ERROR
+ *   DETACH 0x17  str token: close the connections attached with it (their
+ *                relays end without EXIT)          -> OK u32 closed
  * daemon -> client
  *   OK      0x90  (payload per request)
  *   ERROR   0x91  str code, str message
@@ -111,7 +113,7 @@ extern char **environ;
 
 enum {
   FP_START = 0x10, FP_STDIN = 0x11, FP_EOF = 0x12, FP_SIGNAL = 0x13,
-  FP_RESIZE = 0x14, FP_LIST = 0x15, FP_ATTACH = 0x16,
+  FP_RESIZE = 0x14, FP_LIST = 0x15, FP_ATTACH = 0x16, FP_DETACH = 0x17,
   FP_OK = 0x90, FP_ERROR = 0x91, FP_STARTED = 0x92, FP_INFO = 0x93,
   FP_DATA = 0x94, FP_EXIT = 0x95
 };
@@ -155,6 +157,7 @@ typedef struct fp_client_s {
   uint32_t att_tag;
   uint64_t cur[2];
   int exit_sent;
+  char token[FP_KEY_MAX + 1]; /* the ATTACH's, for DETACH */
 } fp_client_t;
 
 static fp_proc_t *procs;
@@ -923,6 +926,14 @@ static void on_request(fp_client_t *c, int type, uint32_t tag,
       break;
     a = rd64(&r);
     b = rd64(&r);
+    if (!r.bad && r.left > 0) {
+      char *tok = rdstr(&r);
+      if (!r.bad && strlen(tok) <= FP_KEY_MAX)
+        snprintf(c->token, sizeof(c->token), "%s", tok);
+      else
+        r.bad = 1;
+      free(tok);
+    }
     if (r.bad) {
       send_error(c, tag, "PROCESS_BAD_REQUEST", "flyproc: bad ATTACH");
       break;
@@ -934,6 +945,26 @@ static void on_request(fp_client_t *c, int type, uint32_t tag,
     c->cur[1] = b;
     p->attached++;
     busy_update();
+    break;
+  }
+  case FP_DETACH: {
+    fp_client_t *o;
+    uint32_t closed = 0;
+    fp_wr_t w;
+    key = rdstr(&r);
+    if (r.bad || key[0] == '\0') {
+      send_error(c, tag, "PROCESS_BAD_REQUEST", "flyproc: bad DETACH");
+      break;
+    }
+    for (o = clients; o != NULL; o = o->next) {
+      if (o != c && o->att != NULL && strcmp(o->token, key) == 0) {
+        o->dead = 1;
+        closed++;
+      }
+    }
+    wr_begin(&w, c, FP_OK, tag);
+    wr32(&w, closed);
+    wr_end(&w);
     break;
   }
   default:

@@ -159,6 +159,9 @@ class ProcessHandle {
     Object.defineProperty(this, '_queue', { value: Promise.resolve(), writable: true })
     this.exitCode = null
     this.truncated = false
+    // Names this handle's attached connections, for disconnect().
+    Object.defineProperty(this, '_token', { value: newId() })
+    Object.defineProperty(this, '_detached', { value: false, writable: true })
   }
 
   get stdout () { return this._kept[1].join('') }
@@ -207,6 +210,7 @@ class ProcessHandle {
       let exit = null
       let error = null
       try {
+        if (this._detached) throw detachedError(this)
         const code = await relay(sb, frames, ({ type, tag, r }) => {
           if (type === T.STARTED && tag === TAG_START) {
             this.pid = r.u32()
@@ -231,6 +235,7 @@ class ProcessHandle {
           }
         }, { wake: attempt === 0 })
         if (exit) return this._finish(exit)
+        if (this._detached) throw detachedError(this)
         if (code !== 0 && !error) {
           throw flyError('PROCESS_RELAY_KILLED', `sandbox ${sb.sandboxId}: the relay following process ${this.id} ended (${code})`)
         }
@@ -244,7 +249,8 @@ class ProcessHandle {
         // and its processes with it.  Never a made-up exit code.
         throw flyError('PROCESS_LOST', `sandbox ${sb.sandboxId}: the process daemon ended while process ${this.id} ran; its exit status is unknown`)
       } catch (err) {
-        if (!reconnectable(err)) {
+        if (!reconnectable(err) || this._detached) {
+          if (this._detached) err = detachedError(this)
           started.reject(err)
           throw err
         }
@@ -258,7 +264,7 @@ class ProcessHandle {
       }
       attempt++
       // START again only when it may not have reached the daemon.
-      frames = startSent && this.pid === null ? first : attachFrame(this.id, this._cur[1], this._cur[2])
+      frames = startSent && this.pid === null ? first : attachFrame(this.id, this._cur[1], this._cur[2], this._token)
       if (frames !== first) startSent = false
     }
   }
@@ -289,6 +295,16 @@ class ProcessHandle {
     return this._done
   }
 
+  // Stops following the process (it runs on; commands.connect(id) finds
+  // it again): the output stops coming and wait() rejects with
+  // PROCESS_DETACHED.  A provider process with nothing else to do can then
+  // exit.
+  async disconnect () {
+    if (this._detached) return
+    this._detached = true
+    await request(this._sb, new Writer().str(this._token).frame(T.DETACH, TAG_REQ))
+  }
+
   kill (signal = 'SIGKILL') {
     return kill(this._sb, this.id, signal)
   }
@@ -310,8 +326,12 @@ function reconnectable (err) {
   return c.startsWith('SSH_') || c === 'FLY_MACHINE_NOT_RUNNING' || c === 'PROCESS_RELAY_KILLED'
 }
 
-function attachFrame (id, out, err) {
-  return new Writer().str(id).u64(out).u64(err).frame(T.ATTACH, TAG_ATTACH)
+function attachFrame (id, out, err, token) {
+  return new Writer().str(id).u64(out).u64(err).str(token).frame(T.ATTACH, TAG_ATTACH)
+}
+
+function detachedError (h) {
+  return flyError('PROCESS_DETACHED', `process ${h.id}: disconnect() was called; it runs on (commands.connect finds it)`)
 }
 
 function deferred () {
@@ -404,7 +424,7 @@ function makeCommands (sb) {
       if (o.stdin !== false) flags |= F.STDIN
       const id = newId()
       const h = new ProcessHandle(sb, id, { kind: 'command', onStdout: o.onStdout, onStderr: o.onStderr })
-      const first = Buffer.concat([startFrame(id, { ...c, flags, argv: args ? [command, ...args] : [command] }), attachFrame(id, 0, 0)])
+      const first = Buffer.concat([startFrame(id, { ...c, flags, argv: args ? [command, ...args] : [command] }), attachFrame(id, 0, 0, h._token)])
       return follow(h, first)
     },
     list: () => list(sb),
@@ -414,7 +434,7 @@ function makeCommands (sb) {
       const o = options || {}
       checkId(id, 'commands.connect')
       const h = new ProcessHandle(sb, id, { kind: 'command', onStdout: o.onStdout, onStderr: o.onStderr, from: checkFrom(o.from) })
-      return follow(h, attachFrame(id, h._cur[1], h._cur[2]))
+      return follow(h, attachFrame(id, h._cur[1], h._cur[2], h._token))
     },
     kill: (id, signal) => kill(sb, id, signal),
     sendStdin: (id, data) => sendStdin(sb, id, data),
@@ -446,14 +466,14 @@ function makePty (sb) {
       const h = new PtyHandle(sb, id, { kind: 'pty', onData: o.onData })
       // The user's login shell, interactive, unless a command is given.
       const argv = [o.command || 'exec "${SHELL:-/bin/sh}" -l -i']
-      const first = Buffer.concat([startFrame(id, { ...c, flags: F.SHELL | F.PTY | F.STDIN, cols, rows, argv }), attachFrame(id, 0, 0)])
+      const first = Buffer.concat([startFrame(id, { ...c, flags: F.SHELL | F.PTY | F.STDIN, cols, rows, argv }), attachFrame(id, 0, 0, h._token)])
       return follow(h, first)
     },
     async connect (id, options) {
       const o = options || {}
       checkId(id, 'pty.connect')
       const h = new PtyHandle(sb, id, { kind: 'pty', onData: o.onData, from: checkFrom(o.from) })
-      return follow(h, attachFrame(id, h._cur[1], 0))
+      return follow(h, attachFrame(id, h._cur[1], 0, h._token))
     },
     resize: (id, size) => resize(sb, id, size),
     kill: (id, signal) => kill(sb, id, signal),

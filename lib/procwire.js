@@ -5,7 +5,7 @@
 // u32 length + bytes; u64 = two u32, high first.
 
 const T = {
-  START: 0x10, STDIN: 0x11, EOF: 0x12, SIGNAL: 0x13, RESIZE: 0x14, LIST: 0x15, ATTACH: 0x16,
+  START: 0x10, STDIN: 0x11, EOF: 0x12, SIGNAL: 0x13, RESIZE: 0x14, LIST: 0x15, ATTACH: 0x16, DETACH: 0x17,
   OK: 0x90, ERROR: 0x91, STARTED: 0x92, INFO: 0x93, DATA: 0x94, EXIT: 0x95
 }
 const F = { SHELL: 1, PTY: 2, BACKGROUND: 4, STDIN: 8 }

@@ -114,6 +114,17 @@ test('stdin round trips: cat echoes what is sent, closeStdin ends it; bytes unch
   assert.equal((await a.wait()).stdout, 'a b|$HOME|')
 })
 
+test('disconnect() stops following; the process runs on and connect() finds it', async () => {
+  const h = await sb.commands.start('echo first; read x; echo "got $x"')
+  await h.disconnect()
+  assert.equal((await rejects(h.wait())).code, 'PROCESS_DETACHED')
+  const info = (await sb.commands.list()).find((x) => x.id === h.id)
+  assert.equal(info.running, true)
+  const again = await sb.commands.connect(h.id)
+  await again.sendStdin('it\n')
+  assert.equal((await again.wait()).stdout, 'first\ngot it\n')
+})
+
 test('kill() ends a process group that ignores SIGTERM, without blocking', async () => {
   let out = ''
   const started = until(() => /^\d+\n$/.test(out), 20000, 'the child pid')
@@ -202,15 +213,19 @@ test('a terminal runs bash -i and python3 interactively, sees resize, and reatta
   await expect(/\/dev\/pts\/\d+/, 'a terminal')
   await expect(/\ninteractive/, 'an interactive shell')
   // The window size reaches the program (SIGWINCH from TIOCSWINSZ).
-  await t.sendInput("trap 'echo WINCH $(tput cols)x$(tput lines)' WINCH\n")
+  await t.sendInput("trap 'echo WINCH $(tput cols)x$(tput lines)' WINCH; echo trap-$((2 + 3))\n")
+  await expect(/trap-5/, 'the trap set')
   await t.resize({ cols: 132, rows: 43 })
   await t.sendInput('echo size $(tput cols)\n')
   await expect(/size 132/, 'the new width')
   await expect(/WINCH 132x43/, 'SIGWINCH')
   // Job control: a foreground job stopped by ^Z, listed by jobs.
-  await t.sendInput('sleep 600\n')
+  // (The job is in the foreground once it prints: bash gives it the
+  // terminal before it runs.)
+  await t.sendInput("sh -c 'echo fg-$((1 + 1)); exec sleep 600'\n")
+  await expect(/fg-2/, 'the foreground job')
   await t.sendInput(Buffer.from([0x1a]))
-  await expect(/Stopped\s+sleep 600/, 'job control')
+  await expect(/Stopped\s+sh -c/, 'job control')
   await t.sendInput('kill %1\n')
   // python3's REPL.
   await t.sendInput('python3 -q\n')
