@@ -1446,7 +1446,9 @@ static int relay_main(void) {
   signal(SIGPIPE, SIG_IGN);
   /* Blocking copies both ways; poll decides which. */
   for (;;) {
-    struct pollfd pfd[2] = {{0, in_open ? POLLIN : 0, 0}, {fd, POLLIN, 0}};
+    /* Once stdin has ended it is not polled (a closed pipe would report
+     * POLLHUP on every call: a spinning relay while it waits). */
+    struct pollfd pfd[2] = {{in_open ? 0 : -1, POLLIN, 0}, {fd, POLLIN, 0}};
     if (poll(pfd, 2, -1) < 0) {
       if (errno == EINTR)
         continue;
