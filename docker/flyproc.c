@@ -1396,7 +1396,15 @@ static int relay_connect(void) {
 /* The daemon, detached from this session (setsid, its own group: the
  * executor's kill of this relay's group does not reach it). */
 static void spawn_daemon(void) {
-  pid_t pid = fork();
+  char self[PATH_MAX];
+  ssize_t sl = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  pid_t pid;
+  /* By its own path, so that it is "flyproc" in ps, not "exe". */
+  if (sl <= 0)
+    snprintf(self, sizeof(self), "/proc/self/exe");
+  else
+    self[sl] = '\0';
+  pid = fork();
   if (pid == 0) {
     int nul = open("/dev/null", O_RDWR);
     pid_t gc;
@@ -1409,7 +1417,7 @@ static void spawn_daemon(void) {
     gc = fork();
     if (gc == 0) {
       char *av[] = {"flyproc", "daemon", NULL};
-      execv("/proc/self/exe", av);
+      execv(self, av);
       _exit(127);
     }
     _exit(0);

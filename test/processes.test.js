@@ -283,6 +283,7 @@ test('runCommand user: root runs as root through the exec endpoint; the sandbox 
   assert.equal((await rejects(sb.runCommand('id -u', { user: 'admin' }))).code, 'ERR_INVALID_ARG')
   // The sandbox user cannot reach root through the daemon's socket: the
   // daemon runs as the sandbox user and refuses to run as root.
+  await (await sb.commands.start('true')).wait()
   const who = await sb.runCommand('ps -o user= -C flyproc | sort -u')
   assert.equal(who.stdout, 'sandbox\n')
 })
