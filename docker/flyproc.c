@@ -95,6 +95,7 @@
 #include <unistd.h>
 
 #include "flyexec_proto.h"
+#include "flyio.h"
 
 extern char **environ;
 
@@ -119,11 +120,6 @@ enum {
 };
 enum { FP_F_SHELL = 1, FP_F_PTY = 2, FP_F_BACKGROUND = 4, FP_F_STDIN = 8 };
 
-typedef struct {
-  unsigned char *base;
-  size_t off, len, cap;
-} fp_buf_t;
-
 /* A stream's last bytes: linear (and growing) until it first fills at its
  * final size, circular after. */
 typedef struct {
@@ -139,7 +135,7 @@ typedef struct fp_proc_s {
   pid_t pid; /* leader and group (and session) id */
   unsigned flags;
   int out, err, in; /* a terminal: out is the master, in and err -1 */
-  fp_buf_t inbuf;
+  fly_io_buf_t inbuf;
   int in_eof;
   fp_ring_t ring[2];
   int reaped, status, ended, code, sig, timed_out;
@@ -151,7 +147,7 @@ typedef struct fp_proc_s {
 typedef struct fp_client_s {
   struct fp_client_s *next;
   int fd;
-  fp_buf_t rx, tx;
+  fly_io_buf_t rx, tx;
   int rd_eof, dead;
   fp_proc_t *att;
   uint32_t att_tag;
@@ -168,73 +164,10 @@ static int sig_fd = -1, lsn_fd = -1;
 static char dir[PATH_MAX], busy_path[PATH_MAX + 8];
 static int busy_now = -1;
 
-static uint64_t mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 static uint64_t wall_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-static void put32(unsigned char *p, uint32_t v) {
-  p[0] = (unsigned char)(v >> 24);
-  p[1] = (unsigned char)(v >> 16);
-  p[2] = (unsigned char)(v >> 8);
-  p[3] = (unsigned char)v;
-}
-
-static uint32_t get32(const unsigned char *p) {
-  return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) |
-         ((uint32_t)p[2] << 8) | (uint32_t)p[3];
-}
-
-static int buf_room(fp_buf_t *b, size_t extra) {
-  size_t cap;
-  unsigned char *p;
-  if (b->off > 0 && (b->off == b->len || b->off > b->cap / 2)) {
-    memmove(b->base, b->base + b->off, b->len - b->off);
-    b->len -= b->off;
-    b->off = 0;
-  }
-  if (b->len + extra <= b->cap)
-    return 0;
-  cap = b->cap ? b->cap : 4096;
-  while (cap < b->len + extra)
-    cap *= 2;
-  p = realloc(b->base, cap);
-  if (p == NULL)
-    return -1;
-  b->base = p;
-  b->cap = cap;
-  return 0;
-}
-
-static size_t buf_used(const fp_buf_t *b) { return b->len - b->off; }
-
-static int buf_add(fp_buf_t *b, const void *p, size_t n) {
-  if (n == 0)
-    return 0;
-  if (buf_room(b, n) != 0)
-    return -1;
-  memcpy(b->base + b->len, p, n);
-  b->len += n;
-  return 0;
-}
-
-static void buf_free(fp_buf_t *b) {
-  free(b->base);
-  memset(b, 0, sizeof(*b));
-}
-
-static void close_fd(int *fd) {
-  if (*fd >= 0) {
-    close(*fd);
-    *fd = -1;
-  }
 }
 
 /* ---- rings ---------------------------------------------------------------- */
@@ -288,49 +221,12 @@ static void ring_free(fp_ring_t *r) {
 
 /* ---- frames ----------------------------------------------------------------- */
 
-typedef struct {
-  const unsigned char *p;
-  size_t left;
-  int bad;
-} fp_rd_t;
-
-static uint32_t rd32(fp_rd_t *r) {
-  uint32_t v;
-  if (r->left < 4) {
-    r->bad = 1;
-    return 0;
-  }
-  v = get32(r->p);
-  r->p += 4;
-  r->left -= 4;
-  return v;
-}
-
-static uint64_t rd64(fp_rd_t *r) {
-  uint64_t hi = rd32(r);
-  return (hi << 32) | rd32(r);
+static uint64_t rd64(fly_io_rd_t *r) {
+  uint64_t hi = fly_io_rd32(r);
+  return (hi << 32) | fly_io_rd32(r);
 }
 
 /* A string of the payload as a new C string (NUL bytes refused). */
-static char *rdstr(fp_rd_t *r) {
-  uint32_t n = rd32(r);
-  char *s;
-  if (r->bad || n > r->left || memchr(r->p, 0, n) != NULL) {
-    r->bad = 1;
-    return NULL;
-  }
-  s = malloc((size_t)n + 1);
-  if (s == NULL) {
-    r->bad = 1;
-    return NULL;
-  }
-  memcpy(s, r->p, n);
-  s[n] = '\0';
-  r->p += n;
-  r->left -= n;
-  return s;
-}
-
 /* Frame writer: the header, then parts appended, then the length fixed. */
 typedef struct {
   fp_client_t *c;
@@ -341,22 +237,22 @@ typedef struct {
 static void wr_begin(fp_wr_t *w, fp_client_t *c, int type, uint32_t tag) {
   unsigned char h[FLY_FRAME_HDR] = {0};
   w->c = c;
-  w->bad = buf_room(&c->tx, FLY_FRAME_HDR) != 0;
+  w->bad = fly_io_room(&c->tx, FLY_FRAME_HDR) != 0;
   w->at = c->tx.len - c->tx.off; /* relative: tx may move */
   h[4] = (unsigned char)type;
-  put32(h + 5, tag);
+  fly_io_put32(h + 5, tag);
   if (!w->bad)
-    w->bad = buf_add(&c->tx, h, FLY_FRAME_HDR) != 0;
+    w->bad = fly_io_add(&c->tx, h, FLY_FRAME_HDR) != 0;
 }
 
 static void wr_bytes(fp_wr_t *w, const void *p, size_t n) {
-  if (!w->bad && buf_add(&w->c->tx, p, n) != 0)
+  if (!w->bad && fly_io_add(&w->c->tx, p, n) != 0)
     w->bad = 1;
 }
 
 static void wr32(fp_wr_t *w, uint32_t v) {
   unsigned char b[4];
-  put32(b, v);
+  fly_io_put32(b, v);
   wr_bytes(w, b, 4);
 }
 
@@ -377,12 +273,12 @@ static void wrstr(fp_wr_t *w, const char *s) {
 }
 
 static void wr_end(fp_wr_t *w) {
-  fp_buf_t *b = &w->c->tx;
+  fly_io_buf_t *b = &w->c->tx;
   if (w->bad) {
     w->c->dead = 1; /* out of memory: this client is dropped */
     return;
   }
-  put32(b->base + b->off + w->at, (uint32_t)(buf_used(b) - w->at - 4));
+  fly_io_put32(b->base + b->off + w->at, (uint32_t)(fly_io_used(b) - w->at - 4));
 }
 
 static void send_error(fp_client_t *c, uint32_t tag, const char *code,
@@ -440,10 +336,10 @@ static void proc_free(fp_proc_t *p) {
       break;
     }
   }
-  close_fd(&p->out);
-  close_fd(&p->err);
-  close_fd(&p->in);
-  buf_free(&p->inbuf);
+  fly_io_close(&p->out);
+  fly_io_close(&p->err);
+  fly_io_close(&p->in);
+  fly_io_free(&p->inbuf);
   ring_free(&p->ring[0]);
   ring_free(&p->ring[1]);
   free(p->desc);
@@ -505,11 +401,11 @@ static void proc_check_done(fp_proc_t *p) {
     ssize_t n;
     while (p->out >= 0 && (n = read(p->out, b, sizeof(b))) > 0)
       ring_write(&p->ring[0], b, (size_t)n);
-    close_fd(&p->out);
+    fly_io_close(&p->out);
   } else if (p->out >= 0 || p->err >= 0) {
     return;
   }
-  close_fd(&p->in);
+  fly_io_close(&p->in);
   if (WIFEXITED(p->status)) {
     p->code = WEXITSTATUS(p->status);
   } else {
@@ -524,20 +420,6 @@ static void proc_check_done(fp_proc_t *p) {
   p->ended_at = wall_ms();
   p->term_at = p->kill_at = 0;
   busy_update();
-}
-
-static void strv_free(char **v) {
-  size_t i;
-  if (v == NULL)
-    return;
-  for (i = 0; v[i] != NULL; i++)
-    free(v[i]);
-  free(v);
-}
-
-static const char *shell_path(void) {
-  const char *sh = getenv("SHELL");
-  return sh != NULL && sh[0] == '/' ? sh : "/bin/sh";
 }
 
 /* The child's side of a spawn: never returns.  An error before exec is
@@ -569,7 +451,7 @@ static void child(int errfd, unsigned flags, int in, int out, int err,
   environ = env;
   step = "exec";
   if (flags & FP_F_SHELL) {
-    const char *sh = shell_path(), *b = strrchr(sh, '/');
+    const char *sh = fly_io_shell(), *b = strrchr(sh, '/');
     char *sv[4] = {(char *)(b ? b + 1 : sh), "-c", argv[0], NULL};
     execv(sh, sv);
   } else {
@@ -608,25 +490,25 @@ static char **env_build(char **own, size_t n) {
 }
 
 static char *desc_build(unsigned flags, char **argv, uint32_t argc) {
-  fp_buf_t b = {0};
+  fly_io_buf_t b = {0};
   uint32_t i;
   char nul = 0;
-  for (i = 0; i < argc && buf_used(&b) < FP_DESC_MAX; i++) {
+  for (i = 0; i < argc && fly_io_used(&b) < FP_DESC_MAX; i++) {
     if (i > 0)
-      buf_add(&b, " ", 1);
-    buf_add(&b, argv[i], strlen(argv[i]));
+      fly_io_add(&b, " ", 1);
+    fly_io_add(&b, argv[i], strlen(argv[i]));
   }
   (void)flags;
   if (b.len > FP_DESC_MAX)
     b.len = FP_DESC_MAX;
-  buf_add(&b, &nul, 1);
+  fly_io_add(&b, &nul, 1);
   return (char *)b.base;
 }
 
 static int nb_pipe(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
 
-static void do_start(fp_client_t *c, uint32_t tag, fp_rd_t *r) {
-  char *key = rdstr(r), *cwd = NULL, **own = NULL, **argv = NULL, **env = NULL;
+static void do_start(fp_client_t *c, uint32_t tag, fly_io_rd_t *r) {
+  char *key = fly_io_rdstr(r), *cwd = NULL, **own = NULL, **argv = NULL, **env = NULL;
   unsigned flags = 0;
   uint32_t timeout_ms, cols, rows, envc, argc = 0, i;
   int po[2] = {-1, -1}, pe[2] = {-1, -1}, pi[2] = {-1, -1}, ep[2] = {-1, -1};
@@ -642,17 +524,17 @@ static void do_start(fp_client_t *c, uint32_t tag, fp_rd_t *r) {
   } else {
     r->bad = 1;
   }
-  timeout_ms = rd32(r);
-  cols = rd32(r);
-  rows = rd32(r);
-  cwd = rdstr(r);
-  envc = rd32(r);
+  timeout_ms = fly_io_rd32(r);
+  cols = fly_io_rd32(r);
+  rows = fly_io_rd32(r);
+  cwd = fly_io_rdstr(r);
+  envc = fly_io_rd32(r);
   if (!r->bad && envc <= r->left / 8) {
     own = calloc((size_t)envc + 2, sizeof(char *));
     if (own == NULL)
       r->bad = 1;
     for (i = 0; i < envc && !r->bad; i++) {
-      char *n = rdstr(r), *v = rdstr(r);
+      char *n = fly_io_rdstr(r), *v = fly_io_rdstr(r);
       if (!r->bad && (n[0] == '\0' || strchr(n, '=') != NULL ||
                       asprintf(&own[i], "%s=%s", n, v) < 0))
         r->bad = 1;
@@ -662,13 +544,13 @@ static void do_start(fp_client_t *c, uint32_t tag, fp_rd_t *r) {
   } else {
     r->bad = 1;
   }
-  argc = rd32(r);
+  argc = fly_io_rd32(r);
   if (!r->bad && argc >= 1 && argc <= r->left / 4) {
     argv = calloc((size_t)argc + 1, sizeof(char *));
     if (argv == NULL)
       r->bad = 1;
     for (i = 0; i < argc && !r->bad; i++)
-      argv[i] = rdstr(r);
+      argv[i] = fly_io_rdstr(r);
   } else {
     r->bad = 1;
   }
@@ -727,7 +609,7 @@ static void do_start(fp_client_t *c, uint32_t tag, fp_rd_t *r) {
   if (pid == 0)
     child(ep[1], flags, pi[0] >= 0 ? pi[0] : devnull, po[1], pe[1], slave,
           cwd, argv, env);
-  close_fd(&ep[1]);
+  fly_io_close(&ep[1]);
   {
     /* The exec closes ep[0]'s other end: EOF means it ran. */
     int e = 0;
@@ -773,7 +655,7 @@ static void do_start(fp_client_t *c, uint32_t tag, fp_rd_t *r) {
     fcntl(p->in, F_SETFL, O_NONBLOCK);
   p->started = wall_ms();
   if (timeout_ms > 0)
-    p->term_at = mono_ms() + timeout_ms;
+    p->term_at = fly_io_mono_ms() + timeout_ms;
   p->next = procs;
   procs = p;
   nprocs++;
@@ -794,29 +676,29 @@ sys_failed:
            argv ? argv[0] : "the process", strerror(errno));
   send_error(c, tag, "PROCESS_START_FAILED", msg);
 out:
-  close_fd(&ep[0]);
-  close_fd(&ep[1]);
-  close_fd(&po[0]);
-  close_fd(&po[1]);
-  close_fd(&pe[0]);
-  close_fd(&pe[1]);
-  close_fd(&pi[0]);
-  close_fd(&pi[1]);
-  close_fd(&master);
-  close_fd(&slave);
-  close_fd(&devnull);
+  fly_io_close(&ep[0]);
+  fly_io_close(&ep[1]);
+  fly_io_close(&po[0]);
+  fly_io_close(&po[1]);
+  fly_io_close(&pe[0]);
+  fly_io_close(&pe[1]);
+  fly_io_close(&pi[0]);
+  fly_io_close(&pi[1]);
+  fly_io_close(&master);
+  fly_io_close(&slave);
+  fly_io_close(&devnull);
   free(key);
   free(cwd);
-  strv_free(own);
-  strv_free(argv);
+  fly_io_strv_free(own);
+  fly_io_strv_free(argv);
   free(env);
 }
 
 /* ---- requests ----------------------------------------------------------------- */
 
-static fp_proc_t *want_proc(fp_client_t *c, uint32_t tag, fp_rd_t *r,
+static fp_proc_t *want_proc(fp_client_t *c, uint32_t tag, fly_io_rd_t *r,
                             char **keyp) {
-  char *key = rdstr(r);
+  char *key = fly_io_rdstr(r);
   fp_proc_t *p;
   *keyp = key;
   if (r->bad) {
@@ -833,7 +715,7 @@ static fp_proc_t *want_proc(fp_client_t *c, uint32_t tag, fp_rd_t *r,
 
 static void on_request(fp_client_t *c, int type, uint32_t tag,
                        const unsigned char *pl, size_t n) {
-  fp_rd_t r = {pl, n, 0};
+  fly_io_rd_t r = {pl, n, 0};
   fp_proc_t *p;
   char *key = NULL;
 
@@ -848,10 +730,10 @@ static void on_request(fp_client_t *c, int type, uint32_t tag,
       send_error(c, tag, "PROCESS_NOT_RUNNING", "flyproc: the process has ended");
     } else if (p->in < 0 && !(p->flags & FP_F_PTY)) {
       send_error(c, tag, "PROCESS_STDIN_CLOSED", "flyproc: the process's stdin is closed");
-    } else if (buf_used(&p->inbuf) + r.left > FLY_EXEC_STDIN_WINDOW) {
+    } else if (fly_io_used(&p->inbuf) + r.left > FLY_EXEC_STDIN_WINDOW) {
       send_error(c, tag, "PROCESS_STDIN_FULL",
                  "flyproc: the process is not reading its input (1 MiB waiting)");
-    } else if (buf_add(&p->inbuf, r.p, r.left) != 0) {
+    } else if (fly_io_add(&p->inbuf, r.p, r.left) != 0) {
       send_error(c, tag, "PROCESS_STDIN_FULL", "flyproc: out of memory");
     } else {
       send_ok(c, tag, 0, 0);
@@ -861,15 +743,15 @@ static void on_request(fp_client_t *c, int type, uint32_t tag,
     if ((p = want_proc(c, tag, &r, &key)) == NULL)
       break;
     p->in_eof = 1;
-    if (buf_used(&p->inbuf) == 0 && !(p->flags & FP_F_PTY))
-      close_fd(&p->in);
+    if (fly_io_used(&p->inbuf) == 0 && !(p->flags & FP_F_PTY))
+      fly_io_close(&p->in);
     send_ok(c, tag, 0, 0);
     break;
   case FP_SIGNAL: {
     uint32_t sig;
     if ((p = want_proc(c, tag, &r, &key)) == NULL)
       break;
-    sig = rd32(&r);
+    sig = fly_io_rd32(&r);
     if (r.bad || sig == 0 || sig >= 65) {
       send_error(c, tag, "PROCESS_BAD_REQUEST", "flyproc: bad signal");
       break;
@@ -882,8 +764,8 @@ static void on_request(fp_client_t *c, int type, uint32_t tag,
     uint32_t cols, rows;
     if ((p = want_proc(c, tag, &r, &key)) == NULL)
       break;
-    cols = rd32(&r);
-    rows = rd32(&r);
+    cols = fly_io_rd32(&r);
+    rows = fly_io_rd32(&r);
     if (r.bad || cols == 0 || rows == 0 || cols > 0xffff || rows > 0xffff) {
       send_error(c, tag, "PROCESS_BAD_REQUEST", "flyproc: bad size");
     } else if (!(p->flags & FP_F_PTY)) {
@@ -899,7 +781,7 @@ static void on_request(fp_client_t *c, int type, uint32_t tag,
     break;
   }
   case FP_LIST:
-    key = rdstr(&r);
+    key = fly_io_rdstr(&r);
     if (r.bad) {
       send_error(c, tag, "PROCESS_BAD_REQUEST", "flyproc: bad LIST");
       break;
@@ -927,7 +809,7 @@ static void on_request(fp_client_t *c, int type, uint32_t tag,
     a = rd64(&r);
     b = rd64(&r);
     if (!r.bad && r.left > 0) {
-      char *tok = rdstr(&r);
+      char *tok = fly_io_rdstr(&r);
       if (!r.bad && strlen(tok) <= FP_KEY_MAX)
         snprintf(c->token, sizeof(c->token), "%s", tok);
       else
@@ -951,7 +833,7 @@ static void on_request(fp_client_t *c, int type, uint32_t tag,
     fp_client_t *o;
     uint32_t closed = 0;
     fp_wr_t w;
-    key = rdstr(&r);
+    key = fly_io_rdstr(&r);
     if (r.bad || key[0] == '\0') {
       send_error(c, tag, "PROCESS_BAD_REQUEST", "flyproc: bad DETACH");
       break;
@@ -987,9 +869,9 @@ static void client_free(fp_client_t *c) {
     c->att->attached--;
     busy_update();
   }
-  close_fd(&c->fd);
-  buf_free(&c->rx);
-  buf_free(&c->tx);
+  fly_io_close(&c->fd);
+  fly_io_free(&c->rx);
+  fly_io_free(&c->tx);
   free(c);
   nclients--;
 }
@@ -997,7 +879,7 @@ static void client_free(fp_client_t *c) {
 static void client_read(fp_client_t *c) {
   for (;;) {
     ssize_t n;
-    if (buf_room(&c->rx, FP_CHUNK) != 0) {
+    if (fly_io_room(&c->rx, FP_CHUNK) != 0) {
       c->dead = 1;
       return;
     }
@@ -1011,19 +893,19 @@ static void client_read(fp_client_t *c) {
       break;
     }
     c->rx.len += (size_t)n;
-    while (buf_used(&c->rx) >= FLY_FRAME_HDR && !c->dead) {
+    while (fly_io_used(&c->rx) >= FLY_FRAME_HDR && !c->dead) {
       const unsigned char *h = c->rx.base + c->rx.off;
-      uint32_t len = get32(h);
+      uint32_t len = fly_io_get32(h);
       if (len < 5 || len - 5 > FLY_FRAME_MAX + 4096) {
         c->dead = 1;
         return;
       }
-      if (buf_used(&c->rx) < 4 + (size_t)len)
+      if (fly_io_used(&c->rx) < 4 + (size_t)len)
         break;
       c->rx.off += 4 + (size_t)len;
-      on_request(c, h[4], get32(h + 5), h + FLY_FRAME_HDR, len - 5);
+      on_request(c, h[4], fly_io_get32(h + 5), h + FLY_FRAME_HDR, len - 5);
     }
-    if (buf_used(&c->tx) > FP_TX_HIGH)
+    if (fly_io_used(&c->tx) > FP_TX_HIGH)
       break; /* replies first: the client reads them before sending more */
   }
 }
@@ -1037,7 +919,7 @@ static void client_feed(fp_client_t *c) {
     return;
   for (s = 0; s < 2; s++) {
     fp_ring_t *r = &p->ring[s];
-    while (buf_used(&c->tx) < FP_TX_HIGH && c->cur[s] < r->end && r->cap) {
+    while (fly_io_used(&c->tx) < FP_TX_HIGH && c->cur[s] < r->end && r->cap) {
       uint64_t st = ring_start(r);
       size_t pos, k;
       fp_wr_t w;
@@ -1069,8 +951,8 @@ static void client_feed(fp_client_t *c) {
 }
 
 static void client_flush(fp_client_t *c) {
-  while (buf_used(&c->tx) > 0) {
-    ssize_t n = send(c->fd, c->tx.base + c->tx.off, buf_used(&c->tx),
+  while (fly_io_used(&c->tx) > 0) {
+    ssize_t n = send(c->fd, c->tx.base + c->tx.off, fly_io_used(&c->tx),
                      MSG_NOSIGNAL);
     if (n < 0 && errno == EINTR)
       continue;
@@ -1088,7 +970,7 @@ static void client_flush(fp_client_t *c) {
 /* Done: the client sent all its requests (EOF) and has no attach running,
  * or its attach sent EXIT; once its replies are out, close. */
 static int client_finished(const fp_client_t *c) {
-  if (buf_used(&c->tx) > 0)
+  if (fly_io_used(&c->tx) > 0)
     return 0;
   if (c->att != NULL)
     return c->exit_sent;
@@ -1114,15 +996,15 @@ static void accept_clients(void) {
       static const char msg[] = "flyproc: too many connections to the daemon";
       unsigned char f[FLY_FRAME_HDR + 8 + sizeof(code) + sizeof(msg)];
       size_t k = FLY_FRAME_HDR;
-      put32(f + k, sizeof(code) - 1);
+      fly_io_put32(f + k, sizeof(code) - 1);
       memcpy(f + k + 4, code, sizeof(code) - 1);
       k += 4 + sizeof(code) - 1;
-      put32(f + k, sizeof(msg) - 1);
+      fly_io_put32(f + k, sizeof(msg) - 1);
       memcpy(f + k + 4, msg, sizeof(msg) - 1);
       k += 4 + sizeof(msg) - 1;
-      put32(f, (uint32_t)(k - 4));
+      fly_io_put32(f, (uint32_t)(k - 4));
       f[4] = FP_ERROR;
-      put32(f + 5, 0);
+      fly_io_put32(f + 5, 0);
       if (send(fd, f, k, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
         (void)0;
       close(fd);
@@ -1155,10 +1037,10 @@ static void proc_read(fp_proc_t *p, int *fd, int s) {
        * leader's exit decides its end (proc_check_done). */
       if (p->flags & FP_F_PTY) {
         if (p->reaped)
-          close_fd(fd);
+          fly_io_close(fd);
         return;
       }
-      close_fd(fd);
+      fly_io_close(fd);
       return;
     }
     ring_write(&p->ring[s], b, (size_t)n);
@@ -1167,8 +1049,8 @@ static void proc_read(fp_proc_t *p, int *fd, int s) {
 
 static void proc_write_in(fp_proc_t *p) {
   int fd = (p->flags & FP_F_PTY) ? p->out : p->in;
-  while (buf_used(&p->inbuf) > 0) {
-    ssize_t n = write(fd, p->inbuf.base + p->inbuf.off, buf_used(&p->inbuf));
+  while (fly_io_used(&p->inbuf) > 0) {
+    ssize_t n = write(fd, p->inbuf.base + p->inbuf.off, fly_io_used(&p->inbuf));
     if (n < 0 && errno == EINTR)
       continue;
     if (n < 0 && errno == EAGAIN)
@@ -1176,14 +1058,14 @@ static void proc_write_in(fp_proc_t *p) {
     if (n < 0) {
       p->inbuf.off = p->inbuf.len = 0;
       if (!(p->flags & FP_F_PTY))
-        close_fd(&p->in);
+        fly_io_close(&p->in);
       return;
     }
     p->inbuf.off += (size_t)n;
   }
   p->inbuf.off = p->inbuf.len = 0;
   if (p->in_eof && !(p->flags & FP_F_PTY))
-    close_fd(&p->in);
+    fly_io_close(&p->in);
 }
 
 static void reap(void) {
@@ -1299,7 +1181,7 @@ static int daemon_main(void) {
     fp_client_t *c, *cn;
     size_t n = 0, need = 2 + 3 * (size_t)nprocs + (size_t)nclients;
     int timeout = -1;
-    uint64_t now = mono_ms(), next = UINT64_MAX;
+    uint64_t now = fly_io_mono_ms(), next = UINT64_MAX;
 
     if (need > pcap) {
       struct pollfd *np = realloc(pfd, need * sizeof(*pfd));
@@ -1313,11 +1195,11 @@ static int daemon_main(void) {
     for (p = procs; p != NULL; p = p->next) {
       int in = (p->flags & FP_F_PTY) ? -1 : p->in;
       short pev = POLLIN;
-      if ((p->flags & FP_F_PTY) && buf_used(&p->inbuf) > 0)
+      if ((p->flags & FP_F_PTY) && fly_io_used(&p->inbuf) > 0)
         pev |= POLLOUT;
       pfd[n++] = (struct pollfd){p->out, pev, 0};
       pfd[n++] = (struct pollfd){p->err, POLLIN, 0};
-      pfd[n++] = (struct pollfd){in, buf_used(&p->inbuf) ? POLLOUT : 0, 0};
+      pfd[n++] = (struct pollfd){in, fly_io_used(&p->inbuf) ? POLLOUT : 0, 0};
       if (p->term_at != 0 && p->term_at < next)
         next = p->term_at;
       if (p->kill_at != 0 && p->kill_at < next)
@@ -1325,9 +1207,9 @@ static int daemon_main(void) {
     }
     for (c = clients; c != NULL; c = c->next) {
       short ev = 0;
-      if (!c->rd_eof && buf_used(&c->tx) <= FP_TX_HIGH)
+      if (!c->rd_eof && fly_io_used(&c->tx) <= FP_TX_HIGH)
         ev |= POLLIN;
-      if (buf_used(&c->tx) > 0)
+      if (fly_io_used(&c->tx) > 0)
         ev |= POLLOUT;
       pfd[n++] = (struct pollfd){c->fd, ev, 0};
     }
@@ -1343,7 +1225,7 @@ static int daemon_main(void) {
         proc_read(p, &p->out, 0);
       if (p->err >= 0 && (pfd[n + 1].revents & (POLLIN | POLLHUP | POLLERR)))
         proc_read(p, &p->err, 1);
-      if (buf_used(&p->inbuf) > 0 &&
+      if (fly_io_used(&p->inbuf) > 0 &&
           ((pfd[n].revents & POLLOUT) ||
            (pfd[n + 2].revents & (POLLOUT | POLLERR | POLLHUP))))
         proc_write_in(p);
@@ -1359,7 +1241,7 @@ static int daemon_main(void) {
         client_flush(c);
       n++;
     }
-    timers(mono_ms());
+    timers(fly_io_mono_ms());
     for (p = procs; p != NULL; p = p->next)
       proc_check_done(p);
     /* New clients after the polled list was walked: polled next turn. */
@@ -1374,7 +1256,7 @@ static int daemon_main(void) {
     }
     /* The process writing into a terminal the client asked to close. */
     for (p = procs; p != NULL; p = p->next)
-      if ((p->flags & FP_F_PTY) && buf_used(&p->inbuf) > 0)
+      if ((p->flags & FP_F_PTY) && fly_io_used(&p->inbuf) > 0)
         proc_write_in(p);
   }
 }
@@ -1443,8 +1325,8 @@ static int relay_main(void) {
   fd = relay_connect();
   if (fd < 0) {
     spawn_daemon();
-    deadline = mono_ms() + FP_CONNECT_WAIT_MS;
-    while ((fd = relay_connect()) < 0 && mono_ms() < deadline)
+    deadline = fly_io_mono_ms() + FP_CONNECT_WAIT_MS;
+    while ((fd = relay_connect()) < 0 && fly_io_mono_ms() < deadline)
       nanosleep(&ts, NULL);
     if (fd < 0) {
       fprintf(stderr, "flyproc: the daemon does not answer\n");

@@ -63,15 +63,16 @@ function computeBaseHash () {
 const TOP_FILES = [['entrypoint.sh', 0o755], ['sshd_config', 0o644], ['idle-watch', 0o755]]
 /* docker/flyexec.c and docker/flyproc.c (the process daemon), at the paths
    the client starts them from (src/ssh.c, lib/commands.js); both include
-   docker/flyexec_proto.h (found beside them), which the hash covers. */
+   docker/flyexec_proto.h and docker/flyio.h (found beside them), which the
+   hash covers. */
 const EXECUTABLES = [['flyexec.c', 'flyexec'], ['flyproc.c', 'flyproc']]
-const EXECUTOR_HDR = 'flyexec_proto.h'
+const EXECUTOR_HDRS = ['flyexec_proto.h', 'flyio.h']
 const EXECUTOR_DIR = 'usr/local/libexec/computesdk'
 
 let topHashCache = null
 function topHash () {
   if (!topHashCache) {
-    topHashCache = hashFiles([...TOP_FILES.map(([n]) => n), ...EXECUTABLES.map(([src]) => src), EXECUTOR_HDR].map((n) => path.join(DOCKER_DIR, n)),
+    topHashCache = hashFiles([...TOP_FILES.map(([n]) => n), ...EXECUTABLES.map(([src]) => src), ...EXECUTOR_HDRS].map((n) => path.join(DOCKER_DIR, n)),
       `top ${BUILDER_VERSION} ${process.arch}`)
   }
   return topHashCache
