@@ -26,6 +26,7 @@ const BACKOFF_MS = [100, 250, 500, 1000, 2000]
 const TAG_START = 1
 const TAG_ATTACH = 2
 const TAG_REQ = 3
+const MAX_INFOS = 4096
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
@@ -82,6 +83,10 @@ async function request (sb, frame, ok) {
   let error = null
   let done = false
   await relay(sb, frame, ({ type, r }) => {
+    // The daemon holds at most 1,024 processes: more is not its answer
+    // (code in the sandbox can replace the daemon; nothing it sends grows
+    // without a bound here).
+    if (type === T.INFO && infos.length >= MAX_INFOS) throw new Error(`more than ${MAX_INFOS} processes listed`)
     if (type === T.INFO) infos.push(readInfo(r))
     else if (type === T.ERROR) { error = replyError(r); done = true } else if (type === T.OK) { result = ok ? ok(r) : undefined; done = true }
   })

@@ -276,6 +276,48 @@ test('limits and misuse give typed errors', async () => {
   assert.equal((await rejects(esb.pty.create())).code, 'PROCESS_UNSUPPORTED_TRANSPORT')
 })
 
+test('the daemon holds at most 1,024 processes: PROCESS_LIMIT while all run, room again once they end', async () => {
+  // 1,025 STARTs in one relay run, straight to the daemon (lib/procwire.js).
+  const { T, Writer, Decoder } = require('../lib/procwire')
+  const { RELAY } = require('../lib/commands')
+  const machine = sb.getInstance()
+  const send = async (frames) => {
+    const replies = []
+    const dec = new Decoder(({ type, tag, r }) => replies.push({ type, tag, code: type === T.ERROR ? r.str() : null }))
+    const r = await machine._ctx.transport.exec(machine, { argv: [RELAY] }, { stdin: Buffer.concat(frames), bytes: true, onChunk: (s, b) => s === 1 && dec.push(b) })
+    assert.equal(r.exitCode, 0)
+    return replies
+  }
+  const before = (await sb.commands.list()).length
+  const start = (i) => {
+    const w = new Writer().str(`lim-${i}`).u8(0).u32(0).u32(0).u32(0).str('').u32(0).u32(2).str('sleep').str('600')
+    return w.frame(T.START, i)
+  }
+  const n = 1025
+  const replies = await send(Array.from({ length: n }, (_, i) => start(i)))
+  const started = replies.filter((x) => x.type === T.STARTED).length
+  const limited = replies.filter((x) => x.code === 'PROCESS_LIMIT').map((x) => x.tag)
+  // Every ended process of the earlier tests was forgotten to make room;
+  // the running ones (none) and these fill the table.
+  assert.equal(started, 1024, `started ${started} (${before} listed before)`)
+  assert.deepEqual(limited, [1024])
+  const kills = await send(Array.from({ length: 1024 }, (_, i) => new Writer().str(`lim-${i}`).u32(9).frame(T.SIGNAL, i)))
+  assert.equal(kills.filter((x) => x.type === T.OK).length, 1024)
+  // Once they have ended, a new process takes the oldest ended one's place.
+  const deadline = Date.now() + 30000
+  let h
+  for (;;) {
+    try {
+      h = await sb.commands.start('echo room')
+      break
+    } catch (err) {
+      if (err.code !== 'PROCESS_LIMIT' || Date.now() > deadline) throw err
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    }
+  }
+  assert.equal((await h.wait()).stdout, 'room\n')
+})
+
 test('runCommand user: root runs as root through the exec endpoint; the sandbox user stays the default', async () => {
   const r = await sb.runCommand('id -u; pwd', { user: 'root' })
   assert.deepEqual([r.stdout, r.exitCode], ['0\n/root\n', 0])
