@@ -161,6 +161,7 @@ class ProcessHandle {
     Object.defineProperty(this, '_kept', { value: [null, [], []], writable: true })
     Object.defineProperty(this, '_keptBytes', { value: 0, writable: true })
     Object.defineProperty(this, '_startedAt', { value: null, writable: true })
+    Object.defineProperty(this, '_endedAt', { value: null, writable: true })
     Object.defineProperty(this, '_queue', { value: Promise.resolve(), writable: true })
     this.exitCode = null
     this.truncated = false
@@ -182,7 +183,7 @@ class ProcessHandle {
     this._cur[s] = offset + bytes.length
     const cb = this._cb[s]
     if (this._kind === 'pty') {
-      if (typeof cb === 'function') cb(Buffer.from(b))
+      call(cb, Buffer.from(b))
       return
     }
     const text = this._dec[s].write(b)
@@ -198,8 +199,7 @@ class ProcessHandle {
     } else {
       this.truncated = true
     }
-    const cb = this._cb[s]
-    if (typeof cb === 'function') cb(text)
+    call(this._cb[s], text)
   }
 
   // Follows the process until it ends: the first relay carries `first`
@@ -230,6 +230,9 @@ class ProcessHandle {
             const info = readInfo(r)
             this.pid = info.pid
             this._startedAt = info.startedAt
+            this._endedAt = info.endedAt
+            // Attached again: a later cut gets the whole reconnect time.
+            failingSince = null
             started.resolve()
           } else if (type === T.DATA) {
             const s = r.u8()
@@ -280,7 +283,8 @@ class ProcessHandle {
       this._keep(2, this._dec[2].end())
     }
     this.exitCode = exit.exitCode
-    const durationMs = this._startedAt ? Math.max(0, Date.now() - this._startedAt.getTime()) : 0
+    const end = this._endedAt ? this._endedAt.getTime() : Date.now()
+    const durationMs = this._startedAt ? Math.max(0, end - this._startedAt.getTime()) : 0
     const result = this._kind === 'pty'
       ? { exitCode: exit.exitCode, durationMs }
       : { stdout: this.stdout, stderr: this.stderr, exitCode: exit.exitCode, durationMs }
@@ -359,6 +363,17 @@ async function follow (h, first) {
   Object.defineProperty(h, '_done', { value: done })
   await started.promise
   return h
+}
+
+// A user's callback: what it throws is its own (an uncaught exception, as
+// from an event listener), never taken for a broken reply stream.
+function call (cb, value) {
+  if (typeof cb !== 'function') return
+  try {
+    cb(value)
+  } catch (err) {
+    process.nextTick(() => { throw err })
+  }
 }
 
 function newId () {
