@@ -27,6 +27,9 @@ const TAG_START = 1
 const TAG_ATTACH = 2
 const TAG_REQ = 3
 const MAX_INFOS = 4096
+// A request's payload at most (docker/flyexec_proto.h FLY_FRAME_MAX), and
+// the stdin one request carries (the daemon queues at most 1 MiB too).
+const MAX_REQUEST = 1 << 20
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
@@ -112,9 +115,12 @@ function checkId (id, what) {
 }
 
 function toBytes (data, what) {
-  if (typeof data === 'string') return Buffer.from(data, 'utf8')
-  if (data instanceof Uint8Array) return Buffer.from(data.buffer, data.byteOffset, data.byteLength)
-  throw invalidArg(`${what}: data must be a string, Buffer or Uint8Array`)
+  let b
+  if (typeof data === 'string') b = Buffer.from(data, 'utf8')
+  else if (data instanceof Uint8Array) b = Buffer.from(data.buffer, data.byteOffset, data.byteLength)
+  else throw invalidArg(`${what}: data must be a string, Buffer or Uint8Array`)
+  if (b.length > MAX_REQUEST) throw invalidArg(`${what}: at most ${MAX_REQUEST} bytes at a time`)
+  return b
 }
 
 // Sends a signal to the process's group: true when it was delivered (false:
@@ -318,7 +324,7 @@ class ProcessHandle {
     return kill(this._sb, this.id, signal)
   }
 
-  sendStdin (data) {
+  async sendStdin (data) {
     const b = toBytes(data, 'sendStdin')
     return this._serial(() => sendStdin(this._sb, this.id, b))
   }
@@ -388,7 +394,9 @@ function startFrame (id, { flags, timeoutMs = 0, cols = 0, rows = 0, cwd = '', e
   for (const n of names) w.str(n).str(env[n])
   w.u32(argv.length)
   for (const a of argv) w.str(a)
-  return w.frame(T.START, TAG_START)
+  const f = w.frame(T.START, TAG_START)
+  if (f.length - 9 > MAX_REQUEST) throw invalidArg(`start: the command, arguments and environment take more than ${MAX_REQUEST} bytes`)
+  return f
 }
 
 function checkCommon (o, what, sandboxUser) {
