@@ -76,7 +76,7 @@ typedef struct fx_cmd_s {
   uint32_t id;
   pid_t pid;              /* the leader, also the group id; 0 once reaped */
   int out, err, in;       /* our pipe ends, -1 when closed */
-  fly_io_buf_t inbuf;         /* stdin waiting for the child */
+  fly_io_buf_t inbuf;     /* stdin waiting for the child */
   int in_eof;             /* EOF asked: close in once inbuf is written */
   int status;             /* wait status of the leader */
   int reaped;
