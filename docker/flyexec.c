@@ -74,15 +74,10 @@ extern char **environ;
 typedef struct fx_cmd_s {
   struct fx_cmd_s *next;
   uint32_t id;
-  pid_t pid;              /* the leader, also the group id; 0 once reaped */
+  fly_io_job_t job;       /* the leader (the group id) and the timeout */
   int out, err, in;       /* our pipe ends, -1 when closed */
   fly_io_buf_t inbuf;     /* stdin waiting for the child */
   int in_eof;             /* EOF asked: close in once inbuf is written */
-  int status;             /* wait status of the leader */
-  int reaped;
-  int timed_out;
-  uint64_t term_at;       /* the timeout's SIGTERM, 0 = none */
-  uint64_t kill_at;       /* the -k SIGKILL, 0 = none */
 } fx_cmd_t;
 
 static fly_io_buf_t rx, tx;
@@ -170,11 +165,7 @@ static void cmd_free(fx_cmd_t *c) {
   ncmds--;
 }
 
-static void cmd_signal(fx_cmd_t *c, int sig) {
-  /* The group outlives a reaped leader while members hold the pipes. */
-  if (c->pid > 0)
-    kill(-c->pid, sig);
-}
+static void cmd_signal(fx_cmd_t *c, int sig) { fly_io_job_signal(&c->job, sig); }
 
 /* The channel is gone: stop every command of ours (not the background
  * ones: they are not in the list) and leave. */
@@ -188,20 +179,9 @@ static void die_closed(void) {
 /* Finished when the leader is reaped and its output pipes are closed. */
 static void cmd_check_done(fx_cmd_t *c) {
   int code, sig = 0;
-  if (!c->reaped || c->out >= 0 || c->err >= 0)
+  if (!c->job.reaped || c->out >= 0 || c->err >= 0)
     return;
-  if (WIFEXITED(c->status)) {
-    code = WEXITSTATUS(c->status);
-  } else {
-    sig = WTERMSIG(c->status);
-    code = 128 + sig;
-  }
-  /* GNU timeout: 124 on expiry, but a command the -k KILL ended shows
-   * that (timeout itself dies of the group's SIGKILL). */
-  if (c->timed_out && sig != SIGKILL) {
-    code = 124;
-    sig = 0;
-  }
+  fly_io_job_result(&c->job, &code, &sig);
   send_exit(c->id, code, sig);
   cmd_free(c);
 }
@@ -538,7 +518,7 @@ static void start_cmd(uint32_t id, const unsigned char *payload, size_t n) {
     goto nomem;
   }
   c->id = id;
-  c->pid = pid;
+  c->job.pid = pid;
   c->out = po[0];
   c->err = pe[0];
   c->in = pi[1];
@@ -548,7 +528,7 @@ static void start_cmd(uint32_t id, const unsigned char *payload, size_t n) {
   if (c->in >= 0)
     fcntl(c->in, F_SETFL, O_NONBLOCK);
   if (timeout_ms > 0)
-    c->term_at = fly_io_mono_ms() + timeout_ms;
+    c->job.term_at = fly_io_mono_ms() + timeout_ms;
   c->next = cmds;
   cmds = c;
   ncmds++;
@@ -721,9 +701,9 @@ static void reap(void) {
   while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
     fx_cmd_t *c;
     for (c = cmds; c != NULL; c = c->next) {
-      if (c->pid == pid && !c->reaped) {
-        c->reaped = 1;
-        c->status = status;
+      if (c->job.pid == pid && !c->job.reaped) {
+        c->job.reaped = 1;
+        c->job.status = status;
         break;
       }
     }
@@ -732,19 +712,8 @@ static void reap(void) {
 
 static void timers(uint64_t now) {
   fx_cmd_t *c;
-  for (c = cmds; c != NULL; c = c->next) {
-    if (c->term_at != 0 && now >= c->term_at) {
-      c->term_at = 0;
-      c->timed_out = 1;
-      cmd_signal(c, SIGTERM);
-      cmd_signal(c, SIGCONT);
-      c->kill_at = now + FX_KILL_AFTER_MS;
-    }
-    if (c->kill_at != 0 && now >= c->kill_at) {
-      c->kill_at = 0;
-      cmd_signal(c, SIGKILL);
-    }
-  }
+  for (c = cmds; c != NULL; c = c->next)
+    fly_io_job_tick(&c->job, now, FX_KILL_AFTER_MS);
 }
 
 int main(void) {
@@ -792,10 +761,7 @@ int main(void) {
       pfd[n++] = (struct pollfd){c->out, backed_up ? 0 : POLLIN, 0};
       pfd[n++] = (struct pollfd){c->err, backed_up ? 0 : POLLIN, 0};
       pfd[n++] = (struct pollfd){c->in, fly_io_used(&c->inbuf) ? POLLOUT : 0, 0};
-      if (c->term_at != 0 && c->term_at < next)
-        next = c->term_at;
-      if (c->kill_at != 0 && c->kill_at < next)
-        next = c->kill_at;
+      next = fly_io_job_next(&c->job, next);
     }
     if (next != UINT64_MAX)
       timeout = next <= now ? 0 : (int)(next - now > 60000 ? 60000 : next - now);

@@ -7,10 +7,13 @@
 #ifndef FLYIO_H
 #define FLYIO_H
 
+#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/types.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static inline uint64_t fly_io_mono_ms(void) {
@@ -140,6 +143,63 @@ static inline void fly_io_strv_free(char **v) {
 static inline const char *fly_io_shell(void) {
   const char *sh = getenv("SHELL");
   return sh != NULL && sh[0] == '/' ? sh : "/bin/sh";
+}
+
+/* A command's leader (its group id too) and its timeout, GNU `timeout -k`'s:
+ * SIGTERM (and SIGCONT) to the group at term_at, SIGKILL kill_after later,
+ * exit code 124 unless that SIGKILL ended it. */
+typedef struct {
+  pid_t pid;
+  int reaped, status; /* status: the leader's wait status once reaped */
+  int timed_out;
+  uint64_t term_at, kill_at; /* monotonic ms, 0 = none */
+} fly_io_job_t;
+
+static inline void fly_io_job_signal(const fly_io_job_t *j, int sig) {
+  /* The group outlives a reaped leader while members hold the pipes. */
+  if (j->pid > 0)
+    kill(-j->pid, sig);
+}
+
+static inline void fly_io_job_tick(fly_io_job_t *j, uint64_t now,
+                                   uint64_t kill_after_ms) {
+  if (j->term_at != 0 && now >= j->term_at) {
+    j->term_at = 0;
+    j->timed_out = 1;
+    fly_io_job_signal(j, SIGTERM);
+    fly_io_job_signal(j, SIGCONT);
+    j->kill_at = now + kill_after_ms;
+  }
+  if (j->kill_at != 0 && now >= j->kill_at) {
+    j->kill_at = 0;
+    fly_io_job_signal(j, SIGKILL);
+  }
+}
+
+/* The earlier of next and this job's next deadline. */
+static inline uint64_t fly_io_job_next(const fly_io_job_t *j, uint64_t next) {
+  if (j->term_at != 0 && j->term_at < next)
+    next = j->term_at;
+  if (j->kill_at != 0 && j->kill_at < next)
+    next = j->kill_at;
+  return next;
+}
+
+/* A reaped leader's exit code and signal (code 128 + signal, as a shell
+ * reports it; 124 for a timeout, unless the -k SIGKILL ended it). */
+static inline void fly_io_job_result(const fly_io_job_t *j, int *code,
+                                     int *sig) {
+  *sig = 0;
+  if (WIFEXITED(j->status)) {
+    *code = WEXITSTATUS(j->status);
+  } else {
+    *sig = WTERMSIG(j->status);
+    *code = 128 + *sig;
+  }
+  if (j->timed_out && *sig != SIGKILL) {
+    *code = 124;
+    *sig = 0;
+  }
 }
 
 #endif

@@ -132,14 +132,13 @@ typedef struct fp_proc_s {
   struct fp_proc_s *next;
   char key[FP_KEY_MAX + 1];
   char *desc;
-  pid_t pid; /* leader and group (and session) id */
+  fly_io_job_t job; /* the leader (group and session id), the timeout */
   unsigned flags;
   int out, err, in; /* a terminal: out is the master, in and err -1 */
   fly_io_buf_t inbuf;
   int in_eof;
   fp_ring_t ring[2];
-  int reaped, status, ended, code, sig, timed_out;
-  uint64_t term_at, kill_at;
+  int ended, code, sig;
   uint64_t started, ended_at; /* ms since the epoch */
   int attached;
 } fp_proc_t;
@@ -302,12 +301,12 @@ static void send_info(fp_client_t *c, uint32_t tag, const fp_proc_t *p) {
   fp_wr_t w;
   wr_begin(&w, c, FP_INFO, tag);
   wrstr(&w, p->key);
-  wr32(&w, (uint32_t)p->pid);
+  wr32(&w, (uint32_t)p->job.pid);
   wr8(&w, p->flags);
   wr8(&w, !p->ended);
   wr32(&w, (uint32_t)p->code);
   wr32(&w, (uint32_t)p->sig);
-  wr8(&w, (unsigned)p->timed_out);
+  wr8(&w, (unsigned)p->job.timed_out);
   wr64(&w, p->started);
   wr64(&w, p->ended_at);
   wr64(&w, ring_start(&p->ring[0]));
@@ -362,10 +361,6 @@ static int proc_make_room(void) {
   return 0;
 }
 
-static void proc_signal(fp_proc_t *p, int sig) {
-  if (p->pid > 0 && !p->ended)
-    kill(-p->pid, sig);
-}
 
 /* The busy file the idle watch reads: present while work runs. */
 static void busy_update(void) {
@@ -392,7 +387,7 @@ static void busy_update(void) {
 }
 
 static void proc_check_done(fp_proc_t *p) {
-  if (p->ended || !p->reaped)
+  if (p->ended || !p->job.reaped)
     return;
   /* A terminal ends with its leader (what it still has to read is read
    * first; jobs left on it get the hangup); pipes end when both close. */
@@ -406,19 +401,10 @@ static void proc_check_done(fp_proc_t *p) {
     return;
   }
   fly_io_close(&p->in);
-  if (WIFEXITED(p->status)) {
-    p->code = WEXITSTATUS(p->status);
-  } else {
-    p->sig = WTERMSIG(p->status);
-    p->code = 128 + p->sig;
-  }
-  if (p->timed_out && p->sig != SIGKILL) {
-    p->code = 124;
-    p->sig = 0;
-  }
+  fly_io_job_result(&p->job, &p->code, &p->sig);
   p->ended = 1;
   p->ended_at = wall_ms();
-  p->term_at = p->kill_at = 0;
+  p->job.term_at = p->job.kill_at = 0;
   busy_update();
 }
 
@@ -636,7 +622,7 @@ static void do_start(fp_client_t *c, uint32_t tag, fly_io_rd_t *r) {
   }
   snprintf(p->key, sizeof(p->key), "%s", key);
   p->desc = desc_build(flags, argv, argc);
-  p->pid = pid;
+  p->job.pid = pid;
   p->flags = flags;
   p->in = p->err = -1;
   if (flags & FP_F_PTY) {
@@ -655,7 +641,7 @@ static void do_start(fp_client_t *c, uint32_t tag, fly_io_rd_t *r) {
     fcntl(p->in, F_SETFL, O_NONBLOCK);
   p->started = wall_ms();
   if (timeout_ms > 0)
-    p->term_at = fly_io_mono_ms() + timeout_ms;
+    p->job.term_at = fly_io_mono_ms() + timeout_ms;
   p->next = procs;
   procs = p;
   nprocs++;
@@ -756,7 +742,7 @@ static void on_request(fp_client_t *c, int type, uint32_t tag,
       send_error(c, tag, "PROCESS_BAD_REQUEST", "flyproc: bad signal");
       break;
     }
-    send_ok(c, tag, 1, !p->ended && kill(-p->pid, (int)sig) == 0);
+    send_ok(c, tag, 1, !p->ended && kill(-p->job.pid, (int)sig) == 0);
     break;
   }
   case FP_RESIZE: {
@@ -944,7 +930,7 @@ static void client_feed(fp_client_t *c) {
     wr_begin(&w, c, FP_EXIT, c->att_tag);
     wr32(&w, (uint32_t)p->code);
     wr32(&w, (uint32_t)p->sig);
-    wr8(&w, (unsigned)p->timed_out);
+    wr8(&w, (unsigned)p->job.timed_out);
     wr_end(&w);
     c->exit_sent = 1;
   }
@@ -1036,7 +1022,7 @@ static void proc_read(fp_proc_t *p, int *fd, int s) {
       /* A terminal's master reads EIO once no one holds the slave: the
        * leader's exit decides its end (proc_check_done). */
       if (p->flags & FP_F_PTY) {
-        if (p->reaped)
+        if (p->job.reaped)
           fly_io_close(fd);
         return;
       }
@@ -1077,9 +1063,9 @@ static void reap(void) {
   while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
     fp_proc_t *p;
     for (p = procs; p != NULL; p = p->next) {
-      if (p->pid == pid && !p->reaped) {
-        p->reaped = 1;
-        p->status = status;
+      if (p->job.pid == pid && !p->job.reaped) {
+        p->job.reaped = 1;
+        p->job.status = status;
         break;
       }
     }
@@ -1088,19 +1074,9 @@ static void reap(void) {
 
 static void timers(uint64_t now) {
   fp_proc_t *p;
-  for (p = procs; p != NULL; p = p->next) {
-    if (p->term_at != 0 && now >= p->term_at) {
-      p->term_at = 0;
-      p->timed_out = 1;
-      proc_signal(p, SIGTERM);
-      proc_signal(p, SIGCONT);
-      p->kill_at = now + FP_KILL_AFTER_MS;
-    }
-    if (p->kill_at != 0 && now >= p->kill_at) {
-      p->kill_at = 0;
-      proc_signal(p, SIGKILL);
-    }
-  }
+  for (p = procs; p != NULL; p = p->next)
+    if (!p->ended)
+      fly_io_job_tick(&p->job, now, FP_KILL_AFTER_MS);
 }
 
 /* ---- the daemon --------------------------------------------------------------------- */
@@ -1200,10 +1176,7 @@ static int daemon_main(void) {
       pfd[n++] = (struct pollfd){p->out, pev, 0};
       pfd[n++] = (struct pollfd){p->err, POLLIN, 0};
       pfd[n++] = (struct pollfd){in, fly_io_used(&p->inbuf) ? POLLOUT : 0, 0};
-      if (p->term_at != 0 && p->term_at < next)
-        next = p->term_at;
-      if (p->kill_at != 0 && p->kill_at < next)
-        next = p->kill_at;
+      next = fly_io_job_next(&p->job, next);
     }
     for (c = clients; c != NULL; c = c->next) {
       short ev = 0;
