@@ -692,23 +692,16 @@ static void write_stdin(fx_cmd_t *c) {
     fly_io_close(&c->in);
 }
 
-static void reap(void) {
-  struct signalfd_siginfo si;
-  int status;
-  pid_t pid;
-  while (read(sig_fd, &si, sizeof(si)) > 0)
-    ;
-  while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-    fx_cmd_t *c;
-    for (c = cmds; c != NULL; c = c->next) {
-      if (c->job.pid == pid && !c->job.reaped) {
-        c->job.reaped = 1;
-        c->job.status = status;
-        break;
-      }
-    }
-  }
+/* The running job with this leader. */
+static fly_io_job_t *job_of(pid_t pid) {
+  fx_cmd_t *c;
+  for (c = cmds; c != NULL; c = c->next)
+    if (c->job.pid == pid && !c->job.reaped)
+      return &c->job;
+  return NULL;
 }
+
+static void reap(void) { fly_io_reap(sig_fd, job_of); }
 
 static void timers(uint64_t now) {
   fx_cmd_t *c;

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/signalfd.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -183,6 +184,24 @@ static inline uint64_t fly_io_job_next(const fly_io_job_t *j, uint64_t next) {
   if (j->kill_at != 0 && j->kill_at < next)
     next = j->kill_at;
   return next;
+}
+
+/* Drains the SIGCHLD signalfd and reaps every child that ended, recording
+ * each in the job find() gives for its pid (NULL: not one of ours, e.g. a
+ * detached background command, reaped all the same). */
+static inline void fly_io_reap(int sig_fd, fly_io_job_t *(*find)(pid_t)) {
+  struct signalfd_siginfo si;
+  int status;
+  pid_t pid;
+  while (read(sig_fd, &si, sizeof(si)) > 0)
+    ;
+  while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+    fly_io_job_t *j = find(pid);
+    if (j != NULL) {
+      j->reaped = 1;
+      j->status = status;
+    }
+  }
 }
 
 /* A reaped leader's exit code and signal (code 128 + signal, as a shell

@@ -1054,23 +1054,16 @@ static void proc_write_in(fp_proc_t *p) {
     fly_io_close(&p->in);
 }
 
-static void reap(void) {
-  struct signalfd_siginfo si;
-  int status;
-  pid_t pid;
-  while (read(sig_fd, &si, sizeof(si)) > 0)
-    ;
-  while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-    fp_proc_t *p;
-    for (p = procs; p != NULL; p = p->next) {
-      if (p->job.pid == pid && !p->job.reaped) {
-        p->job.reaped = 1;
-        p->job.status = status;
-        break;
-      }
-    }
-  }
+/* The running job with this leader. */
+static fly_io_job_t *job_of(pid_t pid) {
+  fp_proc_t *p;
+  for (p = procs; p != NULL; p = p->next)
+    if (p->job.pid == pid && !p->job.reaped)
+      return &p->job;
+  return NULL;
 }
+
+static void reap(void) { fly_io_reap(sig_fd, job_of); }
 
 static void timers(uint64_t now) {
   fp_proc_t *p;

@@ -9,7 +9,7 @@ const test = require('node:test')
 const assert = require('node:assert/strict')
 const path = require('path')
 const { spawn } = require('child_process')
-const { startLocal, provider, call, q, rejects, sandboxIds } = require('./helpers/fly')
+const { startLocal, provider, call, rejects, sandboxIds, waitSuspended } = require('./helpers/fly')
 
 let srv
 let p
@@ -347,15 +347,7 @@ test('idle: a sandbox does not suspend while a foreground handle runs, then does
       const h = await sb.commands.start('sleep 6; date +%s%3N')
       console.log(h.id)`)
     const id = out.trim()
-    const deadline = Date.now() + 90000
-    for (;;) {
-      try {
-        await call(srv, 'machine.wait', { app, machine }, { query: q({ state: 'suspended', timeout: 20 }), waitTotalMs: 20000, timeoutMs: 40000 })
-        break
-      } catch (err) {
-        if (err.code !== 'FLY_TIMEOUT' || Date.now() > deadline) throw err
-      }
-    }
+    await waitSuspended(srv, { app, machine })
     // Woken by the next calls: the process had ended (and printed when)
     // before the hook ran, and the suspend came after both.
     const ended = Number((await (await idle.commands.connect(id)).wait()).stdout)
