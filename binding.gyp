@@ -6,6 +6,7 @@
         "src/addon.c",
         "src/api.c",
         "src/buf.c",
+        "src/edge.c",
         "src/error.c",
         "src/exec.c",
         "src/executor.c",
@@ -28,6 +29,7 @@
           ],
           "libraries": [
             "<!@(pkg-config --libs libcurl libssh2 libcjson openssl)",
+            "-lwslay",
             "-lpthread"
           ]
         }]

@@ -10,6 +10,17 @@
 #                                          sshd reads it in place)
 #   /etc/computesdk/ssh_host_ed25519_key   sshd's only host key
 #   /etc/computesdk/ssh_password           enables password login
+#   /etc/computesdk/edge_token_sha256      the edge token's hash: the edge
+#                                          bridge (flyedge, root, port 444)
+#                                          lets a WebSocket holding it reach
+#                                          sshd (no file: it refuses all)
+#
+# Network (environment): the in-guest firewall guest-firewall.nft (next to
+# this script) keeps other machines of the org's private network out and
+# this one's code from reaching them; it is loaded before anything else
+# runs and a machine where it cannot be loaded does not start. Not loaded:
+#   COMPUTESDK_TENANT    the machine is in a tenant's app with its own network
+#   FLY_LOCAL_FIREWALL=host  fly-local, which enforces the same on its host
 #
 # Idle and lifetime (environment, all optional):
 #   COMPUTESDK_SANDBOX_TIMEOUT_S  the sandbox lifetime in seconds
@@ -44,6 +55,20 @@ log() { echo "entrypoint: $*" >&2; }
 
 # Reads a whole (small, text) file into the named variable without a fork.
 slurp() { IFS= read -r -d '' "$1" < "$2" || true; }
+
+# Loading takes ~15 ms (nft's own start): it runs beside the user and key
+# set-up, and sshd starts only once it is in.
+GUARD=${BASH_SOURCE[0]%/*}/guest-firewall.nft
+guard_pid=
+guard_start() {
+  [ -n "${COMPUTESDK_TENANT:-}" ] && return 0
+  [ "${FLY_LOCAL_FIREWALL:-}" = host ] && return 0
+  /usr/sbin/nft -f "$GUARD" &
+  guard_pid=$!
+}
+guard_wait() {
+  [ -z "$guard_pid" ] || wait "$guard_pid"
+}
 
 ensure_user() {
   local passwd
@@ -178,6 +203,17 @@ start_watch() {
   watch_pid=$!
 }
 
+# The edge bridge: Fly's proxy -> WebSocket -> sshd (docker/flyedge.c). Root
+# runs it from a root-owned path on a port below 1024, so the sandbox user
+# cannot stop, replace or stand in for it.
+EDGE=/usr/local/libexec/computesdk/flyedge
+edge_pid=
+start_edge() {
+  [ -x "$EDGE" ] || return 0
+  "$EDGE" -p "${SANDBOX_EDGE_PORT:-444}" -s "$PORT" -t "$INJECT/edge_token_sha256" &
+  edge_pid=$!
+}
+
 start_sshd() {
   /usr/sbin/sshd -D -e -f "$RUNDIR/sshd_config" &
   sshd_pid=$!
@@ -201,13 +237,16 @@ for sig in TERM INT HUP QUIT USR1 USR2; do
   trap "on_signal $sig" "$sig"
 done
 
+guard_start
 ensure_user || { log "cannot set up user $USER_NAME"; exit 1; }
 ensure_hostkey || { log "cannot set up the host key"; exit 1; }
 set_password || { log "cannot set the password"; exit 1; }
 write_profile
 write_sshd_config || exit 1
+guard_wait || { log "cannot load the network guard $GUARD"; exit 1; }
 
 start_sshd
+start_edge
 if [ $# -gt 0 ]; then
   # Background jobs of a script start with SIGINT/SIGQUIT ignored; the
   # workload must see the stop signal, so restore them.
@@ -251,6 +290,11 @@ while :; do
   if [ "${done_pid:-}" = "$sshd_pid" ]; then
     log "sshd exited ($status), restarting"
     start_sshd
+  fi
+  if [ -n "$edge_pid" ] && [ "${done_pid:-}" = "$edge_pid" ]; then
+    log "flyedge exited ($status), restarting"
+    sleep 0.2
+    start_edge
   fi
   # exit 0 is "nothing to watch", 3 a lifetime it could not pause (end it
   # as without pause); anything else is restarted, paced

@@ -26,7 +26,7 @@ apt_quiet update
 apt_quiet install -y --no-install-recommends \
   ca-certificates curl gnupg git openssh-server openssh-sftp-server passwd \
   python3 python3-pip python3-venv python3-dev build-essential \
-  iproute2 procps less nano tini util-linux
+  iproute2 nftables procps less nano tini util-linux
 
 step "CA certificates"
 # The host's extra CAs (a TLS-intercepting network, a company CA) are
@@ -69,9 +69,9 @@ rm -f /etc/ssh/ssh_host_*
 if [ -f "$SRC/entrypoint.sh" ]; then
   step "entrypoint"
   mkdir -p /opt/computesdk
-  cp "$SRC/entrypoint.sh" "$SRC/sshd_config" /opt/computesdk/
+  cp "$SRC/entrypoint.sh" "$SRC/sshd_config" "$SRC/guest-firewall.nft" /opt/computesdk/
   chmod 0755 /opt/computesdk/entrypoint.sh
-  chmod 0644 /opt/computesdk/sshd_config
+  chmod 0644 /opt/computesdk/sshd_config /opt/computesdk/guest-firewall.nft
 fi
 
 step "clean up"

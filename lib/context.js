@@ -35,8 +35,11 @@ class Recent extends Map {
 function makeContext (options) {
   const config = resolveConfig(options)
   const state = {
-    // The app-exists check, made once (reset when it fails).
+    // The app-exists check, made once (reset when it fails, and when a
+    // tenant's app is removed with its last sandbox).
     appReady: null,
+    // creates under way: a tenant's app is not removed while one is.
+    creates: 0,
     // sandboxIds destroyed through this provider: later calls fail fast
     // (an id forgotten here fails the slower way, at the API or sshd).
     destroyed: new Recent(RECENT_LIMIT),
@@ -60,7 +63,11 @@ function makeContext (options) {
     orphanVolumes: new Recent(RECENT_LIMIT),
     // sandboxIds where this provider's key was authorized through exec
     // (lib/transport/ssh.js); a resume after a stop forgets it.
-    reauthorized: new Recent(RECENT_LIMIT)
+    reauthorized: new Recent(RECENT_LIMIT),
+    // The edge path (lib/edge.js): 'private' or 'edge', learned once (a
+    // promise), and per app the making of its public addresses.
+    reach: null,
+    edgeIps: new Map()
   }
   const ctx = {}
   // Not enumerable: logging a provider or a sandbox (which show this object)

@@ -17,6 +17,14 @@ export interface FlyConfig {
   apiToken?: string
   /** The Fly app that holds the sandboxes; falls back to FLY_APP_NAME, then 'computesdk'. Created when missing. */
   appName?: string
+  /**
+   * A tenant whose sandboxes share a network: they go in an app of their
+   * own, `<appName>-t-<tenant>`, created on its own private network (made on
+   * first create, removed with its last sandbox). Without it no sandbox
+   * reaches another (the image's in-guest firewall). Lowercase letters,
+   * digits and dashes, at most 30.
+   */
+  tenant?: string
   /** Organization slug used when the app has to be created; FLY_ORG, then 'personal'. */
   org?: string
   /** Region for new machines; FLY_REGION, then 'iad'. */
@@ -83,6 +91,16 @@ export interface FlyConfig {
    * Needs key authentication (not with sshPassword).
    */
   pool?: FlyPoolConfig
+  /**
+   * How SSH reaches a machine: 'private' (its 6PN address; create then adds no edge token,
+   * service or public addresses) or 'edge' (Fly's public edge at `edgeUrl`). Unset: learned once
+   * per provider (README, "Configuration").
+   */
+  reach?: 'private' | 'edge'
+  /** The edge's URL (env FLY_EDGE_URL; default `https://<appName>.fly.dev`); fly-local: `srv.edgeUrl`. */
+  edgeUrl?: string
+  /** PEM certificates to trust for the edge instead of the system's CAs; fly-local: `srv.edgeCa`. */
+  edgeCa?: string
 }
 
 export interface FlyVolumeOptions {

@@ -16,6 +16,7 @@ const {
 const volumes = require('./volumes')
 const idle = require('./idle')
 const { checkPorts, createWith: createWithPorts } = require('./ports')
+const edge = require('./edge')
 
 function b64 (s) {
   return Buffer.from(s, 'utf8').toString('base64')
@@ -33,9 +34,10 @@ function ensureApp (ctx) {
         if (err.code !== 'FLY_NOT_FOUND') throw err
       }
       try {
-        await api.call(config, 'app.create', null, {
-          body: { app_name: config.appName, name: config.appName, org_slug: config.org }
-        })
+        const body = { app_name: config.appName, name: config.appName, org_slug: config.org }
+        // a tenant's app is on its own network (named as the app)
+        if (config.tenant) body.network = config.appName
+        await api.call(config, 'app.create', null, { body })
       } catch (err) {
         if (err.code !== 'FLY_UNPROCESSABLE') throw err // 422: taken, i.e. it exists now
       }
@@ -44,6 +46,8 @@ function ensureApp (ctx) {
   }
   return state.appReady
 }
+
+const GUARD_ENVS = new Set(['COMPUTESDK_TENANT', 'FLY_LOCAL_FIREWALL'])
 
 // The first of keys (an option and its aliases) given, checked as fly()
 // checks the option (RANGES[keys[0]]).
@@ -92,6 +96,8 @@ function machineRequest (ctx, o) {
   const envs = stringMap(o.envs, 'envs')
   for (const k of Object.keys(envs)) {
     if (!validEnvName(k)) throw invalidArg(`create: invalid environment variable name ${JSON.stringify(k)}`)
+    // they turn the image's in-guest firewall off (docker/entrypoint.sh)
+    if (GUARD_ENVS.has(k)) throw invalidArg(`create: environment variable ${k} is reserved`)
   }
   const timeout = o.timeout !== undefined ? optInt(o, 'timeout', ...RANGES.timeout, 'create') : config.timeout
   const ports = checkPorts(o.ports)
@@ -132,7 +138,10 @@ function machineRequest (ctx, o) {
     auto_destroy: !!timeout
   }
   if (timeout) machineConfig.env.COMPUTESDK_SANDBOX_TIMEOUT_S = String(Math.ceil(timeout / 1000))
+  // on its own network the org's 6PN is out of reach already
+  if (config.tenant) machineConfig.env.COMPUTESDK_TENANT = config.tenant
   idle.apply(config, o, machineConfig, timeout)
+  edge.apply(config, machineConfig)
   const body = { region: o.region || config.region, config: machineConfig }
   if (o.name !== undefined) body.name = String(o.name)
   return { body, createId, hostFingerprint: host.fingerprint, ports }
@@ -199,6 +208,8 @@ async function create (ctx, options) {
   let volumeId = null
   const run = async () => {
     await step(ensureApp(ctx))
+    // The app's public addresses, for the edge path (once per provider).
+    await step(edge.ensureIps(ctx, app))
     // The workspace volume (lib/volumes.js) is made before the machine that
     // mounts it; like the machine, not raced with the signal.
     const want = await step(volumes.plan(ctx, o))
@@ -213,8 +224,16 @@ async function create (ctx, options) {
     if (signal && signal.aborted) throw abortError(signal, 'create')
     // Not raced with the signal: the machine it makes must be known to be
     // removed, so an abort here takes effect when the reply is in.
-    const created = await createWithPorts(config, app, body, ports,
+    const make = () => createWithPorts(config, app, body, ports,
       () => api.call(config, 'machine.create', { app }, { body, createId, createIdKey: CREATE_ID }))
+    // A tenant's app removed (with its last sandbox, by another process)
+    // since ensureApp: made again, once.
+    const created = await make().catch(async (err) => {
+      if (!config.tenant || err.code !== 'FLY_NOT_FOUND' || want) throw err
+      state.appReady = null
+      await ensureApp(ctx)
+      return make()
+    })
     machineId = created.body.id
     if (signal && signal.aborted) throw abortError(signal, 'create')
     await waitStarted(config, app, machineId, step)
@@ -226,7 +245,8 @@ async function create (ctx, options) {
     if (o.waitForSsh !== false) await step(transport.check(sb))
     return { sandbox: sb, sandboxId: sb.sandboxId }
   }
-  const done = run().catch(async (err) => {
+  state.creates++
+  const done = run().finally(() => { state.creates-- }).catch(async (err) => {
     if (machineId !== null) {
       err.machineId = machineId
       err.sandboxId = `${app}:${machineId}`
@@ -310,10 +330,14 @@ async function destroy (ctx, sandboxId) {
       await api.call(config, 'machine.delete', params, { query: { force: 'true' } })
     }
     await removeVolume(ctx, sandboxId, ids, volume)
+    await removeTenantApp(ctx, sandboxId, ids.app)
   } catch (err) {
     if (err.code === 'FLY_DESTROY_FAILED') throw err
     // Gone already (a volume whose removal failed before is finished now).
-    if (err.code === 'FLY_NOT_FOUND') return removeVolume(ctx, sandboxId, ids, volume)
+    if (err.code === 'FLY_NOT_FOUND') {
+      await removeVolume(ctx, sandboxId, ids, volume)
+      return removeTenantApp(ctx, sandboxId, ids.app)
+    }
     // It still exists: calls on it are not refused as destroyed.
     state.destroyed.delete(sandboxId)
     throw flyError('FLY_DESTROY_FAILED', `could not destroy sandbox ${sandboxId}: ${err.message}`,
@@ -334,6 +358,32 @@ async function removeVolume (ctx, sandboxId, ids, volume) {
     ctx.state.orphanVolumes.set(sandboxId, volume)
     throw flyError('FLY_DESTROY_FAILED', `sandbox ${sandboxId} was removed but its volume ${volume.id} could not be: ${err.message}`,
       { cause: err, sandboxId, machineId: ids.machine, volumeId: volume.id })
+  }
+}
+
+// a volume whose delete was answered may still be on its way out
+const VOLUME_GONE = new Set(['destroying', 'destroyed', 'pending_destroy'])
+
+// A tenant's app (config.tenant) goes with its last machine and volume, as
+// create made it; not while a create of this provider is under way (one
+// elsewhere that loses the race makes the app again); the warm pool's
+// machines keep it, and its drain destroys them this way. A failure is
+// FLY_DESTROY_FAILED naming the app; destroying the sandbox again retries.
+async function removeTenantApp (ctx, sandboxId, app) {
+  const { config, state } = ctx
+  // a pool top-up is a create too (lib/pool.js)
+  if (!config.tenant || app !== config.appName || state.creates > 0 || (ctx.pool && ctx.pool.run)) return
+  try {
+    const machines = (await api.call(config, 'machine.list', { app })).body || []
+    if (machines.some((m) => !isGone(m))) return
+    const vols = (await api.call(config, 'volume.list', { app })).body || []
+    if (vols.some((v) => !VOLUME_GONE.has(v.state))) return
+    state.appReady = null
+    await api.call(config, 'app.delete', { app })
+  } catch (err) {
+    if (err.code === 'FLY_NOT_FOUND') return
+    throw flyError('FLY_DESTROY_FAILED', `sandbox ${sandboxId} was removed but its tenant's app ${app} could not be: ${err.message}`,
+      { cause: err, sandboxId, app })
   }
 }
 

@@ -8,7 +8,7 @@ const { invalidArg } = require('./errors')
 const exec = require('./exec')
 const { makeFilesystem } = require('./fs')
 const { makeCommands, makePty } = require('./commands')
-const { HOST_FP, VOLUME } = require('./metadata')
+const { HOST_FP, VOLUME, EDGE_TOKEN } = require('./metadata')
 
 function parseSandboxId (sandboxId) {
   if (typeof sandboxId !== 'string') throw invalidArg('sandboxId must be a string')
@@ -42,6 +42,11 @@ class FlyMachine {
     this.image = cfg.image || null
     this.createdAt = m.created_at ? new Date(m.created_at) : new Date()
     this.metadata = { ...(cfg.metadata || {}) }
+    // The edge token is a credential: kept off the enumerable metadata, so
+    // that logging a sandbox does not print it.
+    const edgeToken = this.metadata[EDGE_TOKEN]
+    delete this.metadata[EDGE_TOKEN]
+    Object.defineProperty(this, '_edgeToken', { value: edgeToken || null, enumerable: false, configurable: true, writable: true })
     this.hostKeyFingerprint = this._pinnedHostKey || this.metadata[HOST_FP] || null
     this.volumeId = this.metadata[VOLUME] || null
     // When this state was read (lib/pause.js: may it have paused since?).

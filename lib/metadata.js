@@ -26,6 +26,9 @@ const IDLE_MS = 'computesdk_idle_timeout_ms'
 const AUTO_RESUME = 'computesdk_auto_resume'
 const VOLUME = 'computesdk_volume'
 const PORTS = 'computesdk_ports'
+// The sandbox's edge token (lib/edge.js): the bridge in the image lets a
+// WebSocket that holds it through to sshd.
+const EDGE_TOKEN = 'computesdk_edge_token'
 // The warm pool (lib/pool.js): a ready (suspended, claimable) machine
 // carries POOL, one still being prepared FILLING; both hold the pool key.
 // Neither carries TAG, so list() does not show pool machines as sandboxes.
@@ -38,6 +41,10 @@ const DRAINING = 'computesdk_pool_draining'
 
 // Where injected files go in the machine (root-owned; docker/sshd_config).
 const FILES_DIR = '/etc/computesdk'
+
+// The names of the volumes the provider makes (Fly: letters, digits and
+// underscores, at most 30): found by it again after their sandbox is gone.
+const VOLUME_PREFIX = 'cs_'
 
 // A machine's metadata ({} for none, or no machine).
 function metadataOf (m) {
@@ -68,6 +75,7 @@ function statusOf (m) {
 
 module.exports = {
   RESERVED_PREFIX,
+  VOLUME_PREFIX,
   TAG,
   CREATE_ID,
   HOST_FP,
@@ -80,6 +88,7 @@ module.exports = {
   AUTO_RESUME,
   VOLUME,
   PORTS,
+  EDGE_TOKEN,
   POOL,
   FILLING,
   DRAINING,

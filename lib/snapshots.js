@@ -9,7 +9,7 @@ const api = require('./api')
 const { flyError, invalidArg } = require('./errors')
 const { requireToken } = require('./config')
 const { parseSandboxId } = require('./machine')
-const { TAG, VOLUME, metadataOf, isGone } = require('./metadata')
+const { TAG, VOLUME, VOLUME_PREFIX, metadataOf, isGone } = require('./metadata')
 
 const PART = /^[A-Za-z0-9_]{1,64}$/
 const APP = /^[a-z0-9][a-z0-9-]{0,62}$/
@@ -104,6 +104,15 @@ async function list (ctx, options) {
       const vol = !isGone(m) && metadataOf(m)[VOLUME]
       if (vol) sources.push({ app: config.appName, volume: vol, sandboxId: `${config.appName}:${m.id}` })
     }
+    // The workspaces of destroyed sandboxes: their volumes are deleted, but
+    // their snapshots live on (and restore) until they expire.
+    const seen = new Set(sources.map((s) => s.volume))
+    for (const v of await orgVolumes(config)) {
+      if (v.app_name === config.appName && typeof v.name === 'string' && v.name.startsWith(VOLUME_PREFIX) && !seen.has(v.id)) {
+        seen.add(v.id)
+        sources.push({ app: config.appName, volume: v.id, sandboxId: null })
+      }
+    }
   }
   const out = []
   for (const s of sources) {
@@ -111,6 +120,28 @@ async function list (ctx, options) {
   }
   out.sort((a, b) => (b.createdAt || 0) - (a.createdAt || 0))
   return o.limit ? out.slice(0, o.limit) : out
+}
+
+// Every volume of the org, deleted ones too, page by page (at most
+// ORG_PAGES pages of 1,000).
+const ORG_PAGES = 50
+async function orgVolumes (config) {
+  const out = []
+  let cursor
+  for (let i = 0; i < ORG_PAGES; i++) {
+    let page
+    try {
+      page = (await api.call(config, 'volume.org_list', { org: config.org },
+        { query: { include_deleted: 'true', summary: 'true', limit: '1000', cursor } })).body || {}
+    } catch (err) {
+      if (err.code === 'FLY_NOT_FOUND') return out
+      throw err
+    }
+    if (Array.isArray(page.volumes)) out.push(...page.volumes)
+    if (typeof page.next_cursor !== 'string' || page.next_cursor === '' || page.next_cursor === cursor) return out
+    cursor = page.next_cursor
+  }
+  return out
 }
 
 async function remove (ctx, snapshotId) {

@@ -9,15 +9,13 @@ const api = require('./api')
 const { flyError, invalidArg } = require('./errors')
 const { volumeOption } = require('./config')
 const { parseSandboxId } = require('./machine')
-const { VOLUME, metadataOf, isGone } = require('./metadata')
+const { VOLUME, VOLUME_PREFIX, metadataOf, isGone } = require('./metadata')
 const snapshotIds = require('./snapshots')
 
 const WORKSPACE = '/home/sandbox'
-// Fly volume names: letters, digits and underscores, at most 30.
-const NAME_PREFIX = 'cs_'
 
 function volumeName (createId) {
-  return NAME_PREFIX + createId.slice(0, 24)
+  return VOLUME_PREFIX + createId.slice(0, 24)
 }
 
 // What create asks for: null (no volume) or { sizeGb, snapshot_id?,
@@ -123,4 +121,4 @@ async function info (sb) {
   }
 }
 
-module.exports = { plan, make, remove, info, volumeName, WORKSPACE, NAME_PREFIX }
+module.exports = { plan, make, remove, info, volumeName, WORKSPACE }

@@ -55,6 +55,10 @@ static const fly_api_op_t api_ops[] = {
   {"app.create", "POST", "/v1/apps", POLICY_IDEMPOTENT},
   {"app.get", "GET", "/v1/apps/{app}", POLICY_IDEMPOTENT},
   {"app.delete", "DELETE", "/v1/apps/{app}", POLICY_IDEMPOTENT},
+  /* The app's public addresses (the edge path, lib/edge.js).  A create is
+   * sent once: a replay could allocate a second address. */
+  {"app.ips.list", "GET", "/v1/apps/{app}/ip_assignments", POLICY_IDEMPOTENT},
+  {"app.ips.create", "POST", "/v1/apps/{app}/ip_assignments", POLICY_ONCE},
   {"machine.list", "GET", "/v1/apps/{app}/machines", POLICY_IDEMPOTENT},
   {"machine.create", "POST", "/v1/apps/{app}/machines", POLICY_CREATE},
   {"machine.get", "GET", "/v1/apps/{app}/machines/{machine}",
@@ -101,6 +105,9 @@ static const fly_api_op_t api_ops[] = {
   {"machine.lease.release", "DELETE",
    "/v1/apps/{app}/machines/{machine}/lease", POLICY_IDEMPOTENT},
   {"volume.list", "GET", "/v1/apps/{app}/volumes", POLICY_IDEMPOTENT},
+  /* Every volume of an org, deleted ones with include_deleted: how the
+   * snapshots of a destroyed sandbox are found again. */
+  {"volume.org_list", "GET", "/v1/orgs/{org}/volumes", POLICY_IDEMPOTENT},
   /* A replayed create would make a second volume: only what provably was
    * not processed is repeated (the caller looks up by name after an
    * ambiguous failure). */

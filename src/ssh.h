@@ -30,7 +30,40 @@ typedef struct fly_ssh_target_s {
   uint64_t op_timeout_ms;      /* channel opens and SFTP calls */
   uint64_t idle_timeout_ms;    /* close a connection unused this long */
   unsigned keepalive_sec;
+  /* Through Fly's edge (edge.c) when edge_host is set: TLS to
+   * edge_host:edge_port, a WebSocket upgrade of edge_path with Host
+   * edge_authority, fly-force-instance-id edge_instance and the edge
+   * token; edge_ca: PEM to trust instead of the system's CAs. */
+  char *edge_host;
+  int edge_port;
+  char *edge_authority;
+  char *edge_instance;
+  char *edge_token;
+  char *edge_ca;
+  char *edge_path;
 } fly_ssh_target_t;
+
+/* ---- the edge (edge.c): I/O thread only ----------------------------------
+ * One per connection of a session whose target has an edge.  libssh2 gets
+ * *ssh_fd, one end of a socketpair; the edge pumps the other end through
+ * TLS and WebSocket framing. */
+typedef struct fly_edge_s fly_edge_t;
+fly_edge_t *fly_edge_new(const fly_ssh_target_t *t, int *ssh_fd);
+void fly_edge_free(fly_edge_t *e);
+/* Connect further, or move bytes.  1 when something changed. */
+int fly_edge_step(fly_edge_t *e);
+/* 1 once the WebSocket is open (libssh2 may start). */
+int fly_edge_open(const fly_edge_t *e);
+/* 1 when it failed: a code (FLY_EDGE_TLS, FLY_EDGE_REFUSED,
+ * FLY_EDGE_PROTOCOL, SSH_CONNECT_FAILED, SSH_DISCONNECTED), a message with
+ * no secret in it, the HTTP status of a refusal, and whether a new attempt
+ * may succeed (a refused TCP connect, a 502/503/504 while a machine
+ * starts). */
+int fly_edge_failed(const fly_edge_t *e, const char **code, const char **msg,
+                    int *status, int *retry);
+int fly_edge_fds(fly_edge_t *e, struct curl_waitfd *fds, int max);
+/* When it needs a step without a socket event (the resolver's poll). */
+uint64_t fly_edge_deadline(const fly_edge_t *e, uint64_t now);
 
 typedef struct fly_ssh_sess_s fly_ssh_sess_t;
 typedef struct fly_exr_s fly_exr_t;
@@ -100,6 +133,9 @@ struct fly_ssh_sess_s {
   fly_ssh_target_t *target;    /* its handle's, which identifies it */
   int state;
   int fd;
+  fly_edge_t *edge;            /* the edge path, while connected through it */
+  int fail_status;             /* an edge refusal's HTTP status, for errors */
+  int refused_status;          /* an earlier attempt's 502-504, or 0 */
   LIBSSH2_SESSION *ls;
   uint64_t connect_deadline;
   uint64_t retry_at;

@@ -50,6 +50,28 @@ test('snapshot.create / list, and create({ snapshotId }) restores the workspace'
   }
 })
 
+test('a destroyed sandbox\'s snapshots are still listed, and still restore', async () => {
+  const p = provider(srv)
+  const src = await p.sandbox.create({ volume: { sizeGb: 1 } })
+  let restored = null
+  try {
+    await src.filesystem.writeFile('/home/sandbox/kept.txt', 'outlives its sandbox\n')
+    await src.runCommand('sync')
+    const snap = await p.snapshot.create(src.sandboxId)
+    await src.destroy()
+    // Listed through the org's volumes, deleted ones included: its sandbox
+    // is gone, so it names none.
+    const listed = (await p.snapshot.list()).filter((s) => s.id === snap.id)
+    assert.equal(listed.length, 1, 'the snapshot is still listed')
+    assert.equal(listed[0].sandboxId, null)
+    restored = await p.sandbox.create({ snapshotId: listed[0].id })
+    assert.equal(await restored.filesystem.readFile('/home/sandbox/kept.txt'), 'outlives its sandbox\n')
+  } finally {
+    if (restored) await restored.destroy()
+    await src.destroy()
+  }
+})
+
 test('fork() copies the workspace, then the two diverge', async () => {
   const p = provider(srv)
   const src = await p.sandbox.create({ volume: { sizeGb: 1 } })

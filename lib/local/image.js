@@ -8,9 +8,10 @@
 //                <hash> covers that script, the host CAs it copies in and
 //                this builder, so a rebuild with no change is a no-op;
 //   top-<hash>   /opt/computesdk (entrypoint.sh, sshd_config, idle-watch) and the
-//                command executor and process daemon (docker/flyexec.c,
-//                docker/flyproc.c, built static with the host's cc), cheap to make, so editing them does not rebuild
-//                the base.
+//                command executor, the process daemon and the edge bridge
+//                (docker/flyexec.c, docker/flyproc.c, docker/flyedge.c),
+//                built static with the host's cc, cheap to make, so editing
+//                them does not rebuild the base.
 // Both are owned by the shifted ids (see ID_BASE): root inside a machine is
 // host uid ID_BASE, so the image's root-owned files are root's inside.
 //
@@ -60,12 +61,15 @@ function computeBaseHash () {
     `base ${BUILDER_VERSION} ${NODE_SPEC.join(' ')} ${process.arch}`)
 }
 
-const TOP_FILES = [['entrypoint.sh', 0o755], ['sshd_config', 0o644], ['idle-watch', 0o755]]
+const TOP_FILES = [['entrypoint.sh', 0o755], ['sshd_config', 0o644], ['idle-watch', 0o755], ['guest-firewall.nft', 0o644]]
 /* docker/flyexec.c and docker/flyproc.c (the process daemon), at the paths
    the client starts them from (src/ssh.c, lib/commands.js); both include
    docker/flyexec_proto.h and docker/flyio.h (found beside them), which the
-   hash covers. */
-const EXECUTABLES = [['flyexec.c', 'flyexec'], ['flyproc.c', 'flyproc']]
+   hash covers.  docker/flyedge.c beside them (the entrypoint starts it, as
+   root), static with libcrypto.a (libssl-dev) for SHA-1/SHA-256.  Each:
+   [source, program, extra link arguments]. */
+const EXECUTABLES = [['flyexec.c', 'flyexec', []], ['flyproc.c', 'flyproc', []],
+  ['flyedge.c', 'flyedge', ['-lcrypto', '-lpthread']]]
 const EXECUTOR_HDRS = ['flyexec_proto.h', 'flyio.h']
 const EXECUTOR_DIR = 'usr/local/libexec/computesdk'
 
@@ -84,9 +88,9 @@ function buildExecutor (root) {
   const dir = path.join(root, EXECUTOR_DIR)
   fs.mkdirSync(dir, { recursive: true, mode: 0o755 })
   for (let d = dir; d !== root; d = path.dirname(d)) fs.chmodSync(d, 0o755)
-  for (const [src, name] of EXECUTABLES) {
+  for (const [src, name, libs] of EXECUTABLES) {
     const out = path.join(dir, name)
-    run(process.env.CC || 'cc', ['-static', '-O2', '-o', out, path.join(DOCKER_DIR, src)])
+    run(process.env.CC || 'cc', ['-static', '-O2', '-o', out, path.join(DOCKER_DIR, src), ...libs])
     fs.chmodSync(out, 0o755)
   }
 }

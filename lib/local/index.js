@@ -3,7 +3,7 @@
 // sandboxes on this host (see README.md in this directory).
 //
 //   const srv = await require('@computesdk/fly/local').start({ token, host, port })
-//   srv.url, srv.token, await srv.stop()
+//   srv.url, srv.token, srv.edgeUrl, srv.edgeCa, await srv.stop()
 const http = require('http')
 const crypto = require('crypto')
 const { Host, waitSshBanner } = require('./runtime')
@@ -13,11 +13,25 @@ const { createApi } = require('./api')
 const { Volumes } = require('./volumes')
 const { ApiSockets } = require('./api-socket')
 const { Proxy } = require('./proxy')
+const { Edge } = require('./edge')
+const { DEFAULT_FLOWS_MAX } = require('./network')
 
 function needsRoot () {
   const e = new Error('fly-local must run as root: its machines use Linux namespaces, overlayfs mounts and cgroups')
   e.code = 'FLY_LOCAL_NEEDS_ROOT'
   return e
+}
+
+/* The machines' network policy from start's options, else the environment:
+   allowPrivateEgress (FLY_LOCAL_ALLOW_PRIVATE_EGRESS=1) opens the host's
+   private ranges to egress; flowsMax (FLY_LOCAL_FLOWS_MAX) caps each
+   machine's tracked flows. */
+function networkOptions (opts) {
+  const allow = opts.allowPrivateEgress != null ? opts.allowPrivateEgress : process.env.FLY_LOCAL_ALLOW_PRIVATE_EGRESS === '1'
+  if (typeof allow !== 'boolean') throw new TypeError('start: allowPrivateEgress must be a boolean')
+  const flows = opts.flowsMax != null ? opts.flowsMax : process.env.FLY_LOCAL_FLOWS_MAX ? Number(process.env.FLY_LOCAL_FLOWS_MAX) : DEFAULT_FLOWS_MAX
+  if (!Number.isInteger(flows) || flows <= 0) throw new TypeError('start: flowsMax (FLY_LOCAL_FLOWS_MAX) must be a positive integer')
+  return { allowPrivateEgress: allow, flowsMax: flows }
 }
 
 /* Starts an emulator; resolves once it listens. */
@@ -34,7 +48,7 @@ async function start (options = {}) {
   }
   const token = opts.token || `fl_${crypto.randomBytes(24).toString('base64url')}`
 
-  const host = await Host.create()
+  const host = await Host.create(networkOptions(opts))
   const store = new Store({ host, quiet: opts.quiet, destroyedGraceMs: opts.destroyedGraceMs, region: opts.region })
   try {
     store.volumes = await Volumes.create({ host, store, quiet: opts.quiet, log: options.log })
@@ -91,6 +105,18 @@ async function start (options = {}) {
   const addr = server.address()
   const hostPart = addr.family === 'IPv6' || addr.family === 6 ? `[${addr.address}]` : addr.address
   const url = `http://${hostPart}:${addr.port}`
+  /* Fly's edge (https://<app>.fly.dev), on the same address */
+  const edge = new Edge(store, proxy, { wakeMs: opts.proxyWakeMs, quiet: opts.quiet })
+  let edgeAddr
+  try {
+    edgeAddr = await edge.listen(addr.address)
+  } catch (e) {
+    server.close()
+    process.off('exit', onExit)
+    onExit()
+    proxy.close()
+    throw e
+  }
 
   const findMachine = (id) => {
     const m = store.allMachines().find((x) => x.id === id)
@@ -113,6 +139,11 @@ async function start (options = {}) {
     events: store.events,
     host: addr.address,
     port: addr.port,
+    /* the edge: https://<host>:<port>, its CA (PEM), its fault hooks
+       ({ fault(spec), closeAll(), stallAll() }, edge.js) */
+    edgeUrl: `https://${hostPart}:${edgeAddr.port}`,
+    edgeCa: edge.ca,
+    edge: { fault: (spec) => edge.faults.set(spec), closeAll: () => edge.closeAll(), stallAll: () => edge.stallAll() },
     stats: () => ({ ...stats }),
     /* 'ext4' (sized loop-mounted images) or 'directory' (no size limit) */
     volumeBackend: store.volumes.backend,
@@ -156,6 +187,7 @@ async function start (options = {}) {
         stopping = (async () => {
           server.close()
           if (server.closeAllConnections) server.closeAllConnections()
+          edge.close()
           proxy.close()
           await Promise.allSettled([...pending])
           await store.destroyAll()

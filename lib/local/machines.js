@@ -107,6 +107,10 @@ class Machine extends EventEmitter {
       FLY_MACHINE_VERSION: this.version,
       FLY_IMAGE_REF: this.config.image || '',
       FLY_PROCESS_GROUP: 'app',
+      /* the image's in-guest firewall: network.js enforces it on the host
+         (root inside has no CAP_NET_ADMIN, and nf_tables from a user
+         namespace is kernel surface a machine need not reach) */
+      FLY_LOCAL_FIREWALL: 'host',
       PRIMARY_REGION: this.region
     })
     return env

@@ -6,12 +6,24 @@
 // random per fly-local instance, <net> numbers the app networks) and, for
 // IPv4 egress only, 100.<x>.<y>.<4n+2>/30. The host side of its veth is
 // fe80::1 and 100.<x>.<y>.<4n+1>. One nftables table per instance:
+//   raw      (prerouting, before connection tracking) a packet from a
+//            machine whose source is not that machine's own address is
+//            dropped (IP_FREEBIND/IPV6_FREEBIND need no capability), but
+//            for neighbour discovery from link-local or unspecified ones;
 //   input    nothing from a machine reaches the host itself (its loopback,
-//            its addresses, the fly-local API) except replies;
-//   forward  machines of one network reach each other; an app created with
-//            its own `network` is its own network; egress (NAT) only for
-//            machines that have it, and never to link-local addresses (a
-//            cloud host's metadata service and its credentials);
+//            its addresses, the fly-local API) except replies to flows the
+//            host opened;
+//   forward  traffic into a machine belongs to a flow the host or a
+//            machine that passed the source check opened (a conntrack
+//            mark bit); machines of the org's default network reach no
+//            other machine (what the sandbox image's in-guest firewall
+//            does on Fly); the machines of an app created with its own
+//            `network` reach each other and no one else; egress (NAT)
+//            only for machines that have it, never to metadata services
+//            (169.254.0.0/16, 100.100.100.200, fd00:ec2::254, fe80::/10)
+//            and, unless allowPrivateEgress, not to private ranges (RFC
+//            1918, CGNAT, ULA) but for the host's DNS resolvers on port
+//            53; each machine holds at most flowsMax tracked flows at once;
 //   nat      masquerade of egress.
 // Addresses come from a counter, never from probing: nothing a sandbox does
 // can make a later allocation fail.
@@ -85,17 +97,58 @@ function forwardingOff (tag, pid) {
   /* dead instances' registrations stay: sweepStale removes their tables */
 }
 
+/* Ranges no machine's egress reaches: cloud metadata services (AWS's,
+   GCP's and Azure's 169.254.169.254, AWS's IPv6 fd00:ec2::254, Alibaba's
+   100.100.100.200) and link-local addresses. */
+const METADATA4 = ['169.254.0.0/16', '100.100.100.200']
+const METADATA6 = ['fe80::/10', 'fd00:ec2::254']
+/* The host's private ranges (its LAN, a VPC, a carrier's CGNAT), closed to
+   egress unless allowPrivateEgress: RFC 1918, RFC 6598, RFC 4193. */
+const PRIVATE4 = ['10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16', '100.64.0.0/10']
+const PRIVATE6 = ['fc00::/7']
+/* A bit of the conntrack mark: the flow was opened by a fly-local machine
+   whose source was checked. Traffic into a machine in an established flow
+   must carry it: a flow that a spoofing source elsewhere (a LAN peer that
+   routes through this host, an older fly-local) opened in a machine's name
+   gets no replies into it. */
+const CHECKED = '0x00100000'
+/* tracked flows a machine may hold at once (FLY_LOCAL_FLOWS_MAX) */
+const DEFAULT_FLOWS_MAX = 1024
+
+/* The host's DNS resolvers (the machines get the same resolv.conf): port 53
+   on them stays open when private egress is closed. */
+function resolvers () {
+  const out = { v4: [], v6: [] }
+  for (const l of (readQuiet('/etc/resolv.conf') || '').split('\n')) {
+    const m = /^\s*nameserver\s+([0-9a-fA-F:.]+)\s*$/.exec(l)
+    if (!m || /^(127\.|::1$|fe80:)/i.test(m[1])) continue
+    out[m[1].includes(':') ? 'v6' : 'v4'].push(m[1])
+  }
+  return out
+}
+
+function elements (list) {
+  return list.length ? ` elements = { ${list.join(', ')} };` : ''
+}
+
 class Network {
-  /* Sets up the instance's table and forwarding; tag: 4 hex digits. */
-  static async create ({ egress = true } = {}) {
+  /* Sets up the instance's table and forwarding; tag: 4 hex digits.
+     opts: egress (the default of machines without config.egress),
+     allowPrivateEgress, flowsMax. */
+  static async create ({ egress = true, allowPrivateEgress = false, flowsMax = DEFAULT_FLOWS_MAX } = {}) {
+    if (!Number.isInteger(flowsMax) || flowsMax <= 0) throw new TypeError('flowsMax must be a positive integer')
     const n = new Network()
     n.tag = crypto.randomBytes(2).toString('hex')
     const r = crypto.randomBytes(4)
     n.v6prefix = `fdaa:0:${r.readUInt16BE(0).toString(16)}`
     /* 100.64.0.0/10, one /18 per instance (4096 /30s) */
-    const block = r.readUInt16BE(2) % 256
+    let block = r.readUInt16BE(2) % 256
+    /* 100.100.64.0/18 holds Alibaba's metadata address, 100.100.100.200 */
+    if (block === 145) block = 146
     n.v4 = [100, 64 + (block >> 2), (block & 3) << 6]
     n.egressDefault = egress
+    n.allowPrivateEgress = !!allowPrivateEgress
+    n.flowsMax = flowsMax
     n.next = 1
     n.networks = new Map()
     n.byIp = new Map()
@@ -109,22 +162,57 @@ class Network {
 
   tableRules () {
     const ifs = `"${this.ifPrefix()}*"`
+    const dns = resolvers()
+    const nd = 'icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit }'
+    const closed = this.allowPrivateEgress ? '' : '\n    ip daddr @private4 drop\n    ip6 daddr @private6 drop'
     return `table inet ${this.table} {
   set noegress { type ifname; }
+  set src6 { type ifname . ipv6_addr; }
+  set src4 { type ifname . ipv4_addr; }
+  set flows { type ifname; size 65535; flags dynamic; }
+  set metadata4 { type ipv4_addr; flags interval;${elements(METADATA4)} }
+  set metadata6 { type ipv6_addr; flags interval;${elements(METADATA6)} }
+  set private4 { type ipv4_addr; flags interval;${elements(PRIVATE4)} }
+  set private6 { type ipv6_addr; flags interval;${elements(PRIVATE6)} }
+  set dns4 { type ipv4_addr;${elements(dns.v4)} }
+  set dns6 { type ipv6_addr;${elements(dns.v6)} }
+  chain raw {
+    type filter hook prerouting priority raw; policy accept;
+    iifname != ${ifs} accept
+    iifname . ip6 saddr @src6 accept
+    iifname . ip saddr @src4 accept
+    ip6 saddr { ::, fe80::/10 } ${nd} accept
+    drop
+  }
   chain input {
     type filter hook input priority -5; policy accept;
-    iifname ${ifs} ct state established,related accept
-    iifname ${ifs} icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept
+    iifname ${ifs} ct direction reply ct state established,related accept
+    iifname ${ifs} ${nd} accept
     iifname ${ifs} drop
   }
   chain forward {
     type filter hook forward priority -5; policy accept;
-    oifname ${ifs} ct state established,related accept
+    iifname ${ifs} jump from_machine
+    oifname ${ifs} ct state established,related ct mark and ${CHECKED} != 0 accept
+    oifname ${ifs} drop
+  }
+  chain from_machine {
+    ct state established,related accept
+    ct state != new drop
+    add @flows { iifname ct count over ${this.flowsMax} } jump over_limit
+    ct mark set ct mark or ${CHECKED}
     oifname ${ifs} jump peers
     oifname ${ifs} drop
     iifname @noegress drop
-    iifname ${ifs} ip daddr 169.254.0.0/16 drop
-    iifname ${ifs} ct state new accept
+    ip daddr @metadata4 drop
+    ip6 daddr @metadata6 drop
+    meta l4proto { tcp, udp } th dport 53 ip daddr @dns4 accept
+    meta l4proto { tcp, udp } th dport 53 ip6 daddr @dns6 accept${closed}
+    accept
+  }
+  chain over_limit {
+    meta l4proto tcp reject with tcp reset
+    reject
   }
   chain peers {
   }
@@ -136,16 +224,18 @@ class Network {
 `
   }
 
-  /* The number of an app network ('' is the org's shared one); a new custom
-     network gets its interface set and the rule that lets its members (and
-     only them) reach each other. */
+  /* The number of an app network (0 is the org's shared one, '' or
+     'default'); each gets its interface set, and a custom network the rule
+     that lets its members (and only them) reach each other. The org's
+     network has no such rule: there no machine reaches another, as on Fly
+     with the sandbox image's in-guest firewall (docker/guest-firewall.nft). */
   async networkId (name) {
-    const key = name || ''
+    const key = name && name !== 'default' ? name : ''
     if (this.networks.has(key)) return this.networks.get(key)
     const id = this.networks.size
     this.networks.set(key, id)
     await runTool(NFT, ['-f', '-'], `add set inet ${this.table} net${id} { type ifname; }\n` +
-      `add rule inet ${this.table} peers iifname @net${id} oifname @net${id} accept\n`)
+      (key ? `add rule inet ${this.table} peers iifname @net${id} oifname @net${id} accept\n` : ''))
     return id
   }
 
@@ -180,6 +270,8 @@ class Network {
   upScript (ip) {
     const m = this.byIp.get(ip)
     const sets = `add element inet ${this.table} net${m.netId} { "${m.ifname}" }; ` +
+      `add element inet ${this.table} src6 { "${m.ifname}" . ${ip} }; ` +
+      `add element inet ${this.table} src4 { "${m.ifname}" . ${m.v4guest} }; ` +
       (m.egress ? '' : `add element inet ${this.table} noegress { "${m.ifname}" }; `)
     const host = [
       `link add ${m.ifname} type veth peer name eth0 netns $pid`,
@@ -216,6 +308,8 @@ class Network {
     this.byIp.delete(ip)
     const link = fs.existsSync(`/sys/class/net/${m.ifname}`) ? runTool(IP, ['link', 'del', m.ifname]).catch(() => {}) : Promise.resolve()
     return link.then(() => runTool(NFT, ['-f', '-'], `delete element inet ${this.table} net${m.netId} { "${m.ifname}" }\n` +
+        `delete element inet ${this.table} src6 { "${m.ifname}" . ${ip} }\n` +
+        `delete element inet ${this.table} src4 { "${m.ifname}" . ${m.v4guest} }\n` +
         (m.egress ? '' : `delete element inet ${this.table} noegress { "${m.ifname}" }\n`)).catch(() => {}))
   }
 
@@ -242,4 +336,4 @@ function sweepStale () {
   }
 }
 
-module.exports = { Network, sweepStale }
+module.exports = { Network, sweepStale, DEFAULT_FLOWS_MAX }

@@ -88,7 +88,8 @@ function limitsError (missing) {
 }
 
 class Host {
-  static async create () {
+  /* net: network.js's options (allowPrivateEgress, flowsMax) */
+  static async create (net = {}) {
     sweepStale()
     const missing = cgroups.missingControllers()
     if (missing.length && process.env.FLY_LOCAL_ALLOW_NO_LIMITS !== '1') throw limitsError(missing)
@@ -106,7 +107,7 @@ class Host {
     const pids = Number(process.env.FLY_LOCAL_PIDS_MAX)
     h.pidsMax = Number.isInteger(pids) && pids > 0 ? pids : DEFAULT_PIDS
     try {
-      h.net = await Network.create({ egress: process.env.FLY_LOCAL_EGRESS !== '0' })
+      h.net = await Network.create({ egress: process.env.FLY_LOCAL_EGRESS !== '0', ...net })
     } catch (e) {
       fs.rmSync(dir, { recursive: true, force: true })
       throw e

@@ -96,6 +96,15 @@ class Volumes {
       .sort((a, b) => a.createdAt - b.createdAt || (a.id < b.id ? -1 : 1))
   }
 
+  /* GET /v1/orgs/:org/volumes: the org's apps' volumes, deleted ones too
+     when asked. */
+  listOrg (org, { includeDeleted = false } = {}) {
+    return [...this.volumes.values()].filter((v) => {
+      const app = this.store.apps.get(v.app)
+      return app && app.org === org && (includeDeleted || (v.state !== 'destroyed' && v.state !== 'destroying'))
+    }).sort((a, b) => a.createdAt - b.createdAt || (a.id < b.id ? -1 : 1))
+  }
+
   count (appName) {
     return this.list(appName).length
   }
@@ -288,6 +297,9 @@ class Volumes {
       await this.release(vol)
       vol.state = 'destroyed'
       vol.destroyedAt = Date.now()
+      /* A deleted volume with snapshots stays listed (include_deleted) and
+         its snapshots readable, as on Fly, while they last: they outlive it. */
+      if (this.snapshotsOf(vol).length > 0) return
       const t = setTimeout(() => { if (this.volumes.get(vol.id) === vol) this.volumes.delete(vol.id) }, this.store.destroyedGraceMs)
       t.unref()
     })

@@ -46,7 +46,12 @@ const SHARED = {
   MachineMount: 'fly.MachineMount',
   Volume: 'Volume',
   ExtendVolume: 'ExtendVolumeResponse',
-  VolumeSnapshot: 'VolumeSnapshot'
+  VolumeSnapshot: 'VolumeSnapshot',
+  OrgVolume: 'OrgVolume',
+  OrgVolumes: 'OrgVolumesResponse',
+  IPAssignment: 'IPAssignment',
+  IPAssignmentList: 'listIPAssignmentsResponse',
+  AssignedIP: 'AssignIPResponse'
 }
 
 /* Fields fly-local serves that Fly's component does not list, and why. */

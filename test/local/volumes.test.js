@@ -36,7 +36,11 @@ async function deleteVolume (id) {
 async function waitState (m, state) {
   const version = state === 'stopped' ? `&version=${m.version || m.instance_id}` : ''
   const w = await api('GET', `${M}/${m.id}/wait?state=${state}&timeout=60${version}`)
-  assert.equal(w.status, 200, w.text)
+  if (w.status !== 200) {
+    // Why it did not get there (a boot error is in the machine's events).
+    const got = await api('GET', `${M}/${m.id}`)
+    assert.fail(`${w.text}; events: ${JSON.stringify((got.body && got.body.events) || []).slice(0, 2000)}`)
+  }
 }
 
 async function launch (volumeId, path = '/home/sandbox', extra = {}) {

@@ -120,7 +120,19 @@ async function extendVolume (store, { params, body }) {
   return [200, { needs_restart: needsRestart, volume: await store.volumes.toJSON(vol) }]
 }
 
+/* Fly's org-wide listing: { volumes, next_cursor } with each volume's
+   app_name; include_deleted shows deleted volumes (whose snapshots live on). */
+async function listOrgVolumes (store, { params, query }) {
+  const page = paginate(store.volumes.listOrg(params.org, { includeDeleted: truthy(query.get('include_deleted')) }), query)
+  const summary = truthy(query.get('summary'))
+  const volumes = await Promise.all(page.list.map(async (v) => ({ ...await store.volumes.toJSON(v, { summary }), app_name: v.app })))
+  const out = { volumes }
+  if (page.headers['fly-next-cursor']) out.next_cursor = page.headers['fly-next-cursor']
+  return [200, out]
+}
+
 function routes (route, { store }) {
+  route('GET', '/v1/orgs/:org/volumes', (rq) => listOrgVolumes(store, rq))
   route('GET', BASE, (rq) => listVolumes(store, rq))
   route('POST', BASE, (rq) => createVolume(store, rq))
   route('GET', ONE, async ({ params }) => {
@@ -130,8 +142,9 @@ function routes (route, { store }) {
   route('PUT', ONE, (rq) => updateVolume(store, rq))
   route('DELETE', ONE, (rq) => destroyVolume(store, rq))
   route('PUT', `${ONE}/extend`, (rq) => extendVolume(store, rq))
+  /* a deleted volume's snapshots can still be listed (and restored) */
   route('GET', `${ONE}/snapshots`, ({ params }) => {
-    const vol = findVolume(store, params.app, params.id)
+    const vol = findVolume(store, params.app, params.id, { destroyedToo: true })
     return [200, store.volumes.snapshotsOf(vol).map((s) => store.volumes.snapshotJSON(s))]
   })
   /* Fly's reply has no documented body: clients list the snapshots */
