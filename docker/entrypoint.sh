@@ -40,6 +40,7 @@ USER_NAME=sandbox
 HOME_DIR=/home/$USER_NAME
 INJECT=/etc/computesdk
 RUNDIR=/run/computesdk
+PROC_DIR=/run/flyproc
 KEYDIR=/etc/ssh/computesdk
 HOSTKEY=$KEYDIR/ssh_host_ed25519_key
 BASE_CONFIG=${SANDBOX_SSHD_BASE_CONFIG:-${BASH_SOURCE[0]%/*}/sshd_config}
@@ -79,6 +80,15 @@ ensure_user() {
   fi
   mkdir -p "$KEYDIR" "$RUNDIR" /run/sshd || return 1
   chmod 700 "$KEYDIR" "$RUNDIR" || return 1
+  # The process daemon's directory (docker/flyproc.c): the sandbox user's
+  # alone; its socket and the busy file idle-watch reads live there. A busy
+  # file left from before a restart (no daemon runs yet) is removed: /run is
+  # root's, so the user cannot swap the directory for a link.
+  if [ ! -d "$PROC_DIR" ] || [ -L "$PROC_DIR" ]; then
+    rm -f -- "$PROC_DIR" && mkdir -m 700 "$PROC_DIR" || return 1
+  fi
+  chown -h "$USER_NAME:$USER_NAME" "$PROC_DIR" && chmod 700 "$PROC_DIR" || return 1
+  rm -f -- "$PROC_DIR/busy"
   # sshd reads the provider's keys from $INJECT/authorized_keys in place:
   # it and its directory stay root's and writable by no one else.
   if [ -e "$INJECT/authorized_keys" ]; then
