@@ -5,10 +5,12 @@
 // directory under os.tmpdir(), its cgroup tree, its private network
 // (network.js) and the OCI runtime's state. A Run is one boot of one
 // machine: a container that crun (or runc) runs from a generated spec
-// (container.js) over a copy-on-write root (overlayfs: a fresh upper layer
-// on the image's read-only layers, image.js), in a private mount namespace
-// of its own so the overlay vanishes with the machine even when fly-local
-// is killed. The Run watches it, signals it, freezes it and execs commands
+// (container.js) over a copy-on-write root (overlayfs: a fresh upper layer,
+// on a size-bounded ext4 disk of the boot's own (rootdisk.js), over the
+// injected files and the image's read-only layers, image.js), in a private
+// mount namespace of its own so the overlay and its disk vanish with the
+// machine even when fly-local is killed, and in a user namespace owned by
+// an uid of the boot's own (userns.js). The Run watches it, signals it, freezes it and execs commands
 // in it with `<runtime> exec`.
 const { spawn, execFile, spawnSync } = require('child_process')
 const EventEmitter = require('events')
@@ -22,6 +24,10 @@ const image = require('./image')
 const cgroups = require('./cgroups')
 const { Network, sweepStale: sweepNetworks } = require('./network')
 const { runtimeSpec, processSpec } = require('./container')
+const rootdisk = require('./rootdisk')
+const userns = require('./userns')
+const { loopWorks } = require('./volume-host')
+const { ConsoleLog } = require('./console-log')
 
 /* The OCI runtime: crun where installed (a machine starts in about half
    of runc's time here), else runc; FLY_LOCAL_OCI_RUNTIME=runc|crun|<path>
@@ -71,6 +77,7 @@ function sweepStale () {
        runtime's) still sits in the instance's cgroups: kill it there before
        the directory that names the instance goes */
     cgroups.killAll(n)
+    spawnSync('umount', ['--lazy', path.join(tmp, n, 'api')], { stdio: 'ignore' })
     try { fs.rmSync(path.join(tmp, n), { recursive: true, force: true }) } catch (_) { /* busy */ }
   }
   /* Only rmdir here: a cgroup without a state directory in our tmp may be a
@@ -87,8 +94,22 @@ function limitsError (missing) {
     'set FLY_LOCAL_ALLOW_NO_LIMITS=1 to run machines without them'), { code: 'FLY_LOCAL_NO_LIMITS' })
 }
 
+/* The directory of the machines' /.fly/api sockets: a tmpfs of its own, so
+   a socket bound into a machine shows in its mountinfo as /<id>.sock on
+   "fly-api", not as a path naming this instance's pid and state directory
+   (a bind mount shows its path from its filesystem's root). A plain
+   directory where mounting fails. */
+function mountSocketDir (dir) {
+  fs.mkdirSync(dir, { mode: 0o711 })
+  const r = spawnSync('mount', ['-t', 'tmpfs', '-o', 'nosuid,nodev,noexec,mode=0711,size=1m,nr_inodes=65536', 'fly-api', dir],
+    { stdio: 'ignore', env: { PATH: SYS_PATH } })
+  return r.status === 0
+}
+
 class Host {
-  static async create () {
+  /* options: start()'s rootDiskMb, rootInodes (rootdisk.js) */
+  static async create (options = {}) {
+    const disk = rootdisk.config(options)
     sweepStale()
     const missing = cgroups.missingControllers()
     if (missing.length && process.env.FLY_LOCAL_ALLOW_NO_LIMITS !== '1') throw limitsError(missing)
@@ -105,10 +126,21 @@ class Host {
     h.unlimited = missing
     const pids = Number(process.env.FLY_LOCAL_PIDS_MAX)
     h.pidsMax = Number.isInteger(pids) && pids > 0 ? pids : DEFAULT_PIDS
+    h.namespaces = userns.pool()
     try {
+      h.sockDir = path.join(dir, 'api')
+      h.sockMounted = mountSocketDir(h.sockDir)
+      /* each boot's root on a size-bounded disk of its own; a host without
+         loop devices runs machines without that bound only when told to */
+      if (loopWorks(dir)) h.rootDisks = new rootdisk.RootDisks(dir, disk)
+      else if (process.env.FLY_LOCAL_ALLOW_NO_LIMITS === '1') h.unlimited = [...missing, 'root disk']
+      else {
+        throw Object.assign(new Error('fly-local cannot bound machines\' root disks here: no loop device (losetup) or mkfs.ext4; ' +
+          'set FLY_LOCAL_ALLOW_NO_LIMITS=1 to run machines without that bound'), { code: 'FLY_LOCAL_NO_LIMITS' })
+      }
       h.net = await Network.create({ egress: process.env.FLY_LOCAL_EGRESS !== '0' })
     } catch (e) {
-      fs.rmSync(dir, { recursive: true, force: true })
+      h.destroy()
       throw e
     }
     return h
@@ -118,6 +150,12 @@ class Host {
      can make it fail); opts: { network, egress }. */
   async allocIp (opts) {
     return (await this.net.alloc(opts)).ip
+  }
+
+  /* Makes the next boots' root disks and user namespaces. */
+  refill () {
+    if (this.rootDisks) this.rootDisks.refill()
+    this.namespaces.refill()
   }
 
   /* The machine's IPv4 address (egress, and Fly proxy's way in: proxy.js). */
@@ -142,6 +180,9 @@ class Host {
 
   destroy () {
     cgroups.removeAll(this.tag)
+    if (this.rootDisks) this.rootDisks.close()
+    if (this.namespaces) this.namespaces.close()
+    if (this.sockMounted) spawnSync('umount', ['--lazy', this.sockDir], { stdio: 'ignore', env: { PATH: SYS_PATH } })
     if (this.net) this.net.destroySync()
     try { fs.rmSync(this.dir, { recursive: true, force: true }) } catch (_) { /* ignore */ }
   }
@@ -196,10 +237,10 @@ function statusOf (code, signal) {
   return { code, signal: code > 128 && code <= 128 + 64 ? code - 128 : 0 }
 }
 
-/* Writes a file into a machine's (not yet mounted) upper layer, making its
-   parent directories as the image's lower layers have them, so the merged
-   view keeps their owners and modes. */
-function writeIntoUpper (layers, upper, guestPath, data, mode) {
+/* Writes a file into a boot's layer of injected files (the overlay's top
+   lower layer), making its parent directories as the image's layers have
+   them, so the merged view keeps their owners and modes. */
+function writeIntoLayer (layers, upper, guestPath, data, mode) {
   const parts = guestPath.split('/').filter(Boolean)
   let rel = ''
   for (const part of parts.slice(0, -1)) {
@@ -265,18 +306,35 @@ class Run extends EventEmitter {
     this.exitPromise = new Promise((resolve) => this.once('exit', resolve))
   }
 
-  /* The bundle: config.json and a fresh upper layer holding the injected
-     files; throws (a boot error) when the image is not built. */
+  /* The bundle, in the boot's directory: config.json; the root disk
+     (root.img, rootdisk.js) whose upper/ and work/ the overlay writes to,
+     mounted at fs/ by start's script; the injected files in a layer of their
+     own (inject/, read-only under the overlay: a machine that changes one
+     changes its copy on the root disk); the image's layers as links l0...
+     Returns the overlay's options, with paths relative to the boot's
+     directory so the machine's mountinfo names no host path. Throws (a boot
+     error) when the image is not built. */
   async prepare () {
     const { opts, host } = this
     const layers = image.resolve(opts.image)
-    const upper = path.join(this.dir, 'upper')
-    await fsp.mkdir(upper)
-    await fsp.mkdir(path.join(this.dir, 'work'))
+    const inject = path.join(this.dir, 'inject')
+    await fsp.mkdir(inject)
+    await fsp.mkdir(path.join(this.dir, 'fs'), { mode: 0o700 })
     await fsp.mkdir(path.join(this.dir, 'rootfs'))
     const rootSt = fs.statSync(layers[layers.length - 1])
-    fs.chownSync(upper, rootSt.uid, rootSt.gid)
-    fs.chmodSync(upper, rootSt.mode & 0o7777)
+    const owner = { uid: rootSt.uid, gid: rootSt.gid, mode: rootSt.mode & 0o7777 }
+    const disk = host.rootDisks
+      ? host.rootDisks.take(owner, path.join(this.dir, 'root.img'))
+      : this.plainUpper(owner)
+    /* the user namespace, made while the rest is prepared */
+    const ns = host.namespaces.take()
+    ns.then((h) => {
+      this.userns = h
+      if (this.exited) this.releaseUserns()
+    }, () => {})
+    fs.chownSync(inject, owner.uid, owner.gid)
+    fs.chmodSync(inject, owner.mode)
+    layers.forEach((l, i) => fs.symlinkSync(l, path.join(this.dir, `l${i}`)))
     const hosts = readLayers(layers, 'etc/hosts')
     const files = [
       ...opts.files.map((f) => ({ path: f.path, mode: f.mode, data: Buffer.from(f.hex, 'hex') })),
@@ -284,8 +342,11 @@ class Run extends EventEmitter {
       { path: '/etc/hosts', mode: 0o644, data: `${hosts}${hosts && !hosts.endsWith('\n') ? '\n' : ''}${opts.ip}\t${opts.id}\n` },
       { path: '/etc/resolv.conf', mode: 0o644, data: resolvConf() }
     ]
-    for (const f of files) writeIntoUpper(layers, upper, f.path, f.data, f.mode)
+    for (const f of files) writeIntoLayer(layers, inject, f.path, f.data, f.mode)
+    const [, held] = await Promise.all([disk, ns])
+    const memoryBytes = (opts.memoryMb || 256) * 1024 * 1024
     const spec = runtimeSpec({
+      userns: held.path,
       volumes: await this.prepareVolumes(),
       argv: opts.argv,
       env: opts.env,
@@ -294,16 +355,36 @@ class Run extends EventEmitter {
       cgroupsPath: this.cgPath,
       apiSocket: opts.apiSocket,
       limits: {
-        memoryBytes: (opts.memoryMb || 256) * 1024 * 1024,
+        memoryBytes,
         cpus: opts.cpus || 1,
         pids: host.pidsMax,
         swap: cgroups.swapLimitable(),
+        /* cgroup v1: socket buffers up to a quarter of the memory limit,
+           on top of it (v2 counts them in it) */
+        tcpBytes: cgroups.V2 ? 0 : Math.floor(memoryBytes / 4),
         skip: host.unlimited
       }
     })
     /* the spec holds the machine's env (secrets): only root reads it */
     await fsp.writeFile(path.join(this.dir, 'config.json'), JSON.stringify(spec), { mode: 0o600 })
-    return `nosuid,nodev,lowerdir=${layers.join(':')},upperdir=${upper},workdir=${path.join(this.dir, 'work')}`
+    return `nosuid,nodev,lowerdir=${['inject', ...layers.map((_, i) => `l${i}`)].join(':')},upperdir=fs/upper,workdir=fs/work`
+  }
+
+  /* Without a root disk (FLY_LOCAL_ALLOW_NO_LIMITS on a host with no loop
+     devices): upper/ and work/ in the boot's directory on the host's disk. */
+  async plainUpper (owner) {
+    const upper = path.join(this.dir, 'fs', 'upper')
+    await fsp.mkdir(upper)
+    await fsp.mkdir(path.join(this.dir, 'fs', 'work'))
+    await fsp.chown(upper, owner.uid, owner.gid)
+    await fsp.chmod(upper, owner.mode)
+  }
+
+  /* The holder of the boot's user namespace can go once the container's
+     processes hold it (or the boot failed). */
+  releaseUserns () {
+    if (this.userns) this.userns.release()
+    this.userns = null
   }
 
   /* Volume mounts (volumes.js): a loop device (or a directory volume, bound)
@@ -345,7 +426,7 @@ class Run extends EventEmitter {
       return new Promise((resolve) => this.once('exit', () => resolve(false)))
     }
     this.oomBefore = cgroups.oomKills(opts.cgroups.path)
-    const logFd = fs.openSync(path.join(this.host.dir, opts.id, 'console.log'), 'a')
+    const log = new ConsoleLog(path.join(this.host.dir, opts.id, 'console.log'))
     /* setpriv: the runtime dies with fly-local, and tini (-p) with it; unshare:
        the overlay is mounted in a mount namespace of the machine's own */
     const q = (a) => `'${String(a).replace(/'/g, "'\\''")}'`
@@ -357,14 +438,20 @@ class Run extends EventEmitter {
       return (v.grow ? `{ e2fsck -f -p ${q(v.device)}; [ $? -le 1 ]; } && resize2fs ${q(v.device)} && ` : '') +
         `mount -t ext4 -o nosuid,nodev ${q(v.device)} ${at} && `
     }).join('')
-    const script = `${HIDE_UNIFIED}mount -t overlay overlay -o "$1" "$2/rootfs" && ${volMounts}` +
+    /* the root disk (a loop device that clears itself once unmounted, so it
+       goes with this mount namespace), then the overlay over it, named
+       from the boot's directory */
+    const script = `${HIDE_UNIFIED}cd "$2" && { [ ! -e root.img ] || mount -t ext4 -o loop,nosuid,nodev,noatime,noinit_itable root.img fs; } && ` +
+      `mount -t overlay overlay -o "$1" rootfs && ${volMounts}` +
       'exec "$5" --root "$3" --log "$2/runc.log" run --bundle "$2" --pid-file "$2/pid" "$4"'
     const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', 'unshare', '--mount', '--propagation', 'private', '--',
       '/bin/sh', '-c', script, 'sh', overlay, this.dir, this.host.runcRoot, this.cid, RUNC], {
-      stdio: ['ignore', logFd, logFd],
+      stdio: ['ignore', 'pipe', 'pipe'],
       env: { PATH: SYS_PATH, LANG: 'C.UTF-8' }
     })
-    fs.closeSync(logFd)
+    log.attach(child.stdout)
+    log.attach(child.stderr)
+    this.host.refill()
     this.child = child
     /* the runtime writes the pid file once the container exists */
     this.watcher = fs.watch(this.dir, (ev, name) => { if (name === 'pid') this.readPid() })
@@ -384,6 +471,8 @@ class Run extends EventEmitter {
     if (!s || !/^\d+\s*$/.test(s)) return
     this.pid = Number(s)
     this.closeWatcher()
+    /* the container holds its user namespace now */
+    this.releaseUserns()
     try { this.pidns = fs.readlinkSync(`/proc/${this.pid}/ns/pid`) } catch (_) { /* gone */ }
     /* kill() came before we knew PID 1 */
     if (this.killRequested) this.kill()
@@ -408,6 +497,7 @@ class Run extends EventEmitter {
   onClose (code, signal, spawnError) {
     if (this.exited) return
     this.closeWatcher()
+    this.releaseUserns()
     this.exited = true
     const info = statusOf(code, signal)
     info.oomKilled = cgroups.oomKills(this.opts.cgroups.path) > (this.oomBefore || 0)
