@@ -361,7 +361,7 @@ class Run extends EventEmitter {
         swap: cgroups.swapLimitable(),
         /* cgroup v1: socket buffers up to a quarter of the memory limit,
            on top of it (v2 counts them in it) */
-        tcpBytes: cgroups.V2 ? 0 : Math.floor(memoryBytes / 4),
+        tcpBytes: cgroups.tcpLimitable() ? Math.floor(memoryBytes / 4) : 0,
         skip: host.unlimited
       }
     })

@@ -5,7 +5,9 @@
 // the test talks to the API with fetch and watches states with /wait.
 const test = require('node:test')
 const assert = require('node:assert/strict')
+const crypto = require('crypto')
 const net = require('net')
+const { execFileSync, spawn } = require('child_process')
 const { localFixture, assertSchema } = require('../helpers/local')
 const { waitSshBanner } = require('../../lib/local/runtime')
 
@@ -208,32 +210,49 @@ test('an open inbound SSH connection keeps the machine awake; closing it lets it
   }
 })
 
-test('a connection the sandbox opens from its own listening port is not inbound activity', async () => {
-  /* the peer: a server of another machine of the app that holds what it accepts */
-  const peer = await launch()
+test('a connection the sandbox opens from its own listening port is not inbound activity', async (t) => {
+  /* "the internet": a network namespace of this test's own, off a veth
+     (198.18.0.0/15, not a private range), with a server that holds what
+     it accepts */
+  const tag = crypto.randomBytes(3).toString('hex')
+  const ns = `fl-idle-out-${tag}`
+  const veth = `flid${tag}`
+  const x = 1 + (parseInt(tag.slice(0, 2), 16) % 250)
+  const host = (cmd) => execFileSync('sh', ['-c', cmd], { encoding: 'utf8' })
+  host(`ip netns add ${ns} && ip link add ${veth} type veth peer name eth0 netns ${ns} && ip addr add 198.18.${x}.1/30 dev ${veth} && ip link set ${veth} up && ` +
+    `ip -n ${ns} addr add 198.18.${x}.2/30 dev eth0 && ip -n ${ns} link set eth0 up && ip -n ${ns} link set lo up`)
+  t.after(() => host(`ip netns del ${ns}; ip link del ${veth} 2>/dev/null; true`))
+  const outside = spawn('ip', ['netns', 'exec', ns, 'python3', '-c',
+    'import socket\ns = socket.create_server(("0.0.0.0", 8080)); print("ready", flush=True)\nc = []\nwhile True: c.append(s.accept()[0]); c[-1].sendall(b"hi")'],
+  { stdio: ['ignore', 'pipe', 'inherit'] })
+  t.after(() => outside.kill('SIGKILL'))
+  await new Promise((resolve) => outside.stdout.once('data', resolve))
   const m = await launch({ COMPUTESDK_IDLE_TIMEOUT_MS: '3000' })
+  /* an SSH connection keeps it awake while the attack is set up */
+  let ssh = await connectSsh(m.private_ip)
   try {
-    await startServer(peer)
     /* the attacker: a listener on 8000 (SO_REUSEPORT) and, from that same
-       port, a connection out to the peer, held open */
+       port, a connection out to the internet, held open */
     const r = await sh(m, 'runuser -u sandbox -- setsid python3 -c "' +
       'import socket,time\n' +
-      'def s6():\n x=socket.socket(socket.AF_INET6); x.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1); x.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEPORT,1); x.bind((\'::\',8000)); return x\n' +
-      'l=s6(); l.listen(8)\n' +
-      `c=s6(); c.connect(('${peer.private_ip}',8000)); c.recv(3)\n` +
+      'def s4():\n x=socket.socket(); x.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEPORT,1); x.bind((\'0.0.0.0\',8000)); return x\n' +
+      'l=s4(); l.listen(8)\n' +
+      `c=s4(); c.connect(('198.18.${x}.2',8080)); c.recv(2)\n` +
       'time.sleep(3600)" </dev/null >/dev/null 2>&1 & ' +
       'for i in $(seq 100); do ss -Htn state established "sport = :8000" | grep -q . && break; sleep 0.1; done; ' +
       'ss -Htn state established "sport = :8000"; ss -Hltn "sport = :8000" | wc -l')
     assert.equal(r.exit_code, 0, r.stderr)
-    /* held: established from local port 8000 to the peer, beside the listener */
+    /* held: established from local port 8000 to the server, beside the listener */
     const [est, listeners] = r.stdout.trim().split('\n')
-    assert.match(est, /\]:8000\s/, r.stdout)
-    assert.ok(est.includes(`[${peer.private_ip}]:8000`), r.stdout)
+    assert.match(est, /:8000\s/, r.stdout)
+    assert.ok(est.includes(`198.18.${x}.2:8080`), r.stdout)
     assert.equal(listeners, '1', r.stdout)
+    ssh.destroy()
+    ssh = null
     await waitFor(m, 'suspended')
   } finally {
+    if (ssh) ssh.destroy()
     await destroy(m)
-    await destroy(peer)
   }
 })
 
