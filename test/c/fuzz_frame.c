@@ -12,14 +12,10 @@
  * the stream, as it fails the channel; it must be one the first 4 bytes
  * show to be impossible.
  *
- * Built with clang -fsanitize=fuzzer this is a libFuzzer target.  Built
- * with -DFLY_FUZZ_REPLAY it has a main():
- *   fuzz_frame_replay FILE...           run each file once
- *   fuzz_frame_replay --write-seeds DIR write a seed corpus
- *   fuzz_frame_replay --seed-check      run the seeds and every truncation */
+ * Built with clang -fsanitize=fuzzer this is a libFuzzer target; built
+ * with -DFLY_FUZZ_REPLAY it has fuzz_replay.h's main(). */
 #include "fly.h"
 
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -117,78 +113,30 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size) {
 /* Seeds: a session as the executor speaks it (HELLO, RUNNING, STDOUT,
  * STDERR, ACK, EXIT, FAILED) under the full bound, then the same under a
  * bound of 16 that refuses the STDOUT frame. */
-static void fuzz_seed(fly_buf_t *b, unsigned char bound) {
+static const int fuzz_seed_count = 2;
+static const char *const fuzz_seed_name[] = {"seed-session", "seed-bound"};
+
+static int fuzz_seed(int i, fly_buf_t *b) {
   static const unsigned char hello[16] = "FLYEXEC1\0\0\0\1\0\0\0\0";
   static const unsigned char exitp[8] = {0, 0, 0, 3, 0, 0, 0, 0};
   static const unsigned char ack[4] = {0, 0, 0, 5};
   static const char failed[] = "\0\0\0\2no such file";
+  unsigned char bound = i == 0 ? 1 : 16;
   char big[300];
 
   memset(big, 'o', sizeof(big));
-  fly_buf_append(b, &bound, 1);
-  fly_buf_append(b, "\x2a", 1);
-  fly_frame_put(b, FLY_FRAME_HELLO, 0, hello, sizeof(hello));
-  fly_frame_put(b, FLY_FRAME_RUNNING, 1, NULL, 0);
-  fly_frame_put(b, FLY_FRAME_STDERR, 1, "err\n", 4);
-  fly_frame_put(b, FLY_FRAME_ACK, 1, ack, sizeof(ack));
-  fly_frame_put(b, FLY_FRAME_STDOUT, 1, big, sizeof(big));
-  fly_frame_put(b, FLY_FRAME_EXIT, 1, exitp, sizeof(exitp));
-  fly_frame_put(b, FLY_FRAME_FAILED, 2, failed, sizeof(failed) - 1);
+  if (fly_buf_append(b, &bound, 1) != 0 || fly_buf_append(b, "\x2a", 1) != 0 ||
+      fly_frame_put(b, FLY_FRAME_HELLO, 0, hello, sizeof(hello)) != 0 ||
+      fly_frame_put(b, FLY_FRAME_RUNNING, 1, NULL, 0) != 0 ||
+      fly_frame_put(b, FLY_FRAME_STDERR, 1, "err\n", 4) != 0 ||
+      fly_frame_put(b, FLY_FRAME_ACK, 1, ack, sizeof(ack)) != 0 ||
+      fly_frame_put(b, FLY_FRAME_STDOUT, 1, big, sizeof(big)) != 0 ||
+      fly_frame_put(b, FLY_FRAME_EXIT, 1, exitp, sizeof(exitp)) != 0 ||
+      fly_frame_put(b, FLY_FRAME_FAILED, 2, failed, sizeof(failed) - 1) != 0)
+    return -1;
+  return 0;
 }
 
-static int fuzz_write(const char *dir, const char *name, const fly_buf_t *b) {
-  fly_buf_t path = {0};
-  FILE *f;
-  int rc = -1;
-
-  fly_buf_printf(&path, "%s/%s", dir, name);
-  f = fopen(path.base, "wb");
-  if (f != NULL) {
-    rc = fwrite(b->base, 1, b->len, f) == b->len ? 0 : -1;
-    fclose(f);
-  }
-  fly_buf_free(&path);
-  return rc;
-}
-
-int main(int argc, char **argv) {
-  fly_buf_t full = {0}, small = {0};
-  int i, rc = 0;
-
-  fuzz_seed(&full, 1);
-  fuzz_seed(&small, 16);
-  if (argc == 3 && strcmp(argv[1], "--write-seeds") == 0) {
-    if (fuzz_write(argv[2], "seed-session", &full) != 0 ||
-        fuzz_write(argv[2], "seed-bound", &small) != 0)
-      rc = 1;
-  } else if (argc == 2 && strcmp(argv[1], "--seed-check") == 0) {
-    size_t n;
-    for (n = 1; n <= full.len; n++)
-      LLVMFuzzerTestOneInput((unsigned char *)full.base, n);
-    for (n = 1; n <= small.len; n++)
-      LLVMFuzzerTestOneInput((unsigned char *)small.base, n);
-    printf("fuzz_frame seed check: %zu inputs\n", full.len + small.len);
-  } else {
-    for (i = 1; i < argc; i++) {
-      FILE *f = fopen(argv[i], "rb");
-      fly_buf_t in = {0};
-      char chunk[4096];
-      size_t k;
-      if (f == NULL) {
-        perror(argv[i]);
-        rc = 1;
-        continue;
-      }
-      while ((k = fread(chunk, 1, sizeof(chunk), f)) > 0)
-        fly_buf_append(&in, chunk, k);
-      fclose(f);
-      LLVMFuzzerTestOneInput((unsigned char *)in.base, in.len);
-      fly_buf_free(&in);
-    }
-  }
-  fly_buf_free(&full);
-  fly_buf_free(&small);
-  return rc;
-}
+#include "fuzz_replay.h"
 
 #endif /* FLY_FUZZ_REPLAY */

@@ -5,10 +5,8 @@
 // the test talks to the API with fetch and watches states with /wait.
 const test = require('node:test')
 const assert = require('node:assert/strict')
-const crypto = require('crypto')
 const net = require('net')
-const { execFileSync, spawn } = require('child_process')
-const { localFixture, assertSchema } = require('../helpers/local')
+const { localFixture, assertSchema, outsideServer } = require('../helpers/local')
 const { waitSshBanner } = require('../../lib/local/runtime')
 
 const IMAGE = 'registry-1.docker.io/library/ubuntu:22.04'
@@ -211,22 +209,8 @@ test('an open inbound SSH connection keeps the machine awake; closing it lets it
 })
 
 test('a connection the sandbox opens from its own listening port is not inbound activity', async (t) => {
-  /* "the internet": a network namespace of this test's own, off a veth
-     (198.18.0.0/15, not a private range), with a server that holds what
-     it accepts */
-  const tag = crypto.randomBytes(3).toString('hex')
-  const ns = `fl-idle-out-${tag}`
-  const veth = `flid${tag}`
-  const x = 1 + (parseInt(tag.slice(0, 2), 16) % 250)
-  const host = (cmd) => execFileSync('sh', ['-c', cmd], { encoding: 'utf8' })
-  host(`ip netns add ${ns} && ip link add ${veth} type veth peer name eth0 netns ${ns} && ip addr add 198.18.${x}.1/30 dev ${veth} && ip link set ${veth} up && ` +
-    `ip -n ${ns} addr add 198.18.${x}.2/30 dev eth0 && ip -n ${ns} link set eth0 up && ip -n ${ns} link set lo up`)
-  t.after(() => host(`ip netns del ${ns}; ip link del ${veth} 2>/dev/null; true`))
-  const outside = spawn('ip', ['netns', 'exec', ns, 'python3', '-c',
-    'import socket\ns = socket.create_server(("0.0.0.0", 8080)); print("ready", flush=True)\nc = []\nwhile True: c.append(s.accept()[0]); c[-1].sendall(b"hi")'],
-  { stdio: ['ignore', 'pipe', 'inherit'] })
-  t.after(() => outside.kill('SIGKILL'))
-  await new Promise((resolve) => outside.stdout.once('data', resolve))
+  /* "the internet": a server that holds what it accepts */
+  const outside = await outsideServer(t, { hold: true })
   const m = await launch({ COMPUTESDK_IDLE_TIMEOUT_MS: '3000' })
   /* an SSH connection keeps it awake while the attack is set up */
   let ssh = await connectSsh(m.private_ip)
@@ -237,7 +221,7 @@ test('a connection the sandbox opens from its own listening port is not inbound 
       'import socket,time\n' +
       'def s4():\n x=socket.socket(); x.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEPORT,1); x.bind((\'0.0.0.0\',8000)); return x\n' +
       'l=s4(); l.listen(8)\n' +
-      `c=s4(); c.connect(('198.18.${x}.2',8080)); c.recv(2)\n` +
+      `c=s4(); c.connect(('${outside}',8080)); c.recv(2)\n` +
       'time.sleep(3600)" </dev/null >/dev/null 2>&1 & ' +
       'for i in $(seq 100); do ss -Htn state established "sport = :8000" | grep -q . && break; sleep 0.1; done; ' +
       'ss -Htn state established "sport = :8000"; ss -Hltn "sport = :8000" | wc -l')
@@ -245,7 +229,7 @@ test('a connection the sandbox opens from its own listening port is not inbound 
     /* held: established from local port 8000 to the server, beside the listener */
     const [est, listeners] = r.stdout.trim().split('\n')
     assert.match(est, /:8000\s/, r.stdout)
-    assert.ok(est.includes(`198.18.${x}.2:8080`), r.stdout)
+    assert.ok(est.includes(`${outside}:8080`), r.stdout)
     assert.equal(listeners, '1', r.stdout)
     ssh.destroy()
     ssh = null
