@@ -2,9 +2,9 @@
 // A few things made ahead of the boots that take them (rootdisk.js's root
 // disk copies, userns.js's user namespaces), so a create does not wait for
 // their making: take() hands one out if one is ready (else makes it then);
-// refill() tops the stock up in the background, one at a time. The boot
-// calls refill() once its runtime is on its way (runtime.js): each make
-// spawns a process, which blocks Node's event loop for a few ms.
+// refill() tops the stock up in the background, one at a time. A boot
+// calls refill() once it has started (runtime.js): each make spawns a
+// process, which blocks Node's event loop for a few ms.
 class Ready {
   /* make(): Promise of a new thing; drop(thing): disposes of one never
      taken (after close) */

@@ -139,6 +139,7 @@ class Host {
           'set FLY_LOCAL_ALLOW_NO_LIMITS=1 to run machines without that bound'), { code: 'FLY_LOCAL_NO_LIMITS' })
       }
       h.net = await Network.create({ egress: process.env.FLY_LOCAL_EGRESS !== '0' })
+      h.warm()
     } catch (e) {
       h.destroy()
       throw e
@@ -150,6 +151,17 @@ class Host {
      can make it fail); opts: { network, egress }. */
   async allocIp (opts) {
     return (await this.net.alloc(opts)).ip
+  }
+
+  /* The first boot's root disk and user namespace, made ahead (for the
+     built image's root owner) when the image is there. */
+  warm () {
+    try {
+      const layers = image.resolve(image.DEFAULT_IMAGE)
+      const st = fs.statSync(layers[layers.length - 1])
+      if (this.rootDisks) this.rootDisks.kind({ uid: st.uid, gid: st.gid, mode: st.mode & 0o7777 })
+    } catch (_) { /* not built yet: the first boot makes them */ }
+    this.refill()
   }
 
   /* Makes the next boots' root disks and user namespaces. */
@@ -226,6 +238,11 @@ function resolvConf () {
   const s = readFileQuiet('/etc/resolv.conf') || ''
   return s.split('\n').filter((l) => /^\s*(nameserver|search|options)\b/.test(l) &&
     !/^\s*nameserver\s+(127\.|::1)/.test(l)).join('\n') + '\n'
+}
+
+/* A path or option as one fstab(5) field: blanks and backslashes octal. */
+function fstabField (s) {
+  return String(s).replace(/[\\ \t\n]/g, (c) => `\\${c.charCodeAt(0).toString(8).padStart(3, '0')}`)
 }
 
 /* An exit status from the runtime (128 + n for a signal) as { code, signal }. */
@@ -430,19 +447,28 @@ class Run extends EventEmitter {
     /* setpriv: the runtime dies with fly-local, and tini (-p) with it; unshare:
        the overlay is mounted in a mount namespace of the machine's own */
     const q = (a) => `'${String(a).replace(/'/g, "'\\''")}'`
-    /* a volume extended while mounted where online resizing is refused
-       grows here, before it is mounted (e2fsck's 1 is "fixed") */
-    const volMounts = (opts.mounts || []).map((v, i) => {
-      const at = q(path.join(this.dir, 'vol', String(i)))
-      if (!v.device) return `mount --bind ${q(v.source)} ${at} && mount -o remount,bind,nosuid,nodev ${at} && `
-      return (v.grow ? `{ e2fsck -f -p ${q(v.device)}; [ $? -le 1 ]; } && resize2fs ${q(v.device)} && ` : '') +
-        `mount -t ext4 -o nosuid,nodev ${q(v.device)} ${at} && `
-    }).join('')
-    /* the root disk (a loop device that clears itself once unmounted, so it
-       goes with this mount namespace), then the overlay over it, named
-       from the boot's directory */
-    const script = `${HIDE_UNIFIED}cd "$2" && { [ ! -e root.img ] || mount -t ext4 -o loop,nosuid,nodev,noatime,noinit_itable root.img fs; } && ` +
-      `mount -t overlay overlay -o "$1" rootfs && ${volMounts}` +
+    /* One mount(8) for the boot's mounts (a process costs ms a boot): the
+       root disk (a loop device that clears itself once unmounted, so it
+       goes with this mount namespace), the overlay over it with its layers
+       named from the boot's directory, the ext4 volumes. A volume extended
+       while mounted where online resizing is refused grows first (e2fsck's
+       1 is "fixed"); a directory volume is bound after. */
+    const at = (i) => path.join(this.dir, 'vol', String(i))
+    const fstab = [
+      ...(fs.existsSync(path.join(this.dir, 'root.img'))
+        ? [[path.join(this.dir, 'root.img'), path.join(this.dir, 'fs'), 'ext4', 'loop,nosuid,nodev,noatime,noinit_itable']]
+        : []),
+      ['overlay', path.join(this.dir, 'rootfs'), 'overlay', overlay],
+      ...(opts.mounts || []).flatMap((v, i) => v.device ? [[v.device, at(i), 'ext4', 'nosuid,nodev']] : [])
+    ].map((f) => `${f.map(fstabField).join(' ')} 0 0\n`).join('')
+    fs.writeFileSync(path.join(this.dir, 'fstab'), fstab, { mode: 0o600 })
+    const grows = (opts.mounts || []).map((v) => v.device && v.grow
+      ? `{ e2fsck -f -p ${q(v.device)}; [ $? -le 1 ]; } && resize2fs ${q(v.device)} && `
+      : '').join('')
+    const binds = (opts.mounts || []).map((v, i) => v.device
+      ? ''
+      : `mount --bind ${q(v.source)} ${q(at(i))} && mount -o remount,bind,nosuid,nodev ${q(at(i))} && `).join('')
+    const script = `${HIDE_UNIFIED}cd "$2" && ${grows}mount -a -T fstab && ${binds}` +
       'exec "$5" --root "$3" --log "$2/runc.log" run --bundle "$2" --pid-file "$2/pid" "$4"'
     const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', 'unshare', '--mount', '--propagation', 'private', '--',
       '/bin/sh', '-c', script, 'sh', overlay, this.dir, this.host.runcRoot, this.cid, RUNC], {
@@ -451,7 +477,6 @@ class Run extends EventEmitter {
     })
     log.attach(child.stdout)
     log.attach(child.stderr)
-    this.host.refill()
     this.child = child
     /* the runtime writes the pid file once the container exists */
     this.watcher = fs.watch(this.dir, (ev, name) => { if (name === 'pid') this.readPid() })
@@ -479,6 +504,9 @@ class Run extends EventEmitter {
     this.started = true
     this.startedAt = Date.now()
     this.emit('started')
+    /* the next boots' disks and namespaces, once this boot's news is out
+       (each spawn blocks the event loop for a few ms) */
+    setImmediate(() => this.host.refill())
   }
 
   closeWatcher () {
