@@ -27,7 +27,8 @@
 #   COMPUTESDK_ON_TIMEOUT         destroy (default: the machine stops at the
 #                                 lifetime's end) | pause (it suspends itself)
 #   COMPUTESDK_IDLE_TIMEOUT_MS    suspend after this long with no inbound
-#                                 connection from outside the machine
+#                                 connection from outside the machine to
+#                                 its SSH server (root's listeners)
 #   COMPUTESDK_IDLE_ACTION        suspend (default) | stop
 # Pausing and the idle timeout run in idle-watch (next to this script), a
 # root process asking Fly's in-machine API socket /.fly/api to suspend or
