@@ -141,10 +141,9 @@ class Network {
     n.tag = crypto.randomBytes(2).toString('hex')
     const r = crypto.randomBytes(4)
     n.v6prefix = `fdaa:0:${r.readUInt16BE(0).toString(16)}`
-    /* 100.64.0.0/10, one /18 per instance (4096 /30s) */
-    let block = r.readUInt16BE(2) % 256
-    /* 100.100.64.0/18 holds Alibaba's metadata address, 100.100.100.200 */
-    if (block === 145) block = 146
+    /* 100.64.0.0/10, one /18 per instance (4096 /30s), reserved */
+    const block = reserveBlock(r.readUInt16BE(2) % 256)
+    n.block = block
     n.v4 = [100, 64 + (block >> 2), (block & 3) << 6]
     n.egressDefault = egress
     n.allowPrivateEgress = !!allowPrivateEgress
@@ -316,7 +315,41 @@ class Network {
   /* Synchronous: runs from Host.destroy, also at process exit. */
   destroySync () {
     destroyTag(this.tag, process.pid)
+    releaseBlock(this.block)
   }
+}
+
+/* An instance's /18 of 100.64.0.0/10 is its own while it lives: two
+   instances on one block would route each other's machines (a request for
+   one machine reaching another's bridge, say). Reserved by creating
+   SHARED_DIR/v4-<block> exclusively; a dead instance's file is taken over.
+   100.100.64.0/18 (block 145) holds Alibaba's metadata address,
+   100.100.100.200, and is never used. */
+function reserveBlock (start) {
+  fs.mkdirSync(SHARED_DIR, { recursive: true, mode: 0o700 })
+  for (let i = 0; i < 256; i++) {
+    const block = (start + i) % 256
+    if (block === 145) continue
+    const f = path.join(SHARED_DIR, `v4-${block}`)
+    for (let tries = 0; tries < 2; tries++) {
+      try {
+        fs.writeFileSync(f, String(process.pid), { flag: 'wx', mode: 0o600 })
+        return block
+      } catch (e) {
+        if (e.code !== 'EEXIST') throw e
+        const pid = Number(readQuiet(f))
+        if (pid && pidAlive(pid)) break
+        fs.rmSync(f, { force: true })
+      }
+    }
+  }
+  throw new Error('fly-local: every 100.64.0.0/10 block is taken by a running instance')
+}
+
+function releaseBlock (block) {
+  if (block === undefined) return
+  const f = path.join(SHARED_DIR, `v4-${block}`)
+  if (Number(readQuiet(f)) === process.pid) fs.rmSync(f, { force: true })
 }
 
 /* Removes everything of an instance's network, live or stale. */
@@ -336,4 +369,4 @@ function sweepStale () {
   }
 }
 
-module.exports = { Network, sweepStale, DEFAULT_FLOWS_MAX }
+module.exports = { Network, sweepStale, DEFAULT_FLOWS_MAX, reserveBlock, releaseBlock }

@@ -237,3 +237,27 @@ test('start() checks the network options', async () => {
   await assert.rejects(start({ quiet: true, flowsMax: 1.5 }), /flowsMax/)
   await assert.rejects(start({ quiet: true, allowPrivateEgress: 'yes' }), /allowPrivateEgress/)
 })
+
+// Two instances on one 100.64/10 block would route each other's machines:
+// blocks are reserved while their instance lives, and a dead one's is
+// taken over.
+test('each instance has a 100.64.0.0/10 block of its own; a dead instance\'s reservation is taken over', () => {
+  const { reserveBlock, releaseBlock } = require('../../lib/local/network')
+  const start = crypto.randomInt(256)
+  const a = reserveBlock(start)
+  const b = reserveBlock(start)
+  try {
+    assert.notEqual(a, b, 'a live reservation is not given out again')
+  } finally {
+    releaseBlock(b)
+  }
+  // a's owner is "dead": its file names a pid that has exited.
+  const dead = require('child_process').spawnSync(process.execPath, ['-e', 'console.log(process.pid)'], { encoding: 'utf8' })
+  require('fs').writeFileSync(`/run/fly-local/forwarding/v4-${a}`, dead.stdout.trim())
+  const c = reserveBlock(a)
+  try {
+    assert.equal(c, a, 'a dead instance\'s block is free again')
+  } finally {
+    releaseBlock(c)
+  }
+})
