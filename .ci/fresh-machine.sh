@@ -5,14 +5,17 @@
 # bookworm = Debian 12) that has nothing else installed, entered as a
 # privileged root on this kernel.  Both commands must succeed.
 #
-# How the root is entered: `unshare` makes a private mount namespace and a PID
-# namespace; the root is bound onto itself and gets a new /proc, the host's
-# /sys (with its writable cgroup trees: v1 hierarchies and/or the v2 one) and
-# /dev, then `pivot_root` into it (not `chroot`: the kernel refuses a user
+# How the root is entered: `nsenter` into the root's network namespace, then
+# `unshare` makes a private mount namespace and a PID namespace; the root is
+# bound onto itself and gets a new /proc, a sysfs of its network namespace
+# with the host's writable cgroup trees on it (v1 hierarchies and/or the v2
+# one; `ip netns exec` would give a sysfs without them), the host's /dev,
+# then `pivot_root` into it (not `chroot`: the kernel refuses a user
 # namespace to a chrooted process, and fly-local's containers need one; the
-# host's tree is detached at once).  No user namespace: root inside has every capability,
-# so what bin/setup does inside (apt, a nested debootstrap, mounts, runc
-# containers, network namespaces, nftables) works as on a real machine.
+# host's tree is detached at once).  No user namespace: root inside has every
+# capability, so what bin/setup does inside (apt, a nested debootstrap,
+# mounts, runc containers, network namespaces, nftables) works as on a real
+# machine.
 #
 # Its own network namespace: the root's fly-local writes nftables tables and
 # forwarding sysctls, and those must not land in the host's namespace (where
@@ -53,7 +56,7 @@ esac
 base=$cache/$release-minbase.tar.gz
 
 [ "$(id -u)" = 0 ] || die "run me as root"
-for tool in debootstrap unshare pivot_root git timeout ip nft; do
+for tool in debootstrap unshare nsenter pivot_root git timeout ip nft; do
   command -v "$tool" >/dev/null 2>&1 || PATH=$PATH:/usr/sbin:/sbin command -v "$tool" >/dev/null 2>&1 ||
     die "$tool is missing (apt-get install debootstrap util-linux coreutils git iproute2 nftables)"
 done
@@ -219,7 +222,10 @@ root=$1; shift
 mount --make-rprivate /
 mount --bind "$root" "$root"
 mount -t proc proc "$root/proc"
-mount --rbind /sys "$root/sys"
+# A sysfs of the root's network namespace (its /sys/class/net), with the
+# host's cgroup hierarchies (v1 and/or v2) on it.
+mount -t sysfs sysfs "$root/sys"
+mount --rbind /sys/fs/cgroup "$root/sys/fs/cgroup"
 mount --rbind /dev "$root/dev"
 mount -t tmpfs -o mode=0755 tmpfs "$root/run"
 for b in $BINDS; do # src:dst[:ro]
@@ -277,7 +283,7 @@ say "entering $root (Debian $version minbase, nothing installed; network namespa
 t0=$SECONDS
 set +e
 BINDS="${binds[*]}" INSIDE="$inside" timeout -k 30 "$deadline" \
-  ip netns exec "$netns" unshare --mount --pid --fork --kill-child -- /bin/bash -c "$pid1" pid1 "$root" "$clone" "${commands[@]}" &
+  nsenter --net="/run/netns/$netns" unshare --mount --pid --fork --kill-child -- /bin/bash -c "$pid1" pid1 "$root" "$clone" "${commands[@]}" &
 runner=$!
 wait "$runner"
 rc=$?
