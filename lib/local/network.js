@@ -251,4 +251,4 @@ function sweepStale () {
   }
 }
 
-module.exports = { Network, sweepStale }
+module.exports = { Network, sweepStale, runTool }
