@@ -99,10 +99,12 @@ cleanup() {
   fi
   # The network: the namespace (its veth goes with it), the NAT table, and
   # ip_forward as it was.
-  [ -e "/run/netns/$netns" ] && ip netns delete "$netns"
-  [ -e "/sys/class/net/$veth" ] && ip link delete "$veth"
+  # (each step on its own: one that fails must not skip the rest; the veth
+  # goes with the namespace, asynchronously)
+  [ ! -e "/run/netns/$netns" ] || ip netns delete "$netns" || true
+  [ ! -e "/sys/class/net/$veth" ] || ip link delete "$veth" 2>/dev/null || true
   nft delete table ip "$table" 2>/dev/null || true
-  [ -n "$forward_was" ] && echo "$forward_was" >/proc/sys/net/ipv4/ip_forward
+  [ -z "$forward_was" ] || echo "$forward_was" >/proc/sys/net/ipv4/ip_forward || true
   # The root's mounts were made in the private namespace and died with it;
   # only a debootstrap that failed half-way can leave its own (its /proc).
   awk -v w="$work/" 'index($5, w) == 1 { print $5 }' /proc/self/mountinfo | sort -r |
