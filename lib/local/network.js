@@ -35,6 +35,9 @@ function runTool (cmd, args, input) {
       if (e) reject(new Error(`${path.basename(cmd)} ${args.join(' ')}: ${toolFailure(e, stderr)}`))
       else resolve(stdout)
     })
+    /* a tool that dies before reading its input (nft segfaulting) is
+       reported by its exit, not by an EPIPE thrown from here */
+    child.stdin.on('error', () => {})
     if (input != null) child.stdin.end(input)
   })
 }

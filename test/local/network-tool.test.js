@@ -6,8 +6,10 @@ const test = require('node:test')
 const assert = require('node:assert/strict')
 const { runTool } = require('../../lib/local/network')
 
-test('a tool killed by a signal: the command and the signal', async () => {
-  await assert.rejects(runTool('/bin/sh', ['-c', 'kill -SEGV $$'], 'table inet x {}\n'),
+test('a tool killed by a signal before reading its input: the command and the signal', async () => {
+  /* more input than a pipe holds: the write meets the dead reader (EPIPE) */
+  const input = 'table inet x {}\n'.repeat(65536)
+  await assert.rejects(runTool('/bin/sh', ['-c', 'kill -SEGV $$'], input),
     (e) => /^sh -c kill -SEGV \$\$: killed by SIGSEGV, nothing on stderr$/.test(e.message) || assert.fail(e.message))
 })
 
