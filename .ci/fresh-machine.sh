@@ -29,6 +29,12 @@
 # ip_forward if it had to turn it on, so a failure or an interrupt leaves
 # nothing behind.
 #
+# Its TMPDIR is /var/tmp: loop devices are the kernel's, seen from every
+# namespace, and a fly-local sweeps those named <its TMPDIR>/fly-local-<pid>-…
+# whose pid is dead; a host fly-local from before that sweep checked the
+# image's inode would take the root's live volumes (named by the root's
+# paths, pids of the root's PID namespace) for stale ones and detach them.
+#
 # What the root is handed besides the clone: the host's DNS config, apt
 # sources naming the host's Debian mirror (what a Debian install has: main,
 # -updates, -security), and, because this network intercepts TLS, the host's
@@ -247,7 +253,7 @@ cd /
 rmdir /.fresh-oldroot
 set +e
 /usr/bin/env -i HOME=/root USER=root LOGNAME=root SHELL=/bin/bash LANG=C.UTF-8 TERM=dumb CI=true \
-  PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+  PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin TMPDIR=/var/tmp \
   NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt \
   /bin/bash -c "$INSIDE" inside "$@" &
 wait $!
