@@ -738,17 +738,24 @@ static void sess_cipher_pref(LIBSSH2_SESSION *ls) {
   pref[0] = '\0';
   len = 0;
   found = 0;
-  /* the AEAD ones first (pass 0), then every other one (pass 1) */
+  /* the AEAD ones in aead[]'s order (pass 0: AES-GCM before
+   * chacha20-poly1305, which 1.11.1 lists first and which has no AES-NI),
+   * then every other one in libssh2's (pass 1) */
   for (d = 0; d < 2; d++) {
-    for (j = 0; j < n; j++) {
-      int is_aead = 0;
-      for (i = 0; i < sizeof(aead) / sizeof(aead[0]); i++)
-        is_aead |= strcmp(algs[j], aead[i]) == 0;
-      if (is_aead != (d == 0) || len + strlen(algs[j]) + 2 >= sizeof(pref))
-        continue;
-      len += (size_t)snprintf(pref + len, sizeof(pref) - len, "%s%s",
-                              len > 0 ? "," : "", algs[j]);
-      found += is_aead;
+    for (i = 0; i < (d == 0 ? sizeof(aead) / sizeof(aead[0]) : 1); i++) {
+      for (j = 0; j < n; j++) {
+        size_t k;
+        int is_aead = 0;
+        for (k = 0; k < sizeof(aead) / sizeof(aead[0]); k++)
+          is_aead |= strcmp(algs[j], aead[k]) == 0;
+        if (d == 0 ? strcmp(algs[j], aead[i]) != 0 : is_aead)
+          continue;
+        if (len + strlen(algs[j]) + 2 >= sizeof(pref))
+          continue;
+        len += (size_t)snprintf(pref + len, sizeof(pref) - len, "%s%s",
+                                len > 0 ? "," : "", algs[j]);
+        found += is_aead;
+      }
     }
   }
   libssh2_free(ls, algs);
