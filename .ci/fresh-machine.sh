@@ -129,6 +129,30 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# thaw_after_exit RUNNER: once the root's PID 1 (RUNNER's grandchild) is
+# exiting, the freezer cgroups (v1 freezer.state, v2 cgroup.freeze) of every
+# process still under it are thawed.
+thaw_after_exit() {
+  local u p1 p next cg
+  u=$(pgrep -P "$1" | head -n 1) && p1=$(pgrep -P "$u" | head -n 1) || return 0
+  # (an exiting task has released its memory: no command line any more)
+  [ -e "/proc/$p1" ] && [ -z "$(tr -d '\0' <"/proc/$p1/cmdline" 2>/dev/null)" ] || return 0
+  next=$p1
+  while [ -n "$next" ]; do
+    next=$(ps -eo pid=,ppid= | awk -v want="$next" 'BEGIN { n = split(want, w, " "); for (i = 1; i <= n; i++) in_[w[i]] = 1 } in_[$2] { print $1 }' | tr '\n' ' ')
+    for p in $next; do
+      cg=$(awk -F: '$2 == "freezer" { print $3 }' "/proc/$p/cgroup" 2>/dev/null)
+      if [ -n "$cg" ] && [ "$(cat "/sys/fs/cgroup/freezer$cg/freezer.state" 2>/dev/null)" = FROZEN ]; then
+        echo THAWED >"/sys/fs/cgroup/freezer$cg/freezer.state" 2>/dev/null || true
+      fi
+      cg=$(awk -F: '$1 == "0" { print $3 }' "/proc/$p/cgroup" 2>/dev/null)
+      if [ -n "$cg" ] && [ -e /sys/fs/cgroup/cgroup.controllers ] && [ "$(cat "/sys/fs/cgroup$cg/cgroup.freeze" 2>/dev/null)" = 1 ]; then
+        echo 0 >"/sys/fs/cgroup$cg/cgroup.freeze" 2>/dev/null || true
+      fi
+    done
+  done
+}
+
 log=$work/steps.log
 quiet() { # runs "$@" with its output in $log, shown only when it fails
   "$@" >>"$log" 2>&1 || { echo "fresh-machine: failed: $*" >&2; tail -n 40 "$log" >&2; return 1; }
@@ -293,6 +317,14 @@ set +e
 BINDS="${binds[*]}" INSIDE="$inside" timeout -k 30 "$deadline" \
   nsenter --net="/run/netns/$netns" unshare --mount --pid --fork --kill-child -- /bin/bash -c "$pid1" pid1 "$root" "$clone" "${commands[@]}" &
 runner=$!
+# When the root's PID 1 has exited the kernel kills everything inside, but a
+# process in a frozen cgroup (a machine a failed test left suspended) cannot
+# die until it is thawed, and the namespace, this wait and the root's mounts
+# would stay until the deadline and after.  Then thaw what is left under it.
+while kill -0 "$runner" 2>/dev/null; do
+  sleep 2
+  thaw_after_exit "$runner"
+done
 wait "$runner"
 rc=$?
 runner=""
