@@ -120,6 +120,11 @@ async function flyClient () {
     }),
     put: (remote, buf) => sb.filesystem.writeFile(remote, buf),
     get: (remote) => sb.filesystem.readFile(remote, { encoding: null }),
+    /* the cipher its session negotiated, and its libssh2 */
+    cipher: () => {
+      const st = require('../lib/native').sshStats()
+      return `${st.cipher} (libssh2 ${st.libssh2Runtime})`
+    },
     close: () => {}
   }
 }
@@ -127,6 +132,8 @@ async function flyClient () {
 async function ssh2Client () {
   const { Client } = require(path.join(__dirname, 'node_modules', 'ssh2'))
   const conn = new Client()
+  let negotiated = null
+  conn.once('handshake', (n) => { negotiated = n.cs && n.cs.cipher })
   const sock = net.connect(cfg.port, cfg.host)
   sock.setNoDelay(true)
   await new Promise((resolve, reject) => {
@@ -174,6 +181,7 @@ async function ssh2Client () {
       await new Promise((resolve, reject) => sftp.fastGet(remote, f, (err) => (err ? reject(err) : resolve())))
       return fs.readFileSync(f)
     },
+    cipher: () => negotiated,
     close: () => conn.end()
   }
 }
@@ -185,6 +193,7 @@ async function main () {
   // connect + auth + the first command: what a user waits for first.
   await c.run('true')
   out.connectMs = now() - t
+  out.cipher = c.cipher()
 
   for (let i = 0; i < 20; i++) await c.run('true')
   if (want('seq')) {

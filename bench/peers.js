@@ -100,6 +100,7 @@ async function runPeers ({ srv, sb, keyFile, hostFingerprint, log }) {
   const f = (x) => (Number.isFinite(x) ? (Math.abs(x) >= 100 ? x.toFixed(0) : x.toFixed(2)) : 'n/a')
   const lines = [
     `${ROUNDS} rounds, each client in a fresh process per round, order alternating; medians.`,
+    `Negotiated ciphers: @computesdk/fly ${results.fly[0].cipher}; ssh2 ${results.ssh2[0].cipher}.`,
     '',
     '| figure | unit | @computesdk/fly | ssh2 | ratio fly/ssh2 | goal |',
     '|---|---|---|---|---|---|'

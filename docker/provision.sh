@@ -62,6 +62,11 @@ step "sandbox user"
 id -u sandbox >/dev/null 2>&1 || useradd -m -u 1000 -s /bin/bash -p '*' sandbox
 mkdir -p /home/sandbox/workspace /home/sandbox/.local/bin /home/sandbox/.npm-global
 chown -R sandbox:sandbox /home/sandbox
+# /app: the sandbox user's too, for programs written for other providers
+# (ComputeSDK's examples write under /app); on the root filesystem, not on
+# a workspace volume (/home/sandbox).
+mkdir -p /app
+chown sandbox:sandbox /app
 rm -f /etc/ssh/ssh_host_*
 
 # fly-local adds /opt/computesdk as a layer of its own (lib/local/image.js),

@@ -1,5 +1,7 @@
 #!/bin/sh
-# Prepares a Debian 12 host for fly-local and builds its sandbox image: the
+# Prepares a Debian 13 or 12 / Ubuntu 24.04 host for fly-local and builds its
+# sandbox image (Debian 12 on every host: debian-archive-keyring lets
+# debootstrap check it on Ubuntu too): the
 # container runtimes (crun, and runc as the alternative), the tools that make machines' networks
 # (iproute2, nftables) and images (debootstrap), then the image root itself
 # (lib/local/image.js, from docker/provision.sh; a no-op when it is built
@@ -21,7 +23,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 # unshare for the boot's user namespace); libssl-dev: libcrypto.a, which the
 # image's edge bridge (docker/flyedge.c, built static like flyexec) links for
 # SHA-1/SHA-256.
-PACKAGES="crun runc debootstrap nftables iproute2 util-linux e2fsprogs openssh-client python3 ca-certificates libssl-dev"
+PACKAGES="crun runc debootstrap debian-archive-keyring nftables iproute2 util-linux e2fsprogs openssh-client python3 ca-certificates libssl-dev"
 
 missing=""
 for p in $PACKAGES; do

@@ -455,7 +455,7 @@ export interface FlySnapshot {
   provider: 'fly'
   sandboxId: string | null
   volumeId: string
-  createdAt: Date | null
+  createdAt: Date
   /** Bytes. */
   size: number
   volumeSizeGb?: number

@@ -29,7 +29,8 @@ function shape (app, volumeId, s, sandboxId, extra) {
     provider: 'fly',
     sandboxId,
     volumeId,
-    createdAt: s.created_at ? new Date(s.created_at) : null,
+    /* always a Date (ComputeSDK's type); Fly always sends created_at */
+    createdAt: new Date(s.created_at || 0),
     size: Number(s.size) || 0,
     volumeSizeGb: s.volume_size,
     status: s.status,
@@ -118,7 +119,7 @@ async function list (ctx, options) {
   for (const s of sources) {
     for (const snap of await listOf(config, s.app, s.volume)) out.push(shape(s.app, s.volume, snap, s.sandboxId))
   }
-  out.sort((a, b) => (b.createdAt || 0) - (a.createdAt || 0))
+  out.sort((a, b) => b.createdAt - a.createdAt)
   return o.limit ? out.slice(0, o.limit) : out
 }
 

@@ -66,6 +66,10 @@ typedef struct fly_ssh_state_s {
 static uint64_t fly_ssh_connects;
 static uint64_t fly_ssh_sessions;
 
+/* The cipher the last handshake negotiated (client to server): a name in
+ * libssh2's static method table, or NULL before the first one. */
+static const char *fly_ssh_last_cipher;
+
 static fly_ssh_state_t *state_get(fly_loop_t *loop, int create) {
   void **slot = fly_loop_ssh_slot(loop);
   if (*slot == NULL && create)
@@ -809,6 +813,58 @@ static void sess_hostkey_pref(LIBSSH2_SESSION *ls) {
     libssh2_session_method_pref(ls, LIBSSH2_METHOD_HOSTKEY, pref);
 }
 
+/* libssh2 >= 1.11 has AEAD ciphers (AES-GCM; chacha20-poly1305 from
+ * 1.11.1) but keeps offering the CTR ones first: put the AEAD ones that this
+ * build supports first, the rest after them in libssh2's order, so a server
+ * without them still connects.  AES-GCM runs on AES-NI and needs no separate
+ * MAC pass, which is what bounds SFTP throughput (bench/RESULTS.md).  Older
+ * libssh2: its own order. */
+static void sess_cipher_pref(LIBSSH2_SESSION *ls) {
+#if LIBSSH2_VERSION_NUM >= 0x010b00
+  static const char *const aead[] = {"aes128-gcm@openssh.com",
+                                     "aes256-gcm@openssh.com",
+                                     "chacha20-poly1305@openssh.com"};
+  static const int dirs[] = {LIBSSH2_METHOD_CRYPT_CS, LIBSSH2_METHOD_CRYPT_SC};
+  const char **algs = NULL;
+  char pref[512];
+  size_t len, i, d;
+  int n, j, found;
+
+  n = libssh2_session_supported_algs(ls, LIBSSH2_METHOD_CRYPT_CS, &algs);
+  if (n <= 0)
+    return;
+  pref[0] = '\0';
+  len = 0;
+  found = 0;
+  /* the AEAD ones in aead[]'s order (pass 0: AES-GCM before
+   * chacha20-poly1305, which 1.11.1 lists first and which has no AES-NI),
+   * then every other one in libssh2's (pass 1) */
+  for (d = 0; d < 2; d++) {
+    for (i = 0; i < (d == 0 ? sizeof(aead) / sizeof(aead[0]) : 1); i++) {
+      for (j = 0; j < n; j++) {
+        size_t k;
+        int is_aead = 0;
+        for (k = 0; k < sizeof(aead) / sizeof(aead[0]); k++)
+          is_aead |= strcmp(algs[j], aead[k]) == 0;
+        if (d == 0 ? strcmp(algs[j], aead[i]) != 0 : is_aead)
+          continue;
+        if (len + strlen(algs[j]) + 2 >= sizeof(pref))
+          continue;
+        len += (size_t)snprintf(pref + len, sizeof(pref) - len, "%s%s",
+                                len > 0 ? "," : "", algs[j]);
+        found += is_aead;
+      }
+    }
+  }
+  libssh2_free(ls, algs);
+  if (found > 0)
+    for (d = 0; d < sizeof(dirs) / sizeof(dirs[0]); d++)
+      libssh2_session_method_pref(ls, dirs[d], pref);
+#else
+  (void)ls;
+#endif
+}
+
 static int sess_session_init(fly_ssh_sess_t *s) {
   s->ls = libssh2_session_init_ex(NULL, NULL, NULL, s);
   if (s->ls == NULL)
@@ -817,6 +873,7 @@ static int sess_session_init(fly_ssh_sess_t *s) {
                                (void *)sess_recv);
   libssh2_session_set_blocking(s->ls, 0);
   sess_hostkey_pref(s->ls);
+  sess_cipher_pref(s->ls);
   return 0;
 }
 
@@ -961,6 +1018,9 @@ static void sess_connect_step(fly_ssh_sess_t *s, uint64_t now) {
                           msg ? msg : "failed");
       return;
     }
+    __atomic_store_n(&fly_ssh_last_cipher,
+                     libssh2_session_methods(s->ls, LIBSSH2_METHOD_CRYPT_CS),
+                     __ATOMIC_RELAXED);
     if (sess_check_hostkey(s, now) != 0)
       return;
     s->state = S_AUTH;
@@ -1498,5 +1558,11 @@ napi_value fly_napi_ssh_stats(napi_env env, napi_callback_info info) {
   fly_js_set_double(env, obj, "sessions",
                     (double)__atomic_load_n(&fly_ssh_sessions,
                                             __ATOMIC_RELAXED));
+  /* the libssh2 the addon was built against, the one it runs with, and the
+   * cipher of the last handshake (null before one) */
+  fly_js_set_str(env, obj, "libssh2", LIBSSH2_VERSION);
+  fly_js_set_str(env, obj, "libssh2Runtime", libssh2_version(0));
+  fly_js_set_str(env, obj, "cipher",
+                 __atomic_load_n(&fly_ssh_last_cipher, __ATOMIC_RELAXED));
   return obj;
 }

@@ -99,6 +99,7 @@ test('errors name the code and the path', async () => {
   assert.equal(rm.code, 'SFTP_NO_SUCH_FILE')
   const denied = await rejects(fs.writeFile('/etc/computesdk-denied', 'x'))
   assert.equal(denied.code, 'SFTP_PERMISSION_DENIED')
+  assert.equal(denied.path, '/etc/computesdk-denied')
   await fs.writeFile(`${base}/afile`, 'f')
   const notDir = await rejects(fs.writeFile(`${base}/afile/child`, 'x'))
   assert.match(notDir.code, /^SFTP_/)
@@ -182,4 +183,13 @@ test('maxFileBytes and maxEntries bound what a sandbox can make readFile and rea
   assert.equal(many.code, 'ERR_TOO_MANY_ENTRIES')
   await small.filesystem.remove('/tmp/lim/b')
   assert.equal((await small.filesystem.readdir('/tmp/lim')).length, 3)
+})
+
+test('the sandbox user can write /app, where ComputeSDK\'s examples write (README: Files)', async () => {
+  const dir = `/app/t-${crypto.randomBytes(4).toString('hex')}`
+  await fs.mkdir(`${dir}/src`)
+  await fs.writeFile(`${dir}/src/index.js`, 'console.log("from /app")')
+  assert.equal(await fs.readFile(`${dir}/src/index.js`), 'console.log("from /app")')
+  await fs.remove(dir)
+  assert.equal(await fs.exists(dir), false)
 })

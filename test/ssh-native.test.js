@@ -480,3 +480,45 @@ test('command lines of any length run, with env, cwd, timeout, background and st
     await native.sshClose(h)
   }
 })
+
+// ---- ciphers (issue 22) ----
+
+const AEAD = ['aes128-gcm@openssh.com', 'aes256-gcm@openssh.com', 'chacha20-poly1305@openssh.com']
+const libssh2At = (v) => v.split('.').map(Number).reduce((a, n) => a * 256 + n, 0)
+
+async function handshakeCipher (target) {
+  const h = native.sshOpen(target)
+  try {
+    await native.sshExec({ session: h, command: 'true' })
+    return native.sshStats().cipher
+  } finally {
+    await native.sshClose(h)
+  }
+}
+
+test('sshStats says which libssh2 and the cipher the last handshake negotiated', async () => {
+  const cipher = await handshakeCipher(sshd.target())
+  const st = native.sshStats()
+  assert.match(st.libssh2, /^\d+\.\d+\.\d+/)
+  assert.match(st.libssh2Runtime, /^\d+\.\d+\.\d+/)
+  assert.strictEqual(typeof cipher, 'string')
+  assert.match(cipher, /^(aes|chacha)/)
+})
+
+test('built against libssh2 >= 1.11, the session negotiates an AEAD cipher', async (t) => {
+  const built = native.sshStats().libssh2
+  if (libssh2At(built) < libssh2At('1.11.0')) {
+    t.skip(`the addon is built against libssh2 ${built}, which has no AEAD ciphers (1.11 brought AES-GCM)`)
+    return
+  }
+  assert.ok(AEAD.includes(await handshakeCipher(sshd.target())), native.sshStats().cipher)
+})
+
+test('a server without AEAD ciphers still connects, on one it offers', async () => {
+  const only = await startSshd({ ciphers: 'aes128-ctr' })
+  try {
+    assert.strictEqual(await handshakeCipher(only.target()), 'aes128-ctr')
+  } finally {
+    await only.stop()
+  }
+})

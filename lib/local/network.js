@@ -44,11 +44,23 @@ const SHARED_DIR = '/run/fly-local/forwarding'
 function runTool (cmd, args, input) {
   return new Promise((resolve, reject) => {
     const child = execFile(cmd, args, { timeout: 20000 }, (e, stdout, stderr) => {
-      if (e) reject(new Error(`${path.basename(cmd)} ${args.join(' ')}: ${String(stderr || e.message).trim()}`))
+      if (e) reject(new Error(`${path.basename(cmd)} ${args.join(' ')}: ${toolFailure(e, stderr)}`))
       else resolve(stdout)
     })
+    /* a tool that dies before reading its input (nft segfaulting) is
+       reported by its exit, not by an EPIPE thrown from here */
+    child.stdin.on('error', () => {})
     if (input != null) child.stdin.end(input)
   })
+}
+
+/* What a failed tool said, or, when it said nothing (Debian 12's nft 1.0.6
+   segfaults on tables Debian 13's nft wrote in the same namespace), how it
+   ended. */
+function toolFailure (e, stderr) {
+  const said = String(stderr || '').trim()
+  const how = e.killed ? 'timed out' : e.signal ? `killed by ${e.signal}` : typeof e.code === 'number' ? `exit status ${e.code}` : e.message
+  return said ? `${said} (${how})` : `${how}, nothing on stderr`
 }
 
 function pidAlive (pid) {
@@ -369,4 +381,4 @@ function sweepStale () {
   }
 }
 
-module.exports = { Network, sweepStale, DEFAULT_FLOWS_MAX, reserveBlock, releaseBlock }
+module.exports = { Network, sweepStale, runTool, DEFAULT_FLOWS_MAX, reserveBlock, releaseBlock }

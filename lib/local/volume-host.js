@@ -34,19 +34,28 @@ function pidAlive (pid) {
 
 /* Loop devices whose image sits in the state directory of a fly-local
    instance that died without stop(): detach them (their directories are
-   already gone, runtime.js sweeps those). */
+   already gone, runtime.js sweeps those). Loop devices are the kernel's,
+   seen from every PID and mount namespace: a live instance in another
+   namespace (a container, CI's fresh root) has the same kind of path and a
+   pid that means nothing here. Only a loop whose image is this namespace's
+   file (the same inode at that path) or is deleted is one of ours. */
 function sweepStaleLoops () {
-  const r = spawnSync('losetup', ['--list', '--noheadings', '--raw', '--output', 'NAME,BACK-FILE'], { encoding: 'utf8', env: SYS_ENV })
+  const r = spawnSync('losetup', ['--list', '--noheadings', '--raw', '--output', 'NAME,BACK-INO,BACK-FILE'], { encoding: 'utf8', env: SYS_ENV })
   const tmp = os.tmpdir().replace(/\/+$/, '')
   for (const line of String(r.stdout || '').split('\n')) {
-    const sp = line.indexOf(' ')
-    if (sp < 0) continue
-    const dev = line.slice(0, sp)
-    const back = line.slice(sp + 1)
+    const [dev, ino, ...rest] = line.split(' ')
+    /* --raw writes a space (of " (deleted)") and the like as \xHH */
+    const back = rest.join(' ').replace(/\\x([0-9a-fA-F]{2})/g, (_, h) => String.fromCharCode(parseInt(h, 16)))
     if (!back.startsWith(`${tmp}/fly-local-`)) continue
     const m = /^fly-local-(\d+)-[0-9a-f]+\/volumes\//.exec(back.slice(tmp.length + 1))
-    if (m && !pidAlive(Number(m[1]))) spawnSync('losetup', ['--detach', dev], { stdio: 'ignore', env: SYS_ENV })
+    if (!m || pidAlive(Number(m[1]))) continue
+    if (!back.endsWith(' (deleted)') && !sameFile(back, ino)) continue
+    spawnSync('losetup', ['--detach', dev], { stdio: 'ignore', env: SYS_ENV })
   }
+}
+
+function sameFile (p, ino) {
+  try { return String(fs.statSync(p).ino) === ino } catch (_) { return false }
 }
 
 /* Can this host attach a loop device? (a throwaway 1 MiB image) */

@@ -88,6 +88,7 @@ async function startSshd (opts = {}) {
     // for ssh commands when SHLVL is already set.
     'SetEnv SHLVL=1',
     'LogLevel INFO',
+    ...(opts.ciphers ? [`Ciphers ${opts.ciphers}`] : []),
     ''
   ].join('\n'))
 

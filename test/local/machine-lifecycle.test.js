@@ -5,6 +5,7 @@
 const test = require('node:test')
 const assert = require('node:assert/strict')
 const fs = require('fs')
+const os = require('os')
 const path = require('path')
 const { spawn } = require('child_process')
 const { startLocal, localFixture, client, run } = require('../helpers/local')
@@ -197,7 +198,7 @@ test('update of a started machine restarts it on the new config', async () => {
 
 test('after stop() no process, mount, directory, cgroup or listener remains', async () => {
   /* this file's shared emulator runs too: tell its state directory apart */
-  const stateDirsOf = () => fs.readdirSync('/tmp').filter((n) => n.startsWith(`fly-local-${process.pid}-`))
+  const stateDirsOf = () => fs.readdirSync(os.tmpdir()).filter((n) => n.startsWith(`fly-local-${process.pid}-`))
   const others = new Set(stateDirsOf())
   const srv = await startLocal()
   const api = client(srv)
@@ -226,7 +227,7 @@ test('after stop() no process, mount, directory, cgroup or listener remains', as
     await srv.stop() /* idempotent */
     for (const p of members) assert.equal(fs.existsSync(`/proc/${p}`), false, `process ${p} survived`)
     for (const ns of namespaces) assert.deepEqual(nsMembers(ns), [])
-    for (const d of stateDirs) assert.equal(fs.existsSync(path.join('/tmp', d)), false)
+    for (const d of stateDirs) assert.equal(fs.existsSync(path.join(os.tmpdir(), d)), false)
   } finally {
     for (const fd of pins) fs.closeSync(fd)
   }
@@ -288,7 +289,7 @@ test('machines die with a fly-local process that is killed', async (t) => {
   const tag = `fly-local-${child.pid}-`
   const next = await startLocal()
   await next.stop()
-  assert.deepEqual(fs.readdirSync('/tmp').filter((n) => n.startsWith(tag)), [])
+  assert.deepEqual(fs.readdirSync(os.tmpdir()).filter((n) => n.startsWith(tag)), [])
   for (const ctrl of ['memory', 'freezer']) {
     const found = await run('find', [`/sys/fs/cgroup/${ctrl}`, '-maxdepth', '4', '-name', `${tag}*`])
     assert.equal(found.stdout.trim(), '', `${ctrl} cgroup left behind`)

@@ -1,8 +1,9 @@
 'use strict'
 // Without root, start() rejects with FLY_LOCAL_NEEDS_ROOT and the CLI exits
-// 1 saying why. The children drop to nobody (65534), who may not be able to
-// read the checkout (a clone under /root): the library is loaded while
-// still root, and the CLI runs from a world-readable copy.
+// 1 saying why. The children run as nobody (65534) from the start (spawned
+// with uid/gid: Node refuses process.setuid/setgid when its libuv may use
+// io_uring, CVE-2024-22017, as Debian 13's Node 20 does), so they run from a
+// world-readable copy of what they load (a clone under /root is not).
 const test = require('node:test')
 const assert = require('node:assert/strict')
 const fs = require('fs')
@@ -11,7 +12,7 @@ const path = require('path')
 const { run } = require('../helpers/local')
 
 const ROOT = path.join(__dirname, '..', '..')
-const NOBODY = 'process.setgid(65534); process.setuid(65534);'
+const NOBODY = { uid: 65534, gid: 65534 }
 
 /* What bin/fly-local needs at run time, copied where nobody can read it. */
 function readableCopy (t) {
@@ -29,25 +30,21 @@ function readableCopy (t) {
   return dir
 }
 
-test('start() without root rejects with FLY_LOCAL_NEEDS_ROOT', async () => {
+test('start() without root rejects with FLY_LOCAL_NEEDS_ROOT', async (t) => {
+  const copy = readableCopy(t)
   const r = await run(process.execPath, ['-e', `
-    const local = require(${JSON.stringify(require.resolve('../../lib/local'))});
-    ${NOBODY}
+    const local = require(${JSON.stringify(path.join(copy, 'lib', 'local'))});
     local.start().then(
       () => { console.log('started'); process.exit(0) },
       (e) => { console.log(e.code + ' ' + e.message); process.exit(1) })
-  `], { cwd: os.tmpdir() })
+  `], { cwd: copy, ...NOBODY })
   assert.equal(r.code, 1, r.stderr)
   assert.match(r.stdout, /^FLY_LOCAL_NEEDS_ROOT .*must run as root/)
 })
 
 test('the CLI without root exits 1 and says it must run as root', async (t) => {
   const copy = readableCopy(t)
-  const cli = await run(process.execPath, ['-e', `
-    ${NOBODY}
-    process.argv = [process.argv[0], 'fly-local'];
-    require(${JSON.stringify(path.join(copy, 'bin', 'fly-local'))});
-  `], { cwd: copy })
+  const cli = await run(process.execPath, [path.join(copy, 'bin', 'fly-local')], { cwd: copy, ...NOBODY })
   assert.equal(cli.code, 1, cli.stderr)
   assert.match(cli.stderr, /must run as root/)
 })

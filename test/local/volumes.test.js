@@ -487,3 +487,38 @@ test('the loop devices of a fly-local that was killed are detached by the next s
   await next.stop()
   assert.equal(await held(), false)
 })
+
+test('a loop device of an instance in another mount namespace is not swept as stale', async (t) => {
+  if (fx.srv.volumeBackend !== 'ext4') return t.skip('volumes are plain directories here: no loop devices')
+  /* a pid that is not alive here, as another PID namespace's would be */
+  const gone = spawn('true')
+  await new Promise((resolve) => gone.on('exit', resolve))
+  /* the sweeping fly-local runs with a TMPDIR of its own, so that no other
+     fly-local on this host takes the image below for one of its own */
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'fl-sweep-'))
+  const other = fs.mkdtempSync(path.join(os.tmpdir(), 'fl-otherns-'))
+  t.after(() => {
+    fs.rmSync(tmp, { recursive: true, force: true })
+    fs.rmSync(other, { recursive: true, force: true })
+  })
+  const img = `${tmp}/fly-local-${gone.pid}-0badf00d/volumes/vol_elsewhere.img`
+  /* its image on a filesystem mounted in a mount namespace of its own (as
+     a fresh root's / is), at that path under the filesystem's root: once
+     the namespace is gone the kernel names the image by that path, which
+     in our namespace is no file */
+  const made = await run('unshare', ['--mount', '--propagation', 'private', '--', 'sh', '-c',
+    'mount -t tmpfs tmpfs "$1" && mkdir -p "$(dirname "$1$2")" && truncate -s 1M "$1$2" && losetup --find --show "$1$2"',
+    'sh', other, img])
+  assert.equal(made.code, 0, made.stderr)
+  const dev = made.stdout.trim()
+  t.after(() => run('losetup', ['--detach', dev]))
+  const held = async () => (await run('losetup', ['--list', '--noheadings', '--raw', '--output', 'NAME,BACK-FILE'])).stdout
+    .split('\n').includes(`${dev} ${img}`)
+  assert.equal(await held(), true)
+  const sweep = await run(process.execPath, ['-e', `
+    require(${JSON.stringify(require.resolve('../../lib/local'))}).start({ quiet: true })
+      .then((srv) => srv.stop()).then(() => console.log('swept'))
+  `], { env: { ...process.env, TMPDIR: tmp } })
+  assert.equal(sweep.stdout, 'swept\n', sweep.stderr)
+  assert.equal(await held(), true, 'the sweep detached a loop device that is not ours')
+})
