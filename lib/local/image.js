@@ -7,7 +7,7 @@
 //                by docker/provision.sh, the script the Fly Dockerfile runs;
 //                <hash> covers that script, the host CAs it copies in and
 //                this builder, so a rebuild with no change is a no-op;
-//   top-<hash>   /opt/computesdk (entrypoint.sh, sshd_config, idle-watch) and the
+//   top-<hash>   /opt/computesdk (entrypoint.sh, sshd_config, idle-watch, interp) and the
 //                command executor (docker/flyexec.c, built static with the
 //                host's cc), cheap to make, so editing them does not rebuild
 //                the base.
@@ -60,7 +60,9 @@ function computeBaseHash () {
     `base ${BUILDER_VERSION} ${NODE_SPEC.join(' ')} ${process.arch}`)
 }
 
-const TOP_FILES = [['entrypoint.sh', 0o755], ['sshd_config', 0o644], ['idle-watch', 0o755], ['guest-firewall.nft', 0o644]]
+const TOP_FILES = [['entrypoint.sh', 0o755], ['sshd_config', 0o644], ['idle-watch', 0o755], ['guest-firewall.nft', 0o644],
+  /* the code interpreter's driver and node kernel (lib/interpreter.js) */
+  ['interp', 0o755], ['interp-node.js', 0o644]]
 /* docker/flyexec.c, at the path the client starts it from (src/ssh.c); it
    includes docker/flyexec_proto.h (found beside it), which the hash covers. */
 const EXECUTOR_SRC = 'flyexec.c'
