@@ -43,13 +43,13 @@ for (const [stream, name] of [[process.stdout, 'stdout'], [process.stderr, 'stde
   }
 }
 // display(value): a result that is not the cell's value (E2B's display).
-globalThis.display = (value) => send({ type: 'result', data: bundle(value), isMain: false })
-
-function bundle (value) {
-  if (value && typeof value === 'object' && value['text/plain'] === undefined && Object.keys(value).some((k) => k.includes('/'))) {
-    return value // a mime bundle already
-  }
-  return { 'text/plain': typeof value === 'string' ? value : util.inspect(value) }
+// A string is shown as it is, a mime bundle ({ 'text/html': ... }) as its
+// formats, anything else inspected.
+globalThis.display = (value) => {
+  const isBundle = value && typeof value === 'object' && Object.keys(value).length > 0 &&
+    Object.keys(value).every((k) => /^[a-z]+\/[\w.+-]+$/.test(k))
+  const data = isBundle ? value : { 'text/plain': typeof value === 'string' ? value : util.inspect(value) }
+  send({ type: 'result', data, isMain: false })
 }
 
 let interrupt = null
@@ -90,7 +90,8 @@ async function next () {
   let status = 'ok'
   try {
     const { value } = await runCell(code)
-    if (value !== undefined) send({ type: 'result', data: bundle(value), isMain: true })
+    // The cell's value as the REPL shows it.
+    if (value !== undefined) send({ type: 'result', data: { 'text/plain': util.inspect(value) }, isMain: true })
   } catch (e) {
     status = 'error'
     const isErr = e instanceof Error || (e && typeof e === 'object' && 'stack' in e)

@@ -178,6 +178,8 @@ test('node: a const lasts across calls, top-level await, errors and timeouts as 
   assert.equal(spin.error.name, 'TimeoutError')
   const after = await sb.runCode('[base, spins > 0, typeof boom]', { context: ctx })
   assert.equal(after.text, "[ 41, true, 'function' ]")
+  const shown = await sb.runCode('display("plain"); display({ "text/html": "<b>b</b>", "text/plain": "b" })', { context: ctx })
+  assert.deepEqual(shown.results.map((x) => [x.text, x.html, x.isMainResult]), [['plain', undefined, false], ['b', '<b>b</b>', false]])
   // The default node context is another one.
   const dflt = await sb.runCode('typeof base', { language: 'node' })
   assert.equal(dflt.text, "'undefined'")
