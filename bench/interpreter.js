@@ -10,27 +10,10 @@
 // Writes Markdown to stdout.
 const local = require('../lib/local')
 const { fly } = require('..')
+const { timeEach: timed, f } = require('./timing')
 
 const N = Number(process.env.BENCH_INTERP || 30)
 const FRESH = Number(process.env.BENCH_INTERP_FRESH || 5)
-
-const now = () => Number(process.hrtime.bigint()) / 1e6
-function stats (ms) {
-  const s = [...ms].sort((a, b) => a - b)
-  const q = (p) => s[Math.min(s.length - 1, Math.floor(p * s.length))]
-  return { n: s.length, median: q(0.5), p99: q(0.99) }
-}
-const f = (x) => x.toFixed(1)
-
-async function timed (n, fn) {
-  const ms = []
-  for (let i = 0; i < n; i++) {
-    const t = now()
-    await fn(i)
-    ms.push(now() - t)
-  }
-  return stats(ms)
-}
 
 function check (r) {
   if (r.error || r.exitCode !== 0) throw new Error(`cell failed: ${JSON.stringify(r.error || r.stderr)}`)
