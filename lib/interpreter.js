@@ -20,6 +20,9 @@ const DRIVER_MARGIN = 8192
 // How long a kernel may take to start, and a cell to stop once interrupted
 // (the driver's START_S and GRACE_S), and slack: the channel's backstop.
 const BACKSTOP_MS = 30000 + 5000 + 15000
+// The deadline of the context calls (create, list, restart, remove): a
+// kernel's start and stop, and slack.
+const MANAGE_MS = 30000 + 30000
 
 const LANGUAGES = { python: 'python', python3: 'python', node: 'node', javascript: 'node', js: 'node' }
 
@@ -61,7 +64,7 @@ function refuseExec (sb) {
 // One run of the driver: argv after its path, stdin, and onLine for each
 // JSON message; resolves with the messages' end, or throws the driver's
 // typed failure.
-async function drive (sb, args, { stdin, onLine, timeoutMs } = {}) {
+async function drive (sb, args, { stdin, onLine, timeoutMs = MANAGE_MS } = {}) {
   refuseExec(sb)
   let buf = ''
   let fatal = null
@@ -85,6 +88,9 @@ async function drive (sb, args, { stdin, onLine, timeoutMs } = {}) {
   const spec = { argv: [DRIVER, ...args] }
   if (timeoutMs) spec.timeoutMs = timeoutMs
   const r = await new Process(sb, spec, { stdin, stream: { onStdout } }).wait()
+  if (r.exitCode === 124 && !fatal && !end) {
+    throw flyError('ERR_INTERPRETER_TIMEOUT', `code interpreter: ${args[0]} did not finish in ${timeoutMs} ms`, { sandboxId: sb.sandboxId })
+  }
   if (fatal) throw flyError(fatal.code, `code interpreter: ${fatal.message}`, { sandboxId: sb.sandboxId })
   if (r.exitCode !== 0 || (args[0] === 'run' && !end)) {
     const why = r.exitCode === 126 || r.exitCode === 127
