@@ -207,7 +207,9 @@ test('output beyond maxOutputBytes is ERR_OUTPUT_LIMIT; the context keeps its st
   const same = await small.sandbox.getById(sb.sandboxId)
   const ctx = await same.codeInterpreter.createContext({ language: 'python' })
   await same.runCode('n = 5', { context: ctx })
-  const err = await rejects(same.runCode('while True:\n    print("x" * 1000)', { context: ctx }))
+  // 4 MB in 4000 lines: a bounded cell (an unbounded tight print loop can
+  // exhaust the machine's memory inside ipykernel, which buffers it).
+  const err = await rejects(same.runCode('for i in range(4000):\n    print("x" * 1000)', { context: ctx }))
   assert.equal(err.code, 'ERR_OUTPUT_LIMIT')
   assert.equal((await same.runCode('n', { context: ctx })).text, '5')
   await same.codeInterpreter.removeContext(ctx)
