@@ -6,6 +6,7 @@
         "src/addon.c",
         "src/api.c",
         "src/buf.c",
+        "src/edge.c",
         "src/error.c",
         "src/exec.c",
         "src/executor.c",
@@ -15,6 +16,7 @@
         "src/loop.c",
         "src/quote.c",
         "src/sftp.c",
+        "src/sftp_batch.c",
         "src/ssh.c",
         "src/text.c"
       ],
@@ -28,6 +30,7 @@
           ],
           "libraries": [
             "<!@(pkg-config --libs libcurl libssh2 libcjson openssl)",
+            "-lwslay",
             "-lpthread"
           ]
         }]

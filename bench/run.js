@@ -13,6 +13,8 @@
 //     while moving 64 MiB.
 //   - The project against ssh2 (bench/peers.js): latency, throughput, CPU
 //     on both sides, stdout, SFTP, event-loop delay, RSS; a ratio table.
+//   - The edge path against the private path, and ssh2 over the same edge
+//     (bench/edge.js).
 // Writes the numbers to stdout as Markdown; bench/RESULTS.md records a run.
 const { spawn } = require('child_process')
 const fs = require('fs')
@@ -24,17 +26,11 @@ const native = require('../lib/native')
 const { fly } = require('..')
 const { runPeers } = require('./peers')
 const { runPool } = require('./pool')
+const { runEdge } = require('./edge')
+const { stats, f, now, timeEach, throughput } = require('./measure')
 
 const N_API = Number(process.env.BENCH_API || 300)
 const N_CMD = Number(process.env.BENCH_CMD || 200)
-
-function stats (ms) {
-  const s = [...ms].sort((a, b) => a - b)
-  const q = (p) => s[Math.min(s.length - 1, Math.floor(p * s.length))]
-  return { n: s.length, median: q(0.5), p99: q(0.99), mean: s.reduce((a, b) => a + b, 0) / s.length }
-}
-const f = (x) => x.toFixed(2)
-const now = () => Number(process.hrtime.bigint()) / 1e6
 
 function sh (cmd, args, input) {
   return new Promise((resolve, reject) => {
@@ -46,25 +42,6 @@ function sh (cmd, args, input) {
     p.on('exit', (code) => (code === 0 ? resolve(out) : reject(new Error(`${cmd} exited ${code}: ${err}`))))
     if (input) p.stdin.end(input)
   })
-}
-
-async function timeEach (n, fn) {
-  const out = []
-  for (let i = 0; i < n; i++) {
-    const t = now()
-    await fn(i)
-    out.push(now() - t)
-  }
-  return stats(out)
-}
-
-async function throughput (total, inflight, fn) {
-  let next = 0
-  const t = now()
-  await Promise.all(Array.from({ length: inflight }, async () => {
-    while (next < total) { next++; await fn() }
-  }))
-  return total / ((now() - t) / 1000)
 }
 
 async function main () {
@@ -135,6 +112,9 @@ async function main () {
 
     // ---- the warm pool
     await runPool({ srv, say })
+
+    // ---- the edge path
+    await runEdge({ srv, say })
 
     // ---- runCommand
     const ip = (await sb0.getInfo()).metadata.privateIp

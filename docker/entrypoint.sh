@@ -10,6 +10,10 @@
 #                                          sshd reads it in place)
 #   /etc/computesdk/ssh_host_ed25519_key   sshd's only host key
 #   /etc/computesdk/ssh_password           enables password login
+#   /etc/computesdk/edge_token_sha256      the edge token's hash: the edge
+#                                          bridge (flyedge, root, port 444)
+#                                          lets a WebSocket holding it reach
+#                                          sshd (no file: it refuses all)
 #
 # Network (environment): the in-guest firewall guest-firewall.nft (next to
 # this script) keeps other machines of the org's private network out and
@@ -189,6 +193,26 @@ start_watch() {
   watch_pid=$!
 }
 
+# The edge bridge: Fly's proxy -> WebSocket -> sshd (docker/flyedge.c). Root
+# runs it from a root-owned path on a port below 1024, so the sandbox user
+# cannot stop, replace or stand in for it.
+EDGE=/usr/local/libexec/computesdk/flyedge
+edge_pid=
+start_edge() {
+  [ -x "$EDGE" ] || return 0
+  "$EDGE" -p "${SANDBOX_EDGE_PORT:-444}" -s "$PORT" -t "$INJECT/edge_token_sha256" &
+  edge_pid=$!
+}
+
+# The metrics sampler (sandbox.getMetrics({ since })): a root process
+# keeping a sample every 5 s for the last hour in a bounded ring, written to
+# /run/computesdk-metrics (root's). Not restarted: getMetrics() works
+# without it, only the history is then empty.
+METRICS=/usr/local/libexec/computesdk/flymetrics
+start_metrics() {
+  [ -x "$METRICS" ] && "$METRICS" daemon &
+}
+
 start_sshd() {
   /usr/sbin/sshd -D -e -f "$RUNDIR/sshd_config" &
   sshd_pid=$!
@@ -221,6 +245,8 @@ write_sshd_config || exit 1
 guard_wait || { log "cannot load the network guard $GUARD"; exit 1; }
 
 start_sshd
+start_edge
+start_metrics
 if [ $# -gt 0 ]; then
   # Background jobs of a script start with SIGINT/SIGQUIT ignored; the
   # workload must see the stop signal, so restore them.
@@ -264,6 +290,11 @@ while :; do
   if [ "${done_pid:-}" = "$sshd_pid" ]; then
     log "sshd exited ($status), restarting"
     start_sshd
+  fi
+  if [ -n "$edge_pid" ] && [ "${done_pid:-}" = "$edge_pid" ]; then
+    log "flyedge exited ($status), restarting"
+    sleep 0.2
+    start_edge
   fi
   # exit 0 is "nothing to watch", 3 a lifetime it could not pause (end it
   # as without pause); anything else is restarted, paced

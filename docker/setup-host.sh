@@ -17,8 +17,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 # openssh-client: ssh-keygen and the tests' ssh; python3: the test helpers;
 # e2fsprogs and util-linux: fly-local's volumes (mkfs.ext4, resize2fs, losetup,
-# fsfreeze, nsenter).
-PACKAGES="crun runc debootstrap nftables iproute2 util-linux e2fsprogs openssh-client python3 ca-certificates"
+# fsfreeze, nsenter); libssl-dev: libcrypto.a, which the image's edge bridge
+# (docker/flyedge.c, built static like flyexec) links for SHA-1/SHA-256.
+PACKAGES="crun runc debootstrap nftables iproute2 util-linux e2fsprogs openssh-client python3 ca-certificates libssl-dev"
 
 missing=""
 for p in $PACKAGES; do

@@ -16,6 +16,7 @@ function augment (psb, mgr) {
   psb.runCode = (code, runtimeOrOptions) => machine.runCode(code, runtimeOrOptions)
   psb.codeInterpreter = machine.codeInterpreter
   psb.filesystem = machine.filesystem
+  psb.getMetrics = (options) => machine.getMetrics(options)
   // pause/resume as the coming ComputeSDK sandbox has them (kept when the
   // generated sandbox has its own), and fork as a sandbox of this manager.
   if (typeof psb.pause !== 'function') psb.pause = (options) => machine.pause(options)

@@ -107,7 +107,7 @@ const FLY_KEYS = new Set(['apiToken', 'appName', 'org', 'region', 'image', 'apiH
   'memory', 'memoryMb', 'cpuKind', 'transport', 'sshUser', 'sshPassword', 'sshPrivateKey', 'sshHost', 'sshPort',
   'insecureSkipHostKeyCheck', 'timeout', 'maxOutputBytes', 'connectTimeoutMs', 'opTimeoutMs', 'keepaliveSec',
   'maxFileBytes', 'maxEntries', 'startTimeoutMs', 'retry', 'autoResume', 'idleTimeout', 'idleAction',
-  'keepMemory', 'onTimeout', 'volume', 'pool', 'tenant', 'maxContexts'])
+  'keepMemory', 'onTimeout', 'volume', 'pool', 'tenant', 'reach', 'edgeUrl', 'edgeCa', 'maxContexts'])
 
 // memory, or its older name memoryMb (not both, unless equal).
 function memoryOption (config) {
@@ -161,13 +161,32 @@ function resolveConfig (config) {
     idleTimeout: optInt(config, 'idleTimeout', ...RANGES.idleTimeout) || 0,
     idleAction: idleAction(config, 'fly()'),
     onTimeout: onTimeout(config, 'fly()'),
-    volume: volumeOption(config.volume, 'fly()')
+    volume: volumeOption(config.volume, 'fly()'),
+    // How SSH reaches a machine (lib/edge.js): 'private' (its 6PN address),
+    // 'edge' (Fly's proxy at edgeUrl), or learned once when not set.
+    reach: optString(config, 'reach'),
+    edgeUrl: optString(config, 'edgeUrl', 'FLY_EDGE_URL'),
+    edgeCa: optString(config, 'edgeCa')
   }
   if (!/^https?:\/\/[^\s/]+/.test(r.apiHostname)) {
     throw invalidArg('fly(): apiHostname must be an http:// or https:// URL')
   }
   if (!APP_NAME.test(r.appName)) {
     throw invalidArg('fly(): appName must be lowercase letters, digits and dashes (at most 63)')
+  }
+  if (r.reach !== undefined && r.reach !== 'private' && r.reach !== 'edge') {
+    throw invalidArg("fly(): reach must be 'private' or 'edge'")
+  }
+  if (r.edgeUrl !== undefined) {
+    let u = null
+    try { u = new URL(r.edgeUrl) } catch (_) { /* below */ }
+    if (!u || u.protocol !== 'https:' || (u.pathname !== '/' && u.pathname !== '') || u.search || u.username || u.password) {
+      throw invalidArg('fly(): edgeUrl must be an https:// URL with no path (https://<app>.fly.dev by default)')
+    }
+    r.edgeUrl = u.origin
+  }
+  if (r.edgeCa !== undefined && !/-----BEGIN CERTIFICATE-----/.test(r.edgeCa)) {
+    throw invalidArg('fly(): edgeCa must be PEM certificates')
   }
   // A tenant's sandboxes share an app of their own on its own private
   // network, <appName>-t-<tenant>: they reach each other and no one else.

@@ -63,7 +63,11 @@ function makeContext (options) {
     orphanVolumes: new Recent(RECENT_LIMIT),
     // sandboxIds where this provider's key was authorized through exec
     // (lib/transport/ssh.js); a resume after a stop forgets it.
-    reauthorized: new Recent(RECENT_LIMIT)
+    reauthorized: new Recent(RECENT_LIMIT),
+    // The edge path (lib/edge.js): 'private' or 'edge', learned once (a
+    // promise), and per app the making of its public addresses.
+    reach: null,
+    edgeIps: new Map()
   }
   const ctx = {}
   // Not enumerable: logging a provider or a sandbox (which show this object)

@@ -102,4 +102,4 @@ async function runCode (sb, code, runtime) {
   }
 }
 
-module.exports = { run, runCode, detectRuntime, validEnvName }
+module.exports = { run, runCode, detectRuntime, validEnvName, commandSpec }

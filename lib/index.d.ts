@@ -93,6 +93,16 @@ export interface FlyConfig {
    * Needs key authentication (not with sshPassword).
    */
   pool?: FlyPoolConfig
+  /**
+   * How SSH reaches a machine: 'private' (its 6PN address; create then adds no edge token,
+   * service or public addresses) or 'edge' (Fly's public edge at `edgeUrl`). Unset: learned once
+   * per provider (README, "Configuration").
+   */
+  reach?: 'private' | 'edge'
+  /** The edge's URL (env FLY_EDGE_URL; default `https://<appName>.fly.dev`); fly-local: `srv.edgeUrl`. */
+  edgeUrl?: string
+  /** PEM certificates to trust for the edge instead of the system's CAs; fly-local: `srv.edgeCa`. */
+  edgeCa?: string
 }
 
 export interface FlyVolumeOptions {
@@ -287,18 +297,112 @@ export interface FlyReadOptions {
   length?: number
 }
 
+export interface FlyWriteOptions {
+  /** Write in place at this byte offset (not atomic). */
+  offset?: number
+  /** Write in place at the end of the file (not atomic). */
+  append?: boolean
+}
+
+/** One file of writeFiles. */
+export interface FlyFileWrite {
+  path: string
+  data: string | Uint8Array
+}
+
+/** writeFiles' result for one file, in the order given. */
+export type FlyFileWriteResult =
+  | { path: string, ok: true }
+  | { path: string, ok: false, error: FlyError }
+
+/** readFiles' result for one file, in the order given. */
+export type FlyFileReadResult<T = Buffer> =
+  | { path: string, data: T, error?: undefined }
+  | { path: string, data?: undefined, error: FlyError }
+
+export interface FlyReadStreamOptions {
+  /** First byte (default 0). */
+  start?: number
+  /** Last byte, inclusive (as fs.createReadStream); default: the end of the file. */
+  end?: number
+  /** Bytes per piece (default 2 MiB, at most 64 MiB). */
+  highWaterMark?: number
+}
+
+export interface FlyWriteStreamOptions {
+  /** 'w' (default): create or empty, then write in place; 'a': append. */
+  flags?: 'w' | 'a'
+  /** Bytes per piece (default 2 MiB, at most 64 MiB). */
+  highWaterMark?: number
+}
+
+export type FlyWatchEvent =
+  | { type: 'create' | 'write' | 'remove', path: string }
+  | { type: 'rename', path: string, oldPath?: string }
+  /** Events may have been missed: inotify's queue overflowed ('kernel'), too many directories ('watches'), more than maxQueued waiting for onEvent ('queue'), or the watch was restarted after the watcher or connection went ('restart'). */
+  | { type: 'overflow', reason: 'kernel' | 'watches' | 'queue' | 'restart' | string }
+
+export interface FlyWatchOptions {
+  /** Watch every directory below path too, and new ones as they appear. */
+  recursive?: boolean
+  /** Stops the watch when aborted. */
+  signal?: AbortSignal
+  /** Most events waiting for onEvent before an overflow (default 10,000). */
+  maxQueued?: number
+}
+
+export interface FlyWatchHandle {
+  /** Ends the watcher in the sandbox; resolves once it is gone (or after 5 s). */
+  stop(): Promise<void>
+  readonly stats: { events: number, dropped: number, restarts: number, maxQueued: number, queued: number }
+}
+
 export interface FlyFileSystem {
   readFile(path: string): Promise<string>
   readFile(path: string, options: { encoding: null | 'buffer' }): Promise<Buffer>
   readFile(path: string, options: FlyReadOptions): Promise<string | Buffer>
-  /** Strings are written as UTF-8 exactly; Buffers byte for byte (not copied: do not modify the Buffer until the promise settles). */
-  writeFile(path: string, content: string | Uint8Array): Promise<void>
+  /** Replaces the file atomically (a temporary beside it renamed over it; the old mode kept), or with offset/append writes in place. Strings are written as UTF-8 exactly; Buffers byte for byte (not copied: do not modify the Buffer until the promise settles). */
+  writeFile(path: string, content: string | Uint8Array, options?: FlyWriteOptions): Promise<void>
+  /** Many files in one pipelined call, each atomic, parents made; one result per file. */
+  writeFiles(files: FlyFileWrite[]): Promise<FlyFileWriteResult[]>
+  readFiles(paths: string[]): Promise<FlyFileReadResult<Buffer>[]>
+  readFiles(paths: string[], options: { encoding: BufferEncoding }): Promise<FlyFileReadResult<string>[]>
+  /** A Readable of the file's bytes, with back-pressure and bounded memory. */
+  createReadStream(path: string, options?: FlyReadStreamOptions): import('stream').Readable
+  /** A Writable into the file (in place), with back-pressure and bounded memory. */
+  createWriteStream(path: string, options?: FlyWriteStreamOptions): import('stream').Writable
+  /** inotify events of path; resolves once the watch is in place. SSH transport only (FLY_UNSUPPORTED on exec). */
+  watch(path: string, onEvent: (event: FlyWatchEvent) => void | Promise<void>, options?: FlyWatchOptions): Promise<FlyWatchHandle>
   readdir(path: string): Promise<FileEntry[]>
   /** mkdir -p. */
   mkdir(path: string): Promise<void>
   exists(path: string): Promise<boolean>
   /** Removes a file or a whole tree. */
   remove(path: string): Promise<void>
+}
+
+/** What getMetrics() gives: measured inside the sandbox. */
+export interface FlyMetrics {
+  /** Share of the sandbox's CPU allowance in use, 0-100 (over 500 ms, or since the previous kept sample). */
+  cpuPercent: number
+  /** Its CPU allowance (the cgroup quota, or its cores). */
+  cpus: number
+  /** Used minus inactive page cache. */
+  memoryUsedBytes: number
+  /** Its memory limit. */
+  memoryTotalBytes: number
+  /** /home/sandbox (the workspace volume when there is one). */
+  diskUsedBytes: number
+  diskTotalBytes: number
+  /** / */
+  rootUsedBytes?: number
+  rootTotalBytes?: number
+  at: Date
+}
+
+export interface FlyMetricsOptions {
+  /** The samples kept since then (one per 5 s, the last hour), oldest first. */
+  since: Date | number
 }
 
 export interface FlyPauseOptions {
@@ -354,6 +458,10 @@ export declare class FlyMachine {
   runCommand(command: string, args: string[], options?: RunCommandOptions): Promise<CommandResult>
   runCommand(command: string, options?: FlyRunCommandOptions): Promise<CommandResult>
   runCode(code: string, runtime?: FlyRuntime): Promise<FlyCodeResult>
+  /** CPU, memory and disk use now, measured inside the sandbox. */
+  getMetrics(): Promise<FlyMetrics>
+  /** The samples the sandbox kept since options.since. */
+  getMetrics(options: FlyMetricsOptions): Promise<FlyMetrics[]>
   /** In a code interpreter context that keeps its state (the options form). */
   runCode(code: string, options: FlyRunCodeOptions): Promise<FlyExecution>
   readonly codeInterpreter: FlyCodeInterpreter
@@ -374,6 +482,8 @@ export interface FlySandbox extends Omit<ProviderSandbox<FlyMachine>, 'runComman
   pause(options?: FlyPauseOptions): Promise<void>
   resume(): Promise<void>
   fork(options?: FlyCreateOptions): Promise<FlySandbox>
+  getMetrics(): Promise<FlyMetrics>
+  getMetrics(options: FlyMetricsOptions): Promise<FlyMetrics[]>
 }
 
 export interface FlyProvider extends Omit<Provider<FlyMachine>, 'sandbox'> {

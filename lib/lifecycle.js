@@ -16,6 +16,7 @@ const {
 const volumes = require('./volumes')
 const idle = require('./idle')
 const { checkPorts, createWith: createWithPorts } = require('./ports')
+const edge = require('./edge')
 
 function b64 (s) {
   return Buffer.from(s, 'utf8').toString('base64')
@@ -140,6 +141,7 @@ function machineRequest (ctx, o) {
   // on its own network the org's 6PN is out of reach already
   if (config.tenant) machineConfig.env.COMPUTESDK_TENANT = config.tenant
   idle.apply(config, o, machineConfig, timeout)
+  edge.apply(config, machineConfig)
   const body = { region: o.region || config.region, config: machineConfig }
   if (o.name !== undefined) body.name = String(o.name)
   return { body, createId, hostFingerprint: host.fingerprint, ports }
@@ -206,6 +208,8 @@ async function create (ctx, options) {
   let volumeId = null
   const run = async () => {
     await step(ensureApp(ctx))
+    // The app's public addresses, for the edge path (once per provider).
+    await step(edge.ensureIps(ctx, app))
     // The workspace volume (lib/volumes.js) is made before the machine that
     // mounts it; like the machine, not raced with the signal.
     const want = await step(volumes.plan(ctx, o))

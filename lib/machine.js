@@ -7,7 +7,8 @@ const api = require('./api')
 const { invalidArg } = require('./errors')
 const exec = require('./exec')
 const { makeFilesystem } = require('./fs')
-const { HOST_FP, VOLUME } = require('./metadata')
+const metrics = require('./metrics')
+const { HOST_FP, VOLUME, EDGE_TOKEN } = require('./metadata')
 
 function parseSandboxId (sandboxId) {
   if (typeof sandboxId !== 'string') throw invalidArg('sandboxId must be a string')
@@ -41,6 +42,11 @@ class FlyMachine {
     this.image = cfg.image || null
     this.createdAt = m.created_at ? new Date(m.created_at) : new Date()
     this.metadata = { ...(cfg.metadata || {}) }
+    // The edge token is a credential: kept off the enumerable metadata, so
+    // that logging a sandbox does not print it.
+    const edgeToken = this.metadata[EDGE_TOKEN]
+    delete this.metadata[EDGE_TOKEN]
+    Object.defineProperty(this, '_edgeToken', { value: edgeToken || null, enumerable: false, configurable: true, writable: true })
     this.hostKeyFingerprint = this._pinnedHostKey || this.metadata[HOST_FP] || null
     this.volumeId = this.metadata[VOLUME] || null
     // When this state was read (lib/pause.js: may it have paused since?).
@@ -69,6 +75,12 @@ class FlyMachine {
 
   runCode (code, runtime) {
     return exec.runCode(this, code, runtime)
+  }
+
+  // CPU, memory and disk use, measured inside the sandbox (lib/metrics.js):
+  // now, or the samples kept since options.since.
+  getMetrics (options) {
+    return metrics.getMetrics(this, options)
   }
 
   get filesystem () {

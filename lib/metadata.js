@@ -26,6 +26,9 @@ const IDLE_MS = 'computesdk_idle_timeout_ms'
 const AUTO_RESUME = 'computesdk_auto_resume'
 const VOLUME = 'computesdk_volume'
 const PORTS = 'computesdk_ports'
+// The sandbox's edge token (lib/edge.js): the bridge in the image lets a
+// WebSocket that holds it through to sshd.
+const EDGE_TOKEN = 'computesdk_edge_token'
 // The warm pool (lib/pool.js): a ready (suspended, claimable) machine
 // carries POOL, one still being prepared FILLING; both hold the pool key.
 // Neither carries TAG, so list() does not show pool machines as sandboxes.
@@ -85,6 +88,7 @@ module.exports = {
   AUTO_RESUME,
   VOLUME,
   PORTS,
+  EDGE_TOKEN,
   POOL,
   FILLING,
   DRAINING,

@@ -61,17 +61,17 @@ function pick (used, n) {
 }
 
 // Fills body.config.services and the PORTS metadata for `ports`.
-async function assign (config, app, body, ports, extraUsed) {
+async function assign (config, app, body, ports, extraUsed, base) {
   const used = await taken(config, app)
   for (const p of extraUsed || []) used.add(p)
   const pub = pick(used, ports.length)
-  body.config.services = ports.map((p, i) => ({
+  body.config.services = [...ports.map((p, i) => ({
     protocol: 'tcp',
     internal_port: p,
     ports: [{ port: pub[i], handlers: ['tls', 'http'] }],
     autostart: true,
     autostop: 'off'
-  }))
+  })), ...base]
   body.config.metadata[PORTS] = ports.map((p, i) => `${p}:${pub[i]}`).join(',')
   return pub
 }
@@ -86,8 +86,10 @@ function portConflict (err) {
 async function createWith (config, app, body, ports, create) {
   if (ports.length === 0) return create()
   const tried = []
+  // the services the request has already (the edge's, lib/edge.js)
+  const base = body.config.services || []
   for (let i = 1; ; i++) {
-    tried.push(...await assign(config, app, body, ports, tried))
+    tried.push(...await assign(config, app, body, ports, tried, base))
     try {
       return await create()
     } catch (err) {

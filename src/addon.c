@@ -25,6 +25,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"api", fly_napi_api},
     {"sshExec", fly_napi_ssh_exec},
     {"sftp", fly_napi_sftp},
+    {"sftpBatch", fly_napi_sftp_batch},
     {"sshOpen", fly_napi_ssh_open},
     {"sshClose", fly_napi_ssh_close},
     {"sshStats", fly_napi_ssh_stats},

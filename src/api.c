@@ -55,6 +55,10 @@ static const fly_api_op_t api_ops[] = {
   {"app.create", "POST", "/v1/apps", POLICY_IDEMPOTENT},
   {"app.get", "GET", "/v1/apps/{app}", POLICY_IDEMPOTENT},
   {"app.delete", "DELETE", "/v1/apps/{app}", POLICY_IDEMPOTENT},
+  /* The app's public addresses (the edge path, lib/edge.js).  A create is
+   * sent once: a replay could allocate a second address. */
+  {"app.ips.list", "GET", "/v1/apps/{app}/ip_assignments", POLICY_IDEMPOTENT},
+  {"app.ips.create", "POST", "/v1/apps/{app}/ip_assignments", POLICY_ONCE},
   {"machine.list", "GET", "/v1/apps/{app}/machines", POLICY_IDEMPOTENT},
   {"machine.create", "POST", "/v1/apps/{app}/machines", POLICY_CREATE},
   {"machine.get", "GET", "/v1/apps/{app}/machines/{machine}",

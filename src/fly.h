@@ -255,6 +255,7 @@ void fly_ssh_shutdown(fly_loop_t *loop);
 #ifndef FLY_NO_NAPI
 napi_value fly_napi_ssh_exec(napi_env env, napi_callback_info info);
 napi_value fly_napi_sftp(napi_env env, napi_callback_info info);
+napi_value fly_napi_sftp_batch(napi_env env, napi_callback_info info);
 napi_value fly_napi_ssh_close(napi_env env, napi_callback_info info);
 /* sshOpen(target) -> handle (sync), the session of sshExec/sftp/sshClose. */
 napi_value fly_napi_ssh_open(napi_env env, napi_callback_info info);
@@ -407,6 +408,9 @@ void fly_js_set_value(napi_env env, napi_value obj, const char *name,
 /* A Buffer that takes ownership of buf's bytes (no copy); NULL with an
  * exception pending (buf emptied) when it cannot be made. */
 napi_value fly_js_buffer_from(napi_env env, fly_buf_t *buf);
+/* Counts v's len bytes once more against V8's external memory while v
+ * lives, so garbage pieces of a stream are collected sooner (js.c). */
+napi_value fly_js_weigh(napi_env env, napi_value v, size_t len);
 /* The text of buf for JS in the form fly_text_prepare chose on the I/O
  * thread: FLY_TEXT_LATIN1/UTF16, a string that uses buf's bytes in place
  * (an external string: nothing copied or decoded on the JS thread; a copy

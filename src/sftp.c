@@ -948,8 +948,12 @@ static napi_value sftp_result(napi_env env, fly_req_t *req) {
   size_t i;
 
   switch (x->kind) {
-  case K_READ:
-    return fly_js_buffer_from(env, &x->data);
+  case K_READ: {
+    /* A ranged read is a stream's piece: weighed (js.c). */
+    size_t len = x->data.len;
+    v = fly_js_buffer_from(env, &x->data);
+    return x->ranged || x->has_length ? fly_js_weigh(env, v, len) : v;
+  }
   case K_STAT:
     if (!x->found) {
       FLY_NAPI_CALL(env, napi_get_null(env, &v), NULL);

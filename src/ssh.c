@@ -34,6 +34,7 @@
 enum {
   S_IDLE = 0,    /* no connection */
   S_RETRY,       /* a connect attempt failed; next one at retry_at */
+  S_EDGE,        /* connecting through the edge (edge.c) */
   S_CONNECTING,  /* TCP connect in progress */
   S_HANDSHAKE,
   S_AUTH,
@@ -83,12 +84,83 @@ void fly_ssh_target_unref(fly_ssh_target_t *t) {
   fly_secret_free(t->password);
   free(t->fingerprint);
   free(t->executor);
+  free(t->edge_host);
+  free(t->edge_authority);
+  free(t->edge_instance);
+  fly_secret_free(t->edge_token);
+  free(t->edge_ca);
+  free(t->edge_path);
   free(t);
 }
 
 static fly_ssh_target_t *target_ref(fly_ssh_target_t *t) {
   __atomic_add_fetch(&t->refs, 1, __ATOMIC_ACQ_REL);
   return t;
+}
+
+/* JS thread: target.edge ({ host, port, authority, instance, token, ca?,
+ * path? }), when present: the connection goes through Fly's edge
+ * (edge.c).  0, or -1 with an exception pending. */
+static int target_parse_edge(napi_env env, napi_value tv,
+                             fly_ssh_target_t *t) {
+  napi_value ev;
+  napi_valuetype vt = napi_undefined;
+  bool has = false;
+  uint64_t port;
+
+  FLY_NAPI_CALL(env, napi_has_named_property(env, tv, "edge", &has), -1);
+  if (!has)
+    return 0;
+  FLY_NAPI_CALL(env, napi_get_named_property(env, tv, "edge", &ev), -1);
+  FLY_NAPI_CALL(env, napi_typeof(env, ev, &vt), -1);
+  if (vt == napi_undefined || vt == napi_null)
+    return 0;
+  if (vt != napi_object) {
+    fly_throw_invalid(env, "target.edge must be an object");
+    return -1;
+  }
+  if (fly_js_prop_str(env, ev, "host", 1, &t->edge_host) != 0 ||
+      fly_js_prop_u64(env, ev, "port", 443, &port) != 0 ||
+      fly_js_prop_str(env, ev, "authority", 1, &t->edge_authority) != 0 ||
+      fly_js_prop_str(env, ev, "instance", 1, &t->edge_instance) != 0 ||
+      fly_js_prop_str(env, ev, "token", 1, &t->edge_token) != 0 ||
+      fly_js_prop_str(env, ev, "ca", 0, &t->edge_ca) != 0 ||
+      fly_js_prop_str(env, ev, "path", 0, &t->edge_path) != 0)
+    return -1;
+  if (port == 0 || port > 65535) {
+    fly_throw_invalid(env, "target.edge.port must be 1..65535");
+    return -1;
+  }
+  t->edge_port = (int)port;
+  if (t->edge_path == NULL && (t->edge_path = strdup("/.computesdk/ssh")) == NULL) {
+    fly_throw_nomem(env);
+    return -1;
+  }
+  /* they go into a request line and headers: no control characters */
+  {
+    const char *fields[] = {t->edge_host, t->edge_authority, t->edge_instance,
+                            t->edge_token, t->edge_path};
+    size_t i;
+    for (i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+      const unsigned char *c = (const unsigned char *)fields[i];
+      if (*c == '\0') {
+        fly_throw_invalid(env, "target.edge fields must not be empty");
+        return -1;
+      }
+      for (; *c; c++) {
+        if (*c <= ' ' || *c == 0x7f) {
+          fly_throw_invalid(env, "target.edge fields must not hold spaces or "
+                                 "control characters");
+          return -1;
+        }
+      }
+    }
+    if (t->edge_path[0] != '/') {
+      fly_throw_invalid(env, "target.edge.path must start with /");
+      return -1;
+    }
+  }
+  return 0;
 }
 
 /* JS thread: a target object -> a new target (refs 1), or NULL with an
@@ -156,6 +228,8 @@ static fly_ssh_target_t *target_parse(napi_env env, napi_value tv) {
       goto fail;
     }
   }
+  if (target_parse_edge(env, tv, t) != 0)
+    goto fail;
   t->port = (int)port;
   t->keepalive_sec = keepalive > 86400 ? 86400 : (unsigned)keepalive;
   if (t->op_timeout_ms == 0)
@@ -432,6 +506,8 @@ static void op_unlink(fly_ssh_sess_t *s, fly_ssh_op_t *op) {
     s->opener = NULL;
   if (s->sftp_owner == op)
     s->sftp_owner = NULL;
+  if (s->batch_owner == op)
+    s->batch_owner = NULL;
   if (s->blocked.kind == FLY_SSH_BLOCKED_OP && s->blocked.u.op == op)
     s->blocked.kind = FLY_SSH_BLOCKED_NONE;
 }
@@ -465,10 +541,13 @@ static void sess_fail_ops(fly_ssh_sess_t *s, int only_started,
       op->retried = 1;
       continue;
     }
-    if (op->req.err.code == NULL)
+    if (op->req.err.code == NULL) {
       fly_err_set(&op->req.err, code, "%s", msg);
+      op->req.err.status = s->fail_status;
+    }
     op_finish(s, op);
   }
+  s->fail_status = 0;
 }
 
 /* Tear the connection down.  Ops holding libssh2 handles must have been
@@ -494,8 +573,11 @@ static void sess_close_conn(fly_ssh_sess_t *s, int graceful) {
   }
   if (s->fd >= 0)
     close(s->fd);
+  fly_edge_free(s->edge);
+  s->edge = NULL;
   s->zombies = NULL;
   fly_exr_reset(s);
+  fly_batch_chan_reset(s);
   s->ls = NULL;
   s->sftp = NULL;
   s->fd = -1;
@@ -506,6 +588,7 @@ static void sess_close_conn(fly_ssh_sess_t *s, int graceful) {
   s->opener = NULL;
   s->blocked.kind = FLY_SSH_BLOCKED_NONE;
   s->sftp_owner = NULL;
+  s->batch_owner = NULL;
   s->state = S_IDLE;
 }
 
@@ -520,6 +603,7 @@ static void sess_free(fly_ssh_sess_t *s) {
   __atomic_sub_fetch(&fly_ssh_sessions, 1, __ATOMIC_RELAXED);
   sess_close_conn(s, 1);
   fly_exr_free(s);
+  fly_batch_chan_free(s);
   fly_ssh_target_unref(s->target);
   free(s);
 }
@@ -618,6 +702,20 @@ static void sess_tcp_start(fly_ssh_sess_t *s, uint64_t now) {
   struct addrinfo hints, *ai = NULL;
   char port[16];
   int rc, fd, one = 1;
+
+  s->fail_status = 0;
+  if (s->target->edge_host != NULL) {
+    /* libssh2 gets one end of a socketpair; edge.c carries the rest */
+    s->edge = fly_edge_new(s->target, &fd);
+    if (s->edge == NULL) {
+      sess_connect_failed(s, now, 0, "ERR_NO_MEMORY", "out of memory");
+      return;
+    }
+    s->fd = fd;
+    s->state = S_EDGE;
+    s->progress = 1;
+    return;
+  }
 
   memset(&hints, 0, sizeof(hints));
   hints.ai_socktype = SOCK_STREAM;
@@ -769,7 +867,20 @@ static void sess_connect_begin(fly_ssh_sess_t *s, uint64_t now) {
   s->connect_deadline = now + s->target->connect_timeout_ms;
   s->retry_delay = FLY_SSH_RETRY_MIN_MS;
   s->last_connect_error[0] = '\0';
+  s->refused_status = 0;
   sess_tcp_start(s, now);
+}
+
+/* The socket is connected (TCP, or the edge's WebSocket is open): a
+ * libssh2 session on it.  0, or -1 when that failed (handled). */
+static int sess_to_handshake(fly_ssh_sess_t *s, uint64_t now) {
+  if (sess_session_init(s) != 0) {
+    sess_connect_failed(s, now, 0, "ERR_NO_MEMORY", "out of memory");
+    return -1;
+  }
+  s->state = S_HANDSHAKE;
+  s->progress = 1;
+  return 0;
 }
 
 /* Advance a connection that is not READY yet. */
@@ -780,6 +891,37 @@ static void sess_connect_step(fly_ssh_sess_t *s, uint64_t now) {
     if (now < s->retry_at)
       return;
     sess_tcp_start(s, now);
+  }
+  if (s->state == S_EDGE) {
+    const char *code, *msg;
+    int status, retry;
+    fly_edge_step(s->edge);
+    if (fly_edge_failed(s->edge, &code, &msg, &status, &retry)) {
+      s->fail_status = status;
+      if (retry && strcmp(code, "FLY_EDGE_REFUSED") == 0)
+        s->refused_status = status;
+      sess_connect_failed(s, now, retry, code, "%s", msg);
+      return;
+    }
+    if (!fly_edge_open(s->edge)) {
+      if (now < s->connect_deadline)
+        return;
+      /* out of time during an attempt after the edge had refused for want
+       * of a ready machine: that is the reason to give */
+      if (s->refused_status != 0) {
+        s->fail_status = s->refused_status;
+        sess_connect_failed(s, now, 0, "FLY_EDGE_REFUSED",
+                            "edge refused the upgrade: HTTP %d until the "
+                            "connect deadline",
+                            s->refused_status);
+      } else {
+        sess_connect_failed(s, now, 1, "SSH_CONNECT_FAILED",
+                            "edge: timed out");
+      }
+      return;
+    }
+    if (sess_to_handshake(s, now) != 0)
+      return;
   }
   if (s->state == S_CONNECTING) {
     struct pollfd p = {s->fd, POLLOUT, 0};
@@ -799,12 +941,8 @@ static void sess_connect_step(fly_ssh_sess_t *s, uint64_t now) {
                           strerror(err));
       return;
     }
-    if (sess_session_init(s) != 0) {
-      sess_connect_failed(s, now, 0, "ERR_NO_MEMORY", "out of memory");
+    if (sess_to_handshake(s, now) != 0)
       return;
-    }
-    s->state = S_HANDSHAKE;
-    s->progress = 1;
   }
   if (s->state == S_HANDSHAKE) {
     rc = libssh2_session_handshake(s->ls, s->fd);
@@ -1115,6 +1253,30 @@ static void sess_ready_step(fly_ssh_sess_t *s, uint64_t now) {
   sess_idle_check(s, now);
 }
 
+/* The edge's bytes, once libssh2 runs on it: 0, or -1 when the edge failed
+ * (the session's ops failed with its error, the connection closed). */
+static int sess_edge_pump(fly_ssh_sess_t *s, uint64_t now) {
+  const char *code, *msg;
+  int status, retry;
+
+  if (s->edge == NULL || s->state < S_HANDSHAKE)
+    return 0;
+  if (fly_edge_step(s->edge))
+    s->progress = 1;
+  if (!fly_edge_failed(s->edge, &code, &msg, &status, &retry))
+    return 0;
+  s->fail_status = status;
+  if (s->state != S_READY) {
+    sess_connect_failed(s, now, 0, code, "%s", msg);
+  } else {
+    sess_fail_ops(s, 1, code, "ssh connection to %s:%d lost: %s",
+                  s->target->host, s->target->port, msg);
+    sess_close_conn(s, 0);
+    s->progress = 1;
+  }
+  return -1;
+}
+
 static void sess_step(fly_ssh_sess_t *s, uint64_t now) {
   sess_expire_ops(s, now);
   if (s->state == S_IDLE) {
@@ -1122,10 +1284,14 @@ static void sess_step(fly_ssh_sess_t *s, uint64_t now) {
       return;
     sess_connect_begin(s, now);
   }
+  if (sess_edge_pump(s, now) != 0)
+    return;
   if (s->state != S_READY)
     sess_connect_step(s, now);
   if (s->state == S_READY)
     sess_ready_step(s, now);
+  /* what libssh2 wrote goes out now */
+  sess_edge_pump(s, now);
   /* A failed connection with ops that never touched it: connect again. */
   if (s->state == S_IDLE && s->ops != NULL)
     s->progress = 1;
@@ -1179,7 +1345,10 @@ int fly_ssh_fds(fly_loop_t *loop, struct curl_waitfd *fds, int max) {
           ev &= ~CURL_WAIT_POLLIN;
       }
     }
-    if (ev == 0)
+    if (s->edge != NULL)
+      n += fly_edge_fds(s->edge, n < max ? fds + n : NULL,
+                        n < max ? max - n : 0);
+    if (ev == 0 || s->state == S_EDGE)
       continue;
     if (n < max) {
       fds[n].fd = s->fd;
@@ -1204,10 +1373,13 @@ uint64_t fly_ssh_deadline(fly_loop_t *loop) {
     case S_RETRY:
       d = s->retry_at;
       break;
+    case S_EDGE:
     case S_CONNECTING:
     case S_HANDSHAKE:
     case S_AUTH:
       d = s->connect_deadline;
+      if (s->edge != NULL && fly_edge_deadline(s->edge, fly_now_ms()) < d)
+        d = fly_edge_deadline(s->edge, fly_now_ms());
       break;
     case S_READY:
       d = s->target->keepalive_sec > 0 ? s->keepalive_at : UINT64_MAX;

@@ -30,10 +30,44 @@ typedef struct fly_ssh_target_s {
   uint64_t op_timeout_ms;      /* channel opens and SFTP calls */
   uint64_t idle_timeout_ms;    /* close a connection unused this long */
   unsigned keepalive_sec;
+  /* Through Fly's edge (edge.c) when edge_host is set: TLS to
+   * edge_host:edge_port, a WebSocket upgrade of edge_path with Host
+   * edge_authority, fly-force-instance-id edge_instance and the edge
+   * token; edge_ca: PEM to trust instead of the system's CAs. */
+  char *edge_host;
+  int edge_port;
+  char *edge_authority;
+  char *edge_instance;
+  char *edge_token;
+  char *edge_ca;
+  char *edge_path;
 } fly_ssh_target_t;
+
+/* ---- the edge (edge.c): I/O thread only ----------------------------------
+ * One per connection of a session whose target has an edge.  libssh2 gets
+ * *ssh_fd, one end of a socketpair; the edge pumps the other end through
+ * TLS and WebSocket framing. */
+typedef struct fly_edge_s fly_edge_t;
+fly_edge_t *fly_edge_new(const fly_ssh_target_t *t, int *ssh_fd);
+void fly_edge_free(fly_edge_t *e);
+/* Connect further, or move bytes.  1 when something changed. */
+int fly_edge_step(fly_edge_t *e);
+/* 1 once the WebSocket is open (libssh2 may start). */
+int fly_edge_open(const fly_edge_t *e);
+/* 1 when it failed: a code (FLY_EDGE_TLS, FLY_EDGE_REFUSED,
+ * FLY_EDGE_PROTOCOL, SSH_CONNECT_FAILED, SSH_DISCONNECTED), a message with
+ * no secret in it, the HTTP status of a refusal, and whether a new attempt
+ * may succeed (a refused TCP connect, a 502/503/504 while a machine
+ * starts). */
+int fly_edge_failed(const fly_edge_t *e, const char **code, const char **msg,
+                    int *status, int *retry);
+int fly_edge_fds(fly_edge_t *e, struct curl_waitfd *fds, int max);
+/* When it needs a step without a socket event (the resolver's poll). */
+uint64_t fly_edge_deadline(const fly_edge_t *e, uint64_t now);
 
 typedef struct fly_ssh_sess_s fly_ssh_sess_t;
 typedef struct fly_exr_s fly_exr_t;
+typedef struct fly_batch_chan_s fly_batch_chan_t;
 typedef struct fly_ssh_op_s fly_ssh_op_t;
 
 /* What an op's step returns to the session. */
@@ -100,6 +134,9 @@ struct fly_ssh_sess_s {
   fly_ssh_target_t *target;    /* its handle's, which identifies it */
   int state;
   int fd;
+  fly_edge_t *edge;            /* the edge path, while connected through it */
+  int fail_status;             /* an edge refusal's HTTP status, for errors */
+  int refused_status;          /* an earlier attempt's 502-504, or 0 */
   LIBSSH2_SESSION *ls;
   uint64_t connect_deadline;
   uint64_t retry_at;
@@ -123,6 +160,8 @@ struct fly_ssh_sess_s {
 
   LIBSSH2_SFTP *sftp;
   fly_ssh_op_t *sftp_owner;    /* SFTP runs one op at a time */
+  fly_batch_chan_t *batch;     /* the batch SFTP channel (sftp_batch.c) */
+  fly_ssh_op_t *batch_owner;   /* one batch op at a time uses it */
 
   fly_exr_t *exr;              /* the sandbox's executor (executor.c) */
   fly_ssh_zombie_t *zombies;   /* channels being closed after their op */
@@ -218,5 +257,11 @@ void fly_exr_reset(fly_ssh_sess_t *s);
 void fly_exr_free(fly_ssh_sess_t *s);
 /* The earliest time the executor needs a step (its hello deadline). */
 uint64_t fly_exr_deadline(fly_ssh_sess_t *s);
+
+/* ---- the batch SFTP channel (sftp_batch.c) ------------------------------
+ * ssh.c: the connection is going: forget the channel without I/O; and
+ * free what is left with the session. */
+void fly_batch_chan_reset(fly_ssh_sess_t *s);
+void fly_batch_chan_free(fly_ssh_sess_t *s);
 
 #endif /* FLY_SSH_H */

@@ -1,11 +1,18 @@
 'use strict'
 // The provider end to end, the same assertions on two targets: fly-local
 // (always) and real Fly.io (when FLY_API_TOKEN is set; FLY_ORG, FLY_APP_NAME,
-// FLY_IMAGE and FLY_REGION are read as fly() reads them, and this process
-// must reach the machines' sshd: run it inside the org's private network).
+// FLY_IMAGE and FLY_REGION are read as fly() reads them; from outside Fly's
+// private network the provider goes through Fly's edge by itself).
+// fly-local's half runs twice: from the host, and from an "outside" network
+// namespace that reaches only fly-local's API and edge (no route to the
+// machines), with nothing but apiToken, appName, apiHostname, edgeUrl and
+// edgeCa configured.
 const test = require('node:test')
 const assert = require('node:assert/strict')
+const path = require('path')
+const crypto = require('crypto')
 const { startLocal, provider, rejects } = require('./helpers/fly')
+const { outsideNetwork } = require('./helpers/outside')
 const { fly } = require('..')
 
 const REAL = process.env.FLY_API_TOKEN
@@ -83,4 +90,59 @@ function suite (target, makeProvider, skip) {
 }
 
 suite('fly-local', async (t) => provider(await startLocal(t)))
+
+test('fly-local from outside the private network: the seed usage through the edge', async (t) => {
+  const out = await outsideNetwork(t)
+  const srv = await startLocal(t, { host: out.hostAddr })
+  const config = {
+    apiToken: srv.token,
+    appName: `out-${crypto.randomBytes(4).toString('hex')}`,
+    apiHostname: srv.url,
+    edgeUrl: srv.edgeUrl,
+    edgeCa: srv.edgeCa
+  }
+  const child = path.join(__dirname, 'fixtures', 'outside-child.js')
+  const r = await out.exec(process.execPath, [child], {
+    env: { PATH: process.env.PATH, FLY_OUTSIDE_CONFIG: JSON.stringify(config) },
+    timeout: 120000
+  })
+  const line = r.stdout.trim().split('\n').pop()
+  const got = JSON.parse(line || '{}')
+  assert.equal(got.error, undefined, `${r.stdout}${r.stderr}`)
+  assert.deepEqual(got.python, [0, 'py 3\n', 'python'])
+  assert.deepEqual(got.node, [0, 'js 42\n', 'node'])
+  assert.deepEqual(got.args, [0, "it's|$(id)|two words|"])
+  assert.deepEqual(got.sh, [5, 'out\nset at create\n', 'err\n'])
+  assert.equal(got.stream[1], '1\n2\n3\n')
+  assert.equal(got.stream[2], '1\n2\n3\n')
+  assert.ok(got.stream[0] >= 2, `streamed in ${got.stream[0]} chunk(s)`)
+  assert.deepEqual(got.files, [true, 'héllo ✓', ['bytes', 'text'], true])
+  assert.deepEqual(got.info, [got.sandboxId, 'running', 'outside'])
+  assert.equal(got.tokenShown, false)
+  assert.equal(got.afterDestroy, null)
+  // the child made its machine through the edge: the 443 service, and the
+  // app's shared IPv4 and IPv6
+  const ips = await fetch(`${srv.url}/v1/apps/${config.appName}/ip_assignments`, { headers: { authorization: `Bearer ${srv.token}` } })
+  const list = (await ips.json()).ips
+  assert.deepEqual(list.map((x) => x.shared).sort(), [false, true])
+
+  // The outside reaches the API and the edge (above), never a machine
+  // directly, even given routes to them: fly-local's rules drop it.
+  const p = provider(srv, { reach: 'private' })
+  const sb = await p.sandbox.create() // removed by srv.stop()
+  const addrs = (await sb.runCommand('hostname -I')).stdout.trim().split(/\s+/)
+  assert.ok(addrs.length >= 1)
+  await out.addRoute('100.0.0.0/8')
+  await out.addRoute6('fdaa::/16')
+  assert.ok(addrs.some((x) => x.includes(':')) && addrs.some((x) => !x.includes(':')), addrs.join(' '))
+  for (const a of addrs) {
+    const probe = await out.exec(process.execPath, ['-e', `
+      const s = require('net').connect({ host: ${JSON.stringify(a)}, port: 2222 })
+      const t = setTimeout(() => { console.log('timeout'); process.exit(0) }, 2000)
+      s.on('connect', () => { console.log('connected'); process.exit(0) })
+      s.on('error', (e) => { console.log(e.code); process.exit(0) })`])
+    // routed (not ENETUNREACH), and dropped or refused by the host
+    assert.ok(!['connected', 'ENETUNREACH', ''].includes(probe.stdout.trim()), `${a}:2222 from outside: ${probe.stdout}${probe.stderr}`)
+  }
+})
 suite('real Fly.io', async () => fly({ apiToken: process.env.FLY_API_TOKEN }), REAL)

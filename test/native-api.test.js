@@ -442,6 +442,14 @@ test('volumes: create, get, list, update, extend, snapshots, delete (replies mat
   assertSchema('VolumeSnapshotList', snaps)
   assert.equal(snaps.length, 1)
   assertSchema('Volume', (await call(srv, 'volume.delete', { app, volume: v.id })).body)
-  const gone = await rejects(call(srv, 'volume.snapshots', { app, volume: v.id }))
+  // Snapshots outlive their volume: still listed, and the deleted volume
+  // is in the org's listing with include_deleted only.
+  assert.deepEqual((await call(srv, 'volume.snapshots', { app, volume: v.id })).body.map((x) => x.id), snaps.map((x) => x.id))
+  const org = (await call(srv, 'volume.org_list', { org: 'personal' }, { query: q({ include_deleted: 'true' }) })).body
+  assertSchema('OrgVolumes', org)
+  assert.equal(org.volumes.find((x) => x.id === v.id).state, 'destroyed')
+  const live = (await call(srv, 'volume.org_list', { org: 'personal' })).body
+  assert.equal(live.volumes.some((x) => x.id === v.id), false)
+  const gone = await rejects(call(srv, 'volume.snapshots', { app, volume: 'vol_nosuchvolume0' }))
   assert.equal(gone.code, 'FLY_NOT_FOUND')
 })

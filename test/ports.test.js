@@ -35,8 +35,11 @@ test('two sandboxes exposing the same port each answer on their own URL; a pause
   try {
     const ma = (await call(srv, 'machine.get', sandboxIds(a))).body
     const mb = (await call(srv, 'machine.get', sandboxIds(b))).body
+    // the edge's service (lib/edge.js) comes after the exposed ports'
+    const edgeSvc = (m) => m.config.services.filter((s) => s.ports[0].port === 443)
+    assert.deepEqual(edgeSvc(ma).map((s) => [s.internal_port, s.ports[0].handlers, s.autostart]), [[444, ['tls', 'http'], true]])
     const pubA = ma.config.services[0].ports[0].port
-    const pubB = mb.config.services.map((s) => s.ports[0].port)
+    const pubB = mb.config.services.filter((s) => s.ports[0].port !== 443).map((s) => s.ports[0].port)
     assert.equal(ma.config.services[0].internal_port, 8000)
     assert.equal(ma.config.services[0].autostart, true)
     assert.equal(new Set([pubA, ...pubB]).size, 3, 'every public port is its own')

@@ -94,6 +94,10 @@ function runtimeSpec (opts) {
       { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: [...nosuid, 'noexec'] },
       /* a fresh sysfs needs a netns owned by the container's userns */
       { destination: '/sys', type: 'bind', source: '/sys', options: ['rbind', 'ro', ...nosuid, 'noexec'] },
+      /* its own cgroup, read-only (the runtime mounts the machine's
+         hierarchies under the cgroup namespace), so sandbox.getMetrics
+         reads the machine's use, not the host's */
+      { destination: '/sys/fs/cgroup', type: 'cgroup', source: 'cgroup', options: ['ro', ...nosuid, 'noexec', 'nodev'] },
       { destination: '/tmp', type: 'tmpfs', source: 'tmpfs', options: [...nosuid, 'mode=1777'] },
       { destination: '/run', type: 'tmpfs', source: 'tmpfs', options: [...nosuid, 'mode=755'] },
       /* volumes (config.mounts) */

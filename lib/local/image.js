@@ -7,10 +7,11 @@
 //                by docker/provision.sh, the script the Fly Dockerfile runs;
 //                <hash> covers that script, the host CAs it copies in and
 //                this builder, so a rebuild with no change is a no-op;
-//   top-<hash>   /opt/computesdk (entrypoint.sh, sshd_config, idle-watch, interp) and the
-//                command executor (docker/flyexec.c, built static with the
-//                host's cc), cheap to make, so editing them does not rebuild
-//                the base.
+//   top-<hash>   /opt/computesdk (entrypoint.sh, sshd_config, idle-watch, the
+//                code interpreter's interp and interp-node.js) and the
+//                command executor (docker/flyexec.c) and the edge bridge
+//                (docker/flyedge.c), built static with the host's cc, cheap
+//                to make, so editing them does not rebuild the base.
 // Both are owned by the shifted ids (see ID_BASE): root inside a machine is
 // host uid ID_BASE, so the image's root-owned files are root's inside.
 //
@@ -64,15 +65,22 @@ const TOP_FILES = [['entrypoint.sh', 0o755], ['sshd_config', 0o644], ['idle-watc
   /* the code interpreter's driver and node kernel (lib/interpreter.js) */
   ['interp', 0o755], ['interp-node.js', 0o644]]
 /* docker/flyexec.c, at the path the client starts it from (src/ssh.c); it
-   includes docker/flyexec_proto.h (found beside it), which the hash covers. */
+   includes docker/flyexec_proto.h (found beside it), which the hash covers.
+   docker/flyedge.c beside it (the entrypoint starts it, as root), static
+   with libcrypto.a (libssl-dev) for SHA-1/SHA-256. */
 const EXECUTOR_SRC = 'flyexec.c'
 const EXECUTOR_HDR = 'flyexec_proto.h'
+const BRIDGE_SRC = 'flyedge.c'
 const EXECUTOR_DIR = 'usr/local/libexec/computesdk'
+/* The sandbox's other small programs, built the same way beside it: the
+   metrics sampler (sandbox.getMetrics) and the inotify watcher
+   (filesystem.watch), docker/<name>.c each. */
+const PROGRAMS = ['flymetrics', 'flywatch']
 
 let topHashCache = null
 function topHash () {
   if (!topHashCache) {
-    topHashCache = hashFiles([...TOP_FILES.map(([n]) => n), EXECUTOR_SRC, EXECUTOR_HDR].map((n) => path.join(DOCKER_DIR, n)),
+    topHashCache = hashFiles([...TOP_FILES.map(([n]) => n), EXECUTOR_SRC, EXECUTOR_HDR, BRIDGE_SRC, ...PROGRAMS.map((n) => `${n}.c`)].map((n) => path.join(DOCKER_DIR, n)),
       `top ${BUILDER_VERSION} ${process.arch}`)
   }
   return topHashCache
@@ -86,6 +94,13 @@ function buildExecutor (root) {
   const out = path.join(dir, 'flyexec')
   run(process.env.CC || 'cc', ['-static', '-O2', '-o', out, path.join(DOCKER_DIR, EXECUTOR_SRC)])
   fs.chmodSync(out, 0o755)
+  const bridge = path.join(dir, 'flyedge')
+  run(process.env.CC || 'cc', ['-static', '-O2', '-o', bridge, path.join(DOCKER_DIR, BRIDGE_SRC), '-lcrypto', '-lpthread'])
+  fs.chmodSync(bridge, 0o755)
+  for (const n of PROGRAMS) {
+    run(process.env.CC || 'cc', ['-static', '-O2', '-o', path.join(dir, n), path.join(DOCKER_DIR, `${n}.c`)])
+    fs.chmodSync(path.join(dir, n), 0o755)
+  }
 }
 
 function baseDir () { return path.join(IMAGES_DIR, `base-${baseHash()}`) }

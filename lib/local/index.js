@@ -3,7 +3,7 @@
 // sandboxes on this host (see README.md in this directory).
 //
 //   const srv = await require('@computesdk/fly/local').start({ token, host, port })
-//   srv.url, srv.token, await srv.stop()
+//   srv.url, srv.token, srv.edgeUrl, srv.edgeCa, await srv.stop()
 const http = require('http')
 const crypto = require('crypto')
 const { Host, waitSshBanner } = require('./runtime')
@@ -13,6 +13,7 @@ const { createApi } = require('./api')
 const { Volumes } = require('./volumes')
 const { ApiSockets } = require('./api-socket')
 const { Proxy } = require('./proxy')
+const { Edge } = require('./edge')
 const { DEFAULT_FLOWS_MAX } = require('./network')
 
 function needsRoot () {
@@ -104,6 +105,18 @@ async function start (options = {}) {
   const addr = server.address()
   const hostPart = addr.family === 'IPv6' || addr.family === 6 ? `[${addr.address}]` : addr.address
   const url = `http://${hostPart}:${addr.port}`
+  /* Fly's edge (https://<app>.fly.dev), on the same address */
+  const edge = new Edge(store, proxy, { wakeMs: opts.proxyWakeMs, quiet: opts.quiet })
+  let edgeAddr
+  try {
+    edgeAddr = await edge.listen(addr.address)
+  } catch (e) {
+    server.close()
+    process.off('exit', onExit)
+    onExit()
+    proxy.close()
+    throw e
+  }
 
   const findMachine = (id) => {
     const m = store.allMachines().find((x) => x.id === id)
@@ -126,6 +139,11 @@ async function start (options = {}) {
     events: store.events,
     host: addr.address,
     port: addr.port,
+    /* the edge: https://<host>:<port>, its CA (PEM), its fault hooks
+       ({ fault(spec), closeAll(), stallAll() }, edge.js) */
+    edgeUrl: `https://${hostPart}:${edgeAddr.port}`,
+    edgeCa: edge.ca,
+    edge: { fault: (spec) => edge.faults.set(spec), closeAll: () => edge.closeAll(), stallAll: () => edge.stallAll() },
     stats: () => ({ ...stats }),
     /* 'ext4' (sized loop-mounted images) or 'directory' (no size limit) */
     volumeBackend: store.volumes.backend,
@@ -169,6 +187,7 @@ async function start (options = {}) {
         stopping = (async () => {
           server.close()
           if (server.closeAllConnections) server.closeAllConnections()
+          edge.close()
           proxy.close()
           await Promise.allSettled([...pending])
           await store.destroyAll()

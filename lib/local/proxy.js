@@ -37,16 +37,24 @@ function envMs (name, dflt) {
   return Number.isInteger(n) && n > 0 ? n : dflt
 }
 
-/* [{ port, internal, svc }] of a machine config's public ports. */
+/* [{ port, internal, svc, http }] of a machine config's public ports. */
 function publicPorts (config) {
   const out = []
   for (const svc of (config && config.services) || []) {
     if (svc.protocol !== 'tcp') continue
     for (const p of svc.ports || []) {
-      if (Number.isInteger(p.port)) out.push({ port: p.port, internal: svc.internal_port, svc })
+      if (Number.isInteger(p.port)) {
+        out.push({ port: p.port, internal: svc.internal_port, svc, http: (p.handlers || []).includes('http') })
+      }
     }
   }
   return out
+}
+
+/* The ports this TCP proxy serves: 443 with the http handler is the edge's
+   (edge.js), which every app shares as Fly's shared IPv4 is shared. */
+function tcpPorts (config) {
+  return publicPorts(config).filter((p) => !(p.port === 443 && p.http))
 }
 
 function autostopMode (config) {
@@ -96,7 +104,7 @@ class Proxy {
      ones; throws a 409 HttpError for a port it cannot have. Returns done(),
      to call once the machine holds (or failed to take) the config. */
   async claim (appName, config) {
-    const ports = [...new Set(publicPorts(config).map((p) => p.port))]
+    const ports = [...new Set(tcpPorts(config).map((p) => p.port))]
     const held = []
     const done = () => {
       for (const l of held) l.pending--
@@ -146,7 +154,7 @@ class Proxy {
     const out = []
     for (const m of app.machines.values()) {
       if (m.state === 'destroyed' || m.state === 'destroying' || m.cordoned) continue
-      const p = publicPorts(m.config).find((x) => x.port === l.port)
+      const p = tcpPorts(m.config).find((x) => x.port === l.port)
       if (p) out.push({ m, internal: p.internal, svc: p.svc })
     }
     return out
@@ -180,29 +188,47 @@ class Proxy {
   /* Picks (or wakes) a machine and forwards; closes the client when none
      runs by the deadline. */
   async route (l, client, deadline) {
-    while (!client.destroyed && !this.closed && Date.now() < deadline) {
-      const cands = this.candidates(l)
-      const up = cands.filter((c) => running(c.m))
+    const got = await this.reach(() => this.candidates(l), deadline, () => client.destroyed, l)
+    if (!got) return client.destroy()
+    this.track(got.m, client, got.up)
+    client.pipe(got.up)
+    got.up.pipe(client)
+    client.resume()
+  }
+
+  /* A connection to a running machine among cands() (round robin through
+     rr.next), waking one whose service has autostart when none runs:
+     { m, up }, or null when none is reachable by the deadline (or gone()).
+     Shared with the edge (edge.js). */
+  async reach (cands, deadline, gone, rr = {}) {
+    while (!gone() && !this.closed && Date.now() < deadline) {
+      const all = cands()
+      const up = all.filter((c) => running(c.m))
       if (up.length) {
-        const c = up[l.next++ % up.length]
-        if (await this.forward(c, client, deadline)) return
+        const i = rr.next || 0
+        rr.next = i + 1
+        const c = up[i % up.length]
+        const sock = await this.connect(c, deadline)
+        if (sock) return { m: c.m, up: sock }
         /* refused (the service is not listening yet) or unreachable */
         await new Promise((resolve) => setTimeout(resolve, 100))
         continue
       }
-      const asleep = cands.filter((c) => c.svc.autostart === true && (c.m.state === 'suspended' || c.m.state === 'stopped'))
+      const asleep = all.filter((c) => c.svc.autostart === true && (c.m.state === 'suspended' || c.m.state === 'stopped'))
       /* moving: wait for where it lands (a machine being suspended or
          stopped is woken once it is) */
-      const waking = cands.some((c) => MOVING.includes(c.m.state) || c.m.launching)
+      const waking = all.some((c) => MOVING.includes(c.m.state) || c.m.launching)
       if (!asleep.length && !waking) break
       if (!waking) {
         /* a suspended one resumes at once */
         asleep.sort((a, b) => (a.m.state === 'suspended' ? 0 : 1) - (b.m.state === 'suspended' ? 0 : 1))
         asleep[0].m.requestStart()
       }
-      await this.untilStateChange(cands.map((c) => c.m), deadline)
+      /* a transition that happened between the look above and the
+         listeners below is seen at the next look, 250 ms on at most */
+      await this.untilStateChange(all.map((c) => c.m), Math.min(deadline, Date.now() + 250))
     }
-    client.destroy()
+    return null
   }
 
   untilStateChange (machines, deadline) {
@@ -217,24 +243,22 @@ class Proxy {
     })
   }
 
-  /* Connects to the machine and pipes both ways; false when the connection
-     could not be made. */
-  forward ({ m, internal }, client, deadline) {
+  /* A TCP connection to the machine's service, or null when it could not
+     be made. */
+  connect ({ m, internal }, deadline) {
     return new Promise((resolve) => {
       const host = m.host.guestV4(m.privateIp)
-      if (!host) return resolve(false)
+      if (!host) return resolve(null)
       const up = net.connect({ host, port: internal, allowHalfOpen: true })
       const timer = setTimeout(() => up.destroy(new Error('connect timeout')),
         Math.max(1, Math.min(CONNECT_TIMEOUT_MS, deadline - Date.now())))
-      up.once('error', () => { clearTimeout(timer); up.destroy(); resolve(false) })
+      up.once('error', () => { clearTimeout(timer); up.destroy(); resolve(null) })
       up.once('connect', () => {
         clearTimeout(timer)
         up.removeAllListeners('error')
-        this.track(m, client, up)
-        client.pipe(up)
-        up.pipe(client)
-        client.resume()
-        resolve(true)
+        /* small writes (an SSH packet) go at once, as the client's do */
+        up.setNoDelay(true)
+        resolve(up)
       })
     })
   }

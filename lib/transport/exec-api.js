@@ -90,8 +90,49 @@ const files = {
     }
     return buf
   },
-  write: async (sb, path, data) => {
-    await run(sb, ['sh', '-c', 'base64 -d > "$1"', 'sh', path], data.toString('base64'), path)
+  // A whole file: a temporary beside it (mktemp: created exclusively), the
+  // target's mode, then mv (rename(2)) over it, so a reader sees the old or
+  // the new file; a failed write removes the temporary.  At an offset or
+  // appended or truncated first (a write stream's): in place (dd
+  // conv=notrunc, >>, >).  parents: mkdir -p first.
+  write: async (sb, path, data, where, parents) => {
+    let script
+    if (where && where.append) script = 'base64 -d >> "$1"'
+    else if (where && where.truncate) script = 'base64 -d > "$1"'
+    else if (where) script = 'base64 -d | dd of="$1" oflag=seek_bytes seek="$2" conv=notrunc bs=1M status=none'
+    else {
+      script = (parents ? 'mkdir -p -- "$(dirname -- "$1")" || exit 1; ' : '') +
+        't=$(mktemp -p "$(dirname -- "$1")" ".$(basename -- "$1" | cut -c1-200).fly-XXXXXXXXXXXXXXXX.tmp") || exit 1; ' +
+        '{ if [ -f "$1" ]; then chmod --reference="$1" -- "$t"; else chmod 644 -- "$t"; fi && ' +
+        'base64 -d > "$t" && mv -fT -- "$t" "$1"; } || { rm -f -- "$t"; exit 1; }'
+    }
+    await run(sb, ['sh', '-c', script, 'sh', path, String((where && where.offset) || 0)], data.toString('base64'), path)
+  },
+  // One call per file: correct, not pipelined (each is an exec request).
+  async writeMany (sb, list) {
+    const out = []
+    for (const { path, data } of list) {
+      try {
+        await files.write(sb, path, Buffer.isBuffer(data) ? data : Buffer.from(data, 'utf8'), undefined, true)
+        out.push({ path })
+      } catch (err) {
+        if (!err.path) throw err
+        out.push({ path, code: err.code, message: err.message })
+      }
+    }
+    return out
+  },
+  async readMany (sb, paths) {
+    const out = []
+    for (const path of paths) {
+      try {
+        out.push({ path, data: await files.read(sb, path) })
+      } catch (err) {
+        if (!err.path) throw err
+        out.push({ path, code: err.code, message: err.message })
+      }
+    }
+    return out
   },
   mkdir: async (sb, path) => { await run(sb, ['mkdir', '-p', '--', path], undefined, path) },
   async readdir (sb, path) {

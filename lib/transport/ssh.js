@@ -12,6 +12,7 @@ const { clientKey } = require('../keys')
 const api = require('../api')
 const { HOST_FP, FILES_DIR, isGone, isPausedMachine } = require('../metadata')
 const { sessionIdleMs } = require('../idle')
+const edge = require('../edge')
 
 // Runs as the machine's root through the exec endpoint: $1 is FILES_DIR
 // (under /etc, which only root can change), $2 the public key.  A key file
@@ -34,21 +35,25 @@ const KEY_SECRET = crypto.randomBytes(32)
 function signature (t) {
   const h = crypto.createHmac('sha256', KEY_SECRET)
   h.update(JSON.stringify([t.user, t.host, t.port, t.password !== undefined ? 'password' : 'key',
-    t.password !== undefined ? t.password : t.privateKey, t.insecureSkipHostKeyCheck ? 'insecure' : t.hostKeyFingerprint]))
+    t.password !== undefined ? t.password : t.privateKey, t.insecureSkipHostKeyCheck ? 'insecure' : t.hostKeyFingerprint,
+    t.edge || null]))
   return h.digest('hex')
 }
 
-function target (sb) {
+// via: 'private' (the machine's address) or 'edge' (Fly's proxy, lib/edge.js).
+function target (sb, via) {
   const { config } = sb._ctx
   const host = config.sshHost || sb.privateIp || `${sb.machineId}.vm.${sb.appName}.internal`
+  const e = via === 'edge' ? edge.target(sb) : null
   const t = {
-    host,
-    port: config.sshPort,
+    host: e ? e.host : host,
+    port: e ? e.port : config.sshPort,
     user: config.sshUser,
     connectTimeoutMs: config.connectTimeoutMs,
     opTimeoutMs: config.opTimeoutMs,
     keepaliveSec: config.keepaliveSec
   }
+  if (e) t.edge = e
   // A sandbox with an idle timeout: an unused connection closes soon, so
   // that this provider does not keep it awake (reopened on the next call).
   const idleMs = sessionIdleMs(sb)
@@ -70,9 +75,9 @@ function target (sb) {
 // keep: how long an unused connection stays open (ms) when this call opens
 // the handle (the warm pool's: lib/pool.js); not part of the signature, so
 // later calls reuse that connection.
-function session (sb, keep) {
+function session (sb, keep, via) {
   const { sessions } = sb._ctx.state
-  const t = target(sb)
+  const t = target(sb, via)
   const sig = signature(t)
   const open = sessions.get(sb.sandboxId)
   if (open && open.sig === sig) return open.handle
@@ -91,10 +96,11 @@ async function withSession (sb, fn, keep) {
   if (state.destroyed.has(sb.sandboxId)) {
     throw flyError('FLY_NOT_FOUND', `sandbox ${sb.sandboxId} was destroyed`)
   }
+  const via = await edge.reach(sb)
   try {
-    return await fn(session(sb, keep))
+    return await fn(session(sb, keep, via))
   } catch (err) {
-    if (err.code === 'SSH_CONNECT_FAILED' || err.code === 'SSH_TIMEOUT') throw await whyUnreachable(sb, err)
+    if (err.code === 'SSH_CONNECT_FAILED' || err.code === 'SSH_TIMEOUT' || edgeGone(err)) throw await whyUnreachable(sb, err)
     if (err.code !== 'SSH_AUTH_FAILED' || config.sshPassword || state.reauthorized.has(sb.sandboxId)) throw err
     state.reauthorized.add(sb.sandboxId)
     const pub = clientKey(sb._ctx).publicKey
@@ -109,8 +115,15 @@ async function withSession (sb, fn, keep) {
       err.message += `; authorizing this provider's key in ${FILES_DIR}/authorized_keys failed`
       throw err
     }
-    return fn(session(sb, keep))
+    return fn(session(sb, keep, via))
   }
+}
+
+// The edge's answers when it has no machine to give the upgrade to (404:
+// no such instance; 502-504: none it could reach): the machine's state says
+// why, as for a failed direct connect.
+function edgeGone (err) {
+  return err.code === 'FLY_EDGE_REFUSED' && [404, 502, 503, 504].includes(err.status)
 }
 
 // An SSH connect that failed for good: a machine that is not running (or
@@ -138,8 +151,12 @@ async function whyUnreachable (sb, err) {
 // result's stdout/stderr are the whole output, streamed or not: strings
 // (ASCII handed to V8 as it is, other large output decoded on the I/O
 // thread), or Buffers for small non-ASCII output.
-function exec (sb, spec, { stdin, onChunk } = {}) {
-  const req = { ...spec, maxOutputBytes: sb._ctx.config.maxOutputBytes, text: true }
+// keep: false (with onChunk) when the caller has what it needs from the
+// chunks: the output is then not kept for the result (a long-running
+// command, such as filesystem.watch's watcher, holds no memory for it),
+// and the chunks are Buffers.
+function exec (sb, spec, { stdin, onChunk, keep = true } = {}) {
+  const req = { ...spec, maxOutputBytes: sb._ctx.config.maxOutputBytes, text: keep || !onChunk }
   if (stdin !== undefined) req.stdin = stdin
   if (onChunk) req.onChunk = onChunk
   return withSession(sb, (session) => native.sshExec({ ...req, session }))
@@ -163,12 +180,44 @@ function sftp (sb, op, path, extra) {
   return withSession(sb, (session) => native.sftp({ session, op, path, ...extra }))
 }
 
+// A batch's deadline: opTimeoutMs, and as much again per 1,000 files.
+const batchMs = (sb, n) => sb._ctx.config.opTimeoutMs * (1 + Math.floor(n / 1000))
+
 // The limits on what a sandbox can make the provider hold (enforced in C).
 const limits = (sb) => ({ maxEntries: sb._ctx.config.maxEntries })
 
+// Many files over the batch SFTP channel (src/sftp_batch.c), pipelined;
+// per file { path } or { path, data } or { path, code, message }.
+function batch (sb, op, list, extra) {
+  return withSession(sb, (session) => native.sftpBatch({ session, op, ...list, ...extra }))
+}
+
+function fileError (op, r) {
+  return flyError(r.code, `sftp ${op} '${r.path}': ${r.message}`, { path: r.path })
+}
+
 const files = {
   read: (sb, path, range) => sftp(sb, 'read', path, { maxFileBytes: sb._ctx.config.maxFileBytes, ...range }),
-  write: (sb, path, data) => sftp(sb, 'write', path, { data }).then(() => {}),
+  // A whole file is replaced atomically (a temporary beside it, renamed
+  // over it with posix-rename); at an offset, appended, or truncated first
+  // (where: { offset } | { append } | { truncate }), in place.  Both on
+  // the batch channel, so a write stream's pieces go on while a read
+  // stream's use the other SFTP channel.  A server without
+  // posix-rename@openssh.com gets the in-place write.
+  async write (sb, path, data, where) {
+    const file = { path, data }
+    if (where) {
+      file.where = where.append ? 'append' : where.truncate ? 'truncate' : 'offset'
+      if (file.where === 'offset') file.offset = where.offset
+    }
+    const [r] = await batch(sb, 'write', { files: [file] })
+    if (r.code === 'SFTP_UNSUPPORTED' && !where) return sftp(sb, 'write', path, { data }).then(() => {})
+    if (r.code) throw fileError('write', r)
+  },
+  writeMany: async (sb, list) => (await batch(sb, 'write', { files: list }, { parents: true, timeoutMs: batchMs(sb, list.length) }))
+    .map((r) => r.code ? { ...r, message: fileError('write', r).message } : r),
+  readMany: async (sb, paths) => (await batch(sb, 'read', { paths }, { maxFileBytes: sb._ctx.config.maxFileBytes, timeoutMs: batchMs(sb, paths.length) }))
+    .map((r) => r.code ? { ...r, message: fileError('read', r).message } : r),
   mkdir: (sb, path) => sftp(sb, 'mkdir', path, { recursive: true }).then(() => {}),
   async readdir (sb, path) {
     const entries = await sftp(sb, 'readdir', path, limits(sb))

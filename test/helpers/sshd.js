@@ -81,7 +81,9 @@ async function startSshd (opts = {}) {
     'StrictModes no',
     `MaxSessions ${opts.maxSessions || 128}`,
     'MaxStartups 100:30:200',
-    'Subsystem sftp internal-sftp',
+    // opts.sftp: a command to run as the sftp subsystem instead (a fake
+    // server for the hostile-reply tests).
+    `Subsystem sftp ${opts.sftp || 'internal-sftp'}`,
     // root's ~/.bashrc on this host is slow (pyenv, cargo); bash skips it
     // for ssh commands when SHLVL is already set.
     'SetEnv SHLVL=1',

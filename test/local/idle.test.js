@@ -140,7 +140,8 @@ test('idle machine suspends itself with no client; after a resume the watch goes
     const kill = await sh(m, 'p=$(pgrep -xf "/usr/bin/python3 -IS /opt/computesdk/idle-watch"); [ -n "$p" ] || exit 9; ' +
       'runuser -u sandbox -- kill -KILL $p; a=$?; runuser -u sandbox -- kill -STOP $p; b=$?; ' +
       'echo "$a $b $(stat -c "%U %a" /opt/computesdk/idle-watch) $(cut -d" " -f3 /proc/$p/stat)"')
-    assert.equal(kill.stdout.trim(), '1 1 root 755 S', kill.stderr)
+    /* not stopped (T): sleeping, or running when the host is busy */
+    assert.match(kill.stdout.trim(), /^1 1 root 755 [SR]$/, kill.stderr)
     const w = await waitFor(m, 'suspended')
     assert.equal(w.state, 'suspended')
     const got = await api('GET', `/v1/apps/${app}/machines/${m.id}`)

@@ -48,7 +48,10 @@ const SHARED = {
   ExtendVolume: 'ExtendVolumeResponse',
   VolumeSnapshot: 'VolumeSnapshot',
   OrgVolume: 'OrgVolume',
-  OrgVolumes: 'OrgVolumesResponse'
+  OrgVolumes: 'OrgVolumesResponse',
+  IPAssignment: 'IPAssignment',
+  IPAssignmentList: 'listIPAssignmentsResponse',
+  AssignedIP: 'AssignIPResponse'
 }
 
 /* Fields fly-local serves that Fly's component does not list, and why. */

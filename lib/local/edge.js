@@ -1,0 +1,272 @@
+'use strict'
+// Fly's public edge (Fly Proxy's HTTPS side), emulated: one TLS listener
+// beside the API, on the same host address, with a CA of its own per
+// fly-local instance (srv.edgeCa, PEM) and a leaf certificate for
+// *.fly.dev and the listen address. A request is routed like Fly routes
+// https://<app>.fly.dev:
+//   Host: <app>.fly.dev        the app (any other host: 404)
+//   fly-force-instance-id: id  that machine of the app, and no other
+//   the service                a machine's service with a port 443 whose
+//                              handlers include 'http'; the request goes to
+//                              its internal_port at the machine's IPv4
+//                              address, as Fly's proxy reaches machines
+//   autostart                  a suspended or stopped machine whose service
+//                              has autostart is woken (proxy.js's reach)
+// WebSocket upgrades (and any other request) are passed through as HTTP/1.1
+// to the machine, then piped both ways. When nothing can take a request the
+// edge answers as Fly's does, with a status and a short text body: 404 for
+// an unknown app or instance, 503 when no machine has such a service, 502
+// when the machine could not be reached (woken) in time.
+//
+// Fault hooks for tests (srv.edge.fault(spec), srv.edge.closeAll()): see
+// EdgeFaults below.
+const crypto = require('crypto')
+const fs = require('fs')
+const http = require('http')
+const https = require('https')
+const os = require('os')
+const path = require('path')
+const { execFileSync } = require('child_process')
+const { publicPorts } = require('./proxy')
+
+const HOST_RE = /^([a-z0-9][a-z0-9-]*)\.fly\.dev$/
+const DEFAULT_WAKE_MS = 30000
+const MAX_CONNECTIONS = 1024
+const HEADERS_TIMEOUT_MS = 10000
+
+/* A CA and a leaf for *.fly.dev and the listen address, made with the
+   openssl CLI (node's crypto cannot sign certificates). */
+function makeCerts (host) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fly-local-edge-'))
+  const f = (n) => path.join(dir, n)
+  const ossl = (args) => execFileSync('openssl', args, { stdio: ['ignore', 'ignore', 'pipe'] })
+  try {
+    const tag = crypto.randomBytes(4).toString('hex')
+    ossl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '30',
+      '-subj', `/CN=fly-local edge CA ${tag}`, '-keyout', f('ca.key'), '-out', f('ca.pem'),
+      '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign'])
+    ossl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
+      '-subj', '/CN=*.fly.dev', '-keyout', f('leaf.key'), '-out', f('leaf.csr')])
+    const ip = host.includes(':') ? `IP:${host}` : /^[0-9.]+$/.test(host) ? `IP:${host}` : `DNS:${host}`
+    fs.writeFileSync(f('ext'), `subjectAltName=DNS:*.fly.dev,DNS:fly.dev,${ip}\n` +
+      'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n')
+    ossl(['x509', '-req', '-in', f('leaf.csr'), '-CA', f('ca.pem'), '-CAkey', f('ca.key'), '-CAcreateserial',
+      '-days', '30', '-extfile', f('ext'), '-out', f('leaf.pem')])
+    return { ca: fs.readFileSync(f('ca.pem'), 'utf8'), cert: fs.readFileSync(f('leaf.pem'), 'utf8'), key: fs.readFileSync(f('leaf.key'), 'utf8') }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+/* What the edge does wrong, for tests. One spec at a time, for the next
+   `times` requests (default: until cleared):
+     { status: 401 }        answer with this status, the machine untouched
+     { stall: 'request' }   never answer (the TLS handshake completes)
+     { after: 'garbage' }   after the machine's 101, send bytes that are no
+                            WebSocket frame and stop forwarding
+     { after: 'oversized' } after the 101, a frame claiming 2^40 bytes (and
+                            the first 64 KiB of it)
+     { after: 'stall' }     after the 101, forward nothing more either way
+     { after: 'close', bytes } close once `bytes` went to the client after
+                            the 101 (default 0)
+   closeAll() drops every connection the edge holds (a restart of Fly's
+   proxy, say); stallAll() stops forwarding on every open one (both ways),
+   leaving it open (a proxy that hangs). */
+class EdgeFaults {
+  constructor () { this.spec = null }
+  set (spec) {
+    if (spec !== null && (typeof spec !== 'object')) throw new TypeError('edge.fault: spec must be an object or null')
+    this.spec = spec ? { ...spec, remaining: spec.times == null ? Infinity : spec.times } : null
+  }
+
+  take () {
+    const s = this.spec
+    if (!s) return null
+    if (--s.remaining <= 0) this.spec = null
+    return s
+  }
+}
+
+function reply (socket, status, text, res) {
+  const body = `${text}\n`
+  if (res) {
+    res.writeHead(status, { 'content-type': 'text/plain', server: 'Fly/fly-local', connection: 'close' })
+    return res.end(body)
+  }
+  socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status] || ''}\r\ncontent-type: text/plain\r\n` +
+    `content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\nserver: Fly/fly-local\r\n\r\n${body}`)
+}
+
+class Edge {
+  constructor (store, proxy, { wakeMs, quiet } = {}) {
+    this.store = store
+    this.proxy = proxy
+    this.quiet = quiet
+    this.wakeMs = wakeMs || DEFAULT_WAKE_MS
+    this.faults = new EdgeFaults()
+    this.sockets = new Set()
+    /* upgraded connections being piped: [client, machine] */
+    this.pairs = new Set()
+    this.server = null
+    this.ca = null
+  }
+
+  async listen (host) {
+    const { ca, cert, key } = makeCerts(host)
+    this.ca = ca
+    const server = https.createServer({ cert, key, allowHalfOpen: true })
+    server.maxConnections = MAX_CONNECTIONS
+    server.headersTimeout = HEADERS_TIMEOUT_MS
+    server.requestTimeout = HEADERS_TIMEOUT_MS
+    server.on('connection', (s) => {
+      /* the TCP socket under the TLS one: small writes go at once */
+      s.setNoDelay(true)
+      this.sockets.add(s)
+      s.on('close', () => this.sockets.delete(s))
+      s.on('error', () => {})
+    })
+    server.on('upgrade', (req, socket, head) => this.route(req, socket, head))
+    server.on('request', (req, res) => this.route(req, req.socket, null, res))
+    server.on('tlsClientError', (e, s) => s.destroy())
+    await new Promise((resolve, reject) => {
+      server.once('error', reject)
+      server.listen(0, host, () => { server.off('error', reject); resolve() })
+    })
+    this.server = server
+    return server.address()
+  }
+
+  /* [{ m, internal, svc }]: the machines of the app (only `instance` when
+     given) with a 443 service that has the http handler. */
+  candidates (app, instance) {
+    const out = []
+    for (const m of app.machines.values()) {
+      if (m.state === 'destroyed' || m.state === 'destroying' || m.cordoned) continue
+      if (instance && m.id !== instance) continue
+      const p = publicPorts(m.config).find((x) => x.port === 443 && x.http)
+      if (p) out.push({ m, internal: p.internal, svc: p.svc })
+    }
+    return out
+  }
+
+  async route (req, socket, head, res) {
+    this.sockets.add(socket)
+    socket.on('close', () => this.sockets.delete(socket))
+    socket.on('error', () => {})
+    socket.setNoDelay(true)
+    const answer = (status, text) => reply(socket, status, text, res)
+    try {
+      const f = this.faults.take()
+      if (f && f.status) return answer(f.status, `fly-local edge fault: ${f.status}`)
+      if (f && f.stall === 'request') return
+      const hostName = String(req.headers.host || '').replace(/:\d+$/, '').toLowerCase()
+      const hm = HOST_RE.exec(hostName)
+      const app = hm && this.store.apps.get(hm[1])
+      if (!app) return answer(404, `no app is configured for host ${hostName || '(none)'}`)
+      const instance = req.headers['fly-force-instance-id'] ? String(req.headers['fly-force-instance-id']) : null
+      if (instance && !app.machines.has(instance)) return answer(404, `instance ${instance} not found`)
+      if (!this.candidates(app, instance).length) return answer(503, 'no known healthy instances found for route tcp/443')
+      const got = await this.proxy.reach(() => this.candidates(app, instance), Date.now() + this.wakeMs, () => socket.destroyed)
+      if (!got) return socket.destroyed ? undefined : answer(502, 'could not reach the instance')
+      if (res) return this.request(req, res, got)
+      this.forward(req, socket, head, got, f)
+    } catch (e) {
+      if (!this.quiet) process.stderr.write(`fly-local edge: ${e && e.stack}\n`)
+      socket.destroy()
+    }
+  }
+
+  /* A plain request: through node's client on the machine connection. */
+  request (req, res, { m, up }) {
+    this.proxy.track(m, req.socket, up)
+    const headers = { ...req.headers, 'fly-client-ip': req.socket.remoteAddress, 'fly-forwarded-proto': 'https' }
+    const preq = http.request({ method: req.method, path: req.url, headers: { ...headers, connection: 'close' }, agent: false, createConnection: () => up }, (pres) => {
+      res.writeHead(pres.statusCode, pres.headers)
+      pres.pipe(res)
+    })
+    preq.on('error', () => { if (!res.headersSent) reply(null, 502, 'the instance closed the connection', res); else res.destroy() })
+    req.pipe(preq)
+  }
+
+  /* An upgrade: the request as HTTP/1.1 to the machine, then bytes both
+     ways. */
+  forward (req, socket, head, { m, up }, f) {
+    const lines = [`${req.method} ${req.url} HTTP/1.1`]
+    for (let i = 0; i < req.rawHeaders.length; i += 2) lines.push(`${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}`)
+    lines.push(`Fly-Client-IP: ${socket.remoteAddress}`, 'Fly-Forwarded-Proto: https', 'Fly-Forwarded-Port: 443')
+    up.write(`${lines.join('\r\n')}\r\n\r\n`)
+    if (head && head.length) up.write(head)
+    this.proxy.track(m, socket, up)
+    this.sockets.add(up)
+    up.on('close', () => this.sockets.delete(up))
+    if (!f || !f.after) {
+      const pair = [socket, up]
+      this.pairs.add(pair)
+      up.on('close', () => this.pairs.delete(pair))
+      socket.pipe(up)
+      up.pipe(socket)
+      return
+    }
+    /* faults after the upgrade: the head of the machine's reply passes,
+       then the fault */
+    socket.pipe(up)
+    let seen = Buffer.alloc(0)
+    let sent = 0
+    let switched = false
+    const onData = (d) => {
+      if (!switched) {
+        seen = Buffer.concat([seen, d])
+        const end = seen.indexOf('\r\n\r\n')
+        if (end < 0) return
+        switched = true
+        socket.write(seen.subarray(0, end + 4))
+        d = seen.subarray(end + 4)
+        if (f.after === 'garbage') {
+          up.off('data', onData)
+          socket.write(Buffer.from([0xff, 0x13, 0x37, 0x00, 0xde, 0xad, 0xbe, 0xef]))
+          return
+        }
+        if (f.after === 'oversized') {
+          up.off('data', onData)
+          socket.write(Buffer.concat([Buffer.from([0x82, 0x7f, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00]), Buffer.alloc(65536, 0x41)]))
+          return
+        }
+        if (f.after === 'stall') {
+          up.off('data', onData)
+          socket.unpipe(up)
+          return
+        }
+      }
+      if (f.after === 'close' && sent + d.length >= (f.bytes || 0)) {
+        socket.write(d.subarray(0, Math.max(0, (f.bytes || 0) - sent)))
+        socket.destroy()
+        up.destroy()
+        return
+      }
+      sent += d.length
+      if (d.length) socket.write(d)
+    }
+    up.on('data', onData)
+  }
+
+  stallAll () {
+    for (const [client, up] of this.pairs) {
+      client.unpipe(up)
+      up.unpipe(client)
+      client.pause()
+      up.pause()
+    }
+    this.pairs.clear()
+  }
+
+  closeAll () {
+    for (const s of [...this.sockets]) s.destroy()
+  }
+
+  close () {
+    if (this.server) this.server.close()
+    this.closeAll()
+  }
+}
+
+module.exports = { Edge }
