@@ -10,7 +10,7 @@
 // Writes Markdown to stdout.
 const local = require('../lib/local')
 const { fly } = require('..')
-const { timeEach: timed, f } = require('./timing')
+const { timeEach: timed, f } = require('./measure')
 
 const N = Number(process.env.BENCH_INTERP || 30)
 const FRESH = Number(process.env.BENCH_INTERP_FRESH || 5)

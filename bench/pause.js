@@ -8,10 +8,17 @@
 // Writes Markdown to stdout.
 const local = require('../lib/local')
 const { fly } = require('..')
-const { now, stats, f } = require('./timing')
 
 const N = Number(process.env.BENCH_PAUSE || 20)
 const MIB = Number(process.env.BENCH_SNAP_MIB || 100)
+
+const now = () => Number(process.hrtime.bigint()) / 1e6
+function stats (ms) {
+  const s = [...ms].sort((a, b) => a - b)
+  const q = (p) => s[Math.min(s.length - 1, Math.floor(p * s.length))]
+  return { n: s.length, median: q(0.5), p99: q(0.99) }
+}
+const f = (x) => x.toFixed(1)
 
 async function main () {
   const srv = await local.start({ quiet: true })
