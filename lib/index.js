@@ -15,7 +15,6 @@ const exec = require('./exec')
 const { withSeedExtras } = require('./compat')
 const pause = require('./pause')
 const snapshots = require('./snapshots')
-const interpreter = require('./interpreter')
 
 // The sandbox's own pause/resume/fork (getInstance()), installed here at
 // the top: machine.js is below pause.js and lifecycle.js, which use it.
@@ -34,23 +33,6 @@ for (const [name, value] of Object.entries({
     return r.sandbox
   }
 })) Object.defineProperty(FlyMachine.prototype, name, { value, writable: true, configurable: true })
-
-// The code interpreter (lib/interpreter.js): runCode with an options object
-// runs in a context that keeps its state; the seed's runCode(code) and
-// runCode(code, runtime) stay a fresh interpreter per call (lib/exec.js).
-Object.defineProperty(FlyMachine.prototype, 'runCode', {
-  value (code, runtimeOrOptions) {
-    return runtimeOrOptions !== null && typeof runtimeOrOptions === 'object'
-      ? interpreter.runCode(this, code, runtimeOrOptions)
-      : exec.runCode(this, code, runtimeOrOptions)
-  },
-  writable: true,
-  configurable: true
-})
-Object.defineProperty(FlyMachine.prototype, 'codeInterpreter', {
-  get () { return interpreter.codeInterpreter(this) },
-  configurable: true
-})
 
 const flyProvider = defineProvider({
   name: 'fly',
