@@ -87,6 +87,7 @@ async function next () {
   busy = true
   const { conn, code } = queue.shift()
   current = conn
+  send({ type: 'start' }) // the driver's timeout counts from here
   let status = 'ok'
   try {
     const { value } = await runCell(code)

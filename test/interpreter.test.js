@@ -116,6 +116,21 @@ test('python: a timeout interrupts the cell (KeyboardInterrupt) and the variable
   await sb.codeInterpreter.removeContext(ctx)
 })
 
+test('a call queued behind another cell of its context: its timeout counts from its own start', async () => {
+  const ctx = await sb.codeInterpreter.createContext({ language: 'python' })
+  let started
+  const running = new Promise((resolve) => { started = resolve })
+  const first = sb.runCode('import time\nprint("started", flush=True)\ntime.sleep(3)\na = 1', { context: ctx, onStdout: started })
+  await running
+  const second = await sb.runCode('b = 2\nb', { context: ctx, timeout: 1000 })
+  const one = await first
+  assert.equal(one.error, null, one.error && one.error.traceback)
+  assert.equal(second.error, null, second.error && second.error.traceback)
+  assert.equal(second.text, '2')
+  assert.equal((await sb.runCode('a + b', { context: ctx })).text, '3')
+  await sb.codeInterpreter.removeContext(ctx)
+})
+
 test('contexts: separate state, listed, restarted (state lost), removed; cwd and env', async () => {
   const ci = sb.codeInterpreter
   await sb.runCommand('mkdir -p /tmp/ctx-a')
