@@ -27,7 +27,8 @@
 #   COMPUTESDK_ON_TIMEOUT         destroy (default: the machine stops at the
 #                                 lifetime's end) | pause (it suspends itself)
 #   COMPUTESDK_IDLE_TIMEOUT_MS    suspend after this long with no inbound
-#                                 connection from outside the machine
+#                                 connection from outside the machine to
+#                                 its SSH server (root's listeners)
 #   COMPUTESDK_IDLE_ACTION        suspend (default) | stop
 # Pausing and the idle timeout run in idle-watch (next to this script), a
 # root process asking Fly's in-machine API socket /.fly/api to suspend or
@@ -40,6 +41,7 @@ USER_NAME=sandbox
 HOME_DIR=/home/$USER_NAME
 INJECT=/etc/computesdk
 RUNDIR=/run/computesdk
+PROC_DIR=/run/flyproc
 KEYDIR=/etc/ssh/computesdk
 HOSTKEY=$KEYDIR/ssh_host_ed25519_key
 BASE_CONFIG=${SANDBOX_SSHD_BASE_CONFIG:-${BASH_SOURCE[0]%/*}/sshd_config}
@@ -79,6 +81,15 @@ ensure_user() {
   fi
   mkdir -p "$KEYDIR" "$RUNDIR" /run/sshd || return 1
   chmod 700 "$KEYDIR" "$RUNDIR" || return 1
+  # The process daemon's directory (docker/flyproc.c): the sandbox user's
+  # alone; its socket and the busy file idle-watch reads live there. A busy
+  # file left from before a restart (no daemon runs yet) is removed: /run is
+  # root's, so the user cannot swap the directory for a link.
+  if [ ! -d "$PROC_DIR" ] || [ -L "$PROC_DIR" ]; then
+    rm -f -- "$PROC_DIR" && mkdir -m 700 "$PROC_DIR" || return 1
+  fi
+  chown -h "$USER_NAME:$USER_NAME" "$PROC_DIR" && chmod 700 "$PROC_DIR" || return 1
+  rm -f -- "$PROC_DIR/busy"
   # sshd reads the provider's keys from $INJECT/authorized_keys in place:
   # it and its directory stay root's and writable by no one else.
   if [ -e "$INJECT/authorized_keys" ]; then

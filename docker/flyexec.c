@@ -62,6 +62,7 @@
 #include <unistd.h>
 
 #include "flyexec_proto.h"
+#include "flyio.h"
 
 extern char **environ;
 
@@ -70,26 +71,16 @@ extern char **environ;
 #define FX_MAX_CMDS 4096
 #define FX_KILL_AFTER_MS 2000
 
-typedef struct {
-  char *base;
-  size_t off, len, cap;
-} fx_buf_t;
-
 typedef struct fx_cmd_s {
   struct fx_cmd_s *next;
   uint32_t id;
-  pid_t pid;              /* the leader, also the group id; 0 once reaped */
+  fly_io_job_t job;       /* the leader (the group id) and the timeout */
   int out, err, in;       /* our pipe ends, -1 when closed */
-  fx_buf_t inbuf;         /* stdin waiting for the child */
+  fly_io_buf_t inbuf;     /* stdin waiting for the child */
   int in_eof;             /* EOF asked: close in once inbuf is written */
-  int status;             /* wait status of the leader */
-  int reaped;
-  int timed_out;
-  uint64_t term_at;       /* the timeout's SIGTERM, 0 = none */
-  uint64_t kill_at;       /* the -k SIGKILL, 0 = none */
 } fx_cmd_t;
 
-static fx_buf_t rx, tx;
+static fly_io_buf_t rx, tx;
 static fx_cmd_t *cmds;
 static int ncmds;
 static int home_fd = -1;
@@ -97,63 +88,17 @@ static int sig_fd = -1;
 
 static void die_closed(void);
 
-static uint64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-static void put32(unsigned char *p, uint32_t v) {
-  p[0] = (unsigned char)(v >> 24);
-  p[1] = (unsigned char)(v >> 16);
-  p[2] = (unsigned char)(v >> 8);
-  p[3] = (unsigned char)v;
-}
-
-static uint32_t get32(const unsigned char *p) {
-  return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) |
-         ((uint32_t)p[2] << 8) | (uint32_t)p[3];
-}
-
-static int buf_room(fx_buf_t *b, size_t extra) {
-  size_t cap;
-  char *p;
-  if (b->off > 0 && (b->off == b->len || b->off > b->cap / 2)) {
-    memmove(b->base, b->base + b->off, b->len - b->off);
-    b->len -= b->off;
-    b->off = 0;
-  }
-  if (b->len + extra <= b->cap)
-    return 0;
-  cap = b->cap ? b->cap : 4096;
-  while (cap < b->len + extra)
-    cap *= 2;
-  p = realloc(b->base, cap);
-  if (p == NULL)
-    return -1;
-  b->base = p;
-  b->cap = cap;
-  return 0;
-}
-
-static size_t buf_used(const fx_buf_t *b) { return b->len - b->off; }
-
-static void buf_free(fx_buf_t *b) {
-  free(b->base);
-  memset(b, 0, sizeof(*b));
-}
-
 /* Queue a frame for the client.  Out of memory is fatal: the client sees
  * the channel close and fails the commands. */
 static void send_frame(int type, uint32_t id, const void *a, size_t alen,
                        const void *b, size_t blen) {
   unsigned char *p;
-  if (buf_room(&tx, FLY_FRAME_HDR + alen + blen) != 0)
+  if (fly_io_room(&tx, FLY_FRAME_HDR + alen + blen) != 0)
     die_closed();
   p = (unsigned char *)tx.base + tx.len;
-  put32(p, (uint32_t)(5 + alen + blen));
+  fly_io_put32(p, (uint32_t)(5 + alen + blen));
   p[4] = (unsigned char)type;
-  put32(p + 5, id);
+  fly_io_put32(p + 5, id);
   if (alen > 0)
     memcpy(p + FLY_FRAME_HDR, a, alen);
   if (blen > 0)
@@ -163,27 +108,27 @@ static void send_frame(int type, uint32_t id, const void *a, size_t alen,
 
 static void send_exit(uint32_t id, int code, int sig) {
   unsigned char p[8];
-  put32(p, (uint32_t)code);
-  put32(p + 4, (uint32_t)sig);
+  fly_io_put32(p, (uint32_t)code);
+  fly_io_put32(p + 4, (uint32_t)sig);
   send_frame(FLY_FRAME_EXIT, id, p, 8, NULL, 0);
 }
 
 static void send_failed(uint32_t id, int err, const char *msg) {
   unsigned char p[4];
-  put32(p, (uint32_t)err);
+  fly_io_put32(p, (uint32_t)err);
   send_frame(FLY_FRAME_FAILED, id, p, 4, msg, strlen(msg));
 }
 
 static void send_ack(uint32_t id, size_t n) {
   unsigned char p[4];
-  put32(p, (uint32_t)n);
+  fly_io_put32(p, (uint32_t)n);
   send_frame(FLY_FRAME_ACK, id, p, 4, NULL, 0);
 }
 
 /* Flush what the channel takes now.  A write error: the client is gone. */
 static void flush_tx(void) {
-  while (buf_used(&tx) > 0) {
-    ssize_t n = write(1, tx.base + tx.off, buf_used(&tx));
+  while (fly_io_used(&tx) > 0) {
+    ssize_t n = write(1, tx.base + tx.off, fly_io_used(&tx));
     if (n < 0) {
       if (errno == EINTR)
         continue;
@@ -204,13 +149,6 @@ static fx_cmd_t *cmd_find(uint32_t id) {
   return NULL;
 }
 
-static void close_fd(int *fd) {
-  if (*fd >= 0) {
-    close(*fd);
-    *fd = -1;
-  }
-}
-
 static void cmd_free(fx_cmd_t *c) {
   fx_cmd_t **pp;
   for (pp = &cmds; *pp != NULL; pp = &(*pp)->next) {
@@ -219,19 +157,15 @@ static void cmd_free(fx_cmd_t *c) {
       break;
     }
   }
-  close_fd(&c->out);
-  close_fd(&c->err);
-  close_fd(&c->in);
-  buf_free(&c->inbuf);
+  fly_io_close(&c->out);
+  fly_io_close(&c->err);
+  fly_io_close(&c->in);
+  fly_io_free(&c->inbuf);
   free(c);
   ncmds--;
 }
 
-static void cmd_signal(fx_cmd_t *c, int sig) {
-  /* The group outlives a reaped leader while members hold the pipes. */
-  if (c->pid > 0)
-    kill(-c->pid, sig);
-}
+static void cmd_signal(fx_cmd_t *c, int sig) { fly_io_job_signal(&c->job, sig); }
 
 /* The channel is gone: stop every command of ours (not the background
  * ones: they are not in the list) and leave. */
@@ -245,73 +179,16 @@ static void die_closed(void) {
 /* Finished when the leader is reaped and its output pipes are closed. */
 static void cmd_check_done(fx_cmd_t *c) {
   int code, sig = 0;
-  if (!c->reaped || c->out >= 0 || c->err >= 0)
+  if (!c->job.reaped || c->out >= 0 || c->err >= 0)
     return;
-  if (WIFEXITED(c->status)) {
-    code = WEXITSTATUS(c->status);
-  } else {
-    sig = WTERMSIG(c->status);
-    code = 128 + sig;
-  }
-  /* GNU timeout: 124 on expiry, but a command the -k KILL ended shows
-   * that (timeout itself dies of the group's SIGKILL). */
-  if (c->timed_out && sig != SIGKILL) {
-    code = 124;
-    sig = 0;
-  }
+  fly_io_job_result(&c->job, &code, &sig);
   send_exit(c->id, code, sig);
   cmd_free(c);
 }
 
 /* ---- starting a command -------------------------------------------------- */
 
-typedef struct {
-  const unsigned char *p;
-  size_t left;
-  int bad;
-} fx_rd_t;
-
-static uint32_t rd32(fx_rd_t *r) {
-  uint32_t v;
-  if (r->left < 4) {
-    r->bad = 1;
-    return 0;
-  }
-  v = get32(r->p);
-  r->p += 4;
-  r->left -= 4;
-  return v;
-}
-
 /* A string of the payload as a new C string (NUL bytes refused). */
-static char *rdstr(fx_rd_t *r) {
-  uint32_t n = rd32(r);
-  char *s;
-  if (r->bad || n > r->left || memchr(r->p, 0, n) != NULL) {
-    r->bad = 1;
-    return NULL;
-  }
-  s = malloc((size_t)n + 1);
-  if (s == NULL) {
-    r->bad = 1;
-    return NULL;
-  }
-  memcpy(s, r->p, n);
-  s[n] = '\0';
-  r->p += n;
-  r->left -= n;
-  return s;
-}
-
-static void strv_free(char **v) {
-  size_t i;
-  if (v == NULL)
-    return;
-  for (i = 0; v[i] != NULL; i++)
-    free(v[i]);
-  free(v);
-}
-
 /* environ with the command's variables set (replacing ones of the same
  * name); the strings are the callers', who frees the vector. */
 static char **env_build(char **names, char **values, size_t n, char **own) {
@@ -370,13 +247,8 @@ static char *path_find(const char *name, char **env) {
   }
 }
 
-static const char *shell_path(void) {
-  const char *sh = getenv("SHELL");
-  return sh != NULL && sh[0] == '/' ? sh : "/bin/sh";
-}
-
 static const char *shell_name(void) {
-  const char *sh = shell_path(), *b = strrchr(sh, '/');
+  const char *sh = fly_io_shell(), *b = strrchr(sh, '/');
   return b ? b + 1 : sh;
 }
 
@@ -394,7 +266,7 @@ static void shell_error(uint32_t id, const char *what, const char *why) {
 static int nb_pipe(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
 
 static void start_cmd(uint32_t id, const unsigned char *payload, size_t n) {
-  fx_rd_t r = {payload, n, 0};
+  fly_io_rd_t r = {payload, n, 0};
   unsigned flags;
   uint32_t timeout_ms, envc, argc, i;
   char *cwd = NULL, **names = NULL, **values = NULL, **own = NULL;
@@ -423,9 +295,9 @@ static void start_cmd(uint32_t id, const unsigned char *payload, size_t n) {
   flags = r.p[0];
   r.p++;
   r.left--;
-  timeout_ms = rd32(&r);
-  cwd = rdstr(&r);
-  envc = rd32(&r);
+  timeout_ms = fly_io_rd32(&r);
+  cwd = fly_io_rdstr(&r);
+  envc = fly_io_rd32(&r);
   if (!r.bad && envc <= r.left / 8) {
     names = calloc((size_t)envc + 4, sizeof(char *));
     values = calloc((size_t)envc + 4, sizeof(char *));
@@ -433,8 +305,8 @@ static void start_cmd(uint32_t id, const unsigned char *payload, size_t n) {
     if (names == NULL || values == NULL || own == NULL)
       r.bad = 1;
     for (i = 0; i < envc && !r.bad; i++) {
-      names[i] = rdstr(&r);
-      values[i] = rdstr(&r);
+      names[i] = fly_io_rdstr(&r);
+      values[i] = fly_io_rdstr(&r);
       if (!r.bad) {
         size_t l = strlen(names[i]) + strlen(values[i]) + 2;
         own[i] = malloc(l);
@@ -448,13 +320,13 @@ static void start_cmd(uint32_t id, const unsigned char *payload, size_t n) {
   } else {
     r.bad = 1;
   }
-  argc = rd32(&r);
+  argc = fly_io_rd32(&r);
   if (!r.bad && argc >= 1 && argc <= r.left / 4) {
     argv = calloc((size_t)argc + 1, sizeof(char *));
     if (argv == NULL)
       r.bad = 1;
     for (i = 0; i < argc && !r.bad; i++)
-      argv[i] = rdstr(&r);
+      argv[i] = fly_io_rdstr(&r);
   } else {
     r.bad = 1;
   }
@@ -489,7 +361,7 @@ static void start_cmd(uint32_t id, const unsigned char *payload, size_t n) {
    * timeout(1) for a background command (flyexec does not watch it). */
   {
     size_t na = 0, k = 0;
-    const char *sh = shell_path();
+    const char *sh = fly_io_shell();
     if (flags & FLY_START_SHELL) {
       prog = strdup(sh);
     } else if (strchr(argv[0], '/') != NULL) {
@@ -617,7 +489,7 @@ static void start_cmd(uint32_t id, const unsigned char *payload, size_t n) {
       sv[1] = prog;
       for (i = 1; i < argc; i++)
         sv[i + 1] = argv[i];
-      rc = posix_spawn(&pid, shell_path(), &fa, &at, sv, env);
+      rc = posix_spawn(&pid, fly_io_shell(), &fa, &at, sv, env);
       free(sv);
     }
   }
@@ -646,7 +518,7 @@ static void start_cmd(uint32_t id, const unsigned char *payload, size_t n) {
     goto nomem;
   }
   c->id = id;
-  c->pid = pid;
+  c->job.pid = pid;
   c->out = po[0];
   c->err = pe[0];
   c->in = pi[1];
@@ -656,7 +528,7 @@ static void start_cmd(uint32_t id, const unsigned char *payload, size_t n) {
   if (c->in >= 0)
     fcntl(c->in, F_SETFL, O_NONBLOCK);
   if (timeout_ms > 0)
-    c->term_at = now_ms() + timeout_ms;
+    c->job.term_at = fly_io_mono_ms() + timeout_ms;
   c->next = cmds;
   cmds = c;
   ncmds++;
@@ -678,20 +550,20 @@ cleanup:
     die_closed();
   if (devnull >= 0)
     close(devnull);
-  close_fd(&po[0]);
-  close_fd(&po[1]);
-  close_fd(&pe[0]);
-  close_fd(&pe[1]);
-  close_fd(&pi[0]);
-  close_fd(&pi[1]);
+  fly_io_close(&po[0]);
+  fly_io_close(&po[1]);
+  fly_io_close(&pe[0]);
+  fly_io_close(&pe[1]);
+  fly_io_close(&pi[0]);
+  fly_io_close(&pi[1]);
   free(cwd);
   if (names)
-    strv_free(names);
+    fly_io_strv_free(names);
   if (values)
-    strv_free(values);
+    fly_io_strv_free(values);
   if (own)
-    strv_free(own);
-  strv_free(argv);
+    fly_io_strv_free(own);
+  fly_io_strv_free(argv);
   free(env);
   free(prog);
   free(wrapped);
@@ -718,9 +590,9 @@ static void on_frame(int type, uint32_t id, const unsigned char *p,
       send_ack(id, n);
       return;
     }
-    if (buf_used(&c->inbuf) + n > FLY_EXEC_STDIN_WINDOW)
+    if (fly_io_used(&c->inbuf) + n > FLY_EXEC_STDIN_WINDOW)
       die_closed(); /* the client broke the window: protocol error */
-    if (buf_room(&c->inbuf, n) != 0)
+    if (fly_io_room(&c->inbuf, n) != 0)
       die_closed();
     memcpy(c->inbuf.base + c->inbuf.len, p, n);
     c->inbuf.len += n;
@@ -728,8 +600,8 @@ static void on_frame(int type, uint32_t id, const unsigned char *p,
   case FLY_FRAME_EOF:
     if (c != NULL) {
       c->in_eof = 1;
-      if (buf_used(&c->inbuf) == 0)
-        close_fd(&c->in);
+      if (fly_io_used(&c->inbuf) == 0)
+        fly_io_close(&c->in);
     }
     return;
   case FLY_FRAME_KILL:
@@ -744,7 +616,7 @@ static void on_frame(int type, uint32_t id, const unsigned char *p,
 static void read_rx(void) {
   for (;;) {
     ssize_t n;
-    if (buf_room(&rx, FX_READ) != 0)
+    if (fly_io_room(&rx, FX_READ) != 0)
       die_closed();
     n = read(0, rx.base + rx.len, rx.cap - rx.len);
     if (n < 0) {
@@ -758,18 +630,18 @@ static void read_rx(void) {
       die_closed();
     rx.len += (size_t)n;
     /* Whole frames out; a partial one waits (bounded by the size check). */
-    while (buf_used(&rx) >= FLY_FRAME_HDR) {
+    while (fly_io_used(&rx) >= FLY_FRAME_HDR) {
       const unsigned char *h = (const unsigned char *)rx.base + rx.off;
-      uint32_t len = get32(h);
+      uint32_t len = fly_io_get32(h);
       if (len < 5 || len - 5 > FLY_FRAME_MAX + 64)
         die_closed();
-      if (buf_used(&rx) < 4 + (size_t)len)
+      if (fly_io_used(&rx) < 4 + (size_t)len)
         break;
       rx.off += 4 + (size_t)len;
-      on_frame(h[4], get32(h + 5), h + FLY_FRAME_HDR, len - 5);
+      on_frame(h[4], fly_io_get32(h + 5), h + FLY_FRAME_HDR, len - 5);
     }
     /* Stop reading input while output waits: the channel is backed up. */
-    if (buf_used(&tx) > FX_OUT_HIGH)
+    if (fly_io_used(&tx) > FX_OUT_HIGH)
       break;
   }
 }
@@ -779,7 +651,7 @@ static void read_rx(void) {
 static void read_pipe(fx_cmd_t *c, int *fd, int type) {
   unsigned char *h;
   ssize_t n;
-  if (buf_room(&tx, FLY_FRAME_HDR + FX_READ) != 0)
+  if (fly_io_room(&tx, FLY_FRAME_HDR + FX_READ) != 0)
     die_closed();
   h = (unsigned char *)tx.base + tx.len;
   do
@@ -788,28 +660,28 @@ static void read_pipe(fx_cmd_t *c, int *fd, int type) {
   if (n < 0 && errno == EAGAIN)
     return;
   if (n <= 0) {
-    close_fd(fd);
+    fly_io_close(fd);
     return;
   }
-  put32(h, (uint32_t)(5 + n));
+  fly_io_put32(h, (uint32_t)(5 + n));
   h[4] = (unsigned char)type;
-  put32(h + 5, c->id);
+  fly_io_put32(h + 5, c->id);
   tx.len += FLY_FRAME_HDR + (size_t)n;
 }
 
 static void write_stdin(fx_cmd_t *c) {
-  while (buf_used(&c->inbuf) > 0) {
+  while (fly_io_used(&c->inbuf) > 0) {
     ssize_t n = write(c->in, c->inbuf.base + c->inbuf.off,
-                      buf_used(&c->inbuf));
+                      fly_io_used(&c->inbuf));
     if (n < 0 && errno == EINTR)
       continue;
     if (n < 0 && errno == EAGAIN)
       return;
     if (n < 0) {
       /* The command closed its stdin: what is left is dropped. */
-      send_ack(c->id, buf_used(&c->inbuf));
+      send_ack(c->id, fly_io_used(&c->inbuf));
       c->inbuf.off = c->inbuf.len = 0;
-      close_fd(&c->in);
+      fly_io_close(&c->in);
       return;
     }
     c->inbuf.off += (size_t)n;
@@ -817,42 +689,24 @@ static void write_stdin(fx_cmd_t *c) {
   }
   c->inbuf.off = c->inbuf.len = 0;
   if (c->in_eof)
-    close_fd(&c->in);
+    fly_io_close(&c->in);
 }
 
-static void reap(void) {
-  struct signalfd_siginfo si;
-  int status;
-  pid_t pid;
-  while (read(sig_fd, &si, sizeof(si)) > 0)
-    ;
-  while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-    fx_cmd_t *c;
-    for (c = cmds; c != NULL; c = c->next) {
-      if (c->pid == pid && !c->reaped) {
-        c->reaped = 1;
-        c->status = status;
-        break;
-      }
-    }
-  }
+/* The running job with this leader. */
+static fly_io_job_t *job_of(pid_t pid) {
+  fx_cmd_t *c;
+  for (c = cmds; c != NULL; c = c->next)
+    if (c->job.pid == pid && !c->job.reaped)
+      return &c->job;
+  return NULL;
 }
+
+static void reap(void) { fly_io_reap(sig_fd, job_of); }
 
 static void timers(uint64_t now) {
   fx_cmd_t *c;
-  for (c = cmds; c != NULL; c = c->next) {
-    if (c->term_at != 0 && now >= c->term_at) {
-      c->term_at = 0;
-      c->timed_out = 1;
-      cmd_signal(c, SIGTERM);
-      cmd_signal(c, SIGCONT);
-      c->kill_at = now + FX_KILL_AFTER_MS;
-    }
-    if (c->kill_at != 0 && now >= c->kill_at) {
-      c->kill_at = 0;
-      cmd_signal(c, SIGKILL);
-    }
-  }
+  for (c = cmds; c != NULL; c = c->next)
+    fly_io_job_tick(&c->job, now, FX_KILL_AFTER_MS);
 }
 
 int main(void) {
@@ -876,15 +730,15 @@ int main(void) {
   fcntl(1, F_SETFL, fcntl(1, F_GETFL) | O_NONBLOCK);
 
   memcpy(hello, FLY_EXEC_MAGIC, FLY_EXEC_MAGIC_LEN);
-  put32(hello + FLY_EXEC_MAGIC_LEN, FLY_EXEC_VERSION);
-  put32(hello + FLY_EXEC_MAGIC_LEN + 4, FLY_FRAME_MAX);
+  fly_io_put32(hello + FLY_EXEC_MAGIC_LEN, FLY_EXEC_VERSION);
+  fly_io_put32(hello + FLY_EXEC_MAGIC_LEN + 4, FLY_FRAME_MAX);
   send_frame(FLY_FRAME_HELLO, 0, hello, FLY_EXEC_HELLO_LEN, NULL, 0);
 
   for (;;) {
     fx_cmd_t *c, *cn;
     size_t n = 0, need = 3 + 3 * (size_t)ncmds;
-    int timeout = -1, backed_up = buf_used(&tx) > FX_OUT_HIGH;
-    uint64_t now = now_ms(), next = UINT64_MAX;
+    int timeout = -1, backed_up = fly_io_used(&tx) > FX_OUT_HIGH;
+    uint64_t now = fly_io_mono_ms(), next = UINT64_MAX;
 
     if (need > pcap) {
       struct pollfd *np = realloc(pfd, need * sizeof(*pfd));
@@ -894,16 +748,13 @@ int main(void) {
       pcap = need;
     }
     pfd[n++] = (struct pollfd){0, backed_up ? 0 : POLLIN, 0};
-    pfd[n++] = (struct pollfd){1, buf_used(&tx) > 0 ? POLLOUT : 0, 0};
+    pfd[n++] = (struct pollfd){1, fly_io_used(&tx) > 0 ? POLLOUT : 0, 0};
     pfd[n++] = (struct pollfd){sig_fd, POLLIN, 0};
     for (c = cmds; c != NULL; c = c->next) {
       pfd[n++] = (struct pollfd){c->out, backed_up ? 0 : POLLIN, 0};
       pfd[n++] = (struct pollfd){c->err, backed_up ? 0 : POLLIN, 0};
-      pfd[n++] = (struct pollfd){c->in, buf_used(&c->inbuf) ? POLLOUT : 0, 0};
-      if (c->term_at != 0 && c->term_at < next)
-        next = c->term_at;
-      if (c->kill_at != 0 && c->kill_at < next)
-        next = c->kill_at;
+      pfd[n++] = (struct pollfd){c->in, fly_io_used(&c->inbuf) ? POLLOUT : 0, 0};
+      next = fly_io_job_next(&c->job, next);
     }
     if (next != UINT64_MAX)
       timeout = next <= now ? 0 : (int)(next - now > 60000 ? 60000 : next - now);
@@ -926,7 +777,7 @@ int main(void) {
         write_stdin(c);
       n += 3;
     }
-    timers(now_ms());
+    timers(fly_io_mono_ms());
     for (c = cmds; c != NULL; c = cn) {
       cn = c->next;
       cmd_check_done(c);

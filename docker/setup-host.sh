@@ -16,9 +16,11 @@ fi
 here=$(cd "$(dirname "$0")" && pwd)
 
 # openssh-client: ssh-keygen and the tests' ssh; python3: the test helpers;
-# e2fsprogs and util-linux: fly-local's volumes (mkfs.ext4, resize2fs, losetup,
-# fsfreeze, nsenter); libssl-dev: libcrypto.a, which the image's edge bridge
-# (docker/flyedge.c, built static like flyexec) links for SHA-1/SHA-256.
+# e2fsprogs and util-linux: fly-local's volumes and each boot's root disk
+# (mkfs.ext4, resize2fs, losetup, mount -o loop, fsfreeze, nsenter, setpriv and
+# unshare for the boot's user namespace); libssl-dev: libcrypto.a, which the
+# image's edge bridge (docker/flyedge.c, built static like flyexec) links for
+# SHA-1/SHA-256.
 PACKAGES="crun runc debootstrap nftables iproute2 util-linux e2fsprogs openssh-client python3 ca-certificates libssl-dev"
 
 missing=""

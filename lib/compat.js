@@ -17,6 +17,9 @@ function augment (psb, mgr) {
   psb.codeInterpreter = machine.codeInterpreter
   psb.filesystem = machine.filesystem
   psb.getMetrics = (options) => machine.getMetrics(options)
+  // Process handles and terminals (lib/commands.js), as E2B names them.
+  psb.commands = machine.commands
+  psb.pty = machine.pty
   // pause/resume as the coming ComputeSDK sandbox has them (kept when the
   // generated sandbox has its own), and fork as a sandbox of this manager.
   if (typeof psb.pause !== 'function') psb.pause = (options) => machine.pause(options)

@@ -71,12 +71,21 @@ function commandSpec (command, options) {
   return spec
 }
 
+// user: 'root' for the developer's own setup steps (apt-get), through the
+// Machines API exec endpoint; the sandbox user (or no user) otherwise.
+function asRoot (sb, o) {
+  if (!o || o.user === undefined || o.user === sb._ctx.config.sshUser) return false
+  if (o.user !== 'root') throw invalidArg(`runCommand: user must be 'root' or ${JSON.stringify(sb._ctx.config.sshUser)}`)
+  if (o.background === true) throw invalidArg('runCommand: user \'root\' cannot be used with background')
+  return true
+}
+
 // runCommand and streamCommand share this; stream carries the
 // onStdout/onStderr callbacks (null: the whole output at the end).
 async function run (sb, command, options, stream) {
   const spec = commandSpec(command, options)
   if (stream && spec.background) throw invalidArg('runCommand: streaming callbacks cannot be used with background')
-  return new Process(sb, spec, { stream }).wait()
+  return new Process(sb, spec, { stream, root: asRoot(sb, options) }).wait()
 }
 
 async function runCode (sb, code, runtime) {

@@ -10,9 +10,30 @@
 // does not hold the machine awake, its SSH connection to a sandbox with
 // an idle timeout closes after min(5 s, idleTimeout / 2) unused (ssh.js).
 const { idleAction, onTimeout, RANGES, optInt, optBool } = require('./config')
+const { invalidArg } = require('./errors')
 const { IDLE_MS, AUTO_RESUME, ON_TIMEOUT } = require('./metadata')
 
 const MIN_IDLE_MS = 1000
+// onIdle: the hook's deadline when none is given, and the longest allowed.
+const HOOK_MS = 10000
+const HOOK_MAX_MS = 300000
+
+// create's onIdle: a shell command (or { command, timeoutMs }) the idle
+// watch runs as the sandbox user before the idle action, killed at its
+// deadline (docker/idle-watch).
+function onIdleEnv (o, env) {
+  if (o.onIdle === undefined || o.onIdle === null) return
+  const h = typeof o.onIdle === 'string' ? { command: o.onIdle } : o.onIdle
+  if (typeof h !== 'object' || typeof h.command !== 'string' || h.command === '' || h.command.includes('\0')) {
+    throw invalidArg('create: onIdle must be a shell command or { command, timeoutMs }')
+  }
+  const ms = h.timeoutMs === undefined ? HOOK_MS : h.timeoutMs
+  if (!Number.isInteger(ms) || ms < 1 || ms > HOOK_MAX_MS) {
+    throw invalidArg(`create: onIdle.timeoutMs must be an integer from 1 to ${HOOK_MAX_MS}`)
+  }
+  env.COMPUTESDK_ON_IDLE = h.command
+  env.COMPUTESDK_ON_IDLE_TIMEOUT_MS = String(ms)
+}
 
 // Adds the env, metadata and auto_destroy for create's options `o` to the
 // machine config `mc` (its lifetime `timeout` already resolved).
@@ -25,6 +46,7 @@ function apply (config, o, mc, timeout) {
   const autoResume = optBool(o, 'autoResume', undefined, 'create')
   if (autoResume !== undefined) mc.metadata[AUTO_RESUME] = autoResume ? '1' : '0'
   if (idle > 0) {
+    onIdleEnv(o, mc.env)
     mc.env.COMPUTESDK_IDLE_TIMEOUT_MS = String(idle)
     mc.metadata[IDLE_MS] = String(idle)
   }

@@ -188,6 +188,8 @@ export interface FlyCreateOptions extends CreateSandboxOptions {
   onTimeout?: 'pause' | 'destroy'
   /** Recorded with the sandbox: every provider honours it for this sandbox. */
   autoResume?: boolean
+  /** With idleTimeout: a shell command run as the sandbox user before the idle action (deadline timeoutMs, default 10000). */
+  onIdle?: string | { command: string; timeoutMs?: number }
   /** Skip the SSH connect that create does before returning (default: connect). */
   waitForSsh?: boolean
   /**
@@ -201,6 +203,113 @@ export interface FlyCreateOptions extends CreateSandboxOptions {
 /** Options of runCommand; `args` is set by the runCommand(command, args) form. */
 export interface FlyRunCommandOptions extends RunCommandOptions {
   args?: string[]
+  /** 'root': run as root through the Machines API exec endpoint (buffered); never the default. */
+  user?: 'root'
+}
+
+/** Byte offsets of a process's stream: the oldest byte still kept and the number written. */
+export interface FlyStreamRange {
+  start: number
+  end: number
+}
+
+/** A process the sandbox's daemon holds (commands.list()). */
+export interface FlyProcessInfo {
+  id: string
+  pid: number
+  command: string
+  running: boolean
+  exitCode: number | null
+  signal: number | null
+  timedOut: boolean
+  startedAt: Date
+  endedAt: Date | null
+  pty: boolean
+  background: boolean
+  stdout: FlyStreamRange
+  stderr: FlyStreamRange
+}
+
+/** A byte offset for both streams, or one per stream. */
+export type FlyFrom = number | { stdout?: number; stderr?: number }
+
+export interface FlyStartOptions {
+  cwd?: string
+  env?: Record<string, string>
+  /** ms: SIGTERM to the group, SIGKILL 2 s later, exit code 124. */
+  timeout?: number
+  onStdout?: (text: string) => void
+  onStderr?: (text: string) => void
+  /** false: stdin is /dev/null (default: a pipe sendStdin writes to). */
+  stdin?: boolean
+  /** Not counted as work for idleTimeout. */
+  background?: boolean
+}
+
+export interface FlyCommandResult extends CommandResult {
+  /** The signal that ended it (exitCode is then 128 + signal). */
+  signal?: number
+  timedOut?: boolean
+}
+
+export interface FlyProcessBase {
+  /** Stable across provider instances and processes. */
+  readonly id: string
+  readonly pid: number
+  /** Bytes the sandbox's ring dropped before this handle read them. */
+  readonly lostBytes: number
+  /** Signals the process group; true if it was signalled, false if it had ended. */
+  kill(signal?: NodeJS.Signals | number): Promise<boolean>
+  /** Stops following (the process runs on); wait() then rejects with PROCESS_DETACHED. */
+  disconnect(): Promise<void>
+}
+
+export interface FlyCommandHandle extends FlyProcessBase {
+  readonly exitCode: number | null
+  /** True when the kept output passed maxOutputBytes (the callbacks got all of it). */
+  readonly truncated: boolean
+  readonly stdout: string
+  readonly stderr: string
+  sendStdin(data: string | Uint8Array): Promise<void>
+  closeStdin(): Promise<void>
+  /** The same result runCommand gives. */
+  wait(): Promise<FlyCommandResult>
+}
+
+export interface FlyPtyHandle extends FlyProcessBase {
+  sendInput(data: string | Uint8Array): Promise<void>
+  resize(size: { cols: number; rows: number }): Promise<void>
+  wait(): Promise<{ exitCode: number; durationMs: number; signal?: number; timedOut?: boolean }>
+}
+
+export interface FlyCommands {
+  start(command: string, options?: FlyStartOptions): Promise<FlyCommandHandle>
+  start(program: string, args: string[], options?: FlyStartOptions): Promise<FlyCommandHandle>
+  list(): Promise<FlyProcessInfo[]>
+  connect(id: string, options?: { onStdout?: (text: string) => void; onStderr?: (text: string) => void; from?: FlyFrom }): Promise<FlyCommandHandle>
+  kill(id: string, signal?: NodeJS.Signals | number): Promise<boolean>
+  sendStdin(id: string, data: string | Uint8Array): Promise<void>
+  closeStdin(id: string): Promise<void>
+}
+
+export interface FlyPtyOptions {
+  cols?: number
+  rows?: number
+  cwd?: string
+  env?: Record<string, string>
+  /** A shell command to run on the terminal (default: the user's login shell, interactive). */
+  command?: string
+  timeout?: number
+  /** The terminal's output, bytes unchanged. */
+  onData?: (data: Buffer) => void
+}
+
+export interface FlyPty {
+  create(options?: FlyPtyOptions): Promise<FlyPtyHandle>
+  connect(id: string, options?: { onData?: (data: Buffer) => void; from?: number }): Promise<FlyPtyHandle>
+  resize(id: string, size: { cols: number; rows: number }): Promise<void>
+  kill(id: string, signal?: NodeJS.Signals | number): Promise<boolean>
+  sendInput(id: string, data: string | Uint8Array): Promise<void>
 }
 
 export interface FlyCodeResult extends CommandResult {
@@ -449,6 +558,10 @@ export declare class FlyMachine {
   /** The workspace volume's id, or null. */
   volumeId: string | null
   readonly filesystem: FlyFileSystem
+  /** Process handles (README: Processes and terminals). */
+  readonly commands: FlyCommands
+  /** Terminals. */
+  readonly pty: FlyPty
   /** Idempotent; resolves once the machine is suspended (or stopped). */
   pause(options?: FlyPauseOptions): Promise<void>
   /** Idempotent; resolves once the machine is started and answers over SSH. */
@@ -477,6 +590,8 @@ export interface FlySandbox extends Omit<ProviderSandbox<FlyMachine>, 'runComman
   runCode(code: string, options: FlyRunCodeOptions): Promise<FlyExecution>
   readonly codeInterpreter: FlyCodeInterpreter
   readonly filesystem: FlyFileSystem
+  readonly commands: FlyCommands
+  readonly pty: FlyPty
   /** status is also 'paused' (typed as SandboxInfo until ComputeSDK's own has it: read it as FlySandboxInfo). */
   getInfo(): Promise<SandboxInfo>
   pause(options?: FlyPauseOptions): Promise<void>

@@ -76,7 +76,7 @@ function stringMap (obj, what) {
 // with no meaning on Fly are ignored, as README says.
 const CREATE_KEYS = new Set(['templateId', 'image', 'cpus', 'vcpus', 'cpu', 'memory', 'memoryMb', 'memoryMiB',
   'memMiB', 'envs', 'timeout', 'ports', 'metadata', 'runtime', 'name', 'region', 'signal', 'waitForSsh', 'volume',
-  'snapshotId', 'fromSandbox', 'idleTimeout', 'idleAction', 'keepMemory', 'autoResume', 'onTimeout',
+  'snapshotId', 'fromSandbox', 'idleTimeout', 'idleAction', 'onIdle', 'keepMemory', 'autoResume', 'onTimeout',
   'provider', 'namespace', 'directory', 'cpuLimit', 'diskMiB', 'resources', 'launch_parameters',
   'deploymentPlan', 'size', 'vmTier'])
 

@@ -9,6 +9,7 @@ const exec = require('./exec')
 const interpreter = require('./interpreter')
 const { makeFilesystem } = require('./fs')
 const metrics = require('./metrics')
+const { makeCommands, makePty } = require('./commands')
 const { HOST_FP, VOLUME, EDGE_TOKEN } = require('./metadata')
 
 function parseSandboxId (sandboxId) {
@@ -97,6 +98,20 @@ class FlyMachine {
     const fs = makeFilesystem(this)
     Object.defineProperty(this, 'filesystem', { value: fs, enumerable: false })
     return fs
+  }
+
+  // Process handles (start, list, connect, kill, sendStdin): lib/commands.js.
+  get commands () {
+    const c = makeCommands(this)
+    Object.defineProperty(this, 'commands', { value: c, enumerable: false })
+    return c
+  }
+
+  // Terminals (create, connect, resize): lib/commands.js.
+  get pty () {
+    const p = makePty(this)
+    Object.defineProperty(this, 'pty', { value: p, enumerable: false })
+    return p
   }
 
   toJSON () {

@@ -10,6 +10,14 @@
 // exec transport, small non-ASCII results) are decoded as UTF-8 here, with
 // a StringDecoder per stream.
 const { StringDecoder } = require('string_decoder')
+const execApi = require('./transport/exec-api')
+const { awake } = require('./pause')
+
+// user: 'root' commands: the Machines API exec endpoint as root (buffered),
+// on either transport, waking a paused sandbox first as every call does.
+const asRoot = {
+  exec: (sb, spec, opts) => awake(sb, () => execApi.exec(sb, spec, { ...opts, root: true }))
+}
 
 // A transport's output as text: a string already (ASCII output the native
 // side handed over as it is), or bytes to decode.
@@ -22,12 +30,13 @@ class Process {
   // spec: a validated command spec; stdin: a string or Buffer, or
   // undefined.  stream: { onStdout, onStderr } to have the output streamed
   // (callbacks may be absent), or null for the whole output at the end.
-  constructor (sb, spec, { stdin, stream = null } = {}) {
+  constructor (sb, spec, { stdin, stream = null, root = false } = {}) {
     this.id = String(++lastId)
     this.spec = spec
     Object.defineProperty(this, 'sandbox', { value: sb, enumerable: false })
     Object.defineProperty(this, '_stdin', { value: stdin, enumerable: false })
     Object.defineProperty(this, '_stream', { value: stream, enumerable: false })
+    Object.defineProperty(this, '_root', { value: root, enumerable: false })
     this.startedAt = null
     this.result = null
     Object.defineProperty(this, '_done', { value: null, enumerable: false, writable: true })
@@ -57,7 +66,7 @@ class Process {
     const sb = this.sandbox
     const stream = this._stream
     const stdin = this._stdin
-    const { transport } = sb._ctx
+    const transport = this._root ? asRoot : sb._ctx.transport
     if (!stream) {
       const r = await transport.exec(sb, this.spec, { stdin })
       return { stdout: text(r.stdout), stderr: text(r.stderr), exitCode: r.exitCode }

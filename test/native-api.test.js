@@ -124,12 +124,31 @@ test('machines: the whole lifecycle through every call', async () => {
 
 test('signal and restart reach the machine', async () => {
   const app = await newApp()
-  const m = await newMachine(app)
+  /* the main process notes every SIGHUP it gets */
+  const m = await newMachine(app, { init: { exec: ['/bin/bash', '-c', 'trap "echo hup >> /run/signals" HUP; while :; do sleep 0.1 & wait $!; done'] } })
   await waitState(app, m.id, 'started')
-  await call(srv, 'machine.restart', { app, machine: m.id })
-  await waitState(app, m.id, 'started')
+  const exec = async (cmd) => {
+    const r = await call(srv, 'machine.exec', { app, machine: m.id }, { body: JSON.stringify({ command: ['sh', '-c', cmd], timeout: 10 }) })
+    assert.equal(r.status, 200)
+    return r.body.stdout
+  }
+  /* a mark on this boot's root */
+  assert.equal(await exec('echo first > /root/boot && cat /root/boot'), 'first\n')
   const r = await call(srv, 'machine.signal', { app, machine: m.id }, { body: JSON.stringify({ signal: 'SIGHUP' }) })
   assert.equal(r.status, 200)
+  /* the main process got it (waited for, bounded) */
+  const deadline = Date.now() + 20000
+  let got = ''
+  while ((got = await exec('cat /run/signals 2>/dev/null; true')) !== 'hup\n' && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  assert.equal(got, 'hup\n')
+  await call(srv, 'machine.restart', { app, machine: m.id })
+  await waitState(app, m.id, 'started')
+  /* a new boot: a fresh root, and a main process that has had no signal */
+  assert.equal(await exec('cat /root/boot 2>/dev/null || echo fresh; cat /run/signals 2>/dev/null; true'), 'fresh\n')
+  const events = (await call(srv, 'machine.get', { app, machine: m.id })).body.events
+  assert.ok(events.some((e) => e.type === 'restart'), JSON.stringify(events))
   await call(srv, 'machine.delete', { app, machine: m.id }, { query: q({ force: 'true' }) })
 })
 

@@ -7,7 +7,7 @@ const test = require('node:test')
 const assert = require('node:assert/strict')
 const path = require('path')
 const { spawn } = require('child_process')
-const { startLocal, startProxy, provider, call, q, rejects, sandboxIds } = require('./helpers/fly')
+const { startLocal, startProxy, provider, call, rejects, sandboxIds, waitSuspended } = require('./helpers/fly')
 
 let srv
 test.before(async () => { srv = await startLocal() })
@@ -202,15 +202,7 @@ test('idleTimeout: with no provider process alive the sandbox suspends itself, a
   const sandboxId = out.trim()
   const [, machine] = sandboxId.split(':')
   // Wait (the API's long poll, bounded) until it has suspended itself.
-  const deadline = Date.now() + 90000
-  for (;;) {
-    try {
-      await call(srv, 'machine.wait', { app, machine }, { query: q({ state: 'suspended', timeout: 20 }), waitTotalMs: 20000, timeoutMs: 40000 })
-      break
-    } catch (err) {
-      if (err.code !== 'FLY_TIMEOUT' || Date.now() > deadline) throw err
-    }
-  }
+  await waitSuspended(srv, { app, machine })
   const p = provider(srv, { appName: app })
   const sb = await p.sandbox.getById(sandboxId)
   try {
@@ -246,15 +238,7 @@ test('idleTimeout: this provider\'s own idle SSH connection does not keep the sa
   try {
     assert.equal((await sb.runCommand('echo before')).stdout, 'before\n')
     const { app, machine } = sandboxIds(sb)
-    const deadline = Date.now() + 90000
-    for (;;) {
-      try {
-        await call(srv, 'machine.wait', { app, machine }, { query: q({ state: 'suspended', timeout: 20 }), waitTotalMs: 20000, timeoutMs: 40000 })
-        break
-      } catch (err) {
-        if (err.code !== 'FLY_TIMEOUT' || Date.now() > deadline) throw err
-      }
-    }
+    await waitSuspended(srv, { app, machine })
     assert.equal((await sb.getInfo()).status, 'paused')
     assert.equal((await sb.runCommand('echo after')).stdout, 'after\n')
     assert.equal((await machineOf(sb)).state, 'started')

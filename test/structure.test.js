@@ -93,10 +93,12 @@ test('the executor protocol is written once: docker/flyexec_proto.h, included by
   }
   assert.match(proto, /FLY_FRAME_HELLO = 0x81/)
   assert.match(read('docker', 'flyexec.c'), /#include "flyexec_proto.h"/)
+  assert.match(read('docker', 'flyproc.c'), /#include "flyexec_proto.h"/)
   assert.match(read('src', 'fly.h'), /#include "\.\.\/docker\/flyexec_proto.h"/)
-  assert.match(read('docker', 'Dockerfile'), /^COPY flyexec\.c flyexec_proto\.h \/src\//m)
+  assert.match(read('docker', 'Dockerfile'), /^COPY flyexec\.c flyproc\.c flyexec_proto\.h flyio\.h \/src\//m)
   // No second definition of a frame type, limit or version anywhere else.
-  const others = [path.join('docker', 'flyexec.c'), ...fs.readdirSync(path.join(root, 'src')).map((f) => path.join('src', f))]
+  const others = [path.join('docker', 'flyexec.c'), path.join('docker', 'flyproc.c'),
+    ...fs.readdirSync(path.join(root, 'src')).map((f) => path.join('src', f))]
   for (const f of others) {
     const code = read(f).replace(/\/\*[\s\S]*?\*\//g, '')
     assert.doesNotMatch(code, /=\s*0x8[1-7]\b/, `${f} defines a frame type`)

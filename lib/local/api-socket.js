@@ -12,7 +12,6 @@
 // anything else is 403.
 const fs = require('fs')
 const http = require('http')
-const path = require('path')
 const { ID_BASE } = require('./image')
 const { send } = require('./http')
 const ids = require('./ids')
@@ -56,11 +55,11 @@ class ApiSockets {
     this.servers = new Map()
   }
 
-  /* The host path of the machine's socket, listening (made on first use). */
-  async open (m, dir) {
+  /* The machine's socket at sockPath, listening (made on first use);
+     resolves to its path. */
+  async open (m, sockPath) {
     const have = this.servers.get(m)
     if (have) return have.path
-    const sockPath = path.join(dir, 'api.sock')
     const server = http.createServer((req, res) => {
       if (!allowed(m, req.method, req.url)) {
         res.flyRequestId = ids.requestId(m.region)

@@ -1,8 +1,8 @@
 'use strict'
 // Cgroups of fly-local machines, on cgroup v1 (and hybrid) and v2 hosts.
 //
-// runc creates and enforces each boot's cgroup (memory, CPU quota, process
-// count) at /<instance tag>/<machine id>/<boot seq>; this module checks
+// runc creates and enforces each boot's cgroup (memory with socket
+// buffers, CPU quota, process count) at /<instance tag>/<machine id>/<boot seq>; this module checks
 // before the first boot that the host can enforce those limits, finds the
 // files fly-local reads itself (member pids, freezer, OOM kills counted on
 // the machine's level, which outlives each boot) and removes the
@@ -40,6 +40,14 @@ function hasFreezer () {
 function swapLimitable () {
   if (V2) return ['init.scope', 'system.slice', 'user.slice'].some((d) => fs.existsSync(path.join(ROOT, d, 'memory.swap.max')))
   return fs.existsSync(path.join(ROOT, 'memory', 'memory.memsw.limit_in_bytes'))
+}
+
+/* Do socket buffers need a limit of their own? cgroup v2 charges them to
+   memory.current with everything else; v1 counts them apart
+   (memory.kmem.tcp.*) and only once that limit is set, where the kernel
+   has it. */
+function tcpLimitable () {
+  return !V2 && fs.existsSync(path.join(ROOT, 'memory', 'memory.kmem.tcp.limit_in_bytes'))
 }
 
 function pids (cgPath) {
@@ -111,4 +119,4 @@ function topNames (re) {
   return [...out]
 }
 
-module.exports = { V2, missingControllers, hasFreezer, swapLimitable, pids, freeze, oomKills, killAll, removeAll, topNames }
+module.exports = { V2, missingControllers, hasFreezer, swapLimitable, tcpLimitable, pids, freeze, oomKills, killAll, removeAll, topNames }

@@ -9,9 +9,10 @@
 //                this builder, so a rebuild with no change is a no-op;
 //   top-<hash>   /opt/computesdk (entrypoint.sh, sshd_config, idle-watch, the
 //                code interpreter's interp and interp-node.js) and the
-//                command executor (docker/flyexec.c) and the edge bridge
-//                (docker/flyedge.c), built static with the host's cc, cheap
-//                to make, so editing them does not rebuild the base.
+//                command executor, the process daemon and the edge bridge
+//                (docker/flyexec.c, docker/flyproc.c, docker/flyedge.c),
+//                built static with the host's cc, cheap to make, so editing
+//                them does not rebuild the base.
 // Both are owned by the shifted ids (see ID_BASE): root inside a machine is
 // host uid ID_BASE, so the image's root-owned files are root's inside.
 //
@@ -64,42 +65,39 @@ function computeBaseHash () {
 const TOP_FILES = [['entrypoint.sh', 0o755], ['sshd_config', 0o644], ['idle-watch', 0o755], ['guest-firewall.nft', 0o644],
   /* the code interpreter's driver and node kernel (lib/interpreter.js) */
   ['interp', 0o755], ['interp-node.js', 0o644]]
-/* docker/flyexec.c, at the path the client starts it from (src/ssh.c); it
-   includes docker/flyexec_proto.h (found beside it), which the hash covers.
-   docker/flyedge.c beside it (the entrypoint starts it, as root), static
-   with libcrypto.a (libssl-dev) for SHA-1/SHA-256. */
-const EXECUTOR_SRC = 'flyexec.c'
-const EXECUTOR_HDR = 'flyexec_proto.h'
-const BRIDGE_SRC = 'flyedge.c'
+/* docker/flyexec.c and docker/flyproc.c (the process daemon), at the paths
+   the client starts them from (src/ssh.c, lib/commands.js); both include
+   docker/flyexec_proto.h and docker/flyio.h (found beside them), which the
+   hash covers.  docker/flyedge.c beside them (the entrypoint starts it, as
+   root), static with libcrypto.a (libssl-dev) for SHA-1/SHA-256.  Each:
+   [source, program, extra link arguments]. */
+const EXECUTABLES = [['flyexec.c', 'flyexec', []], ['flyproc.c', 'flyproc', []],
+  ['flyedge.c', 'flyedge', ['-lcrypto', '-lpthread']],
+  /* the metrics sampler (sandbox.getMetrics) and the inotify watcher
+     (filesystem.watch) */
+  ['flymetrics.c', 'flymetrics', []], ['flywatch.c', 'flywatch', []]]
+const EXECUTOR_HDRS = ['flyexec_proto.h', 'flyio.h']
 const EXECUTOR_DIR = 'usr/local/libexec/computesdk'
-/* The sandbox's other small programs, built the same way beside it: the
-   metrics sampler (sandbox.getMetrics) and the inotify watcher
-   (filesystem.watch), docker/<name>.c each. */
-const PROGRAMS = ['flymetrics', 'flywatch']
 
 let topHashCache = null
 function topHash () {
   if (!topHashCache) {
-    topHashCache = hashFiles([...TOP_FILES.map(([n]) => n), EXECUTOR_SRC, EXECUTOR_HDR, BRIDGE_SRC, ...PROGRAMS.map((n) => `${n}.c`)].map((n) => path.join(DOCKER_DIR, n)),
+    topHashCache = hashFiles([...TOP_FILES.map(([n]) => n), ...EXECUTABLES.map(([src]) => src), ...EXECUTOR_HDRS].map((n) => path.join(DOCKER_DIR, n)),
       `top ${BUILDER_VERSION} ${process.arch}`)
   }
   return topHashCache
 }
 
-/* The executor, static so it needs nothing from the image's libc. */
+/* The executor and the process daemon, static so they need nothing from
+   the image's libc. */
 function buildExecutor (root) {
   const dir = path.join(root, EXECUTOR_DIR)
   fs.mkdirSync(dir, { recursive: true, mode: 0o755 })
   for (let d = dir; d !== root; d = path.dirname(d)) fs.chmodSync(d, 0o755)
-  const out = path.join(dir, 'flyexec')
-  run(process.env.CC || 'cc', ['-static', '-O2', '-o', out, path.join(DOCKER_DIR, EXECUTOR_SRC)])
-  fs.chmodSync(out, 0o755)
-  const bridge = path.join(dir, 'flyedge')
-  run(process.env.CC || 'cc', ['-static', '-O2', '-o', bridge, path.join(DOCKER_DIR, BRIDGE_SRC), '-lcrypto', '-lpthread'])
-  fs.chmodSync(bridge, 0o755)
-  for (const n of PROGRAMS) {
-    run(process.env.CC || 'cc', ['-static', '-O2', '-o', path.join(dir, n), path.join(DOCKER_DIR, `${n}.c`)])
-    fs.chmodSync(path.join(dir, n), 0o755)
+  for (const [src, name, libs] of EXECUTABLES) {
+    const out = path.join(dir, name)
+    run(process.env.CC || 'cc', ['-static', '-O2', '-o', out, path.join(DOCKER_DIR, src), ...libs])
+    fs.chmodSync(out, 0o755)
   }
 }
 

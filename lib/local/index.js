@@ -48,7 +48,7 @@ async function start (options = {}) {
   }
   const token = opts.token || `fl_${crypto.randomBytes(24).toString('base64url')}`
 
-  const host = await Host.create(networkOptions(opts))
+  const host = await Host.create({ ...networkOptions(opts), rootDiskMb: opts.rootDiskMb, rootInodes: opts.rootInodes })
   const store = new Store({ host, quiet: opts.quiet, destroyedGraceMs: opts.destroyedGraceMs, region: opts.region })
   try {
     store.volumes = await Volumes.create({ host, store, quiet: opts.quiet, log: options.log })

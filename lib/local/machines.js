@@ -137,9 +137,8 @@ class Machine extends EventEmitter {
     let apiSocket = null
     if (this.store.apiSockets) {
       try {
-        const dir = path.join(this.host.dir, this.id)
-        fs.mkdirSync(dir, { recursive: true, mode: 0o711 })
-        apiSocket = await this.store.apiSockets.open(this, dir)
+        fs.mkdirSync(path.join(this.host.dir, this.id), { recursive: true, mode: 0o711 })
+        apiSocket = await this.store.apiSockets.open(this, path.join(this.host.sockDir, `${this.id}.sock`))
       } catch (e) {
         this.setState('failed')
         this.addEvent('exit', 'failed', 'flyd', { error: `cannot serve /.fly/api: ${e.message}` })

@@ -5,10 +5,12 @@
 // directory under os.tmpdir(), its cgroup tree, its private network
 // (network.js) and the OCI runtime's state. A Run is one boot of one
 // machine: a container that crun (or runc) runs from a generated spec
-// (container.js) over a copy-on-write root (overlayfs: a fresh upper layer
-// on the image's read-only layers, image.js), in a private mount namespace
-// of its own so the overlay vanishes with the machine even when fly-local
-// is killed. The Run watches it, signals it, freezes it and execs commands
+// (container.js) over a copy-on-write root (overlayfs: a fresh upper layer,
+// on a size-bounded ext4 disk of the boot's own (rootdisk.js), over the
+// injected files and the image's read-only layers, image.js), in a private
+// mount namespace of its own so the overlay and its disk vanish with the
+// machine even when fly-local is killed, and in a user namespace owned by
+// an uid of the boot's own (userns.js). The Run watches it, signals it, freezes it and execs commands
 // in it with `<runtime> exec`.
 const { spawn, execFile, spawnSync } = require('child_process')
 const EventEmitter = require('events')
@@ -22,6 +24,10 @@ const image = require('./image')
 const cgroups = require('./cgroups')
 const { Network, sweepStale: sweepNetworks } = require('./network')
 const { runtimeSpec, processSpec } = require('./container')
+const rootdisk = require('./rootdisk')
+const userns = require('./userns')
+const { loopWorks } = require('./volume-host')
+const { ConsoleLog } = require('./console-log')
 
 /* The OCI runtime: crun where installed (a machine starts in about half
    of runc's time here), else runc; FLY_LOCAL_OCI_RUNTIME=runc|crun|<path>
@@ -71,6 +77,7 @@ function sweepStale () {
        runtime's) still sits in the instance's cgroups: kill it there before
        the directory that names the instance goes */
     cgroups.killAll(n)
+    spawnSync('umount', ['--lazy', path.join(tmp, n, 'api')], { stdio: 'ignore' })
     try { fs.rmSync(path.join(tmp, n), { recursive: true, force: true }) } catch (_) { /* busy */ }
   }
   /* Only rmdir here: a cgroup without a state directory in our tmp may be a
@@ -87,9 +94,24 @@ function limitsError (missing) {
     'set FLY_LOCAL_ALLOW_NO_LIMITS=1 to run machines without them'), { code: 'FLY_LOCAL_NO_LIMITS' })
 }
 
+/* The directory of the machines' /.fly/api sockets: a tmpfs of its own, so
+   a socket bound into a machine shows in its mountinfo as /<id>.sock on
+   "fly-api", not as a path naming this instance's pid and state directory
+   (a bind mount shows its path from its filesystem's root). A plain
+   directory where mounting fails. */
+function mountSocketDir (dir) {
+  fs.mkdirSync(dir, { mode: 0o711 })
+  const r = spawnSync('mount', ['-t', 'tmpfs', '-o', 'nosuid,nodev,noexec,mode=0711,size=1m,nr_inodes=65536', 'fly-api', dir],
+    { stdio: 'ignore', env: { PATH: SYS_PATH } })
+  return r.status === 0
+}
+
 class Host {
-  /* net: network.js's options (allowPrivateEgress, flowsMax) */
-  static async create (net = {}) {
+  /* options: start()'s rootDiskMb, rootInodes (rootdisk.js), and
+     network.js's allowPrivateEgress, flowsMax */
+  static async create (options = {}) {
+    const { rootDiskMb, rootInodes, ...net } = options
+    const disk = rootdisk.config({ rootDiskMb, rootInodes })
     sweepStale()
     const missing = cgroups.missingControllers()
     if (missing.length && process.env.FLY_LOCAL_ALLOW_NO_LIMITS !== '1') throw limitsError(missing)
@@ -106,10 +128,22 @@ class Host {
     h.unlimited = missing
     const pids = Number(process.env.FLY_LOCAL_PIDS_MAX)
     h.pidsMax = Number.isInteger(pids) && pids > 0 ? pids : DEFAULT_PIDS
+    h.namespaces = userns.pool()
     try {
+      h.sockDir = path.join(dir, 'api')
+      h.sockMounted = mountSocketDir(h.sockDir)
+      /* each boot's root on a size-bounded disk of its own; a host without
+         loop devices runs machines without that bound only when told to */
+      if (loopWorks(dir)) h.rootDisks = new rootdisk.RootDisks(dir, disk)
+      else if (process.env.FLY_LOCAL_ALLOW_NO_LIMITS === '1') h.unlimited = [...missing, 'root disk']
+      else {
+        throw Object.assign(new Error('fly-local cannot bound machines\' root disks here: no loop device (losetup) or mkfs.ext4; ' +
+          'set FLY_LOCAL_ALLOW_NO_LIMITS=1 to run machines without that bound'), { code: 'FLY_LOCAL_NO_LIMITS' })
+      }
       h.net = await Network.create({ egress: process.env.FLY_LOCAL_EGRESS !== '0', ...net })
+      h.warm()
     } catch (e) {
-      fs.rmSync(dir, { recursive: true, force: true })
+      h.destroy()
       throw e
     }
     return h
@@ -119,6 +153,23 @@ class Host {
      can make it fail); opts: { network, egress }. */
   async allocIp (opts) {
     return (await this.net.alloc(opts)).ip
+  }
+
+  /* The first boot's root disk and user namespace, made ahead (for the
+     built image's root owner) when the image is there. */
+  warm () {
+    try {
+      const layers = image.resolve(image.DEFAULT_IMAGE)
+      const st = fs.statSync(layers[layers.length - 1])
+      if (this.rootDisks) this.rootDisks.kind({ uid: st.uid, gid: st.gid, mode: st.mode & 0o7777 })
+    } catch (_) { /* not built yet: the first boot makes them */ }
+    this.refill()
+  }
+
+  /* Makes the next boots' root disks and user namespaces. */
+  refill () {
+    if (this.rootDisks) this.rootDisks.refill()
+    this.namespaces.refill()
   }
 
   /* The machine's IPv4 address (egress, and Fly proxy's way in: proxy.js). */
@@ -143,6 +194,9 @@ class Host {
 
   destroy () {
     cgroups.removeAll(this.tag)
+    if (this.rootDisks) this.rootDisks.close()
+    if (this.namespaces) this.namespaces.close()
+    if (this.sockMounted) spawnSync('umount', ['--lazy', this.sockDir], { stdio: 'ignore', env: { PATH: SYS_PATH } })
     if (this.net) this.net.destroySync()
     try { fs.rmSync(this.dir, { recursive: true, force: true }) } catch (_) { /* ignore */ }
   }
@@ -188,6 +242,11 @@ function resolvConf () {
     !/^\s*nameserver\s+(127\.|::1)/.test(l)).join('\n') + '\n'
 }
 
+/* A path or option as one fstab(5) field: blanks and backslashes octal. */
+function fstabField (s) {
+  return String(s).replace(/[\\ \t\n]/g, (c) => `\\${c.charCodeAt(0).toString(8).padStart(3, '0')}`)
+}
+
 /* An exit status from the runtime (128 + n for a signal) as { code, signal }. */
 function statusOf (code, signal) {
   if (code == null) {
@@ -197,10 +256,10 @@ function statusOf (code, signal) {
   return { code, signal: code > 128 && code <= 128 + 64 ? code - 128 : 0 }
 }
 
-/* Writes a file into a machine's (not yet mounted) upper layer, making its
-   parent directories as the image's lower layers have them, so the merged
-   view keeps their owners and modes. */
-function writeIntoUpper (layers, upper, guestPath, data, mode) {
+/* Writes a file into a boot's layer of injected files (the overlay's top
+   lower layer), making its parent directories as the image's layers have
+   them, so the merged view keeps their owners and modes. */
+function writeIntoLayer (layers, upper, guestPath, data, mode) {
   const parts = guestPath.split('/').filter(Boolean)
   let rel = ''
   for (const part of parts.slice(0, -1)) {
@@ -266,18 +325,35 @@ class Run extends EventEmitter {
     this.exitPromise = new Promise((resolve) => this.once('exit', resolve))
   }
 
-  /* The bundle: config.json and a fresh upper layer holding the injected
-     files; throws (a boot error) when the image is not built. */
+  /* The bundle, in the boot's directory: config.json; the root disk
+     (root.img, rootdisk.js) whose upper/ and work/ the overlay writes to,
+     mounted at fs/ by start's script; the injected files in a layer of their
+     own (inject/, read-only under the overlay: a machine that changes one
+     changes its copy on the root disk); the image's layers as links l0...
+     Returns the overlay's options, with paths relative to the boot's
+     directory so the machine's mountinfo names no host path. Throws (a boot
+     error) when the image is not built. */
   async prepare () {
     const { opts, host } = this
     const layers = image.resolve(opts.image)
-    const upper = path.join(this.dir, 'upper')
-    await fsp.mkdir(upper)
-    await fsp.mkdir(path.join(this.dir, 'work'))
+    const inject = path.join(this.dir, 'inject')
+    await fsp.mkdir(inject)
+    await fsp.mkdir(path.join(this.dir, 'fs'), { mode: 0o700 })
     await fsp.mkdir(path.join(this.dir, 'rootfs'))
     const rootSt = fs.statSync(layers[layers.length - 1])
-    fs.chownSync(upper, rootSt.uid, rootSt.gid)
-    fs.chmodSync(upper, rootSt.mode & 0o7777)
+    const owner = { uid: rootSt.uid, gid: rootSt.gid, mode: rootSt.mode & 0o7777 }
+    const disk = host.rootDisks
+      ? host.rootDisks.take(owner, path.join(this.dir, 'root.img'))
+      : this.plainUpper(owner)
+    /* the user namespace, made while the rest is prepared */
+    const ns = host.namespaces.take()
+    ns.then((h) => {
+      this.userns = h
+      if (this.exited) this.releaseUserns()
+    }, () => {})
+    fs.chownSync(inject, owner.uid, owner.gid)
+    fs.chmodSync(inject, owner.mode)
+    layers.forEach((l, i) => fs.symlinkSync(l, path.join(this.dir, `l${i}`)))
     const hosts = readLayers(layers, 'etc/hosts')
     const files = [
       ...opts.files.map((f) => ({ path: f.path, mode: f.mode, data: Buffer.from(f.hex, 'hex') })),
@@ -285,8 +361,11 @@ class Run extends EventEmitter {
       { path: '/etc/hosts', mode: 0o644, data: `${hosts}${hosts && !hosts.endsWith('\n') ? '\n' : ''}${opts.ip}\t${opts.id}\n` },
       { path: '/etc/resolv.conf', mode: 0o644, data: resolvConf() }
     ]
-    for (const f of files) writeIntoUpper(layers, upper, f.path, f.data, f.mode)
+    for (const f of files) writeIntoLayer(layers, inject, f.path, f.data, f.mode)
+    const [, held] = await Promise.all([disk, ns])
+    const memoryBytes = (opts.memoryMb || 256) * 1024 * 1024
     const spec = runtimeSpec({
+      userns: held.path,
       volumes: await this.prepareVolumes(),
       argv: opts.argv,
       env: opts.env,
@@ -295,16 +374,36 @@ class Run extends EventEmitter {
       cgroupsPath: this.cgPath,
       apiSocket: opts.apiSocket,
       limits: {
-        memoryBytes: (opts.memoryMb || 256) * 1024 * 1024,
+        memoryBytes,
         cpus: opts.cpus || 1,
         pids: host.pidsMax,
         swap: cgroups.swapLimitable(),
+        /* cgroup v1: socket buffers up to a quarter of the memory limit,
+           on top of it (v2 counts them in it) */
+        tcpBytes: cgroups.tcpLimitable() ? Math.floor(memoryBytes / 4) : 0,
         skip: host.unlimited
       }
     })
     /* the spec holds the machine's env (secrets): only root reads it */
     await fsp.writeFile(path.join(this.dir, 'config.json'), JSON.stringify(spec), { mode: 0o600 })
-    return `nosuid,nodev,lowerdir=${layers.join(':')},upperdir=${upper},workdir=${path.join(this.dir, 'work')}`
+    return `nosuid,nodev,lowerdir=${['inject', ...layers.map((_, i) => `l${i}`)].join(':')},upperdir=fs/upper,workdir=fs/work`
+  }
+
+  /* Without a root disk (FLY_LOCAL_ALLOW_NO_LIMITS on a host with no loop
+     devices): upper/ and work/ in the boot's directory on the host's disk. */
+  async plainUpper (owner) {
+    const upper = path.join(this.dir, 'fs', 'upper')
+    await fsp.mkdir(upper)
+    await fsp.mkdir(path.join(this.dir, 'fs', 'work'))
+    await fsp.chown(upper, owner.uid, owner.gid)
+    await fsp.chmod(upper, owner.mode)
+  }
+
+  /* The holder of the boot's user namespace can go once the container's
+     processes hold it (or the boot failed). */
+  releaseUserns () {
+    if (this.userns) this.userns.release()
+    this.userns = null
   }
 
   /* Volume mounts (volumes.js): a loop device (or a directory volume, bound)
@@ -346,26 +445,40 @@ class Run extends EventEmitter {
       return new Promise((resolve) => this.once('exit', () => resolve(false)))
     }
     this.oomBefore = cgroups.oomKills(opts.cgroups.path)
-    const logFd = fs.openSync(path.join(this.host.dir, opts.id, 'console.log'), 'a')
+    const log = new ConsoleLog(path.join(this.host.dir, opts.id, 'console.log'))
     /* setpriv: the runtime dies with fly-local, and tini (-p) with it; unshare:
        the overlay is mounted in a mount namespace of the machine's own */
     const q = (a) => `'${String(a).replace(/'/g, "'\\''")}'`
-    /* a volume extended while mounted where online resizing is refused
-       grows here, before it is mounted (e2fsck's 1 is "fixed") */
-    const volMounts = (opts.mounts || []).map((v, i) => {
-      const at = q(path.join(this.dir, 'vol', String(i)))
-      if (!v.device) return `mount --bind ${q(v.source)} ${at} && mount -o remount,bind,nosuid,nodev ${at} && `
-      return (v.grow ? `{ e2fsck -f -p ${q(v.device)}; [ $? -le 1 ]; } && resize2fs ${q(v.device)} && ` : '') +
-        `mount -t ext4 -o nosuid,nodev ${q(v.device)} ${at} && `
-    }).join('')
-    const script = `${HIDE_UNIFIED}mount -t overlay overlay -o "$1" "$2/rootfs" && ${volMounts}` +
+    /* One mount(8) for the boot's mounts (a process costs ms a boot): the
+       root disk (a loop device that clears itself once unmounted, so it
+       goes with this mount namespace), the overlay over it with its layers
+       named from the boot's directory, the ext4 volumes. A volume extended
+       while mounted where online resizing is refused grows first (e2fsck's
+       1 is "fixed"); a directory volume is bound after. */
+    const at = (i) => path.join(this.dir, 'vol', String(i))
+    const fstab = [
+      ...(fs.existsSync(path.join(this.dir, 'root.img'))
+        ? [[path.join(this.dir, 'root.img'), path.join(this.dir, 'fs'), 'ext4', 'loop,nosuid,nodev,noatime,noinit_itable']]
+        : []),
+      ['overlay', path.join(this.dir, 'rootfs'), 'overlay', overlay],
+      ...(opts.mounts || []).flatMap((v, i) => v.device ? [[v.device, at(i), 'ext4', 'nosuid,nodev']] : [])
+    ].map((f) => `${f.map(fstabField).join(' ')} 0 0\n`).join('')
+    fs.writeFileSync(path.join(this.dir, 'fstab'), fstab, { mode: 0o600 })
+    const grows = (opts.mounts || []).map((v) => v.device && v.grow
+      ? `{ e2fsck -f -p ${q(v.device)}; [ $? -le 1 ]; } && resize2fs ${q(v.device)} && `
+      : '').join('')
+    const binds = (opts.mounts || []).map((v, i) => v.device
+      ? ''
+      : `mount --bind ${q(v.source)} ${q(at(i))} && mount -o remount,bind,nosuid,nodev ${q(at(i))} && `).join('')
+    const script = `${HIDE_UNIFIED}cd "$2" && ${grows}mount -a -T fstab && ${binds}` +
       'exec "$5" --root "$3" --log "$2/runc.log" run --bundle "$2" --pid-file "$2/pid" "$4"'
     const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', 'unshare', '--mount', '--propagation', 'private', '--',
       '/bin/sh', '-c', script, 'sh', overlay, this.dir, this.host.runcRoot, this.cid, RUNC], {
-      stdio: ['ignore', logFd, logFd],
+      stdio: ['ignore', 'pipe', 'pipe'],
       env: { PATH: SYS_PATH, LANG: 'C.UTF-8' }
     })
-    fs.closeSync(logFd)
+    log.attach(child.stdout)
+    log.attach(child.stderr)
     this.child = child
     /* the runtime writes the pid file once the container exists */
     this.watcher = fs.watch(this.dir, (ev, name) => { if (name === 'pid') this.readPid() })
@@ -385,12 +498,17 @@ class Run extends EventEmitter {
     if (!s || !/^\d+\s*$/.test(s)) return
     this.pid = Number(s)
     this.closeWatcher()
+    /* the container holds its user namespace now */
+    this.releaseUserns()
     try { this.pidns = fs.readlinkSync(`/proc/${this.pid}/ns/pid`) } catch (_) { /* gone */ }
     /* kill() came before we knew PID 1 */
     if (this.killRequested) this.kill()
     this.started = true
     this.startedAt = Date.now()
     this.emit('started')
+    /* the next boots' disks and namespaces, once this boot's news is out
+       (each spawn blocks the event loop for a few ms) */
+    setImmediate(() => this.host.refill())
   }
 
   closeWatcher () {
@@ -409,6 +527,7 @@ class Run extends EventEmitter {
   onClose (code, signal, spawnError) {
     if (this.exited) return
     this.closeWatcher()
+    this.releaseUserns()
     this.exited = true
     const info = statusOf(code, signal)
     info.oomKilled = cgroups.oomKills(this.opts.cgroups.path) > (this.oomBefore || 0)

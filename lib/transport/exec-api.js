@@ -25,13 +25,20 @@ function signalNumber (s) {
   return Number(s) || os.constants.signals['SIG' + name] || 0
 }
 
+// runCommand's user: 'root' (lib/process.js, whatever the transport): the
+// endpoint's own root, in root's home.  Only a holder of the API token can
+// ask for it; nothing in the sandbox can reach it.
+const AS_ROOT = 'cd /root 2>/dev/null || cd /; exec sh -c "$1"'
+
 // Same interface and result shape as the SSH transport's exec; onChunk gets
-// the whole output once the command has finished.
-async function exec (sb, spec, { stdin, onChunk } = {}) {
+// the whole output once the command has finished.  root: run as root (the
+// developer's own setup steps) instead of dropping to the sandbox user.
+async function exec (sb, spec, { stdin, onChunk, root } = {}) {
   const { config } = sb._ctx
   const cmd = native.buildCommand(spec)
   const secs = spec.timeoutMs ? Math.ceil(spec.timeoutMs / 1000) + 5 : 60
-  const body = { command: ['sh', '-c', AS_USER, 'sh', config.sshUser, cmd], timeout: secs }
+  const command = root ? ['sh', '-c', AS_ROOT, 'sh', cmd] : ['sh', '-c', AS_USER, 'sh', config.sshUser, cmd]
+  const body = { command, timeout: secs }
   if (stdin !== undefined) body.stdin = Buffer.isBuffer(stdin) ? stdin.toString('utf8') : stdin
   const r = await sb._api('machine.exec', { body, timeoutMs: (secs + 15) * 1000 })
   const b = r.body || {}

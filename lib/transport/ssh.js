@@ -154,9 +154,14 @@ async function whyUnreachable (sb, err) {
 // keep: false (with onChunk) when the caller has what it needs from the
 // chunks: the output is then not kept for the result (a long-running
 // command, such as filesystem.watch's watcher, holds no memory for it),
-// and the chunks are Buffers.
-function exec (sb, spec, { stdin, onChunk, keep = true } = {}) {
-  const req = { ...spec, maxOutputBytes: sb._ctx.config.maxOutputBytes, text: keep || !onChunk }
+// and the chunks are Buffers.  bytes (the process handles' relay,
+// lib/commands.js): onChunk gets Buffers as they come and nothing is kept
+// or counted against maxOutputBytes (the relay's output is a stream of
+// frames the caller bounds).
+function exec (sb, spec, { stdin, onChunk, keep = true, bytes } = {}) {
+  const req = bytes
+    ? { ...spec, maxOutputBytes: Number.MAX_SAFE_INTEGER, text: false }
+    : { ...spec, maxOutputBytes: sb._ctx.config.maxOutputBytes, text: keep || !onChunk }
   if (stdin !== undefined) req.stdin = stdin
   if (onChunk) req.onChunk = onChunk
   return withSession(sb, (session) => native.sshExec({ ...req, session }))

@@ -96,4 +96,18 @@ function closeSessions (sandbox) {
   return require('../../lib/transport/ssh').close(m._ctx, m.sandboxId)
 }
 
-module.exports = { startLocal, startProxy, closeSessions, provider, call, sandboxIds, q, appName, rejects, FAST_RETRY, native }
+// Waits (the API's long poll in 20 s slices, at most `totalMs`) until the
+// machine suspends itself (the idle watch).
+async function waitSuspended (srv, { app, machine }, totalMs = 90000) {
+  const deadline = Date.now() + totalMs
+  for (;;) {
+    try {
+      await call(srv, 'machine.wait', { app, machine }, { query: q({ state: 'suspended', timeout: 20 }), waitTotalMs: 20000, timeoutMs: 40000 })
+      return
+    } catch (err) {
+      if (err.code !== 'FLY_TIMEOUT' || Date.now() > deadline) throw err
+    }
+  }
+}
+
+module.exports = { startLocal, startProxy, closeSessions, provider, call, sandboxIds, q, appName, rejects, waitSuspended, FAST_RETRY, native }

@@ -5,7 +5,8 @@
 const fs = require('fs')
 const os = require('os')
 const path = require('path')
-const { execFile } = require('child_process')
+const crypto = require('crypto')
+const { execFile, execFileSync, spawn } = require('child_process')
 const test = require('node:test')
 const { start } = require('../../lib/local')
 
@@ -114,4 +115,27 @@ function b64 (s) {
   return Buffer.from(s).toString('base64')
 }
 
-module.exports = { startLocal, localFixture, client, assertSchema, makeKey, ssh, run, b64 }
+/* "The internet" for egress tests: a network namespace of the test's own
+   off a veth, 198.18.<x>.2/30 (RFC 2544's range: neither private nor the
+   host's), with a TCP server on 8080 that closes what it accepts, or with
+   hold, writes "hi" and keeps it. Resolves to its address; removed after
+   the test. */
+async function outsideServer (t, { hold = false } = {}) {
+  const tag = crypto.randomBytes(3).toString('hex')
+  const ns = `fl-out-${tag}`
+  const veth = `flo${tag}`
+  const x = 1 + (parseInt(tag.slice(0, 2), 16) % 250)
+  const sh = (cmd) => execFileSync('sh', ['-c', cmd], { encoding: 'utf8' })
+  sh(`ip netns add ${ns} && ip link add ${veth} type veth peer name eth0 netns ${ns} && ip addr add 198.18.${x}.1/30 dev ${veth} && ip link set ${veth} up && ` +
+    `ip -n ${ns} addr add 198.18.${x}.2/30 dev eth0 && ip -n ${ns} link set eth0 up && ip -n ${ns} link set lo up`)
+  t.after(() => sh(`ip netns del ${ns}; ip link del ${veth} 2>/dev/null; true`))
+  const serve = hold ? 'c.append(s.accept()[0]); c[-1].sendall(b"hi")' : 's.accept()[0].close()'
+  const server = spawn('ip', ['netns', 'exec', ns, 'python3', '-c',
+    `import socket\ns = socket.create_server(("0.0.0.0", 8080)); print("ready", flush=True)\nc = []\nwhile True: ${serve}`],
+  { stdio: ['ignore', 'pipe', 'inherit'] })
+  t.after(() => server.kill('SIGKILL'))
+  await new Promise((resolve) => server.stdout.once('data', resolve))
+  return `198.18.${x}.2`
+}
+
+module.exports = { startLocal, localFixture, client, assertSchema, makeKey, ssh, run, b64, outsideServer }

@@ -6,7 +6,8 @@
 const test = require('node:test')
 const assert = require('node:assert/strict')
 const net = require('net')
-const { localFixture, assertSchema } = require('../helpers/local')
+const { localFixture, assertSchema, outsideServer } = require('../helpers/local')
+const { waitSshBanner } = require('../../lib/local/runtime')
 
 const IMAGE = 'registry-1.docker.io/library/ubuntu:22.04'
 const app = `idle-${process.pid}`
@@ -65,6 +66,13 @@ const connect = (ip, port) => new Promise((resolve, reject) => {
   s.once('error', reject)
 })
 
+/* A TCP connection to the machine's sshd that has read its banner, once
+   sshd is up (bounded); sshd holds it until LoginGraceTime (30 s). */
+const connectSsh = async (ip) => {
+  await waitSshBanner(ip, 2222, 20000)
+  return connect(ip, 2222)
+}
+
 const PY_API = (method, path, body) => 'import json,socket,sys\n' +
   's=socket.socket(socket.AF_UNIX)\n' +
   's.settimeout(10)\n' +
@@ -112,12 +120,13 @@ test('/.fly/api: root inside reaches its own machine, the sandbox user gets EACC
       assert.equal(r.status, '403', `${method} ${path}: ${r.body}`)
       assertSchema('Error', JSON.parse(r.body))
     }
-    /* the host directory holding the socket is not in the machine */
-    const where = await sh(m, 'awk \'$5 == "/.fly/api" { print $4 }\' /proc/self/mountinfo')
-    const hostPath = where.stdout.trim()
-    assert.match(hostPath, /\/api\.sock$/)
-    const seen = await sh(m, `ls -d "${hostPath.replace(/\/[^/]*$/, '')}" || echo absent`)
-    assert.match(seen.stdout, /absent/)
+    /* the socket's mount names no host path: it sits on a filesystem of
+       its own, and neither the host directory nor anything named after
+       fly-local's pid is in the machine */
+    const where = await sh(m, 'awk \'$5 == "/.fly/api" { print $4, $(NF-1) }\' /proc/self/mountinfo')
+    assert.equal(where.stdout.trim(), `/${m.id}.sock fly-api`)
+    const named = await sh(m, `grep -c -e "fly-local-${process.pid}" -e /tmp/ /proc/self/mountinfo; ls -d /tmp/fly-local-${process.pid}-* 2>/dev/null || echo absent`)
+    assert.equal(named.stdout, '0\nabsent\n')
     /* root-owned, 0600 */
     const st = await sh(m, 'stat -c "%U %a %F" /.fly/api')
     assert.equal(st.stdout.trim(), 'root 600 socket')
@@ -128,20 +137,27 @@ test('/.fly/api: root inside reaches its own machine, the sandbox user gets EACC
 
 test('idle machine suspends itself with no client; after a resume the watch goes on', async () => {
   const m = await launch({ COMPUTESDK_IDLE_TIMEOUT_MS: '3000' })
+  /* an SSH connection keeps it awake while the test sets up (an exec of a
+     suspended machine would time out) */
+  let ssh = await connectSsh(m.private_ip)
   try {
-    /* connections the sandbox makes to itself are not activity */
-    await startServer(m)
+    /* connections the sandbox makes to itself (to sshd, which counts from
+       elsewhere) are not activity */
     const self = await sh(m, 'runuser -u sandbox -- setsid python3 -c "' +
       'import socket,time,os\n' +
-      `a=socket.create_connection(('${m.private_ip}',8000));b=socket.create_connection(('127.0.0.1',8000))\n` +
-      'time.sleep(3600)" </dev/null >/dev/null 2>&1 & sleep 0.5; ss -Htn state established "sport = :8000" | wc -l')
+      `a=socket.create_connection(('${m.private_ip}',2222));b=socket.create_connection(('127.0.0.1',2222))\n` +
+      'time.sleep(3600)" </dev/null >/dev/null 2>&1 & ' +
+      `own() { ss -Htn state established "sport = :2222" | awk '{print $4}' | grep -c -F -e 127.0.0.1 -e "[${m.private_ip}]"; }; ` +
+      'for i in $(seq 100); do [ "$(own)" = 2 ] && break; sleep 0.1; done; own')
     assert.equal(self.stdout.trim(), '2', self.stderr)
-    /* the watch is root's: the sandbox user can neither kill nor stop it */
+    /* the watch is root's: the sandbox user can neither kill nor stop it
+       (both fail, and the suspend below shows the watch still works) */
     const kill = await sh(m, 'p=$(pgrep -xf "/usr/bin/python3 -IS /opt/computesdk/idle-watch"); [ -n "$p" ] || exit 9; ' +
       'runuser -u sandbox -- kill -KILL $p; a=$?; runuser -u sandbox -- kill -STOP $p; b=$?; ' +
-      'echo "$a $b $(stat -c "%U %a" /opt/computesdk/idle-watch) $(cut -d" " -f3 /proc/$p/stat)"')
-    /* not stopped (T): sleeping, or running when the host is busy */
-    assert.match(kill.stdout.trim(), /^1 1 root 755 [SR]$/, kill.stderr)
+      'echo "$a $b $(stat -c "%U %a" /opt/computesdk/idle-watch)"')
+    assert.equal(kill.stdout.trim(), '1 1 root 755', kill.stderr)
+    ssh.destroy()
+    ssh = null
     const w = await waitFor(m, 'suspended')
     assert.equal(w.state, 'suspended')
     const got = await api('GET', `/v1/apps/${app}/machines/${m.id}`)
@@ -154,19 +170,31 @@ test('idle machine suspends itself with no client; after a resume the watch goes
     /* the watch survived the freeze and suspends it again */
     await waitFor(m, 'suspended')
   } finally {
+    if (ssh) ssh.destroy()
     await destroy(m)
   }
 })
 
-test('an open inbound connection keeps the machine awake; closing it lets it suspend', async () => {
+/* Resolves once the control machine (launched after the one under test,
+   with the same idle timeout) has suspended itself twice: by then the
+   machine under test has been idle for two timeouts as well. */
+const twoIdlePeriods = async (control) => {
+  await waitFor(control, 'suspended')
+  const s = await api('POST', `/v1/apps/${app}/machines/${control.id}/start`)
+  assert.equal(s.status, 200)
+  await waitFor(control, 'started')
+  await waitFor(control, 'suspended')
+}
+
+test('an open inbound SSH connection keeps the machine awake; closing it lets it suspend', async () => {
   const m = await launch({ COMPUTESDK_IDLE_TIMEOUT_MS: '3000' })
   let sock = null
+  let control = null
   try {
-    await startServer(m)
-    sock = await connect(m.private_ip, 8000)
+    sock = await connectSsh(m.private_ip)
     const rec = recordStates(m)
-    /* three idle timeouts with the connection open */
-    await new Promise((resolve) => setTimeout(resolve, 9000))
+    control = await launch({ COMPUTESDK_IDLE_TIMEOUT_MS: '3000' })
+    await twoIdlePeriods(control)
     rec.stop()
     assert.deepEqual(rec.seen, [])
     assert.equal((await api('GET', `/v1/apps/${app}/machines/${m.id}`)).body.state, 'started')
@@ -175,6 +203,39 @@ test('an open inbound connection keeps the machine awake; closing it lets it sus
     await waitFor(m, 'suspended')
   } finally {
     if (sock) sock.destroy()
+    await destroy(m)
+    if (control) await destroy(control)
+  }
+})
+
+test('a connection the sandbox opens from its own listening port is not inbound activity', async (t) => {
+  /* "the internet": a server that holds what it accepts */
+  const outside = await outsideServer(t, { hold: true })
+  const m = await launch({ COMPUTESDK_IDLE_TIMEOUT_MS: '3000' })
+  /* an SSH connection keeps it awake while the attack is set up */
+  let ssh = await connectSsh(m.private_ip)
+  try {
+    /* the attacker: a listener on 8000 (SO_REUSEPORT) and, from that same
+       port, a connection out to the internet, held open */
+    const r = await sh(m, 'runuser -u sandbox -- setsid python3 -c "' +
+      'import socket,time\n' +
+      'def s4():\n x=socket.socket(); x.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEPORT,1); x.bind((\'0.0.0.0\',8000)); return x\n' +
+      'l=s4(); l.listen(8)\n' +
+      `c=s4(); c.connect(('${outside}',8080)); c.recv(2)\n` +
+      'time.sleep(3600)" </dev/null >/dev/null 2>&1 & ' +
+      'for i in $(seq 100); do ss -Htn state established "sport = :8000" | grep -q . && break; sleep 0.1; done; ' +
+      'ss -Htn state established "sport = :8000"; ss -Hltn "sport = :8000" | wc -l')
+    assert.equal(r.exit_code, 0, r.stderr)
+    /* held: established from local port 8000 to the server, beside the listener */
+    const [est, listeners] = r.stdout.trim().split('\n')
+    assert.match(est, /:8000\s/, r.stdout)
+    assert.ok(est.includes(`${outside}:8080`), r.stdout)
+    assert.equal(listeners, '1', r.stdout)
+    ssh.destroy()
+    ssh = null
+    await waitFor(m, 'suspended')
+  } finally {
+    if (ssh) ssh.destroy()
     await destroy(m)
   }
 })

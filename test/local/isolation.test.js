@@ -11,8 +11,8 @@ const fs = require('fs')
 const net = require('net')
 const os = require('os')
 const path = require('path')
-const { execFileSync, spawn } = require('child_process')
 const { startLocal, provider, appName } = require('../helpers/fly')
+const { outsideServer } = require('../helpers/local')
 
 const PIDS_MAX = 300
 let srv, sbA, sbB, sbC, pA, hostSrv
@@ -293,24 +293,13 @@ test('an image that is not built is a clear boot error (strict images)', async (
 })
 
 test('egress goes out through NAT, and not for a machine with egress: false', async (t) => {
-  /* "the internet": a network namespace of this test's own, off a veth */
-  const ns = `fl-iso-out-${tag}`
-  const veth = `flio${tag.slice(0, 6)}`
-  const x = 1 + (parseInt(tag.slice(0, 2), 16) % 250)
-  const sh = (cmd) => execFileSync('sh', ['-c', cmd], { encoding: 'utf8' })
-  sh(`ip netns add ${ns} && ip link add ${veth} type veth peer name eth0 netns ${ns} && ip addr add 198.18.${x}.1/30 dev ${veth} && ip link set ${veth} up && ` +
-    `ip -n ${ns} addr add 198.18.${x}.2/30 dev eth0 && ip -n ${ns} link set eth0 up && ip -n ${ns} link set lo up`)
-  t.after(() => sh(`ip netns del ${ns}; ip link del ${veth} 2>/dev/null; true`))
-  const outside = spawn('ip', ['netns', 'exec', ns, 'python3', '-c',
-    'import socket\ns = socket.create_server(("0.0.0.0", 8080)); print("ready", flush=True)\nwhile True: s.accept()[0].close()'],
-  { stdio: ['ignore', 'pipe', 'inherit'] })
-  t.after(() => outside.kill('SIGKILL'))
-  await new Promise((resolve) => outside.stdout.once('data', resolve))
+  /* "the internet" */
+  const outside = await outsideServer(t)
   const m = machineOf(sbA)
   const closed = (await api('POST', `/v1/apps/${m.app}/machines`, { config: { image: 'computesdk-fly-sandbox', egress: false } })).body
   t.after(() => api('DELETE', `/v1/apps/${m.app}/machines/${closed.id}?force=true`))
   assert.equal((await api('GET', `/v1/apps/${m.app}/machines/${closed.id}/wait?state=started&timeout=30`)).status, 200)
-  const target = [[`198.18.${x}.2`, 8080]]
+  const target = [[outside, 8080]]
   assert.deepEqual(Object.values(await connectFrom(sbA, target)), ['ok'])
   const r = await api('POST', `/v1/apps/${m.app}/machines/${closed.id}/exec`, { command: ['python3', '-c', CONNECT, JSON.stringify(target)] })
   assert.equal(r.status, 200)

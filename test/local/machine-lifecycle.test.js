@@ -230,10 +230,12 @@ test('after stop() no process, mount, directory, cgroup or listener remains', as
   } finally {
     for (const fd of pins) fs.closeSync(fd)
   }
-  // Its own state directory's mounts only: other fly-local instances (this
-  // file's shared one, other test files running at once) have theirs.
+  /* none of its mounts (other instances of this suite run meanwhile) nor
+     its root disks' loop devices */
   const mounts = fs.readFileSync('/proc/mounts', 'utf8')
-  assert.ok(!mounts.includes(`/tmp/${stateDirs[0]}/`) && !mounts.includes(`/tmp/${stateDirs[0]} `), mounts)
+  assert.ok(!mounts.includes(stateDirs[0]), mounts)
+  const loops = await run('losetup', ['--list', '--noheadings', '--output', 'BACK-FILE'])
+  assert.ok(!loops.stdout.includes(stateDirs[0]), loops.stdout)
   for (const ctrl of ['memory', 'freezer']) {
     const found = await run('find', [`/sys/fs/cgroup/${ctrl}`, '-maxdepth', '4', '-name', stateDirs[0]])
     assert.equal(found.stdout.trim(), '', `${ctrl} cgroup left behind`)
