@@ -28,6 +28,14 @@ apt_quiet install -y --no-install-recommends \
   python3 python3-pip python3-venv python3-dev build-essential \
   iproute2 nftables procps less nano tini util-linux
 
+step "code interpreter"
+# The code interpreter's kernels (IPython's, with its display machinery)
+# and what its charts and tables need; Debian's packages, as the image
+# build cannot reach PyPI (in Debian 12 and in Ubuntu 22.04's universe).
+apt_quiet install -y --no-install-recommends \
+  python3-ipykernel python3-jupyter-client python3-matplotlib python3-pandas python3-numpy
+python3 -c 'import ipykernel, jupyter_client, matplotlib, pandas, numpy' >>"$LOG" 2>&1
+
 step "CA certificates"
 # The host's extra CAs (a TLS-intercepting network, a company CA) are
 # trusted inside too; npm and pip use the system store (below).

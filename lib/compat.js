@@ -13,7 +13,8 @@ function augment (psb, mgr) {
   psb.runCommand = (command, argsOrOptions, options) => Array.isArray(argsOrOptions)
     ? generatedRun(command, { ...(options || {}), args: argsOrOptions })
     : generatedRun(command, argsOrOptions)
-  psb.runCode = (code, runtime) => machine.runCode(code, runtime)
+  psb.runCode = (code, runtimeOrOptions) => machine.runCode(code, runtimeOrOptions)
+  psb.codeInterpreter = machine.codeInterpreter
   psb.filesystem = machine.filesystem
   psb.getMetrics = (options) => machine.getMetrics(options)
   // Process handles and terminals (lib/commands.js), as E2B names them.

@@ -23,7 +23,8 @@ const DEFAULTS = {
   opTimeoutMs: 60000,
   keepaliveSec: 15,
   maxFileBytes: 256 * 1024 * 1024,
-  maxEntries: 100000
+  maxEntries: 100000,
+  maxContexts: 16
 }
 
 const APP_NAME = /^[a-z0-9][a-z0-9-]{0,62}$/
@@ -106,7 +107,7 @@ const FLY_KEYS = new Set(['apiToken', 'appName', 'org', 'region', 'image', 'apiH
   'memory', 'memoryMb', 'cpuKind', 'transport', 'sshUser', 'sshPassword', 'sshPrivateKey', 'sshHost', 'sshPort',
   'insecureSkipHostKeyCheck', 'timeout', 'maxOutputBytes', 'connectTimeoutMs', 'opTimeoutMs', 'keepaliveSec',
   'maxFileBytes', 'maxEntries', 'startTimeoutMs', 'retry', 'autoResume', 'idleTimeout', 'idleAction',
-  'keepMemory', 'onTimeout', 'volume', 'pool', 'tenant', 'reach', 'edgeUrl', 'edgeCa'])
+  'keepMemory', 'onTimeout', 'volume', 'pool', 'tenant', 'reach', 'edgeUrl', 'edgeCa', 'maxContexts'])
 
 // memory, or its older name memoryMb (not both, unless equal).
 function memoryOption (config) {
@@ -151,6 +152,8 @@ function resolveConfig (config) {
     keepaliveSec: optInt(config, 'keepaliveSec', 1, 3600) || DEFAULTS.keepaliveSec,
     maxFileBytes: optInt(config, 'maxFileBytes', 1, 2 ** 40) || DEFAULTS.maxFileBytes,
     maxEntries: optInt(config, 'maxEntries', 1, 10000000) || DEFAULTS.maxEntries,
+    // Most code interpreter contexts in one sandbox (lib/interpreter.js).
+    maxContexts: optInt(config, 'maxContexts', 1, 256) || DEFAULTS.maxContexts,
     startTimeoutMs: optInt(config, 'startTimeoutMs', 1000, 3600000) || DEFAULTS.startTimeoutMs,
     retry: undefined,
     // Pausing (lib/pause.js, lib/idle.js) and volumes (lib/volumes.js).

@@ -71,6 +71,8 @@ export interface FlyConfig {
   maxFileBytes?: number
   /** Most entries readdir returns; more is ERR_TOO_MANY_ENTRIES (default 100000). */
   maxEntries?: number
+  /** Most code interpreter contexts in one sandbox, default ones included; more is ERR_CONTEXT_LIMIT (default 16). */
+  maxContexts?: number
   /** Retry policy of idempotent API calls (defaults: 500, 5000, 30000). */
   retry?: { baseMs?: number; maxMs?: number; totalMs?: number }
   /** A command, file call or getUrl on a paused sandbox resumes it first (default true); false: FLY_MACHINE_NOT_RUNNING with `paused: true`. */
@@ -322,6 +324,79 @@ export interface FlyCodeResult extends CommandResult {
 
 export type FlyRuntime = 'python' | 'node'
 
+/** A code interpreter context: a kernel in the sandbox whose state lasts across runCode calls. */
+export interface FlyCodeContext {
+  id: string
+  language: FlyRuntime
+  cwd: string
+}
+
+export interface FlyCreateContextOptions {
+  /** 'python' (default) or 'node'. */
+  language?: FlyRuntime | 'python3' | 'javascript' | 'js'
+  cwd?: string
+  env?: Record<string, string>
+}
+
+/** One result of a cell (E2B's shape): the last expression's value or something displayed. */
+export interface FlyCodeOutput {
+  isMainResult: boolean
+  text?: string
+  html?: string
+  markdown?: string
+  /** SVG source. */
+  svg?: string
+  /** Base64 PNG (a matplotlib figure arrives as one). */
+  png?: string
+  /** Base64 JPEG. */
+  jpeg?: string
+  /** Base64 PDF. */
+  pdf?: string
+  latex?: string
+  json?: unknown
+  javascript?: string
+  /** Other mime types, by mime type. */
+  extra?: Record<string, unknown>
+}
+
+export interface FlyRunCodeOptions {
+  /** The default context of this language (guessed from the code when absent and no context is given). */
+  language?: FlyRuntime | 'python3' | 'javascript' | 'js'
+  /** A context from createContext, or its id; its language wins. */
+  context?: FlyCodeContext | string
+  onStdout?: (text: string) => void
+  onStderr?: (text: string) => void
+  onResult?: (result: FlyCodeOutput) => void
+  /** ms; the cell is interrupted and the context keeps its state (timedOut: true, error.name 'TimeoutError'). */
+  timeout?: number
+}
+
+export interface FlyExecution extends FlyCodeResult {
+  results: FlyCodeOutput[]
+  logs: { stdout: string[]; stderr: string[] }
+  /** The code raised (a result, not a thrown error); ContextCrashed when the kernel died; TimeoutError when interrupted. */
+  error: { name: string; value: string; traceback: string } | null
+  /** The main result's text. */
+  text?: string
+  /** 0, or 1 with an error. */
+  exitCode: number
+  timedOut: boolean
+  /** The context's kernel had died and was started afresh for this call (its state lost). */
+  restarted: boolean
+  /** The context's id. */
+  context: string
+}
+
+export interface FlyCodeInterpreter {
+  /** At most maxContexts per sandbox (ERR_CONTEXT_LIMIT). */
+  createContext(options?: FlyCreateContextOptions): Promise<FlyCodeContext>
+  listContexts(): Promise<FlyCodeContext[]>
+  /** A new kernel: the context's state is gone. */
+  restartContext(context: FlyCodeContext | string): Promise<FlyCodeContext>
+  removeContext(context: FlyCodeContext | string): Promise<void>
+  runCode(code: string, options?: FlyRunCodeOptions): Promise<FlyExecution>
+}
+
 export interface FlyReadOptions {
   /** 'utf8' (default) returns a string; null or 'buffer' returns the exact bytes as a Buffer. */
   encoding?: BufferEncoding | 'buffer' | null
@@ -500,6 +575,9 @@ export declare class FlyMachine {
   getMetrics(): Promise<FlyMetrics>
   /** The samples the sandbox kept since options.since. */
   getMetrics(options: FlyMetricsOptions): Promise<FlyMetrics[]>
+  /** In a code interpreter context that keeps its state (the options form). */
+  runCode(code: string, options: FlyRunCodeOptions): Promise<FlyExecution>
+  readonly codeInterpreter: FlyCodeInterpreter
 }
 
 /** A ComputeSDK sandbox with the seed's extras. */
@@ -508,6 +586,9 @@ export interface FlySandbox extends Omit<ProviderSandbox<FlyMachine>, 'runComman
   runCommand(command: string, options?: FlyRunCommandOptions): Promise<CommandResult>
   /** Runs code as a file on the interpreter's stdin; without a runtime, a heuristic picks python or node. */
   runCode(code: string, runtime?: FlyRuntime): Promise<FlyCodeResult>
+  /** In a code interpreter context that keeps its state (the options form). */
+  runCode(code: string, options: FlyRunCodeOptions): Promise<FlyExecution>
+  readonly codeInterpreter: FlyCodeInterpreter
   readonly filesystem: FlyFileSystem
   readonly commands: FlyCommands
   readonly pty: FlyPty

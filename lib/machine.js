@@ -6,6 +6,7 @@
 const api = require('./api')
 const { invalidArg } = require('./errors')
 const exec = require('./exec')
+const interpreter = require('./interpreter')
 const { makeFilesystem } = require('./fs')
 const metrics = require('./metrics')
 const { makeCommands, makePty } = require('./commands')
@@ -74,8 +75,17 @@ class FlyMachine {
     return exec.run(this, command, opts, stream)
   }
 
-  runCode (code, runtime) {
-    return exec.runCode(this, code, runtime)
+  // With an options object: in a code interpreter context that keeps its
+  // state (lib/interpreter.js); the seed's runCode(code) and runCode(code,
+  // runtime) stay a fresh interpreter per call (lib/exec.js).
+  runCode (code, runtimeOrOptions) {
+    return runtimeOrOptions !== null && typeof runtimeOrOptions === 'object'
+      ? interpreter.runCode(this, code, runtimeOrOptions)
+      : exec.runCode(this, code, runtimeOrOptions)
+  }
+
+  get codeInterpreter () {
+    return interpreter.codeInterpreter(this)
   }
 
   // CPU, memory and disk use, measured inside the sandbox (lib/metrics.js):

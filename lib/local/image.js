@@ -7,7 +7,8 @@
 //                by docker/provision.sh, the script the Fly Dockerfile runs;
 //                <hash> covers that script, the host CAs it copies in and
 //                this builder, so a rebuild with no change is a no-op;
-//   top-<hash>   /opt/computesdk (entrypoint.sh, sshd_config, idle-watch) and the
+//   top-<hash>   /opt/computesdk (entrypoint.sh, sshd_config, idle-watch, the
+//                code interpreter's interp and interp-node.js) and the
 //                command executor, the process daemon and the edge bridge
 //                (docker/flyexec.c, docker/flyproc.c, docker/flyedge.c),
 //                built static with the host's cc, cheap to make, so editing
@@ -61,7 +62,9 @@ function computeBaseHash () {
     `base ${BUILDER_VERSION} ${NODE_SPEC.join(' ')} ${process.arch}`)
 }
 
-const TOP_FILES = [['entrypoint.sh', 0o755], ['sshd_config', 0o644], ['idle-watch', 0o755], ['guest-firewall.nft', 0o644]]
+const TOP_FILES = [['entrypoint.sh', 0o755], ['sshd_config', 0o644], ['idle-watch', 0o755], ['guest-firewall.nft', 0o644],
+  /* the code interpreter's driver and node kernel (lib/interpreter.js) */
+  ['interp', 0o755], ['interp-node.js', 0o644]]
 /* docker/flyexec.c and docker/flyproc.c (the process daemon), at the paths
    the client starts them from (src/ssh.c, lib/commands.js); both include
    docker/flyexec_proto.h and docker/flyio.h (found beside them), which the
