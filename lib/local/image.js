@@ -72,7 +72,7 @@ const TOP_FILES = [['entrypoint.sh', 0o755], ['sshd_config', 0o644], ['idle-watc
    root), static with libcrypto.a (libssl-dev) for SHA-1/SHA-256.  Each:
    [source, program, extra link arguments]. */
 const EXECUTABLES = [['flyexec.c', 'flyexec', []], ['flyproc.c', 'flyproc', []],
-  ['flyedge.c', 'flyedge', ['-lcrypto', '-lpthread']],
+  ['flyedge.c', 'flyedge', () => staticCryptoLibs()],
   /* the metrics sampler (sandbox.getMetrics) and the inotify watcher
      (filesystem.watch) */
   ['flymetrics.c', 'flymetrics', []], ['flywatch.c', 'flywatch', []]]
@@ -88,13 +88,30 @@ function topHash () {
   return topHashCache
 }
 
+/* What a static link of libcrypto needs on this host: pkg-config's
+   --static list, and the compression libraries a newer OpenSSL is built
+   with (Debian 13's 3.5 pulls in zstd; Debian 12's 3.0 does not) when their
+   static archives are there, since not every libcrypto.pc names them. */
+function staticCryptoLibs () {
+  const r = spawnSync('pkg-config', ['--static', '--libs', 'libcrypto'], { encoding: 'utf8' })
+  const libs = r.status === 0 ? r.stdout.trim().split(/\s+/).filter(Boolean) : ['-lcrypto', '-ldl']
+  for (const lib of ['zstd', 'z']) {
+    if (libs.includes(`-l${lib}`)) continue
+    const a = spawnSync(process.env.CC || 'cc', [`-print-file-name=lib${lib}.a`], { encoding: 'utf8' }).stdout.trim()
+    if (path.isAbsolute(a) && fs.existsSync(a)) libs.push(`-l${lib}`)
+  }
+  if (!libs.includes('-pthread') && !libs.includes('-lpthread')) libs.push('-lpthread')
+  return libs
+}
+
 /* The executor and the process daemon, static so they need nothing from
    the image's libc. */
 function buildExecutor (root) {
   const dir = path.join(root, EXECUTOR_DIR)
   fs.mkdirSync(dir, { recursive: true, mode: 0o755 })
   for (let d = dir; d !== root; d = path.dirname(d)) fs.chmodSync(d, 0o755)
-  for (const [src, name, libs] of EXECUTABLES) {
+  for (const [src, name, extra] of EXECUTABLES) {
+    const libs = typeof extra === 'function' ? extra() : extra
     const out = path.join(dir, name)
     run(process.env.CC || 'cc', ['-static', '-O2', '-o', out, path.join(DOCKER_DIR, src), ...libs])
     fs.chmodSync(out, 0o755)
