@@ -174,6 +174,10 @@ fi
 mkdir -p "$root"
 quiet tar -C "$root" --numeric-owner -xpzf "$base"
 cp -L /etc/resolv.conf "$root/etc/resolv.conf"
+# What Debian's installer writes and debootstrap does not: localhost by name.
+if ! grep -qs '^127\.0\.0\.1[[:space:]].*localhost' "$root/etc/hosts"; then
+  printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' >>"$root/etc/hosts"
+fi
 cat >"$root/etc/apt/sources.list" <<EOF
 deb $mirror $release main
 deb $mirror $release-updates main
