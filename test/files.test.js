@@ -189,7 +189,11 @@ test('streams: a 1 GiB round trip matches its sha256 with the provider RSS growi
   const r = JSON.parse(out)
   assert.equal(r.bytes, 1 << 30)
   assert.equal(r.sha, want)
-  assert.ok(r.growth < 64 << 20, `RSS grew by ${(r.growth / 1048576).toFixed(1)} MiB`)
+  // (Under ASan freed memory waits in its 256 MiB quarantine, so RSS says
+  // nothing about what is held: the bound is checked without it.)
+  if (!/asan/.test(process.env.LD_PRELOAD || '')) {
+    assert.ok(r.growth < 64 << 20, `RSS grew by ${(r.growth / 1048576).toFixed(1)} MiB`)
+  }
   const copy = await sb.runCommand(`sha256sum ${dst} | cut -d' ' -f1; rm -f ${src} ${dst}`, { timeout: 300000 })
   assert.equal(copy.stdout.trim(), want)
   t.diagnostic(`1 GiB through the streams in ${r.ms} ms (${(1024 / (r.ms / 1000)).toFixed(0)} MiB/s), RSS +${(r.growth / 1048576).toFixed(1)} MiB`)

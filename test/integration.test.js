@@ -103,11 +103,18 @@ test('fly-local from outside the private network: the seed usage through the edg
   }
   const child = path.join(__dirname, 'fixtures', 'outside-child.js')
   const r = await out.exec(process.execPath, [child], {
-    env: { PATH: process.env.PATH, FLY_OUTSIDE_CONFIG: JSON.stringify(config) },
+    // Only what the child needs, and the sanitizer runtime when this suite
+    // runs under it (an instrumented addon loads only with it preloaded).
+    env: {
+      PATH: process.env.PATH,
+      FLY_OUTSIDE_CONFIG: JSON.stringify(config),
+      ...Object.fromEntries(['LD_PRELOAD', 'ASAN_OPTIONS', 'UBSAN_OPTIONS'].filter((k) => process.env[k]).map((k) => [k, process.env[k]]))
+    },
     timeout: 120000
   })
   const line = r.stdout.trim().split('\n').pop()
-  const got = JSON.parse(line || '{}')
+  assert.ok(line, `the child printed nothing: ${r.stderr}`)
+  const got = JSON.parse(line)
   assert.equal(got.error, undefined, `${r.stdout}${r.stderr}`)
   assert.deepEqual(got.python, [0, 'py 3\n', 'python'])
   assert.deepEqual(got.node, [0, 'js 42\n', 'node'])
