@@ -55,7 +55,7 @@ enum {
 /* Where the sandbox image installs docker/flyexec.c. */
 #define FLY_SSH_EXECUTOR_PATH "/usr/local/libexec/computesdk/flyexec"
 /* Keepalives unanswered for this many intervals: the peer is gone. */
-#define FLY_SSH_KEEPALIVE_MISSES 2
+#define FLY_SSH_KEEPALIVE_MISSES 4
 
 typedef struct fly_ssh_state_s {
   fly_ssh_sess_t *sessions;

@@ -20,12 +20,12 @@ const { startLocal, provider, call, q, closeSessions, FAST_RETRY } = require('./
 // timeout plus the native exec's 3 s grace for the remote `timeout` wrapper;
 // a call that has to (re)connect first fails by CONNECT_MS when that comes
 // first, and by its own deadline when that does; a dead peer
-// under a command without a timeout is noticed when two keepalives (sent
+// under a command without a timeout is noticed when four keepalives (sent
 // every 15 s, the native default) go unanswered; SFTP calls have the native
 // 60 s bound; API calls retry for FAST_RETRY.totalMs.
 const CONNECT_MS = 3000
 const EXEC_GRACE_MS = 3000
-const KEEPALIVE_MS = 45000
+const KEEPALIVE_MS = 75000
 const FILE_MS = 60000
 const RETRY_MS = FAST_RETRY.totalMs
 // What the guard adds to a deadline before it calls a call hung: only a
