@@ -241,6 +241,26 @@ test('getById in another provider instance authorizes its own key', async () => 
   assert.ok(keys.stdout.split('\n').includes(again.getInstance()._ctx.state.clientKey.publicKey))
 })
 
+test('a key authorized by another provider instance is authorized again after the machine restarts (a boot drops it)', async () => {
+  const s = await p.sandbox.create()
+  try {
+    const [app, machine] = s.sandboxId.split(':')
+    const again = await provider(srv, { appName: app }).sandbox.getById(s.sandboxId)
+    assert.equal((await again.runCommand('echo before')).stdout, 'before\n')
+    const m = (await call(srv, 'machine.get', { app, machine })).body
+    await call(srv, 'machine.stop', { app, machine })
+    await call(srv, 'machine.wait', { app, machine }, { query: q({ state: 'stopped', instance_id: m.instance_id, timeout: 60 }) })
+    await call(srv, 'machine.start', { app, machine })
+    await call(srv, 'machine.wait', { app, machine }, { query: q({ state: 'started', timeout: 60 }) })
+    await srv.waitSsh(machine)
+    const keys = await asRoot(s, 'wc -l < /etc/computesdk/authorized_keys')
+    assert.equal(keys.stdout, '1\n', "the boot made the key file anew: only the creator's key")
+    assert.equal((await again.runCommand('echo after')).stdout, 'after\n')
+  } finally {
+    await s.destroy()
+  }
+})
+
 test('re-authorisation never writes as root where the sandbox user can reach', async () => {
   const s = await p.sandbox.create()
   const before = await asRoot(s, 'sha256sum /etc/shadow /etc/passwd; stat -c "%U %a" /etc/shadow')

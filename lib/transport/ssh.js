@@ -89,8 +89,9 @@ function session (sb, keep, via) {
 
 // Runs a native SSH call.  A sandbox made by another provider instance
 // (getById in another process, without the same sshPrivateKey) does not
-// know this instance's key yet: authorize it once through the Machines API
-// exec endpoint, which the API token already grants, and try again.
+// know this instance's key yet: authorize it through the Machines API exec
+// endpoint, which the API token already grants, and try again (once: a key
+// still refused after that fails the call).
 async function withSession (sb, fn, keep) {
   const { config, state } = sb._ctx
   if (state.destroyed.has(sb.sandboxId)) {
@@ -115,7 +116,18 @@ async function withSession (sb, fn, keep) {
       err.message += `; authorizing this provider's key in ${FILES_DIR}/authorized_keys failed`
       throw err
     }
-    return fn(session(sb, keep, via))
+    // Only a key still refused after this keeps the sandbox marked: a boot
+    // drops the key again (the file is made anew from the machine's
+    // config), so a later refusal may authorize it once more.
+    let out
+    try {
+      out = await fn(session(sb, keep, via))
+    } catch (e) {
+      if (e.code !== 'SSH_AUTH_FAILED') state.reauthorized.delete(sb.sandboxId)
+      throw e
+    }
+    state.reauthorized.delete(sb.sandboxId)
+    return out
   }
 }
 
