@@ -104,11 +104,19 @@ test('edge: the bridge', async (t) => {
 
 test('edge: faults are typed errors, deadlines hold, the next call reconnects', async (t) => {
   const srv = await startLocal(t)
-  const connectTimeoutMs = 2000
-  const p = provider(srv, {
-    reach: 'edge', edgeUrl: srv.edgeUrl, edgeCa: srv.edgeCa, connectTimeoutMs, opTimeoutMs: 4000, keepaliveSec: 1
-  })
-  const sb = await p.sandbox.create()
+  // The bounds the faults are checked against. A deadline must hold: a call
+  // fails no sooner than its bound and not long after it (SLACK: only a hang
+  // fails, not a slow moment of a loaded machine); "at once" is "before the
+  // connect deadline", that is, not retried until it.
+  const connectTimeoutMs = 4000
+  const SLACK = 10000
+  const edgeOpts = { reach: 'edge', edgeUrl: srv.edgeUrl, edgeCa: srv.edgeCa }
+  const appName = `edge-${crypto.randomBytes(4).toString('hex')}`
+  const p = provider(srv, { ...edgeOpts, appName, connectTimeoutMs, opTimeoutMs: 6000, keepaliveSec: 1 })
+  // Booted with the default connect bound: a fresh boot's first login on a
+  // loaded host is not one of the faults.
+  const made = await provider(srv, { ...edgeOpts, appName }).sandbox.create()
+  const sb = await p.sandbox.getById(made.sandboxId)
   // a subtest that failed half way leaves no fault to the next
   t.beforeEach(() => srv.edge.fault(null))
   // whatever the fault did, the next call works
@@ -123,12 +131,13 @@ test('edge: faults are typed errors, deadlines hold, the next call reconnects', 
   }
 
   await t.test('the edge closes mid-command: SSH_DISCONNECTED', async () => {
-    const run = sb.runCommand('echo started; sleep 3; echo never')
-    await new Promise((resolve) => setTimeout(resolve, 500))
+    let started
+    const began = new Promise((resolve) => { started = resolve })
+    const run = sb.runCommand('echo started; sleep 30; echo never', { onStdout: started })
+    await began
     srv.edge.closeAll()
-    const { err, ms } = await timed(() => run)
+    const { err } = await timed(() => run)
     assert.equal(err.code, 'SSH_DISCONNECTED')
-    assert.ok(ms < 3000, `${ms} ms`)
     await healthy()
   })
 
@@ -136,7 +145,7 @@ test('edge: faults are typed errors, deadlines hold, the next call reconnects', 
     await reconnectWith({ after: 'garbage', times: 1 })
     const { err, ms } = await timed(() => sb.runCommand('true'))
     assert.equal(err.code, 'FLY_EDGE_PROTOCOL')
-    assert.ok(ms < connectTimeoutMs + 1000, `${ms} ms`)
+    assert.ok(ms < connectTimeoutMs + SLACK, `${ms} ms`)
     await healthy()
   })
 
@@ -152,7 +161,7 @@ test('edge: faults are typed errors, deadlines hold, the next call reconnects', 
     await reconnectWith({ stall: 'request', times: 1 })
     const { err, ms } = await timed(() => sb.runCommand('true'))
     assert.equal(err.code, 'SSH_CONNECT_FAILED')
-    assert.ok(ms >= connectTimeoutMs - 100 && ms < connectTimeoutMs + 1500, `${ms} ms`)
+    assert.ok(ms >= connectTimeoutMs - 100 && ms < connectTimeoutMs + SLACK, `${ms} ms`)
     await healthy()
   })
 
@@ -160,18 +169,21 @@ test('edge: faults are typed errors, deadlines hold, the next call reconnects', 
     await reconnectWith({ after: 'stall', times: 1 })
     const { err, ms } = await timed(() => sb.runCommand('true'))
     assert.equal(err.code, 'SSH_CONNECT_FAILED')
-    assert.ok(ms < connectTimeoutMs + 1500, `${ms} ms`)
+    assert.ok(ms < connectTimeoutMs + SLACK, `${ms} ms`)
     await healthy()
   })
 
   await t.test('the edge stalls mid-command: SSH_DISCONNECTED once keepalives go unanswered', async () => {
-    const run = sb.runCommand('sleep 30')
-    await new Promise((resolve) => setTimeout(resolve, 300))
+    let started
+    const began = new Promise((resolve) => { started = resolve })
+    const run = sb.runCommand('echo started; sleep 60', { onStdout: started })
+    await began
     srv.edge.stallAll()
     const { err, ms } = await timed(() => run)
     assert.equal(err.code, 'SSH_DISCONNECTED')
     // four keepalive intervals of 1 s, and at most one more to notice
-    assert.ok(ms < 8000, `${ms} ms`)
+    // (long before the command's own 60 s)
+    assert.ok(ms < 5000 + SLACK, `${ms} ms`)
     await healthy()
   })
 
@@ -181,7 +193,7 @@ test('edge: faults are typed errors, deadlines hold, the next call reconnects', 
     assert.equal(err.code, 'FLY_EDGE_REFUSED')
     assert.equal(err.status, 401)
     assert.match(err.message, /HTTP 401/)
-    assert.ok(ms < 1000, `${ms} ms`)
+    assert.ok(ms < connectTimeoutMs - 100, `${ms} ms: retried`)
     await healthy()
   })
 
@@ -190,7 +202,7 @@ test('edge: faults are typed errors, deadlines hold, the next call reconnects', 
     const { err, ms } = await timed(() => sb.runCommand('true'))
     assert.equal(err.code, 'FLY_EDGE_REFUSED')
     assert.equal(err.status, 502)
-    assert.ok(ms >= connectTimeoutMs - 100 && ms < connectTimeoutMs + 1500, `${ms} ms`)
+    assert.ok(ms >= connectTimeoutMs - 100 && ms < connectTimeoutMs + SLACK, `${ms} ms`)
     await healthy()
   })
 
@@ -204,7 +216,7 @@ test('edge: faults are typed errors, deadlines hold, the next call reconnects', 
     const { err, ms } = await timed(() => again.runCommand('true'))
     assert.equal(err.code, 'FLY_EDGE_TLS')
     assert.match(err.message, /certificate/)
-    assert.ok(ms < 1000, `${ms} ms`)
+    assert.ok(ms < connectTimeoutMs - 100, `${ms} ms: retried`)
     assert.ok(!err.message.includes(again.getInstance()._edgeToken))
   })
 
@@ -228,7 +240,7 @@ test('edge: faults are typed errors, deadlines hold, the next call reconnects', 
     const again = await other.sandbox.getById(sb.sandboxId)
     const { err, ms } = await timed(() => again.runCommand('true'))
     assert.equal(err.code, 'SSH_CONNECT_FAILED')
-    assert.ok(ms >= connectTimeoutMs - 100 && ms < connectTimeoutMs + 1500, `${ms} ms`)
+    assert.ok(ms >= connectTimeoutMs - 100 && ms < connectTimeoutMs + SLACK, `${ms} ms`)
   })
 
   await t.test('a destroyed sandbox through the edge: FLY_NOT_FOUND, as on the private path', async () => {
