@@ -22,7 +22,7 @@ function runChild (args, env) {
   })
 }
 
-test('an idle client lets the process exit by itself within a second', async (t) => {
+test('an idle client lets the process exit by itself, long before any idle or keepalive timer', async (t) => {
   const srv = await startLocal(t)
   const app = appName('idle')
   await call(srv, 'app.create', {}, { body: JSON.stringify({ name: app, org_slug: 'personal' }) })
@@ -30,7 +30,9 @@ test('an idle client lets the process exit by itself within a second', async (t)
   assert.equal(r.code, 0, r.err)
   assert.match(r.out, /status 200/)
   const lingered = Number(/lingered (\d+)/.exec(r.out)[1])
-  assert.ok(lingered < 1000, `lingered ${lingered} ms after the last call`)
+  // (5 s: far below the 15 s keepalive and the idle timeouts, which are
+  // what would hold it; a loaded host's slow second is not)
+  assert.ok(lingered < 5000, `lingered ${lingered} ms after the last call`)
 })
 
 test('exit with requests in flight neither crashes nor hangs', async (t) => {
@@ -70,7 +72,7 @@ test('an open SSH session does not keep the process alive either', async (t) => 
   assert.equal(r.code, 0, r.err)
   assert.match(r.out, /^over-ssh\n/)
   const lingered = Number(/lingered (\d+)/.exec(r.out)[1])
-  assert.ok(lingered < 1000, `lingered ${lingered} ms with an idle SSH session`)
+  assert.ok(lingered < 5000, `lingered ${lingered} ms with an idle SSH session`)
 })
 
 test('an exception thrown in onStdout surfaces as uncaughtException and the command still settles', async (t) => {

@@ -225,7 +225,8 @@ test('timeout kills the remote command', async () => {
   const r = await exec({ argv: ['sh', '-c', `exec sleep ${marker.slice(5)}`], timeoutMs: 500 })
   const took = Date.now() - t0
   assert.strictEqual(r.exitCode, 124)
-  assert.ok(took < 3000, `took ${took} ms`)
+  // by the timeout and the 3 s grace (slack for a loaded host), not the 30 s sleep
+  assert.ok(took < 500 + 3000 + 10000, `took ${took} ms`)
   let left = ''
   try { left = execFileSync('pgrep', ['-f', marker], { encoding: 'utf8', env: childEnv() }) } catch {}
   assert.strictEqual(left, '')
@@ -233,12 +234,13 @@ test('timeout kills the remote command', async () => {
 
 test('background command survives and returns at once', async () => {
   const file = `/tmp/fly-bg-${process.pid}-${Date.now()}`
-  const t0 = Date.now()
-  const r = await exec({ command: `sleep 0.5; echo alive > ${file}`, background: true })
+  // It waits for a go the test gives only once exec has returned: a call
+  // that waited for it would never return.
+  const r = await exec({ command: `timeout 120 sh -c 'while [ ! -e ${file}.go ]; do sleep 0.05; done' && echo alive > ${file}`, background: true })
   assert.strictEqual(r.exitCode, 0)
-  assert.ok(Date.now() - t0 < 400)
+  await exec({ command: `touch ${file}.go` })
   // Wait for the file through the remote side itself.
-  const r2 = await exec({ command: `while [ ! -s ${file} ]; do sleep 0.05; done; cat ${file}; rm -f ${file}`, timeoutMs: 5000 })
+  const r2 = await exec({ command: `while [ ! -s ${file} ]; do sleep 0.05; done; cat ${file}; rm -f ${file} ${file}.go`, timeoutMs: 30000 })
   assert.strictEqual(r2.stdout.toString(), 'alive\n')
 })
 
@@ -290,7 +292,7 @@ test('connect refused -> SSH_CONNECT_FAILED after the timeout', async () => {
   await assert.rejects(native.sshExec({ session: h, command: 'true' }),
     (e) => e.code === 'SSH_CONNECT_FAILED')
   const took = Date.now() - t0
-  assert.ok(took >= 500 && took < 2500, `took ${took} ms`)
+  assert.ok(took >= 500 && took < 600 + 10000, `took ${took} ms`)
   await native.sshClose(h)
 })
 
