@@ -21,6 +21,11 @@
 # runs and a machine where it cannot be loaded does not start. Not loaded:
 #   COMPUTESDK_TENANT    the machine is in a tenant's app with its own network
 #   FLY_LOCAL_FIREWALL=host  fly-local, which enforces the same on its host
+# The egress policy (/etc/computesdk/egress.json, injected by create with
+# `network`): applied by egress (next to this script: nftables rules for
+# every user but root and a resolver the policy controls) before sshd
+# starts, on Fly and in fly-local alike; a machine where it cannot be
+# applied does not start.
 #
 # Idle and lifetime (environment, all optional):
 #   COMPUTESDK_SANDBOX_TIMEOUT_S  the sandbox lifetime in seconds
@@ -69,6 +74,17 @@ guard_start() {
 }
 guard_wait() {
   [ -z "$guard_pid" ] || wait "$guard_pid"
+}
+
+EGRESS=${BASH_SOURCE[0]%/*}/egress
+egress_pid=
+egress_start() {
+  [ -e "$INJECT/egress.json" ] || return 0
+  "$EGRESS" boot &
+  egress_pid=$!
+}
+egress_wait() {
+  [ -z "$egress_pid" ] || wait "$egress_pid"
 }
 
 ensure_user() {
@@ -248,12 +264,14 @@ for sig in TERM INT HUP QUIT USR1 USR2; do
 done
 
 guard_start
+egress_start
 ensure_user || { log "cannot set up user $USER_NAME"; exit 1; }
 ensure_hostkey || { log "cannot set up the host key"; exit 1; }
 set_password || { log "cannot set the password"; exit 1; }
 write_profile
 write_sshd_config || exit 1
 guard_wait || { log "cannot load the network guard $GUARD"; exit 1; }
+egress_wait || { log "cannot apply the egress policy $INJECT/egress.json"; exit 1; }
 
 start_sshd
 start_edge

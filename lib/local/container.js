@@ -22,8 +22,12 @@
 // - socket families other than unix, IPv4, IPv6 and netlink refused.
 const { ID_BASE, ID_COUNT } = require('./image')
 
+/* CAP_NET_ADMIN (over the machine's own network namespace only, which its
+   user namespace owns): the egress policy's nftables rules and resolver
+   (docker/egress) are root's in the guest, as on Fly; the sandbox user
+   never holds it (see above). */
 const ROOT_CAPS = ['CAP_CHOWN', 'CAP_DAC_OVERRIDE', 'CAP_FOWNER', 'CAP_FSETID', 'CAP_KILL',
-  'CAP_SETGID', 'CAP_SETUID', 'CAP_NET_BIND_SERVICE', 'CAP_SYS_CHROOT', 'CAP_AUDIT_WRITE']
+  'CAP_SETGID', 'CAP_SETUID', 'CAP_NET_BIND_SERVICE', 'CAP_SYS_CHROOT', 'CAP_AUDIT_WRITE', 'CAP_NET_ADMIN']
 
 const DENIED = ['add_key', 'bpf', 'clock_adjtime', 'clock_settime', 'delete_module', 'finit_module',
   'fsconfig', 'fsmount', 'fsopen', 'fspick', 'init_module', 'ioperm', 'iopl', 'kexec_file_load',

@@ -108,8 +108,8 @@ class Machine extends EventEmitter {
       FLY_IMAGE_REF: this.config.image || '',
       FLY_PROCESS_GROUP: 'app',
       /* the image's in-guest firewall: network.js enforces it on the host
-         (root inside has no CAP_NET_ADMIN, and nf_tables from a user
-         namespace is kernel surface a machine need not reach) */
+         (the egress policy's rules, docker/egress, run in the guest as on
+         Fly: root there holds CAP_NET_ADMIN over its own netns) */
       FLY_LOCAL_FIREWALL: 'host',
       PRIMARY_REGION: this.region
     })
