@@ -21,11 +21,11 @@
 # runs and a machine where it cannot be loaded does not start. Not loaded:
 #   COMPUTESDK_TENANT    the machine is in a tenant's app with its own network
 #   FLY_LOCAL_FIREWALL=host  fly-local, which enforces the same on its host
-# The egress policy (/etc/computesdk/egress.json, injected by create with
-# `network`): applied by egress (next to this script: nftables rules for
-# every user but root and a resolver the policy controls) before sshd
-# starts, on Fly and in fly-local alike; a machine where it cannot be
-# applied does not start.
+# The egress policy (create's `network`, or updateNetwork's: the machine's
+# metadata, read through /.fly/api, else /etc/computesdk/egress.json):
+# applied by egress (next to this script: nftables rules for every user but
+# root and a resolver the policy controls) before sshd starts, on Fly and in
+# fly-local alike; a machine where it cannot be applied does not start.
 #
 # Idle and lifetime (environment, all optional):
 #   COMPUTESDK_SANDBOX_TIMEOUT_S  the sandbox lifetime in seconds
@@ -79,7 +79,8 @@ guard_wait() {
 EGRESS=${BASH_SOURCE[0]%/*}/egress
 egress_pid=
 egress_start() {
-  [ -e "$INJECT/egress.json" ] || return 0
+  # the metadata may hold one (updateNetwork) when create injected none
+  [ -e "$INJECT/egress.json" ] || [ -S /.fly/api ] || return 0
   "$EGRESS" boot &
   egress_pid=$!
 }

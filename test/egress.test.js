@@ -13,7 +13,7 @@ const crypto = require('crypto')
 const fs = require('fs')
 const path = require('path')
 const { spawn, execFile } = require('child_process')
-const { startLocal, provider, rejects } = require('./helpers/fly')
+const { startLocal, provider, rejects, call, sandboxIds } = require('./helpers/fly')
 const { outsideNetwork } = require('./helpers/outside')
 
 const IP = '/usr/sbin/ip'
@@ -87,6 +87,13 @@ async function probe (sb, probes) {
 
 const failed = (v) => v !== 'ok' && !Array.isArray(v)
 
+// Removes the guest's egress rules as root (the exec API), as an image that
+// does not apply them would leave it: fly-local's host rules must hold.
+async function dropGuestRules (srv, sb) {
+  const r = await call(srv, 'machine.exec', sandboxIds(sb), { body: JSON.stringify({ command: ['nft', 'delete', 'table', 'inet', 'computesdk_egress'] }) })
+  assert.equal(r.body.exit_code, 0, r.body.stderr)
+}
+
 test('egress: options are checked before anything is made', async (t) => {
   const srv = await startLocal(t)
   const p = provider(srv)
@@ -131,6 +138,11 @@ test('egress: internet false, allow and deny lists, a live update, from inside t
     assert.ok(r.every(failed), JSON.stringify(r))
     assert.deepEqual(seen.slice(before), [], 'nothing reached the stand-in')
     assert.deepEqual((await closed.getInfo()).network, { internet: false, allowOut: [], denyOut: [] })
+    // fly-local's host side holds it without the guest's rules
+    await dropGuestRules(srv, closed)
+    const host = await probe(closed, [['tcp', A, 8080], ['udp', A, 9090], ['tcp', A6, 8080]])
+    assert.ok(host.every(failed), JSON.stringify(host))
+    assert.deepEqual(seen.slice(before), [], 'nothing reached the stand-in')
   })
 
   await t.test('the same probes get through once the policy is lifted (they can fail)', async () => {
@@ -145,6 +157,17 @@ test('egress: internet false, allow and deny lists, a live update, from inside t
     ])
     assert.deepEqual(r, ['ok', 'ok', 'ok', 'ok', [A], 'ok', 'ok'])
     assert.deepEqual((await closed.getInfo()).network, { internet: true, allowOut: [], denyOut: [] })
+  })
+
+  await t.test('an allow-list of CIDRs holds on fly-local\'s host side too', async () => {
+    await closed.updateNetwork({ allowOut: [A] })
+    const guest = await probe(closed, [['tcp', A, 8080], ['tcp', D, 8080], ['tcp', A6, 8080]])
+    await dropGuestRules(srv, closed)
+    const host = await probe(closed, [['tcp', A, 8080], ['tcp', D, 8080], ['tcp', A6, 8080], ['udp', D, 443]])
+    assert.equal(guest[0], 'ok')
+    assert.ok(failed(guest[1]) && failed(guest[2]), JSON.stringify(guest))
+    assert.equal(host[0], 'ok')
+    assert.ok(host.slice(1).every(failed), JSON.stringify(host))
   })
 
   await t.test('an allow-list: the allowed name works, the denied one fails every way', async () => {

@@ -8,6 +8,8 @@ const os = require('os')
 const crypto = require('crypto')
 const ids = require('./ids')
 const { Run, mainArgv, newHostKey, waitSshBanner, SYS_PATH, readStat } = require('./runtime')
+/* the provider's egress policy (lib/egress.js); unreadable: no egress */
+const EGRESS_KEY = 'computesdk_network'
 
 const PERSISTENT = new Set(['created', 'started', 'stopped', 'suspended', 'failed', 'destroyed'])
 const DEFAULT_STOP_TIMEOUT_MS = 5000
@@ -124,6 +126,18 @@ class Machine extends EventEmitter {
     }))
   }
 
+  /* The egress policy the provider keeps in the machine's metadata
+     (computesdk_network, lib/egress.js), put into the host's rules for it
+     (network.js): at each boot and when the metadata changes. */
+  syncEgress () {
+    let policy = null
+    const raw = (this.config.metadata || {})[EGRESS_KEY]
+    if (raw) {
+      try { policy = JSON.parse(raw) } catch (_) { policy = { internet: false } }
+    }
+    return this.host.setEgress(this.privateIp, policy)
+  }
+
   /* Boot a fresh root (called inside the queue). */
   async boot () {
     if (this.state === 'destroyed' || this.state === 'destroying') return
@@ -144,6 +158,14 @@ class Machine extends EventEmitter {
         this.addEvent('exit', 'failed', 'flyd', { error: `cannot serve /.fly/api: ${e.message}` })
         return
       }
+    }
+    /* the address part of its egress policy, on the host (network.js) */
+    try {
+      await this.syncEgress()
+    } catch (e) {
+      this.setState('failed')
+      this.addEvent('exit', 'failed', 'flyd', { error: `cannot set its egress rules: ${e.message}` })
+      return
     }
     const run = new Run(this.host, {
       mounts,

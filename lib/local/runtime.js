@@ -182,6 +182,11 @@ class Host {
     this.net.release(ip)
   }
 
+  /* A machine's egress policy's address part (network.js). */
+  setEgress (ip, policy) {
+    return this.net.setEgress(ip, policy)
+  }
+
   /* The machine's level in the cgroup tree (the runtime makes each boot's
      below it). */
   machineCgroups (id) {
