@@ -44,7 +44,9 @@ async function standIn (t) {
     }
   }
   await ip(['-n', out.ns, 'addr', 'add', `${D}/32`, 'dev', 'lo'])
-  const pfx = `2001:db8:${crypto.randomBytes(2).toString('hex')}:${crypto.randomBytes(2).toString('hex')}`
+  // groups without leading zeros: written as the resolver and Python write them
+  const group = () => crypto.randomInt(0x1000, 0x10000).toString(16)
+  const pfx = `2001:db8:${group()}:${group()}`
   const A6 = `${pfx}::2`
   const D6 = `${pfx}::d`
   await ip(['-6', 'addr', 'add', `${pfx}::1/64`, 'dev', out.hostIf, 'nodad'])
@@ -203,5 +205,15 @@ test('egress: internet false, allow and deny lists, a live update, from inside t
     // another provider instance sees the policy
     const other = await provider(srv, { appName: listed.sandboxId.split(':')[0] }).sandbox.getById(listed.sandboxId)
     assert.deepEqual((await other.getInfo()).network, { internet: true, allowOut: ['denied.test'], denyOut: [] })
+  })
+
+  await t.test('a restart keeps the updated policy, not create\'s', async () => {
+    await listed.pause({ keepMemory: false })
+    await listed.resume()
+    await listed.filesystem.writeFile('/tmp/probe.py', PROBE)
+    const r = await probe(listed, [['resolve', 'denied.test'], ['tcp', D, 8080], ['tcp', A, 8080], ['resolve', 'allowed.test']])
+    assert.deepEqual(r[0], [D, D6].sort())
+    assert.equal(r[1], 'ok')
+    assert.ok(failed(r[2]) && failed(r[3]), JSON.stringify(r))
   })
 })
