@@ -18,6 +18,7 @@ const { outsideNetwork } = require('./helpers/outside')
 
 const IP = '/usr/sbin/ip'
 const PROBE = fs.readFileSync(path.join(__dirname, 'fixtures', 'egress-probe.py'), 'utf8')
+const FLOW = fs.readFileSync(path.join(__dirname, 'fixtures', 'egress-flow.py'), 'utf8')
 
 function ip (args) {
   return new Promise((resolve, reject) => {
@@ -138,12 +139,15 @@ test('egress: internet false, allow and deny lists, a live update, from inside t
       ['tcp', A6, 8080], ['udp', A6, 9090], ['tcp', '169.254.169.254', 80]
     ])
     assert.ok(r.every(failed), JSON.stringify(r))
+    // refused by the guest's own rules (a reset, or EPERM from its output
+    // chain), before the host's would answer (admin-prohibited: no route)
+    assert.ok([0, 1, 2, 3, 6, 7].every((i) => /Connection refused|Operation not permitted/.test(r[i])), JSON.stringify(r))
     assert.deepEqual(seen.slice(before), [], 'nothing reached the stand-in')
     assert.deepEqual((await closed.getInfo()).network, { internet: false, allowOut: [], denyOut: [] })
     // fly-local's host side holds it without the guest's rules
     await dropGuestRules(srv, closed)
     const host = await probe(closed, [['tcp', A, 8080], ['udp', A, 9090], ['tcp', A6, 8080]])
-    assert.ok(host.every(failed), JSON.stringify(host))
+    assert.ok(host.every((v) => /No route to host|Permission denied|unreachable/i.test(v)), JSON.stringify(host))
     assert.deepEqual(seen.slice(before), [], 'nothing reached the stand-in')
   })
 
@@ -159,6 +163,25 @@ test('egress: internet false, allow and deny lists, a live update, from inside t
     ])
     assert.deepEqual(r, ['ok', 'ok', 'ok', 'ok', [A], 'ok', 'ok'])
     assert.deepEqual((await closed.getInfo()).network, { internet: true, allowOut: [], denyOut: [] })
+  })
+
+  await t.test('an open flow to a newly denied address is cut', async () => {
+    await closed.filesystem.writeFile('/tmp/flow.py', FLOW)
+    await closed.runCommand(`setsid nohup python3 /tmp/flow.py ${D} 9090 /tmp/go > /tmp/flow.out 2>&1 < /dev/null &`)
+    const said = async (what) => {
+      const deadline = Date.now() + 60000
+      for (;;) {
+        const out = await closed.runCommand('cat /tmp/flow.out 2>/dev/null; true')
+        const line = out.stdout.split('\n').find((l) => l.startsWith(`${what} `))
+        if (line) return line.slice(what.length + 1)
+        assert.ok(Date.now() < deadline, `the flow never said ${what}: ${out.stdout}`)
+        await new Promise((resolve) => setImmediate(resolve))
+      }
+    }
+    assert.equal(await said('first'), 'ok')
+    await closed.updateNetwork({ denyOut: [D] })
+    await closed.runCommand('touch /tmp/go')
+    assert.notEqual(await said('second'), 'ok')
   })
 
   await t.test('an allow-list of CIDRs holds on fly-local\'s host side too', async () => {
