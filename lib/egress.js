@@ -11,6 +11,7 @@ const api = require('./api')
 const { invalidArg, flyError } = require('./errors')
 const { checkKeys } = require('./options')
 const { NETWORK, FILES_DIR, metadataOf } = require('./metadata')
+const { ensureAwake } = require('./pause')
 
 // Entries per list: each CIDR is one set element and each name a few
 // resolver lines; the metadata value stays a few KiB.
@@ -165,9 +166,12 @@ function info (metadata) {
 
 // sandbox.updateNetwork(network): the whole policy is replaced (omitted
 // lists are empty, internet defaults to true). Applied in the guest first
-// (new connections follow it when this resolves), then recorded.
+// (new connections follow it when this resolves), then recorded; a paused
+// sandbox is resumed first, as a command would resume it.
 async function update (sb, network) {
   const policy = check(network === undefined ? {} : network, 'updateNetwork') || open()
+  // a paused sandbox is woken (autoResume): its rules live in its memory
+  await ensureAwake(sb)
   const r = await sb._api('machine.exec', {
     body: { command: [APPLIER, 'apply', JSON.stringify(policy)], timeout: APPLY_TIMEOUT_S },
     timeoutMs: (APPLY_TIMEOUT_S + 30) * 1000
