@@ -128,14 +128,23 @@ class Machine extends EventEmitter {
 
   /* The egress policy the provider keeps in the machine's metadata
      (computesdk_network, lib/egress.js), put into the host's rules for it
-     (network.js): at each boot and when the metadata changes. */
+     (network.js): at each boot and when the metadata changes. One sync at
+     a time, each reading the metadata when it runs, so the last one in
+     writes the latest; unchanged, nothing is written. */
   syncEgress () {
-    let policy = null
-    const raw = (this.config.metadata || {})[EGRESS_KEY]
-    if (raw) {
-      try { policy = JSON.parse(raw) } catch (_) { policy = { internet: false } }
+    const run = async () => {
+      const raw = (this.config.metadata || {})[EGRESS_KEY] || null
+      if (raw === (this.egressSynced || null)) return
+      let policy = null
+      if (raw) {
+        try { policy = JSON.parse(raw) } catch (_) { policy = { internet: false } }
+      }
+      await this.host.setEgress(this.privateIp, policy)
+      this.egressSynced = raw
     }
-    return this.host.setEgress(this.privateIp, policy)
+    const p = (this.egressQueue || Promise.resolve()).then(run)
+    this.egressQueue = p.catch(() => {})
+    return p
   }
 
   /* Boot a fresh root (called inside the queue). */
