@@ -97,6 +97,22 @@ async function dropGuestRules (srv, sb) {
   assert.equal(r.body.exit_code, 0, r.body.stderr)
 }
 
+test('egress: a policy is normalised, and deny wins', () => {
+  const { check } = require('../lib/egress')
+  assert.deepEqual(check({
+    allowOut: ['Example.COM.', '10.1.2.3/8', '2001:DB8:0:0::1', '::ffff:1.2.3.4/120', '198.51.100.7', 'a.bad.test', '*.bad.test', 'ok.test', 'ok.test'],
+    denyOut: ['bad.test', '2001:db8::/32']
+  }, 'create'), {
+    internet: true,
+    allowOut: ['example.com', '10.0.0.0/8', '2001:db8::1/128', '::ffff:102:300/120', '198.51.100.7/32', 'ok.test'],
+    denyOut: ['bad.test', '2001:db8::/32']
+  })
+  // a wildcard deny leaves the name itself
+  assert.deepEqual(check({ allowOut: ['x.test', 'a.x.test', '*.x.test'], denyOut: ['*.x.test'] }, 'create').allowOut, ['x.test'])
+  assert.deepEqual(check({ internet: false }, 'create'), { internet: false, allowOut: [], denyOut: [] })
+  assert.equal(check(undefined, 'create'), null)
+})
+
 test('egress: options are checked before anything is made', async (t) => {
   const srv = await startLocal(t)
   const p = provider(srv)
