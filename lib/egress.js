@@ -23,6 +23,24 @@ const APPLIER = '/opt/computesdk/egress'
 // the applier loads one nft transaction and restarts the resolver
 const APPLY_TIMEOUT_S = 30
 
+// What stays closed whatever the policy says (docker/egress has the same):
+// metadata services, link-local, private ranges (so Fly's 6PN too).
+const CLOSED = ['169.254.0.0/16', '100.100.100.200/32', '10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16',
+  '100.64.0.0/10', '0.0.0.0/8', 'fe80::/10', 'fc00::/7', 'fd00:ec2::254/128']
+
+// [family, first address, prefix length] of a normalised CIDR
+function parts (c) {
+  const [a, len] = c.split('/')
+  return [a.includes(':') ? 6 : 4, a.includes(':') ? v6Int(a) : v4Int(a), Number(len)]
+}
+
+// Whether the normalised CIDR c lies wholly inside a closed range.
+function closed (c) {
+  const [f, v, n] = parts(c)
+  const bits = f === 4 ? 32 : 128
+  return CLOSED.map(parts).some(([g, w, m]) => g === f && m <= n && (v >> BigInt(bits - m)) === (w >> BigInt(bits - m)))
+}
+
 function open () {
   return { internet: true, allowOut: [], denyOut: [] }
 }
@@ -105,6 +123,10 @@ function entries (list, key, what) {
   for (const e of list) {
     if (typeof e !== 'string' || e === '') throw invalidArg(`${what}: network.${key} entries must be non-empty strings`)
     const c = /^[0-9a-fA-F:.]+(\/\d+)?$/.test(e) && (e.includes(':') || /^[\d./]+$/.test(e)) ? cidr(e) : null
+    if (c && key === 'allowOut' && closed(c)) {
+      throw invalidArg(`${what}: network.allowOut: ${JSON.stringify(e)} is in a range that stays closed whatever the policy ` +
+        `says (metadata services, link-local and private ranges: ${CLOSED.join(', ')})`)
+    }
     if (c) { out.push(c); continue }
     if (/^[\d./]+$/.test(e) || e.includes(':') || e.includes('/')) {
       throw invalidArg(`${what}: network.${key}: ${JSON.stringify(e)} is not a valid CIDR (an IPv4 or IPv6 address, with an optional /prefix length)`)

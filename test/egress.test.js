@@ -100,11 +100,11 @@ async function dropGuestRules (srv, sb) {
 test('egress: a policy is normalised, and deny wins', () => {
   const { check } = require('../lib/egress')
   assert.deepEqual(check({
-    allowOut: ['Example.COM.', '10.1.2.3/8', '2001:DB8:0:0::1', '::ffff:1.2.3.4/120', '198.51.100.7', 'a.bad.test', '*.bad.test', 'ok.test', 'ok.test'],
+    allowOut: ['Example.COM.', '11.1.2.3/8', '2001:DB8:0:0::1', '::ffff:1.2.3.4/120', '198.51.100.7', 'a.bad.test', '*.bad.test', 'ok.test', 'ok.test'],
     denyOut: ['bad.test', '2001:db8::/32']
   }, 'create'), {
     internet: true,
-    allowOut: ['example.com', '10.0.0.0/8', '2001:db8::1/128', '::ffff:102:300/120', '198.51.100.7/32', 'ok.test'],
+    allowOut: ['example.com', '11.0.0.0/8', '2001:db8::1/128', '::ffff:102:300/120', '198.51.100.7/32', 'ok.test'],
     denyOut: ['bad.test', '2001:db8::/32']
   })
   // a wildcard deny leaves the name itself
@@ -118,6 +118,9 @@ test('egress: options are checked before anything is made', async (t) => {
   const p = provider(srv)
   for (const [network, says] of [
     [{ allowOut: ['10.0.0.1/33'] }, /not a valid CIDR/],
+    [{ allowOut: ['10.1.0.0/16'] }, /stays closed/],
+    [{ allowOut: ['169.254.169.254'] }, /stays closed/],
+    [{ allowOut: ['fdaa::3'] }, /stays closed/],
     [{ denyOut: ['2001:db8::zz'] }, /not a valid CIDR/],
     [{ allowOut: ['bad..name'] }, /not a valid domain/],
     [{ allowOut: ['*'] }, /not a valid domain/],
