@@ -178,9 +178,9 @@ test('egress: internet false, allow and deny lists, a live update, from inside t
     // (the machine's own resolver is back: it knows no test names)
     const r = await probe(closed, [
       ['tcp', A, 8080], ['tcp', D, 443], ['udp', A, 9090], ['udp', A, 443],
-      ['dns', 'allowed.test', A], ['tcp', A6, 8080], ['udp', A6, 9090]
+      ['dns', 'allowed.test', A], ['tcp', A6, 8080], ['udp', A6, 9090], ['tcp', A, 853]
     ])
-    assert.deepEqual(r, ['ok', 'ok', 'ok', 'ok', [A], 'ok', 'ok'])
+    assert.deepEqual(r, ['ok', 'ok', 'ok', 'ok', [A], 'ok', 'ok', 'ok'])
     assert.deepEqual((await closed.getInfo()).network, { internet: true, allowOut: [], denyOut: [] })
   })
 
@@ -220,7 +220,7 @@ test('egress: internet false, allow and deny lists, a live update, from inside t
       ['resolve', 'allowed.test'], ['tcp', A, 8080], ['tcp', A6, 8080], ['udp', A, 443],
       ['resolve', 'x.allowed.test'],
       ['resolve', 'denied.test'], ['resolve', 'x.denied.test'], ['resolve', 'other.test'],
-      ['dns', 'denied.test', A], ['dns', 'denied.test', D],
+      ['dns', 'denied.test', A], ['dns', 'denied.test', D], ['tcp', A, 853],
       ['tcp', D, 8080], ['udp', D, 443], ['udp', D, 9090], ['tcp', D6, 8080], ['udp', D6, 9090]
     ])
     assert.deepEqual(r.slice(0, 5), [[A, A6].sort(), 'ok', 'ok', 'ok', [A]], JSON.stringify(r))
@@ -247,6 +247,16 @@ test('egress: internet false, allow and deny lists, a live update, from inside t
     // another provider instance sees the policy
     const other = await provider(srv, { appName: listed.sandboxId.split(':')[0] }).sandbox.getById(listed.sandboxId)
     assert.deepEqual((await other.getInfo()).network, { internet: true, allowOut: ['denied.test'], denyOut: [] })
+  })
+
+  await t.test('updateNetwork on a paused sandbox resumes it first', async () => {
+    await listed.pause()
+    await listed.updateNetwork({ allowOut: ['denied.test'], denyOut: [`${D6}`] })
+    // the allowed name's addresses are known once resolved under the new policy
+    const r = await probe(listed, [['resolve', 'denied.test'], ['tcp', D, 8080], ['tcp', D6, 8080]])
+    assert.deepEqual(r[0], [D, D6].sort())
+    assert.equal(r[1], 'ok')
+    assert.ok(failed(r[2]), JSON.stringify(r))
   })
 
   await t.test('a restart keeps the updated policy, not create\'s', async () => {
