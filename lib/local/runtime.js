@@ -373,6 +373,8 @@ class Run extends EventEmitter {
       userns: held.path,
       volumes: await this.prepareVolumes(),
       argv: opts.argv,
+      /* the image's own entrypoint (which confines what it starts) */
+      imageEntrypoint: opts.argv.length > 0 && opts.argv[0] === ENTRYPOINT[0],
       env: opts.env,
       hostname: opts.id,
       netScript: host.net.upScript(opts.ip),
