@@ -217,9 +217,9 @@ async function create (ctx, options) {
     // mounts it; like the machine, not raced with the signal.
     const want = await step(volumes.plan(ctx, o))
     // A suspended machine from the warm pool when the request fits one
-    // (lib/pool.js: the same machine request); a volume, public ports or
-    // an egress policy (applied at boot) are added after the request is
-    // built, so they never claim.
+    // (lib/pool.js: the same machine request); a volume or public ports
+    // are added after the request is built, so they never claim, nor does
+    // an egress policy (a pooled machine booted without one).
     if (!want && !(ports && ports.length) && !egress.restricts(network)) {
       const pooled = await ctx.pool.claim(body, o, step)
       if (pooled) return pooled
