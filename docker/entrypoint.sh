@@ -21,6 +21,11 @@
 # runs and a machine where it cannot be loaded does not start. Not loaded:
 #   COMPUTESDK_TENANT    the machine is in a tenant's app with its own network
 #   FLY_LOCAL_FIREWALL=host  fly-local, which enforces the same on its host
+# The egress policy (create's `network`, or updateNetwork's: the machine's
+# metadata, read through /.fly/api, else /etc/computesdk/egress.json):
+# applied by egress (next to this script: nftables rules for every user but
+# root and a resolver the policy controls) before sshd starts, on Fly and in
+# fly-local alike; a machine where it cannot be applied does not start.
 #
 # Idle and lifetime (environment, all optional):
 #   COMPUTESDK_SANDBOX_TIMEOUT_S  the sandbox lifetime in seconds
@@ -69,6 +74,36 @@ guard_start() {
 }
 guard_wait() {
   [ -z "$guard_pid" ] || wait "$guard_pid"
+}
+
+# What this script starts (sshd, the edge bridge, the samplers, the
+# workload) runs with CAP_NET_ADMIN and CAP_SETPCAP out of its bounding set,
+# so none of it, nor anything it runs as root, reaches nftables (kernel
+# surface: in fly-local, nf_tables in a user namespace): only this script,
+# egress and its resolver do, and the exec API's commands. Where this
+# process cannot drop them (no CAP_SETPCAP) nothing is changed. The check
+# reads CapEff with builtins (bit 8: CAP_SETPCAP), no fork.
+CONFINE=()
+confine_init() {
+  local k v eff=0
+  while read -r k v; do
+    [ "$k" = CapEff: ] && eff=$((16#$v))
+  done < /proc/self/status
+  if (( (eff >> 8) & 1 )) && [ -x /usr/bin/setpriv ]; then
+    CONFINE=(/usr/bin/setpriv --bounding-set "-net_admin,-setpcap" --)
+  fi
+}
+
+EGRESS=${BASH_SOURCE[0]%/*}/egress
+egress_pid=
+egress_start() {
+  # the metadata may hold one (updateNetwork) when create injected none
+  [ -e "$INJECT/egress.json" ] || [ -S /.fly/api ] || return 0
+  "$EGRESS" boot &
+  egress_pid=$!
+}
+egress_wait() {
+  [ -z "$egress_pid" ] || wait "$egress_pid"
 }
 
 ensure_user() {
@@ -200,7 +235,7 @@ stopping=
 watch_pid=
 WATCH=${BASH_SOURCE[0]%/*}/idle-watch
 start_watch() {
-  "$WATCH" &
+  "${CONFINE[@]}" "$WATCH" &
   watch_pid=$!
 }
 
@@ -211,7 +246,7 @@ EDGE=/usr/local/libexec/computesdk/flyedge
 edge_pid=
 start_edge() {
   [ -x "$EDGE" ] || return 0
-  "$EDGE" -p "${SANDBOX_EDGE_PORT:-444}" -s "$PORT" -t "$INJECT/edge_token_sha256" &
+  "${CONFINE[@]}" "$EDGE" -p "${SANDBOX_EDGE_PORT:-444}" -s "$PORT" -t "$INJECT/edge_token_sha256" &
   edge_pid=$!
 }
 
@@ -221,11 +256,11 @@ start_edge() {
 # without it, only the history is then empty.
 METRICS=/usr/local/libexec/computesdk/flymetrics
 start_metrics() {
-  [ -x "$METRICS" ] && "$METRICS" daemon &
+  [ -x "$METRICS" ] && "${CONFINE[@]}" "$METRICS" daemon &
 }
 
 start_sshd() {
-  /usr/sbin/sshd -D -e -f "$RUNDIR/sshd_config" &
+  "${CONFINE[@]}" /usr/sbin/sshd -D -e -f "$RUNDIR/sshd_config" &
   sshd_pid=$!
 }
 
@@ -247,13 +282,16 @@ for sig in TERM INT HUP QUIT USR1 USR2; do
   trap "on_signal $sig" "$sig"
 done
 
+confine_init
 guard_start
+egress_start
 ensure_user || { log "cannot set up user $USER_NAME"; exit 1; }
 ensure_hostkey || { log "cannot set up the host key"; exit 1; }
 set_password || { log "cannot set the password"; exit 1; }
 write_profile
 write_sshd_config || exit 1
 guard_wait || { log "cannot load the network guard $GUARD"; exit 1; }
+egress_wait || { log "cannot apply the egress policy $INJECT/egress.json"; exit 1; }
 
 start_sshd
 start_edge
@@ -261,7 +299,7 @@ start_metrics
 if [ $# -gt 0 ]; then
   # Background jobs of a script start with SIGINT/SIGQUIT ignored; the
   # workload must see the stop signal, so restore them.
-  ( trap - INT QUIT; exec "$@" ) &
+  ( trap - INT QUIT; exec "${CONFINE[@]}" "$@" ) &
   main_pid=$!
 fi
 

@@ -26,7 +26,7 @@ apt_quiet update
 apt_quiet install -y --no-install-recommends \
   ca-certificates curl gnupg git openssh-server openssh-sftp-server passwd \
   python3 python3-pip python3-venv python3-dev build-essential \
-  iproute2 nftables procps less nano tini util-linux
+  iproute2 nftables procps less nano tini util-linux dnsmasq-base
 
 step "code interpreter"
 # The code interpreter's kernels (IPython's, with its display machinery)

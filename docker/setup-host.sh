@@ -23,8 +23,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 # unshare for the boot's user namespace); libssl-dev: libcrypto.a, which the
 # image's edge bridge (docker/flyedge.c, built static like flyexec) links for
 # SHA-1/SHA-256, with libzstd-dev and zlib1g-dev for the static archives a
-# newer OpenSSL's libcrypto.a needs (Debian 13's 3.5 is built with zstd).
-PACKAGES="crun runc debootstrap debian-archive-keyring nftables iproute2 util-linux e2fsprogs openssh-client python3 ca-certificates libssl-dev libzstd-dev zlib1g-dev"
+# newer OpenSSL's libcrypto.a needs (Debian 13's 3.5 is built with zstd);
+# dnsmasq-base: the egress tests' stand-in internet resolver (the binary
+# only: the package starts no service).
+PACKAGES="crun runc debootstrap debian-archive-keyring nftables iproute2 util-linux e2fsprogs openssh-client python3 ca-certificates libssl-dev libzstd-dev zlib1g-dev dnsmasq-base"
 
 missing=""
 for p in $PACKAGES; do

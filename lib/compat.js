@@ -17,6 +17,8 @@ function augment (psb, mgr) {
   psb.codeInterpreter = machine.codeInterpreter
   psb.filesystem = machine.filesystem
   psb.getMetrics = (options) => machine.getMetrics(options)
+  // the egress policy, as E2B names it (lib/egress.js)
+  psb.updateNetwork = (network) => machine.updateNetwork(network)
   // Process handles and terminals (lib/commands.js), as E2B names them.
   psb.commands = machine.commands
   psb.pty = machine.pty

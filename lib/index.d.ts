@@ -171,7 +171,29 @@ export interface FlyPool {
   stats(): FlyPoolStats
 }
 
+/**
+ * A sandbox's egress policy (README: Egress), enforced in the guest below the sandbox user.
+ * Entries: domains ("example.com": that name only; "*.example.com": its subdomains) and CIDRs
+ * (IPv4 or IPv6; a bare address is /32 or /128); at most 64 per list. Deny wins over allow;
+ * with an allow-list nothing else opens. Metadata services and private ranges stay closed.
+ */
+export interface FlyNetworkPolicy {
+  /** false: nothing leaves the sandbox (the master switch; default true). */
+  internet?: boolean
+  allowOut?: string[]
+  denyOut?: string[]
+}
+
+/** The policy as getInfo() and updateNetwork() give it (normalised: CIDRs with their prefix, names lower-cased). */
+export interface FlyNetworkInfo {
+  internet: boolean
+  allowOut: string[]
+  denyOut: string[]
+}
+
 export interface FlyCreateOptions extends CreateSandboxOptions {
+  /** The egress policy; none: open (the sandbox reaches what the host reaches, less metadata services and, on fly-local, private ranges). */
+  network?: FlyNetworkPolicy
   /** Ports to expose: each gets a public port of its own in the app (getUrl gives its URL; a request wakes a paused sandbox). */
   ports?: number[]
   /** A Fly Volume of the sandbox's own at /home/sandbox (survives stops, restarts, crashes; removed by destroy); false: none. */
@@ -522,6 +544,8 @@ export interface FlyPauseOptions {
 /** What getInfo() gives: SandboxInfo with 'paused' (suspended, or stopped by pause() or the idle watch). */
 export interface FlySandboxInfo extends Omit<SandboxInfo, 'status'> {
   status: SandboxInfo['status'] | 'paused'
+  /** The egress policy (open when none was set). */
+  network: FlyNetworkInfo
 }
 
 export interface FlySnapshot {
@@ -578,6 +602,8 @@ export declare class FlyMachine {
   /** In a code interpreter context that keeps its state (the options form). */
   runCode(code: string, options: FlyRunCodeOptions): Promise<FlyExecution>
   readonly codeInterpreter: FlyCodeInterpreter
+  /** Replaces the egress policy of the running sandbox (omitted lists are empty); in force for new connections when it resolves. */
+  updateNetwork(network: FlyNetworkPolicy): Promise<FlyNetworkInfo>
 }
 
 /** A ComputeSDK sandbox with the seed's extras. */
@@ -599,6 +625,8 @@ export interface FlySandbox extends Omit<ProviderSandbox<FlyMachine>, 'runComman
   fork(options?: FlyCreateOptions): Promise<FlySandbox>
   getMetrics(): Promise<FlyMetrics>
   getMetrics(options: FlyMetricsOptions): Promise<FlyMetrics[]>
+  /** Replaces the egress policy of the running sandbox (omitted lists are empty); in force for new connections when it resolves. */
+  updateNetwork(network: FlyNetworkPolicy): Promise<FlyNetworkInfo>
 }
 
 export interface FlyProvider extends Omit<Provider<FlyMachine>, 'sandbox'> {

@@ -7,6 +7,7 @@ const { RESERVED_PREFIX, TIMEOUT_MS, isGone, statusOf } = require('./metadata')
 const volumes = require('./volumes')
 const ports = require('./ports')
 const { ensureAwake } = require('./pause')
+const egress = require('./egress')
 
 async function getInfo (sb) {
   const m = await api.getMachine(sb._ctx.config, sb._params, { required: true })
@@ -25,6 +26,8 @@ async function getInfo (sb) {
     status,
     createdAt: sb.createdAt,
     timeout: Number(sb.metadata[TIMEOUT_MS]) || 0,
+    // the egress policy (lib/egress.js)
+    network: egress.info(sb.metadata),
     metadata: {
       ...userMeta,
       appName: sb.appName,

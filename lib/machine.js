@@ -9,6 +9,7 @@ const exec = require('./exec')
 const interpreter = require('./interpreter')
 const { makeFilesystem } = require('./fs')
 const metrics = require('./metrics')
+const egress = require('./egress')
 const { makeCommands, makePty } = require('./commands')
 const { HOST_FP, VOLUME, EDGE_TOKEN } = require('./metadata')
 
@@ -82,6 +83,12 @@ class FlyMachine {
     return runtimeOrOptions !== null && typeof runtimeOrOptions === 'object'
       ? interpreter.runCode(this, code, runtimeOrOptions)
       : exec.runCode(this, code, runtimeOrOptions)
+  }
+
+  // Replaces the egress policy of the running sandbox (lib/egress.js):
+  // { internet, allowOut, denyOut }, as create's `network`.
+  updateNetwork (network) {
+    return egress.update(this, network)
   }
 
   get codeInterpreter () {

@@ -29,6 +29,8 @@ const PORTS = 'computesdk_ports'
 // The sandbox's edge token (lib/edge.js): the bridge in the image lets a
 // WebSocket that holds it through to sshd.
 const EDGE_TOKEN = 'computesdk_edge_token'
+// The egress policy (lib/egress.js), JSON; absent: no restriction.
+const NETWORK = 'computesdk_network'
 // The warm pool (lib/pool.js): a ready (suspended, claimable) machine
 // carries POOL, one still being prepared FILLING; both hold the pool key.
 // Neither carries TAG, so list() does not show pool machines as sandboxes.
@@ -89,6 +91,7 @@ module.exports = {
   VOLUME,
   PORTS,
   EDGE_TOKEN,
+  NETWORK,
   POOL,
   FILLING,
   DRAINING,

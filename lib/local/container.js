@@ -24,6 +24,18 @@ const { ID_BASE, ID_COUNT } = require('./image')
 
 const ROOT_CAPS = ['CAP_CHOWN', 'CAP_DAC_OVERRIDE', 'CAP_FOWNER', 'CAP_FSETID', 'CAP_KILL',
   'CAP_SETGID', 'CAP_SETUID', 'CAP_NET_BIND_SERVICE', 'CAP_SYS_CHROOT', 'CAP_AUDIT_WRITE']
+/* The egress policy's nftables rules and resolver (docker/egress) are
+   root's in the guest, as on Fly: CAP_NET_ADMIN, over the machine's own
+   network namespace only (its user namespace owns it), for the exec API's
+   commands (updateNetwork) and for the image's entrypoint, which also gets
+   CAP_SETPCAP to drop both from the bounding set of everything it starts
+   (sshd, the edge bridge, the samplers, the workload): nf_tables in a user
+   namespace is kernel surface (CVE-2022-1015, CVE-2023-32233, CVE-2024-1086:
+   ARCHITECTURE.md) that only the entrypoint,
+   the resolver it starts and the exec API reach. A machine whose config
+   replaces the entrypoint gets neither. */
+const EGRESS_CAPS = ['CAP_NET_ADMIN']
+const ENTRYPOINT_CAPS = ['CAP_NET_ADMIN', 'CAP_SETPCAP']
 
 const DENIED = ['add_key', 'bpf', 'clock_adjtime', 'clock_settime', 'delete_module', 'finit_module',
   'fsconfig', 'fsmount', 'fsopen', 'fspick', 'init_module', 'ioperm', 'iopl', 'kexec_file_load',
@@ -89,15 +101,16 @@ function capSet (caps) {
   return { bounding: caps, effective: caps, permitted: caps, inheritable: [], ambient: [] }
 }
 
-/* The process spec of a command run in a machine as root with env. */
-function processSpec (argv, env, cwd) {
+/* The process spec of a command run in a machine as root with env (and
+   the capabilities extra besides root's). */
+function processSpec (argv, env, cwd, extra = EGRESS_CAPS) {
   return {
     terminal: false,
     user: { uid: 0, gid: 0 },
     args: argv,
     env: Object.entries(env || {}).map(([k, v]) => `${k}=${v}`),
     cwd: cwd || '/',
-    capabilities: capSet(ROOT_CAPS),
+    capabilities: capSet([...ROOT_CAPS, ...extra]),
     noNewPrivileges: true
   }
 }
@@ -123,7 +136,7 @@ function runtimeSpec (opts) {
   const nosuid = ['nosuid', 'nodev']
   return {
     ociVersion: '1.0.2',
-    process: processSpec(['/usr/bin/tini', '-p', 'SIGKILL', '--', ...opts.argv], opts.env, '/'),
+    process: processSpec(['/usr/bin/tini', '-p', 'SIGKILL', '--', ...opts.argv], opts.env, '/', opts.imageEntrypoint ? ENTRYPOINT_CAPS : []),
     root: { path: 'rootfs', readonly: false },
     hooks: { createRuntime: [{ path: '/bin/sh', args: ['sh', '-c', opts.netScript], timeout: 20 }] },
     hostname: opts.hostname,

@@ -8,6 +8,8 @@ const os = require('os')
 const crypto = require('crypto')
 const ids = require('./ids')
 const { Run, mainArgv, newHostKey, waitSshBanner, SYS_PATH, readStat } = require('./runtime')
+/* the provider's egress policy (lib/egress.js); unreadable: no egress */
+const EGRESS_KEY = 'computesdk_network'
 
 const PERSISTENT = new Set(['created', 'started', 'stopped', 'suspended', 'failed', 'destroyed'])
 const DEFAULT_STOP_TIMEOUT_MS = 5000
@@ -108,8 +110,8 @@ class Machine extends EventEmitter {
       FLY_IMAGE_REF: this.config.image || '',
       FLY_PROCESS_GROUP: 'app',
       /* the image's in-guest firewall: network.js enforces it on the host
-         (root inside has no CAP_NET_ADMIN, and nf_tables from a user
-         namespace is kernel surface a machine need not reach) */
+         (the egress policy's rules, docker/egress, run in the guest as on
+         Fly: root there holds CAP_NET_ADMIN over its own netns) */
       FLY_LOCAL_FIREWALL: 'host',
       PRIMARY_REGION: this.region
     })
@@ -122,6 +124,27 @@ class Machine extends EventEmitter {
       mode: Number.isInteger(f.mode) ? f.mode : 0o644,
       hex: Buffer.from(f.raw_value, 'base64').toString('hex')
     }))
+  }
+
+  /* The egress policy the provider keeps in the machine's metadata
+     (computesdk_network, lib/egress.js), put into the host's rules for it
+     (network.js): at each boot and when the metadata changes. One sync at
+     a time, each reading the metadata when it runs, so the last one in
+     writes the latest; unchanged, nothing is written. */
+  syncEgress () {
+    const run = async () => {
+      const raw = (this.config.metadata || {})[EGRESS_KEY] || null
+      if (raw === (this.egressSynced || null)) return
+      let policy = null
+      if (raw) {
+        try { policy = JSON.parse(raw) } catch (_) { policy = { internet: false } }
+      }
+      await this.host.setEgress(this.privateIp, policy)
+      this.egressSynced = raw
+    }
+    const p = (this.egressQueue || Promise.resolve()).then(run)
+    this.egressQueue = p.catch(() => {})
+    return p
   }
 
   /* Boot a fresh root (called inside the queue). */
@@ -144,6 +167,14 @@ class Machine extends EventEmitter {
         this.addEvent('exit', 'failed', 'flyd', { error: `cannot serve /.fly/api: ${e.message}` })
         return
       }
+    }
+    /* the address part of its egress policy, on the host (network.js) */
+    try {
+      await this.syncEgress()
+    } catch (e) {
+      this.setState('failed')
+      this.addEvent('exit', 'failed', 'flyd', { error: `cannot set its egress rules: ${e.message}` })
+      return
     }
     const run = new Run(this.host, {
       mounts,

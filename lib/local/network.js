@@ -24,11 +24,20 @@
 //            and, unless allowPrivateEgress, not to private ranges (RFC
 //            1918, CGNAT, ULA) but for the host's DNS resolvers on port
 //            53; each machine holds at most flowsMax tracked flows at once;
+//            a machine whose metadata holds an egress policy (the
+//            provider's computesdk_network, which the guest enforces
+//            itself, docker/egress) gets its address part here too, in a
+//            chain of its own (egress map): internet false refuses all its
+//            egress, denied CIDRs are refused, and an allow-list of CIDRs
+//            only (no names: their addresses are the guest resolver's to
+//            know) refuses everything else; so it holds even in an image
+//            that does not apply it;
 //   nat      masquerade of egress.
 // Addresses come from a counter, never from probing: nothing a sandbox does
 // can make a later allocation fail.
 const { execFile, spawnSync } = require('child_process')
 const crypto = require('crypto')
+const net = require('net')
 const fs = require('fs')
 const path = require('path')
 
@@ -187,6 +196,7 @@ class Network {
   set private6 { type ipv6_addr; flags interval;${elements(PRIVATE6)} }
   set dns4 { type ipv4_addr;${elements(dns.v4)} }
   set dns6 { type ipv6_addr;${elements(dns.v6)} }
+  map egress { type ifname : verdict; }
   chain raw {
     type filter hook prerouting priority raw; policy accept;
     iifname != ${ifs} accept
@@ -217,6 +227,7 @@ class Network {
     iifname @noegress drop
     ip daddr @metadata4 drop
     ip6 daddr @metadata6 drop
+    iifname vmap @egress
     meta l4proto { tcp, udp } th dport 53 ip daddr @dns4 accept
     meta l4proto { tcp, udp } th dport 53 ip6 daddr @dns6 accept${closed}
     accept
@@ -312,6 +323,20 @@ class Network {
     ].join('\n')
   }
 
+  /* The address part of a machine's egress policy ({ internet, allowOut,
+     denyOut } as the provider keeps it; null: none), in its own chain,
+     replaced in one transaction. */
+  async setEgress (ip, policy) {
+    const m = this.byIp.get(ip)
+    if (!m) return
+    const chain = `egress_${m.ifname}`
+    let script = m.egressChain ? '' : `add chain inet ${this.table} ${chain}\n`
+    script += `flush chain inet ${this.table} ${chain}\n` + egressRules(policy).map((r) => `add rule inet ${this.table} ${chain} ${r}\n`).join('')
+    if (!m.egressChain) script += `add element inet ${this.table} egress { "${m.ifname}" : jump ${chain} }\n`
+    await runTool(NFT, ['-f', '-'], script)
+    m.egressChain = chain
+  }
+
   /* Drops a machine's address: its set entries (and a veth left behind). */
   release (ip) {
     const m = this.byIp.get(ip)
@@ -321,7 +346,9 @@ class Network {
     return link.then(() => runTool(NFT, ['-f', '-'], `delete element inet ${this.table} net${m.netId} { "${m.ifname}" }\n` +
         `delete element inet ${this.table} src6 { "${m.ifname}" . ${ip} }\n` +
         `delete element inet ${this.table} src4 { "${m.ifname}" . ${m.v4guest} }\n` +
-        (m.egress ? '' : `delete element inet ${this.table} noegress { "${m.ifname}" }\n`)).catch(() => {}))
+        (m.egress ? '' : `delete element inet ${this.table} noegress { "${m.ifname}" }\n`) +
+        (m.egressChain ? `delete element inet ${this.table} egress { "${m.ifname}" }\ndelete chain inet ${this.table} ${m.egressChain}\n` : ''))
+      .catch(() => {}))
   }
 
   /* Synchronous: runs from Host.destroy, also at process exit. */
@@ -329,6 +356,64 @@ class Network {
     destroyTag(this.tag, process.pid)
     releaseBlock(this.block)
   }
+}
+
+/* A CIDR as [family, first address, prefix length], or null. */
+function parseCidr (s) {
+  const [addr, len] = String(s).split('/')
+  const family = net.isIPv4(addr) ? 4 : net.isIPv6(addr) ? 6 : 0
+  const bits = family === 4 ? 32 : 128
+  const n = len === undefined ? bits : Number(len)
+  if (!family || !Number.isInteger(n) || n < 0 || n > bits) return null
+  const hex = family === 4 ? addr.split('.').map((o) => Number(o).toString(16).padStart(2, '0')).join('') : expand6(addr)
+  /* an IPv6 address with an IPv4 tail (the provider writes none) */
+  if (!/^[0-9a-f]+$/i.test(hex)) return null
+  const v = BigInt(`0x${hex}`) & (n === 0 ? 0n : ((1n << BigInt(n)) - 1n) << BigInt(bits - n))
+  return [family, v, n, bits]
+}
+
+function expand6 (a) {
+  const [head, tail] = a.includes('::') ? a.split('::') : [a, null]
+  const hs = head ? head.split(':') : []
+  const ts = tail ? tail.split(':') : []
+  const groups = tail === null ? hs : [...hs, ...Array(8 - hs.length - ts.length).fill('0'), ...ts]
+  return groups.map((g) => g.padStart(4, '0')).join('')
+}
+
+/* The CIDRs of list in family, none inside another (nft refuses
+   overlapping intervals in one set). */
+function cidrs (list, family) {
+  const parsed = list.map((s) => [s, parseCidr(s)]).filter(([, p]) => p && p[0] === family)
+  const inside = (a, b) => b[2] <= a[2] && (a[1] >> BigInt(a[3] - b[2])) === (b[1] >> BigInt(b[3] - b[2]))
+  /* written from the parsed value: nothing of the metadata's text reaches nft */
+  return parsed.filter(([, p], i) => !parsed.some(([, q], j) => j !== i && inside(p, q) && (q[2] < p[2] || j < i)))
+    .map(([, [fam, v, n]]) => `${fam === 4
+      ? [24n, 16n, 8n, 0n].map((k) => String((v >> k) & 255n)).join('.')
+      : v.toString(16).padStart(32, '0').match(/.{4}/g).join(':')}/${n}`)
+}
+
+/* A machine's egress chain (see the header); policy as the provider keeps
+   it, or null. */
+function egressRules (policy) {
+  if (!policy) return []
+  /* refused rather than dropped: the sandbox's code learns at once */
+  const refuse = 'reject with icmpx admin-prohibited'
+  if (policy.internet === false) return [refuse]
+  const deny = Array.isArray(policy.denyOut) ? policy.denyOut : []
+  const allow = Array.isArray(policy.allowOut) ? policy.allowOut : []
+  const out = []
+  const d4 = cidrs(deny, 4)
+  const d6 = cidrs(deny, 6)
+  if (d4.length) out.push(`ip daddr { ${d4.join(', ')} } ${refuse}`)
+  if (d6.length) out.push(`ip6 daddr { ${d6.join(', ')} } ${refuse}`)
+  /* names in the list: their addresses are known only in the guest */
+  if (allow.length && allow.every((e) => parseCidr(e))) {
+    const a4 = cidrs(allow, 4)
+    const a6 = cidrs(allow, 6)
+    out.push(a4.length ? `meta nfproto ipv4 ip daddr != { ${a4.join(', ')} } ${refuse}` : `meta nfproto ipv4 ${refuse}`)
+    out.push(a6.length ? `meta nfproto ipv6 ip6 daddr != { ${a6.join(', ')} } ${refuse}` : `meta nfproto ipv6 ${refuse}`)
+  }
+  return out
 }
 
 /* An instance's /18 of 100.64.0.0/10 is its own while it lives: two
@@ -381,4 +466,4 @@ function sweepStale () {
   }
 }
 
-module.exports = { Network, sweepStale, runTool, DEFAULT_FLOWS_MAX, reserveBlock, releaseBlock }
+module.exports = { Network, sweepStale, runTool, DEFAULT_FLOWS_MAX, reserveBlock, releaseBlock, egressRules }

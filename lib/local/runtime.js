@@ -182,6 +182,11 @@ class Host {
     this.net.release(ip)
   }
 
+  /* A machine's egress policy's address part (network.js). */
+  setEgress (ip, policy) {
+    return this.net.setEgress(ip, policy)
+  }
+
   /* The machine's level in the cgroup tree (the runtime makes each boot's
      below it). */
   machineCgroups (id) {
@@ -368,6 +373,8 @@ class Run extends EventEmitter {
       userns: held.path,
       volumes: await this.prepareVolumes(),
       argv: opts.argv,
+      /* the image's own entrypoint (which confines what it starts) */
+      imageEntrypoint: opts.argv.length > 0 && opts.argv[0] === ENTRYPOINT[0],
       env: opts.env,
       hostname: opts.id,
       netScript: host.net.upScript(opts.ip),

@@ -23,7 +23,7 @@ async function must (args) {
   if (r.code !== 0) throw new Error(`ip ${args.join(' ')}: ${r.stderr.trim()}`)
 }
 
-// { ns, hostAddr, nsAddr, exec(cmd, args, opts) } ; removed by t.after.
+// { ns, hostAddr, nsAddr, hostIf, nsIf, exec(cmd, args, opts) } ; removed by t.after.
 async function outsideNetwork (t) {
   const tag = crypto.randomBytes(3).toString('hex')
   const ns = `fl-out-${tag}`
@@ -55,6 +55,8 @@ async function outsideNetwork (t) {
     ns,
     hostAddr,
     nsAddr,
+    hostIf,
+    nsIf,
     // cmd run inside the namespace
     exec: (cmd, args, opts) => run(IP, ['netns', 'exec', ns, cmd, ...args], opts),
     addRoute: (dst) => must(['-n', ns, 'route', 'add', dst, 'via', hostAddr]),

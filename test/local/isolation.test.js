@@ -133,13 +133,26 @@ test('no privileges: capabilities, setuid, namespaces, /proc/sys', async () => {
   const un = await sbA.runCommand('unshare -r id')
   assert.notEqual(un.exitCode, 0)
   const sys = await api('POST', `/v1/apps/${m.app}/machines/${m.id}/exec`, {
-    command: ['sh', '-c', 'echo evil > /proc/sys/kernel/domainname; echo 1 > /proc/sysrq-trigger; mount -t tmpfs x /mnt; ip addr add 10.9.9.9/32 dev eth0']
+    command: ['sh', '-c', 'echo evil > /proc/sys/kernel/domainname; echo 1 > /proc/sysrq-trigger; mount -t tmpfs x /mnt; hostname evil; nft list tables']
   })
   assert.equal(sys.status, 200)
   assert.match(sys.body.stderr, /domainname: Read-only file system/)
   assert.match(sys.body.stderr, /mount.*(permission denied|must be superuser)/i)
-  assert.match(sys.body.stderr, /Operation not permitted/)
+  assert.match(sys.body.stderr, /hostname: .*(Operation not permitted|you must be root)/i)
   assert.notEqual(fs.readFileSync('/proc/sys/kernel/domainname', 'utf8').trim(), 'evil')
+  /* root's CAP_NET_ADMIN (the egress policy's rules, docker/egress) is over
+     the machine's own network namespace: the host's tables are not there */
+  assert.doesNotMatch(sys.body.stdout, /fly_local_/)
+  /* and nothing the entrypoint starts holds it, nor can regain it: sshd
+     (root), the user's session */
+  const bnd = await api('POST', `/v1/apps/${m.app}/machines/${m.id}/exec`, {
+    command: ['sh', '-c', 'grep CapBnd /proc/$(pgrep -xo sshd)/status /proc/1/status']
+  })
+  const mine = await sbA.runCommand('grep CapBnd /proc/self/status')
+  const netAdmin = (line) => (BigInt(`0x${line.trim().split(/\s+/).pop()}`) >> 12n) & 1n
+  const [sshd] = bnd.body.stdout.trim().split('\n')
+  assert.equal(netAdmin(sshd), 0n, bnd.body.stdout)
+  assert.equal(netAdmin(mine.stdout), 0n, mine.stdout)
 })
 
 test('the host\'s loopback, addresses, listeners and the fly-local API are out of reach', async () => {

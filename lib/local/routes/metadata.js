@@ -1,7 +1,8 @@
 'use strict'
 // /v1/apps/:app/machines/:id/metadata: read all, merge (PATCH/PUT, guarded by
 // machine_version), and per key get/set/delete. None of these makes a new
-// machine version, and leases do not guard them (as on Fly).
+// machine version, and leases do not guard them (as on Fly). A change
+// re-syncs the host's egress rules for the machine (machines.js).
 const { E, isObject, liveMachine } = require('../http')
 
 const ALL = '/v1/apps/:app/machines/:id/metadata'
@@ -13,7 +14,7 @@ function routes (route, { store }) {
   route('GET', ALL, ({ params }) => [200, { ...(machine(params).config.metadata || {}) }])
 
   /* null or '' deletes a key */
-  const merge = ({ params, body }) => {
+  const merge = async ({ params, body }) => {
     const m = machine(params)
     if (!isObject(body) || (body.metadata != null && !isObject(body.metadata))) throw E.bad('metadata must be an object')
     if (body.machine_version && body.machine_version !== m.version) {
@@ -26,6 +27,7 @@ function routes (route, { store }) {
       else md[k] = v
     }
     m.config.metadata = md
+    await m.syncEgress()
     return [204, null]
   }
   route('PATCH', ALL, merge)
@@ -37,18 +39,20 @@ function routes (route, { store }) {
     return [200, { value: md[params.key] }]
   })
 
-  route('POST', KEY, ({ params, body }) => {
+  route('POST', KEY, async ({ params, body }) => {
     const m = machine(params)
     if (!isObject(body) || typeof body.value !== 'string') throw E.bad('value must be a string')
     m.config.metadata = { ...(m.config.metadata || {}), [params.key]: body.value }
+    await m.syncEgress()
     return [204, null]
   })
 
-  route('DELETE', KEY, ({ params }) => {
+  route('DELETE', KEY, async ({ params }) => {
     const m = machine(params)
     const md = { ...(m.config.metadata || {}) }
     delete md[params.key]
     m.config.metadata = md
+    await m.syncEgress()
     return [204, null]
   })
 }
