@@ -27,7 +27,7 @@ const ROOT_CAPS = ['CAP_CHOWN', 'CAP_DAC_OVERRIDE', 'CAP_FOWNER', 'CAP_FSETID', 
 /* The egress policy's nftables rules and resolver (docker/egress) are
    root's in the guest, as on Fly: CAP_NET_ADMIN, over the machine's own
    network namespace only (its user namespace owns it), for the exec API's
-   commands (updateNetwork) and for the image's entrypoint, which also gets
+   egress applier (updateNetwork; no other exec command) and for the image's entrypoint, which also gets
    CAP_SETPCAP to drop both from the bounding set of everything it starts
    (sshd, the edge bridge, the samplers, the workload): nf_tables in a user
    namespace is kernel surface (CVE-2022-1015, CVE-2023-32233, CVE-2024-1086:
@@ -35,6 +35,8 @@ const ROOT_CAPS = ['CAP_CHOWN', 'CAP_DAC_OVERRIDE', 'CAP_FOWNER', 'CAP_FSETID', 
    the resolver it starts and the exec API reach. A machine whose config
    replaces the entrypoint gets neither. */
 const EGRESS_CAPS = ['CAP_NET_ADMIN']
+/* the one exec API command that gets EGRESS_CAPS (docker/egress, root's) */
+const EGRESS_APPLIER = '/opt/computesdk/egress'
 const ENTRYPOINT_CAPS = ['CAP_NET_ADMIN', 'CAP_SETPCAP']
 
 const DENIED = ['add_key', 'bpf', 'clock_adjtime', 'clock_settime', 'delete_module', 'finit_module',
@@ -181,4 +183,4 @@ function runtimeSpec (opts) {
   }
 }
 
-module.exports = { runtimeSpec, processSpec }
+module.exports = { runtimeSpec, processSpec, EGRESS_APPLIER }

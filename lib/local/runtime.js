@@ -23,7 +23,7 @@ const crypto = require('crypto')
 const image = require('./image')
 const cgroups = require('./cgroups')
 const { Network, sweepStale: sweepNetworks } = require('./network')
-const { runtimeSpec, processSpec } = require('./container')
+const { runtimeSpec, processSpec, EGRESS_APPLIER } = require('./container')
 const rootdisk = require('./rootdisk')
 const userns = require('./userns')
 const { loopWorks } = require('./volume-host')
@@ -699,7 +699,10 @@ class Run extends EventEmitter {
       const spec = path.join(this.dir, `${name}.json`)
       const pidFile = path.join(this.dir, `${name}.pid`)
       /* the env may hold secrets: a root-only file, not the runtime's argv */
-      fs.writeFileSync(spec, JSON.stringify(processSpec(argv, env, '/')), { mode: 0o600 })
+      /* CAP_NET_ADMIN for the egress applier alone (updateNetwork): any other
+         root command, a user's `user: 'root'` included, runs without it */
+      const caps = argv[0] === EGRESS_APPLIER ? undefined : []
+      fs.writeFileSync(spec, JSON.stringify(processSpec(argv, env, '/', caps)), { mode: 0o600 })
       const child = spawn(RUNC, ['--root', this.host.runcRoot, 'exec', '--process', spec, '--pid-file', pidFile, this.cid],
         { env: { PATH: SYS_PATH }, detached: true, stdio: ['pipe', 'pipe', 'pipe'] })
       /* a process of the machine until Node has reaped it */

@@ -153,6 +153,10 @@ test('no privileges: capabilities, setuid, namespaces, /proc/sys', async () => {
   const [sshd] = bnd.body.stdout.trim().split('\n')
   assert.equal(netAdmin(sshd), 0n, bnd.body.stdout)
   assert.equal(netAdmin(mine.stdout), 0n, mine.stdout)
+  /* an exec API command other than the egress applier (a user's
+     `user: 'root'`, say) holds none either */
+  const root = await api('POST', `/v1/apps/${m.app}/machines/${m.id}/exec`, { command: ['grep', 'CapBnd', '/proc/self/status'] })
+  assert.equal(netAdmin(root.body.stdout), 0n, root.body.stdout)
 })
 
 test('the host\'s loopback, addresses, listeners and the fly-local API are out of reach', async () => {
