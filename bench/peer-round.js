@@ -112,8 +112,10 @@ async function inFlight (total, width, fn) {
 
 // ---- the two clients, behind one small shape
 
-async function flyClient () {
-  const { fly } = require('..')
+// root: this tree, or (client 'base') the tree named by BENCH_BASE_ROOT,
+// another build of the project measured in the same run (before/after).
+async function flyClient (root = '..') {
+  const { fly } = require(root)
   const p = fly({ apiToken: cfg.token, apiHostname: cfg.apiUrl, appName: cfg.appName, sshPrivateKey: fs.readFileSync(cfg.keyFile, 'utf8') })
   const sb = await p.sandbox.getById(cfg.sandboxId)
   return {
@@ -126,7 +128,7 @@ async function flyClient () {
     get: (remote) => sb.filesystem.readFile(remote, { encoding: null }),
     /* the cipher its session negotiated, and its libssh2 */
     cipher: () => {
-      const st = require('../lib/native').sshStats()
+      const st = require(path.join(root, 'lib', 'native')).sshStats()
       return `${st.cipher} (libssh2 ${st.libssh2Runtime})`
     },
     close: () => {}
@@ -235,7 +237,6 @@ async function opensshClient () {
   }
   const q = (p) => `'${p.replace(/'/g, "'\\''")}'`
   return {
-    maxInFlight: 10, // sshd's MaxSessions per connection (the mux's channels)
     run: async (cmd) => {
       const parts = []
       await proc(cmd, null, (d) => parts.push(d))
@@ -266,7 +267,7 @@ async function opensshClient () {
 async function main () {
   const out = { client: cfg.client }
   const t = now()
-  const c = cfg.client === 'ssh2' ? await ssh2Client() : cfg.client === 'openssh' ? await opensshClient() : await flyClient()
+  const c = cfg.client === 'ssh2' ? await ssh2Client() : cfg.client === 'openssh' ? await opensshClient() : cfg.client === 'base' ? await flyClient(path.resolve(process.env.BENCH_BASE_ROOT)) : await flyClient()
   extraCpu = c.extraCpuMs || (() => 0)
   // connect + auth + the first command: what a user waits for first.
   await c.run('true')
@@ -293,7 +294,7 @@ async function main () {
   if (want('inflight')) {
     for (const width of [1, 10, 50]) {
       const total = width === 1 ? 200 : width * 10
-      const r = await phase(() => inFlight(total, Math.min(width, c.maxInFlight || width), () => c.run('true')))
+      const r = await phase(() => inFlight(total, width, () => c.run('true')))
       out[`cmdsPerSec${width}`] = total / (r.ms / 1000)
       out[`eldP99At${width}`] = r.eldP99
     }

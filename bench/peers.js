@@ -10,7 +10,9 @@ const path = require('path')
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS || 6)
 // The clients: this project, ssh2 (npm), OpenSSH's ssh over a ControlMaster
-// connection; BENCH_CLIENTS=fly,ssh2 for fewer.
+// connection; BENCH_CLIENTS=fly,ssh2 for fewer.  'base' is another build of
+// the project (BENCH_BASE_ROOT: a tree with its addon built, e.g. main's),
+// for a before/after in the same interleaved run.
 const CLIENTS = (process.env.BENCH_CLIENTS || 'fly,ssh2,openssh').split(',')
 // A subset of the round's phases (peer-round.js), e.g. BENCH_PHASES=sftp100MiB.
 const PHASES = process.env.BENCH_PHASES ? process.env.BENCH_PHASES.split(',') : undefined
@@ -107,7 +109,7 @@ async function runPeers ({ srv, sb, keyFile, hostFingerprint, log }) {
   }
   const f = (x) => (Number.isFinite(x) ? (Math.abs(x) >= 100 ? x.toFixed(0) : x.toFixed(2)) : 'n/a')
   const peers = CLIENTS.filter((c) => c !== 'fly')
-  const names = { fly: '@computesdk/fly', ssh2: 'ssh2', openssh: 'OpenSSH (mux)' }
+  const names = { fly: '@computesdk/fly', base: 'before (base)', ssh2: 'ssh2', openssh: 'OpenSSH (mux)' }
   const lines = [
     `${ROUNDS} rounds, each client in a fresh process per round, the order rotating; medians.`,
     `Negotiated ciphers: ${CLIENTS.map((c) => `${names[c]} ${results[c][0].cipher}`).join('; ')}.`,
