@@ -328,6 +328,8 @@ async function main () {
     out[`down${label}EldP99`] = down.eldP99
     out[`up${label}CpuMs`] = up.clientCpuMs / reps
     out[`down${label}CpuMs`] = down.clientCpuMs / reps
+    out[`up${label}SandboxCpuMs`] = up.sandboxCpuMs / reps
+    out[`down${label}SandboxCpuMs`] = down.sandboxCpuMs / reps
   }
   out.maxRssMiB = process.resourceUsage().maxRSS / 1024
   c.close()

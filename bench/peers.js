@@ -51,6 +51,8 @@ const ROWS = [
   ['down100MiBEldP99', 'event-loop delay p99, SFTP download 100 MiB', 'ms', 'lower', 'project ≤ 2 ms'],
   ['up100MiBCpuMs', 'client CPU, SFTP upload 100 MiB', 'ms', 'lower', ''],
   ['down100MiBCpuMs', 'client CPU, SFTP download 100 MiB', 'ms', 'lower', ''],
+  ['up100MiBSandboxCpuMs', 'sandbox CPU, SFTP upload 100 MiB', 'ms', 'lower', ''],
+  ['down100MiBSandboxCpuMs', 'sandbox CPU, SFTP download 100 MiB', 'ms', 'lower', ''],
   ['maxRssMiB', 'peak RSS of the round', 'MiB', 'lower', '']
 ]
 
