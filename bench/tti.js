@@ -22,8 +22,6 @@
 // the sequential iterations interleaved (one unpooled, one pooled).
 // BENCH_TTI_N (default 10) iterations per case, BENCH_TTI_MANY (default 20)
 // at once.  `node bench/tti.js` (root).
-const os = require('os')
-const local = require('../lib/local')
 const native = require('../lib/native')
 const { fly } = require('..')
 
@@ -131,16 +129,4 @@ async function runTti ({ srv, say }) {
 
 module.exports = { runTti }
 
-if (require.main === module) {
-  (async () => {
-    const srv = await local.start({ quiet: true })
-    try {
-      console.log(`Machine: ${os.cpus().length} × ${os.cpus()[0].model}, load ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}, Node ${process.version}`)
-      console.log('')
-      await runTti({ srv, say: console.log })
-      console.log(`load after: ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`)
-    } finally {
-      await srv.stop()
-    }
-  })().catch((err) => { console.error(err); process.exit(1) })
-}
+if (require.main === module) require('./measure').standalone(runTti)
