@@ -28,4 +28,27 @@ async function throughput (total, inflight, fn) {
   return total / ((now() - t) / 1000)
 }
 
-module.exports = { stats, f, now, timeEach, throughput }
+// `node bench/<section>.js` on its own: a fly-local of its own, the machine
+// and its load first, then section({ srv, say }) printing Markdown lines
+// (also written to BENCH_OUT when set).
+function standalone (section) {
+  const fs = require('fs')
+  const os = require('os')
+  const local = require('../lib/local')
+  ;(async () => {
+    const srv = await local.start({ quiet: true })
+    try {
+      const load = () => os.loadavg().map((x) => x.toFixed(2)).join(' ')
+      console.log(`Machine: ${os.cpus().length} × ${os.cpus()[0].model}, load ${load()}, Node ${process.version}`)
+      console.log('')
+      const lines = []
+      await section({ srv, say: (s) => { lines.push(s); console.log(s) } })
+      console.log(`load after: ${load()}`)
+      if (process.env.BENCH_OUT) fs.writeFileSync(process.env.BENCH_OUT, lines.join('\n') + '\n')
+    } finally {
+      await srv.stop()
+    }
+  })().catch((err) => { console.error(err); process.exit(1) })
+}
+
+module.exports = { stats, f, now, timeEach, throughput, standalone }

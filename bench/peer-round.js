@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 'use strict'
 // One round of the peer benchmark, in a fresh process: one client (this
-// project, or ssh2) against the sandbox named in BENCH_ROUND (JSON), every
+// project, ssh2, or OpenSSH's ssh over a ControlMaster connection) against the sandbox named in BENCH_ROUND (JSON), every
 // phase measured in this process.  Prints one JSON line of results.
 // Run by bench/peers.js, never by itself.
 const crypto = require('crypto')
@@ -74,14 +74,18 @@ function sandboxCpuMs () {
 }
 
 // BENCH_PHASES (comma-separated: seq, inflight, stdout, sftp1KiB, sftp1MiB,
-// sftp100MiB) runs a subset; all by default.
+// sftp20MiB, sftp100MiB) runs a subset; all by default.
 const PHASES = cfg.phases ? new Set(cfg.phases) : null
 const want = (name) => !PHASES || PHASES.has(name)
+
+// CPU the client spends outside this process (OpenSSH's ssh processes), ms.
+let extraCpu = () => 0
 
 // Runs fn while measuring wall time, event-loop delay, client and sandbox CPU.
 async function phase (fn) {
   const eld = monitorEventLoopDelay({ resolution: 1 })
   const cpu0 = process.cpuUsage()
+  const x0 = extraCpu()
   const sb0 = sandboxCpuMs()
   eld.enable()
   const t = now()
@@ -93,7 +97,7 @@ async function phase (fn) {
     ms,
     value,
     eldP99: eld.percentile(99) / 1e6,
-    clientCpuMs: (cpu.user + cpu.system) / 1000,
+    clientCpuMs: (cpu.user + cpu.system) / 1000 + extraCpu() - x0,
     sandboxCpuMs: sandboxCpuMs() - sb0
   }
 }
@@ -108,8 +112,10 @@ async function inFlight (total, width, fn) {
 
 // ---- the two clients, behind one small shape
 
-async function flyClient () {
-  const { fly } = require('..')
+// root: this tree, or (client 'base') the tree named by BENCH_BASE_ROOT,
+// another build of the project measured in the same run (before/after).
+async function flyClient (root = '..') {
+  const { fly } = require(root)
   const p = fly({ apiToken: cfg.token, apiHostname: cfg.apiUrl, appName: cfg.appName, sshPrivateKey: fs.readFileSync(cfg.keyFile, 'utf8') })
   const sb = await p.sandbox.getById(cfg.sandboxId)
   return {
@@ -122,7 +128,7 @@ async function flyClient () {
     get: (remote) => sb.filesystem.readFile(remote, { encoding: null }),
     /* the cipher its session negotiated, and its libssh2 */
     cipher: () => {
-      const st = require('../lib/native').sshStats()
+      const st = require(path.join(root, 'lib', 'native')).sshStats()
       return `${st.cipher} (libssh2 ${st.libssh2Runtime})`
     },
     close: () => {}
@@ -186,10 +192,83 @@ async function ssh2Client () {
   }
 }
 
+// OpenSSH's client (ssh), every command a new `ssh` process multiplexed over
+// one ControlMaster connection (-S), as a user of the OpenSSH CLI would run
+// many commands; downloads are `cat` over a channel into a Buffer, uploads
+// `cat >` from stdin.  The host key is pinned as the others do: the
+// keyscan's key must have the sandbox's fingerprint.  Its client CPU is
+// this process's plus every `ssh` process's (reaped children, from
+// /proc/self/stat) plus the master's.
+async function opensshClient () {
+  const { spawn, execFileSync } = require('child_process')
+  const os = require('os')
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bench-openssh-'))
+  process.on('exit', () => fs.rmSync(dir, { recursive: true, force: true }))
+  const kh = path.join(dir, 'known_hosts')
+  const scan = execFileSync('ssh-keyscan', ['-p', String(cfg.port), '-t', 'ed25519', cfg.host], { stdio: ['ignore', 'pipe', 'ignore'] }).toString()
+  const khLine = scan.split('\n').find((l) => l && !l.startsWith('#'))
+  fs.writeFileSync(kh, khLine + '\n')
+  const fp = execFileSync('ssh-keygen', ['-lf', kh]).toString().split(' ')[1]
+  if (fp !== cfg.hostFingerprint) throw new Error(`openssh: host key ${fp} is not the sandbox's ${cfg.hostFingerprint}`)
+  const sock = path.join(dir, 'mux')
+  const common = ['-p', String(cfg.port), '-i', cfg.keyFile, '-o', 'IdentitiesOnly=yes', '-o', `UserKnownHostsFile=${kh}`,
+    '-o', 'StrictHostKeyChecking=yes', '-o', 'BatchMode=yes', '-S', sock]
+  const master = spawn('ssh', [...common, '-M', '-N', '-v', '-o', 'ControlPersist=no', `${cfg.user}@${cfg.host}`], { stdio: ['ignore', 'ignore', 'pipe'] })
+  let log = ''
+  master.stderr.on('data', (d) => { log += d })
+  process.on('exit', () => { try { master.kill() } catch {} })
+  const deadline = Date.now() + 15000
+  while (!fs.existsSync(sock)) {
+    if (Date.now() > deadline || master.exitCode !== null) throw new Error('openssh: the master did not start: ' + log.slice(-500))
+    await new Promise((resolve) => setTimeout(resolve, 5))
+  }
+  const proc = (cmd, input, onData) => new Promise((resolve, reject) => {
+    const child = spawn('ssh', [...common, '-o', 'ControlMaster=no', 'x', cmd], { stdio: [input ? 'pipe' : 'ignore', 'pipe', 'pipe'] })
+    child.stdout.on('data', onData)
+    child.stderr.resume()
+    child.once('error', reject)
+    child.once('close', (code) => (code === 0 ? resolve() : reject(new Error(`openssh: '${cmd}' exited ${code}`))))
+    if (input) child.stdin.end(input)
+  })
+  const ticks = (pid) => {
+    const st = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+    const f = st.slice(st.lastIndexOf(')') + 2).split(' ')
+    return pid === 'self' ? Number(f[13]) + Number(f[14]) : Number(f[11]) + Number(f[12])
+  }
+  const q = (p) => `'${p.replace(/'/g, "'\\''")}'`
+  return {
+    run: async (cmd) => {
+      const parts = []
+      await proc(cmd, null, (d) => parts.push(d))
+      return Buffer.concat(parts).toString('utf8')
+    },
+    stream: async (cmd) => {
+      const dec = new StringDecoder('utf8')
+      let n = 0
+      await proc(cmd, null, (d) => { n += dec.write(d).length })
+      return n + dec.end().length
+    },
+    put: (remote, buf) => proc(`cat > ${q(remote)}`, buf, () => {}),
+    get: async (remote) => {
+      const parts = []
+      await proc(`cat ${q(remote)}`, null, (d) => parts.push(d))
+      return Buffer.concat(parts)
+    },
+    cipher: () => {
+      const m = /server->client cipher: (\S+) MAC: (\S+)/.exec(log)
+      return m ? `${m[1]} (MAC ${m[2]}; ${require('child_process').spawnSync('ssh', ['-V']).stderr.toString().trim()})` : null
+    },
+    // the ssh processes' CPU (reaped children) and the master's, in ms
+    extraCpuMs: () => (ticks('self') + (master.exitCode === null ? ticks(master.pid) : 0)) * TICK_MS,
+    close: () => master.kill()
+  }
+}
+
 async function main () {
   const out = { client: cfg.client }
   const t = now()
-  const c = cfg.client === 'ssh2' ? await ssh2Client() : await flyClient()
+  const c = cfg.client === 'ssh2' ? await ssh2Client() : cfg.client === 'openssh' ? await opensshClient() : cfg.client === 'base' ? await flyClient(path.resolve(process.env.BENCH_BASE_ROOT)) : await flyClient()
+  extraCpu = c.extraCpuMs || (() => 0)
   // connect + auth + the first command: what a user waits for first.
   await c.run('true')
   out.connectMs = now() - t
@@ -234,7 +313,7 @@ async function main () {
     out.stdoutStreamEldP99 = streamed.eldP99
   }
 
-  for (const [label, size, reps] of [['1KiB', 1024, 50], ['1MiB', MiB, 10], ['100MiB', 100 * MiB, 1]]) {
+  for (const [label, size, reps] of [['1KiB', 1024, 50], ['1MiB', MiB, 10], ['20MiB', 20 * MiB, 3], ['100MiB', 100 * MiB, 1]]) {
     if (!want(`sftp${label}`)) continue
     const data = crypto.randomBytes(size)
     const remote = `/tmp/bench-${cfg.client}-${label}`
@@ -249,6 +328,8 @@ async function main () {
     out[`down${label}EldP99`] = down.eldP99
     out[`up${label}CpuMs`] = up.clientCpuMs / reps
     out[`down${label}CpuMs`] = down.clientCpuMs / reps
+    out[`up${label}SandboxCpuMs`] = up.sandboxCpuMs / reps
+    out[`down${label}SandboxCpuMs`] = down.sandboxCpuMs / reps
   }
   out.maxRssMiB = process.resourceUsage().maxRSS / 1024
   c.close()

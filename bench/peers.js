@@ -1,13 +1,19 @@
 'use strict'
-// The project against ssh2 on one fly-local sandbox, side by side in one
-// run: ROUNDS rounds, each client in a fresh process (bench/peer-round.js),
-// the order alternating so that neither always runs first.  The table is
-// the median of each figure over the rounds and the ratio project / ssh2.
+// The project against ssh2 and OpenSSH's client (ControlMaster) on one
+// fly-local sandbox, side by side in one run: ROUNDS rounds, each client in
+// a fresh process (bench/peer-round.js), the order rotating so that none
+// always runs first.  The table is the median of each figure over the
+// rounds and the ratios project / peer.
 const { spawn } = require('child_process')
 const fs = require('fs')
 const path = require('path')
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS || 6)
+// The clients: this project, ssh2 (npm), OpenSSH's ssh over a ControlMaster
+// connection; BENCH_CLIENTS=fly,ssh2 for fewer.  'base' is another build of
+// the project (BENCH_BASE_ROOT: a tree with its addon built, e.g. main's),
+// for a before/after in the same interleaved run.
+const CLIENTS = (process.env.BENCH_CLIENTS || 'fly,ssh2,openssh').split(',')
 // A subset of the round's phases (peer-round.js), e.g. BENCH_PHASES=sftp100MiB.
 const PHASES = process.env.BENCH_PHASES ? process.env.BENCH_PHASES.split(',') : undefined
 
@@ -27,6 +33,8 @@ const ROWS = [
   ['down1KiBMiBs', 'SFTP download 1 KiB (×50)', 'MiB/s', 'higher', ''],
   ['up1MiBMiBs', 'SFTP upload 1 MiB (×10)', 'MiB/s', 'higher', '≥ 1.5'],
   ['down1MiBMiBs', 'SFTP download 1 MiB (×10)', 'MiB/s', 'higher', '≥ 1.5'],
+  ['up20MiBMiBs', 'SFTP upload 20 MiB (×3)', 'MiB/s', 'higher', ''],
+  ['down20MiBMiBs', 'SFTP download 20 MiB (×3)', 'MiB/s', 'higher', '≥ 1.5'],
   ['up100MiBMiBs', 'SFTP upload 100 MiB', 'MiB/s', 'higher', '≥ 1.5'],
   ['down100MiBMiBs', 'SFTP download 100 MiB', 'MiB/s', 'higher', '≥ 1.5'],
   ['seqEldP99', 'event-loop delay p99, sequential commands', 'ms', 'lower', 'project ≤ 2 ms'],
@@ -43,6 +51,8 @@ const ROWS = [
   ['down100MiBEldP99', 'event-loop delay p99, SFTP download 100 MiB', 'ms', 'lower', 'project ≤ 2 ms'],
   ['up100MiBCpuMs', 'client CPU, SFTP upload 100 MiB', 'ms', 'lower', ''],
   ['down100MiBCpuMs', 'client CPU, SFTP download 100 MiB', 'ms', 'lower', ''],
+  ['up100MiBSandboxCpuMs', 'sandbox CPU, SFTP upload 100 MiB', 'ms', 'lower', ''],
+  ['down100MiBSandboxCpuMs', 'sandbox CPU, SFTP download 100 MiB', 'ms', 'lower', ''],
   ['maxRssMiB', 'peak RSS of the round', 'MiB', 'lower', '']
 ]
 
@@ -89,29 +99,32 @@ async function runPeers ({ srv, sb, keyFile, hostFingerprint, log }) {
     initPid: info ? info.pid : 0,
     phases: PHASES
   }
-  const results = { fly: [], ssh2: [] }
+  const results = Object.fromEntries(CLIENTS.map((c) => [c, []]))
   for (let r = 0; r < ROUNDS; r++) {
-    const order = r % 2 ? ['ssh2', 'fly'] : ['fly', 'ssh2']
+    // Each round in another order (a rotation), so that none always runs
+    // first or right after the same one.
+    const order = CLIENTS.map((_, i) => CLIENTS[(i + r) % CLIENTS.length])
     for (const client of order) {
       results[client].push(await round({ ...base, client }))
       if (log) log(`  round ${r + 1}/${ROUNDS}: ${client} done`)
     }
   }
   const f = (x) => (Number.isFinite(x) ? (Math.abs(x) >= 100 ? x.toFixed(0) : x.toFixed(2)) : 'n/a')
+  const peers = CLIENTS.filter((c) => c !== 'fly')
+  const names = { fly: '@computesdk/fly', base: 'before (base)', ssh2: 'ssh2', openssh: 'OpenSSH (mux)' }
   const lines = [
-    `${ROUNDS} rounds, each client in a fresh process per round, order alternating; medians.`,
-    `Negotiated ciphers: @computesdk/fly ${results.fly[0].cipher}; ssh2 ${results.ssh2[0].cipher}.`,
+    `${ROUNDS} rounds, each client in a fresh process per round, the order rotating; medians.`,
+    `Negotiated ciphers: ${CLIENTS.map((c) => `${names[c]} ${results[c][0].cipher}`).join('; ')}.`,
     '',
-    '| figure | unit | @computesdk/fly | ssh2 | ratio fly/ssh2 | goal |',
-    '|---|---|---|---|---|---|'
+    `| figure | unit | ${CLIENTS.map((c) => names[c]).join(' | ')} | ${peers.map((c) => `ratio fly/${c}`).join(' | ')} | goal (fly/ssh2) |`,
+    `|---|---|${CLIENTS.map(() => '---|').join('')}${peers.map(() => '---|').join('')}---|`
   ]
   const table = {}
   for (const [key, label, unit, , goal] of ROWS) {
-    const a = median(results.fly.map((x) => x[key]))
-    const b = median(results.ssh2.map((x) => x[key]))
-    if (!Number.isFinite(a) && !Number.isFinite(b)) continue // a phase not run
-    table[key] = { fly: a, ssh2: b, ratio: a / b }
-    lines.push(`| ${label} | ${unit} | ${f(a)} | ${f(b)} | ${f(a / b)} | ${goal} |`)
+    const m = Object.fromEntries(CLIENTS.map((c) => [c, median(results[c].map((x) => x[key]))]))
+    if (CLIENTS.every((c) => !Number.isFinite(m[c]))) continue // a phase not run
+    table[key] = { ...m, ...Object.fromEntries(peers.map((c) => [`ratio_${c}`, m.fly / m[c]])) }
+    lines.push(`| ${label} | ${unit} | ${CLIENTS.map((c) => f(m[c])).join(' | ')} | ${peers.map((c) => f(m.fly / m[c])).join(' | ')} | ${goal} |`)
   }
   return { lines, table, raw: results }
 }

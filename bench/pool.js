@@ -15,9 +15,6 @@
 //     (on fly-local the top-up's boots share the 2 cores with the claims);
 //   - pool of BENCH_POOL_MANY, that many creates at once.
 // The rounds alternate between the cases so that load drifts hit them alike.
-const fs = require('fs')
-const os = require('os')
-const local = require('../lib/local')
 const native = require('../lib/native')
 const { fly } = require('..')
 
@@ -122,17 +119,4 @@ async function runPool ({ srv, say }) {
 
 module.exports = { runPool }
 
-if (require.main === module) {
-  (async () => {
-    const srv = await local.start({ quiet: true })
-    try {
-      console.log(`Machine: ${os.cpus().length} × ${os.cpus()[0].model}, load ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}, Node ${process.version}`)
-      console.log('')
-      const lines = []
-      await runPool({ srv, say: (s) => { lines.push(s); console.log(s) } })
-      if (process.env.BENCH_OUT) fs.writeFileSync(process.env.BENCH_OUT, lines.join('\n') + '\n')
-    } finally {
-      await srv.stop()
-    }
-  })().catch((err) => { console.error(err); process.exit(1) })
-}
+if (require.main === module) require('./measure').standalone(runPool)

@@ -143,6 +143,7 @@ struct fly_ssh_sess_s {
   uint64_t retry_delay;       /* the next connect retry's delay */
   uint64_t keepalive_at;
   uint64_t last_rx;            /* the last time the server sent a byte */
+  uint64_t ready_at;           /* when the connection was authenticated */
   uint64_t ka_unanswered_at;   /* first keepalive sent since last_rx, or 0 */
   uint64_t idle_since;         /* READY with nothing to do since, or 0 */
   uint64_t chan_retry_at;      /* a refused open is retried from then */

@@ -381,6 +381,23 @@ test('sessions are never shared across credentials: a wrong password fails, not 
   assert.equal(left.stdout, '1\n', 'nothing ran')
 })
 
+test('an open session is not reused once the pinned host key differs (the per-call target check)', async () => {
+  assert.equal((await sb.runCommand('echo a')).stdout, 'a\n') // the session is open
+  const m = sb.getInstance() // the provider's machine object, which the transport reads
+  const pinned = m.hostKeyFingerprint
+  const other = 'SHA256:' + crypto.createHash('sha256').update('not this host').digest('base64').replace(/=+$/, '')
+  try {
+    m.hostKeyFingerprint = other
+    const err = await rejects(sb.runCommand('touch /tmp/made-under-a-wrong-pin'))
+    assert.equal(err.code, 'SSH_HOSTKEY_MISMATCH')
+  } finally {
+    m.hostKeyFingerprint = pinned
+  }
+  // Back to the right pin: a new session, and nothing ran under the wrong one.
+  const left = await sb.runCommand('test -e /tmp/made-under-a-wrong-pin; echo $?')
+  assert.equal(left.stdout, '1\n')
+})
+
 test('exec transport: a reply without an exit status is an error, not exit 0', async () => {
   const [appName, machine] = sb.sandboxId.split(':')
   const ex = await provider(srv, { appName, transport: 'exec' }).sandbox.getById(sb.sandboxId)
