@@ -1,4 +1,5 @@
-/* flyedge: the sandbox's edge bridge.  Fly's proxy (or fly-local's edge)
+/* flyedge: the sandbox's edge bridge.  (Requests for a sandbox port's URL,
+ * /.computesdk/u/..., are flyurl.c's.)  Fly's proxy (or fly-local's edge)
  * hands it a WebSocket upgrade that arrived at https://<app>.fly.dev with
  * `fly-force-instance-id: <this machine>`; it checks the sandbox's edge
  * token and joins the WebSocket's binary messages to a TCP connection to
@@ -45,12 +46,15 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "flyurl.h"
+
 #define EDGE_PATH "/.computesdk/ssh"
-#define HEAD_MAX 8192
+#define URL_PREFIX "/.computesdk/u/"
+#define HEAD_MAX 16384
 #define HEAD_TIMEOUT_S 10
 #define FRAME_MAX ((uint64_t)1 << 20)
 #define IO_BUF (64 * 1024)
-#define MAX_CONNS 64
+#define MAX_CONNS 256
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 static const char *token_file = "/etc/computesdk/edge_token_sha256";
@@ -383,6 +387,14 @@ static void serve(int fd) {
     have += (size_t)r;
     head[have] = '\0';
     end = strstr(head, "\r\n\r\n");
+  }
+  /* A sandbox port's URL (flyurl.c): its own token, its own rules. */
+  {
+    const char *sp = memchr(head, ' ', (size_t)(end - head));
+    if (sp != NULL && strncmp(sp + 1, FLY_URL_PREFIX, strlen(FLY_URL_PREFIX)) == 0) {
+      fly_url_serve(fd, head, have, end, getenv("FLY_MACHINE_ID"));
+      return;
+    }
   }
   end[2] = '\0'; /* the head ends with its last header's CRLF */
   if (strncmp(head, "GET " EDGE_PATH " HTTP/1.1\r\n", strlen("GET " EDGE_PATH " HTTP/1.1\r\n")) != 0 &&
