@@ -18,9 +18,9 @@
  * root-only /etc/computesdk/url_key), of "computesdk-url-v1\n<machine>\n
  * <port>\n<exp>": one machine, one port.  It is taken from the header
  * `computesdk-token`, a query parameter `computesdk_token` (a browser's
- * first request: answered 302 to the same URL without it, with the token
- * as a cookie, HttpOnly, scoped to the URL's path, so several sandboxes'
- * URLs in one browser never share one), or that cookie.  Whichever it came
+ * first request: the server's response gets the token as a cookie,
+ * HttpOnly, scoped to the URL's path, so several sandboxes' URLs in one
+ * browser never share one), or that cookie.  Whichever it came
  * in, it is taken out before the request goes on: the sandbox's server
  * never sees it.  Ports listed in /etc/computesdk/url_public (comma
  * separated, or `*`) need none.  The key and the list are read on every
@@ -434,11 +434,11 @@ static int upstream_connect(unsigned port) {
 
 /* The server's response head, passed on with Connection: close unless it
  * is a 101; 0, or -1 (the client has had a 502 when nothing was sent). */
-static int relay_response_head(int client, int up) {
+static int relay_response_head(int client, int up, char *cookie) {
   static char in[HEAD_MAX_URL + 1], out[OUT_MAX];
   size_t have = 0, o = 0;
   char *end = NULL, *p;
-  int status;
+  int status, rc;
   alarm(RESP_TIMEOUT_S);
   while (end == NULL) {
     ssize_t n;
@@ -472,9 +472,16 @@ static int relay_response_head(int client, int up) {
     }
     p = e + 2;
   }
+  if (o + strlen(cookie) + 21 > sizeof(out))
+    goto bad;
+  memcpy(out + o, cookie, strlen(cookie));
+  o += strlen(cookie);
+  OPENSSL_cleanse(cookie, strlen(cookie));
   memcpy(out + o, "Connection: close\r\n\r\n", 21);
   o += 21;
-  if (fly_write_all(client, out, o) != 0)
+  rc = fly_write_all(client, out, o);
+  OPENSSL_cleanse(out, o);
+  if (rc != 0)
     return -1;
   /* what came after the head: the body's first bytes */
   return fly_write_all(client, end + 4, have - (size_t)(end + 4 - in));
@@ -486,6 +493,7 @@ bad:
 
 typedef struct {
   int from, to;
+  char *cookie; /* a Set-Cookie line for the response, or "" */
 } pipe_t;
 
 /* upstream -> client: the response head (rewritten), then bytes until the
@@ -493,7 +501,7 @@ typedef struct {
 static void *down(void *arg) {
   pipe_t *pp = arg;
   static char buf[IO_BUF];
-  int ok = relay_response_head(pp->to, pp->from) == 0;
+  int ok = relay_response_head(pp->to, pp->from, pp->cookie) == 0;
   while (ok) {
     ssize_t n = recv(pp->from, buf, sizeof(buf), 0);
     if (n < 0 && errno == EINTR)
@@ -526,7 +534,7 @@ static void up_pump(int client, int up) {
 /* ---- one request ------------------------------------------------------- */
 
 void fly_url_serve(int fd, char *head, size_t have, char *end, const char *self) {
-  static char out[OUT_MAX], path[HEAD_MAX_URL], extra[768];
+  static char out[OUT_MAX], path[HEAD_MAX_URL], extra[768], cookie[512];
   const char *sp1, *sp2, *line_end;
   req_t r;
   int olen, plen, up, rc;
@@ -536,6 +544,7 @@ void fly_url_serve(int fd, char *head, size_t have, char *end, const char *self)
 
   alarm(HANDOFF_S); /* the connect and the request's sending, bounded */
   memset(&r, 0, sizeof(r));
+  cookie[0] = '\0';
   line_end = strstr(head, "\r\n");
   sp1 = memchr(head, ' ', (size_t)(line_end - head));
   sp2 = sp1 ? memchr(sp1 + 1, ' ', (size_t)(line_end - sp1 - 1)) : NULL;
@@ -578,21 +587,16 @@ void fly_url_serve(int fd, char *head, size_t have, char *end, const char *self)
                  rc == 2 ? "the link has expired" : "the token is not valid for this sandbox and port", auth);
       return;
     }
-    if (r.from_query && (strncmp(head, "GET ", 4) == 0 || strncmp(head, "HEAD ", 5) == 0)) {
-      /* a browser's first request: keep the token as a cookie of this URL's
-       * path, and show the URL without it */
+    if (r.from_query) {
+      /* a browser's first request: the token is kept as a cookie of this
+       * URL's path, set on the server's response */
       long long exp = atoll(r.token), left = exp ? exp - (long long)time(NULL) : 0;
       char maxage[48] = "";
       if (exp)
         snprintf(maxage, sizeof(maxage), "; Max-Age=%lld", left > 0 ? left : 0);
-      snprintf(extra, sizeof(extra),
-               "Location: %s%s/%u%s\r\nSet-Cookie: " TOKEN_NAME "=%s; Path=%s%s/%u/; HttpOnly%s%s\r\n",
-               FLY_URL_PREFIX, r.machine, r.port, path, r.token, FLY_URL_PREFIX, r.machine, r.port,
+      snprintf(cookie, sizeof(cookie), "Set-Cookie: " TOKEN_NAME "=%s; Path=%s%s/%u/; HttpOnly%s%s\r\n",
+               r.token, FLY_URL_PREFIX, r.machine, r.port,
                r.https ? "; Secure; SameSite=None" : "; SameSite=Lax", maxage);
-      OPENSSL_cleanse(&r, sizeof(r));
-      reply_json(fd, "302 Found", "redirect", "the token is kept as a cookie", extra);
-      OPENSSL_cleanse(extra, sizeof(extra));
-      return;
     }
   }
   OPENSSL_cleanse(r.token, sizeof(r.token));
@@ -608,6 +612,7 @@ void fly_url_serve(int fd, char *head, size_t have, char *end, const char *self)
     return;
   pp.from = up;
   pp.to = fd;
+  pp.cookie = cookie;
   if (pthread_create(&th, NULL, down, &pp) != 0)
     return;
   up_pump(fd, up);

@@ -17,6 +17,7 @@ function augment (psb, mgr) {
   psb.codeInterpreter = machine.codeInterpreter
   psb.filesystem = machine.filesystem
   psb.getMetrics = (options) => machine.getMetrics(options)
+  psb.rotateUrlKey = () => machine.rotateUrlKey()
   // Process handles and terminals (lib/commands.js), as E2B names them.
   psb.commands = machine.commands
   psb.pty = machine.pty

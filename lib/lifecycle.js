@@ -17,6 +17,7 @@ const volumes = require('./volumes')
 const idle = require('./idle')
 const { checkPorts, createWith: createWithPorts } = require('./ports')
 const edge = require('./edge')
+const urls = require('./urls')
 
 function b64 (s) {
   return Buffer.from(s, 'utf8').toString('base64')
@@ -78,7 +79,7 @@ const CREATE_KEYS = new Set(['templateId', 'image', 'cpus', 'vcpus', 'cpu', 'mem
   'memMiB', 'envs', 'timeout', 'ports', 'metadata', 'runtime', 'name', 'region', 'signal', 'waitForSsh', 'volume',
   'snapshotId', 'fromSandbox', 'idleTimeout', 'idleAction', 'onIdle', 'keepMemory', 'autoResume', 'onTimeout',
   'provider', 'namespace', 'directory', 'cpuLimit', 'diskMiB', 'resources', 'launch_parameters',
-  'deploymentPlan', 'size', 'vmTier'])
+  'deploymentPlan', 'size', 'vmTier', 'public'])
 
 // Validates create's options and builds the POST /machines body, with the
 // keys the machine gets.  Throws ERR_INVALID_ARG before anything is sent.
@@ -101,6 +102,7 @@ function machineRequest (ctx, o) {
   }
   const timeout = o.timeout !== undefined ? optInt(o, 'timeout', ...RANGES.timeout, 'create') : config.timeout
   const ports = checkPorts(o.ports)
+  urls.checkCreate(o)
   const userMetadata = stringMap(o.metadata, 'metadata')
   // The provider's own keys say which volume destroy removes, which ports
   // are the sandbox's, whether it is paused: never the caller's to set.
@@ -142,6 +144,7 @@ function machineRequest (ctx, o) {
   if (config.tenant) machineConfig.env.COMPUTESDK_TENANT = config.tenant
   idle.apply(config, o, machineConfig, timeout)
   edge.apply(config, machineConfig)
+  urls.apply(config, machineConfig, o)
   const body = { region: o.region || config.region, config: machineConfig }
   if (o.name !== undefined) body.name = String(o.name)
   return { body, createId, hostFingerprint: host.fingerprint, ports }
@@ -215,8 +218,9 @@ async function create (ctx, options) {
     const want = await step(volumes.plan(ctx, o))
     // A suspended machine from the warm pool when the request fits one
     // (lib/pool.js: the same machine request); a volume or public ports
-    // are added after the request is built, so they never claim.
-    if (!want && !(ports && ports.length)) {
+    // are added after the request is built, so they never claim, nor does
+    // public: true (a file the pool machine lacks).
+    if (!want && !(ports && ports.length) && o.public !== true) {
       const pooled = await ctx.pool.claim(body, o, step)
       if (pooled) return pooled
     }

@@ -29,6 +29,10 @@ const PORTS = 'computesdk_ports'
 // The sandbox's edge token (lib/edge.js): the bridge in the image lets a
 // WebSocket that holds it through to sshd.
 const EDGE_TOKEN = 'computesdk_edge_token'
+// The sandbox's URL key (hex; lib/urls.js signs its ports' URLs with it)
+// and the ports whose URLs need no token ("3000,8080", or "*").
+const URL_KEY = 'computesdk_url_key'
+const URL_PUBLIC = 'computesdk_url_public'
 // The warm pool (lib/pool.js): a ready (suspended, claimable) machine
 // carries POOL, one still being prepared FILLING; both hold the pool key.
 // Neither carries TAG, so list() does not show pool machines as sandboxes.
@@ -89,6 +93,8 @@ module.exports = {
   VOLUME,
   PORTS,
   EDGE_TOKEN,
+  URL_KEY,
+  URL_PUBLIC,
   POOL,
   FILLING,
   DRAINING,
