@@ -16,6 +16,22 @@ const urls = require('../lib/urls')
 
 const SERVER = fs.readFileSync(path.join(__dirname, 'fixtures', 'url-server.js'), 'utf8')
 const LOG = '/tmp/url-server.log'
+// A server that answers nothing ("stall") or a head over 16 KiB ("big").
+const EVIL = `import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', int(sys.argv[1])))
+s.listen(64)
+held = []
+while True:
+    c, _ = s.accept()
+    if sys.argv[2] == 'big':
+        c.recv(65536)
+        c.sendall(b'HTTP/1.1 200 OK\\r\\nX-Big: ' + b'a' * 20000 + b'\\r\\n\\r\\n')
+        c.close()
+    else:
+        held.append(c)
+`
 
 // One request: { status, headers, body }.
 function request (srv, url, { headers = {}, method = 'GET' } = {}) {
@@ -161,6 +177,32 @@ test('urls: any port, private by default', async (t) => {
     await serve(b, 8100, ip)
     const r = await request(srv, await b.getUrl({ port: 8100 }))
     assert.equal(r.status, 200)
+  })
+
+  await t.test('a hostile server: a stalled one holds only its own request; a head over 16 KiB is 502', async () => {
+    await a.filesystem.writeFile('/home/sandbox/evil.py', EVIL)
+    for (const [port, mode] of [[8300, 'stall'], [8301, 'big']]) {
+      assert.equal((await a.runCommand(`python3 /home/sandbox/evil.py ${port} ${mode}`, { background: true })).exitCode, 0)
+      const w = await a.runCommand(`for i in $(seq 400); do ss -Hltn "sport = :${port}" | grep -q . && exit 0; sleep 0.05; done; exit 1`)
+      assert.equal(w.exitCode, 0)
+    }
+    const stalled = []
+    const aborts = []
+    for (let i = 0; i < 5; i++) {
+      const ac = new AbortController()
+      aborts.push(ac)
+      const [base, token] = split(await a.getUrl({ port: 8300 }))
+      stalled.push(new Promise((resolve) => {
+        const req = https.request(base, { ca: srv.edgeCa, agent: false, headers: { 'computesdk-token': token }, signal: ac.signal }, () => resolve('answered'))
+        req.on('error', () => resolve('aborted'))
+        req.end()
+      }))
+    }
+    // meanwhile, another port of the same sandbox answers at once
+    for (let i = 0; i < 5; i++) assert.equal((await request(srv, await a.getUrl({ port: 8000 }))).status, 200)
+    refused(await request(srv, await a.getUrl({ port: 8301 })), 502, 'bad_upstream')
+    for (const ac of aborts) ac.abort()
+    assert.deepEqual(await Promise.all(stalled), Array(5).fill('aborted'))
   })
 
   await t.test('nothing listening: 502 port_closed', async () => {
