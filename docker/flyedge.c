@@ -74,7 +74,7 @@ static int write_more(int fd, const void *p, size_t n, int more) {
   return 0;
 }
 
-static int write_all(int fd, const void *p, size_t n) {
+int fly_write_all(int fd, const void *p, size_t n) {
   return write_more(fd, p, n, 0);
 }
 
@@ -84,7 +84,7 @@ static void reply(int fd, const char *status) {
                    "HTTP/1.1 %s\r\nContent-Length: 0\r\nConnection: close\r\n"
                    "\r\n",
                    status);
-  write_all(fd, buf, (size_t)n);
+  fly_write_all(fd, buf, (size_t)n);
 }
 
 /* The value of header `name` in head (a NUL-terminated request head), copied
@@ -135,26 +135,10 @@ static int list_has(const char *list, const char *token) {
 /* 1 when token's SHA-256 equals the hex hash in the token file. */
 static int token_ok(const char *token) {
   unsigned char want[32], got[32];
-  char hex[80];
-  FILE *f = fopen(token_file, "re");
-  size_t n, i;
   int ok;
 
-  if (f == NULL)
+  if (fly_read_hex32(token_file, want) != 0)
     return 0;
-  n = fread(hex, 1, sizeof(hex) - 1, f);
-  fclose(f);
-  while (n > 0 && (hex[n - 1] == '\n' || hex[n - 1] == ' '))
-    n--;
-  if (n != 64)
-    return 0;
-  for (i = 0; i < 32; i++) {
-    unsigned v;
-    char b[3] = {hex[2 * i], hex[2 * i + 1], 0};
-    if (sscanf(b, "%2x", &v) != 1)
-      return 0;
-    want[i] = (unsigned char)v;
-  }
   SHA256((const unsigned char *)token, strlen(token), got);
   ok = CRYPTO_memcmp(want, got, sizeof(want)) == 0;
   OPENSSL_cleanse(got, sizeof(got));
@@ -209,7 +193,7 @@ static int send_frame(conn_t *c, int op, const void *p, size_t n) {
   /* the header waits for its payload: one segment, not two */
   rc = write_more(c->client, h, hl, n > 0);
   if (rc == 0 && n > 0)
-    rc = write_all(c->client, p, n);
+    rc = fly_write_all(c->client, p, n);
   pthread_mutex_unlock(&c->wmu);
   return rc;
 }
@@ -322,7 +306,7 @@ static void client_to_ssh(conn_t *c, const unsigned char *pre, size_t npre) {
         take = have < left ? have : (size_t)left;
         for (i = 0; i < take; i++, k++)
           buf[i] ^= mask[k & 3];
-        if (write_all(c->ssh, buf, take) != 0)
+        if (fly_write_all(c->ssh, buf, take) != 0)
           return;
         memmove(buf, buf + take, have - take);
         have -= take;
@@ -430,7 +414,7 @@ static void serve(int fd) {
                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
                accept_b64);
-  if (write_all(fd, resp, (size_t)n) != 0)
+  if (fly_write_all(fd, resp, (size_t)n) != 0)
     return;
   alarm(0);
   pthread_mutex_init(&c.wmu, NULL);

@@ -75,20 +75,6 @@
 #define MACHINE_MAX 64
 #define TOKEN_MAX 128
 
-static int fly_write_all(int fd, const void *p, size_t n) {
-  const char *c = p;
-  while (n > 0) {
-    ssize_t w = send(fd, c, n, MSG_NOSIGNAL);
-    if (w < 0 && errno == EINTR)
-      continue;
-    if (w <= 0)
-      return -1;
-    c += w;
-    n -= (size_t)w;
-  }
-  return 0;
-}
-
 static void reply_json(int fd, const char *status, const char *code, const char *msg, const char *extra) {
   char body[512], buf[1024];
   int bn = snprintf(body, sizeof(body), "{\"error\":\"%s\",\"message\":\"%s\"}\n", code, msg);
@@ -281,10 +267,11 @@ static int rewrite_head(const char *head, const char *method, size_t mlen, const
 
 /* ---- the key, the public list, the token -------------------------------- */
 
-/* The URL key (32 bytes from its hex file); 0, or -1 when there is none. */
-static int read_key(unsigned char key[32]) {
+/* 32 bytes from a file of 64 hex digits (a newline may follow); 0, or -1.
+ * The hex read is wiped: the file may hold a key. */
+int fly_read_hex32(const char *path, unsigned char out[32]) {
   char hex[80];
-  FILE *f = fopen(KEY_FILE, "re");
+  FILE *f = fopen(path, "re");
   size_t n, i;
   int rc = 0;
   if (f == NULL)
@@ -300,7 +287,7 @@ static int read_key(unsigned char key[32]) {
     char b[3] = {hex[2 * i], hex[2 * i + 1], 0};
     if (sscanf(b, "%2x", &v) != 1)
       rc = -1;
-    key[i] = (unsigned char)v;
+    out[i] = (unsigned char)v;
   }
   OPENSSL_cleanse(hex, sizeof(hex));
   return rc;
@@ -344,7 +331,7 @@ static int check_token(const req_t *r) {
   }
   sig = dot + 1;
   slen = strlen(sig);
-  if (slen != 43 || read_key(key) != 0)
+  if (slen != 43 || fly_read_hex32(KEY_FILE, key) != 0)
     return 1;
   n = snprintf(msg, sizeof(msg), "computesdk-url-v1\n%s\n%u\n%llu", r->machine, r->port, exp);
   HMAC(EVP_sha256(), key, sizeof(key), (unsigned char *)msg, (size_t)n, mac, &maclen);

@@ -13,4 +13,9 @@
  * Returns when the connection is done; the caller's process then exits. */
 void fly_url_serve(int fd, char *head, size_t have, char *end, const char *self);
 
+/* Shared by the two halves: every byte of p to fd (flyedge.c); 32 bytes
+ * from a file of 64 hex digits, 0 or -1 (flyurl.c). */
+int fly_write_all(int fd, const void *p, size_t n);
+int fly_read_hex32(const char *path, unsigned char out[32]);
+
 #endif
