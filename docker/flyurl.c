@@ -100,9 +100,14 @@ typedef struct {
 
 /* Parses /.computesdk/u/<machine>/<port> at target; 0 or -1. */
 static int parse_target(const char *target, size_t tlen, req_t *r) {
-  const char *p = target + strlen(FLY_URL_PREFIX), *end = target + tlen;
+  const char *p = target + strlen(FLY_URL_PREFIX), *end = target + tlen, *c;
   size_t n = 0;
   unsigned long port = 0;
+  /* no control byte (a lone LF) in the target: it goes into a request line
+   * and a Location header */
+  for (c = target; c < end; c++)
+    if ((unsigned char)*c <= 0x20 || *c == 0x7f)
+      return -1;
   while (p < end && *p != '/' && n < MACHINE_MAX) {
     if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '-' || *p == '_'))
       return -1;
@@ -249,7 +254,8 @@ static int rewrite_head(const char *head, const char *method, size_t mlen, const
                name_is(p, nlen, "X-Forwarded-Prefix")) {
       /* hop-by-hop, or ours */
     } else {
-      if (name_is(p, nlen, "Fly-Forwarded-Proto") && vl == 5 && strncasecmp(v, "https", 5) == 0)
+      if ((name_is(p, nlen, "Fly-Forwarded-Proto") || name_is(p, nlen, "X-Forwarded-Proto")) && vl == 5 &&
+          strncasecmp(v, "https", 5) == 0)
         r->https = 1;
       if (o + (size_t)(e - p) + 2 >= cap)
         return -1;

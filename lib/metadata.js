@@ -33,6 +33,9 @@ const EDGE_TOKEN = 'computesdk_edge_token'
 // and the ports whose URLs need no token ("3000,8080", or "*").
 const URL_KEY = 'computesdk_url_key'
 const URL_PUBLIC = 'computesdk_url_public'
+// '1' once either was changed after create (written into the running
+// machine, which a stop resets): resume() writes them again.
+const URL_LIVE = 'computesdk_url_live'
 // The warm pool (lib/pool.js): a ready (suspended, claimable) machine
 // carries POOL, one still being prepared FILLING; both hold the pool key.
 // Neither carries TAG, so list() does not show pool machines as sandboxes.
@@ -95,6 +98,7 @@ module.exports = {
   EDGE_TOKEN,
   URL_KEY,
   URL_PUBLIC,
+  URL_LIVE,
   POOL,
   FILLING,
   DRAINING,

@@ -171,7 +171,8 @@ async function doResume (sb) {
   await ctx.transport.close(ctx, sb.sandboxId)
   await ctx.transport.raw.check(sb)
   // a stop reset the root filesystem: the URL key and public list again
-  if (fromStop) await urls.syncAfterStart(sb)
+  // (also after a wake by a request, which resume() finds started)
+  if (fromStop || flagged) await urls.syncAfterStart(sb)
   if (flagged) await clearPausedFlag(sb)
   state.paused.delete(sb.sandboxId)
   state.lastUse.set(sb.sandboxId, Date.now())

@@ -25,12 +25,12 @@
 // What is written after create (a rotated key, a port made public) goes
 // through the Machines API's exec endpoint as root, so it lives in the
 // running machine's root filesystem: a stop (not a suspend) resets that to
-// the image and create's files; resume() and getUrl write it again when
-// they see the metadata and the file disagree (syncAfterStart).
+// the image and create's files; resume() after a pause writes it again
+// (syncAfterStart) when URL_LIVE says it changed.
 const crypto = require('crypto')
 const execApi = require('./transport/exec-api')
 const { flyError, invalidArg } = require('./errors')
-const { FILES_DIR, URL_KEY, URL_PUBLIC } = require('./metadata')
+const { FILES_DIR, URL_KEY, URL_PUBLIC, URL_LIVE } = require('./metadata')
 
 const PREFIX = '/.computesdk/u/'
 const TOKEN_PARAM = 'computesdk_token'
@@ -114,7 +114,7 @@ async function makePublic (sb, port) {
   if (isPublic(sb, port)) return
   const list = [...publicList(sb), String(port)]
   await asRoot(sb, writeScript(PUBLIC_FILE), `${list.join(',')}\n`)
-  await setMetadata(sb, { [URL_PUBLIC]: list.join(',') })
+  await setMetadata(sb, { [URL_PUBLIC]: list.join(','), [URL_LIVE]: '1' })
 }
 
 // A new URL key: every link signed before stops working.
@@ -122,14 +122,15 @@ async function rotate (sb) {
   if (!sb._urlKey) throw unavailable(sb)
   const key = crypto.randomBytes(32).toString('hex')
   await asRoot(sb, writeScript(KEY_FILE), `${key}\n`)
-  await sb._api('machine.metadata.update', { body: { metadata: { [URL_KEY]: key } } })
+  await setMetadata(sb, { [URL_KEY]: key, [URL_LIVE]: '1' })
   sb._urlKey = key
 }
 
 // After a start from stopped, the root filesystem holds create's files:
-// the key and public list are written again from the metadata.
+// the key and public list are written again from the metadata, when they
+// changed after create.
 async function syncAfterStart (sb) {
-  if (!sb._urlKey) return
+  if (!sb._urlKey || sb.metadata[URL_LIVE] !== '1') return
   await asRoot(sb, writeScript(KEY_FILE), `${sb._urlKey}\n`)
   if (sb.metadata[URL_PUBLIC]) await asRoot(sb, writeScript(PUBLIC_FILE), `${sb.metadata[URL_PUBLIC]}\n`)
 }

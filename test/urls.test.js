@@ -12,7 +12,6 @@ const path = require('path')
 const https = require('https')
 const tls = require('tls')
 const { startLocal, provider, rejects, sandboxIds } = require('./helpers/fly')
-const urls = require('../lib/urls')
 
 const SERVER = fs.readFileSync(path.join(__dirname, 'fixtures', 'url-server.js'), 'utf8')
 const LOG = '/tmp/url-server.log'
@@ -95,8 +94,9 @@ test('urls: any port, private by default', async (t) => {
     }
   })
 
+  let firstUrl = null
   await t.test('a server started after create, through its URL with the token; the server never sees the token', async () => {
-    const url = await a.getUrl({ port: 8000 })
+    const url = firstUrl = await a.getUrl({ port: 8000 })
     assert.match(url, new RegExp(`^https://[^/]+/\\.computesdk/u/${sandboxIds(a).machine}/8000/\\?computesdk_token=\\d+\\.[A-Za-z0-9_-]{43}$`))
     const r = await request(srv, url)
     assert.equal(r.status, 200)
@@ -268,6 +268,16 @@ test('urls: any port, private by default', async (t) => {
     assert.equal((await request(srv, await again.getUrl({ port: 8000 }))).status, 200)
   })
 
+  await t.test('after a stop, resume() writes the rotated key and the public list again', async () => {
+    await a.pause({ keepMemory: false })
+    await a.resume()
+    await serve(a, 8000)
+    await serve(a, 8001, '0.0.0.0')
+    refused(await request(srv, firstUrl), 403, 'token_invalid') // signed with create's key
+    assert.equal((await request(srv, await a.getUrl({ port: 8000 }))).status, 200)
+    assert.equal((await request(srv, split(await a.getUrl({ port: 8001 }))[0])).status, 200)
+  })
+
   await t.test('a paused sandbox is woken by a request to its URL', async () => {
     const url = await b.getUrl({ port: 8000 })
     await b.pause()
@@ -287,7 +297,10 @@ test('urls: create({ public: true }) makes every port public', async (t) => {
   assert.doesNotMatch(url, /computesdk_token/)
   assert.equal((await request(srv, url)).status, 200)
   assert.equal((await rejects(p.sandbox.create({ public: 1 }))).code, 'ERR_INVALID_ARG')
-  assert.equal(typeof urls.sign, 'function')
+  // reach: 'private' adds no 443 service, so no URL key either
+  const priv = await provider(srv, { reach: 'private' }).sandbox.create()
+  assert.equal((await rejects(priv.getUrl({ port: 8000 }))).code, 'FLY_URL_UNAVAILABLE')
+  assert.equal((await rejects(priv.rotateUrlKey())).code, 'FLY_URL_UNAVAILABLE')
 })
 
 // Sends text over a WebSocket at url (the token in its query) and returns
