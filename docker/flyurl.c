@@ -70,10 +70,32 @@
 #define RESP_TIMEOUT_S 60
 #define DRAIN_S 10
 #define HANDOFF_S 30
+#define LINGER_S 5
+#define LINGER_MAX ((size_t)4 << 20)
 #define CONNECT_TIMEOUT_MS 3000
 #define IO_BUF (64 * 1024)
 #define MACHINE_MAX 64
 #define TOKEN_MAX 128
+
+/* After a refusal sent before the request's body was read: the client's
+ * remaining bytes are read and dropped (at most LINGER_MAX, LINGER_S), so
+ * that closing with them unread does not reset the connection and lose
+ * the reply (a proxy still sending a body to replay, say). */
+static void linger_close(int fd) {
+  static char sink[IO_BUF];
+  size_t total = 0;
+  shutdown(fd, SHUT_WR);
+  alarm(LINGER_S);
+  while (total < LINGER_MAX) {
+    ssize_t n = recv(fd, sink, sizeof(sink), 0);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      break;
+    total += (size_t)n;
+  }
+  alarm(0);
+}
 
 static void reply_json(int fd, const char *status, const char *code, const char *msg, const char *extra) {
   char body[512], buf[1024];
@@ -84,6 +106,7 @@ static void reply_json(int fd, const char *status, const char *code, const char 
                    status, bn, extra ? extra : "", body);
   if (n > 0 && (size_t)n < sizeof(buf))
     fly_write_all(fd, buf, (size_t)n);
+  linger_close(fd);
 }
 
 /* ---- the request ------------------------------------------------------- */
@@ -432,31 +455,46 @@ static int relay_response_head(int client, int up, char *cookie) {
   size_t have = 0, o = 0;
   char *end = NULL, *p;
   int status, rc;
-  alarm(RESP_TIMEOUT_S);
-  while (end == NULL) {
-    ssize_t n;
-    if (have == HEAD_MAX_URL)
+  for (;;) {
+    size_t hl;
+    alarm(RESP_TIMEOUT_S);
+    while (end == NULL) {
+      ssize_t n;
+      if (have == HEAD_MAX_URL)
+        goto bad;
+      n = recv(up, in + have, HEAD_MAX_URL - have, 0);
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n <= 0)
+        goto bad;
+      have += (size_t)n;
+      in[have] = '\0';
+      end = strstr(in, "\r\n\r\n");
+    }
+    alarm(0);
+    if (sscanf(in, "HTTP/1.%*1d %3d", &status) != 1)
       goto bad;
-    n = recv(up, in + have, HEAD_MAX_URL - have, 0);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n <= 0)
-      goto bad;
-    have += (size_t)n;
+    if (status < 100 || status >= 200 || status == 101)
+      break;
+    /* an interim response (100 Continue): passed on as it is; the final
+     * one follows */
+    hl = (size_t)(end + 4 - in);
+    if (fly_write_all(client, in, hl) != 0)
+      return -1;
+    memmove(in, in + hl, have - hl);
+    have -= hl;
     in[have] = '\0';
     end = strstr(in, "\r\n\r\n");
   }
-  alarm(0);
-  if (sscanf(in, "HTTP/1.%*1d %3d", &status) != 1)
-    goto bad;
   if (status == 101)
     return fly_write_all(client, in, have);
   p = in;
   for (;;) {
     char *e = strstr(p, "\r\n"), *colon;
-    size_t len = (size_t)(e - p) + 2;
-    if (e == end + 2 || e == NULL)
+    size_t len;
+    if (e == NULL || e == end + 2)
       break;
+    len = (size_t)(e - p) + 2;
     colon = memchr(p, ':', (size_t)(e - p));
     if (p == in || colon == NULL ||
         !(name_is(p, (size_t)(colon - p), "Connection") || name_is(p, (size_t)(colon - p), "Keep-Alive"))) {

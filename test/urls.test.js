@@ -33,7 +33,7 @@ while True:
 `
 
 // One request: { status, headers, body }.
-function request (srv, url, { headers = {}, method = 'GET' } = {}) {
+function request (srv, url, { headers = {}, method = 'GET', body } = {}) {
   return new Promise((resolve, reject) => {
     const req = https.request(url, { method, ca: srv.edgeCa, headers, agent: false, timeout: 60000 }, (res) => {
       let body = ''
@@ -43,7 +43,7 @@ function request (srv, url, { headers = {}, method = 'GET' } = {}) {
     })
     req.on('timeout', () => req.destroy(new Error(`no answer from ${url}`)))
     req.on('error', reject)
-    req.end()
+    req.end(body)
   })
 }
 
@@ -111,6 +111,17 @@ test('urls: any port, private by default', async (t) => {
       assert.equal(x.token, null)
       assert.ok(!String(x.cookie).includes(token))
       assert.equal(x.prefix, `/.computesdk/u/${sandboxIds(a).machine}/8000`)
+    }
+  })
+
+  await t.test('a request body goes through (also after 100 Continue)', async () => {
+    const [base, token] = split(await a.getUrl({ port: 8000 }))
+    const body = crypto.randomBytes(300 * 1024).toString('base64')
+    for (const extra of [{}, { expect: '100-continue' }]) {
+      const r = await request(srv, base + 'echo', { method: 'POST', body, headers: { 'computesdk-token': token, ...extra } })
+      assert.equal(r.status, 200, r.body)
+      assert.equal(r.body.length, body.length)
+      assert.ok(r.body === body)
     }
   })
 
