@@ -47,6 +47,13 @@ function request (srv, url, { headers = {}, method = 'GET', body } = {}) {
   })
 }
 
+// promise, or a failure once ms have passed without it.
+function within (promise, ms, what) {
+  let timer
+  const late = new Promise((resolve, reject) => { timer = setTimeout(() => reject(new Error(`${what}: nothing within ${ms} ms`)), ms) })
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer))
+}
+
 // The URL without its token, and the token.
 function split (url) {
   const u = new URL(url)
@@ -248,10 +255,10 @@ test('urls: any port, private by default', async (t) => {
     })
     // "one" arrives while the stream is still open: "two" is only sent
     // once /release comes, after it
-    await one
+    await within(one, 60000, 'the first event')
     assert.deepEqual(events, ['one'])
     assert.equal((await request(srv, base + 'release', { headers: { 'computesdk-token': token } })).status, 200)
-    await done
+    await within(done, 60000, 'the end of the stream')
     assert.deepEqual(events, ['one', 'two'])
   })
 
