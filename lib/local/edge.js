@@ -272,9 +272,13 @@ class Edge {
     this.proxy.track(m, up, up)
     res.once('close', () => up.destroy())
     const headers = { ...req.headers, 'fly-client-ip': req.socket.remoteAddress, 'fly-forwarded-proto': 'https' }
+    let replaying = false
     const preq = http.request({ method: req.method, path: req.url, headers: { ...headers, connection: 'close' }, createConnection: () => up }, (pres) => {
       const target = replayTarget(pres.headers['fly-replay'])
       if (target) {
+        /* this connection is done with (its error, if any, is not the
+           request's) */
+        replaying = true
         pres.resume()
         up.destroy()
         if (req.complete || req.readableEnded) return replayBody(req, res, replay, target)
@@ -283,7 +287,11 @@ class Edge {
       res.writeHead(pres.statusCode, pres.headers)
       pres.pipe(res)
     })
-    preq.on('error', () => { if (!res.headersSent) reply(null, 502, 'the instance closed the connection', res); else res.destroy() })
+    preq.on('error', () => {
+      if (replaying) return
+      if (!res.headersSent) reply(null, 502, 'the instance closed the connection', res)
+      else res.destroy()
+    })
     if (req._flyKept) {
       preq.end(Buffer.concat(req._flyKept.chunks))
       return
