@@ -21,7 +21,7 @@
  * One process per connection (forked; at most MAX_CONNS at once), two
  * threads per connection once upgraded, one per direction, so that a full
  * socket in one direction never stalls the other.  Every read has a bound:
- * the request head (8 KiB, 10 s), a frame header (14 bytes), a frame's
+ * the request head (16 KiB, 10 s), a frame header (14 bytes), a frame's
  * payload (at most 1 MiB, streamed through a 64 KiB buffer).
  *
  * Built static (-lcrypto from libssl-dev's libcrypto.a, for SHA-1 and
