@@ -132,6 +132,31 @@ test('urls: any port, private by default', async (t) => {
     }
   })
 
+  await t.test('a request body still coming when the request is replayed to the right machine', async () => {
+    const [base, token] = split(await a.getUrl({ port: 8000 }))
+    const parts = Array.from({ length: 8 }, () => crypto.randomBytes(32 * 1024).toString('hex'))
+    const r = await within(new Promise((resolve, reject) => {
+      const req = https.request(base + 'echo', {
+        method: 'POST',
+        ca: srv.edgeCa,
+        agent: false,
+        headers: { 'computesdk-token': token, host: `${sandboxIds(a).app}.fly.dev`, 'fly-force-instance-id': sandboxIds(b).machine }
+      }, (res) => {
+        let body = ''
+        res.setEncoding('utf8')
+        res.on('data', (d) => { body += d })
+        res.on('end', () => resolve({ status: res.statusCode, body }))
+      })
+      req.on('error', reject)
+      // each part once the last one is written: the bridge of b answers
+      // (fly-replay) while the body is still coming
+      const next = (i) => (i < parts.length ? req.write(parts[i], () => next(i + 1)) : req.end())
+      next(0)
+    }), 60000, 'the replayed POST')
+    assert.equal(r.status, 200, r.body)
+    assert.ok(r.body === parts.join(''))
+  })
+
   await t.test('a browser: query token -> cookie for this URL\'s path -> the cookie alone works', async () => {
     const url = await a.getUrl({ port: 8000 })
     const [base] = split(url)

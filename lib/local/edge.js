@@ -280,6 +280,10 @@ class Edge {
            request's) */
         replaying = true
         pres.resume()
+        /* the rest of the body is still read (kept): unpiping would pause
+           the request, and its end would never come */
+        req.unpipe(preq)
+        req.resume()
         up.destroy()
         if (req.complete || req.readableEnded) return replayBody(req, res, replay, target)
         return req.once('end', () => replayBody(req, res, replay, target))
