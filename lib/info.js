@@ -52,6 +52,7 @@ async function getUrl (sb, options) {
   if (!Number.isInteger(port) || port < 1 || port > 65535) throw invalidArg('getUrl: port must be an integer from 1 to 65535')
   const protocol = (options.protocol || '').replace(/:$/, '')
   if (protocol && !/^(https?|wss?)$/.test(protocol)) throw invalidArg('getUrl: protocol must be http, https, ws or wss')
+  urls.checkOptions(options)
   const url = ports.isExposed(sb, port) ? ports.url(sb, port, protocol) : await urls.url(sb, port, protocol, options)
   // A URL is an answer whatever the state (a request to it starts the
   // machine anyway): with autoResume off, or a machine that is not paused

@@ -137,7 +137,6 @@ async function syncAfterStart (sb) {
 
 // The URL of port (not declared at create) of sb.
 async function url (sb, port, protocol, o) {
-  checkOptions(o)
   if (!sb._urlKey) throw unavailable(sb)
   if (o.public === true) await makePublic(sb, port)
   const { config } = sb._ctx
@@ -148,4 +147,4 @@ async function url (sb, port, protocol, o) {
   return base.toString()
 }
 
-module.exports = { apply, checkCreate, url, rotate, syncAfterStart, sign, PREFIX, TOKEN_PARAM, TOKEN_HEADER }
+module.exports = { apply, checkCreate, checkOptions, url, rotate, syncAfterStart, sign, PREFIX, TOKEN_PARAM, TOKEN_HEADER }

@@ -99,6 +99,9 @@ test('urls: any port, private by default', async (t) => {
       { port: 8000, expiresIn: '60' }, { port: 8000, public: 'yes' }, { port: 8000, public: true, expiresIn: 60 }]) {
       assert.equal((await rejects(a.getUrl(o))).code, 'ERR_INVALID_ARG', JSON.stringify(o))
     }
+    // a declared port's options are checked too
+    const d = await p.sandbox.create({ ports: [8080] })
+    assert.equal((await rejects(d.getUrl({ port: 8080, expiresIn: -1 }))).code, 'ERR_INVALID_ARG')
   })
 
   let firstUrl = null
