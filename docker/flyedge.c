@@ -1,4 +1,5 @@
-/* flyedge: the sandbox's edge bridge.  Fly's proxy (or fly-local's edge)
+/* flyedge: the sandbox's edge bridge.  (Requests for a sandbox port's URL,
+ * /.computesdk/u/..., are flyurl.c's.)  Fly's proxy (or fly-local's edge)
  * hands it a WebSocket upgrade that arrived at https://<app>.fly.dev with
  * `fly-force-instance-id: <this machine>`; it checks the sandbox's edge
  * token and joins the WebSocket's binary messages to a TCP connection to
@@ -20,7 +21,7 @@
  * One process per connection (forked; at most MAX_CONNS at once), two
  * threads per connection once upgraded, one per direction, so that a full
  * socket in one direction never stalls the other.  Every read has a bound:
- * the request head (8 KiB, 10 s), a frame header (14 bytes), a frame's
+ * the request head (16 KiB, 10 s), a frame header (14 bytes), a frame's
  * payload (at most 1 MiB, streamed through a 64 KiB buffer).
  *
  * Built static (-lcrypto from libssl-dev's libcrypto.a, for SHA-1 and
@@ -45,12 +46,15 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "flyurl.h"
+
 #define EDGE_PATH "/.computesdk/ssh"
-#define HEAD_MAX 8192
+#define URL_PREFIX "/.computesdk/u/"
+#define HEAD_MAX 16384
 #define HEAD_TIMEOUT_S 10
 #define FRAME_MAX ((uint64_t)1 << 20)
 #define IO_BUF (64 * 1024)
-#define MAX_CONNS 64
+#define MAX_CONNS 256
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 static const char *token_file = "/etc/computesdk/edge_token_sha256";
@@ -70,7 +74,7 @@ static int write_more(int fd, const void *p, size_t n, int more) {
   return 0;
 }
 
-static int write_all(int fd, const void *p, size_t n) {
+int fly_write_all(int fd, const void *p, size_t n) {
   return write_more(fd, p, n, 0);
 }
 
@@ -80,7 +84,7 @@ static void reply(int fd, const char *status) {
                    "HTTP/1.1 %s\r\nContent-Length: 0\r\nConnection: close\r\n"
                    "\r\n",
                    status);
-  write_all(fd, buf, (size_t)n);
+  fly_write_all(fd, buf, (size_t)n);
 }
 
 /* The value of header `name` in head (a NUL-terminated request head), copied
@@ -131,26 +135,10 @@ static int list_has(const char *list, const char *token) {
 /* 1 when token's SHA-256 equals the hex hash in the token file. */
 static int token_ok(const char *token) {
   unsigned char want[32], got[32];
-  char hex[80];
-  FILE *f = fopen(token_file, "re");
-  size_t n, i;
   int ok;
 
-  if (f == NULL)
+  if (fly_read_hex32(token_file, want) != 0)
     return 0;
-  n = fread(hex, 1, sizeof(hex) - 1, f);
-  fclose(f);
-  while (n > 0 && (hex[n - 1] == '\n' || hex[n - 1] == ' '))
-    n--;
-  if (n != 64)
-    return 0;
-  for (i = 0; i < 32; i++) {
-    unsigned v;
-    char b[3] = {hex[2 * i], hex[2 * i + 1], 0};
-    if (sscanf(b, "%2x", &v) != 1)
-      return 0;
-    want[i] = (unsigned char)v;
-  }
   SHA256((const unsigned char *)token, strlen(token), got);
   ok = CRYPTO_memcmp(want, got, sizeof(want)) == 0;
   OPENSSL_cleanse(got, sizeof(got));
@@ -205,7 +193,7 @@ static int send_frame(conn_t *c, int op, const void *p, size_t n) {
   /* the header waits for its payload: one segment, not two */
   rc = write_more(c->client, h, hl, n > 0);
   if (rc == 0 && n > 0)
-    rc = write_all(c->client, p, n);
+    rc = fly_write_all(c->client, p, n);
   pthread_mutex_unlock(&c->wmu);
   return rc;
 }
@@ -318,7 +306,7 @@ static void client_to_ssh(conn_t *c, const unsigned char *pre, size_t npre) {
         take = have < left ? have : (size_t)left;
         for (i = 0; i < take; i++, k++)
           buf[i] ^= mask[k & 3];
-        if (write_all(c->ssh, buf, take) != 0)
+        if (fly_write_all(c->ssh, buf, take) != 0)
           return;
         memmove(buf, buf + take, have - take);
         have -= take;
@@ -384,6 +372,14 @@ static void serve(int fd) {
     head[have] = '\0';
     end = strstr(head, "\r\n\r\n");
   }
+  /* A sandbox port's URL (flyurl.c): its own token, its own rules. */
+  {
+    const char *sp = memchr(head, ' ', (size_t)(end - head));
+    if (sp != NULL && strncmp(sp + 1, FLY_URL_PREFIX, strlen(FLY_URL_PREFIX)) == 0) {
+      fly_url_serve(fd, head, have, end, getenv("FLY_MACHINE_ID"));
+      return;
+    }
+  }
   end[2] = '\0'; /* the head ends with its last header's CRLF */
   if (strncmp(head, "GET " EDGE_PATH " HTTP/1.1\r\n", strlen("GET " EDGE_PATH " HTTP/1.1\r\n")) != 0 &&
       strncmp(head, "GET " EDGE_PATH "?", strlen("GET " EDGE_PATH "?")) != 0) {
@@ -418,7 +414,7 @@ static void serve(int fd) {
                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
                accept_b64);
-  if (write_all(fd, resp, (size_t)n) != 0)
+  if (fly_write_all(fd, resp, (size_t)n) != 0)
     return;
   alarm(0);
   pthread_mutex_init(&c.wmu, NULL);

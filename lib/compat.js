@@ -19,6 +19,7 @@ function augment (psb, mgr) {
   psb.getMetrics = (options) => machine.getMetrics(options)
   // the egress policy, as E2B names it (lib/egress.js)
   psb.updateNetwork = (network) => machine.updateNetwork(network)
+  psb.rotateUrlKey = () => machine.rotateUrlKey()
   // Process handles and terminals (lib/commands.js), as E2B names them.
   psb.commands = machine.commands
   psb.pty = machine.pty

@@ -194,8 +194,10 @@ export interface FlyNetworkInfo {
 export interface FlyCreateOptions extends CreateSandboxOptions {
   /** The egress policy; none: open (the sandbox reaches what the host reaches, less metadata services and, on fly-local, private ranges). */
   network?: FlyNetworkPolicy
-  /** Ports to expose: each gets a public port of its own in the app (getUrl gives its URL; a request wakes a paused sandbox). */
+  /** Ports to expose: each gets a public port of its own in the app (getUrl gives its URL; a request wakes a paused sandbox). Any other port has a URL through the edge (README: URLs). */
   ports?: number[]
+  /** Every port's URL needs no token (default false: private, README: URLs). */
+  public?: boolean
   /** A Fly Volume of the sandbox's own at /home/sandbox (survives stops, restarts, crashes; removed by destroy); false: none. */
   volume?: FlyVolumeOptions | false
   /** Workspace volume restored from this snapshot ("app:volumeId:snapshotId", from provider.snapshot). */
@@ -541,6 +543,17 @@ export interface FlyPauseOptions {
   keepMemory?: boolean
 }
 
+/** getUrl's options (README: URLs). */
+export interface FlyGetUrlOptions {
+  port: number
+  /** 'http' and 'https' give https://, 'ws' and 'wss' give wss:// (the edge is TLS only). */
+  protocol?: 'http' | 'https' | 'ws' | 'wss'
+  /** Seconds (1 to 365 days): the link is refused after that (403 token_expired). Default: as long as the URL key. */
+  expiresIn?: number
+  /** This port's URL needs no token from now on (not with expiresIn). */
+  public?: boolean
+}
+
 /** What getInfo() gives: SandboxInfo with 'paused' (suspended, or stopped by pause() or the idle watch). */
 export interface FlySandboxInfo extends Omit<SandboxInfo, 'status'> {
   status: SandboxInfo['status'] | 'paused'
@@ -592,6 +605,8 @@ export declare class FlyMachine {
   resume(): Promise<void>
   /** A new sandbox whose workspace volume is forked from this one's. */
   fork(options?: FlyCreateOptions): Promise<FlyMachine>
+  /** A new URL key: every private URL given out before is refused (403 token_invalid). */
+  rotateUrlKey(): Promise<void>
   runCommand(command: string, args: string[], options?: RunCommandOptions): Promise<CommandResult>
   runCommand(command: string, options?: FlyRunCommandOptions): Promise<CommandResult>
   runCode(code: string, runtime?: FlyRuntime): Promise<FlyCodeResult>
@@ -607,7 +622,11 @@ export declare class FlyMachine {
 }
 
 /** A ComputeSDK sandbox with the seed's extras. */
-export interface FlySandbox extends Omit<ProviderSandbox<FlyMachine>, 'runCommand' | 'filesystem'> {
+export interface FlySandbox extends Omit<ProviderSandbox<FlyMachine>, 'runCommand' | 'filesystem' | 'getUrl'> {
+  /** The URL of any port the sandbox listens on, private (a token in it) unless public (README: URLs). */
+  getUrl(options: FlyGetUrlOptions): Promise<string>
+  /** A new URL key: every private URL given out before is refused (403 token_invalid). */
+  rotateUrlKey(): Promise<void>
   runCommand(command: string, args: string[], options?: RunCommandOptions): Promise<CommandResult>
   runCommand(command: string, options?: FlyRunCommandOptions): Promise<CommandResult>
   /** Runs code as a file on the interpreter's stdin; without a runtime, a heuristic picks python or node. */

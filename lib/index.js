@@ -15,6 +15,7 @@ const exec = require('./exec')
 const { withSeedExtras } = require('./compat')
 const pause = require('./pause')
 const snapshots = require('./snapshots')
+const urls = require('./urls')
 
 // The sandbox's own pause/resume/fork (getInstance()), installed here at
 // the top: machine.js is below pause.js and lifecycle.js, which use it.
@@ -26,6 +27,11 @@ for (const [name, value] of Object.entries({
   // Start it again and return once it answers over SSH.
   resume () {
     return pause.resume(this)
+  },
+  // A new URL key: every private URL given out before stops working
+  // (lib/urls.js).
+  rotateUrlKey () {
+    return urls.rotate(this)
   },
   // A new sandbox whose workspace is a copy of this one's volume.
   async fork (options) {

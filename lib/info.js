@@ -6,6 +6,7 @@ const { flyError, invalidArg } = require('./errors')
 const { RESERVED_PREFIX, TIMEOUT_MS, isGone, statusOf } = require('./metadata')
 const volumes = require('./volumes')
 const ports = require('./ports')
+const urls = require('./urls')
 const { ensureAwake } = require('./pause')
 const egress = require('./egress')
 
@@ -46,12 +47,16 @@ async function getInfo (sb) {
 
 // Each exposed port has a public port of its own (lib/ports.js); a paused
 // sandbox is woken first (autoResume), as a request to the URL would.
+// A port declared with create's ports: its public port (lib/ports.js);
+// any other: its URL through the edge bridge, private unless public
+// (lib/urls.js).
 async function getUrl (sb, options) {
   const port = options && options.port
   if (!Number.isInteger(port) || port < 1 || port > 65535) throw invalidArg('getUrl: port must be an integer from 1 to 65535')
   const protocol = (options.protocol || '').replace(/:$/, '')
   if (protocol && !/^(https?|wss?)$/.test(protocol)) throw invalidArg('getUrl: protocol must be http, https, ws or wss')
-  const url = ports.url(sb, port, protocol)
+  urls.checkOptions(options)
+  const url = ports.isExposed(sb, port) ? ports.url(sb, port, protocol) : await urls.url(sb, port, protocol, options)
   // A URL is an answer whatever the state (a request to it starts the
   // machine anyway): with autoResume off, or a machine that is not paused
   // but stopped, it is given as it is.

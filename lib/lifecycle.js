@@ -18,6 +18,7 @@ const idle = require('./idle')
 const { checkPorts, createWith: createWithPorts } = require('./ports')
 const edge = require('./edge')
 const egress = require('./egress')
+const urls = require('./urls')
 
 function b64 (s) {
   return Buffer.from(s, 'utf8').toString('base64')
@@ -79,7 +80,7 @@ const CREATE_KEYS = new Set(['templateId', 'image', 'cpus', 'vcpus', 'cpu', 'mem
   'memMiB', 'envs', 'timeout', 'ports', 'metadata', 'runtime', 'name', 'region', 'signal', 'waitForSsh', 'volume',
   'snapshotId', 'fromSandbox', 'idleTimeout', 'idleAction', 'onIdle', 'keepMemory', 'autoResume', 'onTimeout',
   'provider', 'namespace', 'directory', 'cpuLimit', 'diskMiB', 'resources', 'launch_parameters',
-  'deploymentPlan', 'size', 'vmTier', 'network'])
+  'deploymentPlan', 'size', 'vmTier', 'network', 'public'])
 
 // Validates create's options and builds the POST /machines body, with the
 // keys the machine gets.  Throws ERR_INVALID_ARG before anything is sent.
@@ -103,6 +104,7 @@ function machineRequest (ctx, o) {
   const timeout = o.timeout !== undefined ? optInt(o, 'timeout', ...RANGES.timeout, 'create') : config.timeout
   const ports = checkPorts(o.ports)
   const network = egress.check(o.network, 'create')
+  urls.checkCreate(o)
   const userMetadata = stringMap(o.metadata, 'metadata')
   // The provider's own keys say which volume destroy removes, which ports
   // are the sandbox's, whether it is paused: never the caller's to set.
@@ -145,6 +147,7 @@ function machineRequest (ctx, o) {
   idle.apply(config, o, machineConfig, timeout)
   edge.apply(config, machineConfig)
   egress.apply(network, machineConfig)
+  urls.apply(config, machineConfig, o)
   const body = { region: o.region || config.region, config: machineConfig }
   if (o.name !== undefined) body.name = String(o.name)
   return { body, createId, hostFingerprint: host.fingerprint, ports, network }
@@ -221,6 +224,8 @@ async function create (ctx, options) {
     // are added after the request is built, so they never claim, nor does
     // an egress policy (a pooled machine booted without one).
     if (!want && !(ports && ports.length) && !egress.restricts(network)) {
+    // public: true (a file the pool machine lacks).
+    if (!want && !(ports && ports.length) && o.public !== true) {
       const pooled = await ctx.pool.claim(body, o, step)
       if (pooled) return pooled
     }

@@ -11,7 +11,7 @@ const { makeFilesystem } = require('./fs')
 const metrics = require('./metrics')
 const egress = require('./egress')
 const { makeCommands, makePty } = require('./commands')
-const { HOST_FP, VOLUME, EDGE_TOKEN } = require('./metadata')
+const { HOST_FP, VOLUME, EDGE_TOKEN, URL_KEY } = require('./metadata')
 
 function parseSandboxId (sandboxId) {
   if (typeof sandboxId !== 'string') throw invalidArg('sandboxId must be a string')
@@ -50,6 +50,10 @@ class FlyMachine {
     const edgeToken = this.metadata[EDGE_TOKEN]
     delete this.metadata[EDGE_TOKEN]
     Object.defineProperty(this, '_edgeToken', { value: edgeToken || null, enumerable: false, configurable: true, writable: true })
+    // So is the URL key (lib/urls.js).
+    const urlKey = this.metadata[URL_KEY]
+    delete this.metadata[URL_KEY]
+    Object.defineProperty(this, '_urlKey', { value: urlKey || null, enumerable: false, configurable: true, writable: true })
     this.hostKeyFingerprint = this._pinnedHostKey || this.metadata[HOST_FP] || null
     this.volumeId = this.metadata[VOLUME] || null
     // When this state was read (lib/pause.js: may it have paused since?).

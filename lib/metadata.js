@@ -31,6 +31,13 @@ const PORTS = 'computesdk_ports'
 const EDGE_TOKEN = 'computesdk_edge_token'
 // The egress policy (lib/egress.js), JSON; absent: no restriction.
 const NETWORK = 'computesdk_network'
+// The sandbox's URL key (hex; lib/urls.js signs its ports' URLs with it)
+// and the ports whose URLs need no token ("3000,8080", or "*").
+const URL_KEY = 'computesdk_url_key'
+const URL_PUBLIC = 'computesdk_url_public'
+// '1' once either was changed after create (written into the running
+// machine, which a stop resets): resume() writes them again.
+const URL_LIVE = 'computesdk_url_live'
 // The warm pool (lib/pool.js): a ready (suspended, claimable) machine
 // carries POOL, one still being prepared FILLING; both hold the pool key.
 // Neither carries TAG, so list() does not show pool machines as sandboxes.
@@ -92,6 +99,9 @@ module.exports = {
   PORTS,
   EDGE_TOKEN,
   NETWORK,
+  URL_KEY,
+  URL_PUBLIC,
+  URL_LIVE,
   POOL,
   FILLING,
   DRAINING,

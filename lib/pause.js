@@ -19,6 +19,7 @@
 const api = require('./api')
 const { flyError, invalidArg } = require('./errors')
 const { PAUSED, IDLE_MS, AUTO_RESUME, isGone, isPausedMachine } = require('./metadata')
+const urls = require('./urls')
 
 const AT_REST = new Set(['stopped', 'suspended', 'failed', 'created'])
 
@@ -160,6 +161,7 @@ async function doResume (sb) {
   } else if (m.state === 'stopping') {
     m = await waitState(sb, 'stopped', { version: m.instance_id || m.version, timeoutMs: config.startTimeoutMs, code: 'FLY_RESUME_TIMEOUT' })
   }
+  const fromStop = m.state === 'stopped'
   if (AT_REST.has(m.state)) await machineApi(sb, 'machine.start')
   if (m.state !== 'started') {
     await waitState(sb, 'started', { timeoutMs: config.startTimeoutMs, code: 'FLY_RESUME_TIMEOUT' })
@@ -168,6 +170,9 @@ async function doResume (sb) {
   // root (with any key authorized through exec) was reset.
   await ctx.transport.close(ctx, sb.sandboxId)
   await ctx.transport.raw.check(sb)
+  // a stop reset the root filesystem: the URL key and public list again
+  // (also after a wake by a request, which resume() finds started)
+  if (fromStop || flagged) await urls.syncAfterStart(sb)
   if (flagged) await clearPausedFlag(sb)
   state.paused.delete(sb.sandboxId)
   state.lastUse.set(sb.sandboxId, Date.now())

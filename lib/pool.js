@@ -12,7 +12,7 @@ const crypto = require('crypto')
 const api = require('./api')
 const { flyError, abortError } = require('./errors')
 const { FlyMachine } = require('./machine')
-const { TAG, CREATE_ID, HOST_FP, SSH_USER, EDGE_TOKEN, POOL, FILLING, DRAINING, metadataOf, isGone } = require('./metadata')
+const { TAG, CREATE_ID, HOST_FP, SSH_USER, EDGE_TOKEN, URL_KEY, POOL, FILLING, DRAINING, metadataOf, isGone } = require('./metadata')
 const lifecycle = require('./lifecycle')
 
 const POOL_TAGS = [POOL, FILLING, DRAINING]
@@ -20,8 +20,9 @@ const POOL_TAGS = [POOL, FILLING, DRAINING]
 // gives the machine up: the lease must not lapse before the tag is gone.
 const LEASE_TTL_S = 15
 // What a claim does not take from the create request: the pool machine
-// keeps its own create id, host key pin and SSH user.
-const OWN = new Set([CREATE_ID, HOST_FP, EDGE_TOKEN, SSH_USER])
+// keeps its own create id, host key pin, SSH user and its edge token and
+// URL key (in its files).
+const OWN = new Set([CREATE_ID, HOST_FP, EDGE_TOKEN, URL_KEY, SSH_USER])
 // Host-key pins of machines this process prepared, at most this many.
 const PINS_LIMIT = 1024
 // The SSH connection a machine was checked on is kept across its suspend

@@ -108,6 +108,10 @@ function mapping (sb) {
   return out
 }
 
+function isExposed (sb, port) {
+  return mapping(sb).has(port)
+}
+
 function exposed (sb) {
   return Object.fromEntries(mapping(sb))
 }
@@ -134,4 +138,4 @@ function url (sb, port, protocol) {
   return `${protocol || 'https'}://${sb.appName}.fly.dev:${pub}`
 }
 
-module.exports = { checkPorts, createWith, exposed, url, RANGE }
+module.exports = { checkPorts, createWith, exposed, isExposed, url, RANGE }

@@ -12,6 +12,15 @@
 //                              address, as Fly's proxy reaches machines
 //   autostart                  a suspended or stopped machine whose service
 //                              has autostart is woken (proxy.js's reach)
+//   fly-replay                 a machine's reply carrying `fly-replay:
+//                              instance=<id>` is not passed on: the request
+//                              goes again to that machine (woken as above;
+//                              at most 3 hops; a body over 1 MiB cannot be
+//                              replayed: 502)
+//   Host: the listen address   only for a sandbox port's URL path
+//                              (/.computesdk/u/<machine>/...): the app of
+//                              that machine (fly-local serves every app on
+//                              one address; Fly has a host name per app)
 // WebSocket upgrades (and any other request) are passed through as HTTP/1.1
 // to the machine, then piped both ways. When nothing can take a request the
 // edge answers as Fly's does, with a status and a short text body: 404 for
@@ -33,6 +42,13 @@ const HOST_RE = /^([a-z0-9][a-z0-9-]*)\.fly\.dev$/
 const DEFAULT_WAKE_MS = 30000
 const MAX_CONNECTIONS = 1024
 const HEADERS_TIMEOUT_MS = 10000
+/* A sandbox port's URL path (lib/urls.js): /.computesdk/u/<machine>/... */
+const URL_PATH_RE = /^\/\.computesdk\/u\/([a-z0-9]+)\//
+/* fly-replay: hops per request, the request body kept for one, and the
+   reply head looked at for one (an upgrade's) */
+const MAX_REPLAYS = 3
+const REPLAY_BODY_MAX = 1024 * 1024
+const PEEK_MAX = 16384
 
 /* A CA and a leaf for *.fly.dev and the listen address, made with the
    openssl CLI (node's crypto cannot sign certificates). */
@@ -95,6 +111,54 @@ function reply (socket, status, text, res) {
   }
   socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status] || ''}\r\ncontent-type: text/plain\r\n` +
     `content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\nserver: Fly/fly-local\r\n\r\n${body}`)
+}
+
+/* The instance a `fly-replay` header names (instance=<id>), or null. */
+function replayTarget (v) {
+  const m = /(?:^|;)\s*instance=([a-z0-9]+)/i.exec(String(v || ''))
+  return m ? m[1] : null
+}
+
+function replayBody (req, res, replay, target) {
+  if (req._flyKept && req._flyKept.over) return reply(null, 502, 'request body too large to replay', res)
+  replay(target)
+}
+
+/* The first bytes of up up to and including its reply head (bounded by
+   PEEK_MAX), then cb(buffer), or cb(null) when it ends or overflows first;
+   up is paused again when cb runs, its later bytes still in it. */
+function peekHead (up, cb) {
+  let seen = Buffer.alloc(0)
+  let done = false
+  const finish = (v) => {
+    if (done) return
+    done = true
+    up.off('data', onData)
+    up.off('end', onEnd)
+    up.off('close', onEnd)
+    up.pause()
+    cb(v)
+  }
+  const onData = (d) => {
+    seen = Buffer.concat([seen, d])
+    if (seen.indexOf('\r\n\r\n') >= 0) finish(seen)
+    else if (seen.length > PEEK_MAX) finish(null)
+  }
+  const onEnd = () => finish(seen.length ? seen : null)
+  up.on('data', onData)
+  up.once('end', onEnd)
+  up.once('close', onEnd)
+}
+
+/* A header's value in a raw reply head, or undefined. */
+function headerOf (buf, name) {
+  const headEnd = buf.indexOf('\r\n\r\n')
+  const text = buf.subarray(0, headEnd < 0 ? buf.length : headEnd).toString('latin1')
+  for (const line of text.split('\r\n').slice(1)) {
+    const i = line.indexOf(':')
+    if (i > 0 && line.slice(0, i).trim().toLowerCase() === name) return line.slice(i + 1).trim()
+  }
+  return undefined
 }
 
 class Edge {
@@ -161,54 +225,126 @@ class Edge {
       if (f && f.stall === 'request') return
       const hostName = String(req.headers.host || '').replace(/:\d+$/, '').toLowerCase()
       const hm = HOST_RE.exec(hostName)
-      const app = hm && this.store.apps.get(hm[1])
+      const app = hm ? this.store.apps.get(hm[1]) : this.appOfUrl(req.url)
       if (!app) return answer(404, `no app is configured for host ${hostName || '(none)'}`)
       const instance = req.headers['fly-force-instance-id'] ? String(req.headers['fly-force-instance-id']) : null
-      if (instance && !app.machines.has(instance)) return answer(404, `instance ${instance} not found`)
-      if (!this.candidates(app, instance).length) return answer(503, 'no known healthy instances found for route tcp/443')
-      const got = await this.proxy.reach(() => this.candidates(app, instance), Date.now() + this.wakeMs, () => socket.destroyed)
-      if (!got) return socket.destroyed ? undefined : answer(502, 'could not reach the instance')
-      if (res) return this.request(req, res, got)
-      this.forward(req, socket, head, got, f)
+      await this.dispatch(req, socket, head, res, app, instance, f, 0)
     } catch (e) {
       if (!this.quiet) process.stderr.write(`fly-local edge: ${e && e.stack}\n`)
       socket.destroy()
     }
   }
 
-  /* A plain request: through node's client on the machine connection. */
-  request (req, res, { m, up }) {
-    this.proxy.track(m, req.socket, up)
+  /* fly-local serves every app on one address: a request for a sandbox
+     port's URL (/.computesdk/u/<machine>/..., lib/urls.js) whose Host is
+     not <app>.fly.dev (the listen address, as the URL fly-local's provider
+     config gives) goes to the app of that machine. */
+  appOfUrl (url) {
+    const m = URL_PATH_RE.exec(String(url || ''))
+    if (!m) return null
+    for (const app of this.store.apps.values()) if (app.machines.has(m[1])) return app
+    return null
+  }
+
+  /* To a machine of app (instance's when given), woken if need be; `replays`
+     counts the fly-replay hops so far. */
+  async dispatch (req, socket, head, res, app, instance, f, replays) {
+    const answer = (status, text) => reply(socket, status, text, res)
+    if (instance && !app.machines.has(instance)) return answer(404, `instance ${instance} not found`)
+    if (!this.candidates(app, instance).length) return answer(503, 'no known healthy instances found for route tcp/443')
+    const got = await this.proxy.reach(() => this.candidates(app, instance), Date.now() + this.wakeMs, () => socket.destroyed)
+    if (!got) return socket.destroyed ? undefined : answer(502, 'could not reach the instance')
+    const replay = (target) => {
+      if (replays >= MAX_REPLAYS) return answer(502, 'too many fly-replay hops')
+      this.dispatch(req, socket, head, res, app, target, null, replays + 1).catch(() => socket.destroy())
+    }
+    if (res) return this.request(req, res, got, replay)
+    this.forward(req, socket, head, got, f, replay)
+  }
+
+  /* A plain request: through node's client on the machine connection. Its
+     body is kept (up to REPLAY_BODY_MAX) for a replay: a reply with
+     `fly-replay: instance=<id>` is not passed on; the request is sent again
+     to that machine, as Fly's proxy does. */
+  request (req, res, { m, up }, replay) {
+    /* the machine's connection counts as traffic; it ends with the
+       response (not the client's connection, which a replay keeps) */
+    this.proxy.track(m, up, up)
+    res.once('close', () => up.destroy())
     const headers = { ...req.headers, 'fly-client-ip': req.socket.remoteAddress, 'fly-forwarded-proto': 'https' }
-    const preq = http.request({ method: req.method, path: req.url, headers: { ...headers, connection: 'close' }, agent: false, createConnection: () => up }, (pres) => {
+    let replaying = false
+    const preq = http.request({ method: req.method, path: req.url, headers: { ...headers, connection: 'close' }, createConnection: () => up }, (pres) => {
+      const target = replayTarget(pres.headers['fly-replay'])
+      if (target) {
+        /* this connection is done with (its error, if any, is not the
+           request's) */
+        replaying = true
+        pres.resume()
+        /* the rest of the body is still read (kept): unpiping would pause
+           the request, and its end would never come */
+        req.unpipe(preq)
+        req.resume()
+        up.destroy()
+        if (req.complete || req.readableEnded) return replayBody(req, res, replay, target)
+        return req.once('end', () => replayBody(req, res, replay, target))
+      }
       res.writeHead(pres.statusCode, pres.headers)
       pres.pipe(res)
     })
-    preq.on('error', () => { if (!res.headersSent) reply(null, 502, 'the instance closed the connection', res); else res.destroy() })
+    preq.on('error', () => {
+      if (replaying) return
+      if (!res.headersSent) reply(null, 502, 'the instance closed the connection', res)
+      else res.destroy()
+    })
+    if (req._flyKept) {
+      preq.end(Buffer.concat(req._flyKept.chunks))
+      return
+    }
+    const kept = { chunks: [], bytes: 0, over: false }
+    req._flyKept = kept
+    req.on('data', (d) => {
+      if (kept.over) return
+      kept.bytes += d.length
+      if (kept.bytes > REPLAY_BODY_MAX) { kept.over = true; kept.chunks = [] } else kept.chunks.push(d)
+    })
     req.pipe(preq)
   }
 
   /* An upgrade: the request as HTTP/1.1 to the machine, then bytes both
      ways. */
-  forward (req, socket, head, { m, up }, f) {
+  forward (req, socket, head, { m, up }, f, replay) {
     const lines = [`${req.method} ${req.url} HTTP/1.1`]
     for (let i = 0; i < req.rawHeaders.length; i += 2) lines.push(`${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}`)
     lines.push(`Fly-Client-IP: ${socket.remoteAddress}`, 'Fly-Forwarded-Proto: https', 'Fly-Forwarded-Port: 443')
     up.write(`${lines.join('\r\n')}\r\n\r\n`)
     if (head && head.length) up.write(head)
-    this.proxy.track(m, socket, up)
     this.sockets.add(up)
     up.on('close', () => this.sockets.delete(up))
     if (!f || !f.after) {
-      const pair = [socket, up]
-      this.pairs.add(pair)
-      up.on('close', () => this.pairs.delete(pair))
-      socket.pipe(up)
-      up.pipe(socket)
+      /* the machine's reply head first: a fly-replay is replayed */
+      const gone = () => up.destroy()
+      socket.once('close', gone)
+      peekHead(up, (first) => {
+        socket.off('close', gone)
+        const target = first && replayTarget(headerOf(first, 'fly-replay'))
+        if (!first) return socket.destroy()
+        if (target) {
+          up.destroy()
+          return replay(target)
+        }
+        this.proxy.track(m, socket, up)
+        const pair = [socket, up]
+        this.pairs.add(pair)
+        up.on('close', () => this.pairs.delete(pair))
+        socket.write(first)
+        socket.pipe(up)
+        up.pipe(socket)
+      })
       return
     }
     /* faults after the upgrade: the head of the machine's reply passes,
        then the fault */
+    this.proxy.track(m, socket, up)
     socket.pipe(up)
     let seen = Buffer.alloc(0)
     let sent = 0

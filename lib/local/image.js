@@ -71,20 +71,21 @@ const TOP_FILES = [['entrypoint.sh', 0o755], ['sshd_config', 0o644], ['idle-watc
    the client starts them from (src/ssh.c, lib/commands.js); both include
    docker/flyexec_proto.h and docker/flyio.h (found beside them), which the
    hash covers.  docker/flyedge.c beside them (the entrypoint starts it, as
-   root), static with libcrypto.a (libssl-dev) for SHA-1/SHA-256.  Each:
-   [source, program, extra link arguments]. */
+   root), static with libcrypto.a (libssl-dev) for SHA-1/SHA-256, with
+   docker/flyurl.c (the sandbox ports' URLs).  Each: [source, program,
+   extra link arguments, more sources]. */
 const EXECUTABLES = [['flyexec.c', 'flyexec', []], ['flyproc.c', 'flyproc', []],
-  ['flyedge.c', 'flyedge', () => staticCryptoLibs()],
+  ['flyedge.c', 'flyedge', () => staticCryptoLibs(), ['flyurl.c']],
   /* the metrics sampler (sandbox.getMetrics) and the inotify watcher
      (filesystem.watch) */
   ['flymetrics.c', 'flymetrics', []], ['flywatch.c', 'flywatch', []]]
-const EXECUTOR_HDRS = ['flyexec_proto.h', 'flyio.h']
+const EXECUTOR_HDRS = ['flyexec_proto.h', 'flyio.h', 'flyurl.h']
 const EXECUTOR_DIR = 'usr/local/libexec/computesdk'
 
 let topHashCache = null
 function topHash () {
   if (!topHashCache) {
-    topHashCache = hashFiles([...TOP_FILES.map(([n]) => n), ...EXECUTABLES.map(([src]) => src), ...EXECUTOR_HDRS].map((n) => path.join(DOCKER_DIR, n)),
+    topHashCache = hashFiles([...TOP_FILES.map(([n]) => n), ...EXECUTABLES.flatMap(([src, , , more]) => [src, ...(more || [])]), ...EXECUTOR_HDRS].map((n) => path.join(DOCKER_DIR, n)),
       `top ${BUILDER_VERSION} ${process.arch}`)
   }
   return topHashCache
@@ -112,10 +113,10 @@ function buildExecutor (root) {
   const dir = path.join(root, EXECUTOR_DIR)
   fs.mkdirSync(dir, { recursive: true, mode: 0o755 })
   for (let d = dir; d !== root; d = path.dirname(d)) fs.chmodSync(d, 0o755)
-  for (const [src, name, extra] of EXECUTABLES) {
+  for (const [src, name, extra, more] of EXECUTABLES) {
     const libs = typeof extra === 'function' ? extra() : extra
     const out = path.join(dir, name)
-    run(process.env.CC || 'cc', ['-static', '-O2', '-o', out, path.join(DOCKER_DIR, src), ...libs])
+    run(process.env.CC || 'cc', ['-static', '-O2', '-o', out, path.join(DOCKER_DIR, src), ...(more || []).map((m) => path.join(DOCKER_DIR, m)), ...libs])
     fs.chmodSync(out, 0o755)
   }
 }
