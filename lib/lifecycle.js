@@ -222,10 +222,9 @@ async function create (ctx, options) {
     // A suspended machine from the warm pool when the request fits one
     // (lib/pool.js: the same machine request); a volume or public ports
     // are added after the request is built, so they never claim, nor does
-    // an egress policy (a pooled machine booted without one).
-    if (!want && !(ports && ports.length) && !egress.restricts(network)) {
-    // public: true (a file the pool machine lacks).
-    if (!want && !(ports && ports.length) && o.public !== true) {
+    // an egress policy (a pooled machine booted without one) or public:
+    // true (a file the pool machine lacks).
+    if (!want && !(ports && ports.length) && !egress.restricts(network) && o.public !== true) {
       const pooled = await ctx.pool.claim(body, o, step)
       if (pooled) return pooled
     }
