@@ -106,6 +106,20 @@ egress_wait() {
   [ -z "$egress_pid" ] || wait "$egress_pid"
 }
 
+# The URL key and public ports as the metadata has them (docker/url-sync):
+# a rotation after create must outlive a stop. Beside the set-up below; the
+# bridge starts once it is done.
+URLSYNC=${BASH_SOURCE[0]%/*}/url-sync
+urlsync_pid=
+urlsync_start() {
+  [ -S /.fly/api ] && [ -x "$URLSYNC" ] || return 0
+  "$URLSYNC" &
+  urlsync_pid=$!
+}
+urlsync_wait() {
+  [ -z "$urlsync_pid" ] || wait "$urlsync_pid"
+}
+
 ensure_user() {
   local passwd
   slurp passwd /etc/passwd
@@ -285,6 +299,7 @@ done
 confine_init
 guard_start
 egress_start
+urlsync_start
 ensure_user || { log "cannot set up user $USER_NAME"; exit 1; }
 ensure_hostkey || { log "cannot set up the host key"; exit 1; }
 set_password || { log "cannot set the password"; exit 1; }
@@ -292,6 +307,7 @@ write_profile
 write_sshd_config || exit 1
 guard_wait || { log "cannot load the network guard $GUARD"; exit 1; }
 egress_wait || { log "cannot apply the egress policy $INJECT/egress.json"; exit 1; }
+urlsync_wait || log "cannot read the URL key from the metadata: create's stays"
 
 start_sshd
 start_edge

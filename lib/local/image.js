@@ -65,6 +65,8 @@ function computeBaseHash () {
 const TOP_FILES = [['entrypoint.sh', 0o755], ['sshd_config', 0o644], ['idle-watch', 0o755], ['guest-firewall.nft', 0o644],
   /* the egress policy's applier (root's: the entrypoint and the exec API run it) */
   ['egress', 0o755],
+  /* the URL key's sync at boot (lib/urls.js); both read the metadata with flymeta.py */
+  ['url-sync', 0o755], ['flymeta.py', 0o644],
   /* the code interpreter's driver and node kernel (lib/interpreter.js) */
   ['interp', 0o755], ['interp-node.js', 0o644]]
 /* docker/flyexec.c and docker/flyproc.c (the process daemon), at the paths
