@@ -25,8 +25,9 @@
 // What is written after create (a rotated key, a port made public) goes
 // through the Machines API's exec endpoint as root, so it lives in the
 // running machine's root filesystem: a stop (not a suspend) resets that to
-// the image and create's files; resume() after a pause writes it again
-// (syncAfterStart) when URL_LIVE says it changed.
+// the image and create's files. Every boot writes the metadata's over them
+// (docker/url-sync, before the bridge starts); resume() after a pause
+// writes them again too (syncAfterStart) when URL_LIVE says they changed.
 const crypto = require('crypto')
 const execApi = require('./transport/exec-api')
 const { flyError, invalidArg } = require('./errors')
