@@ -59,6 +59,7 @@
 
 static const char *token_file = "/etc/computesdk/edge_token_sha256";
 static int ssh_port = 2222;
+static int listen_port = 444; /* ours: flyurl.c never forwards to it */
 
 static int write_more(int fd, const void *p, size_t n, int more) {
   const char *c = p;
@@ -376,7 +377,7 @@ static void serve(int fd) {
   {
     const char *sp = memchr(head, ' ', (size_t)(end - head));
     if (sp != NULL && strncmp(sp + 1, FLY_URL_PREFIX, strlen(FLY_URL_PREFIX)) == 0) {
-      fly_url_serve(fd, head, have, end, getenv("FLY_MACHINE_ID"));
+      fly_url_serve(fd, head, have, end, getenv("FLY_MACHINE_ID"), (unsigned)listen_port);
       return;
     }
   }
@@ -432,7 +433,7 @@ int main(int argc, char **argv) {
 
   while ((opt = getopt(argc, argv, "p:t:s:")) != -1) {
     if (opt == 'p')
-      port = atoi(optarg);
+      port = listen_port = atoi(optarg);
     else if (opt == 't')
       token_file = optarg;
     else if (opt == 's')

@@ -28,7 +28,8 @@
  *
  * Refusals are JSON, {"error":"<code>","message":"..."}, with
  * `www-authenticate: Bearer`: 401 token_missing, 403 token_invalid, 403
- * token_expired; 502 port_closed when nothing listens on the port; 400
+ * token_expired; 403 port_reserved for the bridge's own port; 502
+ * port_closed when nothing listens on the port; 400
  * bad_request; 431 for a head over 16 KiB.
  *
  * The upstream is the sandbox's server, so hostile: its response head is
@@ -564,7 +565,7 @@ static void up_pump(int client, int up) {
 
 /* ---- one request ------------------------------------------------------- */
 
-void fly_url_serve(int fd, char *head, size_t have, char *end, const char *self) {
+void fly_url_serve(int fd, char *head, size_t have, char *end, const char *self, unsigned own_port) {
   static char out[OUT_MAX], path[HEAD_MAX_URL], extra[768], cookie[512];
   const char *sp1, *sp2, *line_end;
   req_t r;
@@ -581,6 +582,10 @@ void fly_url_serve(int fd, char *head, size_t have, char *end, const char *self)
   sp2 = sp1 ? memchr(sp1 + 1, ' ', (size_t)(line_end - sp1 - 1)) : NULL;
   if (sp1 == NULL || sp2 == NULL || parse_target(sp1 + 1, (size_t)(sp2 - sp1 - 1), &r) != 0) {
     reply_json(fd, "400 Bad Request", "bad_request", "expected /.computesdk/u/<machine>/<port>/<path>", NULL);
+    return;
+  }
+  if (r.port == own_port) {
+    reply_json(fd, "403 Forbidden", "port_reserved", "this port is the sandbox's edge bridge", NULL);
     return;
   }
   if (self == NULL || strcmp(self, r.machine) != 0) {

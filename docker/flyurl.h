@@ -9,9 +9,12 @@
 #define FLY_URL_PREFIX "/.computesdk/u/"
 
 /* Serves one connection whose request head (NUL-terminated at head[have],
- * the blank line at end) names FLY_URL_PREFIX; self is this machine's id.
- * Returns when the connection is done; the caller's process then exits. */
-void fly_url_serve(int fd, char *head, size_t have, char *end, const char *self);
+ * the blank line at end) names FLY_URL_PREFIX; self is this machine's id,
+ * own_port the bridge's (never a URL's port: a request to it would come
+ * back to the bridge, and a chain of them would take every connection it
+ * allows).  Returns when the connection is done; the caller's process then
+ * exits. */
+void fly_url_serve(int fd, char *head, size_t have, char *end, const char *self, unsigned own_port);
 
 /* Shared by the two halves: every byte of p to fd (flyedge.c); 32 bytes
  * from a file of 64 hex digits, 0 or -1 (flyurl.c). */

@@ -32,6 +32,7 @@ const crypto = require('crypto')
 const execApi = require('./transport/exec-api')
 const { flyError, invalidArg } = require('./errors')
 const { FILES_DIR, URL_KEY, URL_PUBLIC, URL_LIVE } = require('./metadata')
+const { EDGE_PORT } = require('./edge')
 
 const PREFIX = '/.computesdk/u/'
 const TOKEN_PARAM = 'computesdk_token'
@@ -139,6 +140,8 @@ async function syncAfterStart (sb) {
 // The URL of port (not declared at create) of sb.
 async function url (sb, port, protocol, o) {
   if (!sb._urlKey) throw unavailable(sb)
+  // the bridge's own port, which it never forwards to (port_reserved)
+  if (port === EDGE_PORT) throw invalidArg(`getUrl: port ${EDGE_PORT} is the sandbox's edge bridge, not one a server can use`)
   if (o.public === true) await makePublic(sb, port)
   const { config } = sb._ctx
   const base = new URL(config.edgeUrl || `https://${sb.appName}.fly.dev`)

@@ -103,7 +103,8 @@ test('urls: any port, private by default', async (t) => {
 
   await t.test('bad input is ERR_INVALID_ARG', async () => {
     for (const o of [{ port: 0 }, { port: 70000 }, { port: 8000, expiresIn: 0 }, { port: 8000, expiresIn: 1.5 },
-      { port: 8000, expiresIn: '60' }, { port: 8000, public: 'yes' }, { port: 8000, public: true, expiresIn: 60 }]) {
+      { port: 8000, expiresIn: '60' }, { port: 8000, public: 'yes' }, { port: 8000, public: true, expiresIn: 60 },
+      { port: 444 }]) { // the bridge's own
       assert.equal((await rejects(a.getUrl(o))).code, 'ERR_INVALID_ARG', JSON.stringify(o))
     }
     // a declared port's options are checked too
@@ -195,6 +196,10 @@ test('urls: any port, private by default', async (t) => {
     refused(await request(srv, base, { headers: { cookie: `computesdk_token=${port9}` } }), 403, 'token_invalid')
     refused(await request(srv, base, { headers: { 'computesdk-token': `0.${crypto.randomBytes(32).toString('base64url').slice(0, 43)}` } }), 403, 'token_invalid')
     refused(await request(srv, base, { headers: { 'computesdk-token': 'x'.repeat(5000) } }), 400, 'bad_request')
+    // the bridge's own port: a chain of requests to it would come back to
+    // the bridge and take its connections
+    const own = base.replace(/\/8000\/$/, '/444/.computesdk/u/' + sandboxIds(a).machine + '/444/')
+    refused(await request(srv, own), 403, 'port_reserved')
     assert.equal((await seen(a)).length, before)
   })
 
