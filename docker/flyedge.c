@@ -44,6 +44,7 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "flyurl.h"
@@ -204,12 +205,33 @@ static void conn_end(conn_t *c) {
   shutdown(c->ssh, SHUT_RDWR);
 }
 
-/* sshd -> client: each read becomes one binary message. */
+/* sshd -> client: each read becomes one binary message.
+ *
+ * While the connection is new (QUICKACK_S: the handshake and the first
+ * calls, over a slow client's round trips too) every byte from sshd is
+ * acknowledged at once: TCP_QUICKACK, which the kernel clears by itself,
+ * hence before each recv.  sshd leaves Nagle on until a session asks for
+ * it and writes two messages in a row right after authentication; the
+ * second (the first channel's confirmation) waits for the ACK of the
+ * first, which this end, with nothing to send back, would delay by up to
+ * 40 ms (the provider's side does the same on the private path, src/ssh.c
+ * sess_recv).  Later, quick ACKs for bulk output would only add packets. */
+#define QUICKACK_S 5
 static void *ssh_to_client(void *arg) {
   conn_t *c = arg;
   static __thread unsigned char buf[IO_BUF];
+  struct timespec t0, t;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
   for (;;) {
-    ssize_t n = recv(c->ssh, buf, sizeof(buf), 0);
+    ssize_t n;
+#ifdef TCP_QUICKACK
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    if (t.tv_sec - t0.tv_sec < QUICKACK_S) {
+      int one = 1;
+      (void)setsockopt(c->ssh, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
+    }
+#endif
+    n = recv(c->ssh, buf, sizeof(buf), 0);
     if (n < 0 && errno == EINTR)
       continue;
     if (n <= 0) {
