@@ -58,7 +58,7 @@ test('two sandboxes exposing the same port each answer on their own URL; a pause
     assert.deepEqual(await get(urlB), { status: 200, body: 'I am B' })
 
     // an undeclared port gets its URL through the edge (test/urls.test.js)
-    assert.match(await a.getUrl({ port: 9000 }), /\/\.computesdk\/u\/[0-9a-f]+\/9000\/\?computesdk_token=/)
+    assert.ok(/\/\.computesdk\/u\/[0-9a-f]+\/9000\/\?computesdk_token=/.test(await a.getUrl({ port: 9000 })), 'a private URL (not printed: it holds a token)')
 
     // A request to a paused sandbox's URL starts it (Fly proxy's autostart).
     await a.pause()

@@ -99,7 +99,7 @@ test('getUrl gives a reachable URL on fly-local for an exposed port', async () =
   assert.equal(await sb.getUrl({ port: 8765 }), `http://127.0.0.1:${pub}`)
   assert.equal(await sb.getUrl({ port: 8765, protocol: 'ws' }), `ws://127.0.0.1:${pub}`)
   // another port: its URL through the edge (test/urls.test.js), private
-  assert.match(await sb.getUrl({ port: 3000 }), /^https:\/\/[^/]+\/\.computesdk\/u\/[0-9a-f]+\/3000\/\?computesdk_token=/)
+  assert.ok(/^https:\/\/[^/]+\/\.computesdk\/u\/[0-9a-f]+\/3000\/\?computesdk_token=/.test(await sb.getUrl({ port: 3000 })), 'a private URL (not printed: it holds a token)')
   // A server started in the sandbox answers at that URL once it says so.
   let ready
   const serving = new Promise((resolve) => { ready = resolve })

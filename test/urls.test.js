@@ -41,7 +41,7 @@ function request (srv, url, { headers = {}, method = 'GET', body } = {}) {
       res.on('data', (d) => { body += d })
       res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, body }))
     })
-    req.on('timeout', () => req.destroy(new Error(`no answer from ${url}`)))
+    req.on('timeout', () => req.destroy(new Error(`no answer from ${String(url).split('?')[0]} (token left out)`)))
     req.on('error', reject)
     req.end(body)
   })
@@ -115,7 +115,8 @@ test('urls: any port, private by default', async (t) => {
   let firstUrl = null
   await t.test('a server started after create, through its URL with the token; the server never sees the token', async () => {
     const url = firstUrl = await a.getUrl({ port: 8000 })
-    assert.match(url, new RegExp(`^https://[^/]+/\\.computesdk/u/${sandboxIds(a).machine}/8000/\\?computesdk_token=\\d+\\.[A-Za-z0-9_-]{43}$`))
+    // (assert.ok: a failure must not print the token)
+    assert.ok(new RegExp(`^https://[^/]+/\\.computesdk/u/${sandboxIds(a).machine}/8000/\\?computesdk_token=\\d+\\.[A-Za-z0-9_-]{43}$`).test(url), 'the URL has its documented shape')
     const r = await request(srv, url)
     assert.equal(r.status, 200)
     assert.equal(r.body, 'hello /')
@@ -271,7 +272,7 @@ test('urls: any port, private by default', async (t) => {
 
   await t.test('a WebSocket echo through a private URL', async () => {
     const url = await a.getUrl({ port: 8000, protocol: 'wss' })
-    assert.match(url, /^wss:/)
+    assert.ok(url.startsWith('wss:'), 'a wss: URL')
     const echoed = await wsEcho(srv, url, 'hello over the edge')
     assert.equal(echoed, 'hello over the edge')
   })
@@ -307,7 +308,7 @@ test('urls: any port, private by default', async (t) => {
   await t.test('public: reachable without a token', async () => {
     await serve(a, 8001, '0.0.0.0')
     const url = await a.getUrl({ port: 8001, public: true })
-    assert.doesNotMatch(url, /computesdk_token/)
+    assert.ok(!url.includes('computesdk_token'), 'a public URL carries no token')
     const r = await request(srv, url)
     assert.equal(r.status, 200)
     // only that port: 8000 is still private
@@ -365,7 +366,7 @@ test('urls: create({ public: true }) makes every port public', async (t) => {
   const sb = await p.sandbox.create({ public: true })
   await serve(sb, 8000)
   const url = await sb.getUrl({ port: 8000 })
-  assert.doesNotMatch(url, /computesdk_token/)
+  assert.ok(!url.includes('computesdk_token'), 'a public URL carries no token')
   assert.equal((await request(srv, url)).status, 200)
   assert.equal((await rejects(p.sandbox.create({ public: 1 }))).code, 'ERR_INVALID_ARG')
   // reach: 'private' adds no 443 service, so no URL key either
