@@ -1,8 +1,9 @@
-# The machine's metadata, read through Fly's in-machine API socket
-# (/.fly/api, root's): what the provider set after create (an egress
-# policy, a rotated URL key) survives a stop there, where a file written
-# into the running machine does not. Used at boot by docker/egress and
-# docker/url-sync, as root.
+# What the root scripts of the image share (docker/egress, docker/url-sync):
+# - metadata(): the machine's metadata, read through Fly's in-machine API
+#   socket (/.fly/api, root's): what the provider set after create (an
+#   egress policy, a rotated URL key) survives a stop there, where a file
+#   written into the running machine does not;
+# - write(): a file written whole or not at all, never through a link.
 import json
 import os
 import socket
@@ -39,3 +40,14 @@ def metadata():
         return meta if isinstance(meta, dict) else None
     except (OSError, ValueError):
         return None
+
+
+def write(path, data, mode):
+    """path holds data (with mode) or is left as it was: a temporary file
+    beside it, renamed over it; a link in the temporary's place is not
+    followed."""
+    tmp = path + '.new'
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, 'w') as f:
+        f.write(data)
+    os.rename(tmp, path)
