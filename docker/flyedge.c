@@ -221,14 +221,17 @@ static void *ssh_to_client(void *arg) {
   conn_t *c = arg;
   static __thread unsigned char buf[IO_BUF];
   struct timespec t0, t;
+  int quick = 1; /* until QUICKACK_S have passed; then never looked at again */
   clock_gettime(CLOCK_MONOTONIC, &t0);
   for (;;) {
     ssize_t n;
 #ifdef TCP_QUICKACK
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    if (t.tv_sec - t0.tv_sec < QUICKACK_S) {
+    if (quick) {
       int one = 1;
-      (void)setsockopt(c->ssh, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
+      clock_gettime(CLOCK_MONOTONIC, &t);
+      quick = t.tv_sec - t0.tv_sec < QUICKACK_S;
+      if (quick)
+        (void)setsockopt(c->ssh, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
     }
 #endif
     n = recv(c->ssh, buf, sizeof(buf), 0);
