@@ -16,7 +16,7 @@ const fs = require('fs')
 const os = require('os')
 const path = require('path')
 const { execFileSync } = require('child_process')
-const { startLocal, provider, rejects, sandboxIds } = require('./helpers/fly')
+const { startLocal, provider, rejects, sandboxIds, appName } = require('./helpers/fly')
 
 // A raw upgrade request to the edge: [status, body].
 function upgrade (srv, app, instance, headers = {}) {
@@ -111,11 +111,11 @@ test('edge: faults are typed errors, deadlines hold, the next call reconnects', 
   const connectTimeoutMs = 4000
   const SLACK = 10000
   const edgeOpts = { reach: 'edge', edgeUrl: srv.edgeUrl, edgeCa: srv.edgeCa }
-  const appName = `edge-${crypto.randomBytes(4).toString('hex')}`
-  const p = provider(srv, { ...edgeOpts, appName, connectTimeoutMs, opTimeoutMs: 6000, keepaliveSec: 1 })
+  const app = appName('edge')
+  const p = provider(srv, { ...edgeOpts, appName: app, connectTimeoutMs, opTimeoutMs: 6000, keepaliveSec: 1 })
   // Booted with the default connect bound: a fresh boot's first login on a
   // loaded host is not one of the faults.
-  const made = await provider(srv, { ...edgeOpts, appName }).sandbox.create()
+  const made = await provider(srv, { ...edgeOpts, appName: app }).sandbox.create()
   const sb = await p.sandbox.getById(made.sandboxId)
   // a subtest that failed half way leaves no fault to the next
   t.beforeEach(() => srv.edge.fault(null))

@@ -14,7 +14,7 @@ const crypto = require('node:crypto')
 const { promisify } = require('node:util')
 const execFile = promisify(require('node:child_process').execFile)
 const net = require('node:net')
-const { startLocal, provider, call, q, closeSessions, FAST_RETRY } = require('./helpers/fly')
+const { startLocal, provider, call, q, closeSessions, appName, FAST_RETRY } = require('./helpers/fly')
 
 // The deadlines this suite's providers work to.  A command's deadline is its
 // timeout plus the native exec's 3 s grace for the remote `timeout` wrapper;
@@ -62,9 +62,9 @@ async function create () {
 }
 test.before(async () => {
   srv = await startLocal()
-  const appName = `faults-${tag()}`
-  p = provider(srv, { appName, connectTimeoutMs: CONNECT_MS, maxOutputBytes: MAX_OUTPUT })
-  booter = provider(srv, { appName })
+  const app = appName('faults')
+  p = provider(srv, { appName: app, connectTimeoutMs: CONNECT_MS, maxOutputBytes: MAX_OUTPUT })
+  booter = provider(srv, { appName: app })
   sb = await create()
 })
 test.after(async () => {
